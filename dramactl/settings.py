@@ -1,0 +1,254 @@
+"""Operator settings: names, defaults, parsing and validation.
+
+Sources, first match wins: the process environment, then ``./.env``, then
+``/etc/dramactl/dramactl.env`` (or the file named by ``DRAMACTL_ENV_FILE``).
+Every problem becomes one :class:`SettingsError` naming the setting and the fix,
+raised before anything touches the fleet, so a bad config never stops workers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, TypeVar
+
+DEFAULT_ENV_FILE = "/etc/dramactl/dramactl.env"
+DEFAULT_STATE_DIR = "/var/lib/dramactl"
+EXAMPLE_COMMAND = "dramatiq dramactl.example.tasks"
+EXAMPLE_QUEUES = ("email_processing", "ocr_processing", "high_priority", "low_priority")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+POLICIES = ("default", "step")
+_QUEUE_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9._-]*$")
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used, with the fix, as one line."""
+
+    def __init__(self, setting: str, problem: str, fix: str = "") -> None:
+        self.setting = setting
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{setting}: {problem}" + (f"; {fix}" if fix else ""))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings. Times are seconds; ``redis_url`` wins over host/port/db."""
+
+    redis_host: str = "localhost"
+    redis_port: int = 6379
+    redis_db: int = 0
+    redis_password: str = ""
+    redis_url: str = ""
+    namespace: str = "dramatiq"
+    queues: tuple[str, ...] = EXAMPLE_QUEUES
+    dramatiq_command: str = EXAMPLE_COMMAND
+    worker_directory: str = ""
+    worker_threads: int = 8
+    min_processes: int = 1
+    max_processes: int = 10
+    check_interval: int = 180
+    scale_up_multiplier: float = 5.0
+    scale_down_multiplier: float = 2.5
+    log_level: str = "INFO"
+    graceful_shutdown_timeout: int = 30
+    process_startup_delay: float = 5.0
+    policy: str = "default"
+    # Default-policy knobs (see dramactl.policy).
+    target_backlog_per_worker: float = 0.0  # 0: derived from WORKER_THREADS by the policy
+    max_queue_wait: float = 60.0
+    max_scale_up_step: int = 0  # 0 = no limit below MAX_PROCESSES
+    scale_down_stabilization: float = 300.0
+    max_scale_down_step: int = 1
+    state_dir: str = DEFAULT_STATE_DIR
+    sources: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def redis_location(self) -> str:
+        """Where Redis is, for messages (never includes the password)."""
+        if self.redis_url:
+            return re.sub(r"//[^@/]*@", "//***@", self.redis_url)
+        return f"{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+    @property
+    def worker_shutdown_timeout_ms(self) -> int:
+        """Dramatiq's ``--worker-shutdown-timeout`` derived from GRACEFUL_SHUTDOWN_TIMEOUT."""
+        return self.graceful_shutdown_timeout * 1000
+
+
+def read_sources(
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Merge environment > ./.env > system env file; returns values and the files read."""
+    env = dict(os.environ if environ is None else environ)
+    system_file = Path(env.get("DRAMACTL_ENV_FILE") or DEFAULT_ENV_FILE)
+    local_file = (cwd or Path.cwd()) / ".env"
+    merged: dict[str, str] = {}
+    read: list[str] = []
+    for path in (system_file, local_file):
+        values = _read_env_file(path)
+        if values is not None:
+            merged.update(values)
+            read.append(str(path))
+    merged.update(env)
+    return merged, tuple(reversed(read))
+
+
+def _read_env_file(path: Path) -> dict[str, str] | None:
+    """A dotenv file's values, or None when absent or unreadable (units get it via EnvironmentFile=)."""
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError):
+        return None
+    from io import StringIO
+
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(stream=StringIO(text)).items() if v is not None}
+
+
+def load(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
+    """Read and validate the settings; raises :class:`SettingsError` on the first problem."""
+    values, sources = read_sources(environ, cwd)
+    return parse(values, sources)
+
+
+def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
+    """Validate raw ``NAME=value`` strings into :class:`Settings`."""
+    d = Settings()
+    get = _Reader(values)
+
+    command = get.text("DRAMATIQ_COMMAND", "")
+    if not command:
+        command, default_queues = d.dramatiq_command, ",".join(EXAMPLE_QUEUES)
+    else:
+        default_queues = "default"
+    check_command(command)
+
+    queues = tuple(q.strip() for q in get.text("DRAMATIQ_QUEUE_NAME", default_queues).split(",") if q.strip())
+    if not queues:
+        raise SettingsError("DRAMATIQ_QUEUE_NAME", "no queue named", "set it to one or more comma-separated queue names")
+    for q in queues:
+        if not _QUEUE_NAME.match(q):
+            raise SettingsError("DRAMATIQ_QUEUE_NAME", f"{q!r} is not a Dramatiq queue name", "use letters, digits, '.', '_' or '-'")
+
+    redis_url = get.text("REDIS_URL", "")
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError("REDIS_URL", f"{redis_url.split(':', 1)[0]!r} is not a Redis URL", "use redis://[:password@]host:port/db")
+
+    log_level = get.text("LOG_LEVEL", d.log_level).upper()
+    if log_level not in LOG_LEVELS:
+        raise SettingsError("LOG_LEVEL", f"{log_level!r} is not a log level", "use one of " + ", ".join(LOG_LEVELS))
+
+    policy = get.text("POLICY", d.policy).lower()
+    if policy not in POLICIES:
+        raise SettingsError("POLICY", f"{policy!r} is not a policy", "use 'default' or 'step' (the classic threshold step)")
+
+    worker_directory = get.text("WORKER_DIRECTORY", "")
+    if worker_directory and not os.path.isabs(worker_directory):
+        raise SettingsError("WORKER_DIRECTORY", f"{worker_directory!r} is relative", "give an absolute path")
+
+    s = Settings(
+        redis_host=get.text("REDIS_HOST", d.redis_host) or d.redis_host,
+        redis_port=get.integer("REDIS_PORT", d.redis_port, low=1, high=65535),
+        redis_db=get.integer("REDIS_DB", d.redis_db, low=0, high=100000),
+        redis_password=get.text("REDIS_PASSWORD", ""),
+        redis_url=redis_url,
+        namespace=get.text("REDIS_NAMESPACE", d.namespace) or d.namespace,
+        queues=queues,
+        dramatiq_command=command,
+        worker_directory=worker_directory,
+        worker_threads=get.integer("WORKER_THREADS", d.worker_threads, low=1, high=1024),
+        min_processes=get.integer("MIN_PROCESSES", d.min_processes, low=0, high=1000),
+        max_processes=get.integer("MAX_PROCESSES", d.max_processes, low=1, high=1000),
+        check_interval=get.integer("CHECK_INTERVAL", d.check_interval, low=1, high=86400),
+        scale_up_multiplier=get.number("SCALE_UP_THRESHOLD_MULTIPLIER", d.scale_up_multiplier, low=0.0, above=True),
+        scale_down_multiplier=get.number("SCALE_DOWN_THRESHOLD_MULTIPLIER", d.scale_down_multiplier, low=0.0),
+        log_level=log_level,
+        graceful_shutdown_timeout=get.integer("GRACEFUL_SHUTDOWN_TIMEOUT", d.graceful_shutdown_timeout, low=1, high=3600),
+        process_startup_delay=get.number("PROCESS_STARTUP_DELAY", d.process_startup_delay, low=0.0),
+        policy=policy,
+        target_backlog_per_worker=get.number("TARGET_BACKLOG_PER_WORKER", d.target_backlog_per_worker, low=0.0),
+        max_queue_wait=get.number("MAX_QUEUE_WAIT", d.max_queue_wait, low=0.0, above=True),
+        max_scale_up_step=get.integer("MAX_SCALE_UP_STEP", d.max_scale_up_step, low=0, high=1000),
+        scale_down_stabilization=get.number("SCALE_DOWN_STABILIZATION", d.scale_down_stabilization, low=0.0),
+        max_scale_down_step=get.integer("MAX_SCALE_DOWN_STEP", d.max_scale_down_step, low=1, high=1000),
+        state_dir=get.text("STATE_DIRECTORY", "").split(":")[0] or get.text("DRAMACTL_STATE_DIR", d.state_dir),
+        sources=sources,
+    )
+    if s.min_processes > s.max_processes:
+        raise SettingsError(
+            "MIN_PROCESSES", f"{s.min_processes} is above MAX_PROCESSES={s.max_processes}", "lower MIN_PROCESSES or raise MAX_PROCESSES"
+        )
+    if s.scale_down_multiplier >= s.scale_up_multiplier:
+        raise SettingsError(
+            "SCALE_DOWN_THRESHOLD_MULTIPLIER",
+            f"{s.scale_down_multiplier:g} is not below SCALE_UP_THRESHOLD_MULTIPLIER={s.scale_up_multiplier:g}",
+            "make it smaller than the scale-up multiplier, or the fleet would flap",
+        )
+    return s
+
+
+def check_command(command: str) -> list[str]:
+    """Split DRAMATIQ_COMMAND and check it names a Dramatiq CLI and an app module."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise SettingsError("DRAMATIQ_COMMAND", f"cannot be split into words ({exc})", "fix the quoting") from None
+    if not argv:
+        raise SettingsError("DRAMATIQ_COMMAND", "is empty", "set it to e.g. 'dramatiq myapp.tasks'")
+    broker_index(argv)
+    return argv
+
+
+def broker_index(argv: list[str]) -> int:
+    """Index of the app (broker) module in a Dramatiq command line; SettingsError when there is none."""
+    for i, word in enumerate(argv):
+        if os.path.basename(word) == "dramatiq":
+            for j in range(i + 1, len(argv)):
+                if not argv[j].startswith("-"):
+                    return j
+            raise SettingsError(
+                "DRAMATIQ_COMMAND", "names no app module after 'dramatiq'", "write it as 'dramatiq myapp.tasks [options]'"
+            )
+    raise SettingsError("DRAMATIQ_COMMAND", f"{argv[0]!r} is not the dramatiq command", "write it as 'dramatiq myapp.tasks [options]'")
+
+
+class _Reader:
+    """Typed access to raw values, turning every bad value into a SettingsError."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self.values = values
+
+    def text(self, name: str, default: str) -> str:
+        return str(self.values.get(name, default)).strip()
+
+    def _convert(self, name: str, default: T, kind: Callable[[str], T], what: str) -> T:
+        raw = self.text(name, "")
+        if raw == "":
+            return default
+        try:
+            return kind(raw)
+        except ValueError:
+            raise SettingsError(name, f"{raw!r} is not {what}", f"set it to {what} such as {default}") from None
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        value = self._convert(name, default, int, "a whole number")
+        if not low <= value <= high:
+            raise SettingsError(name, f"{value} is out of range", f"use a whole number from {low} to {high}")
+        return value
+
+    def number(self, name: str, default: float, low: float, above: bool = False) -> float:
+        value = self._convert(name, default, float, "a number")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise SettingsError(name, f"{value} is not a finite number", f"set it to a number such as {default:g}")
+        if value < low or (above and value == low):
+            bound = "above" if above else "at least"
+            raise SettingsError(name, f"{value:g} is too small", f"use a number {bound} {low:g}")
+        return value

@@ -1,0 +1,109 @@
+"""What the scaler remembers between oneshot runs: pause, threads and recent ticks.
+
+Lives in systemd's StateDirectory (``/var/lib/dramactl/state.json``) so it survives
+reboots; written atomically so a crash mid-write never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterator
+
+STATE_FILE = "state.json"
+LOCK_FILE = "tick.lock"
+HISTORY_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class TickRecord:
+    """What one tick saw and decided: the input to stabilization windows."""
+
+    at: float
+    backlog: int
+    workers: int
+    target: int
+    oldest_age: float | None = None
+
+
+@dataclass(frozen=True)
+class ScalerState:
+    """Operator intent (pause, threads) plus the recent tick history."""
+
+    paused: bool = False
+    threads: int | None = None
+    history: tuple[TickRecord, ...] = field(default=())
+
+    def with_tick(self, record: TickRecord, keep_seconds: float = HISTORY_SECONDS) -> "ScalerState":
+        kept = tuple(r for r in self.history if r.at >= record.at - keep_seconds)
+        return replace(self, history=kept + (record,))
+
+    def to_dict(self) -> dict:
+        return {"paused": self.paused, "threads": self.threads, "history": [asdict(r) for r in self.history]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ScalerState":
+        return cls(
+            paused=bool(data.get("paused", False)),
+            threads=data.get("threads"),
+            history=tuple(TickRecord(**r) for r in data.get("history", [])),
+        )
+
+
+class StateStore:
+    """Reads and writes :class:`ScalerState` in one directory, and holds the tick lock."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    @property
+    def path(self) -> Path:
+        return self.directory / STATE_FILE
+
+    def load(self) -> ScalerState:
+        try:
+            return ScalerState.from_dict(json.loads(self.path.read_text()))
+        except FileNotFoundError:
+            return ScalerState()
+        except (ValueError, TypeError):
+            # A corrupt file must not wedge the scaler: start over, history is only a hint.
+            return ScalerState()
+
+    def save(self, state: ScalerState) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".state.", dir=self.directory)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(state.to_dict(), f)
+            os.chmod(tmp, 0o644)  # workers read the thread count from here
+            self._match_directory_owner(tmp)
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    def _match_directory_owner(self, path: str) -> None:
+        """When root writes (manual command), keep the file the scaler user's."""
+        if os.geteuid() == 0:
+            st = self.directory.stat()
+            os.chown(path, st.st_uid, st.st_gid)
+
+    @contextmanager
+    def lock(self, wait: bool = True) -> Iterator[None]:
+        """One tick or manual change at a time; raises BlockingIOError if busy and not waiting."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / LOCK_FILE
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            if os.geteuid() == 0:
+                st = self.directory.stat()
+                os.fchown(fd, st.st_uid, st.st_gid)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            yield
+        finally:
+            os.close(fd)

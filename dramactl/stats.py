@@ -1,0 +1,67 @@
+"""What the queue looks like at one moment: per-queue figures and the fleet's backlog."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """One Dramatiq queue as read from Redis in a single round trip.
+
+    ``delayed`` counts every message in the delay queue; ``due`` those whose eta has
+    passed (they are ready work a worker will move back any moment). ``in_flight`` are
+    fetched by a worker and not yet acked. ``oldest_age`` is the wait, in seconds, of
+    the head ready message (None when nothing is ready).
+    """
+
+    name: str
+    ready: int = 0
+    delayed: int = 0
+    due: int = 0
+    in_flight: int = 0
+    dead: int = 0
+    oldest_age: float | None = None
+
+    @property
+    def backlog(self) -> int:
+        """Work that needs a worker now: ready + due-delayed + in flight."""
+        return self.ready + self.due + self.in_flight
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "backlog": self.backlog}
+
+
+@dataclass(frozen=True)
+class FleetBacklog:
+    """The sum over the fleet's queues: the fleet is sized to all of them together."""
+
+    ready: int = 0
+    delayed: int = 0
+    due: int = 0
+    in_flight: int = 0
+    dead: int = 0
+    oldest_age: float | None = None
+
+    @property
+    def backlog(self) -> int:
+        return self.ready + self.due + self.in_flight
+
+    @property
+    def depth(self) -> int:
+        """What the classic step policy calls depth: messages waiting to be picked up."""
+        return self.ready + self.due
+
+    @classmethod
+    def of(cls, queues: Iterable[QueueStats]) -> "FleetBacklog":
+        qs = list(queues)
+        ages = [q.oldest_age for q in qs if q.oldest_age is not None]
+        return cls(
+            ready=sum(q.ready for q in qs),
+            delayed=sum(q.delayed for q in qs),
+            due=sum(q.due for q in qs),
+            in_flight=sum(q.in_flight for q in qs),
+            dead=sum(q.dead for q in qs),
+            oldest_age=max(ages) if ages else None,
+        )
