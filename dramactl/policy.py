@@ -1,7 +1,10 @@
 """The scaling decision: pure functions of what a tick saw, no I/O.
 
 ``decide`` is the one entry point; ``POLICY=step`` selects the classic threshold
-step operators know, ``POLICY=default`` the backlog/latency policy.
+step operators know, ``POLICY=default`` the backlog/latency policy. The scaler is a
+oneshot, so everything the default policy needs across ticks comes in ``history``:
+the :class:`~dramactl.state.TickRecord` each earlier tick saved via
+:meth:`ScalingDecision.record`.
 """
 
 from __future__ import annotations
@@ -18,19 +21,45 @@ from .stats import FleetBacklog
 
 @dataclass(frozen=True)
 class ScalingDecision:
-    """How many instances there should be, and why (one line for the journal)."""
+    """How many instances there should be, and why (one line for the journal).
+
+    ``wanted`` is the raw recommendation before step limits, stabilization and the
+    failing-unit hold: the figure a scale-down window must remember, because the
+    target alone would hide how much was needed while a limit or a hold applied.
+    """
 
     current: int
     target: int
     reason: str
     held: bool = False  # True when the policy wanted more but refused (failing units)
+    wanted: int | None = None
+    starting: int = 0  # up instances not yet consuming (within PROCESS_STARTUP_DELAY)
 
     @property
     def delta(self) -> int:
         return self.target - self.current
 
+    def record(self, now: float, backlog: FleetBacklog) -> TickRecord:
+        """What the scaler appends to history after this tick (the next tick's input)."""
+        return TickRecord(
+            at=now,
+            backlog=backlog.backlog,
+            workers=self.current,
+            target=self.target,
+            oldest_age=backlog.oldest_age,
+            wanted=self.target if self.wanted is None else self.wanted,
+        )
+
     def to_dict(self) -> dict:
-        return {"current": self.current, "target": self.target, "delta": self.delta, "reason": self.reason, "held": self.held}
+        return {
+            "current": self.current,
+            "target": self.target,
+            "delta": self.delta,
+            "reason": self.reason,
+            "held": self.held,
+            "wanted": self.wanted,
+            "starting": self.starting,
+        }
 
 
 def clamp(n: int, settings: Settings) -> int:
@@ -45,16 +74,30 @@ def decide(
     now: float = 0.0,
 ) -> ScalingDecision:
     """The decision for one tick. ``history`` holds earlier ticks, oldest first."""
-    current = sum(1 for u in instances if u.is_up)
+    up = [u for u in instances if u.is_up]
+    current = len(up)
+    starting = sum(1 for u in up if is_starting(u, now, settings.process_startup_delay))
     if settings.policy == "step":
         target, reason = step_target(backlog, current, settings)
+        wanted = target
     else:
-        target, reason = default_target(backlog, current, settings, history, now)
+        target, wanted, reason = default_target(backlog, current, starting, settings, history, now)
     failing = sorted(u.number for u in instances if u.is_failing)
     if failing and target > current:
         names = ", ".join(f"@{n}" for n in failing)
-        return ScalingDecision(current, current, f"hold: {len(failing)} failing instance(s) ({names}); {reason}", held=True)
-    return ScalingDecision(current, target, reason)
+        reason = f"hold: {len(failing)} failing instance(s) ({names}); {reason}"
+        return ScalingDecision(current, current, reason, held=True, wanted=wanted, starting=starting)
+    return ScalingDecision(current, target, reason, wanted=wanted, starting=starting)
+
+
+def is_starting(unit: WorkerUnit, now: float, startup_delay: float) -> bool:
+    """Up but not consuming yet: still activating (Type=notify before READY=1), or
+    active for less than PROCESS_STARTUP_DELAY (a unit that reports ready at fork)."""
+    if not unit.is_up:
+        return False
+    if unit.active_state == "activating":
+        return True
+    return unit.since is not None and now - unit.since < startup_delay
 
 
 def step_target(backlog: FleetBacklog, current: int, settings: Settings) -> tuple[int, str]:
@@ -73,27 +116,84 @@ def step_target(backlog: FleetBacklog, current: int, settings: Settings) -> tupl
     return current, f"step: depth {depth} within [{down:g}, {up:g}]"
 
 
+def backlog_per_worker(settings: Settings) -> float:
+    """TARGET_BACKLOG_PER_WORKER, or WORKER_THREADS: a worker is fully used when
+    every thread holds a message, and anything beyond that is waiting."""
+    return settings.target_backlog_per_worker or float(settings.worker_threads)
+
+
 def default_target(
     backlog: FleetBacklog,
     current: int,
+    starting: int,
     settings: Settings,
     history: Sequence[TickRecord],
     now: float,
-) -> tuple[int, str]:
-    """Backlog-proportional sizing with a latency guard and a scale-down window."""
-    per_worker = settings.target_backlog_per_worker or settings.worker_threads * 2.0
-    want = math.ceil(backlog.backlog / per_worker) if backlog.backlog else 0
-    reason = f"backlog {backlog.backlog} / {per_worker:g} per worker = {want}"
-    if backlog.oldest_age is not None and backlog.oldest_age > settings.max_queue_wait and want <= current:
-        want = current + 1
-        reason = f"oldest message waited {backlog.oldest_age:.0f}s > MAX_QUEUE_WAIT={settings.max_queue_wait:g}s"
-    want = clamp(want, settings)
-    if want > current:
-        step = settings.max_scale_up_step or settings.max_processes
-        return min(want, current + step), reason
-    if want < current:
-        window = [r.target for r in history if r.at >= now - settings.scale_down_stabilization]
-        floor = max([want, *window]) if window else current
-        target = max(want, min(current, floor), current - settings.max_scale_down_step)
-        return target, reason + (f"; stabilizing at {target}" if target > want else "")
-    return current, reason
+) -> tuple[int, int, str]:
+    """(target, wanted, reason): size to the backlog in one step, grow on old messages,
+    shrink only once the need stayed below the fleet for SCALE_DOWN_STABILIZATION."""
+    per_worker = backlog_per_worker(settings)
+    need = math.ceil(backlog.backlog / per_worker)
+    why = f"backlog {backlog.backlog} needs {need} at {per_worker:g}/worker"
+    guard = _latency_guard(backlog.oldest_age, current, starting, settings)
+    if guard is not None and guard[0] > need:
+        need, why = guard
+    elif guard is not None:
+        why += f"; {guard[1]}"
+    wanted = clamp(need, settings)
+    if wanted != need:
+        why += f" (bounded to {wanted} by MIN/MAX_PROCESSES)"
+    if starting:
+        why += f"; {starting} starting"
+
+    if current > settings.max_processes:
+        return settings.max_processes, wanted, f"{why}: down to MAX_PROCESSES={settings.max_processes}"
+    if wanted > current:
+        limit = settings.max_scale_up_step
+        target = min(wanted, current + limit) if limit else wanted
+        capped = f" (MAX_SCALE_UP_STEP={limit})" if target < wanted else ""
+        return target, wanted, f"{why}: up {current} -> {target}{capped}"
+    if wanted == current:
+        return current, wanted, f"{why}: steady at {current}"
+    return _stabilized_down(current, wanted, why, settings, history, now)
+
+
+def _latency_guard(age: float | None, current: int, starting: int, settings: Settings) -> tuple[int, str] | None:
+    """When the oldest ready message waited past MAX_QUEUE_WAIT, want more workers in
+    proportion to the overshoot (at least one, at most double); instances still
+    starting are about to absorb it, so they suppress the extra growth."""
+    limit = settings.max_queue_wait
+    if age is None or age <= limit:
+        return None
+    what = f"oldest message waited {age:.0f}s > MAX_QUEUE_WAIT={limit:g}s"
+    if starting:
+        return current, f"{what}, waiting for {starting} starting"
+    extra = max(1, math.ceil(current * min(1.0, age / limit - 1.0)))
+    return current + extra, f"{what}: +{extra}"
+
+
+def _stabilized_down(
+    current: int,
+    wanted: int,
+    why: str,
+    settings: Settings,
+    history: Sequence[TickRecord],
+    now: float,
+) -> tuple[int, int, str]:
+    """Shrink to the highest need seen within the window, and only when the history
+    reaches back over the whole window (after a gap or a reboot we do not know)."""
+    window = settings.scale_down_stabilization
+    if window > 0:
+        reach = now - window - 2.0 * settings.check_interval  # tolerate a late or skipped tick
+        recent = [r for r in history if reach <= r.at < now]
+        if not recent or recent[0].at > now - window:
+            return current, wanted, f"{why}: holding {current}, under {window:g}s of history (SCALE_DOWN_STABILIZATION)"
+        in_window = [r for r in recent if r.at >= now - window]
+        peak = max([wanted, *(r.target if r.wanted is None else r.wanted for r in in_window)])
+        if peak >= current:
+            return current, wanted, f"{why}: holding {current}, {peak} were needed within {window:g}s"
+    else:
+        peak = wanted
+    limit = settings.max_scale_down_step
+    target = max(peak, current - limit) if limit else peak
+    return target, wanted, f"{why}: need stayed below {current} for {window:g}s, down {current} -> {target}"

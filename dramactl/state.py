@@ -29,6 +29,7 @@ class TickRecord:
     workers: int
     target: int
     oldest_age: float | None = None
+    wanted: int | None = None  # the raw recommendation (ScalingDecision.wanted): what scale-down windows compare
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,279 @@
+"""The ``dramactl`` command: a thin click skin over the library.
+
+Every command is one call into ``dramactl`` (scaler, status, install, ...); this
+module only parses options, renders text or JSON and maps errors to exit codes.
+Heavy modules are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, Callable
+
+import click
+
+from . import settings as settings_mod
+from .settings import Settings, SettingsError
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # a start/stop job did not finish "done"
+EXIT_CONFIG = 2  # a setting is wrong, or Redis cannot be used with it
+EXIT_SYSTEMD = 3  # systemd unreachable or refused
+EXIT_BUSY = 4  # another change holds the lock (manual commands only)
+
+
+class CommandError(click.ClickException):
+    """A one-line error with a specific exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"dramactl: {self.format_message()}", err=True)
+
+
+def load_settings() -> Settings:
+    try:
+        return settings_mod.load()
+    except SettingsError as exc:
+        raise CommandError(str(exc), EXIT_CONFIG) from None
+
+
+def guarded(fn: Callable[[], Any]) -> Any:
+    """Run a library call, turning its errors into one line and an exit code."""
+    from .fleet import FleetError
+    from .install import InstallError
+    from .scaler import Busy
+
+    try:
+        return fn()
+    except SettingsError as exc:
+        raise CommandError(str(exc), EXIT_CONFIG) from None
+    except FleetError as exc:
+        raise CommandError(str(exc), EXIT_SYSTEMD) from None
+    except InstallError as exc:
+        raise CommandError(str(exc), EXIT_FAILED) from None
+    except Busy as exc:
+        raise CommandError(str(exc), EXIT_BUSY) from None
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def finish(outcome: Any, as_json: bool) -> None:
+    """Print an Outcome; exit 1 when a job failed."""
+    if as_json:
+        echo_json(outcome.to_dict())
+    else:
+        click.echo(outcome.summary())
+    if not outcome.ok:
+        sys.exit(EXIT_FAILED)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dramactl")
+def main() -> None:
+    """Run Dramatiq workers as systemd units and size the fleet to the queue.
+
+    Settings come from the environment, ./.env and /etc/dramactl/dramactl.env.
+    """
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+def status(as_json: bool) -> None:
+    """Queues, instances, limits and the timer.
+
+    Example: dramactl status --json | jq .totals
+    """
+    from .render import render_status
+    from .status import collect
+
+    data = collect(load_settings())
+    if as_json:
+        echo_json(data)
+    else:
+        click.echo(render_status(data))
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Decide and print, change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+def tick(dry_run: bool, as_json: bool) -> None:
+    """One scaling step (what dramactl.timer runs).
+
+    Example: dramactl tick --dry-run
+    """
+    from .scaler import Busy, tick as run_tick
+
+    settings = load_settings()
+    try:
+        outcome = guarded(lambda: run_tick(settings, dry_run=dry_run))
+    except CommandError as exc:
+        if exc.exit_code == EXIT_BUSY:  # a manual change is running: this tick has nothing to do
+            click.echo(f"skipped: {exc.message}")
+            return
+        raise
+    finish(outcome, as_json)
+
+
+@main.command("scale-to")
+@click.argument("count", type=int)
+@click.option("--threads", type=int, help="Threads per worker; running instances restart to take it.")
+@click.option("--json", "as_json", is_flag=True)
+def scale_to(count: int, threads: int | None, as_json: bool) -> None:
+    """Run exactly COUNT instances and pause autoscaling.
+
+    Example: dramactl scale-to 4 --threads 8   (then `dramactl resume`)
+    """
+    from .scaler import scale_to as run
+
+    settings = load_settings()
+    finish(guarded(lambda: run(settings, count, threads=threads)), as_json)
+
+
+@main.command("scale-up")
+@click.option("-n", "count", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True)
+def scale_up(count: int, as_json: bool) -> None:
+    """Add N instances (pauses autoscaling).
+
+    Example: dramactl scale-up -n 2
+    """
+    from .scaler import scale_by
+
+    settings = load_settings()
+    finish(guarded(lambda: scale_by(settings, count)), as_json)
+
+
+@main.command("scale-down")
+@click.option("-n", "count", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True)
+def scale_down(count: int, as_json: bool) -> None:
+    """Stop the N highest-numbered instances, draining them (pauses autoscaling).
+
+    Example: dramactl scale-down -n 1
+    """
+    from .scaler import scale_by
+
+    settings = load_settings()
+    finish(guarded(lambda: scale_by(settings, -count)), as_json)
+
+
+@main.command()
+def pause() -> None:
+    """Stop the timer's ticks from changing the fleet.
+
+    Example: dramactl pause
+    """
+    from .scaler import set_paused
+
+    settings = load_settings()
+    guarded(lambda: set_paused(settings, True))
+    click.echo("autoscaling paused: ticks report but do not change the fleet; `dramactl resume` undoes it")
+
+
+@main.command()
+def resume() -> None:
+    """Hand the fleet size back to the timer.
+
+    Example: dramactl resume
+    """
+    from .scaler import set_paused
+
+    settings = load_settings()
+    guarded(lambda: set_paused(settings, False))
+    click.echo("autoscaling resumed: the next tick sizes the fleet")
+
+
+@main.command()
+def check() -> None:
+    """Validate the settings, reach Redis, resolve the worker command.
+
+    Example: dramactl check && systemctl start dramactl.timer
+    """
+    from . import queue
+    from .worker import worker_argv
+
+    settings = load_settings()
+    stats = guarded(lambda: queue.read(settings))
+    argv = guarded(lambda: worker_argv(settings, settings.worker_threads))
+    click.echo(f"settings ok (from {', '.join(settings.sources) or 'environment only'})")
+    click.echo(f"redis ok at {settings.redis_location}: " + ", ".join(f"{q.name}={q.backlog}" for q in stats))
+    click.echo("worker command: " + " ".join(argv))
+
+
+@main.command()
+@click.option("--root", default="/", show_default=True, help="Install below this directory (packaging, tests).")
+@click.option("--no-users", is_flag=True, help="Do not create the dramactl and dramatiq users.")
+@click.option("--no-reload", is_flag=True, help="Do not ask systemd to reload.")
+def install(root: str, no_users: bool, no_reload: bool) -> None:
+    """Install units, polkit rule, users and env file for a pip install (as root).
+
+    Example: sudo dramactl install && sudo systemctl enable --now dramactl.timer
+    """
+    from .install import install as run
+
+    settings = load_settings()
+    report = guarded(lambda: run(settings, root=root, users=not no_users, reload=not no_reload))
+    for line in report.actions or ["already installed, nothing changed"]:
+        click.echo(line)
+
+
+@main.command()
+@click.argument("count", type=click.IntRange(min=1))
+@click.option("--rate", type=float, help="Messages per second (default: as fast as possible).")
+@click.option("--kind", type=click.Choice(["email", "ocr", "high", "low"]), default="email", show_default=True)
+@click.option("--seconds", type=float, help="How long each example task works.")
+def load(count: int, rate: float | None, kind: str, seconds: float | None) -> None:
+    """Enqueue COUNT example messages, to watch the fleet scale.
+
+    Example: dramactl load 200 --rate 50 --seconds 0.5
+    """
+    from .load import send_load
+
+    settings = load_settings()
+    started = time.monotonic()
+
+    def progress(sent: int, total: int) -> None:
+        if sent == total or sent % max(1, total // 10) == 0:
+            click.echo(f"sent {sent}/{total}", err=True)
+
+    ids = guarded(lambda: send_load(settings, count, rate=rate, kind=kind, seconds=seconds, progress=progress))
+    click.echo(f"enqueued {len(ids)} {kind} messages in {time.monotonic() - started:.1f}s")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="DASHBOARD_HOST")
+@click.option("--port", default=8080, show_default=True, type=int, envvar="DASHBOARD_PORT")
+def dashboard(host: str, port: int) -> None:
+    """Serve a web view of the queues and instances.
+
+    Example: dramactl dashboard --port 8080   (then open http://127.0.0.1:8080)
+    """
+    from .dashboard import serve
+
+    settings = load_settings()
+    click.echo(f"dashboard on http://{host}:{port} (Ctrl-C stops it)", err=True)
+    serve(settings, host=host, port=port)
+
+
+@main.command("worker-exec", hidden=True)
+@click.argument("instance", type=int)
+def worker_exec(instance: int) -> None:
+    """What dramatiq-worker@N.service runs: exec Dramatiq with the fleet's settings."""
+    from .state import StateStore
+    from .worker import exec_worker
+
+    values, sources = settings_mod.read_sources()
+    settings = guarded(lambda: settings_mod.parse(values, sources))
+    threads = StateStore(settings.state_dir).load().threads or settings.worker_threads
+    guarded(lambda: exec_worker(settings, threads, instance, values))
+
+
+if __name__ == "__main__":
+    main()

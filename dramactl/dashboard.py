@@ -1,0 +1,337 @@
+"""A small read-only web view of the queues and the systemd fleet.
+
+Served by the standard library (``http.server``), so it adds no dependency:
+
+- ``/``            an HTML page, refreshing itself every few seconds, with each queue's
+                   ready/delayed/due/in-flight/dead counts and oldest age, the worker
+                   instances (state, PID, uptime, restarts), the limits and the timer;
+- ``/status.json`` the same object ``dramactl status --json`` prints.
+
+Both come from :func:`dramactl.status.collect` on every request. When it cannot reach
+Redis or systemd, or raises, the page still renders and shows why. It binds to
+127.0.0.1 by default: it changes nothing, but it shows queue names and unit states.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from html import escape
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+from dramactl.settings import Settings
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_REFRESH = 5
+
+logger = logging.getLogger("dramactl.dashboard")
+
+Collect = Callable[[Settings], dict]
+
+QUEUE_COLUMNS = (
+    ("ready", "Ready"),
+    ("delayed", "Delayed"),
+    ("due", "Due"),
+    ("in_flight", "In flight"),
+    ("dead", "Dead"),
+    ("oldest_age", "Oldest age"),
+    ("backlog", "Backlog"),
+)
+
+
+def default_collect(settings: Settings) -> dict:
+    """:func:`dramactl.status.collect` with systemd."""
+    from dramactl.status import collect
+
+    return collect(settings)
+
+
+def safe_collect(settings: Settings, collect: Collect) -> dict:
+    """collect()'s dict, or one whose ``errors`` says why it raised; never raises."""
+    try:
+        status = collect(settings)
+        if not isinstance(status, dict):
+            raise TypeError(f"status is a {type(status).__name__}, not a dict")
+    except Exception as exc:  # the page must render whatever went wrong
+        logger.exception("collecting status failed")
+        return {"time": time.time(), "queues": [], "instances": [], "errors": [f"status: {type(exc).__name__}: {exc}"]}
+    return status
+
+
+# ---- formatting ---------------------------------------------------------------------
+
+
+def fmt_age(seconds: Any) -> str:
+    """Seconds as 4.2 s / 3 m 05 s / 2 h 03 m; a dash for none."""
+    if seconds is None or isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        return "—"
+    s = max(0.0, float(seconds))
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} m {int(s % 60):02d} s"
+    if s < 86400:
+        return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} m"
+    return f"{int(s // 86400)} d {int(s % 86400 // 3600):02d} h"
+
+
+def fmt_time(epoch: Any) -> str:
+    if not isinstance(epoch, (int, float)) or isinstance(epoch, bool) or not epoch:
+        return "—"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def _cell(value: Any) -> str:
+    return "—" if value is None or value == "" else escape(str(value))
+
+
+def _queue_cells(row: dict) -> str:
+    cells = []
+    for key, _ in QUEUE_COLUMNS:
+        value = row.get(key)
+        text = fmt_age(value) if key == "oldest_age" else _cell(value)
+        warn = key == "dead" and isinstance(value, int) and value > 0
+        cls = f"num {key}" + (" warn" if warn else "")
+        cells.append(f'<td class="{cls}">{text}</td>')
+    return "".join(cells)
+
+
+def _state_class(active_state: str) -> str:
+    return {"active": "ok", "activating": "busy", "deactivating": "busy", "reloading": "busy", "failed": "bad"}.get(active_state, "idle")
+
+
+def render_queues(status: dict) -> str:
+    queues = [q for q in status.get("queues") or [] if isinstance(q, dict)]
+    head = "".join(f'<th class="num">{escape(label)}</th>' for _, label in QUEUE_COLUMNS)
+    rows = [
+        f'<tr data-queue="{escape(str(q.get("name", "")))}"><th class="name">{_cell(q.get("name"))}</th>{_queue_cells(q)}</tr>'
+        for q in queues
+    ]
+    if not rows:
+        rows.append(f'<tr><td class="empty" colspan="{len(QUEUE_COLUMNS) + 1}">No queue figures (see the errors above).</td></tr>')
+    totals = status.get("totals")
+    foot = f'<tfoot><tr data-queue="*total*"><th class="name">Total</th>{_queue_cells(totals)}</tr></tfoot>' if isinstance(totals, dict) else ""
+    return f'<table id="queues"><thead><tr><th>Queue</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody>{foot}</table>'
+
+
+def render_instances(status: dict) -> str:
+    instances = [i for i in status.get("instances") or [] if isinstance(i, dict)]
+    rows = []
+    for i in instances:
+        active = str(i.get("active_state", ""))
+        state = escape(active) + (f" ({escape(str(i['sub_state']))})" if i.get("sub_state") else "")
+        pid = i.get("pid") or None
+        restarts = i.get("restarts")
+        rows.append(
+            f'<tr data-unit="{escape(str(i.get("name", "")))}"><th class="name">{_cell(i.get("name") or i.get("number"))}</th>'
+            f'<td class="state {_state_class(active)}">{state}</td><td class="num pid">{_cell(pid)}</td>'
+            f'<td class="num uptime">{fmt_age(i.get("uptime"))}</td>'
+            f'<td class="num restarts{" warn" if isinstance(restarts, int) and restarts > 0 else ""}">{_cell(restarts)}</td></tr>'
+        )
+    if not rows:
+        rows.append('<tr><td class="empty" colspan="5">No worker instances are loaded.</td></tr>')
+    head = '<tr><th>Unit</th><th>State</th><th class="num">PID</th><th class="num">Uptime</th><th class="num">Restarts</th></tr>'
+    return f'<table id="instances"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def render_summary(status: dict) -> str:
+    """The facts line: instances up, limits, thresholds, timer, paused, last tick."""
+    items: list[tuple[str, str, str]] = []  # (id, label, html value)
+    instances = [i for i in status.get("instances") or [] if isinstance(i, dict)]
+    up = sum(1 for i in instances if i.get("active_state") in ("active", "activating"))
+    items.append(("workers", "Workers up", f"{up} of {len(instances)}"))
+    lim = status.get("limits")
+    if isinstance(lim, dict):
+        items.append(("limits", "Limits", f"min {_cell(lim.get('min'))} · max {_cell(lim.get('max'))}" + (f" · policy {_cell(lim.get('policy'))}" if lim.get("policy") else "")))
+        if lim.get("scale_up_above") is not None or lim.get("scale_down_below") is not None:
+            items.append(("thresholds", "Scale at backlog", f"up &gt; {_cell(lim.get('scale_up_above'))} · down &lt; {_cell(lim.get('scale_down_below'))}"))
+    timer = status.get("timer")
+    if isinstance(timer, dict):
+        every = f" · every {fmt_age(timer.get('interval'))}" if timer.get("interval") else ""
+        items.append(("timer", "Scaler timer", f"{_cell(timer.get('active_state'))}{every} · next {escape(fmt_time(timer.get('next')))}"))
+    elif "timer" in status:
+        items.append(("timer", "Scaler timer", "unknown"))
+    if "paused" in status:
+        paused = bool(status.get("paused"))
+        items.append(("paused", "Autoscaling", '<span class="bad">paused</span>' if paused else '<span class="ok">on</span>'))
+    tick = status.get("last_tick")
+    if isinstance(tick, dict):
+        items.append(
+            ("last-tick", "Last tick", f"{escape(fmt_time(tick.get('at')))}: backlog {_cell(tick.get('backlog'))}, "
+             f"{_cell(tick.get('workers'))} → {_cell(tick.get('target'))} workers")
+        )
+    return '<dl class="summary">' + "".join(f'<div id="{i}"><dt>{escape(label)}</dt><dd>{value}</dd></div>' for i, label, value in items) + "</dl>"
+
+
+STYLE = """
+:root { color-scheme: light; --fg:#1d2330; --muted:#667085; --line:#e4e7ec; --bg:#f6f7f9; --ok:#067647; --busy:#b54708; --bad:#b42318; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: var(--fg); background: var(--bg); }
+header { background: #1d2330; color: #fff; padding: 14px 28px; display: flex; align-items: baseline; gap: 18px; flex-wrap: wrap; }
+header h1 { margin: 0; font-size: 18px; font-weight: 600; }
+header .meta { color: #c6cbd5; font-size: 13px; }
+main { padding: 18px 28px 28px; max-width: 1200px; }
+h2 { font-size: 15px; margin: 22px 0 8px; }
+table { width: 100%; border-collapse: collapse; background: #fff; border: 1px solid var(--line); border-radius: 6px; overflow: hidden; }
+th, td { padding: 7px 12px; text-align: left; border-bottom: 1px solid var(--line); white-space: nowrap; }
+thead th { background: #f0f2f5; font-weight: 600; font-size: 12px; text-transform: uppercase; letter-spacing: .03em; color: var(--muted); }
+tbody th.name, tfoot th.name { font-weight: 600; font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 13px; }
+tfoot td, tfoot th { background: #f8f9fb; font-weight: 600; border-bottom: 0; }
+.num { text-align: right; font-variant-numeric: tabular-nums; }
+.empty { color: var(--muted); text-align: center; padding: 14px; }
+.warn { color: var(--bad); font-weight: 600; }
+.ok { color: var(--ok); } .busy { color: var(--busy); } .bad { color: var(--bad); } .idle { color: var(--muted); }
+td.state { font-weight: 600; }
+.errors { background: #fef3f2; border: 1px solid #fecdca; color: var(--bad); border-radius: 6px; padding: 10px 14px; margin: 0 0 8px; }
+.errors ul { margin: 0; padding-left: 18px; } .errors li { margin: 2px 0; }
+.summary { display: flex; flex-wrap: wrap; gap: 10px; margin: 0; }
+.summary div { background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 8px 14px; min-width: 150px; }
+.summary dt { font-size: 12px; color: var(--muted); text-transform: uppercase; letter-spacing: .03em; }
+.summary dd { margin: 2px 0 0; font-weight: 600; }
+footer { color: var(--muted); font-size: 12px; margin-top: 18px; }
+"""
+
+
+def render_page(status: dict, *, refresh: int = DEFAULT_REFRESH, location: str = "") -> str:
+    """The whole HTML page for one status dict; every value from it is escaped."""
+    errors = [str(e) for e in status.get("errors") or []]
+    error_box = (
+        '<section class="errors" id="errors"><ul>' + "".join(f"<li>{escape(e)}</li>" for e in errors) + "</ul></section>" if errors else ""
+    )
+    updated = fmt_time(status.get("time") or time.time())
+    meta_refresh = f'<meta http-equiv="refresh" content="{int(refresh)}">' if refresh > 0 else ""
+    where = f" · Redis {escape(location)}" if location else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">{meta_refresh}
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>dramactl · Dramatiq fleet</title><style>{STYLE}</style></head>
+<body><header><h1>dramactl · Dramatiq fleet</h1><span class="meta" id="updated">updated {escape(updated)}{where}</span></header>
+<main>{error_box}{render_summary(status)}
+<h2>Queues</h2>{render_queues(status)}
+<h2>Worker instances</h2>{render_instances(status)}
+<footer>Refreshes every {int(refresh)} s · the same data as JSON: <a href="status.json">status.json</a></footer>
+</main></body></html>
+"""
+
+
+# ---- the server ---------------------------------------------------------------------
+
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def make_handler(settings: Settings, collect: Collect, refresh: int) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "dramactl-dashboard"
+        sys_version = ""
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self._respond(send_body=True)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._respond(send_body=False)
+
+        def _respond(self, send_body: bool) -> None:
+            path = self.path.split("?", 1)[0].split("#", 1)[0]
+            try:
+                if path in ("/", "/index.html"):
+                    status = safe_collect(settings, collect)
+                    body = render_page(status, refresh=refresh, location=settings.redis_location).encode()
+                    ctype = "text/html; charset=utf-8"
+                elif path == "/status.json":
+                    body = json.dumps(safe_collect(settings, collect), default=str, indent=1).encode()
+                    ctype = "application/json"
+                else:
+                    self._send(HTTPStatus.NOT_FOUND, b"not found: try / or /status.json\n", "text/plain; charset=utf-8", send_body)
+                    return
+            except Exception as exc:  # a rendering bug: say so in one line, keep the traceback in the log
+                logger.exception("rendering %s failed", path)
+                msg = f"dramactl dashboard: cannot render {path}: {type(exc).__name__}\n".encode()
+                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, msg, "text/plain; charset=utf-8", send_body)
+                return
+            self._send(HTTPStatus.OK, body, ctype, send_body)
+
+        def _send(self, code: int, body: bytes, ctype: str, send_body: bool) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in SECURITY_HEADERS.items():
+                self.send_header(name, value)
+            self.end_headers()
+            if send_body:
+                self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+            logger.info("%s %s", self.address_string(), format % args)
+
+    return Handler
+
+
+class DashboardServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        if ":" in str(host):
+            host = f"[{host}]"
+        return f"http://{host}:{port}/"
+
+
+class DashboardServer6(DashboardServer):
+    address_family = socket.AF_INET6
+
+
+def make_server(
+    settings: Settings,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    collect: Collect | None = None,
+    refresh: int = DEFAULT_REFRESH,
+) -> DashboardServer:
+    """A bound, not yet serving, server (port 0 picks a free one; see ``.url``).
+
+    ``collect(settings) -> dict`` defaults to :func:`dramactl.status.collect`.
+    Raises OSError when the address cannot be bound.
+    """
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"port must be from 0 to 65535, not {port}")
+    if refresh < 0:
+        raise ValueError(f"refresh must be >= 0 seconds, not {refresh}")
+    handler = make_handler(settings, collect or default_collect, refresh)
+    server_class = DashboardServer6 if ":" in host else DashboardServer
+    return server_class((host, int(port)), handler)
+
+
+def serve(
+    settings: Settings,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    refresh: int = DEFAULT_REFRESH,
+    on_ready: Callable[[str], Any] | None = None,
+) -> None:
+    """Serve the dashboard until Ctrl-C; ``on_ready(url)`` is called once it listens.
+
+    Raises OSError (e.g. address in use) before serving when the address cannot be bound.
+    """
+    server = make_server(settings, host, port, refresh=refresh)
+    logger.info("dashboard on %s", server.url)
+    if on_ready is not None:
+        on_ready(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

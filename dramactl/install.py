@@ -1,0 +1,127 @@
+"""``dramactl install``: put the units, polkit rule and users in place on a pip-installed host.
+
+The Debian package ships the same files itself; this is the path for a venv. The
+unit files are copied as they are from ``systemd/``; only values derived from the
+settings (tick interval, stop timeout) go into small drop-ins, so the shipped
+units stay the documented ones.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .settings import DEFAULT_ENV_FILE, Settings
+
+UNITS = ("dramatiq-worker@.service", "dramatiq-workers.target", "dramactl.service", "dramactl.timer")
+# systemd's fixed search path for ExecStart= commands given without a directory.
+SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
+REPO = Path(__file__).resolve().parents[1]
+
+
+class InstallError(RuntimeError):
+    """A step of the install cannot be done; the message says what to do."""
+
+
+@dataclass
+class InstallReport:
+    """What install changed, one line each."""
+
+    actions: list[str] = field(default_factory=list)
+
+    def did(self, line: str) -> None:
+        self.actions.append(line)
+
+
+def data_path(kind: str, name: str) -> Path:
+    """A shipped file: from the wheel's data dir, or from the source checkout."""
+    for base in (Path(sys.prefix) / "share" / "dramactl", REPO / "packaging", REPO):
+        candidate = base / kind / name
+        if candidate.is_file():
+            return candidate
+    raise InstallError(f"{kind}/{name} is missing from this installation; reinstall dramactl")
+
+
+def stop_timeout(settings: Settings) -> int:
+    """TimeoutStopSec for workers: Dramatiq waits up to the timeout for threads, then consumers."""
+    return max(75, 2 * settings.graceful_shutdown_timeout + 15)
+
+
+def drop_ins(settings: Settings) -> dict[str, str]:
+    """Drop-in files (relative to the unit dir) carrying values derived from settings."""
+    header = "# Written by `dramactl install` from the settings; run it again after changing them.\n"
+    return {
+        "dramactl.timer.d/50-check-interval.conf": f"{header}[Timer]\nOnUnitActiveSec={settings.check_interval}s\n",
+        "dramatiq-worker@.service.d/50-stop-timeout.conf": f"{header}[Service]\nTimeoutStopSec={stop_timeout(settings)}s\n",
+    }
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> bool:
+    """Write if different; True when the file changed."""
+    if path.is_file() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    return True
+
+
+def link_entry_point(report: InstallReport, root: Path) -> None:
+    """Make `dramactl` resolvable on systemd's search path (units run `dramactl ...`)."""
+    ours = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "dramactl" else Path(sys.executable).with_name("dramactl")
+    found = shutil.which("dramactl", path=os.pathsep.join(str(root) + p for p in SYSTEMD_PATH.split(":")))
+    if found and Path(found).resolve() == ours.resolve():
+        return
+    link = root / "usr/local/bin/dramactl"
+    if link.exists() and not link.is_symlink():
+        raise InstallError(f"{link} exists and is not ours; remove it or put {ours.parent} first")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink():
+        link.unlink()
+    link.symlink_to(ours)
+    report.did(f"linked {link} -> {ours}")
+
+
+def install(settings: Settings, *, root: str = "/", users: bool = True, reload: bool = True) -> InstallReport:
+    """Install units, drop-ins, polkit rule, users and the env file; reload systemd."""
+    base = Path(root)
+    report = InstallReport()
+    unit_dir = base / "etc/systemd/system"
+    for name in UNITS:
+        if _write(unit_dir / name, data_path("systemd", name).read_text()):
+            report.did(f"installed {unit_dir / name}")
+    for rel, text in drop_ins(settings).items():
+        if _write(unit_dir / rel, text):
+            report.did(f"wrote {unit_dir / rel}")
+    rule = base / "etc/polkit-1/rules.d/50-dramactl.rules"
+    if _write(rule, data_path("polkit", "50-dramactl.rules").read_text()):
+        report.did(f"installed {rule} (dramactl may start/stop dramatiq-worker@*.service only)")
+    sysusers = base / "etc/sysusers.d/dramactl.conf"
+    if _write(sysusers, data_path("sysusers", "dramactl.conf").read_text()) or users:
+        if users:
+            run = subprocess.run(["systemd-sysusers", str(sysusers)], capture_output=True, text=True)
+            if run.returncode:
+                raise InstallError(f"systemd-sysusers failed: {run.stderr.strip()}")
+            report.did("ensured system users dramactl and dramatiq")
+    env_file = base / DEFAULT_ENV_FILE.lstrip("/")
+    if not env_file.exists():
+        local = Path.cwd() / ".env"
+        source = local if local.is_file() else data_path("env", "dramactl.env")
+        _write(env_file, source.read_text(), 0o640)
+        if users:
+            shutil.chown(env_file, "root", "dramactl")
+        report.did(f"created {env_file} from {source}")
+    link_entry_point(report, base)
+    if reload:
+        from .fleet import Fleet
+
+        with Fleet() as fleet:
+            fleet.reload()
+        report.did("reloaded systemd")
+    return report

@@ -1,0 +1,62 @@
+"""Text rendering of the status object, for people at a terminal."""
+
+from __future__ import annotations
+
+import time
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _when(epoch: float | None, now: float) -> str:
+    if not epoch:
+        return "-"
+    delta = epoch - now
+    stamp = time.strftime("%H:%M:%S", time.localtime(epoch))
+    return f"{stamp} (in {_age(delta)})" if delta >= 0 else f"{stamp} ({_age(-delta)} ago)"
+
+
+def render_status(data: dict) -> str:
+    """The `dramactl status` text: queues, instances, limits, timer, errors."""
+    now = data.get("time") or time.time()
+    lines = [f"{'QUEUE':<24} {'READY':>7} {'DELAYED':>8} {'DUE':>5} {'IN-FLIGHT':>9} {'DEAD':>6} {'OLDEST':>8}"]
+    rows = list(data.get("queues") or [])
+    if data.get("totals") and len(rows) > 1:
+        rows.append({"name": "(total)", **data["totals"]})
+    for q in rows:
+        lines.append(
+            f"{q['name']:<24} {q['ready']:>7} {q['delayed']:>8} {q['due']:>5} {q['in_flight']:>9} {q['dead']:>6} {_age(q['oldest_age']):>8}"
+        )
+    lines.append("")
+    instances = data.get("instances") or []
+    lines.append(f"{'INSTANCE':<28} {'STATE':<22} {'PID':>8} {'UPTIME':>8} {'RESTARTS':>8}")
+    for u in instances:
+        state = f"{u['active_state']} ({u['sub_state']})"
+        lines.append(f"{u['name']:<28} {state:<22} {u['pid'] or '-':>8} {_age(u.get('uptime')):>8} {u['restarts']:>8}")
+    if not instances:
+        lines.append("(no worker instances)")
+    lines.append("")
+    lim = data.get("limits") or {}
+    lines.append(
+        f"limits: min {lim.get('min')} max {lim.get('max')}  policy {lim.get('policy')}  "
+        f"threads/worker {data.get('threads')}  step thresholds: up above {lim.get('scale_up_above', 0):g}, down below {lim.get('scale_down_below', 0):g}"
+    )
+    timer = data.get("timer")
+    if timer:
+        every = f"every {timer['interval']:g}s" if timer.get("interval") else "interval unknown"
+        lines.append(f"timer: {timer['active_state']}, {every}, last {_when(timer.get('last'), now)}, next {_when(timer.get('next'), now)}")
+    lines.append("autoscaling: " + ("PAUSED (dramactl resume)" if data.get("paused") else "on"))
+    last = data.get("last_tick")
+    if last:
+        lines.append(f"last tick: {_when(last['at'], now)}: backlog {last['backlog']}, workers {last['workers']} -> {last['target']}")
+    for err in data.get("errors") or []:
+        lines.append(f"error: {err}")
+    return "\n".join(lines)

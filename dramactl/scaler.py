@@ -1,0 +1,189 @@
+"""One scaling step, and the manual verbs, wiring queue -> policy -> fleet.
+
+Every function here takes the lock first, reads everything, decides, validates,
+and only then changes the fleet: an error before the last step leaves workers as
+they were.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from . import queue
+from .fleet import Fleet, JobResult
+from .instance import WorkerUnit
+from .policy import ScalingDecision, decide
+from .settings import Settings, SettingsError
+from .state import ScalerState, StateStore, TickRecord
+from .stats import FleetBacklog, QueueStats
+from .worker import worker_argv
+
+
+class Busy(RuntimeError):
+    """Another tick or manual change holds the lock."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which instance numbers to start and stop to reach a target."""
+
+    start: tuple[int, ...] = ()
+    stop: tuple[int, ...] = ()
+
+
+def plan(instances: Sequence[WorkerUnit], target: int) -> Plan:
+    """Grow with the lowest free numbers, shrink from the highest (pure)."""
+    up = sorted(u.number for u in instances if u.is_up)
+    if target > len(up):
+        busy = {u.number for u in instances if u.is_up or u.is_stopping}
+        free = (n for n in range(1, 10**6) if n not in busy)
+        return Plan(start=tuple(next(free) for _ in range(target - len(up))))
+    if target < len(up):
+        return Plan(stop=tuple(sorted(up, reverse=True)[: len(up) - target]))
+    return Plan()
+
+
+@dataclass
+class Outcome:
+    """What a tick or manual command saw, decided and did."""
+
+    decision: ScalingDecision
+    queues: list[QueueStats] = field(default_factory=list)
+    started: list[JobResult] = field(default_factory=list)
+    stopped: list[JobResult] = field(default_factory=list)
+    dry_run: bool = False
+    paused: bool = False
+
+    @property
+    def backlog(self) -> FleetBacklog:
+        return FleetBacklog.of(self.queues)
+
+    @property
+    def ok(self) -> bool:
+        return all(j.ok for j in self.started + self.stopped)
+
+    def summary(self) -> str:
+        """One line with inputs, decision, reason and actions: the journal record of a tick."""
+        b = self.backlog
+        age = "-" if b.oldest_age is None else f"{b.oldest_age:.1f}s"
+        d = self.decision
+        parts = [
+            f"queues ready={b.ready} delayed={b.delayed} due={b.due} in_flight={b.in_flight} dead={b.dead} oldest={age}",
+            f"workers {d.current} -> {d.target}" + (" (dry run)" if self.dry_run else ""),
+            d.reason,
+        ]
+        for label, jobs in (("started", self.started), ("stopped", self.stopped)):
+            if jobs:
+                parts.append(f"{label} " + " ".join(f"@{j.unit.split('@')[1].split('.')[0]}:{j.result}" for j in jobs))
+        return " | ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {
+            "decision": self.decision.to_dict(),
+            "queues": [q.to_dict() for q in self.queues],
+            "totals": {"backlog": self.backlog.backlog, "oldest_age": self.backlog.oldest_age},
+            "started": [j.__dict__ for j in self.started],
+            "stopped": [j.__dict__ for j in self.stopped],
+            "dry_run": self.dry_run,
+            "paused": self.paused,
+        }
+
+
+@contextmanager
+def _locked(settings: Settings, wait: bool) -> Iterator[StateStore]:
+    store = StateStore(settings.state_dir)
+    try:
+        with store.lock(wait=wait):
+            yield store
+    except BlockingIOError:
+        raise Busy("another dramactl tick or manual change is running; try again in a moment") from None
+
+
+def threads_of(settings: Settings, state: ScalerState) -> int:
+    """Threads per worker: the operator's last `start P T` or WORKER_THREADS."""
+    return state.threads or settings.worker_threads
+
+
+def _apply(fleet: Fleet, settings: Settings, instances: Sequence[WorkerUnit], target: int, threads: int) -> tuple[list[JobResult], list[JobResult]]:
+    changes = plan(instances, target)
+    if changes.start:
+        worker_argv(settings, threads)  # a command that cannot run stops us before any change
+    stop_wait = min(settings.graceful_shutdown_timeout + 5.0, 30.0)
+    stopped = fleet.stop(changes.stop, timeout=stop_wait)
+    started = fleet.start(changes.start, timeout=max(30.0, settings.process_startup_delay * 6))
+    return started, stopped
+
+
+def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = None, now: float | None = None) -> Outcome:
+    """The timer's step: read the queues and the fleet, decide, act, remember."""
+    fleet = fleet or Fleet()
+    with _locked(settings, wait=False) as store:
+        stats = queue.read(settings)
+        instances = fleet.instances()
+        state = store.load()
+        now = time.time() if now is None else now
+        backlog = FleetBacklog.of(stats)
+        if state.paused:
+            current = sum(1 for u in instances if u.is_up)
+            decision = ScalingDecision(current, current, "paused: autoscaling is off until `dramactl resume`")
+        else:
+            decision = decide(backlog, instances, settings, state.history, now)
+        outcome = Outcome(decision, stats, dry_run=dry_run, paused=state.paused)
+        if dry_run:
+            return outcome
+        if decision.delta:
+            outcome.started, outcome.stopped = _apply(fleet, settings, instances, decision.target, threads_of(settings, state))
+        store.save(state.with_tick(decision.record(now, backlog)))
+        return outcome
+
+
+def scale_to(
+    settings: Settings,
+    target: int,
+    *,
+    threads: int | None = None,
+    fleet: Fleet | None = None,
+    pause: bool = True,
+) -> Outcome:
+    """Set the fleet size by hand; pauses autoscaling so the next tick keeps it."""
+    if not 0 <= target <= settings.max_processes:
+        raise SettingsError("MAX_PROCESSES", f"cannot scale to {target}: allowed 0..{settings.max_processes}", "ask for fewer or raise MAX_PROCESSES")
+    if threads is not None and not 1 <= threads <= 1024:
+        raise SettingsError("WORKER_THREADS", f"{threads} threads per worker is out of range", "use 1 to 1024")
+    fleet = fleet or Fleet()
+    with _locked(settings, wait=True) as store:
+        state = store.load()
+        instances = fleet.instances()
+        current = sum(1 for u in instances if u.is_up)
+        new_state = ScalerState(paused=pause or state.paused, threads=threads or state.threads, history=state.history)
+        restart = [u.number for u in instances if u.is_up and threads and threads != threads_of(settings, state)]
+        if target or restart:
+            worker_argv(settings, threads_of(settings, new_state))
+        store.save(new_state)  # threads first: instances started below read it
+        reason = "manual" + ("; autoscaling paused" if new_state.paused else "")
+        outcome = Outcome(ScalingDecision(current, target, reason), paused=new_state.paused)
+        keep = [n for n in restart if n <= target]
+        if keep:
+            outcome.stopped = fleet.restart(keep)
+        outcome.started, stopped = _apply(fleet, settings, instances, target, threads_of(settings, new_state))
+        outcome.stopped += stopped
+        return outcome
+
+
+def scale_by(settings: Settings, delta: int, *, fleet: Fleet | None = None) -> Outcome:
+    """scale-up/scale-down by ``delta`` instances, clamped to 0..MAX_PROCESSES."""
+    fleet = fleet or Fleet()
+    current = sum(1 for u in fleet.instances() if u.is_up)
+    return scale_to(settings, max(0, min(settings.max_processes, current + delta)), fleet=fleet)
+
+
+def set_paused(settings: Settings, paused: bool) -> ScalerState:
+    """pause/resume: whether ticks may change the fleet."""
+    with _locked(settings, wait=True) as store:
+        state = store.load()
+        new = ScalerState(paused=paused, threads=state.threads, history=state.history)
+        store.save(new)
+        return new

@@ -1,0 +1,78 @@
+"""Everything ``dramactl status`` shows, gathered as one plain dict.
+
+Each source is read independently: when Redis or systemd cannot be reached the
+rest is still reported and the problem lands in ``errors``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import queue
+from .fleet import Fleet, FleetError
+from .settings import Settings, SettingsError
+from .state import StateStore
+from .stats import FleetBacklog
+
+
+def limits(settings: Settings) -> dict:
+    """MIN/MAX, the policy and the thresholds in force."""
+    return {
+        "min": settings.min_processes,
+        "max": settings.max_processes,
+        "policy": settings.policy,
+        "check_interval": settings.check_interval,
+        "scale_up_multiplier": settings.scale_up_multiplier,
+        "scale_down_multiplier": settings.scale_down_multiplier,
+        "target_backlog_per_worker": settings.target_backlog_per_worker or None,
+        "max_queue_wait": settings.max_queue_wait,
+        "scale_down_stabilization": settings.scale_down_stabilization,
+    }
+
+
+def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = None) -> dict:
+    """The status object printed by ``dramactl status --json``."""
+    errors: list[str] = []
+    now = time.time()
+    out: dict = {"time": now, "queues": [], "totals": None, "instances": [], "timer": None}
+    try:
+        stats = queue.read(settings)
+        out["queues"] = [q.to_dict() for q in stats]
+        totals = FleetBacklog.of(stats)
+        out["totals"] = {
+            "ready": totals.ready,
+            "delayed": totals.delayed,
+            "due": totals.due,
+            "in_flight": totals.in_flight,
+            "dead": totals.dead,
+            "oldest_age": totals.oldest_age,
+            "backlog": totals.backlog,
+        }
+    except SettingsError as exc:
+        errors.append(f"redis: {exc}")
+    if systemd:
+        try:
+            fleet = fleet or Fleet()
+            units = fleet.instances(details=True)
+            out["instances"] = [
+                {**u.to_dict(), "uptime": round(now - u.since, 1) if u.since and u.active_state == "active" else None} for u in units
+            ]
+            out["timer"] = fleet.timer().to_dict()
+        except FleetError as exc:
+            errors.append(f"systemd: {exc}")
+    state = StateStore(settings.state_dir).load()
+    out["paused"] = state.paused
+    out["threads"] = state.threads or settings.worker_threads
+    out["last_tick"] = state.history[-1].__dict__ if state.history else None
+    lim = limits(settings)
+    up = sum(1 for u in out["instances"] if u["active_state"] in ("active", "activating"))
+    lim["scale_up_above"] = up * settings.scale_up_multiplier
+    lim["scale_down_below"] = up * settings.scale_down_multiplier
+    out["limits"] = lim
+    timer = out["timer"]
+    if timer and timer.get("interval") and abs(timer["interval"] - settings.check_interval) > 0.5:
+        errors.append(
+            f"CHECK_INTERVAL: timer fires every {timer['interval']:g}s but CHECK_INTERVAL={settings.check_interval}; run `dramactl install` to apply it"
+        )
+    out["errors"] = errors
+    return out

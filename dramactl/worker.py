@@ -1,0 +1,60 @@
+"""What a ``dramatiq-worker@N`` instance runs: DRAMATIQ_COMMAND made concrete.
+
+The unit execs ``dramactl worker-exec N``; this module turns the settings into the
+Dramatiq command line (one process, the fleet's thread count, a shutdown timeout
+that fits inside the unit's TimeoutStopSec, the readiness hook) and replaces the
+current process with it, so systemd supervises Dramatiq itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from .settings import Settings, SettingsError, broker_index, check_command
+
+HOOK_DIR = Path(__file__).with_name("hook")
+HOOK_MODULE = "dramactl_ready"
+
+
+def worker_argv(settings: Settings, threads: int) -> list[str]:
+    """The full argv for one instance; SettingsError when the command cannot run."""
+    argv = check_command(settings.dramatiq_command)
+    app = broker_index(argv)
+    argv = argv[: app + 1] + [HOOK_MODULE] + argv[app + 1 :]
+    argv += [
+        "--processes", "1",
+        "--threads", str(threads),
+        "--worker-shutdown-timeout", str(settings.worker_shutdown_timeout_ms),
+    ]
+    if argv[0] == "dramatiq":
+        # Our own environment's Dramatiq: the one installed beside dramactl.
+        return [sys.executable, "-m", "dramatiq", *argv[1:]]
+    resolved = shutil.which(argv[0])
+    if resolved is None:
+        raise SettingsError("DRAMATIQ_COMMAND", f"{argv[0]!r} is not an executable on PATH", "give the full path to dramatiq")
+    return [resolved, *argv[1:]]
+
+
+def worker_environment(settings: Settings, base: dict[str, str], number: int) -> dict[str, str]:
+    """The environment Dramatiq gets: the hook on PYTHONPATH, the instance number."""
+    env = dict(base)
+    parts = [str(HOOK_DIR)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    if settings.worker_directory:
+        parts.insert(1, settings.worker_directory)
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    env["DRAMACTL_INSTANCE"] = str(number)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def exec_worker(settings: Settings, threads: int, number: int, values: dict[str, str]) -> None:
+    """Replace this process with the Dramatiq worker (never returns)."""
+    argv = worker_argv(settings, threads)
+    env = worker_environment(settings, {**values, **os.environ}, number)
+    if settings.worker_directory:
+        os.chdir(settings.worker_directory)
+    sys.stdout.flush()
+    os.execve(argv[0], argv, env)
