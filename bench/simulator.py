@@ -1,12 +1,15 @@
 """A deterministic discrete-event model of a worker fleet under a scaling policy.
 
-Messages arrive (from a :class:`~bench.traces.Trace`), wait in one FIFO queue and are
-served by worker threads; workers are systemd instances that take a few seconds to
-start consuming and finish their in-flight messages when stopped. Every ``interval``
+Messages arrive (from a :class:`~bench.traces.Trace`), wait in one FIFO queue (Redis)
+and are fetched by workers, each holding at most ``prefetch`` unacked messages (as
+Dramatiq's consumer does, 2 x threads) and serving them with its threads in order.
+Workers are systemd instances that take a few seconds to start consuming; a stopped
+worker hands its not-yet-started messages back to the queue and finishes the rest. Every ``interval``
 seconds the policy sees what the real scaler would read (a ``FleetBacklog`` and one
 ``WorkerUnit`` per loaded instance, as a ``Type=notify`` unit reports itself) and its
 target is applied the way ``dramactl.scaler.plan`` does: start the lowest free
-numbers, stop the highest. Simplifications: no prefetch, no delayed messages, stops
+numbers, stop the highest. Simplifications: a fetch goes to the
+worker holding the fewest messages, no poll back-off, no delayed messages, stops
 always complete gracefully, a tick takes no time.
 """
 
@@ -38,6 +41,7 @@ class WorkerModel:
     """Threads per worker, a lognormal service time, and a uniform start-up delay."""
 
     threads: int = 8
+    prefetch: int = 16  # Dramatiq's default: 2 x threads per consumer
     mean_service: float = 4.0
     service_cv: float = 1.0
     startup_low: float = 3.0
@@ -129,16 +133,154 @@ class _Worker:
     ready_at: float
     ready: bool = False
     busy: int = 0
+    held: deque[int] = field(default_factory=deque)  # fetched, waiting for a free thread
     stopping_since: float | None = None
     gone: bool = False
 
+    @property
+    def outstanding(self) -> int:
+        return self.busy + len(self.held)
+
     def unit(self) -> WorkerUnit:
         """How systemd would report this instance (``Type=notify``: activating until READY=1)."""
+        pid = 1000 + self.number
         if self.stopping_since is not None:
-            return WorkerUnit(self.number, "deactivating", "stop-sigterm", pid=1000 + self.number, since=self.stopping_since)
+            return WorkerUnit(self.number, "deactivating", "stop-sigterm", pid=pid, since=self.stopping_since)
         if not self.ready:
-            return WorkerUnit(self.number, "activating", "start", pid=1000 + self.number, since=self.started)
-        return WorkerUnit(self.number, "active", "running", pid=1000 + self.number, since=self.ready_at)
+            return WorkerUnit(self.number, "activating", "start", pid=pid, since=self.started)
+        return WorkerUnit(self.number, "active", "running", pid=pid, since=self.ready_at)
+
+
+class _Run:
+    """One replay: the event loop and its bookkeeping."""
+
+    def __init__(self, workload: Workload, controller: Controller, interval: float, initial_workers: int) -> None:
+        self.workload = workload
+        self.controller = controller
+        self.interval = interval
+        self.arrivals = workload.arrivals
+        self.services = workload.services
+        self.threads = workload.model.threads
+        self.prefetch = max(workload.model.prefetch, workload.model.threads)
+        self.duration = workload.trace.duration
+        self.workers = [_Worker(k + 1, -3600.0, -3600.0, ready=True) for k in range(initial_workers)]
+        self.waiting: deque[int] = deque()
+        self.completions: list[tuple[float, int, _Worker]] = []
+        self.readiness: list[tuple[float, int, _Worker]] = []
+        self.waits: list[float] = []
+        self.ticks: list[Tick] = []
+        self.in_flight = 0
+        self.seq = 0
+        self.started = 0
+        self.actions = 0
+        self.live = initial_workers
+        self.peak = initial_workers
+        self.worker_seconds = 0.0
+        self.last_change = 0.0
+
+    def count_live(self, now: float) -> None:
+        self.worker_seconds += self.live * (now - self.last_change)
+        self.live, self.last_change = len(self.workers), now
+        self.peak = max(self.peak, self.live)
+
+    def begin(self, w: _Worker, m: int, now: float) -> None:
+        self.waits.append(now - self.arrivals[m])
+        w.busy += 1
+        self.seq += 1
+        heapq.heappush(self.completions, (now + self.services[m], self.seq, w))
+
+    def fetch(self, now: float) -> None:
+        """Hand ready messages to consuming workers below their prefetch limit."""
+        while self.waiting:
+            consuming = [w for w in self.workers if w.ready and w.stopping_since is None and w.outstanding < self.prefetch]
+            if not consuming:
+                return
+            w = min(consuming, key=lambda w: w.outstanding)
+            for _ in range(min(len(self.waiting), self.prefetch - w.outstanding)):
+                m = self.waiting.popleft()
+                self.in_flight += 1
+                if w.busy < self.threads:
+                    self.begin(w, m, now)
+                else:
+                    w.held.append(m)
+                if w is not min(consuming, key=lambda w: w.outstanding):
+                    break
+
+    def complete(self, w: _Worker, now: float) -> None:
+        w.busy -= 1
+        self.in_flight -= 1
+        if w.held:
+            self.begin(w, w.held.popleft(), now)
+        elif w.stopping_since is not None and w.busy == 0:
+            w.gone = True
+            self.workers.remove(w)
+            self.count_live(now)
+
+    def stop(self, w: _Worker, now: float) -> None:
+        """SIGTERM: prefetched messages go back to the queue, started ones finish."""
+        w.stopping_since = now
+        if w.held:
+            self.in_flight -= len(w.held)
+            self.waiting = deque(sorted([*self.waiting, *w.held], key=lambda m: self.arrivals[m]))
+            w.held.clear()
+        if w.busy == 0:
+            w.gone = True
+            self.workers.remove(w)
+
+    def tick(self, now: float, keep: bool) -> None:
+        backlog = FleetBacklog(
+            ready=len(self.waiting),
+            in_flight=self.in_flight,
+            oldest_age=now - self.arrivals[self.waiting[0]] if self.waiting else None,
+        )
+        target = self.controller.target(backlog, [w.unit() for w in self.workers], now)
+        up = sorted((w for w in self.workers if w.stopping_since is None), key=lambda w: w.number)
+        if target != len(up):
+            self.actions += 1
+        if target > len(up):
+            taken = {w.number for w in self.workers}
+            free_numbers = (k for k in range(1, 10**6) if k not in taken)
+            startups = self.workload.startups
+            for _ in range(target - len(up)):
+                w = _Worker(next(free_numbers), now, now + startups[self.started % len(startups)])
+                self.started += 1
+                self.workers.append(w)
+                self.seq += 1
+                heapq.heappush(self.readiness, (w.ready_at, self.seq, w))
+        for w in reversed(up[target:] if target < len(up) else []):
+            self.stop(w, now)
+        self.count_live(now)
+        if keep:
+            self.ticks.append(Tick(now, backlog.ready, self.in_flight, backlog.oldest_age, len(up), target))
+
+    def run(self, keep_ticks: bool) -> None:
+        arrivals, n = self.arrivals, len(self.arrivals)
+        next_arrival = 0
+        next_tick = 0.0
+        while True:
+            t_arrival = arrivals[next_arrival] if next_arrival < n else INF
+            t_done = self.completions[0][0] if self.completions else INF
+            t_ready = self.readiness[0][0] if self.readiness else INF
+            now = min(t_arrival, t_done, t_ready, next_tick)
+            if now > self.duration:
+                break
+            if t_done == now:
+                self.complete(heapq.heappop(self.completions)[2], now)
+            elif t_ready == now:
+                w = heapq.heappop(self.readiness)[2]
+                if not w.gone and w.stopping_since is None:
+                    w.ready = True
+            elif t_arrival == now:
+                self.waiting.append(next_arrival)
+                next_arrival += 1
+            else:
+                self.tick(now, keep_ticks)
+                next_tick += self.interval
+            if self.waiting:
+                self.fetch(now)
+        self.count_live(self.duration)
+        unserved = [*self.waiting, *(m for w in self.workers for m in w.held), *range(next_arrival, n)]
+        self.waits.extend(self.duration - arrivals[m] for m in unserved)
 
 
 def simulate(
@@ -152,101 +294,10 @@ def simulate(
     keep_ticks: bool = False,
 ) -> RunResult:
     """Replay ``workload`` against ``controller``; deterministic for a given workload."""
-    trace, model = workload.trace, workload.model
-    arrivals, services, startups = workload.arrivals, workload.services, workload.startups
-    threads, duration, n = model.threads, trace.duration, len(arrivals)
-
-    workers: list[_Worker] = [_Worker(k + 1, -3600.0, -3600.0, ready=True) for k in range(initial_workers)]
-    waiting: deque[int] = deque()
-    completions: list[tuple[float, int, _Worker]] = []
-    readiness: list[tuple[float, int, _Worker]] = []
-    waits: list[float] = []
-    ticks: list[Tick] = []
-    free_slots = threads * initial_workers
-    in_flight = 0
-    seq = 0
-    started = 0
-    actions = 0
-    live = len(workers)
-    peak = live
-    worker_seconds = 0.0
-    last_change = 0.0
-    next_arrival = 0
-    next_tick = 0.0
-
-    def retire(w: _Worker, now: float) -> None:
-        nonlocal live, worker_seconds, last_change
-        w.gone = True
-        workers.remove(w)
-        worker_seconds += live * (now - last_change)
-        live, last_change = live - 1, now
-
-    while True:
-        t_arrival = arrivals[next_arrival] if next_arrival < n else INF
-        t_done = completions[0][0] if completions else INF
-        t_ready = readiness[0][0] if readiness else INF
-        now = min(t_arrival, t_done, t_ready, next_tick)
-        if now > duration:
-            break
-        if t_done == now:
-            _, _, w = heapq.heappop(completions)
-            w.busy -= 1
-            in_flight -= 1
-            if w.stopping_since is None:
-                free_slots += 1
-            elif w.busy == 0:
-                retire(w, now)
-        elif t_ready == now:
-            _, _, w = heapq.heappop(readiness)
-            if not w.gone and w.stopping_since is None:
-                w.ready = True
-                free_slots += threads
-        elif t_arrival == now:
-            waiting.append(next_arrival)
-            next_arrival += 1
-        else:
-            backlog = FleetBacklog(
-                ready=len(waiting),
-                in_flight=in_flight,
-                oldest_age=now - arrivals[waiting[0]] if waiting else None,
-            )
-            target = controller.target(backlog, [w.unit() for w in workers], now)
-            up = sorted((w for w in workers if w.stopping_since is None), key=lambda w: w.number)
-            if target != len(up):
-                actions += 1
-            if target > len(up):
-                taken = {w.number for w in workers}
-                free_numbers = (k for k in range(1, 10**6) if k not in taken)
-                worker_seconds += live * (now - last_change)
-                for _ in range(target - len(up)):
-                    w = _Worker(next(free_numbers), now, now + startups[started % len(startups)])
-                    started += 1
-                    workers.append(w)
-                    seq += 1
-                    heapq.heappush(readiness, (w.ready_at, seq, w))
-                live, last_change = len(workers), now
-                peak = max(peak, live)
-            for w in reversed(up[target:] if target < len(up) else []):
-                w.stopping_since = now
-                if w.ready:
-                    free_slots -= threads - w.busy
-                if w.busy == 0:
-                    retire(w, now)
-            if keep_ticks:
-                ticks.append(Tick(now, backlog.ready, in_flight, backlog.oldest_age, len(up), target))
-            next_tick += interval
-        while waiting and free_slots:
-            w = max((w for w in workers if w.ready and w.stopping_since is None), key=lambda w: threads - w.busy)
-            m = waiting.popleft()
-            waits.append(now - arrivals[m])
-            w.busy += 1
-            in_flight += 1
-            free_slots -= 1
-            seq += 1
-            heapq.heappush(completions, (now + services[m], seq, w))
-
-    worker_seconds += live * (duration - last_change)
-    waits.extend(duration - arrivals[m] for m in waiting)
-    waits.extend(duration - arrivals[m] for m in range(next_arrival, n))
-    bound = trace.fluid_lower_bound(model.mean_service, threads, min_workers)
-    return RunResult(trace.name, policy, waits, worker_seconds, bound, peak, actions, duration, ticks)
+    run = _Run(workload, controller, interval, initial_workers)
+    run.run(keep_ticks)
+    model, trace = workload.model, workload.trace
+    bound = trace.fluid_lower_bound(model.mean_service, model.threads, min_workers)
+    return RunResult(
+        trace.name, policy, run.waits, run.worker_seconds, bound, run.peak, run.actions, trace.duration, run.ticks
+    )

@@ -80,6 +80,14 @@ def fmt_age(seconds: Any) -> str:
     return f"{int(s // 86400)} d {int(s % 86400 // 3600):02d} h"
 
 
+def _is_num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _ago(epoch: Any, now: float) -> str:
+    return f"{fmt_age(now - epoch)} ago" if _is_num(epoch) and epoch else "—"
+
+
 def fmt_time(epoch: Any) -> str:
     if not isinstance(epoch, (int, float)) or isinstance(epoch, bool) or not epoch:
         return "—"
@@ -88,6 +96,13 @@ def fmt_time(epoch: Any) -> str:
 
 def _cell(value: Any) -> str:
     return "—" if value is None or value == "" else escape(str(value))
+
+
+def _num(value: Any) -> str:
+    """A number without a useless '.0'; escaped text otherwise."""
+    if isinstance(value, float) and not isinstance(value, bool):
+        return f"{value:g}"
+    return _cell(value)
 
 
 def _queue_cells(row: dict) -> str:
@@ -134,7 +149,14 @@ def render_instances(status: dict) -> str:
             f'<td class="num restarts{" warn" if isinstance(restarts, int) and restarts > 0 else ""}">{_cell(restarts)}</td></tr>'
         )
     if not rows:
-        rows.append('<tr><td class="empty" colspan="5">No worker instances are loaded.</td></tr>')
+        errors = [str(e) for e in status.get("errors") or []]
+        if any(e.startswith("systemd:") for e in errors):
+            text = "systemd cannot be reached: no instance states (see the error above)."
+        elif errors:
+            text = "No instance states (see the errors above)."
+        else:
+            text = "No worker instances are loaded."
+        rows.append(f'<tr><td class="empty" colspan="5">{text}</td></tr>')
     head = '<tr><th>Unit</th><th>State</th><th class="num">PID</th><th class="num">Uptime</th><th class="num">Restarts</th></tr>'
     return f'<table id="instances"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
@@ -142,6 +164,7 @@ def render_instances(status: dict) -> str:
 def render_summary(status: dict) -> str:
     """The facts line: instances up, limits, thresholds, timer, paused, last tick."""
     items: list[tuple[str, str, str]] = []  # (id, label, html value)
+    now = status.get("time") if _is_num(status.get("time")) else time.time()
     instances = [i for i in status.get("instances") or [] if isinstance(i, dict)]
     up = sum(1 for i in instances if i.get("active_state") in ("active", "activating"))
     items.append(("workers", "Workers up", f"{up} of {len(instances)}"))
@@ -149,11 +172,14 @@ def render_summary(status: dict) -> str:
     if isinstance(lim, dict):
         items.append(("limits", "Limits", f"min {_cell(lim.get('min'))} · max {_cell(lim.get('max'))}" + (f" · policy {_cell(lim.get('policy'))}" if lim.get("policy") else "")))
         if lim.get("scale_up_above") is not None or lim.get("scale_down_below") is not None:
-            items.append(("thresholds", "Scale at backlog", f"up &gt; {_cell(lim.get('scale_up_above'))} · down &lt; {_cell(lim.get('scale_down_below'))}"))
+            up_at, down_at = (_num(lim.get(k)) for k in ("scale_up_above", "scale_down_below"))
+            items.append(("thresholds", "Scale at backlog", f"up &gt; {up_at} · down &lt; {down_at}"))
     timer = status.get("timer")
     if isinstance(timer, dict):
         every = f" · every {fmt_age(timer.get('interval'))}" if timer.get("interval") else ""
-        items.append(("timer", "Scaler timer", f"{_cell(timer.get('active_state'))}{every} · next {escape(fmt_time(timer.get('next')))}"))
+        nxt = timer.get("next")
+        nxt_text = f" · next in {fmt_age(nxt - now)}" if _is_num(nxt) and nxt else ""
+        items.append(("timer", "Scaler timer", f"{_cell(timer.get('active_state'))}{every}{nxt_text}"))
     elif "timer" in status:
         items.append(("timer", "Scaler timer", "unknown"))
     if "paused" in status:
@@ -162,7 +188,7 @@ def render_summary(status: dict) -> str:
     tick = status.get("last_tick")
     if isinstance(tick, dict):
         items.append(
-            ("last-tick", "Last tick", f"{escape(fmt_time(tick.get('at')))}: backlog {_cell(tick.get('backlog'))}, "
+            ("last-tick", "Last tick", f"{_ago(tick.get('at'), now)}: backlog {_cell(tick.get('backlog'))}, "
              f"{_cell(tick.get('workers'))} → {_cell(tick.get('target'))} workers")
         )
     return '<dl class="summary">' + "".join(f'<div id="{i}"><dt>{escape(label)}</dt><dd>{value}</dd></div>' for i, label, value in items) + "</dl>"
@@ -187,7 +213,7 @@ tfoot td, tfoot th { background: #f8f9fb; font-weight: 600; border-bottom: 0; }
 .warn { color: var(--bad); font-weight: 600; }
 .ok { color: var(--ok); } .busy { color: var(--busy); } .bad { color: var(--bad); } .idle { color: var(--muted); }
 td.state { font-weight: 600; }
-.errors { background: #fef3f2; border: 1px solid #fecdca; color: var(--bad); border-radius: 6px; padding: 10px 14px; margin: 0 0 8px; }
+.errors { background: #fef3f2; border: 1px solid #fecdca; color: var(--bad); border-radius: 6px; padding: 10px 14px; margin: 0 0 14px; }
 .errors ul { margin: 0; padding-left: 18px; } .errors li { margin: 2px 0; }
 .summary { display: flex; flex-wrap: wrap; gap: 10px; margin: 0; }
 .summary div { background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 8px 14px; min-width: 150px; }
@@ -214,7 +240,7 @@ def render_page(status: dict, *, refresh: int = DEFAULT_REFRESH, location: str =
 <main>{error_box}{render_summary(status)}
 <h2>Queues</h2>{render_queues(status)}
 <h2>Worker instances</h2>{render_instances(status)}
-<footer>Refreshes every {int(refresh)} s · the same data as JSON: <a href="status.json">status.json</a></footer>
+<footer>{f"Refreshes every {int(refresh)} s" if refresh > 0 else "Reload to refresh"} · the same data as JSON: <a href="status.json">status.json</a></footer>
 </main></body></html>
 """
 

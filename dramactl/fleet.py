@@ -158,7 +158,8 @@ class Fleet:
         interval = next((usec / 1e6 for base, usec, _ in timers if _text(base) == "OnUnitActiveUSec"), None)
         last_us = int(self._property(path, TIMER, b"LastTriggerUSec", b"t"))
         next_mono = int(self._property(path, TIMER, b"NextElapseUSecMonotonic", b"t"))
-        next_at = time.time() + next_mono / 1e6 - time.monotonic() if next_mono else None
+        pending = active == "active" and 0 < next_mono < 2**63
+        next_at = time.time() + next_mono / 1e6 - time.monotonic() if pending else None
         return TimerInfo(active_state=active, interval=interval, last=last_us / 1e6 if last_us else None, next=next_at)
 
     # -- changing ---------------------------------------------------------

@@ -51,13 +51,36 @@ def stop_timeout(settings: Settings) -> int:
     return max(75, 2 * settings.graceful_shutdown_timeout + 15)
 
 
+# What PrivateTmp=/ProtectHome= hide from the services.
+HIDDEN_PREFIXES = ("/tmp/", "/var/tmp/", "/home/", "/run/user/")
+
+
+def hidden_code_paths(settings: Settings) -> list[str]:
+    """Our venv, our source (editable installs) and the app dir, where the hardening hides them."""
+    package_root = str(Path(__file__).resolve().parents[1])
+    paths = {str(Path(sys.prefix).resolve()), package_root}
+    if settings.worker_directory:
+        paths.add(settings.worker_directory)
+    for path in sorted(paths):
+        if path == "/root" or path.startswith("/root/"):
+            raise InstallError(f"{path} is under /root, which the dramatiq and dramactl users cannot read; install dramactl in a venv under /opt")
+    return sorted(p for p in paths if (p + "/").startswith(HIDDEN_PREFIXES))
+
+
 def drop_ins(settings: Settings) -> dict[str, str]:
-    """Drop-in files (relative to the unit dir) carrying values derived from settings."""
+    """Drop-in files (relative to the unit dir) carrying values derived from settings and this install."""
     header = "# Written by `dramactl install` from the settings; run it again after changing them.\n"
-    return {
+    files = {
         "dramactl.timer.d/50-check-interval.conf": f"{header}[Timer]\nOnUnitActiveSec={settings.check_interval}s\n",
         "dramatiq-worker@.service.d/50-stop-timeout.conf": f"{header}[Service]\nTimeoutStopSec={stop_timeout(settings)}s\n",
     }
+    hidden = hidden_code_paths(settings)
+    if hidden:
+        # The units' PrivateTmp/ProtectHome would hide this installation: show it again, read-only.
+        text = f"{header}[Service]\nBindReadOnlyPaths={' '.join(hidden)}\n"
+        for unit in ("dramactl.service", "dramatiq-worker@.service"):
+            files[f"{unit}.d/50-code-paths.conf"] = text
+    return files
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> bool:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from dramactl.settings import Settings
+import redis
+
+from dramactl.settings import Settings, SettingsError
 
 # kind -> (actor name, queue); "mixed" cycles through all four.
 KINDS: dict[str, tuple[str, str]] = {
@@ -93,7 +95,8 @@ def send_load(
     ``kind`` is email, ocr, high, low or mixed; ``seconds`` sets how long each task
     takes (None: the worker's EXAMPLE_TASK_SECONDS); ``fail_times`` makes each message
     fail that many attempts before it succeeds. ``progress(sent, total)`` is called
-    after every message. Raises ValueError for bad arguments, before sending anything.
+    after every message. Raises ValueError for bad arguments, before sending anything,
+    and SettingsError (naming REDIS_HOST/REDIS_URL/REDIS_PASSWORD) when Redis cannot be used.
     """
     kinds = check(settings, count, rate=rate, kind=kind, seconds=seconds, fail_times=fail_times)
     from dramactl.example import tasks  # lazy: builds a broker
@@ -102,14 +105,27 @@ def send_load(
     actors = [tasks.ACTORS[KINDS[k][0]] for k in kinds]
     ids: list[str] = []
     start = time.monotonic()
-    for i in range(count):
-        if rate is not None:
-            delay = start + i / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        n = i % len(kinds)
-        message = actors[n].send(example_payload(kinds[n], i, seconds=seconds, fail_times=fail_times))
-        ids.append(message.message_id)
-        if progress is not None:
-            progress(i + 1, count)
+    try:
+        for i in range(count):
+            if rate is not None:
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            n = i % len(kinds)
+            message = actors[n].send(example_payload(kinds[n], i, seconds=seconds, fail_times=fail_times))
+            ids.append(message.message_id)
+            if progress is not None:
+                progress(i + 1, count)
+    except redis.AuthenticationError as exc:
+        raise SettingsError("REDIS_PASSWORD", f"Redis at {settings.redis_location} refused it ({exc})", "set the password Redis expects") from None
+    except redis.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            raise SettingsError("REDIS_PASSWORD", f"Redis at {settings.redis_location} refused it ({exc})", "set the password Redis expects") from None
+        raise
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise SettingsError(
+            "REDIS_URL" if settings.redis_url else "REDIS_HOST",
+            f"cannot reach Redis at {settings.redis_location} after sending {len(ids)} of {count} messages ({exc})",
+            "start Redis or fix REDIS_HOST/REDIS_PORT/REDIS_URL",
+        ) from None
     return ids

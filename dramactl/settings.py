@@ -178,7 +178,7 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
         max_queue_wait=get.number("MAX_QUEUE_WAIT", d.max_queue_wait, low=0.0, above=True),
         max_scale_up_step=get.integer("MAX_SCALE_UP_STEP", d.max_scale_up_step, low=0, high=1000),
         scale_down_stabilization=get.number("SCALE_DOWN_STABILIZATION", d.scale_down_stabilization, low=0.0),
-        max_scale_down_step=get.integer("MAX_SCALE_DOWN_STEP", d.max_scale_down_step, low=1, high=1000),
+        max_scale_down_step=get.integer("MAX_SCALE_DOWN_STEP", d.max_scale_down_step, low=0, high=1000),
         state_dir=get.text("STATE_DIRECTORY", "").split(":")[0] or get.text("DRAMACTL_STATE_DIR", d.state_dir),
         sources=sources,
     )

@@ -4,11 +4,12 @@ Lines are logfmt (``key=value``, values quoted only when they need it), one per 
 never a traceback, so ``journalctl -u 'dramatiq-worker@*'`` can be grepped::
 
     event=start actor=process_email_task queue=email_processing message_id=… attempt=1 age=0.004s
-    event=retry actor=process_email_task queue=email_processing message_id=… attempt=1 duration=0.001s retries=1/3 error="TransientError: …"
+    event=retry actor=process_email_task queue=email_processing message_id=… attempt=1 duration=0.001s retry=1/3 error="TransientError: …"
     event=finish actor=process_email_task queue=email_processing message_id=… attempt=2 duration=1.002s
 
-``event`` is one of start, finish, retry (it will run again), fail (retries exhausted,
-or an error listed in the actor's ``throws``) and skip.
+``event`` is one of start, finish, retry (it will run again; ``retry=N/M`` is the
+retry being scheduled), fail (``retries=N/M`` used up, or an error listed in the actor's
+``throws``) and skip. ``age`` is the time since the message was first enqueued.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def logfmt(**fields: Any) -> str:
 class Monitor(Middleware):
     """Logs start, finish, retry and failure of every message with its duration.
 
-    Add it after :class:`dramatiq.middleware.Retries` so it sees the retry decision.
+    Add it *before* :class:`dramatiq.middleware.Retries` (``add_middleware(Monitor(), before=Retries)``):
+    Dramatiq runs after-hooks in reverse order, so it then sees Retries' decision.
     """
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
@@ -62,26 +64,20 @@ class Monitor(Middleware):
         with self._lock:
             started, attempt = self._started.pop(message.message_id, (None, None))
         duration = f"{time.monotonic() - started:.3f}s" if started is not None else None
-        retries = message.options.get("retries", 0)
         if exception is None:
             self.logger.info(logfmt(event="finish", **self._fields(message), attempt=attempt, duration=duration))
             return
-        # Retries ran before us: it counted this attempt and failed the message if it gave up.
+        # Retries' after-hook ran before ours: it failed the message if it gave up.
         actor = broker.actors.get(message.actor_name)
         max_retries = message.options.get("max_retries", actor.options.get("max_retries") if actor else None)
         error = f"{type(exception).__name__}: {exception}"
-        event = "fail" if message.failed else "retry"
-        log = self.logger.error if event == "fail" else self.logger.warning
-        log(
-            logfmt(
-                event=event,
-                **self._fields(message),
-                attempt=attempt,
-                duration=duration,
-                retries=f"{retries}/{max_retries}" if max_retries is not None else retries,
-                error=error,
-            )
-        )
+        if attempt is None:  # not seen starting (cannot happen with Dramatiq's worker)
+            attempt = message.options.get("retries", 0)
+        of = f"/{max_retries}" if max_retries is not None else ""
+        if message.failed:  # retry=N/M: the retry about to be scheduled; retries=N/M: those used up
+            self.logger.error(logfmt(event="fail", **self._fields(message), attempt=attempt, duration=duration, retries=f"{attempt - 1}{of}", error=error))
+        else:
+            self.logger.warning(logfmt(event="retry", **self._fields(message), attempt=attempt, duration=duration, retry=f"{attempt}{of}", error=error))
 
     def after_skip_message(self, broker: Any, message: Any) -> None:
         with self._lock:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import CurrentMessage
+from dramatiq.middleware import CurrentMessage, Retries
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend
 
@@ -58,7 +58,8 @@ def build_broker(settings: Settings) -> RedisBroker:
     backend = RedisBackend(client=broker.client, namespace=f"{settings.namespace}-results")
     broker.add_middleware(Results(backend=backend))
     broker.add_middleware(CurrentMessage())
-    broker.add_middleware(Monitor())
+    # Before Retries in the list, so its after-hooks (run in reverse order) see Retries' decision.
+    broker.add_middleware(Monitor(), before=Retries)
     return broker
 
 

@@ -31,7 +31,7 @@ class ReadyNotifier(Middleware):
     """READY=1 once the worker threads and consumers run; STOPPING=1 on shutdown."""
 
     def after_worker_boot(self, broker, worker) -> None:
-        queues = ",".join(sorted(worker.queues or broker.get_declared_queues()))
+        queues = ",".join(sorted(getattr(worker, "consumers", None) or broker.get_declared_queues()))
         notify(f"READY=1\nSTATUS=consuming {queues} with {worker.worker_threads} threads")
 
     def before_worker_shutdown(self, broker, worker) -> None:

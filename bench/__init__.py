@@ -1,0 +1,1 @@
+"""Load-trace benchmark of dramactl's scaling policies: ``python -m bench``."""

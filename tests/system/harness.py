@@ -1,0 +1,157 @@
+"""A real systemd, booted in a systemd-nspawn container over an overlay of the host root.
+
+The host has no systemd as PID 1 and no system bus; the container does. The overlay
+keeps every write (units, users, /etc) out of the host. Binds the checkout and the
+venv at their own paths so the same interpreter and code run inside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+
+class HarnessError(RuntimeError):
+    """The container could not be booted or used."""
+
+
+def missing_requirements() -> str | None:
+    """Why this host cannot run the harness, or None when it can."""
+    if os.geteuid() != 0:
+        return "the systemd harness needs root (it mounts an overlay and runs systemd-nspawn)"
+    for tool in ("systemd-nspawn", "nsenter", "redis-server"):
+        if shutil.which(tool) is None:
+            return f"{tool} is missing (apt-get install systemd-container util-linux redis-server)"
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+class Container:
+    """One booted systemd; ``run`` executes commands inside it via nsenter."""
+
+    def __init__(self, binds: Sequence[str], name: str = "dramactl-test") -> None:
+        self.binds = [str(Path(b).resolve()) for b in binds]
+        self.name = name
+        self.base: Path | None = None
+        self.nspawn: subprocess.Popen | None = None
+        self.pid1: int | None = None
+        self.boot_seconds: float | None = None
+
+    @property
+    def root(self) -> Path:
+        assert self.base is not None
+        return self.base / "root"
+
+    def boot(self, timeout: float = 90.0) -> None:
+        started = time.monotonic()
+        self.base = Path(tempfile.mkdtemp(prefix="dramactl-nspawn.", dir="/var/tmp"))
+        for d in ("up", "work", "root"):
+            (self.base / d).mkdir()
+        subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", f"lowerdir=/,upperdir={self.base}/up,workdir={self.base}/work", str(self.root)],
+            check=True,
+        )
+        machine_id = subprocess.run(["systemd-id128", "new"], check=True, capture_output=True, text=True).stdout
+        (self.root / "etc/machine-id").write_text(machine_id)
+        # Host services the tests do not need only slow the boot down.
+        for unit in ("postgresql.service", "avahi-daemon.service", "avahi-daemon.socket", "apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer"):
+            (self.root / "etc/systemd/system" / unit).unlink(missing_ok=True)
+            (self.root / "etc/systemd/system" / unit).symlink_to("/dev/null")
+        args = ["systemd-nspawn", "-D", str(self.root), "-b", "--register=no", "--keep-unit", "--private-network", "-M", self.name]
+        args += [f"--bind={b}" for b in self.binds]
+        self.console = open(self.base / "console.log", "wb")
+        self.nspawn = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.console, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = started + timeout
+        while self.pid1 is None:
+            if self.nspawn.poll() is not None or time.monotonic() > deadline:
+                raise HarnessError(f"systemd-nspawn did not boot: {self.console_tail()}")
+            self.pid1 = next((p for p in _children(self.nspawn.pid) if _comm(p) == "systemd"), None)
+            time.sleep(0.1)
+        state = ""
+        while state not in ("running", "degraded"):
+            if time.monotonic() > deadline:
+                raise HarnessError(f"systemd did not reach running (last: {state!r}): {self.console_tail()}")
+            time.sleep(0.2)
+            state = self.run(["systemctl", "is-system-running"], check=False).stdout.strip()
+        self.boot_seconds = time.monotonic() - started
+
+    def console_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join((self.base / "console.log").read_text(errors="replace").splitlines()[-lines:])
+        except (OSError, TypeError):
+            return ""
+
+    def run(
+        self,
+        cmd: str | Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = 120.0,
+        user: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str = "/",
+    ) -> subprocess.CompletedProcess:
+        """Run a command inside (a string goes through sh -c), as root or ``user``."""
+        assert self.pid1 is not None, "container not booted"
+        argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        if env:
+            argv = ["env", *[f"{k}={v}" for k, v in env.items()], *argv]
+        if user:
+            argv = ["runuser", "-u", user, "--", *argv]
+        full = ["nsenter", "-t", str(self.pid1), "-a", "sh", "-c", 'cd "$0" && exec "$@"', cwd, *argv]
+        proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise HarnessError(f"{shlex.join(argv)} exited {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
+        return proc
+
+    def python(self, interpreter: str, code: str, **kwargs) -> object:
+        """Run Python inside and return the JSON it prints on its last line."""
+        out = self.run([interpreter, "-c", code], **kwargs).stdout.strip().splitlines()
+        return json.loads(out[-1]) if out else None
+
+    def journal(self, unit: str, since: str | None = None) -> str:
+        cmd = ["journalctl", "--no-pager", "-o", "cat", "-u", unit]
+        if since:
+            cmd += ["--since", since]
+        return self.run(cmd, check=False).stdout
+
+    def shutdown(self) -> None:
+        """Power off, wait, unmount, remove: leaves no container, mount or temp dir."""
+        if self.nspawn is not None and self.nspawn.poll() is None:
+            if self.pid1:
+                subprocess.run(["nsenter", "-t", str(self.pid1), "-a", "systemctl", "poweroff"], capture_output=True, timeout=30)
+            try:
+                self.nspawn.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.nspawn.pid, signal.SIGKILL)
+                self.nspawn.wait(10)
+        if getattr(self, "console", None):
+            self.console.close()
+        if self.base is not None:
+            if os.path.ismount(self.root):
+                if subprocess.run(["umount", str(self.root)], capture_output=True).returncode:
+                    subprocess.run(["umount", "-l", str(self.root)], capture_output=True)
+            shutil.rmtree(self.base, ignore_errors=True)
+            self.base = None

@@ -1,0 +1,28 @@
+"""The workload of the system tests: an actor that records every message it completes.
+
+Each completion SADDs the message's ident (a duplicate bumps ``sys:duplicates``), so
+the tests can check "processed exactly once" from Redis itself.
+"""
+
+import os
+import time
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+broker = RedisBroker(
+    host=os.environ.get("REDIS_HOST", "localhost"),
+    port=int(os.environ.get("REDIS_PORT", "6379")),
+    db=int(os.environ.get("REDIS_DB", "0")),
+)
+dramatiq.set_broker(broker)
+
+
+@dramatiq.actor(queue_name="sys", max_retries=3, min_backoff=200, max_backoff=2000)
+def work(ident: str, seconds: float) -> None:
+    client = broker.client
+    client.incr("sys:started")
+    time.sleep(seconds)
+    if not client.sadd("sys:processed", ident):
+        client.incr("sys:duplicates")
+    client.incr("sys:count")
