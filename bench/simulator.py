@@ -8,8 +8,8 @@ worker hands its not-yet-started messages back to the queue and finishes the res
 seconds the policy sees what the real scaler would read (a ``FleetBacklog`` and one
 ``WorkerUnit`` per loaded instance, as a ``Type=notify`` unit reports itself) and its
 target is applied the way ``dramactl.scaler.plan`` does: start the lowest free
-numbers, stop the highest. Simplifications: a fetch goes to the
-worker holding the fewest messages, no poll back-off, no delayed messages, stops
+numbers, stop the highest. Simplifications: the worker holding the
+fewest messages fetches first, and at once, no poll back-off, no delayed messages, stops
 always complete gracefully, a tick takes no time.
 """
 
@@ -196,15 +196,13 @@ class _Run:
             if not consuming:
                 return
             w = min(consuming, key=lambda w: w.outstanding)
-            for _ in range(min(len(self.waiting), self.prefetch - w.outstanding)):
+            for _ in range(min(len(self.waiting), self.prefetch - w.outstanding)):  # one fetch: all it may hold
                 m = self.waiting.popleft()
                 self.in_flight += 1
                 if w.busy < self.threads:
                     self.begin(w, m, now)
                 else:
                     w.held.append(m)
-                if w is not min(consuming, key=lambda w: w.outstanding):
-                    break
 
     def complete(self, w: _Worker, now: float) -> None:
         w.busy -= 1

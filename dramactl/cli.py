@@ -262,6 +262,24 @@ def dashboard(host: str, port: int) -> None:
     serve(settings, host=host, port=port)
 
 
+@main.command()
+@click.option("--threads", type=click.IntRange(1, 1024), help="Threads (default WORKER_THREADS).")
+def dev(threads: int | None) -> None:
+    """Run one worker in the foreground, reloading on code change (no systemd).
+
+    Example: dramactl dev --threads 2
+    """
+    import os
+
+    from .worker import exec_worker
+
+    values, sources = settings_mod.read_sources()
+    settings = guarded(lambda: settings_mod.parse(values, sources))
+    watch = settings.worker_directory or os.getcwd()
+    click.echo(f"dramactl dev: {settings.dramatiq_command} (reloading on changes under {watch})", err=True)
+    guarded(lambda: exec_worker(settings, threads or settings.worker_threads, 0, values, watch=watch))
+
+
 @main.command("worker-exec", hidden=True)
 @click.argument("instance", type=int)
 def worker_exec(instance: int) -> None:

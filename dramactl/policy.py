@@ -116,10 +116,32 @@ def step_target(backlog: FleetBacklog, current: int, settings: Settings) -> tupl
     return current, f"step: depth {depth} within [{down:g}, {up:g}]"
 
 
+GROW_SIGMAS = 2.0  # snapshot noise a fleet absorbs before it grows (in sqrt(messages))
+SLACK_SIGMAS = 1.0  # headroom it keeps over its mean load when it shrinks (square-root staffing)
+
+
 def backlog_per_worker(settings: Settings) -> float:
     """TARGET_BACKLOG_PER_WORKER, or WORKER_THREADS: a worker is fully used when
     every thread holds a message, and anything beyond that is waiting."""
     return settings.target_backlog_per_worker or float(settings.worker_threads)
+
+
+def holds(workers: int, per_worker: float) -> float:
+    """The backlog ``workers`` absorb without growing: their share plus the noise of a
+    snapshot. Messages in flight at one instant are roughly Poisson, so a fleet that
+    keeps up still shows backlogs ~2 sqrt(share) above its mean now and then; growing
+    on those would buy workers for noise and flap."""
+    share = workers * per_worker
+    return share + GROW_SIGMAS * math.sqrt(share)
+
+
+def fleet_for(load: float, per_worker: float) -> int:
+    """Workers to keep for a mean backlog ``load``: the load plus sqrt(load) of slack,
+    so the fleet is not run at 100 % (where queues grow without bound) and its
+    :func:`holds` stays ~3 sigma above the load (growth on noise is rare)."""
+    if load <= 0:
+        return 0
+    return math.ceil((load + SLACK_SIGMAS * math.sqrt(load)) / per_worker - 1e-9)
 
 
 def default_target(
@@ -130,32 +152,43 @@ def default_target(
     history: Sequence[TickRecord],
     now: float,
 ) -> tuple[int, int, str]:
-    """(target, wanted, reason): size to the backlog in one step, grow on old messages,
-    shrink only once the need stayed below the fleet for SCALE_DOWN_STABILIZATION."""
+    """(target, wanted, reason). Grow when the backlog is more than the fleet holds,
+    in one step to ceil(backlog / per-worker target); grow on old messages; shrink only
+    when the SCALE_DOWN_STABILIZATION window's mean backlog fits a smaller fleet and no
+    tick in it wanted to grow.
+
+    ``wanted`` is this tick's own recommendation, ignoring windows, limits and holds:
+    above ``current`` it means "grow to this"; later windows keep at least that many.
+    """
     per_worker = backlog_per_worker(settings)
-    need = math.ceil(backlog.backlog / per_worker)
-    why = f"backlog {backlog.backlog} needs {need} at {per_worker:g}/worker"
+    why = f"backlog {backlog.backlog} at {per_worker:g}/worker"
+    if backlog.backlog > holds(current, per_worker):
+        wanted = math.ceil(backlog.backlog / per_worker)
+        why += f" > {holds(current, per_worker):.0f} held by {current}"
+    else:
+        wanted = min(current, fleet_for(backlog.backlog, per_worker))
     guard = _latency_guard(backlog.oldest_age, current, starting, settings)
-    if guard is not None and guard[0] > need:
-        need, why = guard
-    elif guard is not None:
+    if guard is not None:
         why += f"; {guard[1]}"
-    wanted = clamp(need, settings)
-    if wanted != need:
-        why += f" (bounded to {wanted} by MIN/MAX_PROCESSES)"
+        wanted = max(wanted, guard[0])
     if starting:
         why += f"; {starting} starting"
+    bounded = clamp(wanted, settings)
 
     if current > settings.max_processes:
         return settings.max_processes, wanted, f"{why}: down to MAX_PROCESSES={settings.max_processes}"
-    if wanted > current:
+    if bounded > current:
         limit = settings.max_scale_up_step
-        target = min(wanted, current + limit) if limit else wanted
-        capped = f" (MAX_SCALE_UP_STEP={limit})" if target < wanted else ""
-        return target, wanted, f"{why}: up {current} -> {target}{capped}"
-    if wanted == current:
+        target = min(bounded, current + limit) if limit else bounded
+        notes = [f"{wanted} wanted"] if wanted != target else []
+        if limit and target < bounded:
+            notes.append(f"MAX_SCALE_UP_STEP={limit}")
+        if bounded < wanted:
+            notes.append(f"MAX_PROCESSES={settings.max_processes}")
+        return target, wanted, f"{why}: up {current} -> {target}" + (f" ({', '.join(notes)})" if notes else "")
+    if bounded == current:
         return current, wanted, f"{why}: steady at {current}"
-    return _stabilized_down(current, wanted, why, settings, history, now)
+    return _stabilized_down(backlog, current, wanted, why, per_worker, settings, history, now)
 
 
 def _latency_guard(age: float | None, current: int, starting: int, settings: Settings) -> tuple[int, str] | None:
@@ -173,27 +206,31 @@ def _latency_guard(age: float | None, current: int, starting: int, settings: Set
 
 
 def _stabilized_down(
+    backlog: FleetBacklog,
     current: int,
     wanted: int,
     why: str,
+    per_worker: float,
     settings: Settings,
     history: Sequence[TickRecord],
     now: float,
 ) -> tuple[int, int, str]:
-    """Shrink to the highest need seen within the window, and only when the history
-    reaches back over the whole window (after a gap or a reboot we do not know)."""
+    """Shrink to what the window's mean backlog needs (never below what a tick in it
+    wanted when it asked to grow), and only when the history reaches back over the
+    whole window: after a gap or a reboot we do not know what happened."""
     window = settings.scale_down_stabilization
+    floor = clamp(wanted, settings)
     if window > 0:
         reach = now - window - 2.0 * settings.check_interval  # tolerate a late or skipped tick
         recent = [r for r in history if reach <= r.at < now]
         if not recent or recent[0].at > now - window:
-            return current, wanted, f"{why}: holding {current}, under {window:g}s of history (SCALE_DOWN_STABILIZATION)"
-        in_window = [r for r in recent if r.at >= now - window]
-        peak = max([wanted, *(r.target if r.wanted is None else r.wanted for r in in_window)])
-        if peak >= current:
-            return current, wanted, f"{why}: holding {current}, {peak} were needed within {window:g}s"
-    else:
-        peak = wanted
+            return current, wanted, f"{why}: holding {current} until {window:g}s of history (SCALE_DOWN_STABILIZATION)"
+        seen = [r for r in recent if r.at >= now - window]
+        mean = (backlog.backlog + sum(r.backlog for r in seen)) / (len(seen) + 1)
+        grew = [w for w, r in ((r.target if r.wanted is None else r.wanted, r) for r in seen) if w > r.workers]
+        floor = clamp(max([fleet_for(mean, per_worker), *grew]), settings)
+        if floor >= current:
+            return current, wanted, f"{why}: holding {current}, {floor} needed over {window:g}s (mean backlog {mean:.0f})"
     limit = settings.max_scale_down_step
-    target = max(peak, current - limit) if limit else peak
-    return target, wanted, f"{why}: need stayed below {current} for {window:g}s, down {current} -> {target}"
+    target = max(floor, current - limit) if limit else floor
+    return target, wanted, f"{why}: {window:g}s below {current}, down {current} -> {target}"

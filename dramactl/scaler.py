@@ -78,6 +78,8 @@ class Outcome:
         for label, jobs in (("started", self.started), ("stopped", self.stopped)):
             if jobs:
                 parts.append(f"{label} " + " ".join(f"@{j.unit.split('@')[1].split('.')[0]}:{j.result}" for j in jobs))
+        if d.held or not self.ok:
+            parts.append("see journalctl -u 'dramatiq-worker@*'; once fixed: systemctl reset-failed 'dramatiq-worker@*'")
         return " | ".join(parts)
 
     def to_dict(self) -> dict:
@@ -113,7 +115,15 @@ def _apply(fleet: Fleet, settings: Settings, instances: Sequence[WorkerUnit], ta
         worker_argv(settings, threads)  # a command that cannot run stops us before any change
     stop_wait = min(settings.graceful_shutdown_timeout + 5.0, 30.0)
     stopped = fleet.stop(changes.stop, timeout=stop_wait)
-    started = fleet.start(changes.start, timeout=max(30.0, settings.process_startup_delay * 6))
+    start_wait = max(30.0, settings.process_startup_delay * 6)
+    started: list[JobResult] = []
+    todo = list(changes.start)
+    if todo and not any(u.is_up and u.active_state == "active" for u in instances):
+        # No instance proves the command works: start one first, so a broken app
+        # yields one failed unit to report rather than a whole batch.
+        started = fleet.start(todo[:1], timeout=start_wait)
+        todo = todo[1:] if started[0].ok else []
+    started += fleet.start(todo, timeout=start_wait)
     return started, stopped
 
 

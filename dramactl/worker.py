@@ -50,9 +50,12 @@ def worker_environment(settings: Settings, base: dict[str, str], number: int) ->
     return env
 
 
-def exec_worker(settings: Settings, threads: int, number: int, values: dict[str, str]) -> None:
-    """Replace this process with the Dramatiq worker (never returns)."""
-    argv = worker_argv(settings, threads)
+def exec_worker(settings: Settings, threads: int, number: int, values: dict[str, str], watch: str | None = None) -> None:
+    """Replace this process with the Dramatiq worker (never returns).
+
+    ``watch`` (development) makes Dramatiq reload the worker when code under it changes.
+    """
+    argv = worker_argv(settings, threads) + (["--watch", watch] if watch else [])
     env = worker_environment(settings, {**values, **os.environ}, number)
     if settings.worker_directory:
         os.chdir(settings.worker_directory)

@@ -40,6 +40,14 @@ RETRY_OPTIONS = {"max_retries": 3, "min_backoff": 1000, "max_backoff": 60000}
 NO_RETRY_ON = (work.InvalidInput,)
 
 
+class TransientError(dramatiq.Retry):
+    """A failure the input asked for (``fail_times``): retried with the actor's backoff.
+
+    A :class:`dramatiq.Retry`, so Dramatiq logs no traceback for it; the monitor's
+    ``event=retry`` line says what happened.
+    """
+
+
 def connection_kwargs(settings: Settings) -> dict[str, Any]:
     """redis.Redis arguments for the settings: the URL wins over host/port/db/password."""
     if settings.redis_url:
@@ -148,11 +156,10 @@ def _run(actor_name: str, data: Any, do: Callable[[Any], dict[str, Any]]) -> dic
     client = get_broker().client
     client.incr(key("attempts", actor_name))
     result = do(data)  # validates first: bad input fails before any injected failure
-    try:
-        work.check_attempt(data, retries)
-    except work.TransientError:
+    failure = work.injected_failure(data, retries)
+    if failure:
         client.incr(key("failures", actor_name))
-        raise
+        raise TransientError(failure)
     seconds = work.task_seconds(data, _App.seconds)
     if seconds > 0:
         time.sleep(seconds)

@@ -7,7 +7,7 @@ fields steer any task for demos and tests:
 ``seconds``
     how long the task takes (a sleep after the work); defaults to EXAMPLE_TASK_SECONDS.
 ``fail_times``
-    fail the first K attempts with :class:`TransientError`, so the retries show.
+    fail the first K attempts (see :func:`injected_failure`), so the retries show.
 """
 
 from __future__ import annotations
@@ -28,10 +28,6 @@ _WORD = re.compile(r"\w+(?:['’-]\w+)*")
 
 class InvalidInput(ValueError):
     """The task's input cannot be processed; retrying would not help."""
-
-
-class TransientError(RuntimeError):
-    """A failure the input asked for (``fail_times``); the next attempt may succeed."""
 
 
 def _require(data: Any, kind: str, *fields: str) -> Mapping[str, Any]:
@@ -198,8 +194,9 @@ def default_seconds(values: Mapping[str, str] | None = None) -> float:
     return value
 
 
-def check_attempt(data: Mapping[str, Any], retries: int) -> None:
-    """Fail on purpose while fewer than ``fail_times`` attempts have been made."""
+def injected_failure(data: Mapping[str, Any], retries: int) -> str | None:
+    """Why this attempt must fail on purpose (fewer than ``fail_times`` attempts made), or None."""
     fail_times = int(data.get("fail_times", 0) or 0)
     if retries < fail_times:
-        raise TransientError(f"simulated transient failure on attempt {retries + 1} of the first {fail_times}")
+        return f"simulated transient failure on attempt {retries + 1} of the first {fail_times}"
+    return None

@@ -219,8 +219,10 @@ def test_the_dramatiq_command_runs_the_example_app(redis_server, redis, tmp_path
         app_settings = settings_mod.parse(redis_server.env)
         tasks.setup(app_settings, task_seconds=0)
         ids = {tasks.TaskDispatcher().send_email_task({"to": f"x{i}@example.com", "subject": "s"}) for i in range(5)}
+        flaky = tasks.process_email_task.send_with_options(args=({**EMAIL, "fail_times": 1},), min_backoff=50, max_backoff=100)
+        ids.add(flaky.message_id)
         deadline = time.monotonic() + 30
-        while tasks.counts(redis, "process_email_task")["processed"] < 5 and time.monotonic() < deadline:
+        while tasks.counts(redis, "process_email_task")["processed"] < 6 and time.monotonic() < deadline:
             assert proc.poll() is None, log.read_text()
             time.sleep(0.1)
         assert tasks.processed_ids(redis, "process_email_task") == ids, log.read_text()
@@ -229,4 +231,6 @@ def test_the_dramatiq_command_runs_the_example_app(redis_server, redis, tmp_path
         code = proc.wait(30)
     text = log.read_text()
     assert code == 0, text
-    assert text.count("event=finish actor=process_email_task") == 5, text
+    assert text.count("event=finish actor=process_email_task") == 6, text
+    assert text.count("event=retry actor=process_email_task") == 1, text
+    assert "Traceback" not in text, "an injected failure logged a traceback"

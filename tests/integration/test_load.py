@@ -13,7 +13,7 @@ import pytest
 from dramactl import settings as settings_mod
 from dramactl.load import KINDS, example_payload, send_load
 from dramactl.settings import SettingsError
-from tests.conftest import free_port
+from tests.conftest import RedisServer, free_port
 
 
 @pytest.fixture
@@ -94,15 +94,23 @@ def test_load_refuses_queues_the_fleet_does_not_run(settings_env, redis):
 
 
 def test_unreachable_redis_is_a_settings_error(settings_env):
+    # redis-py retries connection errors for ~4 s before raising.
     nowhere = settings_mod.parse({**settings_env, "REDIS_PORT": str(free_port())})
     with pytest.raises(SettingsError, match=r"REDIS_HOST: cannot reach Redis at 127\.0\.0\.1:\d+/0 after sending 0 of 3"):
         send_load(nowhere, 3)
 
 
-def test_wrong_password_is_a_settings_error(settings_env, redis):
-    wrong = settings_mod.parse({**settings_env, "REDIS_PASSWORD": "guess"})
-    with pytest.raises(SettingsError, match="REDIS_PASSWORD"):
-        send_load(wrong, 3)
+def test_wrong_password_is_a_settings_error(redis_server):
+    # redis-py retries connection errors (authentication included) for ~4 s before raising.
+    locked = RedisServer(password="s3cret")
+    try:
+        env = {**locked.env, "DRAMACTL_ENV_FILE": "/nonexistent"}
+        with pytest.raises(SettingsError, match="REDIS_PASSWORD: Redis at .* refused it"):
+            send_load(settings_mod.parse({**env, "REDIS_PASSWORD": "guess"}), 3)
+        assert len(send_load(settings_mod.parse(env), 3)) == 3
+        assert locked.client.llen("dramatiq:email_processing") == 3
+    finally:
+        locked.stop()
 
 
 def test_every_message_of_a_load_runs_exactly_once_with_retries(app_settings, redis):

@@ -107,6 +107,9 @@ class System:
         )
         return self.c.python(PYTHON, code)  # type: ignore[return-value]
 
+    def redis_counter(self, key: str) -> int:
+        return int(self.sh(f"redis-cli get {key}").stdout.strip() or 0)
+
     def status(self) -> dict:
         return json.loads(self.dramactl("status", "--json").stdout)
 

@@ -1,0 +1,132 @@
+"""Operator-facing behaviour in a booted systemd: manage script, drain, status, failures, pause."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.system.conftest import DRAMACTL, PYTHON, REPO, System, wait_until
+
+pytestmark = pytest.mark.system
+
+MANAGE = str(REPO / "manage_dramatiq.sh")
+
+
+def manage(system: System, *args: str, check: bool = True):
+    return system.c.run([MANAGE, *args], env={"DRAMACTL": DRAMACTL}, check=check)
+
+
+def test_manage_start_2_4(system: System) -> None:
+    """`start 2 4`: exactly @1 and @2, each Dramatiq worker really running 4 threads."""
+    manage(system, "start", "2", "4")
+    assert system.active() == ["dramatiq-worker@1.service", "dramatiq-worker@2.service"]
+    assert set(system.units()) == {"dramatiq-worker@1.service", "dramatiq-worker@2.service"}
+    for n in (1, 2):
+        # StatusText comes from the running worker's own Worker object (the READY hook).
+        text = system.sh(f"systemctl show -P StatusText dramatiq-worker@{n}").stdout
+        assert "with 4 threads" in text, text
+    # Behaviour, not config: 16 slow messages; at most 2 x 4 run at once.
+    system.send(16, 4.0)
+    wait_until(lambda: system.redis_counter("sys:started") >= 8, 15, "8 tasks running")
+    time.sleep(1.0)
+    assert system.redis_counter("sys:started") == 8
+    assert system.redis()["count"] == 0
+
+    out = manage(system, "status").stdout
+    assert "dramatiq-worker@1.service" in out and "PAUSED" in out
+    logs = manage(system, "logs", "50").stdout
+    assert "dramatiq-worker@" in logs and "ready for action" in logs
+
+    manage(system, "stop")
+    assert system.units() == {}
+    # The stop drained: the 8 running tasks finished, the prefetched rest went back.
+    r = system.redis()
+    assert r["count"] == 8 and r["ready"] == 8 and r["acks"] == 0, r
+
+
+def test_scale_down_under_load_loses_nothing(system: System) -> None:
+    """Stopping instances with 5 s tasks in flight: every message completes exactly once."""
+    system.dramactl("scale-to", "3")
+    system.send(12, 5.0)
+    wait_until(lambda: system.redis_counter("sys:started") >= 6, 15, "all 6 threads busy")
+    out = system.dramactl("scale-to", "1").stdout
+    assert "stopped @3:done @2:done" in out, out
+    for n in (2, 3):
+        result = system.sh(f"journalctl --no-pager -o cat -u dramatiq-worker@{n}").stdout
+        assert "Worker has been shut down" in result
+    wait_until(lambda: system.redis()["count"] >= 12, 90, "all 12 messages processed")
+    r = system.redis()
+    assert r["processed"] == 12 and r["duplicates"] == 0, r
+    assert (r["ready"], r["msgs"], r["delayed"], r["dead"], r["acks"]) == (0, 0, 0, 0, 0), r
+
+
+def test_status_json_agrees_with_systemd_and_redis(system: System) -> None:
+    system.dramactl("scale-to", "2")
+    system.send(8, 20.0)  # 2 workers x (2 threads + prefetch): all held in flight, stable
+    code = (
+        "import sysapp, json\n"
+        "for i in range(3): sysapp.work.send_with_options(args=('d%d' % i, 0.1), delay=600000)\n"
+        "print(json.dumps(True))"
+    )
+    system.c.python(PYTHON, code, cwd=str(REPO / "tests/system"))
+    wait_until(lambda: system.redis()["ready"] == 0, 10, "workers to take the ready messages")
+    status = system.status()
+    truth = {}
+    for n in (1, 2):
+        props = system.sh(f"systemctl show -p MainPID -p ActiveState -p SubState dramatiq-worker@{n}").stdout
+        truth[f"dramatiq-worker@{n}.service"] = dict(line.split("=", 1) for line in props.split())
+    r = system.redis()
+    assert status["errors"] == []
+    assert {u["name"]: (str(u["pid"]), u["active_state"], u["sub_state"]) for u in status["instances"]} == {
+        name: (t["MainPID"], t["ActiveState"], t["SubState"]) for name, t in truth.items()
+    }
+    (q,) = status["queues"]
+    assert q["name"] == "sys"
+    assert (q["ready"], q["in_flight"], q["delayed"], q["dead"]) == (r["ready"], r["msgs"] - r["ready"], r["delayed"], r["dead"])
+    assert q["in_flight"] == 8 and q["delayed"] == 3 and q["due"] == 0
+    assert status["paused"] is True and status["limits"]["max"] == 4
+
+
+def test_tick_with_redis_down_changes_nothing(system: System) -> None:
+    system.dramactl("scale-to", "2")
+    system.dramactl("resume")
+    system.sh("systemctl stop redis-server")
+    try:
+        system.sh("systemctl start dramactl.timer")
+        wait_until(
+            lambda: system.sh("journalctl --no-pager -o cat -u dramactl.service").stdout.count("cannot reach Redis") >= 3,
+            30,
+            "three ticks reporting Redis down (the timer keeps firing)",
+        )
+        assert system.active() == ["dramatiq-worker@1.service", "dramatiq-worker@2.service"]
+        line = next(l for l in system.c.journal("dramactl.service").splitlines() if "cannot reach Redis" in l)
+        assert line.startswith("dramactl: REDIS_HOST: cannot reach Redis at localhost:6379"), line
+    finally:
+        system.sh("systemctl start redis-server")
+
+
+def test_failing_worker_is_reported_not_multiplied(system: System) -> None:
+    system.configure(DRAMATIQ_COMMAND="dramatiq no_such_app_module")
+    system.dramactl("resume")
+    system.send(40, 0.1)
+    system.sh("systemctl start dramactl.timer")
+    wait_until(lambda: "hold:" in system.c.journal("dramactl.service"), 30, "a tick holding on the failed unit")
+    time.sleep(7)  # two more ticks
+    units = system.units()
+    assert units == {"dramatiq-worker@1.service": "failed/failed"}, units
+    status = system.status()
+    assert [u["name"] for u in status["instances"] if u["is_failing"]] == ["dramatiq-worker@1.service"]
+    log = system.c.journal("dramactl.service")
+    assert "started @1:failed" in log and "reset-failed" in log
+
+
+def test_manual_size_holds_while_paused(system: System) -> None:
+    system.dramactl("scale-to", "3")
+    system.sh("systemctl start dramactl.timer")
+    time.sleep(10)  # three ticks with an empty queue: the policy alone would shrink
+    assert len(system.active()) == 3
+    assert "paused: autoscaling is off" in system.c.journal("dramactl.service")
+    system.dramactl("resume")
+    wait_until(lambda: len(system.active()) == 1, 45, "the timer shrinking to MIN after resume")
