@@ -225,11 +225,28 @@ def install(root: str, no_users: bool, no_reload: bool) -> None:
 
 
 @main.command()
+@click.option("--root", default="/", show_default=True, help="Write below this directory.")
+@click.option("--no-reload", is_flag=True, help="Do not ask systemd to reload.")
+def configure(root: str, no_reload: bool) -> None:
+    """Apply CHECK_INTERVAL and GRACEFUL_SHUTDOWN_TIMEOUT to the units (drop-ins, as root).
+
+    Example: sudo dramactl configure   (after editing /etc/dramactl/dramactl.env)
+    """
+    from .install import configure as run
+
+    settings = load_settings()
+    report = guarded(lambda: run(settings, root=root, reload=not no_reload))
+    for line in report.actions or ["units already match the settings"]:
+        click.echo(line)
+
+
+@main.command()
 @click.argument("count", type=click.IntRange(min=1))
 @click.option("--rate", type=float, help="Messages per second (default: as fast as possible).")
-@click.option("--kind", type=click.Choice(["email", "ocr", "high", "low"]), default="email", show_default=True)
+@click.option("--kind", type=click.Choice(["email", "ocr", "high", "low", "mixed"]), default="email", show_default=True)
 @click.option("--seconds", type=float, help="How long each example task works.")
-def load(count: int, rate: float | None, kind: str, seconds: float | None) -> None:
+@click.option("--fail-times", type=click.IntRange(min=0), default=0, help="Attempts each message fails before it succeeds (shows retries).")
+def load(count: int, rate: float | None, kind: str, seconds: float | None, fail_times: int) -> None:
     """Enqueue COUNT example messages, to watch the fleet scale.
 
     Example: dramactl load 200 --rate 50 --seconds 0.5
@@ -243,7 +260,10 @@ def load(count: int, rate: float | None, kind: str, seconds: float | None) -> No
         if sent == total or sent % max(1, total // 10) == 0:
             click.echo(f"sent {sent}/{total}", err=True)
 
-    ids = guarded(lambda: send_load(settings, count, rate=rate, kind=kind, seconds=seconds, progress=progress))
+    try:
+        ids = guarded(lambda: send_load(settings, count, rate=rate, kind=kind, seconds=seconds, fail_times=fail_times, progress=progress))
+    except ValueError as exc:
+        raise CommandError(str(exc), EXIT_CONFIG) from None
     click.echo(f"enqueued {len(ids)} {kind} messages in {time.monotonic() - started:.1f}s")
 
 
@@ -258,8 +278,10 @@ def dashboard(host: str, port: int) -> None:
     from .dashboard import serve
 
     settings = load_settings()
-    click.echo(f"dashboard on http://{host}:{port} (Ctrl-C stops it)", err=True)
-    serve(settings, host=host, port=port)
+    try:
+        serve(settings, host=host, port=port, on_ready=lambda url: click.echo(f"dashboard on {url} (Ctrl-C stops it)", err=True))
+    except OSError as exc:
+        raise CommandError(f"cannot serve on {host}:{port} ({exc.strerror or exc}); choose another --port or DASHBOARD_PORT", EXIT_CONFIG) from None
 
 
 @main.command()

@@ -111,6 +111,30 @@ def link_entry_point(report: InstallReport, root: Path) -> None:
     report.did(f"linked {link} -> {ours}")
 
 
+def write_drop_ins(settings: Settings, report: InstallReport, base: Path) -> None:
+    for rel, text in drop_ins(settings).items():
+        path = base / "etc/systemd/system" / rel
+        if _write(path, text):
+            report.did(f"wrote {path}")
+
+
+def reload_systemd(report: InstallReport) -> None:
+    from .fleet import Fleet
+
+    with Fleet() as fleet:
+        fleet.reload()
+    report.did("reloaded systemd")
+
+
+def configure(settings: Settings, *, root: str = "/", reload: bool = True) -> InstallReport:
+    """Apply settings that live in unit drop-ins (CHECK_INTERVAL, stop timeout): for package installs."""
+    report = InstallReport()
+    write_drop_ins(settings, report, Path(root))
+    if reload and report.actions:
+        reload_systemd(report)
+    return report
+
+
 def install(settings: Settings, *, root: str = "/", users: bool = True, reload: bool = True) -> InstallReport:
     """Install units, drop-ins, polkit rule, users and the env file; reload systemd."""
     base = Path(root)
@@ -119,9 +143,7 @@ def install(settings: Settings, *, root: str = "/", users: bool = True, reload: 
     for name in UNITS:
         if _write(unit_dir / name, data_path("systemd", name).read_text()):
             report.did(f"installed {unit_dir / name}")
-    for rel, text in drop_ins(settings).items():
-        if _write(unit_dir / rel, text):
-            report.did(f"wrote {unit_dir / rel}")
+    write_drop_ins(settings, report, base)
     rule = base / "etc/polkit-1/rules.d/50-dramactl.rules"
     if _write(rule, data_path("polkit", "50-dramactl.rules").read_text()):
         report.did(f"installed {rule} (dramactl may start/stop dramatiq-worker@*.service only)")
@@ -142,9 +164,5 @@ def install(settings: Settings, *, root: str = "/", users: bool = True, reload: 
         report.did(f"created {env_file} from {source}")
     link_entry_point(report, base)
     if reload:
-        from .fleet import Fleet
-
-        with Fleet() as fleet:
-            fleet.reload()
-        report.did("reloaded systemd")
+        reload_systemd(report)
     return report

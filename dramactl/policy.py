@@ -135,6 +135,17 @@ def holds(workers: int, per_worker: float) -> float:
     return share + GROW_SIGMAS * math.sqrt(share)
 
 
+GROW_TO = "ceil"
+
+
+def fleet_holding(backlog: float, per_worker: float) -> int:
+    """The smallest fleet whose :func:`holds` covers ``backlog``."""
+    n = 0
+    while holds(n, per_worker) < backlog:
+        n += 1
+    return n
+
+
 def fleet_for(load: float, per_worker: float) -> int:
     """Workers to keep for a mean backlog ``load``: the load plus sqrt(load) of slack,
     so the fleet is not run at 100 % (where queues grow without bound) and its
@@ -162,18 +173,24 @@ def default_target(
     """
     per_worker = backlog_per_worker(settings)
     why = f"backlog {backlog.backlog} at {per_worker:g}/worker"
+    wait = False
     if backlog.backlog > holds(current, per_worker):
-        wanted = math.ceil(backlog.backlog / per_worker)
+        wanted = math.ceil(backlog.backlog / per_worker) if GROW_TO == "ceil" else fleet_holding(backlog.backlog, per_worker)
         why += f" > {holds(current, per_worker):.0f} held by {current}"
+        surge = backlog.backlog > 2 * current * per_worker
+        wait = not surge and not _wanted_more_last_tick(history, now, settings)
     else:
         wanted = min(current, fleet_for(backlog.backlog, per_worker))
     guard = _latency_guard(backlog.oldest_age, current, starting, settings)
     if guard is not None:
         why += f"; {guard[1]}"
+        wait = wait and guard[0] <= current
         wanted = max(wanted, guard[0])
     if starting:
         why += f"; {starting} starting"
     bounded = clamp(wanted, settings)
+    if wait and current >= settings.min_processes:
+        return current, wanted, f"{why}: growing to {min(bounded, settings.max_processes)} if it persists next tick"
 
     if current > settings.max_processes:
         return settings.max_processes, wanted, f"{why}: down to MAX_PROCESSES={settings.max_processes}"
@@ -189,6 +206,14 @@ def default_target(
     if bounded == current:
         return current, wanted, f"{why}: steady at {current}"
     return _stabilized_down(backlog, current, wanted, why, per_worker, settings, history, now)
+
+
+def _wanted_more_last_tick(history: Sequence[TickRecord], now: float, settings: Settings) -> bool:
+    """Whether the previous tick (if recent) also wanted more than it had."""
+    if not history or history[-1].at < now - 2.0 * settings.check_interval:
+        return False
+    last = history[-1]
+    return (last.target if last.wanted is None else last.wanted) > last.workers
 
 
 def _latency_guard(age: float | None, current: int, starting: int, settings: Settings) -> tuple[int, str] | None:

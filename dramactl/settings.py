@@ -211,11 +211,10 @@ def broker_index(argv: list[str]) -> int:
     """Index of the app (broker) module in a Dramatiq command line; SettingsError when there is none."""
     for i, word in enumerate(argv):
         if os.path.basename(word) == "dramatiq":
-            for j in range(i + 1, len(argv)):
-                if not argv[j].startswith("-"):
-                    return j
+            if i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                return i + 1
             raise SettingsError(
-                "DRAMATIQ_COMMAND", "names no app module after 'dramatiq'", "write it as 'dramatiq myapp.tasks [options]'"
+                "DRAMATIQ_COMMAND", "names no app module right after 'dramatiq'", "write it as 'dramatiq myapp.tasks [options]'"
             )
     raise SettingsError("DRAMATIQ_COMMAND", f"{argv[0]!r} is not the dramatiq command", "write it as 'dramatiq myapp.tasks [options]'")
 

@@ -1,0 +1,122 @@
+"""Settings: defaults, sources and their order, and one clear error per bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dramactl.settings import EXAMPLE_COMMAND, EXAMPLE_QUEUES, Settings, SettingsError, load, parse
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    s = parse({})
+    assert (s.redis_host, s.redis_port, s.redis_db, s.redis_password) == ("localhost", 6379, 0, "")
+    assert (s.min_processes, s.max_processes, s.check_interval) == (1, 10, 180)
+    assert (s.scale_up_multiplier, s.scale_down_multiplier) == (5.0, 2.5)
+    assert (s.log_level, s.graceful_shutdown_timeout, s.process_startup_delay) == ("INFO", 30, 5.0)
+    assert s.dramatiq_command == EXAMPLE_COMMAND and s.queues == EXAMPLE_QUEUES
+    assert s.namespace == "dramatiq" and s.policy == "default"
+    assert s.worker_shutdown_timeout_ms == 30000
+
+
+def test_own_command_defaults_to_dramatiqs_default_queue() -> None:
+    assert parse({"DRAMATIQ_COMMAND": "dramatiq app.tasks"}).queues == ("default",)
+
+
+def test_queue_list_is_split_and_trimmed() -> None:
+    assert parse({"DRAMATIQ_QUEUE_NAME": " a, b.x ,c-1,"}).queues == ("a", "b.x", "c-1")
+
+
+def test_values_are_parsed() -> None:
+    s = parse(
+        {
+            "REDIS_HOST": "redis.internal",
+            "REDIS_PORT": "6380",
+            "REDIS_DB": "3",
+            "REDIS_PASSWORD": "s3cret",
+            "MIN_PROCESSES": "2",
+            "MAX_PROCESSES": "20",
+            "CHECK_INTERVAL": "15",
+            "SCALE_UP_THRESHOLD_MULTIPLIER": "8",
+            "SCALE_DOWN_THRESHOLD_MULTIPLIER": "1.5",
+            "LOG_LEVEL": "debug",
+            "POLICY": "STEP",
+        }
+    )
+    assert (s.redis_host, s.redis_port, s.redis_db, s.redis_password) == ("redis.internal", 6380, 3, "s3cret")
+    assert (s.min_processes, s.max_processes, s.check_interval) == (2, 20, 15)
+    assert (s.scale_up_multiplier, s.scale_down_multiplier, s.log_level, s.policy) == (8.0, 1.5, "DEBUG", "step")
+
+
+def test_redis_location_never_shows_the_password() -> None:
+    s = parse({"REDIS_URL": "redis://:hunter2@db:6379/1"})
+    assert "hunter2" not in s.redis_location and "db:6379/1" in s.redis_location
+
+
+BAD = [
+    ({"REDIS_PORT": "abc"}, "REDIS_PORT", "not a whole number"),
+    ({"REDIS_PORT": "0"}, "REDIS_PORT", "out of range"),
+    ({"REDIS_PORT": "70000"}, "REDIS_PORT", "out of range"),
+    ({"REDIS_DB": "-1"}, "REDIS_DB", "out of range"),
+    ({"MIN_PROCESSES": "-1"}, "MIN_PROCESSES", "out of range"),
+    ({"MIN_PROCESSES": "two"}, "MIN_PROCESSES", "not a whole number"),
+    ({"MAX_PROCESSES": "0"}, "MAX_PROCESSES", "out of range"),
+    ({"MAX_PROCESSES": "1.5"}, "MAX_PROCESSES", "not a whole number"),
+    ({"MIN_PROCESSES": "5", "MAX_PROCESSES": "3"}, "MIN_PROCESSES", "above MAX_PROCESSES=3"),
+    ({"CHECK_INTERVAL": "0"}, "CHECK_INTERVAL", "out of range"),
+    ({"CHECK_INTERVAL": "3m"}, "CHECK_INTERVAL", "not a whole number"),
+    ({"SCALE_UP_THRESHOLD_MULTIPLIER": "x"}, "SCALE_UP_THRESHOLD_MULTIPLIER", "not a number"),
+    ({"SCALE_UP_THRESHOLD_MULTIPLIER": "0"}, "SCALE_UP_THRESHOLD_MULTIPLIER", "too small"),
+    ({"SCALE_UP_THRESHOLD_MULTIPLIER": "nan"}, "SCALE_UP_THRESHOLD_MULTIPLIER", "not a finite number"),
+    ({"SCALE_DOWN_THRESHOLD_MULTIPLIER": "-1"}, "SCALE_DOWN_THRESHOLD_MULTIPLIER", "too small"),
+    ({"SCALE_DOWN_THRESHOLD_MULTIPLIER": "5"}, "SCALE_DOWN_THRESHOLD_MULTIPLIER", "not below SCALE_UP_THRESHOLD_MULTIPLIER=5"),
+    ({"SCALE_DOWN_THRESHOLD_MULTIPLIER": "6", "SCALE_UP_THRESHOLD_MULTIPLIER": "4"}, "SCALE_DOWN_THRESHOLD_MULTIPLIER", "not below"),
+    ({"DRAMATIQ_QUEUE_NAME": " , "}, "DRAMATIQ_QUEUE_NAME", "no queue named"),
+    ({"DRAMATIQ_QUEUE_NAME": "ok,bad name"}, "DRAMATIQ_QUEUE_NAME", "not a Dramatiq queue name"),
+    ({"DRAMATIQ_COMMAND": "celery -A app worker"}, "DRAMATIQ_COMMAND", "is not the dramatiq command"),
+    ({"DRAMATIQ_COMMAND": "dramatiq --threads 2"}, "DRAMATIQ_COMMAND", "names no app module"),
+    ({"DRAMATIQ_COMMAND": "dramatiq 'app"}, "DRAMATIQ_COMMAND", "cannot be split"),
+    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL", "not a log level"),
+    ({"POLICY": "magic"}, "POLICY", "not a policy"),
+    ({"REDIS_URL": "http://db:6379"}, "REDIS_URL", "not a Redis URL"),
+    ({"GRACEFUL_SHUTDOWN_TIMEOUT": "0"}, "GRACEFUL_SHUTDOWN_TIMEOUT", "out of range"),
+    ({"PROCESS_STARTUP_DELAY": "-2"}, "PROCESS_STARTUP_DELAY", "too small"),
+    ({"WORKER_THREADS": "0"}, "WORKER_THREADS", "out of range"),
+    ({"WORKER_DIRECTORY": "relative/dir"}, "WORKER_DIRECTORY", "is relative"),
+]
+
+
+@pytest.mark.parametrize(("values", "setting", "problem"), BAD, ids=[f"{b[1]}={list(b[0].values())[-1]}" for b in BAD])
+def test_bad_value_names_setting_and_fix(values: dict[str, str], setting: str, problem: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        parse(values)
+    message = str(err.value)
+    assert err.value.setting == setting
+    assert message.startswith(f"{setting}: ") and problem in message
+    assert "\n" not in message and err.value.fix, "one line that says how to fix it"
+
+
+def test_environment_beats_dotenv_beats_system_file(tmp_path: Path) -> None:
+    system = tmp_path / "dramactl.env"
+    system.write_text("MIN_PROCESSES=2\nMAX_PROCESSES=7\nCHECK_INTERVAL=30\n")
+    (tmp_path / ".env").write_text("MAX_PROCESSES=8\nCHECK_INTERVAL=20\n")
+    s = load({"DRAMACTL_ENV_FILE": str(system), "CHECK_INTERVAL": "10"}, cwd=tmp_path)
+    assert (s.min_processes, s.max_processes, s.check_interval) == (2, 8, 10)
+    assert s.sources == (str(tmp_path / ".env"), str(system))
+
+
+def test_unreadable_or_missing_files_are_skipped(tmp_path: Path) -> None:
+    s = load({"DRAMACTL_ENV_FILE": str(tmp_path / "absent.env")}, cwd=tmp_path)
+    assert s == Settings(sources=())
+
+
+def test_bad_value_in_a_file_is_reported_like_any_other(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text('MAX_PROCESSES="lots"\n')
+    with pytest.raises(SettingsError, match=r"^MAX_PROCESSES: 'lots' is not a whole number"):
+        load({"DRAMACTL_ENV_FILE": str(tmp_path / "none")}, cwd=tmp_path)
+
+
+def test_state_directory_from_systemd_wins(tmp_path: Path) -> None:
+    assert parse({"STATE_DIRECTORY": "/var/lib/dramactl", "DRAMACTL_STATE_DIR": "/x"}).state_dir == "/var/lib/dramactl"
+    assert parse({"DRAMACTL_STATE_DIR": "/x"}).state_dir == "/x"
