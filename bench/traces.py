@@ -55,11 +55,14 @@ class Trace:
         return total
 
 
-def burst(background: float = 0.5, count: int = 2000, at: float = 307.0, duration: float = 3600.0) -> Trace:
-    """A block of messages at once (a batch import) on a trickle; lands between ticks."""
+def burst(background: float = 0.5, count: int = 600, duration: float = 3600.0) -> Trace:
+    """Blocks of messages at once (a batch import) on a trickle. Four blocks, 15 min
+    apart, landing 22.5/67.5/112.5/157.5 s before a 180 s tick (7.5 s before a 15 s
+    one): every interval sees its average reaction time, not a lucky or unlucky one."""
+    blocks = tuple((at, count) for at in (337.5, 1192.5, 2047.5, 2722.5))
     return Trace(
-        "burst", duration, lambda t: background, background, ((at, count),),
-        f"{count} msgs at t={at:g}s on {background:g}/s",
+        "burst", duration, lambda t: background, background, blocks,
+        f"4 x {count} msgs, 15 min apart, on {background:g}/s",
     )
 
 

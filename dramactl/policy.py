@@ -135,7 +135,7 @@ def holds(workers: int, per_worker: float) -> float:
     return share + GROW_SIGMAS * math.sqrt(share)
 
 
-GROW_TO = "ceil"
+GROW_TO = "hold"
 
 
 def fleet_holding(backlog: float, per_worker: float) -> int:

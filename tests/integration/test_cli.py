@@ -1,0 +1,132 @@
+"""The click CLI against a real Redis (systemd-dependent behaviour is in tests/system)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+from click.testing import CliRunner
+
+from dramactl.cli import EXIT_BUSY, EXIT_CONFIG, EXIT_SYSTEMD, main
+from dramactl.state import StateStore
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.fixture
+def run(settings_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("DRAMATIQ_COMMAND", "DRAMATIQ_QUEUE_NAME", "MIN_PROCESSES", "MAX_PROCESSES", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+    def invoke(*args: str, **env: str):
+        return CliRunner().invoke(main, list(args), env={**settings_env, **env}, catch_exceptions=False)
+
+    return invoke
+
+
+def test_status_json_reports_queues_and_says_why_systemd_is_missing(run, redis: redis_lib.Redis) -> None:
+    redis.rpush("dramatiq:email_processing", "a", "b")
+    redis.hset("dramatiq:email_processing.msgs", mapping={"a": '{"message_timestamp": 1}', "b": "{}", "c": "{}"})
+    res = run("status", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    q = {x["name"]: x for x in data["queues"]}["email_processing"]
+    assert (q["ready"], q["in_flight"], q["backlog"]) == (2, 1, 3)
+    assert data["totals"]["backlog"] == 3
+    assert data["limits"]["min"] == 1 and data["limits"]["max"] == 10
+    assert data["paused"] is False
+    if not Path("/run/systemd/system").exists():
+        assert any(e.startswith("systemd: ") for e in data["errors"])
+
+
+def test_status_text(run, redis: redis_lib.Redis) -> None:
+    res = run("status")
+    assert res.exit_code == 0
+    assert re.search(r"^email_processing\s+0\s+0\s+0\s+0\s+0\s+-$", res.output, re.M), res.output
+    assert "autoscaling: on" in res.output
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MIN_PROCESSES": "4", "MAX_PROCESSES": "2"}, "MIN_PROCESSES: 4 is above MAX_PROCESSES=2"),
+        ({"CHECK_INTERVAL": "soon"}, "CHECK_INTERVAL: 'soon' is not a whole number"),
+        ({"DRAMATIQ_COMMAND": "python worker.py"}, "DRAMATIQ_COMMAND: 'python' is not the dramatiq command"),
+    ],
+)
+@pytest.mark.parametrize("command", [["tick"], ["status"], ["scale-to", "2"], ["pause"], ["check"]])
+def test_bad_config_is_one_line_and_exit_2(run, command: list[str], env: dict[str, str], message: str) -> None:
+    res = run(*command, **env)
+    assert res.exit_code == EXIT_CONFIG
+    assert res.output.strip().splitlines() == [f"dramactl: {message}" + res.output.split(message, 1)[1].strip()]
+
+
+def test_tick_with_redis_down_exits_2_naming_redis(run) -> None:
+    from tests.conftest import free_port
+
+    res = run("tick", REDIS_PORT=str(free_port()))
+    assert res.exit_code == EXIT_CONFIG
+    assert res.output.startswith("dramactl: REDIS_HOST: cannot reach Redis at 127.0.0.1:")
+    assert len(res.output.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(Path("/run/systemd/system").exists(), reason="this host runs systemd; covered in tests/system")
+def test_tick_without_systemd_exits_3(run, redis: redis_lib.Redis) -> None:
+    res = run("tick", "--dry-run")
+    assert res.exit_code == EXIT_SYSTEMD
+    assert "cannot reach systemd on the system bus" in res.output
+
+
+def test_pause_and_resume_persist(run, settings_env: dict[str, str], redis: redis_lib.Redis) -> None:
+    store = StateStore(settings_env["DRAMACTL_STATE_DIR"])
+    assert run("pause").exit_code == 0
+    assert store.load().paused is True
+    assert json.loads(run("status", "--json").output)["paused"] is True
+    assert "PAUSED" in run("status").output
+    assert run("resume").exit_code == 0
+    assert store.load().paused is False
+
+
+def test_a_busy_lock_is_reported(run, settings_env: dict[str, str], redis: redis_lib.Redis) -> None:
+    store = StateStore(settings_env["DRAMACTL_STATE_DIR"])
+    with store.lock():
+        res = run("tick")
+    assert res.exit_code == 0 and res.output.startswith("skipped: another dramactl tick")
+    assert EXIT_BUSY == 4
+
+
+def test_scale_to_beyond_max_is_refused_before_systemd(run) -> None:
+    res = run("scale-to", "11")
+    assert res.exit_code == EXIT_CONFIG
+    assert "MAX_PROCESSES: cannot scale to 11: allowed 0..10" in res.output
+
+
+def test_check_reaches_redis_and_shows_the_worker_command(run, redis: redis_lib.Redis) -> None:
+    res = run("check", DRAMATIQ_COMMAND="dramatiq app.tasks", WORKER_THREADS="3")
+    assert res.exit_code == 0, res.output
+    assert "redis ok at 127.0.0.1:" in res.output
+    assert re.search(r"worker command: \S+ -m dramatiq app\.tasks dramactl_ready --processes 1 --threads 3 --worker-shutdown-timeout 30000", res.output)
+
+
+def test_check_refuses_a_missing_executable(run, redis: redis_lib.Redis) -> None:
+    res = run("check", DRAMATIQ_COMMAND="/nonexistent/bin/dramatiq app")
+    assert res.exit_code == EXIT_CONFIG
+    assert "DRAMATIQ_COMMAND: '/nonexistent/bin/dramatiq' is not an executable" in res.output
+
+
+def test_load_enqueues_example_messages(run, redis: redis_lib.Redis) -> None:
+    res = run("load", "7", "--kind", "email", "--seconds", "0")
+    assert res.exit_code == 0, res.output
+    assert "enqueued 7 email messages" in res.output
+    q = {x["name"]: x for x in json.loads(run("status", "--json").output)["queues"]}["email_processing"]
+    assert q["ready"] == 7
+
+
+def test_every_command_is_documented_in_the_readme() -> None:
+    text = README.read_text()
+    missing = [name for name, cmd in main.commands.items() if not cmd.hidden and f"dramactl {name}" not in text]
+    assert not missing, f"README.md does not document: {missing}"
