@@ -33,14 +33,15 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-make_venv() {  # make_venv DIR EXTRAS
-  local dir=$1 extras=$2
+make_venv() {  # make_venv DIR [EXTRAS]
+  local dir=$1 spec=$HERE
+  [ -n "${2:-}" ] && spec="$HERE[$2]"
   [ -x "$dir/bin/python" ] || /usr/bin/python3 -m venv "$dir"
   "$dir/bin/pip" install -q --upgrade pip >/dev/null
   if [ "$dir" = "$HERE/.venv" ]; then
-    "$dir/bin/pip" install -q -e "$HERE[$extras]"
+    "$dir/bin/pip" install -q -e "$spec"
   else
-    "$dir/bin/pip" install -q "$HERE[$extras]"
+    "$dir/bin/pip" install -q "$spec"
   fi
 }
 
@@ -49,7 +50,7 @@ cmd_setup() {
   apt_install "${PACKAGES[@]}"
   systemd_running && systemctl enable --now redis-server >/dev/null 2>&1 || true
   echo "creating $VENV"
-  make_venv "$VENV" ""
+  make_venv "$VENV"
   if ! systemd_running; then
     echo "dramactl is installed in $VENV, but this host does not run systemd as PID 1 (a container?)."
     echo "The fleet needs systemd; to run the example worker in the foreground instead:"

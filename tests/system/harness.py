@@ -51,9 +51,10 @@ def _comm(pid: int) -> str:
 class Container:
     """One booted systemd; ``run`` executes commands inside it via nsenter."""
 
-    def __init__(self, binds: Sequence[str], name: str = "dramactl-test") -> None:
+    def __init__(self, binds: Sequence[str], name: str = "dramactl-test", private_network: bool = True) -> None:
         self.binds = [str(Path(b).resolve()) for b in binds]
         self.name = name
+        self.private_network = private_network
         self.base: Path | None = None
         self.nspawn: subprocess.Popen | None = None
         self.pid1: int | None = None
@@ -79,7 +80,9 @@ class Container:
         for unit in ("postgresql.service", "avahi-daemon.service", "avahi-daemon.socket", "apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer"):
             (self.root / "etc/systemd/system" / unit).unlink(missing_ok=True)
             (self.root / "etc/systemd/system" / unit).symlink_to("/dev/null")
-        args = ["systemd-nspawn", "-D", str(self.root), "-b", "--register=no", "--keep-unit", "--private-network", "-M", self.name]
+        args = ["systemd-nspawn", "-D", str(self.root), "-b", "--register=no", "--keep-unit", "-M", self.name]
+        if self.private_network:
+            args.append("--private-network")
         args += [f"--bind={b}" for b in self.binds]
         self.console = open(self.base / "console.log", "wb")
         self.nspawn = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.console, stderr=subprocess.STDOUT, start_new_session=True)
