@@ -54,6 +54,7 @@ class Outcome:
     queues: list[QueueStats] = field(default_factory=list)
     started: list[JobResult] = field(default_factory=list)
     stopped: list[JobResult] = field(default_factory=list)
+    restarted: list[JobResult] = field(default_factory=list)
     dry_run: bool = False
     paused: bool = False
 
@@ -63,7 +64,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return all(j.ok for j in self.started + self.stopped)
+        return all(j.ok for j in self.started + self.stopped + self.restarted)
 
     def summary(self) -> str:
         """One line with inputs, decision, reason and actions: the journal record of a tick."""
@@ -75,7 +76,7 @@ class Outcome:
             f"workers {d.current} -> {d.target}" + (" (dry run)" if self.dry_run else ""),
             d.reason,
         ]
-        for label, jobs in (("started", self.started), ("stopped", self.stopped)):
+        for label, jobs in (("started", self.started), ("stopped", self.stopped), ("restarted", self.restarted)):
             if jobs:
                 parts.append(f"{label} " + " ".join(f"@{j.unit.split('@')[1].split('.')[0]}:{j.result}" for j in jobs))
         if d.held or not self.ok:
@@ -89,6 +90,7 @@ class Outcome:
             "totals": {"backlog": self.backlog.backlog, "oldest_age": self.backlog.oldest_age},
             "started": [j.__dict__ for j in self.started],
             "stopped": [j.__dict__ for j in self.stopped],
+            "restarted": [j.__dict__ for j in self.restarted],
             "dry_run": self.dry_run,
             "paused": self.paused,
         }
@@ -167,19 +169,18 @@ def scale_to(
     with _locked(settings, wait=True) as store:
         state = store.load()
         instances = fleet.instances()
-        current = sum(1 for u in instances if u.is_up)
+        up = sorted(u.number for u in instances if u.is_up)
         new_state = ScalerState(paused=pause or state.paused, threads=threads or state.threads, history=state.history)
-        restart = [u.number for u in instances if u.is_up and threads and threads != threads_of(settings, state)]
-        if target or restart:
-            worker_argv(settings, threads_of(settings, new_state))
-        store.save(new_state)  # threads first: instances started below read it
+        new_threads = threads_of(settings, new_state)
+        # Instances that stay (plan() stops the highest) restart to take a new thread count.
+        restart = up[:target] if new_threads != threads_of(settings, state) else []
+        if target:
+            worker_argv(settings, new_threads)
+        store.save(new_state)  # before any start: instances read the thread count from it
         reason = "manual" + ("; autoscaling paused" if new_state.paused else "")
-        outcome = Outcome(ScalingDecision(current, target, reason), paused=new_state.paused)
-        keep = [n for n in restart if n <= target]
-        if keep:
-            outcome.stopped = fleet.restart(keep)
-        outcome.started, stopped = _apply(fleet, settings, instances, target, threads_of(settings, new_state))
-        outcome.stopped += stopped
+        outcome = Outcome(ScalingDecision(len(up), target, reason), paused=new_state.paused)
+        outcome.started, outcome.stopped = _apply(fleet, settings, instances, target, new_threads)
+        outcome.restarted = fleet.restart(restart)
         return outcome
 
 

@@ -130,3 +130,15 @@ def test_manual_size_holds_while_paused(system: System) -> None:
     assert "paused: autoscaling is off" in system.c.journal("dramactl.service")
     system.dramactl("resume")
     wait_until(lambda: len(system.active()) == 1, 45, "the timer shrinking to MIN after resume")
+
+
+def test_new_thread_count_restarts_the_instances_that_stay(system: System) -> None:
+    system.dramactl("scale-to", "3", "--threads", "3")
+    pids = {n: system.sh(f"systemctl show -P MainPID dramatiq-worker@{n}").stdout.strip() for n in (1, 2)}
+    out = system.dramactl("scale-to", "2", "--threads", "1").stdout
+    assert "stopped @3:done" in out and "restarted @1:done @2:done" in out, out
+    assert system.active() == ["dramatiq-worker@1.service", "dramatiq-worker@2.service"]
+    for n in (1, 2):
+        assert system.sh(f"systemctl show -P MainPID dramatiq-worker@{n}").stdout.strip() != pids[n]
+        assert "with 1 threads" in system.sh(f"systemctl show -P StatusText dramatiq-worker@{n}").stdout
+    assert system.status()["threads"] == 1
