@@ -59,6 +59,8 @@ class HpaController:
     desired = ceil(total / target-per-pod) unless within the 10 % tolerance; scale-up
     stabilization 0 s and at most max(+100 %, +4 pods) per 15 s; scale-down to the
     highest recommendation of the last 300 s, at most -100 % per 15 s; then MIN/MAX.
+    It gets dramactl's metric (ready + due + in flight) and per-worker target, not
+    KEDA's Redis default (LLEN alone, 5 per pod), so only the control law differs.
     """
 
     per_pod: float
@@ -95,14 +97,10 @@ class StaticController:
         return self.size
 
 
-def settings_for(policy: str, interval: int) -> Settings:
-    return parse({**FLEET, "POLICY": policy, "CHECK_INTERVAL": str(interval)})
-
-
 def lineup(dramactl_interval: int, overrides: dict[str, str] | None = None) -> list[PolicySpec]:
     """Baseline step at 180 s, HPA/KEDA at 15 s, static MAX, dramactl's default
     (``overrides``: extra settings for dramactl's default only, to try knobs)."""
-    step = settings_for("step", 180)
+    step = parse({**FLEET, "POLICY": "step", "CHECK_INTERVAL": "180"})
     default = parse({**FLEET, **(overrides or {}), "POLICY": "default", "CHECK_INTERVAL": str(dramactl_interval)})
     per_pod = backlog_per_worker(default)  # same metric and per-worker target: only the control law differs
     low, high = default.min_processes, default.max_processes

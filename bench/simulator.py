@@ -1,16 +1,18 @@
 """A deterministic discrete-event model of a worker fleet under a scaling policy.
 
-Messages arrive (from a :class:`~bench.traces.Trace`), wait in one FIFO queue (Redis)
-and are fetched by workers, each holding at most ``prefetch`` unacked messages (as
-Dramatiq's consumer does, 2 x threads) and serving them with its threads in order.
-Workers are systemd instances that take a few seconds to start consuming; a stopped
-worker hands its not-yet-started messages back to the queue and finishes the rest. Every ``interval``
-seconds the policy sees what the real scaler would read (a ``FleetBacklog`` and one
-``WorkerUnit`` per loaded instance, as a ``Type=notify`` unit reports itself) and its
-target is applied the way ``dramactl.scaler.plan`` does: start the lowest free
-numbers, stop the highest. Simplifications: the worker holding the
-fewest messages fetches first, and at once, no poll back-off, no delayed messages, stops
-always complete gracefully, a tick takes no time.
+Messages arrive (from a :class:`~bench.traces.Trace`) into one FIFO queue (Redis).
+Workers fetch them, each holding at most ``prefetch`` unacked messages as Dramatiq's
+consumer does (2 x threads), and serve them with their threads in order. Workers are
+systemd instances that take a few seconds to start consuming; a stopped worker hands
+its not-yet-started messages back and finishes the rest.
+
+Every ``interval`` seconds the policy sees what the real scaler reads: a
+``FleetBacklog`` and one ``WorkerUnit`` per loaded instance, as a ``Type=notify``
+unit reports itself. Its target is applied like ``dramactl.scaler.plan``: start the
+lowest free numbers, stop the highest.
+
+Simplifications: the worker holding the fewest messages fetches first (no poll
+back-off), no delayed messages, stops always finish gracefully, a tick takes no time.
 """
 
 from __future__ import annotations
@@ -295,7 +297,8 @@ def simulate(
     run = _Run(workload, controller, interval, initial_workers)
     run.run(keep_ticks)
     model, trace = workload.model, workload.trace
-    bound = trace.fluid_lower_bound(model.mean_service, model.threads, min_workers)
+    realized = sum(workload.services) / len(workload.services) if workload.services else model.mean_service
+    bound = trace.fluid_lower_bound(realized, model.threads, min_workers)
     return RunResult(
         trace.name, policy, run.waits, run.worker_seconds, bound, run.peak, run.actions, trace.duration, run.ticks
     )

@@ -38,7 +38,8 @@ class Trace:
                 if rng.random() * self.peak_rate < self.rate(t):
                     times.append(t)
         for at, count in self.blocks:
-            times.extend([at] * count)
+            if 0 <= at < self.duration:
+                times.extend([at] * count)
         times.sort()
         return times
 
@@ -47,7 +48,8 @@ class Trace:
         utilisation with no start-up delay; a block counts as its work in one dt."""
         blocks: dict[int, int] = {}
         for at, count in self.blocks:
-            blocks[int(at // dt)] = blocks.get(int(at // dt), 0) + count
+            if 0 <= at < self.duration:
+                blocks[int(at // dt)] = blocks.get(int(at // dt), 0) + count
         total = 0.0
         for i in range(int(math.ceil(self.duration / dt))):
             offered = self.rate((i + 0.5) * dt) * dt + blocks.get(i, 0)

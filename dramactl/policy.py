@@ -1,10 +1,23 @@
 """The scaling decision: pure functions of what a tick saw, no I/O.
 
 ``decide`` is the one entry point; ``POLICY=step`` selects the classic threshold
-step operators know, ``POLICY=default`` the backlog/latency policy. The scaler is a
-oneshot, so everything the default policy needs across ticks comes in ``history``:
-the :class:`~dramactl.state.TickRecord` each earlier tick saved via
-:meth:`ScalingDecision.record`.
+step operators know, ``POLICY=default`` the backlog/latency policy:
+
+* backlog = ready + due-delayed + in flight; a worker's share is
+  TARGET_BACKLOG_PER_WORKER (default WORKER_THREADS);
+* grow when the backlog is beyond what the fleet holds (its share plus snapshot
+  noise): at once on a surge, else when a second tick confirms it, in one step to
+  the fleet that holds it (about ceil(backlog / share)), within MAX_SCALE_UP_STEP
+  and MIN/MAX_PROCESSES;
+* grow when the oldest ready message waited past MAX_QUEUE_WAIT, unless instances
+  are still starting;
+* shrink only when the mean backlog over SCALE_DOWN_STABILIZATION fits a smaller
+  fleet (with square-root slack) and no tick in that window asked to grow;
+* never grow into failing instances: hold and say so.
+
+The scaler is a oneshot, so everything needed across ticks comes in ``history``:
+the :class:`~dramactl.state.TickRecord` each earlier tick saved from
+:meth:`ScalingDecision.record`. ``python -m bench`` measures the policy.
 """
 
 from __future__ import annotations
@@ -116,8 +129,8 @@ def step_target(backlog: FleetBacklog, current: int, settings: Settings) -> tupl
     return current, f"step: depth {depth} within [{down:g}, {up:g}]"
 
 
-GROW_SIGMAS = 2.0  # snapshot noise a fleet absorbs before it grows (in sqrt(messages))
-SLACK_SIGMAS = 1.0  # headroom it keeps over its mean load when it shrinks (square-root staffing)
+GROW_SIGMAS = 2.0  # snapshot noise (in sqrt of the fleet's share) a fleet absorbs before growing
+SLACK_SIGMAS = 1.0  # headroom over the mean load kept when shrinking (square-root staffing)
 
 
 def backlog_per_worker(settings: Settings) -> float:
@@ -127,29 +140,30 @@ def backlog_per_worker(settings: Settings) -> float:
 
 
 def holds(workers: int, per_worker: float) -> float:
-    """The backlog ``workers`` absorb without growing: their share plus the noise of a
-    snapshot. Messages in flight at one instant are roughly Poisson, so a fleet that
-    keeps up still shows backlogs ~2 sqrt(share) above its mean now and then; growing
-    on those would buy workers for noise and flap."""
+    """The backlog ``workers`` absorb without growing: their share plus two standard
+    deviations of snapshot noise. Messages in flight at one instant are roughly
+    Poisson, so a fleet that keeps up still shows backlogs ~2 sqrt(share) above its
+    share now and then; growing on those buys workers for noise and then flaps."""
     share = workers * per_worker
     return share + GROW_SIGMAS * math.sqrt(share)
 
 
-GROW_TO = "hold"
-
-
 def fleet_holding(backlog: float, per_worker: float) -> int:
-    """The smallest fleet whose :func:`holds` covers ``backlog``."""
-    n = 0
+    """The smallest fleet that :func:`holds` ``backlog`` (ceil(backlog / per-worker)
+    less the noise margin): how far one growth step goes."""
+    if backlog <= 0:
+        return 0
+    root = (-GROW_SIGMAS + math.sqrt(GROW_SIGMAS**2 + 4.0 * backlog)) / 2.0  # sqrt(n x per_worker)
+    n = max(0, math.ceil(root * root / per_worker) - 1)
     while holds(n, per_worker) < backlog:
         n += 1
     return n
 
 
-def fleet_for(load: float, per_worker: float) -> int:
+def fleet_for_load(load: float, per_worker: float) -> int:
     """Workers to keep for a mean backlog ``load``: the load plus sqrt(load) of slack,
-    so the fleet is not run at 100 % (where queues grow without bound) and its
-    :func:`holds` stays ~3 sigma above the load (growth on noise is rare)."""
+    so the fleet never runs at 100 % (where queues grow without bound) and the
+    backlog it :func:`holds` stays ~3 sigma above the load (growth on noise is rare)."""
     if load <= 0:
         return 0
     return math.ceil((load + SLACK_SIGMAS * math.sqrt(load)) / per_worker - 1e-9)
@@ -163,37 +177,43 @@ def default_target(
     history: Sequence[TickRecord],
     now: float,
 ) -> tuple[int, int, str]:
-    """(target, wanted, reason). Grow when the backlog is more than the fleet holds,
-    in one step to ceil(backlog / per-worker target); grow on old messages; shrink only
-    when the SCALE_DOWN_STABILIZATION window's mean backlog fits a smaller fleet and no
-    tick in it wanted to grow.
+    """(target, wanted, reason).
 
-    ``wanted`` is this tick's own recommendation, ignoring windows, limits and holds:
-    above ``current`` it means "grow to this"; later windows keep at least that many.
+    Grow when the backlog is more than the fleet holds: at once for a surge (more
+    waiting than in service), else once the excess shows on a second tick; grow in
+    one step to the fleet that holds it. Grow when the oldest message waited too
+    long. Shrink only when the SCALE_DOWN_STABILIZATION window's mean backlog fits a
+    smaller fleet and no tick in it wanted to grow.
+
+    ``wanted`` is this tick's own recommendation, before limits, windows and holds;
+    above ``current`` it means "grow to this", and later windows keep at least that.
     """
     per_worker = backlog_per_worker(settings)
-    why = f"backlog {backlog.backlog} at {per_worker:g}/worker"
-    wait = False
-    if backlog.backlog > holds(current, per_worker):
-        wanted = math.ceil(backlog.backlog / per_worker) if GROW_TO == "ceil" else fleet_holding(backlog.backlog, per_worker)
+    total = backlog.backlog
+    why = f"backlog {total} ({backlog.depth} waiting, {backlog.in_flight} in flight)"
+    defer = False
+    if total > holds(current, per_worker):
         why += f" > {holds(current, per_worker):.0f} held by {current}"
-        surge = backlog.backlog > 2 * current * per_worker
-        wait = not surge and not _wanted_more_last_tick(history, now, settings)
+        surge = total > 2 * current * per_worker
+        last = _last_excess(history, now, settings)
+        defer = not surge and last is None
+        # On a second tick, size to the excess both saw: a one-tick spike does not set the size.
+        wanted = max(current, fleet_holding(total if surge or last is None else min(total, last), per_worker))
     else:
-        wanted = min(current, fleet_for(backlog.backlog, per_worker))
+        wanted = min(current, fleet_for_load(total, per_worker))
     guard = _latency_guard(backlog.oldest_age, current, starting, settings)
     if guard is not None:
         why += f"; {guard[1]}"
-        wait = wait and guard[0] <= current
+        defer = defer and guard[0] <= current
         wanted = max(wanted, guard[0])
     if starting:
         why += f"; {starting} starting"
     bounded = clamp(wanted, settings)
-    if wait and current >= settings.min_processes:
-        return current, wanted, f"{why}: growing to {min(bounded, settings.max_processes)} if it persists next tick"
 
     if current > settings.max_processes:
         return settings.max_processes, wanted, f"{why}: down to MAX_PROCESSES={settings.max_processes}"
+    if bounded > current and defer and current >= settings.min_processes:
+        return current, wanted, f"{why}: growing to {bounded} if it persists next tick"
     if bounded > current:
         limit = settings.max_scale_up_step
         target = min(bounded, current + limit) if limit else bounded
@@ -202,18 +222,21 @@ def default_target(
             notes.append(f"MAX_SCALE_UP_STEP={limit}")
         if bounded < wanted:
             notes.append(f"MAX_PROCESSES={settings.max_processes}")
+        if current < settings.min_processes:
+            notes.append(f"MIN_PROCESSES={settings.min_processes}")
         return target, wanted, f"{why}: up {current} -> {target}" + (f" ({', '.join(notes)})" if notes else "")
     if bounded == current:
-        return current, wanted, f"{why}: steady at {current}"
-    return _stabilized_down(backlog, current, wanted, why, per_worker, settings, history, now)
+        at_max = f" (MAX_PROCESSES; {wanted} wanted)" if wanted > current else ""
+        return current, wanted, f"{why}: steady at {current}{at_max}"
+    return _stabilized_down(total, current, wanted, why, per_worker, settings, history, now)
 
 
-def _wanted_more_last_tick(history: Sequence[TickRecord], now: float, settings: Settings) -> bool:
-    """Whether the previous tick (if recent) also wanted more than it had."""
+def _last_excess(history: Sequence[TickRecord], now: float, settings: Settings) -> int | None:
+    """The previous tick's backlog if it was recent and wanted more than it had."""
     if not history or history[-1].at < now - 2.0 * settings.check_interval:
-        return False
+        return None
     last = history[-1]
-    return (last.target if last.wanted is None else last.wanted) > last.workers
+    return last.backlog if (last.target if last.wanted is None else last.wanted) > last.workers else None
 
 
 def _latency_guard(age: float | None, current: int, starting: int, settings: Settings) -> tuple[int, str] | None:
@@ -231,7 +254,7 @@ def _latency_guard(age: float | None, current: int, starting: int, settings: Set
 
 
 def _stabilized_down(
-    backlog: FleetBacklog,
+    total: int,
     current: int,
     wanted: int,
     why: str,
@@ -240,9 +263,9 @@ def _stabilized_down(
     history: Sequence[TickRecord],
     now: float,
 ) -> tuple[int, int, str]:
-    """Shrink to what the window's mean backlog needs (never below what a tick in it
-    wanted when it asked to grow), and only when the history reaches back over the
-    whole window: after a gap or a reboot we do not know what happened."""
+    """Shrink to what the window's mean backlog needs, never below what a tick in it
+    wanted when it asked to grow, and only when the history reaches back over the
+    whole window: after a gap or a reboot we do not know what happened in it."""
     window = settings.scale_down_stabilization
     floor = clamp(wanted, settings)
     if window > 0:
@@ -251,11 +274,16 @@ def _stabilized_down(
         if not recent or recent[0].at > now - window:
             return current, wanted, f"{why}: holding {current} until {window:g}s of history (SCALE_DOWN_STABILIZATION)"
         seen = [r for r in recent if r.at >= now - window]
-        mean = (backlog.backlog + sum(r.backlog for r in seen)) / (len(seen) + 1)
-        grew = [w for w, r in ((r.target if r.wanted is None else r.wanted, r) for r in seen) if w > r.workers]
-        floor = clamp(max([fleet_for(mean, per_worker), *grew]), settings)
+        mean = (total + sum(r.backlog for r in seen)) / (len(seen) + 1)
+        for_load = fleet_for_load(mean, per_worker)
+        asked = max([w for w, r in ((r.target if r.wanted is None else r.wanted, r) for r in seen) if w > r.workers], default=0)
+        floor = clamp(max(for_load, asked), settings)
+        detail = f"mean backlog {mean:.0f} over {window:g}s needs {for_load}"
+        if asked > for_load:
+            detail += f", a tick in it asked for {asked}"
         if floor >= current:
-            return current, wanted, f"{why}: holding {current}, {floor} needed over {window:g}s (mean backlog {mean:.0f})"
+            return current, wanted, f"{why}: holding {current}, {detail}"
+        why += f"; {detail}"
     limit = settings.max_scale_down_step
     target = max(floor, current - limit) if limit else floor
-    return target, wanted, f"{why}: {window:g}s below {current}, down {current} -> {target}"
+    return target, wanted, f"{why}: down {current} -> {target}"

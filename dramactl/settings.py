@@ -21,6 +21,7 @@ EXAMPLE_COMMAND = "dramatiq dramactl.example.tasks"
 EXAMPLE_QUEUES = ("email_processing", "ocr_processing", "high_priority", "low_priority")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 POLICIES = ("default", "step")
+MAX_STABILIZATION = 1800.0  # half of state.HISTORY_SECONDS: the window must fit the kept history
 _QUEUE_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9._-]*$")
 
 T = TypeVar("T")
@@ -59,12 +60,12 @@ class Settings:
     graceful_shutdown_timeout: int = 30
     process_startup_delay: float = 5.0
     policy: str = "default"
-    # Default-policy knobs (see dramactl.policy).
-    target_backlog_per_worker: float = 0.0  # 0: derived from WORKER_THREADS by the policy
-    max_queue_wait: float = 60.0
-    max_scale_up_step: int = 0  # 0 = no limit below MAX_PROCESSES
-    scale_down_stabilization: float = 300.0
-    max_scale_down_step: int = 1
+    # Default-policy knobs (see dramactl.policy; `python -m bench` measures them).
+    target_backlog_per_worker: float = 0.0  # messages per worker (ready + due + in flight); 0 = WORKER_THREADS
+    max_queue_wait: float = 60.0  # latency guard: grow when the oldest ready message waited longer
+    max_scale_up_step: int = 0  # instances added per tick at most; 0 = no limit below MAX_PROCESSES
+    scale_down_stabilization: float = 120.0  # seconds the need must stay low before shrinking
+    max_scale_down_step: int = 0  # instances removed per tick at most; 0 = straight to what the window needs
     state_dir: str = DEFAULT_STATE_DIR
     sources: tuple[str, ...] = field(default=(), compare=False)
 
@@ -185,6 +186,12 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
     if s.min_processes > s.max_processes:
         raise SettingsError(
             "MIN_PROCESSES", f"{s.min_processes} is above MAX_PROCESSES={s.max_processes}", "lower MIN_PROCESSES or raise MAX_PROCESSES"
+        )
+    if s.scale_down_stabilization > MAX_STABILIZATION:
+        raise SettingsError(
+            "SCALE_DOWN_STABILIZATION",
+            f"{s.scale_down_stabilization:g}s is longer than the {MAX_STABILIZATION:g}s of history the scaler keeps",
+            f"use at most {MAX_STABILIZATION:g}: a longer window never fills, so the fleet would never shrink",
         )
     if s.scale_down_multiplier >= s.scale_up_multiplier:
         raise SettingsError(
