@@ -8,6 +8,7 @@ Heavy modules are imported inside the commands that need them.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from typing import Any, Callable
@@ -36,10 +37,13 @@ class CommandError(click.ClickException):
 
 
 def load_settings() -> Settings:
+    """Settings, with LOG_LEVEL applied to dramactl's own log (stderr, hence the journal)."""
     try:
-        return settings_mod.load()
+        settings = settings_mod.load()
     except SettingsError as exc:
         raise CommandError(str(exc), EXIT_CONFIG) from None
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    return settings
 
 
 def guarded(fn: Callable[[], Any]) -> Any:

@@ -8,6 +8,7 @@ is fetched or parsed on the scaler's path.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -71,6 +72,14 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _reason(exc: DBusBaseError) -> str:
+    """pystemd's error as one readable phrase; access errors say who may do what."""
+    message = _text(exc.err_message or b"") or str(exc)
+    if exc.errno in (-1, -13) and ("denied" in message.lower() or "nteractive" in message):
+        return f"{message} (as uid {os.geteuid()}; polkit lets the dramactl user start/stop only dramatiq-worker@N.service)"
+    return message
+
+
 class Fleet:
     """systemd's view of ``dramatiq-worker@*.service`` and the verbs to change it."""
 
@@ -107,7 +116,8 @@ class Fleet:
         try:
             return self.bus.call_method(SYSTEMD, path, interface, method, call_args).body
         except DBusBaseError as exc:
-            raise FleetError(f"systemd refused {method.decode()}{tuple(_text(a) for a in args if isinstance(a, bytes))}: {exc}") from None
+            what = " ".join(_text(a) for a in args if isinstance(a, bytes) and a != b"replace")
+            raise FleetError(f"systemd refused {method.decode()} {what}".rstrip() + f": {_reason(exc)}") from None
 
     def _property(self, path: bytes, interface: bytes, name: bytes, rtype: bytes):
         try:

@@ -7,6 +7,7 @@ they were.
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from .settings import Settings, SettingsError
 from .state import ScalerState, StateStore, TickRecord
 from .stats import FleetBacklog, QueueStats
 from .worker import worker_argv
+
+
+log = logging.getLogger("dramactl.scaler")
 
 
 class Busy(RuntimeError):
@@ -133,8 +137,11 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
     """The timer's step: read the queues and the fleet, decide, act, remember."""
     fleet = fleet or Fleet()
     with _locked(settings, wait=False) as store:
+        started = time.monotonic()
         stats = queue.read(settings)
+        probed = time.monotonic()
         instances = fleet.instances()
+        log.debug("redis probe %.1f ms, %d instances listed in %.1f ms", (probed - started) * 1e3, len(instances), (time.monotonic() - probed) * 1e3)
         state = store.load()
         now = time.time() if now is None else now
         backlog = FleetBacklog.of(stats)

@@ -28,7 +28,7 @@ def worker_argv(settings: Settings, threads: int) -> list[str]:
         "--processes", "1",
         "--threads", str(threads),
         "--worker-shutdown-timeout", str(settings.worker_shutdown_timeout_ms),
-    ]
+    ] + (["--verbose"] if settings.log_level == "DEBUG" else [])
     if argv[0] == "dramatiq":
         # Our own environment's Dramatiq: the one installed beside dramactl.
         return [sys.executable, "-m", "dramatiq", *argv[1:]]

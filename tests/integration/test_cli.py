@@ -112,6 +112,11 @@ def test_check_reaches_redis_and_shows_the_worker_command(run, redis: redis_lib.
     assert re.search(r"worker command: \S+ -m dramatiq app\.tasks dramactl_ready --processes 1 --threads 3 --worker-shutdown-timeout 30000", res.output)
 
 
+def test_debug_log_level_reaches_the_worker(run, redis: redis_lib.Redis) -> None:
+    res = run("check", DRAMATIQ_COMMAND="dramatiq app.tasks", LOG_LEVEL="debug")
+    assert res.exit_code == 0 and res.output.rstrip().endswith("--verbose"), res.output
+
+
 def test_check_refuses_a_missing_executable(run, redis: redis_lib.Redis) -> None:
     res = run("check", DRAMATIQ_COMMAND="/nonexistent/bin/dramatiq app")
     assert res.exit_code == EXIT_CONFIG

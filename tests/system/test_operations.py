@@ -142,3 +142,38 @@ def test_new_thread_count_restarts_the_instances_that_stay(system: System) -> No
         assert system.sh(f"systemctl show -P MainPID dramatiq-worker@{n}").stdout.strip() != pids[n]
         assert "with 1 threads" in system.sh(f"systemctl show -P StatusText dramatiq-worker@{n}").stdout
     assert system.status()["threads"] == 1
+
+
+def test_scaler_runs_as_dramactl_and_may_manage_only_workers(system: System) -> None:
+    """The tick runs unprivileged; polkit lets that user start/stop workers and nothing else."""
+    system.dramactl("resume")
+    system.sh("systemctl start dramactl.timer")
+    wait_until(lambda: system.active() == ["dramatiq-worker@1.service"], 20, "the timer's tick to start @1 as MIN")
+    uids = {json.loads(line)["_UID"] for line in system.sh("journalctl -o json -u dramactl.service _COMM=dramactl").stdout.splitlines()}
+    assert uids == {system.sh("id -u dramactl").stdout.strip()}, uids
+    worker_user = system.sh("ps -o user= -p $(systemctl show -P MainPID dramatiq-worker@1)").stdout.strip()
+    assert worker_user == "dramatiq"
+    system.sh("systemctl stop dramactl.timer")
+
+    probe = (
+        "import json\n"
+        "from dramactl.fleet import Fleet, FleetError\n"
+        "out = {}\n"
+        "with Fleet() as f:\n"
+        "    out['start5'] = f.start([5])[0].result\n"
+        "    out['stop5'] = f.stop([5])[0].result\n"
+        "    for name, call in (('stop_redis', lambda: f.stop_unit('redis-server.service')),\n"
+        "                       ('start_other', lambda: f.start_unit('systemd-tmpfiles-clean.service')),\n"
+        "                       ('reload', f.reload)):\n"
+        "        try:\n"
+        "            call(); out[name] = 'allowed'\n"
+        "        except FleetError as e:\n"
+        "            out[name] = str(e)\n"
+        "print(json.dumps(out))"
+    )
+    out = system.c.python(PYTHON, probe, user="dramactl")
+    assert out["start5"] == "done" and out["stop5"] == "done", out
+    for verb in ("stop_redis", "start_other", "reload"):
+        refused = "Permission denied" in out[verb] or "Interactive authentication required" in out[verb]
+        assert refused and "polkit lets the dramactl user" in out[verb], (verb, out[verb])
+    assert system.sh("systemctl is-active redis-server").stdout.strip() == "active"
