@@ -168,17 +168,21 @@ def scale_down(count: int, as_json: bool) -> None:
     finish(guarded(lambda: scale_by(settings, -count)), as_json)
 
 
+def _set_paused(paused: bool, message: str) -> None:
+    from .scaler import set_paused
+
+    settings = load_settings()
+    guarded(lambda: set_paused(settings, paused))
+    click.echo(message)
+
+
 @main.command()
 def pause() -> None:
     """Stop the timer's ticks from changing the fleet.
 
     Example: dramactl pause
     """
-    from .scaler import set_paused
-
-    settings = load_settings()
-    guarded(lambda: set_paused(settings, True))
-    click.echo("autoscaling paused: ticks report but do not change the fleet; `dramactl resume` undoes it")
+    _set_paused(True, "autoscaling paused: ticks report but do not change the fleet; `dramactl resume` undoes it")
 
 
 @main.command()
@@ -187,11 +191,7 @@ def resume() -> None:
 
     Example: dramactl resume
     """
-    from .scaler import set_paused
-
-    settings = load_settings()
-    guarded(lambda: set_paused(settings, False))
-    click.echo("autoscaling resumed: the next tick sizes the fleet")
+    _set_paused(False, "autoscaling resumed: the next tick sizes the fleet")
 
 
 @main.command()

@@ -9,9 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-import redis
-
-from dramactl.settings import Settings, SettingsError
+from dramactl.queue import redis_errors
+from dramactl.settings import Settings
 
 # kind -> (actor name, queue); "mixed" cycles through all four.
 KINDS: dict[str, tuple[str, str]] = {
@@ -105,7 +104,7 @@ def send_load(
     actors = [tasks.ACTORS[KINDS[k][0]] for k in kinds]
     ids: list[str] = []
     start = time.monotonic()
-    try:
+    with redis_errors(settings, progress=lambda: f"after sending {len(ids)} of {count} messages"):
         for i in range(count):
             if rate is not None:
                 delay = start + i / rate - time.monotonic()
@@ -116,16 +115,4 @@ def send_load(
             ids.append(message.message_id)
             if progress is not None:
                 progress(i + 1, count)
-    except redis.AuthenticationError as exc:
-        raise SettingsError("REDIS_PASSWORD", f"Redis at {settings.redis_location} refused it ({exc})", "set the password Redis expects") from None
-    except redis.ResponseError as exc:
-        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-            raise SettingsError("REDIS_PASSWORD", f"Redis at {settings.redis_location} refused it ({exc})", "set the password Redis expects") from None
-        raise
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise SettingsError(
-            "REDIS_URL" if settings.redis_url else "REDIS_HOST",
-            f"cannot reach Redis at {settings.redis_location} after sending {len(ids)} of {count} messages ({exc})",
-            "start Redis or fix REDIS_HOST/REDIS_PORT/REDIS_URL",
-        ) from None
     return ids

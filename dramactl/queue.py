@@ -15,7 +15,8 @@ read by one Lua script, against Redis' own clock.
 
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 import redis
 from redis.backoff import NoBackoff
@@ -108,20 +109,30 @@ def read(settings: Settings, client: redis.Redis | None = None) -> list[QueueSta
     """
     client = client or connect(settings)
     keys = [k for q in settings.queues for k in queue_keys(settings.namespace, q)]
-    try:
+    with redis_errors(settings):
         raw = client.eval(PROBE, len(keys), *keys, EXACT_DUE_LIMIT, DUE_SAMPLE)
+    return parse_probe(settings.queues, raw)
+
+
+@contextmanager
+def redis_errors(settings: Settings, progress: Callable[[], str] | None = None) -> Iterator[None]:
+    """Turn Redis' refusals and outages into a SettingsError naming what to fix.
+
+    ``progress()`` says how far the caller got (e.g. "after sending 3 of 10 messages").
+    """
+    where = f"Redis at {settings.redis_location}"
+    try:
+        yield
     except redis.AuthenticationError as exc:
-        raise SettingsError("REDIS_PASSWORD", f"Redis at {settings.redis_location} refused it ({exc})", "set the password Redis expects") from None
+        raise SettingsError("REDIS_PASSWORD", f"{where} refused it ({exc})", "set the password Redis expects") from None
     except redis.ResponseError as exc:
         if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-            raise SettingsError("REDIS_PASSWORD", f"Redis at {settings.redis_location} refused it ({exc})", "set the password Redis expects") from None
+            raise SettingsError("REDIS_PASSWORD", f"{where} refused it ({exc})", "set the password Redis expects") from None
         raise
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         setting = "REDIS_URL" if settings.redis_url else "REDIS_HOST"
-        raise SettingsError(
-            setting, f"cannot reach Redis at {settings.redis_location} ({exc})", "start Redis or fix REDIS_HOST/REDIS_PORT/REDIS_URL"
-        ) from None
-    return parse_probe(settings.queues, raw)
+        after = f" {progress()}" if progress else ""
+        raise SettingsError(setting, f"cannot reach {where}{after} ({exc})", "start Redis or fix REDIS_HOST/REDIS_PORT/REDIS_URL") from None
 
 
 def parse_probe(queues: Sequence[str], raw: Sequence[int]) -> list[QueueStats]:
