@@ -52,6 +52,19 @@ def measure_pair(c: Container, ref_argv: list[str], tick_argv: list[str], runs: 
     return ref, tick
 
 
+# StartUnit until its job is removed (Type=notify: until READY=1, i.e. consuming), then StopUnit.
+JOB_LATENCY = """
+import json, statistics, time
+from dramactl.fleet import Fleet
+starts, stops = [], []
+with Fleet() as f:
+    for _ in range(5):
+        t = time.monotonic(); assert f.start([99])[0].ok; starts.append(time.monotonic() - t)
+        t = time.monotonic(); assert f.stop([99])[0].ok; stops.append(time.monotonic() - t)
+print(json.dumps({"start": statistics.median(starts), "stop": statistics.median(stops)}))
+"""
+
+
 def configure(c: Container, dramactl: str, count: int) -> None:
     env = {
         "DRAMATIQ_COMMAND": "dramatiq sysapp",
@@ -102,6 +115,7 @@ def main() -> int:
             rows.append((f"reference imports, {count} running", refs[count]))
             rows.append((f"dramactl tick, {count} instance(s)", ticks[count]))
             c.run([dramactl, "scale-to", "0"], timeout=600)
+        jobs = c.python(python, JOB_LATENCY, timeout=600)
     finally:
         c.shutdown()
 
@@ -110,6 +124,7 @@ def main() -> int:
         wall, cpu, rss = sample.figures
         print(f"{name:<34} {wall:>15.3f} {cpu:>15.3f} {rss:>12.1f}")
     print(f"(runs: {args.runs} each, interleaved; booted systemd in systemd-nspawn on this machine)")
+    print(f"StartUnit -> job done (READY=1, consuming): {jobs['start']:.2f} s median of 5; StopUnit -> stopped (idle worker): {jobs['stop']:.2f} s")
     ref_wall, _, ref_rss = refs[1].figures
     small_wall, small_cpu, small_rss = ticks[1].figures
     big_wall, big_cpu, _ = ticks[args.big].figures
