@@ -268,6 +268,8 @@ def load(count: int, rate: float | None, kind: str, seconds: float | None, fail_
         ids = guarded(lambda: send_load(settings, count, rate=rate, kind=kind, seconds=seconds, fail_times=fail_times, progress=progress))
     except ValueError as exc:
         raise CommandError(str(exc), EXIT_CONFIG) from None
+    except ImportError as exc:
+        raise CommandError(f"load sends the example app's messages and needs Dramatiq beside dramactl ({exc}); pip install 'dramatiq[redis]'", EXIT_CONFIG) from None
     click.echo(f"enqueued {len(ids)} {kind} messages in {time.monotonic() - started:.1f}s")
 
 

@@ -71,7 +71,10 @@ def drop_ins(settings: Settings) -> dict[str, str]:
     """Drop-in files (relative to the unit dir) carrying values derived from settings and this install."""
     header = "# Written by `dramactl install` from the settings; run it again after changing them.\n"
     files = {
-        "dramactl.timer.d/50-check-interval.conf": f"{header}[Timer]\nOnUnitActiveSec={settings.check_interval}s\n",
+        # Timer triggers add up: the empty assignment clears the unit's list first.
+        "dramactl.timer.d/50-check-interval.conf": (
+            f"{header}[Timer]\nOnActiveSec=\nOnActiveSec=1s\nOnUnitActiveSec={settings.check_interval}s\n"
+        ),
         "dramatiq-worker@.service.d/50-stop-timeout.conf": f"{header}[Service]\nTimeoutStopSec={stop_timeout(settings)}s\n",
     }
     hidden = hidden_code_paths(settings)

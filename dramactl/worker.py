@@ -8,6 +8,7 @@ current process with it, so systemd supervises Dramatiq itself.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -31,6 +32,10 @@ def worker_argv(settings: Settings, threads: int) -> list[str]:
     ] + (["--verbose"] if settings.log_level == "DEBUG" else [])
     if argv[0] == "dramatiq":
         # Our own environment's Dramatiq: the one installed beside dramactl.
+        if importlib.util.find_spec("dramatiq") is None:
+            raise SettingsError(
+                "DRAMATIQ_COMMAND", "'dramatiq' is not installed beside dramactl", "give the full path to your app's dramatiq, e.g. /srv/app/venv/bin/dramatiq"
+            )
         return [sys.executable, "-m", "dramatiq", *argv[1:]]
     resolved = shutil.which(argv[0])
     if resolved is None:

@@ -86,7 +86,7 @@ def box(built: dict) -> Iterator[Container]:
         c.boot()
         _chmod_parents_for_service_users(c, binds)
         # Nothing of a pip install may shadow the package (systemd's PATH has /usr/local first).
-        c.run("rm -f /usr/local/bin/dramactl /etc/systemd/system/dramactl.* /etc/systemd/system/dramatiq-worker*", check=False)
+        c.run("rm -rf /usr/local/bin/dramactl /etc/systemd/system/dramactl.* /etc/systemd/system/dramatiq-worker*", check=False)
         c.run("rm -f /var/lib/man-db/auto-update")  # skip man-db's trigger: seconds we do not need
         # A container-image host has Docker's policy-rc.d ("exit 101": never start or
         # stop services from maintainer scripts); a stock Debian 12 has none, and the
@@ -100,6 +100,7 @@ def box(built: dict) -> Iterator[Container]:
         proc = c.run(["apt-get", "install", "-y", "--no-install-recommends", f"./{built['deb'].name}"],
                      env={"DEBIAN_FRONTEND": "noninteractive"}, cwd=DEB_DIR, timeout=180)
         c.install_log = proc.stdout + proc.stderr  # type: ignore[attr-defined]
+        c.deb = f"{DEB_DIR}/{built['deb'].name}"  # type: ignore[attr-defined]
         print(f"[deb] booted in {c.boot_seconds:.1f}s, apt install in {time.monotonic() - started:.1f}s", file=sys.stderr)
         yield c
     finally:
@@ -228,7 +229,8 @@ def test_fleet_scales_on_backlog_as_unprivileged_users(box: Container) -> None:
     assert "50-check-interval.conf" in configured, configured
     box.run("systemctl daemon-reload")
     # CHECK_INTERVAL=3 reached the timer through configure's drop-in.
-    assert "OnUnitActiveUSec=3s" in sh(box, "systemctl show -p TimersMonotonic --value dramactl.timer")
+    timers = sh(box, "systemctl show -p TimersMonotonic --value dramactl.timer")
+    assert "OnUnitActiveUSec=3s" in timers and timers.count("OnUnitActiveUSec") == 1, timers
     check = sh(box, "dramactl check")
     assert f"{VENV}/bin/dramatiq" in check, check
 
@@ -287,6 +289,20 @@ def test_dramactl_user_may_manage_workers_and_nothing_else(box: Container) -> No
         assert str(got[refused]).startswith("FleetError"), got  # type: ignore[index]
     assert sh(box, "systemctl is-active redis-server.service") == "active"
     assert sh(box, "systemctl is-active dramatiq-worker@5.service", check=False) == "inactive"
+
+
+def test_upgrade_leaves_the_running_fleet_alone(box: Container) -> None:
+    """Reinstalling (an upgrade to the same version) neither drains nor restarts workers."""
+    box.run("systemctl start dramactl.timer")
+    wait_until(lambda: running(box), 60, "a running worker before the upgrade")
+    before = workers(box)
+    proc = box.run(["dpkg", "-i", box.deb], env={"DEBIAN_FRONTEND": "noninteractive"})  # type: ignore[attr-defined]
+    assert "neither enabled nor started" not in proc.stdout  # the first-install note only
+    assert sh(box, "systemctl is-active dramactl.timer") == "active"
+    assert sh(box, "systemctl is-enabled dramactl.timer", check=False) == "disabled"  # started by hand, not enabled
+    after = workers(box)
+    assert all(after.get(unit) == pid for unit, pid in before.items()), (before, after)
+    assert sh(box, "stat -c '%a %U %G' /etc/dramactl/dramactl.env") == "640 root dramactl"
 
 
 def test_remove_stops_timer_and_every_worker(box: Container) -> None:

@@ -87,6 +87,10 @@ def test_status_json_agrees_with_systemd_and_redis(system: System) -> None:
     assert (q["ready"], q["in_flight"], q["delayed"], q["dead"]) == (r["ready"], r["msgs"] - r["ready"], r["delayed"], r["dead"])
     assert q["in_flight"] == 8 and q["delayed"] == 3 and q["due"] == 0
     assert status["paused"] is True and status["limits"]["max"] == 4
+    # The CHECK_INTERVAL drop-in replaces the shipped 180 s trigger instead of adding one.
+    timers = system.sh("systemctl show -P TimersMonotonic dramactl.timer").stdout
+    assert timers.count("OnUnitActiveUSec") == 1 and "OnUnitActiveUSec=3s" in timers, timers
+    assert status["timer"]["interval"] == 3.0
 
 
 def test_tick_with_redis_down_changes_nothing(system: System) -> None:
