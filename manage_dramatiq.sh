@@ -6,7 +6,11 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VENV=${DRAMACTL_VENV:-/opt/dramactl/venv}
 PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev redis-server)
-TEST_PACKAGES=(systemd-container polkitd chromium)
+# The test suite also boots systemd in nspawn, drives Chromium, and builds and lints the .deb
+# (whose runtime python3-* must be installed here: the container that installs it is offline).
+TEST_PACKAGES=(systemd-container polkitd chromium redis-tools curl git iproute2 procps util-linux adduser
+  build-essential debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools help2man
+  python3-pytest lintian python3-redis python3-click python3-dotenv python3-pystemd)
 
 die() { echo "manage_dramatiq.sh: $*" >&2; exit 1; }
 
@@ -20,7 +24,12 @@ dramactl_bin() {
 }
 dctl() { "$(dramactl_bin)" "$@"; }
 
-need_root() { [ "$(id -u)" -eq 0 ] || die "'$1' changes the system: run it with sudo"; }
+# Commands that change the system re-run themselves through sudo when not root.
+as_root() {
+  [ "$(id -u)" -eq 0 ] && return 0
+  command -v sudo >/dev/null 2>&1 || die "'$1' changes the system: run it as root"
+  exec sudo --preserve-env=CI,DRAMACTL,DRAMACTL_VENV,DRAMACTL_REQUIRE_SERVICES "$0" "$@"
+}
 
 systemd_running() { [ -d /run/systemd/system ]; }
 
@@ -46,7 +55,6 @@ make_venv() {  # make_venv DIR [EXTRAS]
 }
 
 cmd_setup() {
-  need_root setup
   apt_install "${PACKAGES[@]}"
   systemd_running && systemctl enable --now redis-server >/dev/null 2>&1 || true
   echo "creating $VENV"
@@ -68,7 +76,6 @@ cmd_setup() {
 }
 
 cmd_start() {
-  need_root start
   if [ $# -ge 1 ]; then
     local threads=()
     [ $# -ge 2 ] && threads=(--threads "$2")
@@ -81,7 +88,6 @@ cmd_start() {
 }
 
 cmd_stop() {
-  need_root stop
   # Stopping the target stops every dramatiq-worker@N (PartOf=): each drains first.
   systemctl stop dramactl.timer dramatiq-workers.target 'dramatiq-worker@*.service'
 }
@@ -96,7 +102,7 @@ cmd_test() {
   apt_install "${PACKAGES[@]}" "${TEST_PACKAGES[@]}"
   make_venv "$HERE/.venv" test
   cd "$HERE"
-  exec "$HERE/.venv/bin/python" -m pytest "$@"
+  exec "$HERE/.venv/bin/python" -m pytest -ra "$@"
 }
 
 usage() {
@@ -114,7 +120,7 @@ Usage: $0 COMMAND [ARGS]
   dashboard          web view on http://127.0.0.1:8080 (DASHBOARD_HOST/DASHBOARD_PORT)
   start-dev [T]      run one worker in the foreground, reloading on code change (no systemd)
   load N [--rate R]  enqueue N example messages
-  test [PYTEST ARGS] run the test suite (installs what it needs; root for the systemd tests)
+  test [PYTEST ARGS] run the test suite (installs what it needs, boots systemd: as root)
   help               this text
 
 Settings: /etc/dramactl/dramactl.env (see 'dramactl check').
@@ -123,6 +129,7 @@ EOF
 
 main() {
   local cmd=${1:-help}
+  case "$cmd" in setup|start|stop|restart|test) as_root "$@" ;; esac
   [ $# -gt 0 ] && shift
   case "$cmd" in
     setup) cmd_setup ;;
@@ -136,6 +143,7 @@ main() {
     start-dev) cmd_dev "$@" ;;
     load) dctl load "$@" ;;
     test) cmd_test "$@" ;;
+    test-packages) echo "${PACKAGES[@]}" "${TEST_PACKAGES[@]}" ;;
     help|-h|--help) usage ;;
     *) usage >&2; exit 2 ;;
   esac
