@@ -247,10 +247,10 @@ def test_fleet_scales_on_backlog_as_unprivileged_users(box: Container) -> None:
     assert sh(box, "systemctl show -p User --value dramactl.service") == "dramactl"
     # Workers (Dramatiq's parent and its worker process) run as dramatiq, from the app's venv.
     for unit, pid in workers(box).items():
-        procs = sh(box, f"ps -o user=,args= --pid {pid} --ppid {pid}").splitlines()
+        procs = sh(box, f"ps -ww -o user=,args= --pid {pid} --ppid {pid}").splitlines()
         assert procs and all(p.split()[0] == "dramatiq" for p in procs), (unit, procs)
         assert any(f"{VENV}/bin/" in p for p in procs), (unit, procs)
-    app_procs = [l.split(None, 1) for l in sh(box, "ps -eo user=,args=").splitlines() if f"{VENV}/bin/dramatiq" in l and "ps -eo" not in l]
+    app_procs = [l.split(None, 1) for l in sh(box, "ps -eww -o user=,args=").splitlines() if f"{VENV}/bin/dramatiq" in l and "ps -eww" not in l]
     assert app_procs and {user for user, _ in app_procs} == {"dramatiq"}, app_procs
     failed = sh(box, "systemctl list-units --failed --plain --no-legend 'dramactl*' 'dramatiq-worker@*'", check=False)
     assert failed == "", failed
