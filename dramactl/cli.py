@@ -112,7 +112,7 @@ def tick(dry_run: bool, as_json: bool) -> None:
 
     Example: dramactl tick --dry-run
     """
-    from .scaler import Busy, tick as run_tick
+    from .scaler import tick as run_tick
 
     settings = load_settings()
     try:

@@ -18,7 +18,7 @@ from .fleet import Fleet, JobResult
 from .instance import WorkerUnit
 from .policy import ScalingDecision, decide
 from .settings import Settings, SettingsError
-from .state import ScalerState, StateStore, TickRecord
+from .state import ScalerState, StateStore
 from .stats import FleetBacklog, QueueStats
 from .worker import worker_argv
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -114,15 +113,6 @@ class System:
         return json.loads(self.dramactl("status", "--json").stdout)
 
 
-def _chmod_parents_for_service_users(container: Container, paths: list[str]) -> None:
-    """Let the dramactl/dramatiq users traverse to the checkout inside the overlay only."""
-    for path in paths:
-        for parent in Path(path).parents:
-            inside = container.root / str(parent).lstrip("/")
-            if inside.exists() and str(parent) != "/":
-                os.chmod(inside, inside.stat().st_mode | 0o011)
-
-
 @pytest.fixture(scope="session")
 def container() -> Iterator[Container]:
     why = missing_requirements()
@@ -131,7 +121,6 @@ def container() -> Iterator[Container]:
     c = Container(binds)
     try:
         c.boot()
-        _chmod_parents_for_service_users(c, binds)
         print(f"\n[harness] container booted in {c.boot_seconds:.1f}s", file=sys.stderr)
         yield c
     finally:

@@ -99,6 +99,16 @@ class Container:
             time.sleep(0.2)
             state = self.run(["systemctl", "is-system-running"], check=False).stdout.strip()
         self.boot_seconds = time.monotonic() - started
+        self.open_binds_to_service_users()
+
+    def open_binds_to_service_users(self) -> None:
+        """Let unprivileged users (dramactl, dramatiq) traverse to the binds: a CI checkout
+        sits in a 0700 mktemp dir. Changes the overlay's copies only, never the host."""
+        for path in self.binds:
+            for parent in Path(path).parents:
+                inside = self.root / str(parent).lstrip("/")
+                if str(parent) != "/" and inside.exists():
+                    os.chmod(inside, inside.stat().st_mode | 0o011)
 
     def console_tail(self, lines: int = 20) -> str:
         try:

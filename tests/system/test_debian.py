@@ -26,7 +26,7 @@ from typing import Iterator
 import pytest
 
 from tests.conftest import need
-from tests.system.conftest import _chmod_parents_for_service_users, wait_until
+from tests.system.conftest import wait_until
 from tests.system.harness import Container, missing_requirements
 
 pytestmark = pytest.mark.system
@@ -84,7 +84,6 @@ def box(built: dict) -> Iterator[Container]:
     c = Container(binds, name="dramactl-deb")
     try:
         c.boot()
-        _chmod_parents_for_service_users(c, binds)
         # Nothing of a pip install may shadow the package (systemd's PATH has /usr/local first).
         c.run("rm -rf /usr/local/bin/dramactl /etc/systemd/system/dramactl.* /etc/systemd/system/dramatiq-worker*", check=False)
         c.run("rm -f /var/lib/man-db/auto-update")  # skip man-db's trigger: seconds we do not need

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest
