@@ -151,12 +151,15 @@ def install(settings: Settings, *, root: str = "/", users: bool = True, reload: 
     if _write(rule, data_path("polkit", "50-dramactl.rules").read_text()):
         report.did(f"installed {rule} (dramactl may start/stop dramatiq-worker@*.service only)")
     sysusers = base / "etc/sysusers.d/dramactl.conf"
-    if _write(sysusers, data_path("sysusers", "dramactl.conf").read_text()) or users:
-        if users:
-            run = subprocess.run(["systemd-sysusers", str(sysusers)], capture_output=True, text=True)
-            if run.returncode:
-                raise InstallError(f"systemd-sysusers failed: {run.stderr.strip()}")
-            report.did("ensured system users dramactl and dramatiq")
+    if _write(sysusers, data_path("sysusers", "dramactl.conf").read_text()):
+        report.did(f"installed {sysusers}")
+    if users:
+        rooted = [f"--root={base}"] if base != Path("/") else []
+        run = subprocess.run(["systemd-sysusers", *rooted, str(sysusers)], capture_output=True, text=True)
+        if run.returncode:
+            raise InstallError(f"systemd-sysusers failed: {run.stderr.strip()}")
+        if "Creating" in run.stderr + run.stdout:
+            report.did("created the system users dramactl and dramatiq")
     env_file = base / DEFAULT_ENV_FILE.lstrip("/")
     if not env_file.exists():
         local = Path.cwd() / ".env"
