@@ -191,10 +191,6 @@ class Fleet:
     def restart(self, numbers: Iterable[int], timeout: float = 90.0) -> list[JobResult]:
         return self._run_jobs(b"RestartUnit", "restart", numbers, timeout)
 
-    def reset_failed(self, numbers: Iterable[int]) -> None:
-        for n in numbers:
-            self._call(b"ResetFailedUnit", b"s", [unit_name(n).encode()])
-
     def reload(self) -> None:
         """daemon-reload, after unit files changed."""
         self._call(b"Reload")

@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
-TEMPLATE = "dramatiq-worker@.service"
 PATTERN = "dramatiq-worker@*.service"
-TARGET = "dramatiq-workers.target"
 _NAME = re.compile(r"^dramatiq-worker@([1-9][0-9]*)\.service$")
 
 
@@ -57,4 +55,4 @@ class WorkerUnit:
         return self.active_state == "deactivating"
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "name": self.name, "is_failing": self.is_failing}
+        return {**asdict(self), "name": self.name, "is_up": self.is_up, "is_failing": self.is_failing}

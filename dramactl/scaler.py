@@ -11,7 +11,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from . import queue
 from .fleet import Fleet, JobResult
@@ -170,6 +170,23 @@ def scale_to(
     """Set the fleet size by hand; pauses autoscaling so the next tick keeps it."""
     if not 0 <= target <= settings.max_processes:
         raise SettingsError("MAX_PROCESSES", f"cannot scale to {target}: allowed 0..{settings.max_processes}", "ask for fewer or raise MAX_PROCESSES")
+    return _resize(settings, lambda up: target, threads=threads, fleet=fleet, pause=pause)
+
+
+def scale_by(settings: Settings, delta: int, *, fleet: Fleet | None = None) -> Outcome:
+    """scale-up/scale-down by ``delta`` instances, clamped to 0..MAX_PROCESSES."""
+    return _resize(settings, lambda up: max(0, min(settings.max_processes, up + delta)), fleet=fleet)
+
+
+def _resize(
+    settings: Settings,
+    target_for: Callable[[int], int],
+    *,
+    threads: int | None = None,
+    fleet: Fleet | None = None,
+    pause: bool = True,
+) -> Outcome:
+    """The manual verbs: ``target_for(instances up)`` is decided under the lock, on one listing."""
     if threads is not None and not 1 <= threads <= 1024:
         raise SettingsError("WORKER_THREADS", f"{threads} threads per worker is out of range", "use 1 to 1024")
     fleet = fleet or Fleet()
@@ -177,6 +194,7 @@ def scale_to(
         state = store.load()
         instances = fleet.instances()
         up = sorted(u.number for u in instances if u.is_up)
+        target = target_for(len(up))
         new_state = ScalerState(paused=pause or state.paused, threads=threads or state.threads, history=state.history)
         new_threads = threads_of(settings, new_state)
         # Instances that stay (plan() stops the highest) restart to take a new thread count.
@@ -189,13 +207,6 @@ def scale_to(
         outcome.started, outcome.stopped = _apply(fleet, settings, instances, target, new_threads)
         outcome.restarted = fleet.restart(restart)
         return outcome
-
-
-def scale_by(settings: Settings, delta: int, *, fleet: Fleet | None = None) -> Outcome:
-    """scale-up/scale-down by ``delta`` instances, clamped to 0..MAX_PROCESSES."""
-    fleet = fleet or Fleet()
-    current = sum(1 for u in fleet.instances() if u.is_up)
-    return scale_to(settings, max(0, min(settings.max_processes, current + delta)), fleet=fleet)
 
 
 def set_paused(settings: Settings, paused: bool) -> ScalerState:

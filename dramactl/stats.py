@@ -53,6 +53,9 @@ class FleetBacklog:
         """What the classic step policy calls depth: messages waiting to be picked up."""
         return self.ready + self.due
 
+    def to_dict(self) -> dict:
+        return {**asdict(self), "backlog": self.backlog}
+
     @classmethod
     def of(cls, queues: Iterable[QueueStats]) -> "FleetBacklog":
         qs = list(queues)

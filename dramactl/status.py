@@ -38,16 +38,7 @@ def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = N
     try:
         stats = queue.read(settings)
         out["queues"] = [q.to_dict() for q in stats]
-        totals = FleetBacklog.of(stats)
-        out["totals"] = {
-            "ready": totals.ready,
-            "delayed": totals.delayed,
-            "due": totals.due,
-            "in_flight": totals.in_flight,
-            "dead": totals.dead,
-            "oldest_age": totals.oldest_age,
-            "backlog": totals.backlog,
-        }
+        out["totals"] = FleetBacklog.of(stats).to_dict()
     except SettingsError as exc:
         errors.append(f"redis: {exc}")
     if systemd:
@@ -65,7 +56,7 @@ def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = N
     out["threads"] = state.threads or settings.worker_threads
     out["last_tick"] = state.history[-1].__dict__ if state.history else None
     lim = limits(settings)
-    up = sum(1 for u in out["instances"] if u["active_state"] in ("active", "activating"))
+    up = sum(1 for u in out["instances"] if u["is_up"])
     lim["scale_up_above"] = up * settings.scale_up_multiplier
     lim["scale_down_below"] = up * settings.scale_down_multiplier
     out["limits"] = lim

@@ -143,12 +143,6 @@ def processed_ids(client: Any, actor_name: str) -> set[str]:
     return {m.decode() if isinstance(m, bytes) else m for m in client.smembers(key("ids", actor_name))}
 
 
-def reset_counts(client: Any) -> int:
-    """Delete every ``dramactl:example:*`` key; returns how many there were."""
-    keys = list(client.scan_iter(match=f"{KEY_PREFIX}:*", count=1000))
-    return client.delete(*keys) if keys else 0
-
-
 def _run(actor_name: str, data: Any, do: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
     """The shape every actor shares: count the attempt, maybe fail on purpose, work, sleep, record."""
     message = CurrentMessage.get_current_message()
