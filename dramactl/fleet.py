@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 from pystemd.dbusexc import DBusBaseError
@@ -41,7 +41,9 @@ class JobResult:
 
     @property
     def ok(self) -> bool:
-        return self.result == "done"
+        """Done, or still running when we stopped waiting ("pending": a stop still
+        draining, a start still importing the app); the next tick sees how it ended."""
+        return self.result in ("done", "pending")
 
 
 @dataclass(frozen=True)
@@ -134,14 +136,14 @@ class Fleet:
         """
         rows = self._call(b"ListUnitsByPatterns", b"asas", [[], [PATTERN.encode()]])
         units = []
-        for name, _desc, load, active, sub, _following, path, *_job in rows:
+        for name, _desc, load, active, sub, _following, path, _job_id, job_type, _job_path in rows:
             number = instance_number(_text(name))
             if number is None or _text(load) == "not-found":
                 continue
-            active_s, sub_s = _text(active), _text(sub)
-            if active_s == "inactive" and sub_s == "dead":
+            active_s, sub_s, job = _text(active), _text(sub), _text(job_type)
+            if active_s == "inactive" and sub_s == "dead" and job != "start":
                 continue
-            unit = WorkerUnit(number=number, active_state=active_s, sub_state=sub_s)
+            unit = WorkerUnit(number=number, active_state=active_s, sub_state=sub_s, job=job)
             if details or active_s != "active":
                 unit = self._with_details(unit, path, details)
             units.append(unit)
@@ -150,12 +152,12 @@ class Fleet:
     def _with_details(self, unit: WorkerUnit, path: bytes, full: bool) -> WorkerUnit:
         restarts = int(self._property(path, SERVICE, b"NRestarts", b"u"))
         if not full:
-            return WorkerUnit(unit.number, unit.active_state, unit.sub_state, restarts=restarts)
+            return replace(unit, restarts=restarts)
         pid = int(self._property(path, SERVICE, b"MainPID", b"u"))
         entered = int(self._property(path, UNIT, b"ActiveEnterTimestamp", b"t"))
         result = _text(self._property(path, SERVICE, b"Result", b"s"))
         since = entered / 1e6 if entered else None
-        return WorkerUnit(unit.number, unit.active_state, unit.sub_state, pid=pid, since=since, restarts=restarts, result=result)
+        return replace(unit, pid=pid, since=since, restarts=restarts, result=result)
 
     def timer(self, name: str = "dramactl.timer") -> TimerInfo:
         """The scaler timer: state, interval, last and next tick."""
@@ -190,6 +192,11 @@ class Fleet:
 
     def restart(self, numbers: Iterable[int], timeout: float = 90.0) -> list[JobResult]:
         return self._run_jobs(b"RestartUnit", "restart", numbers, timeout)
+
+    def reset_failed(self, numbers: Iterable[int]) -> None:
+        """reset-failed: forget a unit's failure and start-limit counter, so it can start again."""
+        for n in numbers:
+            self._call(b"ResetFailedUnit", b"s", [unit_name(n).encode()])
 
     def reload(self) -> None:
         """daemon-reload, after unit files changed."""

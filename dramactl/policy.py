@@ -13,7 +13,11 @@ step operators know, ``POLICY=default`` the backlog/latency policy:
   are still starting;
 * shrink only when the mean backlog over SCALE_DOWN_STABILIZATION fits a smaller
   fleet (with square-root slack) and no tick in that window asked to grow;
-* never grow into failing instances: hold and say so.
+* never grow into failing instances: hold and say so;
+* the size invariant (:func:`safeguard`): never more than MAX_PROCESSES instances
+  up or coming back by themselves; failed instances are reset and started again to
+  restore the floor (MIN_PROCESSES, or the manual size while paused) after a backoff
+  that grows while they keep failing.
 
 The scaler is a oneshot, so everything needed across ticks comes in ``history``:
 the :class:`~dramactl.state.TickRecord` each earlier tick saved from
@@ -23,12 +27,12 @@ the :class:`~dramactl.state.TickRecord` each earlier tick saved from
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from .instance import WorkerUnit
 from .settings import Settings
-from .state import TickRecord
+from .state import Recovery, TickRecord
 from .stats import FleetBacklog
 
 
@@ -47,6 +51,8 @@ class ScalingDecision:
     held: bool = False  # True when the policy wanted more but refused (failing units)
     wanted: int | None = None
     starting: int = 0  # up instances not yet consuming (within PROCESS_STARTUP_DELAY)
+    reset: tuple[int, ...] = ()  # failed instances to reset-failed before acting
+    recovery: Recovery = field(default=Recovery(), compare=False)  # the backoff state to remember
 
     @property
     def delta(self) -> int:
@@ -72,6 +78,8 @@ class ScalingDecision:
             "held": self.held,
             "wanted": self.wanted,
             "starting": self.starting,
+            "reset": list(self.reset),
+            "recovery": self.recovery.__dict__,
         }
 
 
@@ -85,22 +93,104 @@ def decide(
     settings: Settings,
     history: Sequence[TickRecord] = (),
     now: float = 0.0,
+    *,
+    paused: bool = False,
+    size: int | None = None,
+    recovery: Recovery = Recovery(),
 ) -> ScalingDecision:
-    """The decision for one tick. ``history`` holds earlier ticks, oldest first."""
+    """The decision for one tick. ``history`` holds earlier ticks, oldest first.
+
+    ``paused`` with a manual ``size`` keeps that size (restored after a reboot or a
+    crash); paused without one holds whatever runs. ``recovery`` is the backoff state
+    the previous tick returned in :attr:`ScalingDecision.recovery`.
+    """
     up = [u for u in instances if u.is_up]
     current = len(up)
     starting = sum(1 for u in up if is_starting(u, now, settings.process_startup_delay))
-    if settings.policy == "step":
+    if paused and size is None:
+        reason = "paused: autoscaling is off until `dramactl resume`"
+        return ScalingDecision(current, current, reason, wanted=current, starting=starting, recovery=recovery)
+    if paused:
+        target = wanted = size
+        reason = f"manual size {size}, autoscaling paused until `dramactl resume`"
+        floor = size
+    elif settings.policy == "step":
         target, reason = step_target(backlog, current, settings)
-        wanted = target
+        wanted, floor = target, settings.min_processes
     else:
         target, wanted, reason = default_target(backlog, current, starting, settings, history, now)
+        floor = settings.min_processes
+    return safeguard(ScalingDecision(current, target, reason, wanted=wanted, starting=starting), instances, settings, recovery, now, floor)
+
+
+BACKOFF_FIRST = 10.0  # seconds before a second reset of failed instances
+BACKOFF_CAP = 300.0  # the longest wait between resets: the bound on recovery time
+QUIET_SECONDS = 120.0  # no failing instance this long ends a failure streak (the unit's StartLimitIntervalSec)
+
+
+def backoff(attempts: int) -> float:
+    """Seconds to wait after the ``attempts``-th reset in a row before the next one."""
+    return min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** max(0, attempts - 1))
+
+
+def safeguard(
+    decision: ScalingDecision,
+    instances: Sequence[WorkerUnit],
+    settings: Settings,
+    recovery: Recovery,
+    now: float,
+    floor: int,
+) -> ScalingDecision:
+    """The size invariant and the recovery of failed instances, over any policy's target.
+
+    * MAX: instances that systemd brings back by itself (auto-restart, or cleaning up
+      after a crash before restarting) count against MAX_PROCESSES with the up ones.
+    * Failed instances (start limit hit, exit 2, a failed stop) are reset-failed: at
+      once the first time; when they fail again, after 10 s, 20 s, ... up to 5 min
+      from when the failure is seen; the streak ends after 2 quiet minutes.
+    * While anything fails, the fleet only restores ``floor`` (MIN_PROCESSES, or the
+      manual size), never grows beyond it, and during a backoff starts nothing.
+    """
+    current, target, reason = decision.current, decision.target, decision.reason
+    coming = [u.number for u in instances if u.is_coming_back]
+    failed = [u.number for u in instances if u.is_failed]
     failing = sorted(u.number for u in instances if u.is_failing)
-    if failing and target > current:
-        names = ", ".join(f"@{n}" for n in failing)
-        reason = f"hold: {len(failing)} failing instance(s) ({names}); {reason}"
-        return ScalingDecision(current, current, reason, held=True, wanted=wanted, starting=starting)
-    return ScalingDecision(current, target, reason, wanted=wanted, starting=starting)
+    if failing:
+        recovery = replace(recovery, failing_at=now)
+    elif recovery.attempts and (recovery.failing_at is None or now - recovery.failing_at >= QUIET_SECONDS):
+        recovery = Recovery()
+    notes = []
+    room = settings.max_processes - len(coming)
+    if target > room:
+        target = max(0, room)
+        notes.append(f"{len(coming)} coming back ({_names(coming)}) count toward MAX_PROCESSES={settings.max_processes}")
+    reset: tuple[int, ...] = ()
+    allowed = target
+    if failed and recovery.attempts and not recovery.next_at:
+        # Failed again after a reset: the wait starts now.
+        recovery = replace(recovery, next_at=now + backoff(recovery.attempts))
+    if failed and now >= recovery.next_at:
+        reset = tuple(failed)
+        attempts = recovery.attempts + 1
+        recovery = Recovery(attempts=attempts, next_at=0.0, failing_at=now)
+        notes.append(f"recover: reset-failed {_names(failed)} (attempt {attempts}; if they fail again, the next waits {backoff(attempts):.0f}s)")
+        allowed = max(current, floor - len(coming))
+    elif failed:
+        notes.append(f"waiting {recovery.next_at - now:.0f}s before resetting {_names(failed)} (backoff after {recovery.attempts} attempt(s))")
+        allowed = current
+    elif failing:
+        allowed = max(current, floor - len(coming))
+    held = target > allowed
+    if held:
+        reason = f"hold: {len(failing)} failing instance(s) ({_names(failing)}); {reason}"
+        target = allowed
+    if notes:
+        reason += " | " + "; ".join(notes)
+    return replace(decision, target=target, reason=reason, held=held, reset=reset, recovery=recovery)
+
+
+def _names(numbers: Sequence[int]) -> str:
+    return ", ".join(f"@{n}" for n in numbers)
 
 
 def is_starting(unit: WorkerUnit, now: float, startup_delay: float) -> bool:

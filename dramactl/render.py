@@ -53,7 +53,13 @@ def render_status(data: dict) -> str:
     if timer:
         every = f"every {timer['interval']:g}s" if timer.get("interval") else "interval unknown"
         lines.append(f"timer: {timer['active_state']}, {every}, last {_when(timer.get('last'), now)}, next {_when(timer.get('next'), now)}")
-    lines.append("autoscaling: " + ("PAUSED (dramactl resume)" if data.get("paused") else "on"))
+    size = data.get("size")
+    lines.append("autoscaling: " + (f"PAUSED at {size} (dramactl resume)" if data.get("paused") and size is not None else "PAUSED (dramactl resume)" if data.get("paused") else "on"))
+    recovery = data.get("recovery") or {}
+    if recovery.get("attempts"):
+        lines.append(
+            f"recovery: {recovery['attempts']} reset(s) of failed instances in a row; next no sooner than {_when(recovery.get('next_at'), now)}"
+        )
     last = data.get("last_tick")
     if last:
         lines.append(f"last tick: {_when(last['at'], now)}: backlog {last['backlog']}, workers {last['workers']} -> {last['target']}")

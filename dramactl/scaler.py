@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
 from . import queue
@@ -18,7 +18,7 @@ from .fleet import Fleet, JobResult
 from .instance import WorkerUnit
 from .policy import ScalingDecision, decide
 from .settings import Settings, SettingsError
-from .state import ScalerState, StateStore
+from .state import Recovery, ScalerState, StateStore
 from .stats import FleetBacklog, QueueStats
 from .worker import worker_argv
 
@@ -38,11 +38,15 @@ class Plan:
     stop: tuple[int, ...] = ()
 
 
-def plan(instances: Sequence[WorkerUnit], target: int) -> Plan:
-    """Grow with the lowest free numbers, shrink from the highest (pure)."""
+def plan(instances: Sequence[WorkerUnit], target: int, reset: Sequence[int] = ()) -> Plan:
+    """Grow with the lowest free numbers, shrink from the highest (pure).
+
+    A number is free when its unit is gone, or failed and reset by this step; a
+    unit that is stopping, coming back or failed keeps its number.
+    """
     up = sorted(u.number for u in instances if u.is_up)
     if target > len(up):
-        busy = {u.number for u in instances if u.is_up or u.is_stopping}
+        busy = {u.number for u in instances if u.occupies or u.is_stopping or (u.is_failed and u.number not in reset)}
         free = (n for n in range(1, 10**6) if n not in busy)
         return Plan(start=tuple(next(free) for _ in range(target - len(up))))
     if target < len(up):
@@ -80,11 +84,13 @@ class Outcome:
             f"workers {d.current} -> {d.target}" + (" (dry run)" if self.dry_run else ""),
             d.reason,
         ]
+        if d.reset and not self.dry_run:
+            parts.append("reset-failed " + " ".join(f"@{n}" for n in d.reset))
         for label, jobs in (("started", self.started), ("stopped", self.stopped), ("restarted", self.restarted)):
             if jobs:
-                parts.append(f"{label} " + " ".join(f"@{j.unit.split('@')[1].split('.')[0]}:{j.result}" for j in jobs))
+                parts.append(f"{label} " + " ".join(f"@{j.unit.split('@')[1].split('.')[0]}:{_shown(j)}" for j in jobs))
         if d.held or not self.ok:
-            parts.append("see journalctl -u 'dramatiq-worker@*'; once fixed: systemctl reset-failed 'dramatiq-worker@*'")
+            parts.append("see journalctl -u 'dramatiq-worker@*'; dramactl resets failed instances by itself, with backoff")
         return " | ".join(parts)
 
     def to_dict(self) -> dict:
@@ -98,6 +104,11 @@ class Outcome:
             "dry_run": self.dry_run,
             "paused": self.paused,
         }
+
+
+def _shown(job: JobResult) -> str:
+    """A job's result as the journal line shows it: a stop still running is draining."""
+    return "draining" if job.verb == "stop" and job.result == "pending" else job.result
 
 
 @contextmanager
@@ -115,10 +126,13 @@ def threads_of(settings: Settings, state: ScalerState) -> int:
     return state.threads or settings.worker_threads
 
 
-def _apply(fleet: Fleet, settings: Settings, instances: Sequence[WorkerUnit], target: int, threads: int) -> tuple[list[JobResult], list[JobResult]]:
-    changes = plan(instances, target)
+def _apply(
+    fleet: Fleet, settings: Settings, instances: Sequence[WorkerUnit], target: int, threads: int, reset: Sequence[int] = ()
+) -> tuple[list[JobResult], list[JobResult]]:
+    changes = plan(instances, target, reset)
     if changes.start:
         worker_argv(settings, threads)  # a command that cannot run stops us before any change
+    fleet.reset_failed(reset)
     stop_wait = min(settings.graceful_shutdown_timeout + 5.0, 30.0)
     stopped = fleet.stop(changes.stop, timeout=stop_wait)
     start_wait = max(30.0, settings.process_startup_delay * 6)
@@ -128,7 +142,7 @@ def _apply(fleet: Fleet, settings: Settings, instances: Sequence[WorkerUnit], ta
         # No instance proves the command works: start one first, so a broken app
         # yields one failed unit to report rather than a whole batch.
         started = fleet.start(todo[:1], timeout=start_wait)
-        todo = todo[1:] if started[0].ok else []
+        todo = todo[1:] if started[0].result == "done" else []
     started += fleet.start(todo, timeout=start_wait)
     return started, stopped
 
@@ -145,17 +159,13 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
         state = store.load()
         now = time.time() if now is None else now
         backlog = FleetBacklog.of(stats)
-        if state.paused:
-            current = sum(1 for u in instances if u.is_up)
-            decision = ScalingDecision(current, current, "paused: autoscaling is off until `dramactl resume`")
-        else:
-            decision = decide(backlog, instances, settings, state.history, now)
+        decision = decide(backlog, instances, settings, state.history, now, paused=state.paused, size=state.size, recovery=state.recovery)
         outcome = Outcome(decision, stats, dry_run=dry_run, paused=state.paused)
         if dry_run:
             return outcome
-        if decision.delta:
-            outcome.started, outcome.stopped = _apply(fleet, settings, instances, decision.target, threads_of(settings, state))
-        store.save(state.with_tick(decision.record(now, backlog)))
+        if decision.delta or decision.reset:
+            outcome.started, outcome.stopped = _apply(fleet, settings, instances, decision.target, threads_of(settings, state), decision.reset)
+        store.save(replace(state.with_tick(decision.record(now, backlog)), recovery=decision.recovery))
         return outcome
 
 
@@ -195,7 +205,11 @@ def _resize(
         instances = fleet.instances()
         up = sorted(u.number for u in instances if u.is_up)
         target = target_for(len(up))
-        new_state = ScalerState(paused=pause or state.paused, threads=threads or state.threads, history=state.history)
+        paused = pause or state.paused
+        # The operator asked for this size: it is kept across reboots while paused, and
+        # failed instances are reset now (an explicit command overrides the backoff).
+        new_state = replace(state, paused=paused, threads=threads or state.threads, size=target if paused else None, recovery=Recovery())
+        reset = [u.number for u in instances if u.is_failed]
         new_threads = threads_of(settings, new_state)
         # Instances that stay (plan() stops the highest) restart to take a new thread count.
         restart = up[:target] if new_threads != threads_of(settings, state) else []
@@ -203,8 +217,8 @@ def _resize(
             worker_argv(settings, new_threads)
         store.save(new_state)  # before any start: instances read the thread count from it
         reason = "manual" + ("; autoscaling paused" if new_state.paused else "")
-        outcome = Outcome(ScalingDecision(len(up), target, reason), paused=new_state.paused)
-        outcome.started, outcome.stopped = _apply(fleet, settings, instances, target, new_threads)
+        outcome = Outcome(ScalingDecision(len(up), target, reason, reset=tuple(reset)), paused=new_state.paused)
+        outcome.started, outcome.stopped = _apply(fleet, settings, instances, target, new_threads, reset)
         outcome.restarted = fleet.restart(restart)
         return outcome
 
@@ -213,6 +227,7 @@ def set_paused(settings: Settings, paused: bool) -> ScalerState:
     """pause/resume: whether ticks may change the fleet."""
     with _locked(settings, wait=True) as store:
         state = store.load()
-        new = ScalerState(paused=paused, threads=state.threads, history=state.history)
+        # resume hands the size back to the policy; pause alone holds whatever runs.
+        new = replace(state, paused=paused, size=state.size if paused else None)
         store.save(new)
         return new

@@ -33,25 +33,50 @@ class TickRecord:
 
 
 @dataclass(frozen=True)
+class Recovery:
+    """The backoff for bringing failed instances back (see ``policy.recover``).
+
+    ``attempts`` counts resets in a row; ``next_at`` is the earliest time of the next
+    reset (0: none scheduled: the wait starts when a failure is seen after a reset);
+    ``failing_at`` is when a tick last saw a failing instance (a quiet spell ends
+    the streak).
+    """
+
+    attempts: int = 0
+    next_at: float = 0.0
+    failing_at: float | None = None
+
+
+@dataclass(frozen=True)
 class ScalerState:
-    """Operator intent (pause, threads) plus the recent tick history."""
+    """Operator intent (pause, manual size, threads), recovery backoff and the recent tick history."""
 
     paused: bool = False
     threads: int | None = None
     history: tuple[TickRecord, ...] = field(default=())
+    size: int | None = None  # the manual size while paused (scale-to, scale-up/down): restored after reboots
+    recovery: Recovery = field(default=Recovery())
 
     def with_tick(self, record: TickRecord, keep_seconds: float = HISTORY_SECONDS) -> "ScalerState":
         kept = tuple(r for r in self.history if r.at >= record.at - keep_seconds)
         return replace(self, history=kept + (record,))
 
     def to_dict(self) -> dict:
-        return {"paused": self.paused, "threads": self.threads, "history": [asdict(r) for r in self.history]}
+        return {
+            "paused": self.paused,
+            "threads": self.threads,
+            "size": self.size,
+            "recovery": asdict(self.recovery),
+            "history": [asdict(r) for r in self.history],
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> "ScalerState":
         return cls(
             paused=bool(data.get("paused", False)),
             threads=data.get("threads"),
+            size=data.get("size"),
+            recovery=Recovery(**data.get("recovery", {})),
             history=tuple(TickRecord(**r) for r in data.get("history", [])),
         )
 

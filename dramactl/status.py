@@ -53,6 +53,8 @@ def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = N
             errors.append(f"systemd: {exc}")
     state = StateStore(settings.state_dir).load()
     out["paused"] = state.paused
+    out["size"] = state.size
+    out["recovery"] = state.recovery.__dict__
     out["threads"] = state.threads or settings.worker_threads
     out["last_tick"] = state.history[-1].__dict__ if state.history else None
     lim = limits(settings)

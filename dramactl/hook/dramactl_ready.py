@@ -1,18 +1,46 @@
-"""Tells systemd a worker instance is consuming (``Type=notify``) and still healthy.
+"""What dramactl adds to every worker instance: readiness, a watchdog, and no lost messages.
 
 Dramatiq imports this module in each worker process after the app's broker
 (``dramatiq app dramactl_ready``). It lives alone in its directory and needs only
 Dramatiq and the stdlib, so it can be put on the path of an app's own virtualenv.
+
+Three middlewares:
+
+* :class:`ReadyNotifier`: ``READY=1`` for ``Type=notify`` once the consumers run,
+  ``WATCHDOG=1`` while every consumer and worker thread lives, ``STOPPING=1``.
+* :class:`RetryGuard`: Dramatiq's Retries middleware enqueues a failed message's
+  retry and the worker then acks the original. When that enqueue fails (Redis
+  down) Dramatiq logs it and acks anyway, once Redis is back: the message is gone.
+  The guard sees the enqueue that never finished and retries it, holding the
+  worker thread (and with it the ack) until Redis takes the retry.
+* :class:`Maintenance`: Dramatiq redelivers the messages of a dead worker (one
+  whose heartbeat expired) only when a dispatch happens to draw maintenance
+  (0.1 % of calls). Every few seconds this runs Dramatiq's own dispatch script
+  with maintenance on, for each queue the worker consumes; once at boot, too. It
+  also publishes the broker's heartbeat timeout, so ``dramactl`` can tell orphaned
+  messages from in-flight ones. After a Redis outage it checks the delay queues:
+  Dramatiq drops a consumer's in-memory delayed messages on a connection error
+  while they stay in this worker's ack set; when that happened it asks Dramatiq to
+  reload the worker (SIGHUP to its main process), so the held messages come back
+  through Dramatiq's requeue and maintenance.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import socket
 import threading
+import time
 
 import dramatiq
 from dramatiq.middleware import Middleware
+
+log = logging.getLogger("dramactl.hook")
+
+MAINTENANCE_SECONDS = 5.0
+HEARTBEAT_KEY = "{namespace}:__dramactl__.heartbeat_timeout"  # read by dramactl's probe
 
 
 def notify(state: str) -> bool:
@@ -60,4 +88,123 @@ class ReadyNotifier(Middleware):
         notify("STOPPING=1\nSTATUS=draining: finishing or requeueing held messages")
 
 
-dramatiq.get_broker().add_middleware(ReadyNotifier())
+class RetryGuard(Middleware):
+    """Keeps a failed message whose retry could not be enqueued (at-least-once).
+
+    Must sit before Retries in the middleware list: ``after_*`` hooks run in
+    reverse order, so this one then runs after Retries has tried its enqueue.
+    """
+
+    def __init__(self, max_pause: float = 10.0) -> None:
+        self.local = threading.local()
+        self.max_pause = max_pause
+        self.held = 0  # retries that needed holding (for tests and the log)
+
+    def before_process_message(self, broker, message) -> None:
+        self.local.message_id = message.message_id
+        self.local.pending = None
+
+    def before_enqueue(self, broker, message, delay) -> None:
+        if getattr(self.local, "message_id", None) == message.message_id:
+            self.local.pending = delay  # a retry of the message this thread processes
+
+    def after_enqueue(self, broker, message, delay) -> None:
+        if getattr(self.local, "message_id", None) == message.message_id:
+            self.local.pending = None
+
+    def after_process_message(self, broker, message, *, result=None, exception=None) -> None:
+        self.local.message_id = None
+        delay, self.local.pending = getattr(self.local, "pending", None), None
+        if exception is None or delay is None or message.failed:
+            return
+        # Retries' enqueue raised: the retry exists nowhere. Hold the message (it is
+        # not acked while this thread waits) until Redis takes the retry.
+        self.held += 1
+        pause = 0.5
+        while True:
+            log.warning("dramactl: retry of message %s could not be enqueued; holding it and trying again in %.1fs", message.message_id, pause)
+            time.sleep(pause)
+            try:
+                broker.enqueue(message, delay=delay)
+            except Exception:  # noqa: BLE001 - any broker error: keep holding
+                pause = min(self.max_pause, pause * 2)
+                continue
+            log.warning("dramactl: retry of message %s enqueued after holding it", message.message_id)
+            return
+
+
+class Maintenance(Middleware):
+    """Dramatiq's own maintenance, run on purpose instead of by chance."""
+
+    def __init__(self, interval: float = MAINTENANCE_SECONDS) -> None:
+        self.interval = interval
+        self.stopping = threading.Event()
+
+    def after_worker_boot(self, broker, worker) -> None:
+        if not hasattr(broker, "scripts") or not hasattr(broker, "heartbeat_timeout"):
+            return  # not the Redis broker: nothing to maintain
+        threading.Thread(target=self._loop, args=(broker, worker), name="dramactl-maintenance", daemon=True).start()
+
+    def before_worker_shutdown(self, broker, worker) -> None:
+        self.stopping.set()
+
+    def run_once(self, broker, queues) -> None:
+        """Dramatiq's dispatch script with its maintenance flag on, per queue: the
+        acks of dead workers go back to their queues; a read-only command (qsize)."""
+        from dramatiq.common import current_millis
+
+        broker.client.set(HEARTBEAT_KEY.format(namespace=broker.namespace), int(broker.heartbeat_timeout))
+        dispatch = broker.scripts["dispatch"]
+        for queue in queues:
+            args = ["qsize", current_millis(), queue, broker.broker_id, broker.heartbeat_timeout, broker.dead_message_ttl, 1, broker._max_unpack_size()]
+            dispatch(args=args, keys=[broker.namespace])
+
+    def _loop(self, broker, worker) -> None:
+        queues = sorted(getattr(worker, "consumers", {}) or ())
+        outage = False
+        leaked_before = False
+        while True:
+            try:
+                self.run_once(broker, queues)
+            except Exception as exc:  # noqa: BLE001 - Redis down: try again next round
+                if not outage:
+                    log.warning("dramactl: maintenance could not reach Redis (%s); retrying every %.0fs", exc, self.interval)
+                outage = True
+            else:
+                if outage:
+                    leaked = self._leaked_delayed(broker, worker)
+                    if leaked and leaked_before:
+                        log.warning("dramactl: %d delayed message(s) dropped from memory during the Redis outage; reloading the worker so they come back", leaked)
+                        os.kill(os.getppid(), signal.SIGHUP)
+                        return
+                    outage, leaked_before = bool(leaked), bool(leaked)
+            if self.stopping.wait(self.interval):
+                return
+
+    @staticmethod
+    def _leaked_delayed(broker, worker) -> int:
+        """Delayed messages this worker holds in Redis (its ack set) but no longer in memory."""
+        leaked = 0
+        for name, thread in list(getattr(worker, "consumers", {}).items()):
+            if not name.endswith(".DQ"):
+                continue
+            consumer = getattr(thread, "consumer", None)
+            in_memory = thread.delay_queue.qsize() + len(getattr(consumer, "message_cache", ()) or ()) + 1  # +1: one in hand
+            held = broker.client.scard(f"{broker.namespace}:__acks__.{broker.broker_id}.{name}")
+            leaked += max(0, held - in_memory)
+        return leaked
+
+
+def _install(broker) -> None:
+    from dramatiq.middleware import Retries
+
+    broker.add_middleware(ReadyNotifier())
+    guard = RetryGuard()
+    if any(isinstance(m, Retries) for m in broker.middleware):
+        broker.add_middleware(guard, before=Retries)
+    else:
+        broker.add_middleware(guard)
+    broker.add_middleware(Maintenance())
+
+
+_install(dramatiq.get_broker())

@@ -67,6 +67,27 @@ class Container:
 
     def boot(self, timeout: float = 90.0) -> None:
         started = time.monotonic()
+        self._prepare()
+        self._start(started + timeout)
+        self.boot_seconds = time.monotonic() - started
+        self.open_binds_to_service_users()
+
+    def reboot(self, timeout: float = 90.0) -> float:
+        """`systemctl reboot` inside, then boot the same root again (systemd-nspawn exits
+        on a container reboot, as systemd-nspawn@.service expects); returns seconds taken."""
+        assert self.nspawn is not None
+        started = time.monotonic()
+        self.run(["systemctl", "reboot"], check=False)
+        try:
+            self.nspawn.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise HarnessError(f"the container did not go down for reboot: {self.console_tail()}") from None
+        self.pid1 = None
+        self.console.close()
+        self._start(started + timeout)
+        return time.monotonic() - started
+
+    def _prepare(self) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="dramactl-nspawn.", dir="/var/tmp"))
         for d in ("up", "work", "root"):
             (self.base / d).mkdir()
@@ -80,13 +101,14 @@ class Container:
         for unit in ("postgresql.service", "avahi-daemon.service", "avahi-daemon.socket", "apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer"):
             (self.root / "etc/systemd/system" / unit).unlink(missing_ok=True)
             (self.root / "etc/systemd/system" / unit).symlink_to("/dev/null")
+
+    def _start(self, deadline: float) -> None:
         args = ["systemd-nspawn", "-D", str(self.root), "-b", "--register=no", "--keep-unit", "-M", self.name]
         if self.private_network:
             args.append("--private-network")
         args += [f"--bind={b}" for b in self.binds]
-        self.console = open(self.base / "console.log", "wb")
+        self.console = open(self.base / "console.log", "ab")
         self.nspawn = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.console, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = started + timeout
         while self.pid1 is None:
             if self.nspawn.poll() is not None or time.monotonic() > deadline:
                 raise HarnessError(f"systemd-nspawn did not boot: {self.console_tail()}")
@@ -98,8 +120,6 @@ class Container:
                 raise HarnessError(f"systemd did not reach running (last: {state!r}): {self.console_tail()}")
             time.sleep(0.2)
             state = self.run(["systemctl", "is-system-running"], check=False).stdout.strip()
-        self.boot_seconds = time.monotonic() - started
-        self.open_binds_to_service_users()
 
     def open_binds_to_service_users(self) -> None:
         """Let unprivileged users (dramactl, dramatiq) traverse to the binds: a CI checkout

@@ -14,6 +14,8 @@ broker = RedisBroker(
     host=os.environ.get("REDIS_HOST", "localhost"),
     port=int(os.environ.get("REDIS_PORT", "6379")),
     db=int(os.environ.get("REDIS_DB", "0")),
+    # The fault tests shorten Dramatiq's 60 s heartbeat timeout to keep CI short.
+    heartbeat_timeout=int(os.environ.get("SYSAPP_HEARTBEAT_TIMEOUT", "60000")),
 )
 dramatiq.set_broker(broker)
 

@@ -36,20 +36,41 @@ def test_unit_names_round_trip() -> None:
         (WorkerUnit(1, "activating", "start", restarts=2), True, True),
         (WorkerUnit(1, "activating", "auto-restart"), False, True),
         (WorkerUnit(1, "failed", "failed"), False, True),
-        (WorkerUnit(1, "deactivating", "stop-sigterm"), False, False),
+        (WorkerUnit(1, "deactivating", "stop-sigterm", job="stop"), False, False),
+        # The main process died (SIGKILL, OOM): systemd cleans up, then Restart= brings it back.
+        (WorkerUnit(1, "deactivating", "stop-sigterm"), False, True),
     ],
 )
 def test_health(unit: WorkerUnit, is_up: bool, failing: bool) -> None:
     assert (unit.is_up, unit.is_failing) == (is_up, failing)
 
 
+@pytest.mark.parametrize(
+    ("unit", "occupies", "stopping"),
+    [
+        (WorkerUnit(1, "active", "running"), True, False),
+        (WorkerUnit(1, "activating", "auto-restart"), True, False),
+        (WorkerUnit(1, "deactivating", "stop-sigterm"), True, False),
+        (WorkerUnit(1, "deactivating", "stop-sigterm", job="restart"), True, False),
+        (WorkerUnit(1, "inactive", "dead", job="start"), True, False),
+        (WorkerUnit(1, "deactivating", "stop-sigterm", job="stop"), False, True),
+        (WorkerUnit(1, "failed", "failed"), False, False),
+    ],
+)
+def test_what_counts_against_max(unit: WorkerUnit, occupies: bool, stopping: bool) -> None:
+    """Up or coming back by itself counts against MAX_PROCESSES; a drain on a stop job does not."""
+    assert (unit.occupies, unit.is_stopping) == (occupies, stopping)
+
+
 def test_grow_takes_lowest_free_numbers() -> None:
-    fleet = [up(1), up(3), WorkerUnit(4, "deactivating", "stop-sigterm")]
-    assert plan(fleet, 5) == Plan(start=(2, 5, 6))
+    fleet = [up(1), up(3), WorkerUnit(4, "deactivating", "stop-sigterm", job="stop"), WorkerUnit(5, "activating", "auto-restart")]
+    assert plan(fleet, 5) == Plan(start=(2, 6, 7))
 
 
-def test_grow_reuses_a_failed_number() -> None:
-    assert plan([up(1), WorkerUnit(2, "failed", "failed")], 2) == Plan(start=(2,))
+def test_a_failed_number_is_reused_only_once_reset() -> None:
+    fleet = [up(1), WorkerUnit(2, "failed", "failed")]
+    assert plan(fleet, 2) == Plan(start=(3,))
+    assert plan(fleet, 2, reset=(2,)) == Plan(start=(2,))
 
 
 def test_shrink_stops_highest() -> None:
@@ -67,8 +88,14 @@ def test_summary_is_one_journal_line_with_inputs_and_decision() -> None:
     line = o.summary()
     assert "\n" not in line
     assert line.startswith("queues ready=30 delayed=2 due=1 in_flight=10 dead=0 oldest=12.3s | workers 1 -> 3 | backlog 40 needs 3")
-    assert "started @2:done @3:failed" in line and "reset-failed" in line
+    assert "started @2:done @3:failed" in line and "resets failed instances by itself" in line
     assert not o.ok
+
+
+def test_a_stop_still_draining_is_not_a_failure() -> None:
+    o = Outcome(ScalingDecision(3, 2, "down"), stopped=[JobResult("dramatiq-worker@3.service", "stop", "pending")])
+    assert o.ok
+    assert "stopped @3:draining" in o.summary()
 
 
 def test_state_round_trip_and_history_window(tmp_path: Path) -> None:

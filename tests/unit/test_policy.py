@@ -13,7 +13,7 @@ from dramactl import policy
 from dramactl.instance import WorkerUnit
 from dramactl.policy import ScalingDecision, decide, fleet_for_load, fleet_holding, holds, is_starting
 from dramactl.settings import Settings, SettingsError, parse
-from dramactl.state import ScalerState, TickRecord
+from dramactl.state import Recovery, ScalerState, TickRecord
 from dramactl.stats import FleetBacklog
 
 NOW = 1_700_000_000.0
@@ -296,6 +296,74 @@ def test_failing_instances_do_not_block_shrinking() -> None:
     fleet = [*running(4), WorkerUnit(5, "failed", "failed")]
     d = decide(waiting(), fleet, settings(), calm_history(4, 0), NOW)
     assert (d.target, d.held) == (1, False)
+
+
+def test_instances_coming_back_count_toward_max() -> None:
+    """A SIGKILLed unit still cleaning up (deactivating, no stop job) will be restarted by
+    systemd: starting another number for it would end above MAX_PROCESSES."""
+    fleet = [*running(7), WorkerUnit(8, "deactivating", "stop-sigterm")]
+    d = decide(waiting(ready=600), fleet, settings(MAX_PROCESSES=8), calm_history(7, 0), NOW)
+    assert d.current == 7 and d.target <= 7
+    fleet = [*running(8), WorkerUnit(9, "activating", "auto-restart")]
+    d = decide(waiting(ready=600), fleet, settings(MAX_PROCESSES=8), calm_history(8, 600), NOW)
+    assert d.target == 7 and "count toward MAX_PROCESSES=8" in d.reason
+
+
+def test_a_unit_restarting_by_itself_is_not_replaced() -> None:
+    d = decide(waiting(), [WorkerUnit(1, "activating", "auto-restart", restarts=1)], settings(MIN_PROCESSES=1), (), NOW)
+    assert (d.current, d.target, d.reset) == (0, 0, ())
+
+
+def test_failed_units_are_reset_at_once_then_with_growing_backoff() -> None:
+    fleet = [WorkerUnit(1, "failed", "failed")]
+    s = settings(MIN_PROCESSES=1)
+    d = decide(waiting(ready=600), fleet, s, (), NOW)
+    assert (d.reset, d.target) == ((1,), 1)  # back to MIN, not to what the backlog wants
+    assert d.held and d.recovery == Recovery(attempts=1, next_at=0.0, failing_at=NOW)
+    # It failed again: the next reset waits 10 s from then, saying so; nothing starts meanwhile.
+    d2 = decide(waiting(ready=600), fleet, s, (), NOW + 4, recovery=d.recovery)
+    assert (d2.reset, d2.target) == ((), 0) and "waiting 10s before resetting @1" in d2.reason
+    d2 = decide(waiting(ready=600), fleet, s, (), NOW + 10, recovery=d2.recovery)
+    assert d2.reset == () and "waiting 4s" in d2.reason
+    d3 = decide(waiting(), fleet, s, (), NOW + 14, recovery=d2.recovery)
+    assert d3.reset == (1,) and d3.recovery.attempts == 2
+    waits = []
+    rec, at = d3.recovery, NOW + 20
+    for _ in range(7):
+        seen = decide(waiting(), fleet, s, (), at, recovery=rec)  # failed again: the wait starts
+        assert seen.reset == () and seen.recovery.next_at > at
+        waits.append(seen.recovery.next_at - at)
+        again = decide(waiting(), fleet, s, (), seen.recovery.next_at, recovery=seen.recovery)
+        assert again.reset == (1,) and again.target == 1
+        rec, at = again.recovery, seen.recovery.next_at + 30
+    assert waits == [20, 40, 80, 160, 300, 300, 300]
+
+
+def test_failure_streak_ends_after_a_quiet_spell() -> None:
+    rec = Recovery(attempts=4, next_at=NOW - 100, failing_at=NOW - 60)
+    assert decide(waiting(), running(1), settings(), (), NOW, recovery=rec).recovery == rec
+    assert decide(waiting(), running(1), settings(), (), NOW + 61, recovery=rec).recovery == Recovery()
+
+
+def test_recovery_restores_min_but_not_more() -> None:
+    fleet = [WorkerUnit(1, "failed", "failed"), WorkerUnit(2, "failed", "failed"), *running(1)[:0]]
+    d = decide(waiting(ready=600), fleet, settings(MIN_PROCESSES=2), (), NOW)
+    assert d.reset == (1, 2) and d.target == 2
+
+
+def test_paused_with_a_manual_size_restores_it() -> None:
+    """After a reboot (nothing runs) a manual `start 2 4` comes back as 2, whatever the queue."""
+    d = decide(waiting(ready=600), [], settings(), (), NOW, paused=True, size=2)
+    assert (d.current, d.target) == (0, 2) and "manual size 2" in d.reason
+    d = decide(waiting(), running(3), settings(), calm_history(3, 0), NOW, paused=True, size=2)
+    assert d.target == 2
+    d = decide(waiting(ready=600), running(3), settings(), (), NOW, paused=True)
+    assert d.target == 3 and d.reason.startswith("paused")
+
+
+def test_autoscaling_comes_back_at_min_after_a_reboot() -> None:
+    d = decide(waiting(), [], settings(MIN_PROCESSES=2), (), NOW)
+    assert d.target == 2
 
 
 # --- what the scaler persists ----------------------------------------------------------
