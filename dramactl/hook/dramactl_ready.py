@@ -148,28 +148,34 @@ class Maintenance(Middleware):
     def before_worker_shutdown(self, broker, worker) -> None:
         self.stopping.set()
 
-    def run_once(self, broker, queues) -> None:
+    def run_once(self, broker, queues, maintain: bool = True) -> None:
         """Dramatiq's dispatch script with its maintenance flag on, per queue: the
-        acks of dead workers go back to their queues; a read-only command (qsize)."""
+        acks of dead workers go back to their queues; a read-only command (qsize).
+        With ``maintain`` off it only refreshes this worker's heartbeat."""
         from dramatiq.common import current_millis
 
         broker.client.set(HEARTBEAT_KEY.format(namespace=broker.namespace), int(broker.heartbeat_timeout))
         dispatch = broker.scripts["dispatch"]
         for queue in queues:
-            args = ["qsize", current_millis(), queue, broker.broker_id, broker.heartbeat_timeout, broker.dead_message_ttl, 1, broker._max_unpack_size()]
+            args = ["qsize", current_millis(), queue, broker.broker_id, broker.heartbeat_timeout, broker.dead_message_ttl, int(maintain), broker._max_unpack_size()]
             dispatch(args=args, keys=[broker.namespace])
 
     def _loop(self, broker, worker) -> None:
         queues = sorted(getattr(worker, "consumers", {}) or ())
         outage = False
         leaked_before = False
+        quiet_until = 0.0
         while True:
             try:
-                self.run_once(broker, queues)
+                # Right after an outage every worker's heartbeat looks stale until it
+                # dispatches again: wait two rounds before judging anyone dead, or the
+                # messages live workers hold would be handed out twice.
+                self.run_once(broker, queues, maintain=time.monotonic() >= quiet_until)
             except Exception as exc:  # noqa: BLE001 - Redis down: try again next round
                 if not outage:
                     log.warning("dramactl: maintenance could not reach Redis (%s); retrying every %.0fs", exc, self.interval)
                 outage = True
+                quiet_until = time.monotonic() + 2 * self.interval + 1
             else:
                 if outage:
                     leaked = self._leaked_delayed(broker, worker)
