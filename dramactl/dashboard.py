@@ -3,7 +3,7 @@
 Served by the standard library (``http.server``), so it adds no dependency:
 
 - ``/``            an HTML page, refreshing itself every few seconds, with each queue's
-                   ready/delayed/due/in-flight/dead counts and oldest age, the worker
+                   ready/delayed/due/in-flight/orphaned/dead counts and oldest age, the worker
                    instances (state, PID, uptime, restarts), the limits and the timer;
 - ``/status.json`` the same object ``dramactl status --json`` prints.
 
@@ -38,6 +38,7 @@ QUEUE_COLUMNS = (
     ("delayed", "Delayed"),
     ("due", "Due"),
     ("in_flight", "In flight"),
+    ("orphaned", "Orphaned"),
     ("dead", "Dead"),
     ("oldest_age", "Oldest age"),
     ("backlog", "Backlog"),

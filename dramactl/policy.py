@@ -280,7 +280,8 @@ def default_target(
     """
     per_worker = backlog_per_worker(settings)
     total = backlog.backlog
-    why = f"backlog {total} ({backlog.depth} waiting, {backlog.in_flight} in flight)"
+    orphans = f", {backlog.orphaned} orphaned" if backlog.orphaned else ""
+    why = f"backlog {total} ({backlog.depth} waiting, {backlog.in_flight} in flight{orphans})"
     defer = False
     if total > holds(current, per_worker):
         why += f" > {holds(current, per_worker):.0f} held by {current}"

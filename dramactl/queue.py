@@ -4,13 +4,21 @@ Dramatiq's RedisBroker keeps, for queue ``Q`` in namespace ``ns``:
 
 - ``ns:Q``          LIST of ready message ids (producers RPUSH, workers LPOP the head);
 - ``ns:Q.msgs``     HASH id -> JSON body for ready *and* fetched-but-unacked messages,
-                    so in-flight = HLEN(ns:Q.msgs) - LLEN(ns:Q);
+                    so held = HLEN(ns:Q.msgs) - LLEN(ns:Q);
 - ``ns:Q.DQ.msgs``  HASH of delayed messages (bodies carry ``options.eta`` in ms);
-- ``ns:Q.XQ``       ZSET of dead-lettered ids.
+- ``ns:Q.XQ``       ZSET of dead-lettered ids;
+- ``ns:__heartbeats__``          ZSET worker id -> last heartbeat (ms);
+- ``ns:__acks__.<worker>.Q``     SET of the ids that worker fetched and has not acked.
 
 Every body carries ``message_timestamp`` (ms), kept across retries, so the head
-message gives the age of the oldest waiting message. All figures of all queues are
-read by one Lua script, against Redis' own clock.
+message gives the age of the oldest waiting message. A held message whose worker's
+heartbeat is older than the heartbeat timeout (``ns:__dramactl__.heartbeat_timeout``,
+ms, published by the worker hook; Dramatiq's 60 s when absent) is *orphaned*: no live
+worker runs it, and it waits for Dramatiq's maintenance to requeue it.
+
+All figures of all queues are read by one Lua script, against Redis' own clock, with
+a bounded amount of work per queue whatever the queue sizes: bodies are decoded
+(cjson) only for the head message and for at most ``DUE_SAMPLE`` delayed messages.
 """
 
 from __future__ import annotations
@@ -25,56 +33,133 @@ from redis.retry import Retry
 from .settings import Settings, SettingsError
 from .stats import QueueStats
 
-# Delay queues above this size are sampled for the due count rather than scanned.
-EXACT_DUE_LIMIT = 5000
-DUE_SAMPLE = 1000
+# Reading and decoding a body costs Redis ~5 us plus ~4 us per KB (bench/probe_time.py),
+# so at most ~2.5 ms per queue whatever the sizes: the due count is exact up to this
+# many delayed messages in a queue ...
+EXACT_DUE_LIMIT = 128
+# ... and above it estimated from this many randomly chosen ones (HRANDFIELD) ...
+DUE_SAMPLE = 128
+# ... either way stopping once this many bytes were decoded: with bodies over 4 KB,
+# an estimate from the bodies read.
+DUE_BYTE_BUDGET = 512 * 1024
+# Dramatiq's own default heartbeat timeout (ms), when the hook has not published one.
+DEFAULT_HEARTBEAT_TIMEOUT_MS = 60_000
+# Dead workers looked at per probe (oldest heartbeats first).
+DEAD_WORKER_LIMIT = 100
+# Values per queue in the script's reply.
+FIELDS = 8
 
 PROBE = """
+-- KEYS[1] ns:__heartbeats__, KEYS[2] ns:__dramactl__.heartbeat_timeout,
+-- then per queue: ns:Q, ns:Q.msgs, ns:Q.DQ.msgs, ns:Q.XQ.
+-- ARGV: exact_limit, sample, byte_budget, default_timeout_ms, dead_limit,
+--       acks prefix ('ns:__acks__.'), then the queue names in KEYS order.
+-- Reply: now_ms, then per queue
+--   ready, held, delayed, due, dead, head_ts (-1: unknown), orphaned, error ('' if none).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {now}
 local exact_limit = tonumber(ARGV[1])
 local sample = tonumber(ARGV[2])
-local function is_due(body)
-  local eta = string.match(body, '"eta"%s*:%s*(%d+)')
-  return eta ~= nil and tonumber(eta) <= now
+local byte_budget = tonumber(ARGV[3])
+local acks_prefix = ARGV[6]
+local out = {now}
+
+-- A body's decoded JSON object, or nil when it is not one (never an error).
+local function decode(body)
+  local ok, msg = pcall(cjson.decode, body)
+  if ok and type(msg) == 'table' then return msg end
+  return nil
 end
-for i = 1, #KEYS, 4 do
-  local ready = redis.call('LLEN', KEYS[i])
-  local held = redis.call('HLEN', KEYS[i + 1])
-  local delayed = redis.call('HLEN', KEYS[i + 2])
-  local dead = redis.call('ZCARD', KEYS[i + 3])
-  local due = 0
-  if delayed > 0 then
-    if delayed <= exact_limit then
-      for _, body in ipairs(redis.call('HVALS', KEYS[i + 2])) do
-        if is_due(body) then due = due + 1 end
-      end
-    else
-      local pairs_ = redis.call('HRANDFIELD', KEYS[i + 2], sample, 'WITHVALUES')
-      local hits, seen = 0, 0
-      for j = 2, #pairs_, 2 do
-        seen = seen + 1
-        if is_due(pairs_[j]) then hits = hits + 1 end
-      end
-      if seen > 0 then due = math.floor(delayed * hits / seen + 0.5) end
-    end
+
+-- The top-level message_timestamp and options.eta only: never anything in args/kwargs.
+local function timestamp_of(body)
+  local msg = decode(body)
+  return msg and tonumber(msg.message_timestamp)
+end
+local function is_due(body)
+  local msg = decode(body)
+  if not msg or type(msg.options) ~= 'table' then return false end
+  local eta = tonumber(msg.options.eta)
+  return eta ~= nil and eta <= now
+end
+
+-- Due delayed messages: every body when there are few, else a random sample whose
+-- hit rate is scaled up; either way at most `sample` bodies and ~byte_budget bytes.
+local function count_due(key, delayed)
+  if delayed == 0 then return 0 end
+  local ids
+  if delayed <= exact_limit then
+    ids = redis.call('HKEYS', key)
+  else
+    ids = redis.call('HRANDFIELD', key, sample)
   end
-  local head_ts = -1
-  if ready > 0 then
-    local head = redis.call('LINDEX', KEYS[i], 0)
-    local body = redis.call('HGET', KEYS[i + 1], head)
+  local hits, seen, bytes = 0, 0, 0
+  for _, id in ipairs(ids) do
+    if bytes >= byte_budget then break end
+    local body = redis.call('HGET', key, id)
     if body then
-      local ts = string.match(body, '"message_timestamp"%s*:%s*(%d+)')
-      if ts then head_ts = tonumber(ts) end
+      bytes = bytes + #body
+      seen = seen + 1
+      if is_due(body) then hits = hits + 1 end
     end
   end
-  table.insert(out, ready)
-  table.insert(out, held)
-  table.insert(out, delayed)
-  table.insert(out, due)
-  table.insert(out, dead)
-  table.insert(out, head_ts)
+  if seen >= delayed then return hits end
+  if seen == 0 then return 0 end
+  return math.floor(delayed * hits / seen + 0.5)
+end
+
+-- What a key must be ('none': absent, i.e. empty); a message when it is something else.
+local function wrong_type(key, want, what)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' or kind == want then return nil end
+  return key .. ' is a ' .. kind .. ', not a Dramatiq ' .. what
+end
+
+-- Workers whose heartbeat is older than the timeout (bounded, oldest first).
+local dead_workers = {}
+if redis.call('TYPE', KEYS[1])['ok'] == 'zset' then
+  local ok, value = pcall(redis.call, 'GET', KEYS[2])
+  local timeout = ok and tonumber(value) or nil
+  if timeout == nil or timeout <= 0 then timeout = tonumber(ARGV[4]) end
+  dead_workers = redis.call('ZRANGEBYSCORE', KEYS[1], 0, now - timeout, 'LIMIT', 0, tonumber(ARGV[5]))
+end
+
+-- Messages of queue `name` fetched by a dead worker and never acked.
+local function orphaned_in(name)
+  local n = 0
+  for _, worker in ipairs(dead_workers) do
+    local ok, count = pcall(redis.call, 'SCARD', acks_prefix .. worker .. '.' .. name)
+    if ok then n = n + count end
+  end
+  return n
+end
+
+for i = 1, (#KEYS - 2) / 4 do
+  local list, msgs, delayed_msgs, xq = KEYS[4 * i - 1], KEYS[4 * i], KEYS[4 * i + 1], KEYS[4 * i + 2]
+  local err = wrong_type(list, 'list', 'queue list')
+    or wrong_type(msgs, 'hash', 'message hash')
+    or wrong_type(delayed_msgs, 'hash', 'delayed message hash')
+    or wrong_type(xq, 'zset', 'dead-letter zset')
+  if err then
+    for _ = 1, 7 do table.insert(out, 0) end
+    table.insert(out, err)
+  else
+    local ready = redis.call('LLEN', list)
+    local delayed = redis.call('HLEN', delayed_msgs)
+    local head_ts = -1
+    if ready > 0 then
+      local body = redis.call('HGET', msgs, redis.call('LINDEX', list, 0))
+      if body then head_ts = timestamp_of(body) or -1 end
+    end
+    table.insert(out, ready)
+    table.insert(out, redis.call('HLEN', msgs))
+    table.insert(out, delayed)
+    table.insert(out, count_due(delayed_msgs, delayed))
+    table.insert(out, redis.call('ZCARD', xq))
+    table.insert(out, head_ts)
+    table.insert(out, orphaned_in(ARGV[6 + i]))
+    table.insert(out, '')
+  end
 end
 return out
 """
@@ -84,6 +169,14 @@ def queue_keys(namespace: str, queue: str) -> list[str]:
     """The four keys the probe reads for one queue, in the script's order."""
     base = f"{namespace}:{queue}"
     return [base, f"{base}.msgs", f"{base}.DQ.msgs", f"{base}.XQ"]
+
+
+def probe_call(namespace: str, queues: Sequence[str]) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of the probe for these queues."""
+    keys = [f"{namespace}:__heartbeats__", f"{namespace}:__dramactl__.heartbeat_timeout"]
+    keys += [k for q in queues for k in queue_keys(namespace, q)]
+    args: list[str | int] = [EXACT_DUE_LIMIT, DUE_SAMPLE, DUE_BYTE_BUDGET, DEFAULT_HEARTBEAT_TIMEOUT_MS, DEAD_WORKER_LIMIT, f"{namespace}:__acks__."]
+    return keys, args + list(queues)
 
 
 def connect(settings: Settings) -> redis.Redis:
@@ -101,26 +194,49 @@ def connect(settings: Settings) -> redis.Redis:
     )
 
 
-def read(settings: Settings, client: redis.Redis | None = None) -> list[QueueStats]:
-    """Figures for every configured queue, in one round trip.
+def probe(client: redis.Redis, namespace: str, queues: Sequence[str]) -> list:
+    """Run the probe (EVALSHA, loading the script on NOSCRIPT) and return its raw reply."""
+    keys, args = probe_call(namespace, queues)
+    return client.register_script(PROBE)(keys=keys, args=args, client=client)
+
+
+def read_each(settings: Settings, client: redis.Redis | None = None) -> list[QueueStats]:
+    """Figures for every configured queue, in one round trip; a queue Redis holds
+    something else under comes back with ``error`` set instead of failing the rest.
 
     Raises :class:`SettingsError` naming the setting to fix when Redis cannot be
-    reached or refuses us, so the caller can stop before touching the fleet.
+    reached, refuses us or answers with an error.
     """
     client = client or connect(settings)
-    keys = [k for q in settings.queues for k in queue_keys(settings.namespace, q)]
     with redis_errors(settings):
-        raw = client.eval(PROBE, len(keys), *keys, EXACT_DUE_LIMIT, DUE_SAMPLE)
+        raw = probe(client, settings.namespace, settings.queues)
     return parse_probe(settings.queues, raw)
+
+
+def read(settings: Settings, client: redis.Redis | None = None) -> list[QueueStats]:
+    """Like :func:`read_each`, but a queue that cannot be read is a SettingsError too,
+    so the caller can stop before touching the fleet."""
+    stats = read_each(settings, client)
+    for q in stats:
+        if q.error:
+            raise queue_error(q)
+    return stats
+
+
+def queue_error(q: QueueStats) -> SettingsError:
+    """The SettingsError for a queue the probe could not read."""
+    return SettingsError("DRAMATIQ_QUEUE_NAME", f"queue {q.name!r}: {q.error}", "remove it from DRAMATIQ_QUEUE_NAME or fix the key")
 
 
 @contextmanager
 def redis_errors(settings: Settings, progress: Callable[[], str] | None = None) -> Iterator[None]:
-    """Turn Redis' refusals and outages into a SettingsError naming what to fix.
+    """Turn Redis' refusals, outages and error replies into a SettingsError naming what to fix.
 
     ``progress()`` says how far the caller got (e.g. "after sending 3 of 10 messages").
     """
     where = f"Redis at {settings.redis_location}"
+    setting = "REDIS_URL" if settings.redis_url else "REDIS_HOST"
+    after = f" {progress()}" if progress else ""
     try:
         yield
     except redis.AuthenticationError as exc:
@@ -128,26 +244,36 @@ def redis_errors(settings: Settings, progress: Callable[[], str] | None = None) 
     except redis.ResponseError as exc:
         if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
             raise SettingsError("REDIS_PASSWORD", f"{where} refused it ({exc})", "set the password Redis expects") from None
-        raise
+        message = " ".join(str(exc).split())  # one line, whatever the server sent
+        raise SettingsError(
+            setting, f"{where} answered with an error{after}: {message}", "point REDIS_HOST/REDIS_PORT/REDIS_URL at Dramatiq's Redis (6.2 or later), as a user allowed to run scripts"
+        ) from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        setting = "REDIS_URL" if settings.redis_url else "REDIS_HOST"
-        after = f" {progress()}" if progress else ""
         raise SettingsError(setting, f"cannot reach {where}{after} ({exc})", "start Redis or fix REDIS_HOST/REDIS_PORT/REDIS_URL") from None
 
 
-def parse_probe(queues: Sequence[str], raw: Sequence[int]) -> list[QueueStats]:
+def parse_probe(queues: Sequence[str], raw: Sequence[int | bytes | str]) -> list[QueueStats]:
     """Turn the script's flat reply into QueueStats (pure, so it is testable alone)."""
     now_ms = int(raw[0])
     stats = []
     for i, name in enumerate(queues):
-        ready, held, delayed, due, dead, head_ts = (int(v) for v in raw[1 + 6 * i : 7 + 6 * i])
+        *numbers, error = raw[1 + FIELDS * i : 1 + FIELDS * (i + 1)]
+        if isinstance(error, bytes):
+            error = error.decode("utf-8", "replace")
+        if error:
+            stats.append(QueueStats(name=name, error=str(error)))
+            continue
+        ready, held, delayed, due, dead, head_ts, orphans = (int(v) for v in numbers)
+        # A dead worker's ack set may name ids already gone; only held messages count.
+        orphaned = min(orphans, max(0, held - ready))
         stats.append(
             QueueStats(
                 name=name,
                 ready=ready,
                 delayed=delayed,
                 due=due,
-                in_flight=max(0, held - ready),
+                in_flight=max(0, held - ready - orphaned),
+                orphaned=orphaned,
                 dead=dead,
                 oldest_age=max(0.0, (now_ms - head_ts) / 1000.0) if head_ts >= 0 else None,
             )

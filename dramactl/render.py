@@ -27,13 +27,13 @@ def _when(epoch: float | None, now: float) -> str:
 def render_status(data: dict) -> str:
     """The `dramactl status` text: queues, instances, limits, timer, errors."""
     now = data.get("time") or time.time()
-    lines = [f"{'QUEUE':<24} {'READY':>7} {'DELAYED':>8} {'DUE':>5} {'IN-FLIGHT':>9} {'DEAD':>6} {'OLDEST':>8}"]
+    lines = [f"{'QUEUE':<24} {'READY':>7} {'DELAYED':>8} {'DUE':>5} {'IN-FLIGHT':>9} {'ORPHANED':>8} {'DEAD':>6} {'OLDEST':>8}"]
     rows = list(data.get("queues") or [])
     if data.get("totals") and len(rows) > 1:
         rows.append({"name": "(total)", **data["totals"]})
     for q in rows:
         lines.append(
-            f"{q['name']:<24} {q['ready']:>7} {q['delayed']:>8} {q['due']:>5} {q['in_flight']:>9} {q['dead']:>6} {_age(q['oldest_age']):>8}"
+            f"{q['name']:<24} {q['ready']:>7} {q['delayed']:>8} {q['due']:>5} {q['in_flight']:>9} {q.get('orphaned', 0):>8} {q['dead']:>6} {_age(q['oldest_age']):>8}"
         )
     lines.append("")
     instances = data.get("instances") or []

@@ -80,7 +80,7 @@ class Outcome:
         age = "-" if b.oldest_age is None else f"{b.oldest_age:.1f}s"
         d = self.decision
         parts = [
-            f"queues ready={b.ready} delayed={b.delayed} due={b.due} in_flight={b.in_flight} dead={b.dead} oldest={age}",
+            f"queues ready={b.ready} delayed={b.delayed} due={b.due} in_flight={b.in_flight} orphaned={b.orphaned} dead={b.dead} oldest={age}",
             f"workers {d.current} -> {d.target}" + (" (dry run)" if self.dry_run else ""),
             d.reason,
         ]

@@ -12,8 +12,11 @@ class QueueStats:
 
     ``delayed`` counts every message in the delay queue; ``due`` those whose eta has
     passed (they are ready work a worker will move back any moment). ``in_flight`` are
-    fetched by a worker and not yet acked. ``oldest_age`` is the wait, in seconds, of
-    the head ready message (None when nothing is ready).
+    fetched by a live worker and not yet acked; ``orphaned`` were fetched by a worker
+    whose heartbeat expired (work nobody runs until Dramatiq requeues it).
+    ``oldest_age`` is the wait, in seconds, of the head ready message (None when
+    nothing is ready). ``error`` says why the queue could not be read (its figures are
+    then zeros).
     """
 
     name: str
@@ -23,11 +26,13 @@ class QueueStats:
     in_flight: int = 0
     dead: int = 0
     oldest_age: float | None = None
+    orphaned: int = 0
+    error: str | None = None
 
     @property
     def backlog(self) -> int:
-        """Work that needs a worker now: ready + due-delayed + in flight."""
-        return self.ready + self.due + self.in_flight
+        """Work that needs a worker now: ready + due-delayed + in flight + orphaned."""
+        return self.ready + self.due + self.in_flight + self.orphaned
 
     def to_dict(self) -> dict:
         return {**asdict(self), "backlog": self.backlog}
@@ -43,10 +48,11 @@ class FleetBacklog:
     in_flight: int = 0
     dead: int = 0
     oldest_age: float | None = None
+    orphaned: int = 0
 
     @property
     def backlog(self) -> int:
-        return self.ready + self.due + self.in_flight
+        return self.ready + self.due + self.in_flight + self.orphaned
 
     @property
     def depth(self) -> int:
@@ -67,4 +73,5 @@ class FleetBacklog:
             in_flight=sum(q.in_flight for q in qs),
             dead=sum(q.dead for q in qs),
             oldest_age=max(ages) if ages else None,
+            orphaned=sum(q.orphaned for q in qs),
         )

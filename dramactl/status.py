@@ -36,9 +36,11 @@ def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = N
     now = time.time()
     out: dict = {"time": now, "queues": [], "totals": None, "instances": [], "timer": None}
     try:
-        stats = queue.read(settings)
-        out["queues"] = [q.to_dict() for q in stats]
-        out["totals"] = FleetBacklog.of(stats).to_dict()
+        stats = queue.read_each(settings)
+        good = [q for q in stats if q.error is None]
+        out["queues"] = [q.to_dict() for q in good]
+        out["totals"] = FleetBacklog.of(good).to_dict()
+        errors += [f"redis: {queue.queue_error(q)}" for q in stats if q.error is not None]
     except SettingsError as exc:
         errors.append(f"redis: {exc}")
     if systemd:

@@ -46,7 +46,8 @@ def test_status_json_reports_queues_and_says_why_systemd_is_missing(run, redis: 
 def test_status_text(run, redis: redis_lib.Redis) -> None:
     res = run("status")
     assert res.exit_code == 0
-    assert re.search(r"^email_processing\s+0\s+0\s+0\s+0\s+0\s+-$", res.output, re.M), res.output
+    assert re.search(r"^QUEUE\s+READY\s+DELAYED\s+DUE\s+IN-FLIGHT\s+ORPHANED\s+DEAD\s+OLDEST$", res.output, re.M), res.output
+    assert re.search(r"^email_processing\s+0\s+0\s+0\s+0\s+0\s+0\s+-$", res.output, re.M), res.output
     assert "autoscaling: on" in res.output
 
 
@@ -79,6 +80,63 @@ def test_tick_without_systemd_exits_3(run, redis: redis_lib.Redis) -> None:
     res = run("tick", "--dry-run")
     assert res.exit_code == EXIT_SYSTEMD
     assert "cannot reach systemd on the system bus" in res.output
+
+
+WRONG_TYPE = (
+    "redis: DRAMATIQ_QUEUE_NAME: queue '__heartbeats__': dramatiq:__heartbeats__ is a zset, not a Dramatiq queue list; "
+    "remove it from DRAMATIQ_QUEUE_NAME or fix the key"
+)
+
+
+def test_status_shows_the_readable_queues_and_the_bad_one_in_errors(run, redis: redis_lib.Redis) -> None:
+    redis.zadd("dramatiq:__heartbeats__", {"some-worker": 1})
+    redis.rpush("dramatiq:email_processing", "a")
+    redis.hset("dramatiq:email_processing.msgs", "a", "{}")
+    env = {"DRAMATIQ_QUEUE_NAME": "email_processing,__heartbeats__"}
+    res = run("status", "--json", **env)
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert [q["name"] for q in data["queues"]] == ["email_processing"]
+    assert data["queues"][0]["ready"] == 1 and data["totals"]["ready"] == 1
+    assert WRONG_TYPE in data["errors"]
+    res = run("status", **env)
+    assert res.exit_code == 0, res.output
+    assert re.search(r"^email_processing\s+1\s", res.output, re.M), res.output
+    assert f"error: {WRONG_TYPE}" in res.output.splitlines()
+    assert "Traceback" not in res.output
+
+
+def test_tick_with_a_queue_key_of_the_wrong_type_exits_2_in_one_line(run, redis: redis_lib.Redis) -> None:
+    redis.zadd("dramatiq:__heartbeats__", {"some-worker": 1})
+    for command in (["tick"], ["tick", "--dry-run"], ["check"]):
+        res = run(*command, DRAMATIQ_QUEUE_NAME="email_processing,__heartbeats__")
+        assert res.exit_code == EXIT_CONFIG, res.output
+        assert res.output.splitlines() == [f"dramactl: {WRONG_TYPE.removeprefix('redis: ')}"]
+
+
+def test_status_shows_orphaned_messages_of_a_dead_worker(run, redis: redis_lib.Redis, settings_env: dict[str, str]) -> None:
+    import dramatiq
+    from dramatiq.brokers.redis import RedisBroker
+
+    broker = RedisBroker(host="127.0.0.1", port=int(settings_env["REDIS_PORT"]))
+    dramatiq.set_broker(broker)
+
+    @dramatiq.actor(queue_name="email_processing")
+    def task(i: int) -> None: ...
+
+    for i in range(5):
+        task.send(i)
+    consumer = broker.consume("email_processing", prefetch=2, timeout=1000)
+    next(consumer)
+    redis.zadd("dramatiq:__heartbeats__", {broker.broker_id: 1})  # its last heartbeat: 1970
+    try:
+        res = run("status", DRAMATIQ_QUEUE_NAME="email_processing")
+        assert re.search(r"^email_processing\s+3\s+0\s+0\s+0\s+2\s+0\s", res.output, re.M), res.output
+        data = json.loads(run("status", "--json", DRAMATIQ_QUEUE_NAME="email_processing").output)
+        assert (data["totals"]["in_flight"], data["totals"]["orphaned"], data["totals"]["backlog"]) == (0, 2, 5)
+    finally:
+        consumer.close()
+        broker.close()
 
 
 def test_pause_and_resume_persist(run, settings_env: dict[str, str], redis: redis_lib.Redis) -> None:

@@ -108,11 +108,11 @@ def scene(app_settings, redis):
     return app_settings
 
 
-EXPECTED = {  # queue -> (ready, delayed, due, in_flight, dead)
-    "email_processing": ("3", "0", "0", "0", "1"),
-    "ocr_processing": ("2", "0", "0", "0", "0"),
-    "high_priority": ("0", "1", "0", "0", "0"),
-    "low_priority": ("0", "0", "0", "0", "0"),
+EXPECTED = {  # queue -> (ready, delayed, due, in_flight, orphaned, dead)
+    "email_processing": ("3", "0", "0", "0", "0", "1"),
+    "ocr_processing": ("2", "0", "0", "0", "0", "0"),
+    "high_priority": ("0", "1", "0", "0", "0", "0"),
+    "low_priority": ("0", "0", "0", "0", "0", "0"),
 }
 
 
@@ -141,7 +141,7 @@ def assert_shows_scene(tables: Tables, expected_errors: list[str]) -> None:
     for name, counts in EXPECTED.items():
         row = queue_row(tables, name)
         assert row["name"] == name
-        assert (row["ready"], row["delayed"], row["due"], row["in_flight"], row["dead"]) == counts, row
+        assert (row["ready"], row["delayed"], row["due"], row["in_flight"], row["orphaned"], row["dead"]) == counts, row
     total = queue_row(tables, "*total*")
     assert (total["ready"], total["delayed"], total["dead"], total["backlog"]) == ("5", "1", "1", "5")
     assert queue_row(tables, "email_processing")["oldest_age"].endswith(" s")
@@ -156,7 +156,7 @@ def test_status_json_and_page_show_the_real_queues(served, scene):
     got = json.loads(body)
     assert [q["name"] for q in got["queues"]] == list(EXPECTED)
     assert {q["name"]: (q["ready"], q["delayed"], q["dead"]) for q in got["queues"]} == {
-        n: (int(c[0]), int(c[1]), int(c[4])) for n, c in EXPECTED.items()
+        n: (int(c[0]), int(c[1]), int(c[5])) for n, c in EXPECTED.items()
     }
     assert got["errors"] == expected["errors"] and got["limits"] == expected["limits"]
 
@@ -180,7 +180,7 @@ def test_errors_and_hostile_values_are_shown_escaped_never_a_traceback(scene, re
         raise RuntimeError("redis exploded <b>now</b>")
 
     hostile = {
-        "queues": [{"name": "<script>alert(1)</script>", "ready": 7, "delayed": 0, "due": 0, "in_flight": 2, "dead": 0, "oldest_age": 75.5, "backlog": 9}],
+        "queues": [{"name": "<script>alert(1)</script>", "ready": 7, "delayed": 0, "due": 0, "in_flight": 2, "orphaned": 1, "dead": 0, "oldest_age": 75.5, "backlog": 10}],
         "instances": [{"number": 1, "name": "dramatiq-worker@1.service", "active_state": "failed", "sub_state": "failed", "pid": 0, "uptime": None, "restarts": 4}],
         "errors": ["systemd: <img src=x onerror=alert(1)>"],
     }
@@ -207,7 +207,7 @@ def test_errors_and_hostile_values_are_shown_escaped_never_a_traceback(scene, re
         if collect is not cases[2][0]:
             assert "No queue figures (see the errors above)." in html and "No instance states (see the errors above)." in html
     row = tables.tables["queues"]["<script>alert(1)</script>"]
-    assert row[0] == "<script>alert(1)</script>" and row[1] == "7" and row[6] == "1 m 15 s"
+    assert row[0] == "<script>alert(1)</script>" and row[1] == "7" and row[5] == "1" and row[7] == "1 m 15 s"
     assert tables.tables["instances"]["dramatiq-worker@1.service"] == ["dramatiq-worker@1.service", "failed (failed)", "—", "—", "4"]
 
 

@@ -141,3 +141,237 @@ def test_wrong_password_names_the_setting() -> None:
         assert queue.read(parse(server.env))[0].ready == 0
     finally:
         server.stop()
+
+
+# -- message arguments cannot fool the probe --------------------------------------------
+
+FOOLING_ARGS = [  # (args, kwargs) naming eta / message_timestamp where the probe must not look
+    ((), {"eta": 1, "message_timestamp": 1}),
+    (({"eta": 1, "message_timestamp": 1},), {}),
+    (({"deep": {"options": {"eta": 1}, "message_timestamp": 1}},), {}),
+    (('"eta": 1, "message_timestamp": 1',), {"note": '{"options": {"eta": 1}}'}),
+]
+
+
+@pytest.mark.parametrize(("args", "kwargs"), FOOLING_ARGS, ids=["kwargs", "dict-arg", "nested", "strings"])
+def test_eta_in_arguments_does_not_make_a_delayed_message_due(broker: RedisBroker, redis_server: RedisServer, args, kwargs) -> None:
+    @dramatiq.actor(queue_name="q1")
+    def task(*args, **kwargs) -> None: ...
+
+    task.send_with_options(args=args, kwargs=kwargs, delay=3_600_000)
+    task.send_with_options(args=args, kwargs=kwargs, delay=1)
+    time.sleep(0.05)
+    (q,) = queue.read(settings_for(redis_server))
+    assert (q.delayed, q.due) == (2, 1), "only options.eta decides, not an argument named eta"
+
+
+@pytest.mark.parametrize(("args", "kwargs"), FOOLING_ARGS, ids=["kwargs", "dict-arg", "nested", "strings"])
+def test_message_timestamp_in_arguments_does_not_age_the_queue(broker: RedisBroker, redis_server: RedisServer, args, kwargs) -> None:
+    @dramatiq.actor(queue_name="q1")
+    def task(*args, **kwargs) -> None: ...
+
+    task.send_with_options(args=args, kwargs=kwargs)
+    (q,) = queue.read(settings_for(redis_server))
+    assert q.ready == 1
+    assert q.oldest_age is not None and 0.0 <= q.oldest_age < 10.0, q
+
+
+def test_bodies_that_are_not_json_are_skipped(broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    @dramatiq.actor(queue_name="q1")
+    def task() -> None: ...
+
+    task.send_with_options(delay=1)
+    redis.hset("dramatiq:q1.DQ.msgs", mapping={"junk": '"eta": 1 <- not JSON', "array": "[1, 2]", "null-options": '{"options": null}'})
+    redis.rpush("dramatiq:q1", "bad-head")
+    redis.hset("dramatiq:q1.msgs", "bad-head", '{"message_timestamp": 1')
+    time.sleep(0.05)
+    (q,) = queue.read(settings_for(redis_server))
+    assert (q.ready, q.delayed, q.due, q.oldest_age) == (1, 4, 1, None)
+
+
+# -- bounded work per probe -------------------------------------------------------------
+
+
+def commandstats(redis: redis_lib.Redis) -> dict[str, int]:
+    return {name.removeprefix("cmdstat_"): v["calls"] for name, v in redis.info("commandstats").items()}
+
+
+def test_probe_is_sent_by_hash_and_survives_a_script_flush(broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    assert queue.read(settings_for(redis_server))[0].ready == 0
+    redis.script_flush()
+    redis.config_resetstat()
+    queue.read(settings_for(redis_server))  # NOSCRIPT, SCRIPT LOAD, EVALSHA again
+    queue.read(settings_for(redis_server))
+    calls = commandstats(redis)
+    assert calls.get("evalsha", 0) >= 2 and "eval" not in calls and calls.get("script|load") == 1, calls
+
+
+def test_due_count_is_exact_up_to_the_limit(broker: RedisBroker, redis_server: RedisServer) -> None:
+    @dramatiq.actor(queue_name="q1")
+    def task(i: int) -> None: ...
+
+    due = 0
+    for i in range(queue.EXACT_DUE_LIMIT):
+        soon = i % 3 == 0
+        due += soon
+        task.send_with_options(args=(i,), delay=1 if soon else 3_600_000)
+    time.sleep(0.05)
+    (q,) = queue.read(settings_for(redis_server))
+    assert (q.delayed, q.due) == (queue.EXACT_DUE_LIMIT, due)
+
+
+@pytest.mark.parametrize("due_every", [1, 2, 0])
+def test_above_the_limit_due_is_sampled_within_bounds(broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer, due_every: int) -> None:
+    """A thousand delayed messages: past EXACT_DUE_LIMIT (a few hundred at most) the probe
+    decodes DUE_SAMPLE bodies, no more, and scales the hit rate up."""
+
+    @dramatiq.actor(queue_name="q1")
+    def task(i: int) -> None: ...
+
+    n = 1000
+    assert queue.EXACT_DUE_LIMIT < n and queue.DUE_SAMPLE < n
+    for i in range(n):
+        soon = due_every and i % due_every == 0
+        task.send_with_options(args=(i,), delay=1 if soon else 3_600_000)
+    time.sleep(0.05)
+    redis.config_resetstat()
+    (q,) = queue.read(settings_for(redis_server))
+    assert q.delayed == n
+    if due_every == 1:
+        assert q.due == n, "every sampled body is due"
+    elif due_every == 0:
+        assert q.due == 0
+    else:
+        assert 0 < q.due < n
+    calls = commandstats(redis)
+    assert "hvals" not in calls and "hgetall" not in calls, calls
+    assert calls.get("hget", 0) <= queue.DUE_SAMPLE + 1, "the sample's bodies and the head, nothing more"
+
+
+def test_huge_bodies_stop_the_sample_early(broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    @dramatiq.actor(queue_name="q1")
+    def task(blob: str) -> None: ...
+
+    blob = "x" * (queue.DUE_BYTE_BUDGET // 4)
+    for _ in range(10):
+        task.send_with_options(args=(blob,), delay=1)
+    time.sleep(0.05)
+    redis.config_resetstat()
+    (q,) = queue.read(settings_for(redis_server))
+    assert (q.delayed, q.due) == (10, 10), "an estimate from the bodies read"
+    assert commandstats(redis).get("hget", 0) <= 5, "about DUE_BYTE_BUDGET bytes decoded, not all 10 bodies"
+
+
+# -- orphaned: held by a worker whose heartbeat expired ---------------------------------
+
+
+def stale(redis: redis_lib.Redis, b: RedisBroker, ago_ms: int = 3_600_000) -> None:
+    """Make broker ``b``'s worker look dead: its last heartbeat an hour ago."""
+    redis.zadd("dramatiq:__heartbeats__", {b.broker_id: int(time.time() * 1000) - ago_ms})
+
+
+def test_messages_of_a_dead_worker_are_orphaned_not_in_flight(broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    @dramatiq.actor(queue_name="q1")
+    def task(i: int) -> None: ...
+
+    for i in range(10):
+        task.send(i)
+    live = broker.consume("q1", prefetch=3, timeout=1000)
+    next(live)
+    other = RedisBroker(host="127.0.0.1", port=redis_server.port)
+    dead = other.consume("q1", prefetch=4, timeout=1000)
+    next(dead)
+    try:
+        (q,) = queue.read(settings_for(redis_server))
+        assert (q.ready, q.in_flight, q.orphaned) == (3, 7, 0), "both heartbeats are fresh"
+        stale(redis, other)
+        (q,) = queue.read(settings_for(redis_server))
+        assert (q.ready, q.in_flight, q.orphaned) == (3, 3, 4), q
+        assert q.backlog == 10, "orphaned messages are still work"
+        assert FleetBacklog.of([q]).orphaned == 4
+    finally:
+        live.close()
+        other.close()
+
+
+def test_heartbeat_timeout_comes_from_the_published_key(broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    @dramatiq.actor(queue_name="q1")
+    def task(i: int) -> None: ...
+
+    for i in range(5):
+        task.send(i)
+    consumer = broker.consume("q1", prefetch=2, timeout=1000)
+    next(consumer)
+    key = "dramatiq:__dramactl__.heartbeat_timeout"
+    try:
+        stale(redis, broker, ago_ms=5_000)  # 5 s without a heartbeat: alive under Dramatiq's 60 s
+        assert queue.read(settings_for(redis_server))[0].orphaned == 0
+        redis.set(key, "1000")
+        (q,) = queue.read(settings_for(redis_server))
+        assert (q.in_flight, q.orphaned) == (0, 2)
+        redis.set(key, "soon")  # not a number: the default again
+        assert queue.read(settings_for(redis_server))[0].orphaned == 0
+        redis.delete(key)
+        redis.hset(key, "x", "1")  # not even a string: the default again, no error
+        assert queue.read(settings_for(redis_server))[0].in_flight == 2
+    finally:
+        consumer.close()
+
+
+def test_orphans_are_counted_per_queue(broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    @dramatiq.actor(queue_name="a")
+    def ta() -> None: ...
+
+    @dramatiq.actor(queue_name="b")
+    def tb() -> None: ...
+
+    for _ in range(3):
+        ta.send()
+        tb.send()
+    ca = broker.consume("a", prefetch=2, timeout=1000)
+    cb = broker.consume("b", prefetch=1, timeout=1000)
+    next(ca), next(cb)
+    try:
+        stale(redis, broker)
+        named = by_name(queue.read(settings_for(redis_server, "a,b")))
+        assert (named["a"].orphaned, named["a"].in_flight, named["b"].orphaned, named["b"].in_flight) == (2, 0, 1, 0)
+    finally:
+        ca.close()
+        cb.close()
+
+
+# -- keys that are not Dramatiq's, and other Redis errors -------------------------------
+
+
+def test_a_key_of_the_wrong_type_is_reported_per_queue(broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    @dramatiq.actor(queue_name="good")
+    def task() -> None: ...
+
+    task.send()
+    redis.zadd("dramatiq:__heartbeats__", {"some-worker": 1})
+    redis.set("dramatiq:text.XQ", "not a zset")
+    s = settings_for(redis_server, "good,__heartbeats__,text")
+    named = by_name(queue.read_each(s))
+    assert named["good"].ready == 1 and named["good"].error is None
+    assert named["__heartbeats__"].error == "dramatiq:__heartbeats__ is a zset, not a Dramatiq queue list"
+    assert named["text"].error == "dramatiq:text.XQ is a string, not a Dramatiq dead-letter zset"
+    with pytest.raises(SettingsError) as err:
+        queue.read(s)
+    assert str(err.value) == (
+        "DRAMATIQ_QUEUE_NAME: queue '__heartbeats__': dramatiq:__heartbeats__ is a zset, not a Dramatiq queue list; "
+        "remove it from DRAMATIQ_QUEUE_NAME or fix the key"
+    )
+
+
+def test_other_redis_errors_name_the_redis_setting(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """A user that may not run scripts: Redis answers NOPERM, we answer one line naming REDIS_URL."""
+    redis.acl_setuser("probe-noscript", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-evalsha", "-eval"])
+    try:
+        s = settings_for(redis_server, REDIS_URL=f"redis://probe-noscript:pw@127.0.0.1:{redis_server.port}/0")
+        with pytest.raises(SettingsError) as err:
+            queue.read(s)
+        message = str(err.value)
+        assert message.startswith(f"REDIS_URL: Redis at redis://***@127.0.0.1:{redis_server.port}/0 answered with an error: "), message
+        assert "evalsha" in message.lower() and "\n" not in message and ":pw@" not in message
+    finally:
+        redis.acl_deluser("probe-noscript")

@@ -82,12 +82,12 @@ def test_shrink_stops_highest() -> None:
 def test_summary_is_one_journal_line_with_inputs_and_decision() -> None:
     o = Outcome(
         ScalingDecision(1, 3, "backlog 40 needs 3"),
-        [QueueStats("a", ready=30, in_flight=10, delayed=2, due=1, oldest_age=12.34)],
+        [QueueStats("a", ready=30, in_flight=10, delayed=2, due=1, oldest_age=12.34, orphaned=3)],
         started=[JobResult("dramatiq-worker@2.service", "start", "done"), JobResult("dramatiq-worker@3.service", "start", "failed")],
     )
     line = o.summary()
     assert "\n" not in line
-    assert line.startswith("queues ready=30 delayed=2 due=1 in_flight=10 dead=0 oldest=12.3s | workers 1 -> 3 | backlog 40 needs 3")
+    assert line.startswith("queues ready=30 delayed=2 due=1 in_flight=10 orphaned=3 dead=0 oldest=12.3s | workers 1 -> 3 | backlog 40 needs 3")
     assert "started @2:done @3:failed" in line and "resets failed instances by itself" in line
     assert not o.ok
 

@@ -1,0 +1,44 @@
+"""The probe's reply turned into QueueStats: pure, no Redis."""
+
+from __future__ import annotations
+
+from dramactl.queue import FIELDS, parse_probe
+from dramactl.stats import FleetBacklog, QueueStats
+
+NOW = 1_700_000_000_000
+
+
+def reply(*queues: tuple) -> list:
+    flat: list = [NOW]
+    for q in queues:
+        assert len(q) == FIELDS
+        flat += q
+    return flat
+
+
+def test_held_splits_into_in_flight_and_orphaned() -> None:
+    # ready, held, delayed, due, dead, head_ts, orphaned, error
+    (q,) = parse_probe(["a"], reply((3, 10, 4, 1, 2, NOW - 2500, 4, b"")))
+    assert (q.ready, q.in_flight, q.orphaned, q.delayed, q.due, q.dead) == (3, 3, 4, 4, 1, 2)
+    assert q.oldest_age == 2.5 and q.error is None
+    assert q.backlog == 3 + 1 + 3 + 4, "ready + due + in flight + orphaned: held messages all count"
+
+
+def test_orphans_never_exceed_what_is_held() -> None:
+    """A dead worker's ack set can name ids already gone from the queue."""
+    (q,) = parse_probe(["a"], reply((3, 5, 0, 0, 0, -1, 9, b"")))
+    assert (q.in_flight, q.orphaned, q.backlog) == (0, 2, 5)
+    assert q.oldest_age is None
+
+
+def test_a_queue_error_comes_back_on_that_queue_only() -> None:
+    stats = parse_probe(["bad", "good"], reply((0,) * 7 + (b"dramatiq:bad is a zset, not a Dramatiq queue list",), (1, 1, 0, 0, 0, NOW, 0, b"")))
+    assert stats[0] == QueueStats("bad", error="dramatiq:bad is a zset, not a Dramatiq queue list")
+    assert stats[1].ready == 1 and stats[1].error is None
+
+
+def test_fleet_backlog_sums_orphaned_and_keeps_totals() -> None:
+    qs = [QueueStats("a", ready=1, in_flight=2, orphaned=3), QueueStats("b", due=4, orphaned=1)]
+    total = FleetBacklog.of(qs)
+    assert (total.orphaned, total.backlog, total.depth) == (4, 11, 5)
+    assert total.to_dict()["orphaned"] == 4 and qs[0].to_dict()["orphaned"] == 3
