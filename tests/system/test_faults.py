@@ -134,9 +134,9 @@ def test_orphaned_messages_are_shown_and_redelivered_with_no_worker_running(syst
     backlog, and the next tick's worker redelivers them through Dramatiq's own maintenance."""
     system.configure(**{**FAULT_SETTINGS, "MIN_PROCESSES": "0", "MAX_PROCESSES": "2", "WORKER_THREADS": "2"})
     system.dramactl("scale-to", "1")
-    system.send(6, 8.0)
-    wait_until(lambda: system.redis()["ready"] == 0, 15, "the worker to take all six")
-    system.sh("systemctl kill -s KILL dramatiq-worker@1 && systemctl stop dramatiq-worker@1")
+    system.send(4, 8.0)  # 2 threads: 2 running, 2 prefetched
+    wait_until(lambda: system.redis()["ready"] == 0, 15, "the worker to take all four")
+    system.sh("systemctl kill -s KILL dramatiq-worker@1 && systemctl stop dramatiq-worker@1; systemctl reset-failed dramatiq-worker@1 2>/dev/null; true")
     assert system.units() == {}
     killed = time.monotonic()
 
@@ -144,20 +144,20 @@ def test_orphaned_messages_are_shown_and_redelivered_with_no_worker_running(syst
         (q,) = system.status()["queues"]
         return q["orphaned"]
 
-    wait_until(lambda: orphaned() == 6, HEARTBEAT + 10, "six orphaned messages")
+    wait_until(lambda: orphaned() == 4, HEARTBEAT + 10, "four orphaned messages")
     shown = time.monotonic() - killed
     (q,) = system.status()["queues"]
-    assert (q["in_flight"], q["orphaned"], q["backlog"]) == (0, 6, 6), q
+    assert (q["in_flight"], q["orphaned"], q["backlog"]) == (0, 4, 4), q
     assert "ORPHANED" in system.dramactl("status").stdout
 
     system.dramactl("resume")
     system.sh("systemctl start dramactl.timer")
     wait_until(lambda: orphaned() == 0, 3 + 15, "the orphans redelivered by the new worker")
     redelivered = time.monotonic() - killed
-    wait_until(lambda: system.redis()["processed"] == 6, 60, "all six processed")
+    wait_until(lambda: system.redis()["processed"] == 4, 60, "all four processed")
     r = system.redis()
     assert (r["ready"], r["msgs"], r["acks"]) == (0, 0, 0), r
-    assert "orphaned=6" in system.c.journal("dramactl.service")
+    assert "orphaned=4" in system.c.journal("dramactl.service")
     print(f"\n[faults] orphans shown {shown:.1f}s after the kill (heartbeat timeout {HEARTBEAT:.0f}s), redelivered at {redelivered:.1f}s")
     assert redelivered <= HEARTBEAT + 3 + 15
     assert json.loads(system.dramactl("status", "--json").stdout)["queues"][0]["orphaned"] == 0
