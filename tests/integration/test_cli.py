@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +107,53 @@ def test_a_busy_lock_is_reported(run, settings_env: dict[str, str], redis: redis
         res = run("tick")
     assert res.exit_code == 0 and res.output.startswith("skipped: another dramactl tick")
     assert EXIT_BUSY == 4
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold_lock(state_dir: str, seconds: float) -> subprocess.Popen:
+    """Another process holding the tick lock, as a running tick or manual change does."""
+    os.makedirs(state_dir, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, os.path.join(state_dir, "tick.lock"), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+@pytest.mark.parametrize("command", [["scale-to", "2"], ["scale-up"], ["scale-down", "-n", "2"], ["pause"], ["resume"]])
+def test_a_manual_change_gives_up_after_wait_with_exit_4(run, settings_env: dict[str, str], command: list[str]) -> None:
+    state_dir = settings_env["DRAMACTL_STATE_DIR"]
+    holder = hold_lock(state_dir, 60)
+    try:
+        started = time.monotonic()
+        res = run(*command, "--wait", "1")
+        waited = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    assert res.exit_code == EXIT_BUSY == 4
+    assert res.output.splitlines() == [
+        f"dramactl: another dramactl tick or manual change holds {state_dir}/tick.lock; try again or raise --wait"
+    ]
+    assert 1.0 <= waited < 10.0
+    assert sorted(os.listdir(state_dir)) == ["tick.lock"]  # no state written: nothing changed
+
+
+def test_a_manual_change_waits_for_the_lock_to_be_released(run, settings_env: dict[str, str]) -> None:
+    store = StateStore(settings_env["DRAMACTL_STATE_DIR"])
+    holder = hold_lock(settings_env["DRAMACTL_STATE_DIR"], 1.0)
+    try:
+        res = run("pause", "--wait", "20")
+    finally:
+        holder.wait(20)
+    assert res.exit_code == 0, res.output
+    assert store.load().paused is True
 
 
 def test_scale_to_beyond_max_is_refused_before_systemd(run) -> None:
