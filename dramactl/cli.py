@@ -34,7 +34,8 @@ class CommandError(click.ClickException):
         self.exit_code = code
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"dramactl: {self.format_message()}", err=True)
+        # Messages carrying Redis' words are redacted where they are made; this catches any URL that slipped by.
+        click.echo(f"dramactl: {settings_mod.redact(self.format_message())}", err=True)
 
 
 def load_settings() -> Settings:

@@ -22,7 +22,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .settings import Settings, SettingsError
+from .settings import Settings, SettingsError, redact
 from .stats import QueueStats
 
 # Delay queues above this size are sampled for the due count rather than scanned.
@@ -124,15 +124,15 @@ def redis_errors(settings: Settings, progress: Callable[[], str] | None = None) 
     try:
         yield
     except redis.AuthenticationError as exc:
-        raise SettingsError("REDIS_PASSWORD", f"{where} refused it ({exc})", "set the password Redis expects") from None
+        raise SettingsError("REDIS_PASSWORD", f"{where} refused it ({redact(str(exc), settings)})", "set the password Redis expects") from None
     except redis.ResponseError as exc:
         if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-            raise SettingsError("REDIS_PASSWORD", f"{where} refused it ({exc})", "set the password Redis expects") from None
+            raise SettingsError("REDIS_PASSWORD", f"{where} refused it ({redact(str(exc), settings)})", "set the password Redis expects") from None
         raise
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         setting = "REDIS_URL" if settings.redis_url else "REDIS_HOST"
         after = f" {progress()}" if progress else ""
-        raise SettingsError(setting, f"cannot reach {where}{after} ({exc})", "start Redis or fix REDIS_HOST/REDIS_PORT/REDIS_URL") from None
+        raise SettingsError(setting, f"cannot reach {where}{after} ({redact(str(exc), settings)})", "start Redis or fix REDIS_HOST/REDIS_PORT/REDIS_URL") from None
 
 
 def parse_probe(queues: Sequence[str], raw: Sequence[int]) -> list[QueueStats]:
