@@ -8,10 +8,12 @@ units stay the documented ones.
 
 from __future__ import annotations
 
+import grp
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,16 +88,54 @@ def drop_ins(settings: Settings) -> dict[str, str]:
     return files
 
 
-def _write(path: Path, text: str, mode: int = 0o644) -> bool:
-    """Write if different; True when the file changed."""
+def _write(path: Path, text: str, mode: int = 0o644, gid: int | None = None) -> bool:
+    """Write if different; True when the file changed.
+
+    The text goes into a temporary file that already has its final mode (and group),
+    which then replaces ``path``: no reader ever sees a half-written file, and a
+    secret (the env file's REDIS_PASSWORD) is never in a file anyone else may read.
+    """
     if path.is_file() and path.read_text() == text:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    fd, tmp = create_with_mode(path, mode, gid)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return True
+
+
+def create_with_mode(path: Path, mode: int, gid: int | None = None) -> tuple[int, str]:
+    """An empty temporary file beside ``path`` with ``mode`` and group ``gid`` set before anything is written.
+
+    mkstemp creates it 0600 (never wider than the final mode); fchown and fchmod
+    then give it its final group and mode while it is still empty.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        if gid is not None:
+            os.fchown(fd, -1, gid)
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return fd, tmp
+
+
+def group_id(root: Path, name: str) -> int:
+    """A group's id on the system at ``root`` (its own /etc/group when installing below another root)."""
+    if root == Path("/"):
+        return grp.getgrnam(name).gr_gid
+    for line in (root / "etc/group").read_text().splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[0] == name:
+            return int(fields[2])
+    raise InstallError(f"group {name} is missing from {root / 'etc/group'}; run without --no-users")
 
 
 def link_entry_point(report: InstallReport, root: Path) -> None:
@@ -164,9 +204,8 @@ def install(settings: Settings, *, root: str = "/", users: bool = True, reload: 
     if not env_file.exists():
         local = Path.cwd() / ".env"
         source = local if local.is_file() else data_path("env", "dramactl.env")
-        _write(env_file, source.read_text(), 0o640)
-        if users:
-            shutil.chown(env_file, "root", "dramactl")
+        # 0640 root:dramactl from the first byte: it may hold REDIS_PASSWORD.
+        _write(env_file, source.read_text(), 0o640, group_id(base, "dramactl") if users else None)
         report.did(f"created {env_file} from {source}")
     link_entry_point(report, base)
     if reload:
