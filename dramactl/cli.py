@@ -220,18 +220,20 @@ def check() -> None:
     Example: dramactl check && systemctl start dramactl.timer
     """
     from . import queue
+    from .install import check_reach
     from .worker import worker_argv
 
     settings = load_settings()
     stats = guarded(lambda: queue.read(settings))
     argv = guarded(lambda: worker_argv(settings, settings.worker_threads))
+    guarded(lambda: check_reach(settings, only_existing_users=True))
     click.echo(f"settings ok (from {', '.join(settings.sources) or 'environment only'})")
     click.echo(f"redis ok at {settings.redis_location}: " + ", ".join(f"{q.name}={q.backlog}" for q in stats))
     click.echo("worker command: " + " ".join(argv))
 
 
 @main.command()
-@click.option("--root", default="/", show_default=True, help="Install below this directory (packaging, tests).")
+@click.option("--root", default="/", show_default=True, help="Install below this directory (packaging, tests; skips the check that the service users can reach the code).")
 @click.option("--no-users", is_flag=True, help="Do not create the dramactl and dramatiq users.")
 @click.option("--no-reload", is_flag=True, help="Do not ask systemd to reload.")
 def install(root: str, no_users: bool, no_reload: bool) -> None:

@@ -17,7 +17,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .settings import DEFAULT_ENV_FILE, Settings
+from . import reach
+from .settings import DEFAULT_ENV_FILE, Settings, SettingsError
 
 UNITS = ("dramatiq-worker@.service", "dramatiq-workers.target", "dramactl.service", "dramactl.timer")
 # systemd's fixed search path for ExecStart= commands given without a directory.
@@ -57,12 +58,29 @@ def stop_timeout(settings: Settings) -> int:
 HIDDEN_PREFIXES = ("/tmp/", "/var/tmp/", "/home/", "/run/user/")
 
 
+def code_targets(settings: Settings) -> list[reach.Target]:
+    """What the units run (interpreter, package, the app's dramatiq, WORKER_DIRECTORY), for reach."""
+    from .worker import worker_argv
+
+    return reach.targets(settings, worker_argv(settings, settings.worker_threads)[0])
+
+
+def check_reach(settings: Settings, only_existing_users: bool = False) -> None:
+    """SettingsError (one line: path, why, fix) when a service user could not run what its unit runs."""
+    users = [reach.User.lookup(name) for name in reach.SERVICE_USERS]
+    reach.check(code_targets(settings), [u for u in users if u.exists or not only_existing_users])
+
+
 def hidden_code_paths(settings: Settings) -> list[str]:
-    """Our venv, our source (editable installs) and the app dir, where the hardening hides them."""
+    """Our venv, our source (editable installs), the interpreters and the app dir, where the hardening hides them."""
     package_root = str(Path(__file__).resolve().parents[1])
     paths = {str(Path(sys.prefix).resolve()), package_root}
     if settings.worker_directory:
         paths.add(settings.worker_directory)
+    try:
+        paths.update(reach.bind_candidates(code_targets(settings)))
+    except SettingsError:  # a command that cannot run yet: `check` and the tick say so
+        pass
     for path in sorted(paths):
         if path == "/root" or path.startswith("/root/"):
             raise InstallError(f"{path} is under /root, which the dramatiq and dramactl users cannot read; install dramactl in a venv under /opt")
@@ -179,8 +197,14 @@ def configure(settings: Settings, *, root: str = "/", reload: bool = True) -> In
 
 
 def install(settings: Settings, *, root: str = "/", users: bool = True, reload: bool = True) -> InstallReport:
-    """Install units, drop-ins, polkit rule, users and the env file; reload systemd."""
+    """Install units, drop-ins, polkit rule, users and the env file; reload systemd.
+
+    On the live system (root "/") it first checks that the service users can reach
+    the interpreter and code their units run, and stops before any change if not.
+    """
     base = Path(root)
+    if base == Path("/"):
+        check_reach(settings)
     report = InstallReport()
     unit_dir = base / "etc/systemd/system"
     for name in UNITS:
