@@ -17,6 +17,7 @@ import click
 
 from . import settings as settings_mod
 from .settings import Settings, SettingsError
+from .state import LOCK_WAIT
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # a start/stop job did not finish "done"
@@ -33,7 +34,8 @@ class CommandError(click.ClickException):
         self.exit_code = code
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"dramactl: {self.format_message()}", err=True)
+        # Messages carrying Redis' words are redacted where they are made; this catches any URL that slipped by.
+        click.echo(f"dramactl: {settings_mod.redact(self.format_message())}", err=True)
 
 
 def load_settings() -> Settings:
@@ -62,6 +64,18 @@ def guarded(fn: Callable[[], Any]) -> Any:
         raise CommandError(str(exc), EXIT_FAILED) from None
     except Busy as exc:
         raise CommandError(str(exc), EXIT_BUSY) from None
+
+
+def wait_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--wait SECONDS: how long a manual change waits for a tick or another change to finish."""
+    return click.option(
+        "--wait",
+        type=click.FloatRange(min=0),
+        default=LOCK_WAIT,
+        show_default=True,
+        metavar="SECONDS",
+        help="How long to wait for a running tick or manual change; then exit 4.",
+    )(fn)
 
 
 def echo_json(data: Any) -> None:
@@ -129,7 +143,8 @@ def tick(dry_run: bool, as_json: bool) -> None:
 @click.argument("count", type=int)
 @click.option("--threads", type=int, help="Threads per worker; running instances restart to take it.")
 @click.option("--json", "as_json", is_flag=True)
-def scale_to(count: int, threads: int | None, as_json: bool) -> None:
+@wait_option
+def scale_to(count: int, threads: int | None, as_json: bool, wait: float) -> None:
     """Run exactly COUNT instances and pause autoscaling.
 
     Example: dramactl scale-to 4 --threads 8   (then `dramactl resume`)
@@ -137,13 +152,14 @@ def scale_to(count: int, threads: int | None, as_json: bool) -> None:
     from .scaler import scale_to as run
 
     settings = load_settings()
-    finish(guarded(lambda: run(settings, count, threads=threads)), as_json)
+    finish(guarded(lambda: run(settings, count, threads=threads, wait=wait)), as_json)
 
 
 @main.command("scale-up")
 @click.option("-n", "count", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
-def scale_up(count: int, as_json: bool) -> None:
+@wait_option
+def scale_up(count: int, as_json: bool, wait: float) -> None:
     """Add N instances (pauses autoscaling).
 
     Example: dramactl scale-up -n 2
@@ -151,13 +167,14 @@ def scale_up(count: int, as_json: bool) -> None:
     from .scaler import scale_by
 
     settings = load_settings()
-    finish(guarded(lambda: scale_by(settings, count)), as_json)
+    finish(guarded(lambda: scale_by(settings, count, wait=wait)), as_json)
 
 
 @main.command("scale-down")
 @click.option("-n", "count", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
-def scale_down(count: int, as_json: bool) -> None:
+@wait_option
+def scale_down(count: int, as_json: bool, wait: float) -> None:
     """Stop the N highest-numbered instances, draining them (pauses autoscaling).
 
     Example: dramactl scale-down -n 1
@@ -165,33 +182,35 @@ def scale_down(count: int, as_json: bool) -> None:
     from .scaler import scale_by
 
     settings = load_settings()
-    finish(guarded(lambda: scale_by(settings, -count)), as_json)
+    finish(guarded(lambda: scale_by(settings, -count, wait=wait)), as_json)
 
 
-def _set_paused(paused: bool, message: str) -> None:
+def _set_paused(paused: bool, message: str, wait: float) -> None:
     from .scaler import set_paused
 
     settings = load_settings()
-    guarded(lambda: set_paused(settings, paused))
+    guarded(lambda: set_paused(settings, paused, wait=wait))
     click.echo(message)
 
 
 @main.command()
-def pause() -> None:
+@wait_option
+def pause(wait: float) -> None:
     """Stop the timer's ticks from changing the fleet.
 
     Example: dramactl pause
     """
-    _set_paused(True, "autoscaling paused: ticks report but do not change the fleet; `dramactl resume` undoes it")
+    _set_paused(True, "autoscaling paused: ticks report but do not change the fleet; `dramactl resume` undoes it", wait)
 
 
 @main.command()
-def resume() -> None:
+@wait_option
+def resume(wait: float) -> None:
     """Hand the fleet size back to the timer.
 
     Example: dramactl resume
     """
-    _set_paused(False, "autoscaling resumed: the next tick sizes the fleet")
+    _set_paused(False, "autoscaling resumed: the next tick sizes the fleet", wait)
 
 
 @main.command()
@@ -201,18 +220,20 @@ def check() -> None:
     Example: dramactl check && systemctl start dramactl.timer
     """
     from . import queue
+    from .install import check_reach
     from .worker import worker_argv
 
     settings = load_settings()
     stats = guarded(lambda: queue.read(settings))
     argv = guarded(lambda: worker_argv(settings, settings.worker_threads))
+    guarded(lambda: check_reach(settings, only_existing_users=True))
     click.echo(f"settings ok (from {', '.join(settings.sources) or 'environment only'})")
     click.echo(f"redis ok at {settings.redis_location}: " + ", ".join(f"{q.name}={q.backlog}" for q in stats))
     click.echo("worker command: " + " ".join(argv))
 
 
 @main.command()
-@click.option("--root", default="/", show_default=True, help="Install below this directory (packaging, tests).")
+@click.option("--root", default="/", show_default=True, help="Install below this directory (packaging, tests; skips the check that the service users can reach the code).")
 @click.option("--no-users", is_flag=True, help="Do not create the dramactl and dramatiq users.")
 @click.option("--no-reload", is_flag=True, help="Do not ask systemd to reload.")
 def install(root: str, no_users: bool, no_reload: bool) -> None:

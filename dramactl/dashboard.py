@@ -18,12 +18,13 @@ import json
 import logging
 import socket
 import time
+import traceback
 from html import escape
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from dramactl.settings import Settings
+from dramactl.settings import Settings, redact
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -53,14 +54,16 @@ def default_collect(settings: Settings) -> dict:
 
 
 def safe_collect(settings: Settings, collect: Collect) -> dict:
-    """collect()'s dict, or one whose ``errors`` says why it raised; never raises."""
+    """collect()'s dict, or one whose ``errors`` says why it raised; never raises. No error shows a password."""
     try:
         status = collect(settings)
         if not isinstance(status, dict):
             raise TypeError(f"status is a {type(status).__name__}, not a dict")
     except Exception as exc:  # the page must render whatever went wrong
-        logger.exception("collecting status failed")
-        return {"time": time.time(), "queues": [], "instances": [], "errors": [f"status: {type(exc).__name__}: {exc}"]}
+        logger.error("collecting status failed: %s", redact("".join(traceback.format_exception(exc)), settings))
+        return {"time": time.time(), "queues": [], "instances": [], "errors": [redact(f"status: {type(exc).__name__}: {exc}", settings)]}
+    if isinstance(status.get("errors"), list):
+        status = {**status, "errors": [redact(str(e), settings) for e in status["errors"]]}
     return status
 
 

@@ -8,14 +8,17 @@ units stay the documented ones.
 
 from __future__ import annotations
 
+import grp
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .settings import DEFAULT_ENV_FILE, Settings
+from . import reach
+from .settings import DEFAULT_ENV_FILE, Settings, SettingsError
 
 UNITS = ("dramatiq-worker@.service", "dramatiq-workers.target", "dramactl.service", "dramactl.timer")
 # systemd's fixed search path for ExecStart= commands given without a directory.
@@ -55,12 +58,29 @@ def stop_timeout(settings: Settings) -> int:
 HIDDEN_PREFIXES = ("/tmp/", "/var/tmp/", "/home/", "/run/user/")
 
 
+def code_targets(settings: Settings) -> list[reach.Target]:
+    """What the units run (interpreter, package, the app's dramatiq, WORKER_DIRECTORY), for reach."""
+    from .worker import worker_argv
+
+    return reach.targets(settings, worker_argv(settings, settings.worker_threads)[0])
+
+
+def check_reach(settings: Settings, only_existing_users: bool = False) -> None:
+    """SettingsError (one line: path, why, fix) when a service user could not run what its unit runs."""
+    users = [reach.User.lookup(name) for name in reach.SERVICE_USERS]
+    reach.check(code_targets(settings), [u for u in users if u.exists or not only_existing_users])
+
+
 def hidden_code_paths(settings: Settings) -> list[str]:
-    """Our venv, our source (editable installs) and the app dir, where the hardening hides them."""
+    """Our venv, our source (editable installs), the interpreters and the app dir, where the hardening hides them."""
     package_root = str(Path(__file__).resolve().parents[1])
     paths = {str(Path(sys.prefix).resolve()), package_root}
     if settings.worker_directory:
         paths.add(settings.worker_directory)
+    try:
+        paths.update(reach.bind_candidates(code_targets(settings)))
+    except SettingsError:  # a command that cannot run yet: `check` and the tick say so
+        pass
     for path in sorted(paths):
         if path == "/root" or path.startswith("/root/"):
             raise InstallError(f"{path} is under /root, which the dramatiq and dramactl users cannot read; install dramactl in a venv under /opt")
@@ -86,16 +106,54 @@ def drop_ins(settings: Settings) -> dict[str, str]:
     return files
 
 
-def _write(path: Path, text: str, mode: int = 0o644) -> bool:
-    """Write if different; True when the file changed."""
+def _write(path: Path, text: str, mode: int = 0o644, gid: int | None = None) -> bool:
+    """Write if different; True when the file changed.
+
+    The text goes into a temporary file that already has its final mode (and group),
+    which then replaces ``path``: no reader ever sees a half-written file, and a
+    secret (the env file's REDIS_PASSWORD) is never in a file anyone else may read.
+    """
     if path.is_file() and path.read_text() == text:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    fd, tmp = create_with_mode(path, mode, gid)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return True
+
+
+def create_with_mode(path: Path, mode: int, gid: int | None = None) -> tuple[int, str]:
+    """An empty temporary file beside ``path`` with ``mode`` and group ``gid`` set before anything is written.
+
+    mkstemp creates it 0600 (never wider than the final mode); fchown and fchmod
+    then give it its final group and mode while it is still empty.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        if gid is not None:
+            os.fchown(fd, -1, gid)
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return fd, tmp
+
+
+def group_id(root: Path, name: str) -> int:
+    """A group's id on the system at ``root`` (its own /etc/group when installing below another root)."""
+    if root == Path("/"):
+        return grp.getgrnam(name).gr_gid
+    for line in (root / "etc/group").read_text().splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[0] == name:
+            return int(fields[2])
+    raise InstallError(f"group {name} is missing from {root / 'etc/group'}; run without --no-users")
 
 
 def link_entry_point(report: InstallReport, root: Path) -> None:
@@ -139,8 +197,14 @@ def configure(settings: Settings, *, root: str = "/", reload: bool = True) -> In
 
 
 def install(settings: Settings, *, root: str = "/", users: bool = True, reload: bool = True) -> InstallReport:
-    """Install units, drop-ins, polkit rule, users and the env file; reload systemd."""
+    """Install units, drop-ins, polkit rule, users and the env file; reload systemd.
+
+    On the live system (root "/") it first checks that the service users can reach
+    the interpreter and code their units run, and stops before any change if not.
+    """
     base = Path(root)
+    if base == Path("/"):
+        check_reach(settings)
     report = InstallReport()
     unit_dir = base / "etc/systemd/system"
     for name in UNITS:
@@ -164,9 +228,8 @@ def install(settings: Settings, *, root: str = "/", users: bool = True, reload: 
     if not env_file.exists():
         local = Path.cwd() / ".env"
         source = local if local.is_file() else data_path("env", "dramactl.env")
-        _write(env_file, source.read_text(), 0o640)
-        if users:
-            shutil.chown(env_file, "root", "dramactl")
+        # 0640 root:dramactl from the first byte: it may hold REDIS_PASSWORD.
+        _write(env_file, source.read_text(), 0o640, group_id(base, "dramactl") if users else None)
         report.did(f"created {env_file} from {source}")
     link_entry_point(report, base)
     if reload:

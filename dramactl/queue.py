@@ -30,7 +30,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .settings import Settings, SettingsError
+from .settings import Settings, SettingsError, redact
 from .stats import QueueStats
 
 # Reading and decoding a body costs Redis ~5 us plus ~4 us per KB (bench/probe_time.py),
@@ -240,16 +240,16 @@ def redis_errors(settings: Settings, progress: Callable[[], str] | None = None) 
     try:
         yield
     except redis.AuthenticationError as exc:
-        raise SettingsError("REDIS_PASSWORD", f"{where} refused it ({exc})", "set the password Redis expects") from None
+        raise SettingsError("REDIS_PASSWORD", f"{where} refused it ({redact(str(exc), settings)})", "set the password Redis expects") from None
     except redis.ResponseError as exc:
         if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-            raise SettingsError("REDIS_PASSWORD", f"{where} refused it ({exc})", "set the password Redis expects") from None
+            raise SettingsError("REDIS_PASSWORD", f"{where} refused it ({redact(str(exc), settings)})", "set the password Redis expects") from None
         message = " ".join(str(exc).split())  # one line, whatever the server sent
         raise SettingsError(
             setting, f"{where} answered with an error{after}: {message}", "point REDIS_HOST/REDIS_PORT/REDIS_URL at Dramatiq's Redis (6.2 or later), as a user allowed to run scripts"
         ) from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise SettingsError(setting, f"cannot reach {where}{after} ({exc})", "start Redis or fix REDIS_HOST/REDIS_PORT/REDIS_URL") from None
+        raise SettingsError(setting, f"cannot reach {where}{after} ({redact(str(exc), settings)})", "start Redis or fix REDIS_HOST/REDIS_PORT/REDIS_URL") from None
 
 
 def parse_probe(queues: Sequence[str], raw: Sequence[int | bytes | str]) -> list[QueueStats]:

@@ -18,7 +18,7 @@ from .fleet import Fleet, JobResult
 from .instance import WorkerUnit
 from .policy import ScalingDecision, decide
 from .settings import Settings, SettingsError
-from .state import Recovery, ScalerState, StateStore
+from .state import LOCK_WAIT, Recovery, ScalerState, StateStore
 from .stats import FleetBacklog, QueueStats
 from .worker import worker_argv
 
@@ -112,13 +112,16 @@ def _shown(job: JobResult) -> str:
 
 
 @contextmanager
-def _locked(settings: Settings, wait: bool) -> Iterator[StateStore]:
+def _locked(settings: Settings, wait: bool | float) -> Iterator[StateStore]:
+    """The state under the lock; ``wait``: False for a tick (skip when busy) or seconds (manual)."""
     store = StateStore(settings.state_dir)
     try:
         with store.lock(wait=wait):
             yield store
     except BlockingIOError:
-        raise Busy("another dramactl tick or manual change is running; try again in a moment") from None
+        if wait is False:
+            raise Busy("another dramactl tick or manual change is running; try again in a moment") from None
+        raise Busy(f"another dramactl tick or manual change holds {store.lock_path}; try again or raise --wait") from None
 
 
 def threads_of(settings: Settings, state: ScalerState) -> int:
@@ -176,16 +179,17 @@ def scale_to(
     threads: int | None = None,
     fleet: Fleet | None = None,
     pause: bool = True,
+    wait: float = LOCK_WAIT,
 ) -> Outcome:
     """Set the fleet size by hand; pauses autoscaling so the next tick keeps it."""
     if not 0 <= target <= settings.max_processes:
         raise SettingsError("MAX_PROCESSES", f"cannot scale to {target}: allowed 0..{settings.max_processes}", "ask for fewer or raise MAX_PROCESSES")
-    return _resize(settings, lambda up: target, threads=threads, fleet=fleet, pause=pause)
+    return _resize(settings, lambda up: target, threads=threads, fleet=fleet, pause=pause, wait=wait)
 
 
-def scale_by(settings: Settings, delta: int, *, fleet: Fleet | None = None) -> Outcome:
+def scale_by(settings: Settings, delta: int, *, fleet: Fleet | None = None, wait: float = LOCK_WAIT) -> Outcome:
     """scale-up/scale-down by ``delta`` instances, clamped to 0..MAX_PROCESSES."""
-    return _resize(settings, lambda up: max(0, min(settings.max_processes, up + delta)), fleet=fleet)
+    return _resize(settings, lambda up: max(0, min(settings.max_processes, up + delta)), fleet=fleet, wait=wait)
 
 
 def _resize(
@@ -195,12 +199,13 @@ def _resize(
     threads: int | None = None,
     fleet: Fleet | None = None,
     pause: bool = True,
+    wait: float = LOCK_WAIT,
 ) -> Outcome:
     """The manual verbs: ``target_for(instances up)`` is decided under the lock, on one listing."""
     if threads is not None and not 1 <= threads <= 1024:
         raise SettingsError("WORKER_THREADS", f"{threads} threads per worker is out of range", "use 1 to 1024")
     fleet = fleet or Fleet()
-    with _locked(settings, wait=True) as store:
+    with _locked(settings, wait=float(wait)) as store:
         state = store.load()
         instances = fleet.instances()
         up = sorted(u.number for u in instances if u.is_up)
@@ -223,9 +228,9 @@ def _resize(
         return outcome
 
 
-def set_paused(settings: Settings, paused: bool) -> ScalerState:
+def set_paused(settings: Settings, paused: bool, *, wait: float = LOCK_WAIT) -> ScalerState:
     """pause/resume: whether ticks may change the fleet."""
-    with _locked(settings, wait=True) as store:
+    with _locked(settings, wait=float(wait)) as store:
         state = store.load()
         # resume hands the size back to the policy; pause alone holds whatever runs.
         new = replace(state, paused=paused, size=state.size if paused else None)

@@ -14,6 +14,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 DEFAULT_ENV_FILE = "/etc/dramactl/dramactl.env"
 DEFAULT_STATE_DIR = "/var/lib/dramactl"
@@ -23,6 +24,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 POLICIES = ("default", "step")
 MAX_STABILIZATION = 1800.0  # half of state.HISTORY_SECONDS: the window must fit the kept history
 _QUEUE_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9._-]*$")
+# Credentials in Redis URLs: userinfo (up to the token's last '@', as urlsplit reads it) and password= values.
+_URL_USERINFO = re.compile(r"(?i)\b((?:rediss?|unix)://)\S*@")
+_PASSWORD_PARAM = re.compile(r"(?i)([?&;]password=)([^&#\s]*)")
+HIDDEN = "***"
 
 T = TypeVar("T")
 
@@ -73,13 +78,45 @@ class Settings:
     def redis_location(self) -> str:
         """Where Redis is, for messages (never includes the password)."""
         if self.redis_url:
-            return re.sub(r"//[^@/]*@", "//***@", self.redis_url)
+            return redact(self.redis_url, self)
         return f"{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every password these settings hold, as written and URL-decoded: what no message may show."""
+        found = {self.redis_password}
+        if self.redis_url:
+            parts = urlsplit(self.redis_url)
+            userinfo = parts.netloc.rpartition("@")[0]
+            if userinfo:
+                found.add(userinfo.partition(":")[2] or userinfo)  # redis://secret@ is a password, too
+            for name, value in parse_qsl(parts.query, keep_blank_values=True):
+                if name.lower() == "password":
+                    found.add(value)
+            found |= {m.group(2) for m in _PASSWORD_PARAM.finditer(self.redis_url)}  # as written
+            found |= {unquote(v) for v in found}
+        return tuple(sorted((v for v in found if v), key=len, reverse=True))
 
     @property
     def worker_shutdown_timeout_ms(self) -> int:
         """Dramatiq's ``--worker-shutdown-timeout`` derived from GRACEFUL_SHUTDOWN_TIMEOUT."""
         return self.graceful_shutdown_timeout * 1000
+
+
+def redact(text: str, settings: "Settings | None" = None) -> str:
+    """``text`` fit to print: URL userinfo, ``password=`` values and the settings' passwords become ***.
+
+    Every surface that shows Redis' location or an error from Redis (check, status,
+    the tick's journal line, the dashboard) passes its text through here.
+    """
+    text = _URL_USERINFO.sub(rf"\g<1>{HIDDEN}@", str(text))
+    text = _PASSWORD_PARAM.sub(rf"\g<1>{HIDDEN}", text)
+    for secret in settings.secrets if settings is not None else ():
+        if len(secret) >= 8:
+            text = text.replace(secret, HIDDEN)
+        else:  # a short one only where it stands alone: "x" must not blank out every "unix"
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", HIDDEN, text)
+    return text
 
 
 def read_sources(

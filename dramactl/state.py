@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Iterator
 STATE_FILE = "state.json"
 LOCK_FILE = "tick.lock"
 HISTORY_SECONDS = 3600.0
+LOCK_WAIT = 30.0  # seconds a manual change waits for the lock by default (`--wait`)
+LOCK_POLL = 0.05
 
 
 @dataclass(frozen=True)
@@ -119,17 +122,41 @@ class StateStore:
             st = self.directory.stat()
             os.chown(path, st.st_uid, st.st_gid)
 
+    @property
+    def lock_path(self) -> Path:
+        return self.directory / LOCK_FILE
+
     @contextmanager
-    def lock(self, wait: bool = True) -> Iterator[None]:
-        """One tick or manual change at a time; raises BlockingIOError if busy and not waiting."""
+    def lock(self, wait: bool | float = True) -> Iterator[None]:
+        """One tick or manual change at a time.
+
+        ``wait`` is True (as long as it takes), False (not at all) or seconds; raises
+        BlockingIOError when the lock is still taken after that.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / LOCK_FILE
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
         try:
             if os.geteuid() == 0:
                 st = self.directory.stat()
                 os.fchown(fd, st.st_uid, st.st_gid)
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            if wait is True:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:
+                _flock_within(fd, float(wait))
             yield
         finally:
             os.close(fd)
+
+
+def _flock_within(fd: int, seconds: float) -> None:
+    """Take an exclusive flock, trying until ``seconds`` passed; BlockingIOError after that."""
+    deadline = time.monotonic() + max(0.0, seconds)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise
+            time.sleep(min(LOCK_POLL, remaining))

@@ -39,7 +39,9 @@ class RedisServer:
         self.port = free_port()
         self.password = password
         self.dir = tempfile.mkdtemp(prefix="dramactl-redis-", dir="/var/tmp")
+        self.socket = os.path.join(self.dir, "redis.sock")
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.dir]
+        args += ["--unixsocket", self.socket, "--unixsocketperm", "700"]
         if password:
             args += ["--requirepass", password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -71,6 +73,15 @@ class RedisServer:
 def redis_server() -> Iterator[RedisServer]:
     need(shutil.which("redis-server") is not None, "redis-server is not installed (apt-get install redis-server)")
     server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_with_password() -> Iterator[RedisServer]:
+    """A second redis-server that requires a password (requirepass), also on a unix socket."""
+    need(shutil.which("redis-server") is not None, "redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(password="pw-Secret-4711")
     yield server
     server.stop()
 

@@ -197,21 +197,27 @@ QUEUES: Mapping[str, str] = {a.actor_name: a.queue_name for a in _App.actors}
 class TaskDispatcher:
     """Validates task input, enqueues it and returns the message id.
 
-    What the application code that used to INSERT into a job table calls instead.
-    Invalid input raises :class:`ValueError` naming the field, before anything is sent.
+    What the application code that used to INSERT into a job table calls instead, on
+    the class as the migration guide writes it (``TaskDispatcher.send_email_task(data)``)
+    or on an instance. Invalid input raises :class:`ValueError` naming the field, before
+    anything is sent.
     """
 
-    def send_email_task(self, data: Mapping[str, Any]) -> str:
-        return self._send(process_email_task, work.validate_email, data)
+    @staticmethod
+    def send_email_task(data: Mapping[str, Any]) -> str:
+        return TaskDispatcher._send(process_email_task, work.validate_email, data)
 
-    def send_ocr_task(self, data: Mapping[str, Any]) -> str:
-        return self._send(process_ocr_task, work.validate_ocr, data)
+    @staticmethod
+    def send_ocr_task(data: Mapping[str, Any]) -> str:
+        return TaskDispatcher._send(process_ocr_task, work.validate_ocr, data)
 
-    def send_notification_task(self, data: Mapping[str, Any]) -> str:
-        return self._send(send_notification_task, work.validate_notification, data)
+    @staticmethod
+    def send_notification_task(data: Mapping[str, Any]) -> str:
+        return TaskDispatcher._send(send_notification_task, work.validate_notification, data)
 
-    def send_report_task(self, data: Mapping[str, Any]) -> str:
-        return self._send(generate_report_task, work.validate_report, data)
+    @staticmethod
+    def send_report_task(data: Mapping[str, Any]) -> str:
+        return TaskDispatcher._send(generate_report_task, work.validate_report, data)
 
     @staticmethod
     def _send(actor: dramatiq.Actor, validate: Callable[[Any], Mapping[str, Any]], data: Mapping[str, Any]) -> str:

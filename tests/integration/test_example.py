@@ -171,6 +171,23 @@ def test_dispatcher_enqueues_and_every_message_runs_exactly_once(broker, worker,
         assert tasks.processed_ids(redis, name) == ids, name
 
 
+def test_dispatcher_is_called_on_the_class_as_the_migration_guide_writes_it(broker, worker, redis, tmp_path):
+    doc = tmp_path / "scan.txt"
+    doc.write_text("alpha beta gamma\n")
+    task_id = tasks.TaskDispatcher.send_email_task(EMAIL)
+    ocr_id = tasks.TaskDispatcher.send_ocr_task({"path": str(doc)})
+    instance_id = tasks.TaskDispatcher().send_email_task({"to": "b@example.com", "subject": "still works"})
+    with pytest.raises(ValueError, match="'subject'"):
+        tasks.TaskDispatcher.send_email_task({"to": "a@example.com"})
+    with pytest.raises(ValueError, match="'path'"):
+        tasks.TaskDispatcher.send_ocr_task({})
+    join(broker, "email_processing", "ocr_processing")
+    assert tasks.processed_ids(redis, "process_email_task") == {task_id, instance_id}
+    assert tasks.processed_ids(redis, "process_ocr_task") == {ocr_id}
+    assert tasks.counts(redis, "process_email_task")["attempts"] == 2  # the invalid ones never reached Redis
+    assert tasks.counts(redis, "process_ocr_task")["attempts"] == 1
+
+
 def test_ocr_reads_the_file_and_returns_the_word_count(broker, worker, tmp_path):
     doc = tmp_path / "scan.txt"
     doc.write_text("Dramatiq runs tasks.\nWorkers scale with the queue.\n")

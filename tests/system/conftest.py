@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -118,7 +119,8 @@ def container() -> Iterator[Container]:
     why = missing_requirements()
     need(why is None, why or "")
     binds = [str(REPO)] + ([str(VENV)] if not str(VENV).startswith(str(REPO)) else [])
-    c = Container(binds)
+    # Two checkouts on one host may each boot a session container: DRAMACTL_TEST_MACHINE names this one.
+    c = Container(binds, name=os.environ.get("DRAMACTL_TEST_MACHINE") or "dramactl-test")
     try:
         c.boot()
         print(f"\n[harness] container booted in {c.boot_seconds:.1f}s", file=sys.stderr)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dramactl.settings import EXAMPLE_COMMAND, EXAMPLE_QUEUES, Settings, SettingsError, load, parse
+from dramactl.settings import EXAMPLE_COMMAND, EXAMPLE_QUEUES, Settings, SettingsError, load, parse, redact
 
 
 def test_defaults_are_the_documented_ones() -> None:
@@ -52,6 +52,36 @@ def test_values_are_parsed() -> None:
 def test_redis_location_never_shows_the_password() -> None:
     s = parse({"REDIS_URL": "redis://:hunter2@db:6379/1"})
     assert "hunter2" not in s.redis_location and "db:6379/1" in s.redis_location
+
+
+@pytest.mark.parametrize(
+    ("values", "location"),
+    [
+        ({"REDIS_URL": "redis://:hunter2@db:6379/1"}, "redis://***@db:6379/1"),
+        ({"REDIS_URL": "rediss://app:hunter2@db:6380/0"}, "rediss://***@db:6380/0"),
+        ({"REDIS_URL": "redis://:hun@ter2@db/0"}, "redis://***@db/0"),
+        ({"REDIS_URL": "redis://db:6379/0?password=hunter2&ssl_cert_reqs=none"}, "redis://db:6379/0?password=***&ssl_cert_reqs=none"),
+        ({"REDIS_URL": "unix:///run/redis.sock?db=2&password=x"}, "unix:///run/redis.sock?db=2&password=***"),
+        ({"REDIS_URL": "redis://db/0?Password=hun%74er2"}, "redis://db/0?Password=***"),
+        ({"REDIS_HOST": "db", "REDIS_PASSWORD": "hunter2"}, "db:6379/0"),
+    ],
+)
+def test_every_way_of_writing_the_password_is_redacted(values: dict[str, str], location: str) -> None:
+    s = parse(values)
+    assert s.redis_location == location
+    assert redact(f"cannot reach Redis at {values.get('REDIS_URL', '')}", s) == f"cannot reach Redis at {location if 'REDIS_URL' in values else ''}"
+
+
+def test_the_password_is_redacted_inside_any_message() -> None:
+    """REDIS_PASSWORD's value (and a URL's, as written or decoded) wherever it would appear, e.g. in a redis-py error."""
+    s = parse({"REDIS_PASSWORD": "correct-horse-battery"})
+    assert redact("AUTH correct-horse-battery failed (xcorrect-horse-batteryx)", s) == "AUTH *** failed (x***x)"
+    s = parse({"REDIS_URL": "redis://:p%40ss@db/0"})
+    assert redact("password 'p@ss' or p%40ss; pass", s) == "password '***' or ***; pass"
+    # A short password is hidden where it stands alone, not inside other words.
+    s = parse({"REDIS_URL": "unix:///run/redis.sock?password=x"})
+    assert redact("Error connecting to unix socket /run/redis.sock with x", s) == "Error connecting to unix socket /run/redis.sock with ***"
+    assert redact("rediss://u:v@h/0 and redis://h/0?password=y", None) == "rediss://***@h/0 and redis://h/0?password=***"
 
 
 BAD = [
