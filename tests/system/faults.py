@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -72,7 +73,7 @@ class FaultPlan:
     messages: int = 2000
     waves: int = 2
     seconds: float = 0.5  # each message's work
-    kills: int = 6
+    kills: int = 6  # SIGKILLs at most, one every kill_every seconds from the first wave on
     kill_every: float = 4.0
     redis_restart: bool = True
     redis_stop: float = 30.0
@@ -114,32 +115,48 @@ class FaultReport:
         ]
 
 
+class Killer(threading.Thread):
+    """SIGKILLs a random running instance every ``every`` seconds, ``limit`` times at most."""
+
+    def __init__(self, system: System, every: float, limit: int) -> None:
+        super().__init__(daemon=True)
+        self.system, self.every, self.limit = system, every, limit
+        self.kills = 0
+        self.done = threading.Event()
+        self.rng = random.Random(1)
+
+    def run(self) -> None:
+        while self.kills < self.limit and not self.done.wait(self.every):
+            victims = self.system.active()
+            if victims:  # a kill can race a process that is just exiting: count only real ones
+                self.kills += self.system.sh(f"systemctl kill -s KILL {self.rng.choice(victims)}", check=False).returncode == 0
+
+
 def run(system: System, plan: FaultPlan, wait_until: Callable[..., object], log: Callable[[str], None] = lambda s: None) -> FaultReport:
+    """Waves of messages; SIGKILLs throughout; a Redis restart after the first wave, a Redis stop
+    after the last; a manual scale-down under load, then resume; until everything drained."""
     values = system.configure(**plan.settings)
     lo, hi = int(values["MIN_PROCESSES"]), int(values["MAX_PROCESSES"])
     system.dramactl("resume")
     system.sh("systemctl start dramactl.timer")
     wait_until(lambda: len(system.active()) >= max(1, lo), 30, "the fleet at MIN")
-    rng = random.Random(1)
     per_wave = plan.messages // plan.waves
     sent = per_wave * plan.waves
     started = time.monotonic()
+    killer = Killer(system, plan.kill_every, plan.kills)
     with Sampler(system) as sampler:
         system.send(per_wave, plan.seconds, prefix="w0-")
         log(f"wave 1: {per_wave} messages")
         wait_until(lambda: len(system.active()) >= min(3, hi), 60, "the fleet to grow")
-        kills = 0
-        for i in range(plan.kills):
-            victims = system.active()
-            if victims:
-                kills += system.sh(f"systemctl kill -s KILL {rng.choice(victims)}", check=False).returncode == 0
-            time.sleep(plan.kill_every)
-            if plan.redis_restart and i == plan.kills // 2:
-                system.sh("systemctl restart redis-server")
-                log("redis restarted")
-        log(f"{kills} SIGKILLs")
+        killer.start()
+        time.sleep(plan.kill_every * 1.5)
+        if plan.redis_restart:
+            system.sh("systemctl restart redis-server")
+            log("redis restarted")
         for w in range(1, plan.waves):
+            time.sleep(plan.kill_every)
             system.send(per_wave, plan.seconds, prefix=f"w{w}-")
+            log(f"wave {w + 1}: {per_wave} messages")
         time.sleep(3)
         stop_at = time.time()
         system.sh("systemctl stop redis-server")
@@ -159,17 +176,20 @@ def run(system: System, plan: FaultPlan, wait_until: Callable[..., object], log:
             return r["processed"] >= sent or (r["ready"], r["msgs"], r["delayed"], r["acks"]) == (0, 0, 0, 0)
 
         wait_until(drained, plan.drain_timeout, "every message processed (or nothing left anywhere)", interval=2)
+        killer.done.set()
+        killer.join(30)
+        log(f"{killer.kills} SIGKILLs")
         wait_until(lambda: len(system.active()) <= max(1, lo), 180, "the fleet back at MIN", interval=1)
         time.sleep(2)
     r = system.redis()
-    rows = [row for row in sampler.rows]
+    rows = sampler.rows
     with_redis = [row for row in rows if not row.get("error")]
     return FaultReport(
         sent=sent,
         processed=r["processed"],
         duplicates=r["duplicates"],
         dead=r["dead"],
-        kills=kills,
+        kills=killer.kills,
         max_occupied=max(occupied(row) for row in rows),
         below_min=longest(rows, lambda row: occupied(row) < lo),
         orphaned_for=longest(with_redis, lambda row: row.get("orphaned", 0) > 0),

@@ -131,7 +131,7 @@ def test_manual_size_holds_while_paused(system: System) -> None:
     system.sh("systemctl start dramactl.timer")
     time.sleep(10)  # three ticks with an empty queue: the policy alone would shrink
     assert len(system.active()) == 3
-    assert "paused: autoscaling is off" in system.c.journal("dramactl.service")
+    assert "manual size 3, autoscaling paused until `dramactl resume`" in system.c.journal("dramactl.service")
     system.dramactl("resume")
     wait_until(lambda: len(system.active()) == 1, 45, "the timer shrinking to MIN after resume")
 

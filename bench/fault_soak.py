@@ -1,0 +1,91 @@
+"""The bad day at full size: 10,000 messages through SIGKILLs, Redis restarts and outages.
+
+Run as root: ``python -m bench.fault_soak [--messages N] [--kill-every S]``. Boots the test
+harness container (a real systemd 252 in systemd-nspawn), installs dramactl as an operator
+would, and runs the scenario of tests/system/faults.py with the issue's settings: three waves,
+WORKER_THREADS=4, MIN_PROCESSES=1, MAX_PROCESSES=8, CHECK_INTERVAL=5,
+GRACEFUL_SHUTDOWN_TIMEOUT=10, a worker SIGKILLed every 20 s, one Redis restart, one 40 s
+Redis stop, one `scale-to 2` then `resume`, Dramatiq's default 60 s heartbeat timeout.
+Prints what was lost, what ran twice, the fleet's bounds and the redelivery of orphans.
+tests/system/test_faults.py runs the same scenario sized for CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.system import faults  # noqa: E402
+from tests.system.conftest import REPO as TEST_REPO, VENV, System  # noqa: E402
+from tests.system.harness import Container, missing_requirements  # noqa: E402
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise SystemExit(f"FAIL: timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=10_000)
+    ap.add_argument("--seconds", type=float, default=0.3, help="work per message")
+    ap.add_argument("--kill-every", type=float, default=20.0)
+    args = ap.parse_args()
+    why = missing_requirements()
+    if why:
+        raise SystemExit(f"bench.fault_soak: {why}")
+    binds = [str(TEST_REPO)] + ([str(VENV)] if not str(VENV).startswith(str(TEST_REPO)) else [])
+    c = Container(binds, name="dramactl-soak")
+    try:
+        c.boot()
+        system = System(c)
+        system.configure()
+        system.reset()
+        plan = faults.FaultPlan(
+            messages=args.messages,
+            waves=3,
+            seconds=args.seconds,
+            kills=10_000,
+            kill_every=args.kill_every,
+            redis_stop=40.0,
+            scale_to=2,
+            drain_timeout=1800.0,
+            settings={
+                "MIN_PROCESSES": "1",
+                "MAX_PROCESSES": "8",
+                "WORKER_THREADS": "4",
+                "CHECK_INTERVAL": "5",
+                "GRACEFUL_SHUTDOWN_TIMEOUT": "10",
+                "SCALE_DOWN_STABILIZATION": "30",
+            },
+        )
+        report = faults.run(system, plan, wait_until, log=lambda s: print(f"  {s}", flush=True))
+        print(f"dramactl fault soak: {plan.messages} messages of {plan.seconds}s in 3 waves; MIN 1 MAX 8, 4 threads, CHECK_INTERVAL=5")
+        for line in report.lines():
+            print(line)
+        print()
+        checks = [
+            (report.lost == 0 and report.dead == 0, f"nothing lost: {report.lost} lost, {report.dead} dead-lettered"),
+            (report.max_occupied <= 8, f"never above MAX: at most {report.max_occupied} up or coming back"),
+            (report.below_min == 0, f"never below MIN: longest {report.below_min:.0f}s"),
+            (report.orphaned_for <= 5 + 5 + 10, f"orphans redelivered within a tick of being reported: longest {report.orphaned_for:.0f}s"),
+        ]
+        for ok, what in checks:
+            print(("PASS  " if ok else "FAIL  ") + what)
+    finally:
+        c.shutdown()
+
+
+if __name__ == "__main__":
+    main()
