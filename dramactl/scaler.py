@@ -112,9 +112,15 @@ def _shown(job: JobResult) -> str:
 
 
 @contextmanager
-def _locked(settings: Settings, wait: bool | float) -> Iterator[StateStore]:
-    """The state under the lock; ``wait``: False for a tick (skip when busy) or seconds (manual)."""
+def _locked(settings: Settings, wait: bool | float, *, write: bool = True) -> Iterator[StateStore]:
+    """The state under the lock; ``wait``: False for a tick (skip when busy) or seconds (manual).
+
+    ``write``: the caller may change the fleet and must save the state afterwards, so
+    the directory is checked first (StateDirError, nothing changed) rather than after.
+    """
     store = StateStore(settings.state_dir)
+    if write:
+        store.check_writable()
     try:
         with store.lock(wait=wait):
             yield store
@@ -153,7 +159,7 @@ def _apply(
 def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = None, now: float | None = None) -> Outcome:
     """The timer's step: read the queues and the fleet, decide, act, remember."""
     fleet = fleet or Fleet()
-    with _locked(settings, wait=False) as store:
+    with _locked(settings, wait=False, write=not dry_run) as store:
         started = time.monotonic()
         stats = queue.read(settings)
         probed = time.monotonic()

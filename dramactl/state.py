@@ -225,6 +225,33 @@ class StateStore:
             os.unlink(tmp)
             raise
 
+    def check_writable(self) -> None:
+        """StateDirError unless this process can create (and remove) a file in the directory.
+
+        Checked before a tick or manual command changes the fleet: a change whose
+        state cannot be saved would be forgotten (history that never grows, a manual
+        size the next tick undoes), so it is better not made.
+        """
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".writable.", dir=self.directory)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise StateDirError(self._unwritable(exc)) from None
+
+    def _unwritable(self, exc: OSError) -> str:
+        why = exc.strerror or str(exc)
+        try:
+            st = self.directory.stat()
+            why += f"; owner {_user(st.st_uid)}, mode {st.st_mode & 0o7777:04o}"
+        except OSError:
+            pass
+        return (
+            f"state directory {self.directory} is not writable by uid {os.geteuid()} ({why}); "
+            "fix its owner/mode (StateDirectory= in dramactl.service)"
+        )
+
     def _match_directory_owner(self, path: str) -> None:
         """When root writes (manual command), keep the file the scaler user's."""
         if os.geteuid() == 0:
@@ -242,8 +269,11 @@ class StateStore:
         ``wait`` is True (as long as it takes), False (not at all) or seconds; raises
         BlockingIOError when the lock is still taken after that.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateDirError(self._unwritable(exc)) from None
         try:
             if os.geteuid() == 0:
                 st = self.directory.stat()
@@ -255,6 +285,15 @@ class StateStore:
             yield
         finally:
             os.close(fd)
+
+
+def _user(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def warn(line: str) -> None:

@@ -88,3 +88,19 @@ def test_a_damaged_file_that_cannot_be_moved_still_yields_a_fresh_state(
     assert store.path.read_text() == '{"threads": "abc"}'
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "; could not set it aside (" in err, err
+
+
+def test_check_writable_names_the_directory_and_the_fix(tmp_path: Path) -> None:
+    import os
+
+    from dramactl.state import StateDirError
+
+    StateStore(tmp_path / "new").check_writable()  # created when missing, nothing left behind
+    assert list((tmp_path / "new").iterdir()) == []
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StateDirError) as err:
+        StateStore(blocker).check_writable()
+    message = str(err.value)
+    assert message.startswith(f"state directory {blocker} is not writable by uid {os.geteuid()} (")
+    assert message.endswith("); fix its owner/mode (StateDirectory= in dramactl.service)") and "\n" not in message

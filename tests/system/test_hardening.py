@@ -1,0 +1,49 @@
+"""Hardening in a booted systemd: an unwritable state directory, the manual commands'
+journal line, the watchdog, and the README's status block."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.system.conftest import System, wait_until
+
+pytestmark = pytest.mark.system
+
+
+NO_STATE_DIRECTORY = "/etc/systemd/system/dramactl.service.d/90-test-no-state-directory.conf"
+
+
+def test_unwritable_state_directory_stops_the_tick_before_any_change(system: System) -> None:
+    """/var/lib/dramactl owned by root, 0755: the real timer's ticks, which run as dramactl, see a
+    backlog that would grow the fleet, change nothing and say why in one journal line, exit 2.
+
+    The shipped unit's StateDirectory= makes systemd give the directory back to dramactl on
+    every start, so the test drops it (as a unit written without it would) and keeps the
+    directory visible with ReadWritePaths= (ProtectSystem=strict would make it read-only)."""
+    system.dramactl("scale-to", "1")
+    system.dramactl("resume")
+    system.sh(f"mkdir -p {NO_STATE_DIRECTORY.rsplit('/', 1)[0]} && printf '[Service]\\nStateDirectory=\\nReadWritePaths=/var/lib/dramactl\\n' > {NO_STATE_DIRECTORY}")
+    system.sh("systemctl daemon-reload")
+    system.send(40, 5.0)  # 40 x 5 s on 2 threads: the policy would grow to MAX at once
+    uid = system.sh("id -u dramactl").stdout.strip()
+    system.sh("chown root:root /var/lib/dramactl && chmod 0755 /var/lib/dramactl")
+    try:
+        system.sh("systemctl start dramactl.timer")
+        wait_until(lambda: system.c.journal("dramactl.service").count("is not writable") >= 3, 30, "three ticks refusing")
+        assert system.active() == ["dramatiq-worker@1.service"]
+        journal = system.c.journal("dramactl.service")
+        lines = [l for l in journal.splitlines() if l.startswith("dramactl: ")]
+        assert set(lines) == {
+            f"dramactl: state directory /var/lib/dramactl is not writable by uid {uid} (Permission denied; owner root, mode 0755); "
+            "fix its owner/mode (StateDirectory= in dramactl.service)"
+        }, lines
+        assert "status=2/INVALIDARGUMENT" in journal and "Traceback" not in journal, journal[-2000:]
+        assert "queues ready=" not in journal  # no tick got as far as deciding
+    finally:
+        system.sh(f"systemctl stop dramactl.timer; rm -f {NO_STATE_DIRECTORY}; systemctl daemon-reload")
+        system.sh("chown dramactl:dramactl /var/lib/dramactl; chmod 0755 /var/lib/dramactl")
+    # Restored: the next tick grows the fleet and remembers it.
+    system.sh("systemctl start dramactl.timer")
+    wait_until(lambda: len(system.active()) > 1, 30, "the fleet growing once the directory is writable")
