@@ -24,6 +24,7 @@ from .worker import worker_argv
 
 
 log = logging.getLogger("dramactl.scaler")
+START_WAIT = 30.0  # seconds a tick waits for start jobs (READY=1); a slower one is seen as activating next tick
 
 
 class Busy(RuntimeError):
@@ -144,7 +145,7 @@ def _apply(
     fleet.reset_failed(reset)
     stop_wait = min(settings.graceful_shutdown_timeout + 5.0, 30.0)
     stopped = fleet.stop(changes.stop, timeout=stop_wait)
-    start_wait = max(30.0, settings.process_startup_delay * 6)
+    start_wait = START_WAIT
     started: list[JobResult] = []
     todo = list(changes.start)
     if todo and not any(u.is_up and u.active_state == "active" for u in instances):

@@ -63,7 +63,6 @@ class Settings:
     scale_down_multiplier: float = 2.5
     log_level: str = "INFO"
     graceful_shutdown_timeout: int = 30
-    process_startup_delay: float = 5.0
     policy: str = "default"
     # Default-policy knobs (see dramactl.policy; `python -m bench` measures them).
     target_backlog_per_worker: float = 0.0  # messages per worker (ready + due + in flight); 0 = WORKER_THREADS
@@ -210,7 +209,6 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
         scale_down_multiplier=get.number("SCALE_DOWN_THRESHOLD_MULTIPLIER", d.scale_down_multiplier, low=0.0),
         log_level=log_level,
         graceful_shutdown_timeout=get.integer("GRACEFUL_SHUTDOWN_TIMEOUT", d.graceful_shutdown_timeout, low=1, high=3600),
-        process_startup_delay=get.number("PROCESS_STARTUP_DELAY", d.process_startup_delay, low=0.0),
         policy=policy,
         target_backlog_per_worker=get.number("TARGET_BACKLOG_PER_WORKER", d.target_backlog_per_worker, low=0.0),
         max_queue_wait=get.number("MAX_QUEUE_WAIT", d.max_queue_wait, low=0.0, above=True),
