@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.system.conftest import System, wait_until
+from tests.system.conftest import DRAMACTL, System, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -47,3 +47,24 @@ def test_unwritable_state_directory_stops_the_tick_before_any_change(system: Sys
     # Restored: the next tick grows the fleet and remembers it.
     system.sh("systemctl start dramactl.timer")
     wait_until(lambda: len(system.active()) > 1, 30, "the fleet growing once the directory is writable")
+
+
+def test_manual_commands_journal_line_reads_the_queue_or_leaves_it_out(system: System) -> None:
+    """scale-up/-down print Outcome.summary(): the queue figures come from one probe of the real
+    Redis; when Redis cannot be reached the scale still happens and the figures are left out."""
+    import re
+
+    system.dramactl("scale-to", "1")
+    system.send(12, 4.0)  # 2 threads: 2 run, some prefetched, the rest ready for seconds
+    wait_until(lambda: system.redis_counter("sys:started") >= 2, 15, "both threads busy")
+    ready = system.redis()["ready"]
+    assert ready > 0
+    out = system.dramactl("scale-up").stdout.strip()
+    m = re.match(r"queues ready=(\d+) delayed=0 due=0 in_flight=(\d+) orphaned=0 dead=0 oldest=\d+\.\ds \| workers 1 -> 2 \| manual; autoscaling paused \| started @2:done$", out)
+    assert m and int(m.group(1)) > 0 and int(m.group(1)) + int(m.group(2)) == 12, out
+    wait_until(lambda: system.redis()["count"] == 12, 60, "all 12 processed")
+    # Redis unreachable for this command (the workers keep theirs): the scale goes ahead.
+    res = system.c.run([DRAMACTL, "scale-down"], env={"REDIS_PORT": "1"}, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "workers 2 -> 1 | manual; autoscaling paused | stopped @2:done", res.stdout
+    assert system.active() == ["dramatiq-worker@1.service"]
