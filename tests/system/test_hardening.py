@@ -68,3 +68,43 @@ def test_manual_commands_journal_line_reads_the_queue_or_leaves_it_out(system: S
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "workers 2 -> 1 | manual; autoscaling paused | stopped @2:done", res.stdout
     assert system.active() == ["dramatiq-worker@1.service"]
+
+
+WATCHDOG = 10  # WATCHDOG_SEC for the watchdog test: the drop-in `dramactl install` writes
+
+
+def test_frozen_worker_is_restarted_by_the_watchdog_and_its_messages_redelivered(system: System) -> None:
+    """SIGSTOP to both of an instance's processes while it holds messages: no WATCHDOG=1, so
+    systemd logs "Watchdog timeout" within WATCHDOG_SEC plus slack and restarts it; the new
+    worker's maintenance redelivers what the frozen one held, and every message is recorded."""
+    system.configure(WATCHDOG_SEC=str(WATCHDOG), GRACEFUL_SHUTDOWN_TIMEOUT="5", SYSAPP_HEARTBEAT_TIMEOUT="5000")
+    unit = "dramatiq-worker@1.service"
+    system.dramactl("scale-to", "1")
+    assert system.sh(f"systemctl show -P WatchdogUSec {unit}").stdout.strip() == f"{WATCHDOG}s"
+    pid = system.sh(f"systemctl show -P MainPID {unit}").stdout.strip()
+    system.send(6, 3.0)  # 2 threads: 2 running, the rest prefetched or ready
+    wait_until(lambda: system.redis_counter("sys:started") >= 2, 15, "both threads busy")
+    assert system.redis()["ready"] + system.redis()["count"] < 6  # the worker holds messages
+    frozen = time.monotonic()
+    # Both processes, Dramatiq's main and its worker child: `systemctl kill -s STOP` stops them too
+    # but fails with EIO on this systemd (252) in the container for the auxiliary process.
+    procs = system.sh(f"echo {pid} $(cat /proc/{pid}/task/{pid}/children)").stdout.split()
+    assert len(procs) == 2, procs
+    system.sh(f"kill -STOP {' '.join(procs)}")
+    wait_until(lambda: "Watchdog timeout" in system.c.journal(unit), WATCHDOG + 10, "systemd's watchdog timeout", interval=0.2)
+    fired = time.monotonic() - frozen
+    wait_until(
+        lambda: system.active() == [unit] and system.sh(f"systemctl show -P MainPID {unit}").stdout.strip() not in ("0", pid),
+        120,
+        "the instance running again as a new process",
+    )
+    back = time.monotonic() - frozen
+    wait_until(lambda: system.redis()["processed"] == 6, 60, "all 6 messages processed")
+    done = time.monotonic() - frozen
+    print(f"\n[watchdog] WatchdogSec={WATCHDOG}s: timeout after {fired:.1f}s, running again after {back:.1f}s, all done after {done:.1f}s")
+    assert fired <= WATCHDOG + 3
+    assert back <= WATCHDOG + 20
+    r = system.redis()
+    assert (r["processed"], r["ready"], r["msgs"], r["acks"], r["dead"]) == (6, 0, 0, 0, 0), r
+    assert int(system.sh(f"systemctl show -P NRestarts {unit}").stdout) == 1
+    assert f"Watchdog timeout (limit {WATCHDOG}s)!" in system.c.journal(unit)
