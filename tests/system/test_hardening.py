@@ -108,3 +108,45 @@ def test_frozen_worker_is_restarted_by_the_watchdog_and_its_messages_redelivered
     assert (r["processed"], r["ready"], r["msgs"], r["acks"], r["dead"]) == (6, 0, 0, 0, 0), r
     assert int(system.sh(f"systemctl show -P NRestarts {unit}").stdout) == 1
     assert f"Watchdog timeout (limit {WATCHDOG}s)!" in system.c.journal(unit)
+
+
+README_SETTINGS = {"CHECK_INTERVAL": "15", "MAX_PROCESSES": "6", "WORKER_THREADS": "2"}
+
+
+def test_readme_status_for_real(system: System) -> None:
+    """README's "Status, for real" block: 120 two-second messages land on a fleet of one under the
+    real timer; 20 s later `dramactl status` and the last tick's journal line are printed (run with
+    -s to see them; README shows the output of such a run) and must have README's shape."""
+    import re
+
+    from tests.system.conftest import REPO
+
+    system.configure(**README_SETTINGS)
+    system.dramactl("resume")
+    system.sh("systemctl start dramactl.timer")
+    wait_until(lambda: system.active() == ["dramatiq-worker@1.service"], 20, "the first tick's fleet of one")
+    time.sleep(2)
+    system.send(120, 2.0)
+    time.sleep(20)
+    status = system.dramactl("status").stdout
+    line = [l for l in system.c.journal("dramactl.service").splitlines() if l.startswith("queues ")][-1]
+    print("\n$ dramactl status\n" + status + "\n$ journalctl -u dramactl.service -o cat | grep '^queues' | tail -1\n" + line)
+    system.sh("systemctl stop dramactl.timer")
+
+    up = re.findall(r"^dramatiq-worker@\d+\.service\s+active \(running\)", status, re.M)
+    assert len(up) > 1, status  # the fleet grew from one
+    assert re.search(r"^sys(\s+\d+){6}\s+\d+s$", status, re.M), status
+    assert f"limits: min 1 max 6  policy default  threads/worker 2  step thresholds: up above {5 * len(up)}, down below" in status
+    assert "autoscaling: on" in status and re.search(r"^timer: active, every 15s, last ", status, re.M), status
+    assert re.match(r"queues ready=\d+ delayed=0 due=0 in_flight=\d+ orphaned=0 dead=0 oldest=\S+ \| workers \d -> \d \| backlog \d+", line), line
+    # README shows a run of this very scenario: same settings, same headers and lines.
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Status, for real", 1)[1].split("```", 2)[1]
+    for text in (
+        "tests/system/test_hardening.py::test_readme_status_for_real",
+        "(`CHECK_INTERVAL=15`, `MAX_PROCESSES=6`, `WORKER_THREADS=2`)",
+    ):
+        assert text in readme.split("## Status, for real", 1)[1].split("```", 1)[0]
+    for header in (status.splitlines()[0], next(l for l in status.splitlines() if l.startswith("INSTANCE"))):
+        assert header in block.splitlines()
+    assert "limits: min 1 max 6  policy default  threads/worker 2  step thresholds:" in block
