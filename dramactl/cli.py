@@ -21,7 +21,7 @@ from .state import LOCK_WAIT
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # a start/stop job did not finish "done"
-EXIT_CONFIG = 2  # a setting is wrong, or Redis cannot be used with it
+EXIT_CONFIG = 2  # a setting is wrong, Redis cannot be used with it, or the state directory is not writable
 EXIT_SYSTEMD = 3  # systemd unreachable or refused
 EXIT_BUSY = 4  # another change holds the lock (manual commands only)
 
@@ -53,10 +53,11 @@ def guarded(fn: Callable[[], Any]) -> Any:
     from .fleet import FleetError
     from .install import InstallError
     from .scaler import Busy
+    from .state import StateDirError
 
     try:
         return fn()
-    except SettingsError as exc:
+    except (SettingsError, StateDirError) as exc:
         raise CommandError(str(exc), EXIT_CONFIG) from None
     except FleetError as exc:
         raise CommandError(str(exc), EXIT_SYSTEMD) from None
@@ -253,7 +254,7 @@ def install(root: str, no_users: bool, no_reload: bool) -> None:
 @click.option("--root", default="/", show_default=True, help="Write below this directory.")
 @click.option("--no-reload", is_flag=True, help="Do not ask systemd to reload.")
 def configure(root: str, no_reload: bool) -> None:
-    """Apply CHECK_INTERVAL and GRACEFUL_SHUTDOWN_TIMEOUT to the units (drop-ins, as root).
+    """Apply CHECK_INTERVAL, GRACEFUL_SHUTDOWN_TIMEOUT and WATCHDOG_SEC to the units (drop-ins, as root).
 
     Example: sudo dramactl configure   (after editing /etc/dramactl/dramactl.env)
     """

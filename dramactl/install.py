@@ -2,7 +2,7 @@
 
 The Debian package ships the same files itself; this is the path for a venv. The
 unit files are copied as they are from ``systemd/``; only values derived from the
-settings (tick interval, stop timeout) go into small drop-ins, so the shipped
+settings (tick interval, stop timeout, watchdog) go into small drop-ins, so the shipped
 units stay the documented ones.
 """
 
@@ -96,6 +96,8 @@ def drop_ins(settings: Settings) -> dict[str, str]:
             f"{header}[Timer]\nOnActiveSec=\nOnActiveSec=1s\nOnUnitActiveSec={settings.check_interval}s\n"
         ),
         "dramatiq-worker@.service.d/50-stop-timeout.conf": f"{header}[Service]\nTimeoutStopSec={stop_timeout(settings)}s\n",
+        # A worker that stops sending WATCHDOG=1 (frozen, or a consumer thread died) is restarted after this.
+        "dramatiq-worker@.service.d/50-watchdog.conf": f"{header}[Service]\nWatchdogSec={settings.watchdog_sec}s\n",
     }
     hidden = hidden_code_paths(settings)
     if hidden:
@@ -188,7 +190,7 @@ def reload_systemd(report: InstallReport) -> None:
 
 
 def configure(settings: Settings, *, root: str = "/", reload: bool = True) -> InstallReport:
-    """Apply settings that live in unit drop-ins (CHECK_INTERVAL, stop timeout): for package installs."""
+    """Apply settings that live in unit drop-ins (CHECK_INTERVAL, stop timeout, WATCHDOG_SEC): for package installs."""
     report = InstallReport()
     write_drop_ins(settings, report, Path(root))
     if reload and report.actions:

@@ -50,7 +50,7 @@ class ScalingDecision:
     reason: str
     held: bool = False  # True when the policy wanted more but refused (failing units)
     wanted: int | None = None
-    starting: int = 0  # up instances not yet consuming (within PROCESS_STARTUP_DELAY)
+    starting: int = 0  # up instances not consuming yet: activating, before READY=1
     reset: tuple[int, ...] = ()  # failed instances to reset-failed before acting
     recovery: Recovery = field(default=Recovery(), compare=False)  # the backoff state to remember
 
@@ -106,7 +106,7 @@ def decide(
     """
     up = [u for u in instances if u.is_up]
     current = len(up)
-    starting = sum(1 for u in up if is_starting(u, now, settings.process_startup_delay))
+    starting = sum(1 for u in up if is_starting(u))
     if paused and size is None:
         reason = "paused: autoscaling is off until `dramactl resume`"
         return ScalingDecision(current, current, reason, wanted=current, starting=starting, recovery=recovery)
@@ -193,14 +193,12 @@ def _names(numbers: Sequence[int]) -> str:
     return ", ".join(f"@{n}" for n in numbers)
 
 
-def is_starting(unit: WorkerUnit, now: float, startup_delay: float) -> bool:
-    """Up but not consuming yet: still activating (Type=notify before READY=1), or
-    active for less than PROCESS_STARTUP_DELAY (a unit that reports ready at fork)."""
-    if not unit.is_up:
-        return False
-    if unit.active_state == "activating":
-        return True
-    return unit.since is not None and now - unit.since < startup_delay
+def is_starting(unit: WorkerUnit) -> bool:
+    """Up but not consuming yet: activating. Instances are Type=notify and the
+    readiness hook sends READY=1 once Dramatiq's consumers run, so systemd's
+    "active" already means consuming; no grace period after it is needed, and
+    ``ListUnitsByPatterns`` alone tells (no per-instance timestamp to read)."""
+    return unit.is_up and unit.active_state == "activating"
 
 
 def step_target(backlog: FleetBacklog, current: int, settings: Settings) -> tuple[int, str]:

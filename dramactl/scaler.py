@@ -24,6 +24,7 @@ from .worker import worker_argv
 
 
 log = logging.getLogger("dramactl.scaler")
+START_WAIT = 30.0  # seconds a tick waits for start jobs (READY=1); a slower one is seen as activating next tick
 
 
 class Busy(RuntimeError):
@@ -59,7 +60,7 @@ class Outcome:
     """What a tick or manual command saw, decided and did."""
 
     decision: ScalingDecision
-    queues: list[QueueStats] = field(default_factory=list)
+    queues: list[QueueStats] | None = field(default_factory=list)  # None: not read (Redis unreachable for a manual command)
     started: list[JobResult] = field(default_factory=list)
     stopped: list[JobResult] = field(default_factory=list)
     restarted: list[JobResult] = field(default_factory=list)
@@ -68,7 +69,7 @@ class Outcome:
 
     @property
     def backlog(self) -> FleetBacklog:
-        return FleetBacklog.of(self.queues)
+        return FleetBacklog.of(self.queues or [])
 
     @property
     def ok(self) -> bool:
@@ -80,10 +81,12 @@ class Outcome:
         age = "-" if b.oldest_age is None else f"{b.oldest_age:.1f}s"
         d = self.decision
         parts = [
-            f"queues ready={b.ready} delayed={b.delayed} due={b.due} in_flight={b.in_flight} orphaned={b.orphaned} dead={b.dead} oldest={age}",
             f"workers {d.current} -> {d.target}" + (" (dry run)" if self.dry_run else ""),
             d.reason,
         ]
+        if self.queues is not None:  # figures never read are left out, not shown as zeros
+            queues = f"queues ready={b.ready} delayed={b.delayed} due={b.due} in_flight={b.in_flight} orphaned={b.orphaned} dead={b.dead} oldest={age}"
+            parts.insert(0, queues)
         if d.reset and not self.dry_run:
             parts.append("reset-failed " + " ".join(f"@{n}" for n in d.reset))
         for label, jobs in (("started", self.started), ("stopped", self.stopped), ("restarted", self.restarted)):
@@ -96,8 +99,8 @@ class Outcome:
     def to_dict(self) -> dict:
         return {
             "decision": self.decision.to_dict(),
-            "queues": [q.to_dict() for q in self.queues],
-            "totals": {"backlog": self.backlog.backlog, "oldest_age": self.backlog.oldest_age},
+            "queues": None if self.queues is None else [q.to_dict() for q in self.queues],
+            "totals": None if self.queues is None else {"backlog": self.backlog.backlog, "oldest_age": self.backlog.oldest_age},
             "started": [j.__dict__ for j in self.started],
             "stopped": [j.__dict__ for j in self.stopped],
             "restarted": [j.__dict__ for j in self.restarted],
@@ -112,9 +115,15 @@ def _shown(job: JobResult) -> str:
 
 
 @contextmanager
-def _locked(settings: Settings, wait: bool | float) -> Iterator[StateStore]:
-    """The state under the lock; ``wait``: False for a tick (skip when busy) or seconds (manual)."""
+def _locked(settings: Settings, wait: bool | float, *, write: bool = True) -> Iterator[StateStore]:
+    """The state under the lock; ``wait``: False for a tick (skip when busy) or seconds (manual).
+
+    ``write``: the caller may change the fleet and must save the state afterwards, so
+    the directory is checked first (StateDirError, nothing changed) rather than after.
+    """
     store = StateStore(settings.state_dir)
+    if write:
+        store.check_writable()
     try:
         with store.lock(wait=wait):
             yield store
@@ -138,7 +147,7 @@ def _apply(
     fleet.reset_failed(reset)
     stop_wait = min(settings.graceful_shutdown_timeout + 5.0, 30.0)
     stopped = fleet.stop(changes.stop, timeout=stop_wait)
-    start_wait = max(30.0, settings.process_startup_delay * 6)
+    start_wait = START_WAIT
     started: list[JobResult] = []
     todo = list(changes.start)
     if todo and not any(u.is_up and u.active_state == "active" for u in instances):
@@ -153,7 +162,7 @@ def _apply(
 def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = None, now: float | None = None) -> Outcome:
     """The timer's step: read the queues and the fleet, decide, act, remember."""
     fleet = fleet or Fleet()
-    with _locked(settings, wait=False) as store:
+    with _locked(settings, wait=False, write=not dry_run) as store:
         started = time.monotonic()
         stats = queue.read(settings)
         probed = time.monotonic()
@@ -207,6 +216,7 @@ def _resize(
     fleet = fleet or Fleet()
     with _locked(settings, wait=float(wait)) as store:
         state = store.load()
+        stats = _queues_if_readable(settings)
         instances = fleet.instances()
         up = sorted(u.number for u in instances if u.is_up)
         target = target_for(len(up))
@@ -222,10 +232,20 @@ def _resize(
             worker_argv(settings, new_threads)
         store.save(new_state)  # before any start: instances read the thread count from it
         reason = "manual" + ("; autoscaling paused" if new_state.paused else "")
-        outcome = Outcome(ScalingDecision(len(up), target, reason, reset=tuple(reset)), paused=new_state.paused)
+        outcome = Outcome(ScalingDecision(len(up), target, reason, reset=tuple(reset)), stats, paused=new_state.paused)
         outcome.started, outcome.stopped = _apply(fleet, settings, instances, target, new_threads, reset)
         outcome.restarted = fleet.restart(restart)
         return outcome
+
+
+def _queues_if_readable(settings: Settings) -> list[QueueStats] | None:
+    """The queues for a manual command's journal line (one probe), or None: Redis being
+    down or a queue unreadable must not block a manual scale, it only leaves the figures out."""
+    try:
+        return queue.read(settings)
+    except SettingsError as exc:
+        log.debug("manual change without queue figures: %s", exc)
+        return None
 
 
 def set_paused(settings: Settings, paused: bool, *, wait: float = LOCK_WAIT) -> ScalerState:

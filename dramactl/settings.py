@@ -22,6 +22,7 @@ EXAMPLE_COMMAND = "dramatiq dramactl.example.tasks"
 EXAMPLE_QUEUES = ("email_processing", "ocr_processing", "high_priority", "low_priority")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 POLICIES = ("default", "step")
+WATCHDOG_MIN = 5  # WATCHDOG_SEC below this restarts workers on a pause of a few seconds (GC, swap, a busy host)
 MAX_STABILIZATION = 1800.0  # half of state.HISTORY_SECONDS: the window must fit the kept history
 _QUEUE_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9._-]*$")
 # Credentials in Redis URLs: userinfo (up to the token's last '@', as urlsplit reads it) and password= values.
@@ -63,7 +64,7 @@ class Settings:
     scale_down_multiplier: float = 2.5
     log_level: str = "INFO"
     graceful_shutdown_timeout: int = 30
-    process_startup_delay: float = 5.0
+    watchdog_sec: int = 60  # WatchdogSec= of the worker units (a drop-in): a frozen worker is restarted after it
     policy: str = "default"
     # Default-policy knobs (see dramactl.policy; `python -m bench` measures them).
     target_backlog_per_worker: float = 0.0  # messages per worker (ready + due + in flight); 0 = WORKER_THREADS
@@ -210,7 +211,7 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
         scale_down_multiplier=get.number("SCALE_DOWN_THRESHOLD_MULTIPLIER", d.scale_down_multiplier, low=0.0),
         log_level=log_level,
         graceful_shutdown_timeout=get.integer("GRACEFUL_SHUTDOWN_TIMEOUT", d.graceful_shutdown_timeout, low=1, high=3600),
-        process_startup_delay=get.number("PROCESS_STARTUP_DELAY", d.process_startup_delay, low=0.0),
+        watchdog_sec=get.integer("WATCHDOG_SEC", d.watchdog_sec, low=WATCHDOG_MIN, high=3600),
         policy=policy,
         target_backlog_per_worker=get.number("TARGET_BACKLOG_PER_WORKER", d.target_backlog_per_worker, low=0.0),
         max_queue_wait=get.number("MAX_QUEUE_WAIT", d.max_queue_wait, low=0.0, above=True),

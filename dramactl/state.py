@@ -1,14 +1,19 @@
 """What the scaler remembers between oneshot runs: pause, threads and recent ticks.
 
 Lives in systemd's StateDirectory (``/var/lib/dramactl/state.json``) so it survives
-reboots; written atomically so a crash mid-write never leaves half a file.
+reboots; written atomically so a crash mid-write never leaves half a file. A file
+that cannot be used (not JSON, or JSON of the wrong shape) is set aside as
+``state.json.damaged-<epoch>`` with one warning line on stderr, and the command
+carries on with a fresh state: the history is only a hint.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -21,6 +26,16 @@ LOCK_FILE = "tick.lock"
 HISTORY_SECONDS = 3600.0
 LOCK_WAIT = 30.0  # seconds a manual change waits for the lock by default (`--wait`)
 LOCK_POLL = 0.05
+MAX_THREADS = 1024  # threads per worker, as WORKER_THREADS and --threads allow
+MAX_SIZE = 1000  # a manual size, as MAX_PROCESSES allows
+
+
+class DamagedState(ValueError):
+    """The state file holds something that is not a :class:`ScalerState`; the message says what."""
+
+
+class StateDirError(RuntimeError):
+    """The state directory cannot be written: a change now could not be remembered."""
 
 
 @dataclass(frozen=True)
@@ -74,14 +89,90 @@ class ScalerState:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ScalerState":
+    def from_dict(cls, data: object) -> "ScalerState":
+        """Validate every field; :class:`DamagedState` names the first that is wrong.
+
+        Missing optional fields take their defaults; names this version does not know are ignored.
+        """
+        d = _fields(data, "the file")
+        rec = _fields(d.get("recovery", {}), "recovery")
+        history = d.get("history", [])
+        if not isinstance(history, list):
+            raise DamagedState(f"history: {history!r} is not a list")
         return cls(
-            paused=bool(data.get("paused", False)),
-            threads=data.get("threads"),
-            size=data.get("size"),
-            recovery=Recovery(**data.get("recovery", {})),
-            history=tuple(TickRecord(**r) for r in data.get("history", [])),
+            paused=_flag(d, "paused", "paused"),
+            threads=_whole(d, "threads", "threads", low=1, high=MAX_THREADS, optional=True),
+            size=_whole(d, "size", "size", low=0, high=MAX_SIZE, optional=True),
+            recovery=Recovery(
+                attempts=_whole(rec, "attempts", "recovery.attempts", low=0, default=0),
+                next_at=_number(rec, "next_at", "recovery.next_at", default=0.0),
+                failing_at=_number(rec, "failing_at", "recovery.failing_at", optional=True),
+            ),
+            history=tuple(_tick(r, f"history[{i}]") for i, r in enumerate(history)),
         )
+
+
+_REQUIRED = object()
+
+
+def _fields(data: object, where: str) -> dict:
+    if not isinstance(data, dict):
+        raise DamagedState(f"{where}: {_short(data)} is not an object")
+    return data
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _flag(d: dict, key: str, where: str) -> bool:
+    value = d.get(key, False)
+    if not isinstance(value, bool):
+        raise DamagedState(f"{where}: {_short(value)} is not true or false")
+    return value
+
+
+def _whole(d: dict, key: str, where: str, *, low: int, high: int | None = None, optional: bool = False, default: object = _REQUIRED):
+    if key not in d and (optional or default is not _REQUIRED):
+        return None if optional else default
+    if key not in d:
+        raise DamagedState(f"{where}: missing")
+    value = d[key]
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DamagedState(f"{where}: {_short(value)} is not a whole number")
+    if value < low or (high is not None and value > high):
+        raise DamagedState(f"{where}: {value} is out of range {low}.." + (str(high) if high is not None else ""))
+    return value
+
+
+def _number(d: dict, key: str, where: str, *, optional: bool = False, default: object = _REQUIRED):
+    if key not in d and (optional or default is not _REQUIRED):
+        return None if optional else default
+    if key not in d:
+        raise DamagedState(f"{where}: missing")
+    value = d[key]
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DamagedState(f"{where}: {_short(value)} is not a number")
+    if value < 0:
+        raise DamagedState(f"{where}: {value} is negative")
+    return float(value)
+
+
+def _tick(data: object, where: str) -> TickRecord:
+    r = _fields(data, where)
+    return TickRecord(
+        at=_number(r, "at", f"{where}.at"),
+        backlog=_whole(r, "backlog", f"{where}.backlog", low=0),
+        workers=_whole(r, "workers", f"{where}.workers", low=0),
+        target=_whole(r, "target", f"{where}.target", low=0),
+        oldest_age=_number(r, "oldest_age", f"{where}.oldest_age", optional=True),
+        wanted=_whole(r, "wanted", f"{where}.wanted", low=0, optional=True),
+    )
 
 
 class StateStore:
@@ -95,13 +186,31 @@ class StateStore:
         return self.directory / STATE_FILE
 
     def load(self) -> ScalerState:
+        """The saved state; a fresh one when there is none or the file is damaged (then set aside)."""
         try:
-            return ScalerState.from_dict(json.loads(self.path.read_text()))
+            text = self.path.read_bytes()
         except FileNotFoundError:
             return ScalerState()
-        except (ValueError, TypeError):
-            # A corrupt file must not wedge the scaler: start over, history is only a hint.
-            return ScalerState()
+        try:
+            return ScalerState.from_dict(json.loads(text))
+        except DamagedState as exc:
+            problem = str(exc)
+        except ValueError as exc:  # not JSON, not UTF-8
+            problem = f"not JSON ({exc})"
+        # A damaged file must not wedge the scaler: keep it for a post-mortem, start over.
+        self._set_aside(problem)
+        return ScalerState()
+
+    def _set_aside(self, problem: str) -> None:
+        aside = self.path.with_name(f"{STATE_FILE}.damaged-{int(time.time())}")
+        try:
+            os.replace(self.path, aside)
+            done = f"set aside as {aside}"
+        except FileNotFoundError:  # another command set it aside first
+            done = "already set aside"
+        except OSError as exc:
+            done = f"could not set it aside ({exc.strerror or exc})"
+        warn(f"{self.path} is damaged ({problem}); {done}; carrying on with a fresh state (no history, not paused)")
 
     def save(self, state: ScalerState) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -115,6 +224,33 @@ class StateStore:
         except BaseException:
             os.unlink(tmp)
             raise
+
+    def check_writable(self) -> None:
+        """StateDirError unless this process can create (and remove) a file in the directory.
+
+        Checked before a tick or manual command changes the fleet: a change whose
+        state cannot be saved would be forgotten (history that never grows, a manual
+        size the next tick undoes), so it is better not made.
+        """
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".writable.", dir=self.directory)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise StateDirError(self._unwritable(exc)) from None
+
+    def _unwritable(self, exc: OSError) -> str:
+        why = exc.strerror or str(exc)
+        try:
+            st = self.directory.stat()
+            why += f"; owner {_user(st.st_uid)}, mode {st.st_mode & 0o7777:04o}"
+        except OSError:
+            pass
+        return (
+            f"state directory {self.directory} is not writable by uid {os.geteuid()} ({why}); "
+            "fix its owner/mode (StateDirectory= in dramactl.service)"
+        )
 
     def _match_directory_owner(self, path: str) -> None:
         """When root writes (manual command), keep the file the scaler user's."""
@@ -133,8 +269,11 @@ class StateStore:
         ``wait`` is True (as long as it takes), False (not at all) or seconds; raises
         BlockingIOError when the lock is still taken after that.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateDirError(self._unwritable(exc)) from None
         try:
             if os.geteuid() == 0:
                 st = self.directory.stat()
@@ -146,6 +285,21 @@ class StateStore:
             yield
         finally:
             os.close(fd)
+
+
+def _user(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def warn(line: str) -> None:
+    """One warning line on stderr, which the units send to the journal."""
+    sys.stderr.write(f"dramactl: warning: {line}\n")
+    sys.stderr.flush()
 
 
 def _flock_within(fd: int, seconds: float) -> None:

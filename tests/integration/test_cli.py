@@ -250,3 +250,26 @@ def test_every_command_is_documented_in_the_readme() -> None:
     text = README.read_text()
     missing = [name for name, cmd in main.commands.items() if not cmd.hidden and f"dramactl {name}" not in text]
     assert not missing, f"README.md does not document: {missing}"
+
+
+@pytest.mark.parametrize("text", ["[]", '{"history": [{"at": "x", "backlog": 1, "workers": 1, "target": 1}]}', '{"threads": "abc"}'])
+def test_damaged_state_file_is_set_aside_and_commands_carry_on(run, settings_env: dict[str, str], redis: redis_lib.Redis, text: str) -> None:
+    """status and pause against real Redis with a state file of the wrong shape: no traceback,
+    one warning line naming the file, the file set aside, and the command does its job."""
+    state_dir = Path(settings_env["DRAMACTL_STATE_DIR"])
+    state_dir.mkdir(parents=True)
+    path = state_dir / "state.json"
+    path.write_text(text)
+    res = run("status", "--json")
+    assert res.exit_code == 0, res.output
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith(f"dramactl: warning: {path} is damaged ("), res.stderr
+    assert "Traceback" not in res.output
+    data = json.loads(res.stdout)
+    assert (data["paused"], data["threads"], data["last_tick"]) == (False, 8, None)
+    assert not path.exists() and len(list(state_dir.glob("state.json.damaged-*"))) == 1
+
+    path.write_text(text)
+    res = run("pause")
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    assert res.stderr.startswith(f"dramactl: warning: {path} is damaged (") and "autoscaling paused" in res.stdout
+    assert StateStore(state_dir).load().paused is True

@@ -49,7 +49,6 @@ SETTINGS = {
     "CHECK_INTERVAL": "3",
     "WORKER_THREADS": "2",
     "GRACEFUL_SHUTDOWN_TIMEOUT": "10",
-    "PROCESS_STARTUP_DELAY": "2",
     "SCALE_DOWN_STABILIZATION": "30",
 }
 UNITS = ("dramactl.service", "dramactl.timer", "dramatiq-worker@.service", "dramatiq-workers.target")

@@ -210,12 +210,26 @@ def test_latency_guard_blocks_shrinking() -> None:
     assert d.target == 6
 
 
-def test_starting_means_activating_or_younger_than_startup_delay() -> None:
-    assert is_starting(WorkerUnit(1, "activating", "start", since=NOW - 100), NOW, 5.0)
-    assert is_starting(WorkerUnit(1, "active", "running", since=NOW - 2), NOW, 5.0)
-    assert not is_starting(WorkerUnit(1, "active", "running", since=NOW - 6), NOW, 5.0)
-    assert not is_starting(WorkerUnit(1, "deactivating", "stop-sigterm", since=NOW - 1), NOW, 5.0)
-    assert not is_starting(WorkerUnit(1, "activating", "auto-restart", since=NOW - 1), NOW, 5.0)
+def test_starting_means_activating_before_ready() -> None:
+    """Type=notify: active means READY=1 was sent, i.e. consuming, however young."""
+    assert is_starting(WorkerUnit(1, "activating", "start", since=NOW - 100))
+    assert is_starting(WorkerUnit(1, "activating", "start"))
+    assert not is_starting(WorkerUnit(1, "active", "running", since=NOW - 0.5))
+    assert not is_starting(WorkerUnit(1, "active", "running"))  # what a tick's listing gives: no timestamp
+    assert not is_starting(WorkerUnit(1, "deactivating", "stop-sigterm", since=NOW - 1))
+    assert not is_starting(WorkerUnit(1, "activating", "auto-restart", since=NOW - 1))
+
+
+def test_a_young_active_instance_is_capacity_not_starting() -> None:
+    """The latency guard grows past an instance that sent READY=1 a second ago, as it does in a
+    real tick, where the listing carries no ActiveEnterTimestamp: one rule for both."""
+    s = settings(TARGET_BACKLOG_PER_WORKER=100)
+    late = waiting(ready=30, in_flight=32, oldest_age=90)
+    young = [*running(3), WorkerUnit(4, "active", "running", since=NOW - 1)]
+    listed = [*running(3), WorkerUnit(4, "active", "running")]
+    for fleet in (young, listed):
+        d = decide(late, fleet, s, calm_history(4, 60), NOW)
+        assert (d.target, d.starting) == (6, 0), d.reason
 
 
 # --- default policy: stabilization -----------------------------------------------------

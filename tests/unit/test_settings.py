@@ -14,7 +14,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert (s.redis_host, s.redis_port, s.redis_db, s.redis_password) == ("localhost", 6379, 0, "")
     assert (s.min_processes, s.max_processes, s.check_interval) == (1, 10, 180)
     assert (s.scale_up_multiplier, s.scale_down_multiplier) == (5.0, 2.5)
-    assert (s.log_level, s.graceful_shutdown_timeout, s.process_startup_delay) == ("INFO", 30, 5.0)
+    assert (s.log_level, s.graceful_shutdown_timeout, s.watchdog_sec) == ("INFO", 30, 60)
     assert s.dramatiq_command == EXAMPLE_COMMAND and s.queues == EXAMPLE_QUEUES
     assert s.namespace == "dramatiq" and s.policy == "default"
     assert s.worker_shutdown_timeout_ms == 30000
@@ -111,7 +111,8 @@ BAD = [
     ({"POLICY": "magic"}, "POLICY", "not a policy"),
     ({"REDIS_URL": "http://db:6379"}, "REDIS_URL", "not a Redis URL"),
     ({"GRACEFUL_SHUTDOWN_TIMEOUT": "0"}, "GRACEFUL_SHUTDOWN_TIMEOUT", "out of range"),
-    ({"PROCESS_STARTUP_DELAY": "-2"}, "PROCESS_STARTUP_DELAY", "too small"),
+    ({"WATCHDOG_SEC": "2"}, "WATCHDOG_SEC", "out of range"),
+    ({"WATCHDOG_SEC": "1m"}, "WATCHDOG_SEC", "not a whole number"),
     ({"WORKER_THREADS": "0"}, "WORKER_THREADS", "out of range"),
     ({"WORKER_DIRECTORY": "relative/dir"}, "WORKER_DIRECTORY", "is relative"),
 ]

@@ -1,0 +1,152 @@
+"""Hardening in a booted systemd: an unwritable state directory, the manual commands'
+journal line, the watchdog, and the README's status block."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.system.conftest import DRAMACTL, System, wait_until
+
+pytestmark = pytest.mark.system
+
+
+NO_STATE_DIRECTORY = "/etc/systemd/system/dramactl.service.d/90-test-no-state-directory.conf"
+
+
+def test_unwritable_state_directory_stops_the_tick_before_any_change(system: System) -> None:
+    """/var/lib/dramactl owned by root, 0755: the real timer's ticks, which run as dramactl, see a
+    backlog that would grow the fleet, change nothing and say why in one journal line, exit 2.
+
+    The shipped unit's StateDirectory= makes systemd give the directory back to dramactl on
+    every start, so the test drops it (as a unit written without it would) and keeps the
+    directory visible with ReadWritePaths= (ProtectSystem=strict would make it read-only)."""
+    system.dramactl("scale-to", "1")
+    system.dramactl("resume")
+    system.sh(f"mkdir -p {NO_STATE_DIRECTORY.rsplit('/', 1)[0]} && printf '[Service]\\nStateDirectory=\\nReadWritePaths=/var/lib/dramactl\\n' > {NO_STATE_DIRECTORY}")
+    system.sh("systemctl daemon-reload")
+    system.send(40, 5.0)  # 40 x 5 s on 2 threads: the policy would grow to MAX at once
+    uid = system.sh("id -u dramactl").stdout.strip()
+    system.sh("chown root:root /var/lib/dramactl && chmod 0755 /var/lib/dramactl")
+    try:
+        system.sh("systemctl start dramactl.timer")
+        wait_until(lambda: system.c.journal("dramactl.service").count("is not writable") >= 3, 30, "three ticks refusing")
+        assert system.active() == ["dramatiq-worker@1.service"]
+        journal = system.c.journal("dramactl.service")
+        lines = [l for l in journal.splitlines() if l.startswith("dramactl: ")]
+        assert set(lines) == {
+            f"dramactl: state directory /var/lib/dramactl is not writable by uid {uid} (Permission denied; owner root, mode 0755); "
+            "fix its owner/mode (StateDirectory= in dramactl.service)"
+        }, lines
+        assert "status=2/INVALIDARGUMENT" in journal and "Traceback" not in journal, journal[-2000:]
+        assert "queues ready=" not in journal  # no tick got as far as deciding
+    finally:
+        system.sh(f"systemctl stop dramactl.timer; rm -f {NO_STATE_DIRECTORY}; systemctl daemon-reload")
+        system.sh("chown dramactl:dramactl /var/lib/dramactl; chmod 0755 /var/lib/dramactl")
+    # Restored: the next tick grows the fleet and remembers it.
+    system.sh("systemctl start dramactl.timer")
+    wait_until(lambda: len(system.active()) > 1, 30, "the fleet growing once the directory is writable")
+
+
+def test_manual_commands_journal_line_reads_the_queue_or_leaves_it_out(system: System) -> None:
+    """scale-up/-down print Outcome.summary(): the queue figures come from one probe of the real
+    Redis; when Redis cannot be reached the scale still happens and the figures are left out."""
+    import re
+
+    system.dramactl("scale-to", "1")
+    system.send(12, 4.0)  # 2 threads: 2 run, some prefetched, the rest ready for seconds
+    wait_until(lambda: system.redis_counter("sys:started") >= 2, 15, "both threads busy")
+    ready = system.redis()["ready"]
+    assert ready > 0
+    out = system.dramactl("scale-up").stdout.strip()
+    m = re.match(r"queues ready=(\d+) delayed=0 due=0 in_flight=(\d+) orphaned=0 dead=0 oldest=\d+\.\ds \| workers 1 -> 2 \| manual; autoscaling paused \| started @2:done$", out)
+    assert m and int(m.group(1)) > 0 and int(m.group(1)) + int(m.group(2)) == 12, out
+    wait_until(lambda: system.redis()["count"] == 12, 60, "all 12 processed")
+    # Redis unreachable for this command (the workers keep theirs): the scale goes ahead.
+    res = system.c.run([DRAMACTL, "scale-down"], env={"REDIS_PORT": "1"}, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "workers 2 -> 1 | manual; autoscaling paused | stopped @2:done", res.stdout
+    assert system.active() == ["dramatiq-worker@1.service"]
+
+
+WATCHDOG = 10  # WATCHDOG_SEC for the watchdog test: the drop-in `dramactl install` writes
+
+
+def test_frozen_worker_is_restarted_by_the_watchdog_and_its_messages_redelivered(system: System) -> None:
+    """SIGSTOP to both of an instance's processes while it holds messages: no WATCHDOG=1, so
+    systemd logs "Watchdog timeout" within WATCHDOG_SEC plus slack and restarts it; the new
+    worker's maintenance redelivers what the frozen one held, and every message is recorded."""
+    system.configure(WATCHDOG_SEC=str(WATCHDOG), GRACEFUL_SHUTDOWN_TIMEOUT="5", SYSAPP_HEARTBEAT_TIMEOUT="5000")
+    unit = "dramatiq-worker@1.service"
+    system.dramactl("scale-to", "1")
+    assert system.sh(f"systemctl show -P WatchdogUSec {unit}").stdout.strip() == f"{WATCHDOG}s"
+    pid = system.sh(f"systemctl show -P MainPID {unit}").stdout.strip()
+    system.send(6, 3.0)  # 2 threads: 2 running, the rest prefetched or ready
+    wait_until(lambda: system.redis_counter("sys:started") >= 2, 15, "both threads busy")
+    assert system.redis()["ready"] + system.redis()["count"] < 6  # the worker holds messages
+    frozen = time.monotonic()
+    # Both processes, Dramatiq's main and its worker child: `systemctl kill -s STOP` stops them too
+    # but fails with EIO on this systemd (252) in the container for the auxiliary process.
+    procs = system.sh(f"echo {pid} $(cat /proc/{pid}/task/{pid}/children)").stdout.split()
+    assert len(procs) == 2, procs
+    system.sh(f"kill -STOP {' '.join(procs)}")
+    wait_until(lambda: "Watchdog timeout" in system.c.journal(unit), WATCHDOG + 10, "systemd's watchdog timeout", interval=0.2)
+    fired = time.monotonic() - frozen
+    wait_until(
+        lambda: system.active() == [unit] and system.sh(f"systemctl show -P MainPID {unit}").stdout.strip() not in ("0", pid),
+        120,
+        "the instance running again as a new process",
+    )
+    back = time.monotonic() - frozen
+    wait_until(lambda: system.redis()["processed"] == 6, 60, "all 6 messages processed")
+    done = time.monotonic() - frozen
+    print(f"\n[watchdog] WatchdogSec={WATCHDOG}s: timeout after {fired:.1f}s, running again after {back:.1f}s, all done after {done:.1f}s")
+    assert fired <= WATCHDOG + 3
+    assert back <= WATCHDOG + 20
+    r = system.redis()
+    assert (r["processed"], r["ready"], r["msgs"], r["acks"], r["dead"]) == (6, 0, 0, 0, 0), r
+    assert int(system.sh(f"systemctl show -P NRestarts {unit}").stdout) == 1
+    assert f"Watchdog timeout (limit {WATCHDOG}s)!" in system.c.journal(unit)
+
+
+README_SETTINGS = {"CHECK_INTERVAL": "15", "MAX_PROCESSES": "6", "WORKER_THREADS": "2"}
+
+
+def test_readme_status_for_real(system: System) -> None:
+    """README's "Status, for real" block: 120 two-second messages land on a fleet of one under the
+    real timer; 20 s later `dramactl status` and the last tick's journal line are printed (run with
+    -s to see them; README shows the output of such a run) and must have README's shape."""
+    import re
+
+    from tests.system.conftest import REPO
+
+    system.configure(**README_SETTINGS)
+    system.dramactl("resume")
+    system.sh("systemctl start dramactl.timer")
+    wait_until(lambda: system.active() == ["dramatiq-worker@1.service"], 20, "the first tick's fleet of one")
+    time.sleep(2)
+    system.send(120, 2.0)
+    time.sleep(20)
+    status = system.dramactl("status").stdout
+    line = [l for l in system.c.journal("dramactl.service").splitlines() if l.startswith("queues ")][-1]
+    print("\n$ dramactl status\n" + status + "\n$ journalctl -u dramactl.service -o cat | grep '^queues' | tail -1\n" + line)
+    system.sh("systemctl stop dramactl.timer")
+
+    up = re.findall(r"^dramatiq-worker@\d+\.service\s+active \(running\)", status, re.M)
+    assert len(up) > 1, status  # the fleet grew from one
+    assert re.search(r"^sys(\s+\d+){6}\s+\d+s$", status, re.M), status
+    assert f"limits: min 1 max 6  policy default  threads/worker 2  step thresholds: up above {5 * len(up)}, down below" in status
+    assert "autoscaling: on" in status and re.search(r"^timer: active, every 15s, last ", status, re.M), status
+    assert re.match(r"queues ready=\d+ delayed=0 due=0 in_flight=\d+ orphaned=0 dead=0 oldest=\S+ \| workers \d -> \d \| backlog \d+", line), line
+    # README shows a run of this very scenario: same settings, same headers and lines.
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Status, for real", 1)[1].split("```", 2)[1]
+    for text in (
+        "tests/system/test_hardening.py::test_readme_status_for_real",
+        "(`CHECK_INTERVAL=15`, `MAX_PROCESSES=6`, `WORKER_THREADS=2`)",
+    ):
+        assert text in readme.split("## Status, for real", 1)[1].split("```", 1)[0]
+    for header in (status.splitlines()[0], next(l for l in status.splitlines() if l.startswith("INSTANCE"))):
+        assert header in block.splitlines()
+    assert "limits: min 1 max 6  policy default  threads/worker 2  step thresholds:" in block
