@@ -21,19 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.system import faults  # noqa: E402
-from tests.system.conftest import REPO as TEST_REPO, VENV, System  # noqa: E402
+from tests.system.conftest import REPO as TEST_REPO, VENV, System, wait_until  # noqa: E402
 from tests.system.harness import Container, missing_requirements  # noqa: E402
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise SystemExit(f"FAIL: timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def main() -> None:

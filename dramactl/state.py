@@ -52,7 +52,7 @@ class TickRecord:
 
 @dataclass(frozen=True)
 class Recovery:
-    """The backoff for bringing failed instances back (see ``policy.recover``).
+    """The backoff for bringing failed instances back (see ``policy.safeguard``).
 
     ``attempts`` counts resets in a row; ``next_at`` is the earliest time of the next
     reset (0: none scheduled: the wait starts when a failure is seen after a reset);
@@ -133,14 +133,19 @@ def _flag(d: dict, key: str, where: str) -> bool:
     return value
 
 
-def _whole(d: dict, key: str, where: str, *, low: int, high: int | None = None, optional: bool = False, default: object = _REQUIRED):
-    if key not in d and (optional or default is not _REQUIRED):
-        return None if optional else default
+def _given(d: dict, key: str, where: str, optional: bool, default: object) -> object:
+    """``d[key]``, or ``_REQUIRED`` when it may be left out (absent, or None when optional)."""
     if key not in d:
+        if optional or default is not _REQUIRED:
+            return _REQUIRED
         raise DamagedState(f"{where}: missing")
-    value = d[key]
-    if value is None and optional:
-        return None
+    return _REQUIRED if d[key] is None and optional else d[key]
+
+
+def _whole(d: dict, key: str, where: str, *, low: int, high: int | None = None, optional: bool = False, default: object = _REQUIRED):
+    value = _given(d, key, where, optional, default)
+    if value is _REQUIRED:
+        return None if optional else default
     if isinstance(value, bool) or not isinstance(value, int):
         raise DamagedState(f"{where}: {_short(value)} is not a whole number")
     if value < low or (high is not None and value > high):
@@ -149,13 +154,9 @@ def _whole(d: dict, key: str, where: str, *, low: int, high: int | None = None, 
 
 
 def _number(d: dict, key: str, where: str, *, optional: bool = False, default: object = _REQUIRED):
-    if key not in d and (optional or default is not _REQUIRED):
+    value = _given(d, key, where, optional, default)
+    if value is _REQUIRED:
         return None if optional else default
-    if key not in d:
-        raise DamagedState(f"{where}: missing")
-    value = d[key]
-    if value is None and optional:
-        return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise DamagedState(f"{where}: {_short(value)} is not a number")
     if value < 0:

@@ -140,13 +140,13 @@ def run(system: System, plan: FaultPlan, wait_until: Callable[..., object], log:
     system.dramactl("resume")
     system.sh("systemctl start dramactl.timer")
     wait_until(lambda: len(system.active()) >= max(1, lo), 30, "the fleet at MIN")
-    per_wave = plan.messages // plan.waves
-    sent = per_wave * plan.waves
+    waves = [plan.messages // plan.waves + (i < plan.messages % plan.waves) for i in range(plan.waves)]
+    sent = sum(waves)
     started = time.monotonic()
     killer = Killer(system, plan.kill_every, plan.kills)
     with Sampler(system) as sampler:
-        system.send(per_wave, plan.seconds, prefix="w0-")
-        log(f"wave 1: {per_wave} messages")
+        system.send(waves[0], plan.seconds, prefix="w0-")
+        log(f"wave 1: {waves[0]} messages")
         wait_until(lambda: len(system.active()) >= min(3, hi), 60, "the fleet to grow")
         killer.start()
         time.sleep(plan.kill_every * 1.5)
@@ -155,8 +155,8 @@ def run(system: System, plan: FaultPlan, wait_until: Callable[..., object], log:
             log("redis restarted")
         for w in range(1, plan.waves):
             time.sleep(plan.kill_every)
-            system.send(per_wave, plan.seconds, prefix=f"w{w}-")
-            log(f"wave {w + 1}: {per_wave} messages")
+            system.send(waves[w], plan.seconds, prefix=f"w{w}-")
+            log(f"wave {w + 1}: {waves[w]} messages")
         time.sleep(3)
         stop_at = time.time()
         system.sh("systemctl stop redis-server")
