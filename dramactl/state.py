@@ -33,6 +33,13 @@ class TickRecord:
     target: int
     oldest_age: float | None = None
     wanted: int | None = None  # the raw recommendation (ScalingDecision.wanted): what scale-down windows compare
+    done: float | None = None  # the hook's cumulative counters (FleetBacklog.done_total, busy_seconds_total)
+    busy: float | None = None
+    for_rate: int | None = None  # workers the measured arrivals needed (work-based sizing), held by scale-down windows
+    startup: float | None = None  # seconds this tick's start jobs took (StartUnit until READY=1), learned start-up
+
+
+_RECORD_FIELDS = frozenset(TickRecord.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ class ScalerState:
             threads=data.get("threads"),
             size=data.get("size"),
             recovery=Recovery(**data.get("recovery", {})),
-            history=tuple(TickRecord(**r) for r in data.get("history", [])),
+            history=tuple(TickRecord(**{k: v for k, v in r.items() if k in _RECORD_FIELDS}) for r in data.get("history", [])),
         )
 
 
