@@ -10,7 +10,8 @@ hook has reported some (:mod:`dramactl.rates`):
   :mod:`dramactl.queueing`): headroom where service is slow, little where it is fast;
 * plus the threads that drain what waits (waiting x E[S]) within half of
   MAX_QUEUE_WAIT less the start-up time, learned from the scaler's own start jobs;
-* shrink at once when a backlog is drained, but never below the arrivals' fleet of
+* never shrink while a backlog drains (more than half a tick of the fleet's work
+  waits); shrink at once when it is drained, but never below the arrivals' fleet of
   any tick in SCALE_DOWN_STABILIZATION, nor below what a recurring load (periodic
   growth) will need again before an instance started now would be consuming.
 
@@ -364,6 +365,9 @@ def work_target(
     if bounded == current:
         at_max = f" (MAX_PROCESSES; {wanted} wanted)" if wanted > current else ""
         return current, wanted, f"{why}: steady at {current}{at_max}", for_rate
+    if waiting * service > current * threads * settings.check_interval / 2.0:
+        # More than half a tick of work waits for this fleet: draining, not drained.
+        return current, wanted, f"{why}: holding {current} until the backlog is drained", for_rate
     target, reason = _work_down(current, wanted, why, startup, settings, history, now)
     return target, wanted, reason, for_rate
 

@@ -163,3 +163,10 @@ def test_erlang_staffing_keeps_more_headroom_for_slow_messages() -> None:
     assert workers_for(15.0, 0.05, 8, 6.0) == 2  # 94 % busy threads, waits of milliseconds
     assert workers_for(15.0, 30.0, 8, 6.0) == 3
     assert workers_for(0.0, 4.0, 8, 6.0) == 0
+
+
+def test_the_fleet_is_kept_while_a_backlog_drains() -> None:
+    s = settings(MAX_PROCESSES=64)
+    history = worked(0.5, 4.0, workers=64, backlog=2000)  # wants 41 to drain it in 25 s; 64 keep it
+    d = decide(seen(history, 0.5, 4.0, ready=2000, in_flight=512), running(64), s, history, NOW)
+    assert d.target == 64 and "until the backlog is drained" in d.reason
