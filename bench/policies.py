@@ -3,15 +3,18 @@
 ``dramactl`` runs the real ``dramactl.policy.decide`` with settings parsed by the real
 ``dramactl.settings.parse``, and keeps history the way the scaler does: one
 ``decision.record(now, backlog)`` per tick through ``ScalerState.with_tick``, round-
-tripped through JSON like the state file. The HPA/KEDA controller is a model of
-Kubernetes' algorithm with its documented defaults, for comparison only.
+tripped through JSON like the state file, with the start-up its start jobs took.
+The HPA/KEDA controller is a model of Kubernetes' algorithm with its documented
+defaults, for comparison only. The clairvoyant reference knows every arrival and
+service time in advance.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from dramactl.instance import WorkerUnit
@@ -20,9 +23,9 @@ from dramactl.settings import Settings, parse
 from dramactl.state import ScalerState
 from dramactl.stats import FleetBacklog
 
-from .simulator import Controller
+from .simulator import Controller, Workload
 
-# The fleet every policy manages: the settings' own defaults.
+# The fleet every policy manages: the settings' own defaults (a trace may change MAX and threads).
 FLEET = {"MIN_PROCESSES": "1", "MAX_PROCESSES": "10", "WORKER_THREADS": "8"}
 
 
@@ -33,7 +36,7 @@ class PolicySpec:
     name: str
     interval: float
     initial_workers: int
-    make: Callable[[], Controller]
+    make: Callable[[Workload], Controller]
 
 
 class DramactlController:
@@ -50,6 +53,11 @@ class DramactlController:
         self.state = ScalerState.from_dict(json.loads(saved))
         self.decisions.append((now, decision))
         return decision.target
+
+    def observe_startup(self, seconds: float) -> None:
+        """What scaler.tick does after its start jobs: the tick's record keeps how long they took."""
+        *kept, last = self.state.history
+        self.state = replace(self.state, history=(*kept, replace(last, startup=round(seconds, 3))))
 
 
 @dataclass
@@ -90,6 +98,36 @@ class HpaController:
 
 
 @dataclass
+class ClairvoyantController:
+    """A reference that knows the future: at each tick, the fleet whose threads finish,
+    within the next interval, the work waiting now (at the realised mean service)
+    plus the work arriving until the instances it would start now are consuming
+    and one interval after; clamped to MIN/MAX. Not optimal, but it needs no
+    measurement and reacts before the load arrives."""
+
+    workload: Workload
+    interval: float
+    threads: int
+    min_workers: int
+    max_workers: int
+
+    def __post_init__(self) -> None:
+        self.prefix = [0.0]
+        for s in self.workload.services:
+            self.prefix.append(self.prefix[-1] + s)
+        self.mean = self.prefix[-1] / len(self.workload.services) if self.workload.services else 0.0
+        self.lead = self.workload.model.startup_high
+
+    def target(self, backlog: FleetBacklog, units: Sequence[WorkerUnit], now: float) -> int:
+        a = self.workload.arrivals
+        lo = bisect.bisect_right(a, now)
+        hi = bisect.bisect_right(a, now + self.lead + self.interval)
+        work = backlog.backlog * self.mean + self.prefix[hi] - self.prefix[lo]
+        need = math.ceil(work / (self.threads * (self.lead + self.interval)) - 1e-9)
+        return max(self.min_workers, min(self.max_workers, need))
+
+
+@dataclass
 class StaticController:
     size: int
 
@@ -97,16 +135,22 @@ class StaticController:
         return self.size
 
 
-def lineup(dramactl_interval: int, overrides: dict[str, str] | None = None) -> list[PolicySpec]:
-    """Baseline step at 180 s, HPA/KEDA at 15 s, static MAX, dramactl's default
-    (``overrides``: extra settings for dramactl's default only, to try knobs)."""
-    step = parse({**FLEET, "POLICY": "step", "CHECK_INTERVAL": "180"})
-    default = parse({**FLEET, **(overrides or {}), "POLICY": "default", "CHECK_INTERVAL": str(dramactl_interval)})
+CLAIRVOYANT = "clairvoyant 15s"
+
+
+def lineup(dramactl_interval: int, overrides: dict[str, str] | None = None, *, max_workers: int = 10, threads: int = 8) -> list[PolicySpec]:
+    """Baseline step at 180 s, HPA/KEDA at 15 s, static MAX, the clairvoyant reference,
+    dramactl's default (``overrides``: extra settings for dramactl's default only, to
+    try knobs); every one with the trace's MAX_PROCESSES and WORKER_THREADS."""
+    fleet = {**FLEET, "MAX_PROCESSES": str(max_workers), "WORKER_THREADS": str(threads)}
+    step = parse({**fleet, "POLICY": "step", "CHECK_INTERVAL": "180"})
+    default = parse({**fleet, **(overrides or {}), "POLICY": "default", "CHECK_INTERVAL": str(dramactl_interval)})
     per_pod = backlog_per_worker(default)  # same metric and per-worker target: only the control law differs
     low, high = default.min_processes, default.max_processes
     return [
-        PolicySpec("step 180s (baseline)", 180, low, lambda: DramactlController(step)),
-        PolicySpec("hpa/keda 15s", 15, low, lambda: HpaController(per_pod, low, high)),
-        PolicySpec("static MAX", 180, high, lambda: StaticController(high)),
-        PolicySpec(f"dramactl {dramactl_interval}s", dramactl_interval, low, lambda: DramactlController(default)),
+        PolicySpec("step 180s (baseline)", 180, low, lambda w: DramactlController(step)),
+        PolicySpec("hpa/keda 15s", 15, low, lambda w: HpaController(per_pod, low, high)),
+        PolicySpec("static MAX", 180, high, lambda w: StaticController(high)),
+        PolicySpec(CLAIRVOYANT, 15, low, lambda w: ClairvoyantController(w, 15, threads, low, high)),
+        PolicySpec(f"dramactl {dramactl_interval}s", dramactl_interval, low, lambda w: DramactlController(default)),
     ]

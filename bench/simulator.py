@@ -7,12 +7,25 @@ systemd instances that take a few seconds to start consuming; a stopped worker h
 its not-yet-started messages back and finishes the rest.
 
 Every ``interval`` seconds the policy sees what the real scaler reads: a
-``FleetBacklog`` and one ``WorkerUnit`` per loaded instance, as a ``Type=notify``
-unit reports itself. Its target is applied like ``dramactl.scaler.plan``: start the
-lowest free numbers, stop the highest.
+``FleetBacklog`` (with the worker hook's cumulative ``done``/``busy`` counters) and one
+``WorkerUnit`` per loaded instance, as a ``Type=notify`` unit reports itself. Its
+target is applied like ``dramactl.scaler.plan``: start the lowest free numbers, stop
+the highest.
+
+A tick takes time, as the scaler's does: its start jobs last until the instances are
+READY (at most ``START_WAIT``), its stop jobs until the stopped instances drained
+their started messages (at most ``STOP_WAIT``); the next tick comes at the later of
+its schedule and the end of this one (the timer does not start a running service).
+The scaler's recorded start-up (how long its start jobs took) reaches the controller
+through ``observe_startup`` when it has one.
+
+The run goes on past the trace's end until every message is served, so every policy
+does all the work and worker-seconds are comparable with :mod:`bench.bound`.
 
 Simplifications: the worker holding the fewest messages fetches first (no poll
-back-off), no delayed messages, stops always finish gracefully, a tick takes no time.
+back-off), no delayed messages, stops always finish gracefully, the hook's counters
+are exact (the real hook flushes once a second), the scaler's "start one first when
+none is active" is not modelled.
 """
 
 from __future__ import annotations
@@ -21,15 +34,18 @@ import heapq
 import math
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, Sequence
 
 from dramactl.instance import WorkerUnit
 from dramactl.stats import FleetBacklog
 
+from .bound import work_lower_bound
 from .traces import Trace
 
 INF = float("inf")
+START_WAIT = 30.0  # scaler.START_WAIT: how long a tick waits for its start jobs
+STOP_WAIT = 30.0  # scaler._apply: min(GRACEFUL_SHUTDOWN_TIMEOUT + 5, 30)
 
 
 class Controller(Protocol):
@@ -67,13 +83,16 @@ class Workload:
     arrivals: list[float]
     services: list[float]
     startups: list[float]  # the k-th worker started in a run gets the k-th delay
+    seed: int = 0
 
     @classmethod
     def draw(cls, trace: Trace, model: WorkerModel, seed: int) -> "Workload":
+        """The trace's messages; ``model`` with the trace's own overrides (threads, service, start-up)."""
+        model = replace(model, **dict(trace.model))
         arrivals = trace.arrivals(random.Random(f"{seed}/{trace.name}/arrivals"))
         services = model.service_times(random.Random(f"{seed}/{trace.name}/service"), len(arrivals))
         startups = model.startup_delays(random.Random(f"{seed}/{trace.name}/startup"), 4096)
-        return cls(trace, model, arrivals, services, startups)
+        return cls(trace, model, arrivals, services, startups, seed)
 
 
 @dataclass
@@ -99,6 +118,8 @@ class RunResult:
     actions: int  # ticks that started or stopped instances
     duration: float
     ticks: list[Tick] = field(default_factory=list)
+    horizon: float = 0.0  # when the last message completed (>= duration): worker-seconds run to here
+    seed: int = 0
 
     def wait_percentile(self, q: float) -> float:
         """Nearest-rank percentile of the queue waits."""
@@ -138,6 +159,7 @@ class _Worker:
     held: deque[int] = field(default_factory=deque)  # fetched, waiting for a free thread
     stopping_since: float | None = None
     gone: bool = False
+    last_done: float = 0.0  # when its last started message completes
 
     @property
     def outstanding(self) -> int:
@@ -179,6 +201,9 @@ class _Run:
         self.peak = initial_workers
         self.worker_seconds = 0.0
         self.last_change = 0.0
+        self.done = 0
+        self.busy = 0.0
+        self.end = 0.0
 
     def count_live(self, now: float) -> None:
         self.worker_seconds += self.live * (now - self.last_change)
@@ -189,7 +214,8 @@ class _Run:
         self.waits.append(now - self.arrivals[m])
         w.busy += 1
         self.seq += 1
-        heapq.heappush(self.completions, (now + self.services[m], self.seq, w))
+        w.last_done = max(w.last_done, now + self.services[m])
+        heapq.heappush(self.completions, (now + self.services[m], self.seq, w, self.services[m]))
 
     def fetch(self, now: float) -> None:
         """Hand ready messages to consuming workers below their prefetch limit."""
@@ -206,9 +232,12 @@ class _Run:
                 else:
                     w.held.append(m)
 
-    def complete(self, w: _Worker, now: float) -> None:
+    def complete(self, w: _Worker, now: float, service: float) -> None:
         w.busy -= 1
         self.in_flight -= 1
+        self.done += 1
+        self.busy += service
+        self.end = now
         if w.held:
             self.begin(w, w.held.popleft(), now)
         elif w.stopping_since is not None and w.busy == 0:
@@ -227,16 +256,20 @@ class _Run:
             w.gone = True
             self.workers.remove(w)
 
-    def tick(self, now: float, keep: bool) -> None:
+    def tick(self, now: float, keep: bool) -> float:
+        """One tick at ``now``; returns when it ends (its start or stop jobs done)."""
         backlog = FleetBacklog(
             ready=len(self.waiting),
             in_flight=self.in_flight,
             oldest_age=now - self.arrivals[self.waiting[0]] if self.waiting else None,
+            done_total=float(self.done),
+            busy_seconds_total=self.busy,
         )
         target = self.controller.target(backlog, [w.unit() for w in self.workers], now)
         up = sorted((w for w in self.workers if w.stopping_since is None), key=lambda w: w.number)
         if target != len(up):
             self.actions += 1
+        ends = now
         if target > len(up):
             taken = {w.number for w in self.workers}
             free_numbers = (k for k in range(1, 10**6) if k not in taken)
@@ -247,11 +280,17 @@ class _Run:
                 self.workers.append(w)
                 self.seq += 1
                 heapq.heappush(self.readiness, (w.ready_at, self.seq, w))
+                ends = max(ends, min(w.ready_at, now + START_WAIT))
+            observe = getattr(self.controller, "observe_startup", None)
+            if observe is not None:
+                observe(ends - now)
         for w in reversed(up[target:] if target < len(up) else []):
             self.stop(w, now)
+            ends = max(ends, min(w.last_done, now + STOP_WAIT))
         self.count_live(now)
         if keep:
             self.ticks.append(Tick(now, backlog.ready, self.in_flight, backlog.oldest_age, len(up), target))
+        return ends
 
     def run(self, keep_ticks: bool) -> None:
         arrivals, n = self.arrivals, len(self.arrivals)
@@ -262,10 +301,11 @@ class _Run:
             t_done = self.completions[0][0] if self.completions else INF
             t_ready = self.readiness[0][0] if self.readiness else INF
             now = min(t_arrival, t_done, t_ready, next_tick)
-            if now > self.duration:
-                break
+            if now > self.duration and next_arrival == n and not self.waiting and not self.in_flight:
+                break  # past the trace and every message served
             if t_done == now:
-                self.complete(heapq.heappop(self.completions)[2], now)
+                _, _, w, service = heapq.heappop(self.completions)
+                self.complete(w, now, service)
             elif t_ready == now:
                 w = heapq.heappop(self.readiness)[2]
                 if not w.gone and w.stopping_since is None:
@@ -274,13 +314,12 @@ class _Run:
                 self.waiting.append(next_arrival)
                 next_arrival += 1
             else:
-                self.tick(now, keep_ticks)
-                next_tick += self.interval
+                ends = self.tick(now, keep_ticks)
+                next_tick = max(next_tick + self.interval, ends)
             if self.waiting:
                 self.fetch(now)
-        self.count_live(self.duration)
-        unserved = [*self.waiting, *(m for w in self.workers for m in w.held), *range(next_arrival, n)]
-        self.waits.extend(self.duration - arrivals[m] for m in unserved)
+        self.horizon = max(self.duration, self.end)
+        self.count_live(self.horizon)
 
 
 def simulate(
@@ -296,9 +335,8 @@ def simulate(
     """Replay ``workload`` against ``controller``; deterministic for a given workload."""
     run = _Run(workload, controller, interval, initial_workers)
     run.run(keep_ticks)
-    model, trace = workload.model, workload.trace
-    realized = sum(workload.services) / len(workload.services) if workload.services else model.mean_service
-    bound = trace.fluid_lower_bound(realized, model.threads, min_workers)
+    bound = work_lower_bound(workload.arrivals, workload.services, workload.model.threads, min_workers, workload.trace.duration)
     return RunResult(
-        trace.name, policy, run.waits, run.worker_seconds, bound, run.peak, run.actions, trace.duration, run.ticks
+        workload.trace.name, policy, run.waits, run.worker_seconds, bound, run.peak, run.actions, workload.trace.duration,
+        run.ticks, run.horizon, workload.seed,
     )

@@ -25,6 +25,9 @@ class Trace:
     peak_rate: float  # an upper bound of rate(t), for thinning
     blocks: tuple[tuple[float, int], ...] = field(default=())
     about: str = ""
+    model: tuple[tuple[str, float], ...] = ()  # WorkerModel fields this trace changes (threads, service, start-up)
+    max_workers: int = 10  # MAX_PROCESSES for every policy on this trace
+    steady: bool = False  # a steady trace: worker-seconds target against the bound
 
     def arrivals(self, rng: random.Random) -> list[float]:
         """Sorted arrival times of every message in the trace."""
@@ -42,19 +45,6 @@ class Trace:
                 times.extend([at] * count)
         times.sort()
         return times
-
-    def fluid_lower_bound(self, mean_service: float, threads: int, min_workers: int, dt: float = 1.0) -> float:
-        """∫ max(MIN, λ(t)·s/threads) dt: worker-seconds of a fleet that keeps up at 100%
-        utilisation with no start-up delay; a block counts as its work in one dt."""
-        blocks: dict[int, int] = {}
-        for at, count in self.blocks:
-            if 0 <= at < self.duration:
-                blocks[int(at // dt)] = blocks.get(int(at // dt), 0) + count
-        total = 0.0
-        for i in range(int(math.ceil(self.duration / dt))):
-            offered = self.rate((i + 0.5) * dt) * dt + blocks.get(i, 0)
-            total += max(min_workers * dt, offered * mean_service / threads)
-        return total
 
 
 def burst(background: float = 0.5, count: int = 600, duration: float = 3600.0) -> Trace:
@@ -74,7 +64,7 @@ def ramp(low: float = 0.5, high: float = 18.0, rise: float = 2700.0, duration: f
     def rate(t: float) -> float:
         return low + (high - low) * min(1.0, t / rise)
 
-    return Trace("ramp", duration, rate, high, about=f"{low:g} -> {high:g}/s over {rise / 60:g} min, then flat")
+    return Trace("ramp", duration, rate, high, about=f"{low:g} -> {high:g}/s over {rise / 60:g} min, then flat", steady=True)
 
 
 def diurnal(low: float = 0.5, high: float = 16.0, day: float = 4 * 3600.0) -> Trace:
@@ -83,7 +73,7 @@ def diurnal(low: float = 0.5, high: float = 16.0, day: float = 4 * 3600.0) -> Tr
     def rate(t: float) -> float:
         return low + (high - low) * (1.0 - math.cos(2.0 * math.pi * t / day)) / 2.0
 
-    return Trace("diurnal", day, rate, high, about=f"sine {low:g}..{high:g}/s, 24 h in {day / 3600:g} h")
+    return Trace("diurnal", day, rate, high, about=f"sine {low:g}..{high:g}/s, 24 h in {day / 3600:g} h", steady=True)
 
 
 def spike_then_idle(
@@ -101,6 +91,49 @@ def spike_then_idle(
     )
 
 
+def heavy_tailed(rate: float = 8.0, cv: float = 3.0, duration: float = 3600.0) -> Trace:
+    """Steady arrivals whose service times are heavy-tailed (lognormal, cv 3): a few
+    messages take minutes."""
+    return Trace("heavy-tail", duration, lambda t: rate, rate, about=f"{rate:g}/s flat, service cv {cv:g}",
+                 model=(("service_cv", cv),), steady=True)
+
+
+def tiny_fast(rate: float = 300.0, service: float = 0.05, duration: float = 600.0) -> Trace:
+    """Many tiny messages: a large count that is little work."""
+    return Trace("tiny-fast", duration, lambda t: rate, rate, about=f"{rate:g}/s of {service * 1000:g} ms messages",
+                 model=(("mean_service", service),), steady=True)
+
+
+def periodic(count: int = 150, every: float = 180.0, background: float = 0.5, duration: float = 3600.0) -> Trace:
+    """Short bursts on a schedule (a cron job): the same block every few minutes."""
+    blocks = tuple((at, count) for at in [every * k + 7.5 for k in range(int(duration // every))])
+    return Trace("periodic", duration, lambda t: background, background, blocks, f"{count} msgs every {every:g}s on {background:g}/s")
+
+
+def one_thread(low: float = 0.25, high: float = 2.0, day: float = 3600.0) -> Trace:
+    """1-thread workers (WORKER_THREADS=1, prefetch 2) on a compressed day."""
+
+    def rate(t: float) -> float:
+        return low + (high - low) * (1.0 - math.cos(2.0 * math.pi * t / day)) / 2.0
+
+    return Trace("1-thread", day, rate, high, about=f"1 thread/worker, sine {low:g}..{high:g}/s in {day / 3600:g} h",
+                 model=(("threads", 1), ("prefetch", 2)), steady=True)
+
+
+def big_burst(count: int = 20_000, background: float = 0.5, duration: float = 1800.0) -> Trace:
+    """One very large block (a backfill) with MAX_PROCESSES=64."""
+    return Trace("big-burst", duration, lambda t: background, background, ((307.5, count),),
+                 f"{count} msgs at once on {background:g}/s, MAX 64", max_workers=64)
+
+
+def slow_start(count: int = 600) -> Trace:
+    """The burst trace with instances that take ~30 s to start (a heavy app import)."""
+    base = burst(count=count)
+    return Trace("slow-start", base.duration, base.rate, base.peak_rate, base.blocks, base.about + ", start-up 28-32 s",
+                 model=(("startup_low", 28.0), ("startup_high", 32.0)))
+
+
 def standard() -> list[Trace]:
-    """The issue's four traces, sized for WORKER_THREADS=8, 4 s mean service, MAX 10."""
-    return [burst(), ramp(), diurnal(), spike_then_idle()]
+    """The issue's four traces and its six new families, sized for 4 s mean service and
+    8 threads unless a trace says otherwise."""
+    return [burst(), ramp(), diurnal(), spike_then_idle(), heavy_tailed(), tiny_fast(), periodic(), one_thread(), big_burst(), slow_start()]

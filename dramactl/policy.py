@@ -1,7 +1,21 @@
 """The scaling decision: pure functions of what a tick saw, no I/O.
 
 ``decide`` is the one entry point; ``POLICY=step`` selects the classic threshold
-step operators know, ``POLICY=default`` the backlog/latency policy:
+step operators know, ``POLICY=default`` sizes the fleet by work once the workers'
+hook has reported some (:mod:`dramactl.rates`):
+
+* the arrival rate λ and mean service time E[S] measured from the counters' deltas
+  across ticks give the offered load a = λ·E[S] busy threads; the fleet for it is
+  the smallest whose threads keep P(wait > MAX_QUEUE_WAIT/10) <= 5 % (Erlang C,
+  :mod:`dramactl.queueing`): headroom where service is slow, little where it is fast;
+* plus the threads that drain what waits (waiting x E[S]) within half of
+  MAX_QUEUE_WAIT less the start-up time, learned from the scaler's own start jobs;
+* never shrink while a backlog drains (more than half a tick of the fleet's work
+  waits); shrink at once when it is drained, but never below the arrivals' fleet of
+  any tick in SCALE_DOWN_STABILIZATION, nor below what a recurring load (periodic
+  growth) will need again before an instance started now would be consuming.
+
+Before any counter exists (a new queue, workers without the hook) it sizes by count:
 
 * backlog = ready + due-delayed + in flight; a worker's share is
   TARGET_BACKLOG_PER_WORKER (default WORKER_THREADS);
@@ -31,6 +45,8 @@ from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from .instance import WorkerUnit
+from .queueing import workers_for
+from .rates import WorkRates, learned_startup, work_rates
 from .settings import Settings
 from .state import Recovery, TickRecord
 from .stats import FleetBacklog
@@ -53,6 +69,7 @@ class ScalingDecision:
     starting: int = 0  # up instances not consuming yet: activating, before READY=1
     reset: tuple[int, ...] = ()  # failed instances to reset-failed before acting
     recovery: Recovery = field(default=Recovery(), compare=False)  # the backoff state to remember
+    for_rate: int | None = None  # workers the measured arrivals need (work-based sizing only)
 
     @property
     def delta(self) -> int:
@@ -67,6 +84,9 @@ class ScalingDecision:
             target=self.target,
             oldest_age=backlog.oldest_age,
             wanted=self.target if self.wanted is None else self.wanted,
+            done=backlog.done_total,
+            busy=backlog.busy_seconds_total,
+            for_rate=self.for_rate,
         )
 
     def to_dict(self) -> dict:
@@ -80,6 +100,7 @@ class ScalingDecision:
             "starting": self.starting,
             "reset": list(self.reset),
             "recovery": self.recovery.__dict__,
+            "for_rate": self.for_rate,
         }
 
 
@@ -118,8 +139,11 @@ def decide(
         target, reason = step_target(backlog, current, settings)
         wanted, floor = target, settings.min_processes
     else:
-        target, wanted, reason = default_target(backlog, current, starting, settings, history, now)
+        target, wanted, reason, for_rate = default_target(backlog, current, starting, settings, history, now)
         floor = settings.min_processes
+        return safeguard(
+            ScalingDecision(current, target, reason, wanted=wanted, starting=starting, for_rate=for_rate), instances, settings, recovery, now, floor
+        )
     return safeguard(ScalingDecision(current, target, reason, wanted=wanted, starting=starting), instances, settings, recovery, now, floor)
 
 
@@ -264,8 +288,147 @@ def default_target(
     settings: Settings,
     history: Sequence[TickRecord],
     now: float,
+) -> tuple[int, int, str, int | None]:
+    """(target, wanted, reason, for_rate): by work when the counters allow it
+    (:func:`work_target`), else by count (:func:`count_target`, ``for_rate`` None)."""
+    rates = work_rates(history, backlog, now, max_gap=4.0 * settings.check_interval)
+    if rates is not None:
+        return work_target(backlog, current, starting, settings, history, now, rates)
+    return (*count_target(backlog, current, starting, settings, history, now), None)
+
+
+WAIT_FRACTION = 0.1  # the fleet for the arrivals keeps P(wait > this x MAX_QUEUE_WAIT) ...
+WAIT_QUANTILE = 0.95  # ... within 1 - this
+
+
+def drain_seconds(settings: Settings, startup: float) -> float:
+    """The time to drain what waits: half of MAX_QUEUE_WAIT (the oldest waited up to a
+    CHECK_INTERVAL before this tick saw it) less the start-up, at least one interval."""
+    return max(float(settings.check_interval), settings.max_queue_wait / 2.0 - startup)
+
+
+def work_target(
+    backlog: FleetBacklog,
+    current: int,
+    starting: int,
+    settings: Settings,
+    history: Sequence[TickRecord],
+    now: float,
+    rates: WorkRates,
+) -> tuple[int, int, str, int]:
+    """Size by work: the fleet the arrivals need plus the threads that drain the queue.
+
+    Growth is immediate (the rate is a median over ticks, the drain is what waits now);
+    a shrink goes to the larger of this tick's need, the arrivals' need of any tick in
+    SCALE_DOWN_STABILIZATION, and the need of a recurring load due back within the
+    start-up time; the drain part is not held: a drained queue is measured, not noise.
+    """
+    threads = settings.worker_threads
+    service = rates.service
+    startup = learned_startup(history)
+    waiting = backlog.depth + backlog.orphaned + max(0, backlog.in_flight - current * threads)  # prefetched beyond the threads wait too
+    if rates.load is None:
+        load = float(min(backlog.in_flight, current * threads))  # first tick with counters: what runs now
+        measured = f"E[S] {service:.2f}s, {load:.0f} busy"
+    else:
+        load = rates.load
+        measured = f"λ {rates.arrival:.2f}/s x E[S] {service:.2f}s = {load:.1f} busy threads"
+    limit = max(settings.max_processes, current) + 1
+    for_rate = workers_for(load, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)
+    drain = drain_seconds(settings, startup)
+    wanted = max(for_rate, math.ceil((load + waiting * service / drain) / threads - 1e-9))
+    why = f"{measured} needs {for_rate}"
+    if waiting:
+        why += f", {waiting} waiting drain in {drain:.0f}s with {wanted}"
+    guard = _latency_guard(backlog.oldest_age, current, starting, settings)
+    if guard is not None:
+        why += f"; {guard[1]}"
+        wanted = max(wanted, guard[0])
+    if starting:
+        why += f"; {starting} starting"
+    bounded = clamp(wanted, settings)
+    if current > settings.max_processes:
+        return settings.max_processes, wanted, f"{why}: down to MAX_PROCESSES={settings.max_processes}", for_rate
+    if bounded > current:
+        limit_step = settings.max_scale_up_step
+        target = min(bounded, current + limit_step) if limit_step else bounded
+        notes = [f"{wanted} wanted"] if wanted != target else []
+        if limit_step and target < bounded:
+            notes.append(f"MAX_SCALE_UP_STEP={limit_step}")
+        if bounded < wanted:
+            notes.append(f"MAX_PROCESSES={settings.max_processes}")
+        if current < settings.min_processes:
+            notes.append(f"MIN_PROCESSES={settings.min_processes}")
+        return target, wanted, f"{why}: up {current} -> {target}" + (f" ({', '.join(notes)})" if notes else ""), for_rate
+    if bounded == current:
+        at_max = f" (MAX_PROCESSES; {wanted} wanted)" if wanted > current else ""
+        return current, wanted, f"{why}: steady at {current}{at_max}", for_rate
+    if waiting * service > current * threads * settings.check_interval / 2.0:
+        # More than half a tick of work waits for this fleet: draining, not drained.
+        return current, wanted, f"{why}: holding {current} until the backlog is drained", for_rate
+    target, reason = _work_down(current, wanted, why, startup, settings, history, now)
+    return target, wanted, reason, for_rate
+
+
+def _work_down(
+    current: int, wanted: int, why: str, startup: float, settings: Settings, history: Sequence[TickRecord], now: float
+) -> tuple[int, str]:
+    window = settings.scale_down_stabilization
+    floor = clamp(wanted, settings)
+    if window > 0:
+        reach = now - window - 2.0 * settings.check_interval
+        recent = [r for r in history if reach <= r.at < now]
+        if not recent or recent[0].at > now - window:
+            return current, f"{why}: holding {current} until {window:g}s of history (SCALE_DOWN_STABILIZATION)"
+        rated = [r.for_rate for r in recent if r.at >= now - window and r.for_rate is not None]
+        if rated and max(rated) > floor:
+            floor = clamp(max(rated), settings)
+            why += f"; arrivals needed {max(rated)} within {window:g}s"
+    again = recurring_need(history, now, startup + settings.check_interval)
+    if again is not None and clamp(again[0], settings) > floor:
+        floor = clamp(again[0], settings)
+        why += f"; {again[1]}"
+    if floor >= current:
+        return current, f"{why}: holding {current}"
+    step = settings.max_scale_down_step
+    target = max(floor, current - step) if step else floor
+    return target, f"{why}: down {current} -> {target}"
+
+
+def recurring_need(history: Sequence[TickRecord], now: float, lead: float) -> tuple[int, str] | None:
+    """(fleet, why) when growth recurs and is due back within ``lead`` seconds (the
+    start-up time plus a tick): the episodes in which ticks asked to grow, their
+    period from the last two starts, and the peak the last one asked for."""
+    episodes: list[tuple[float, int]] = []  # (start, peak wanted)
+    asking = False
+    for r in history:
+        w = r.target if r.wanted is None else r.wanted
+        if w > r.workers:
+            if asking:
+                episodes[-1] = (episodes[-1][0], max(episodes[-1][1], w))
+            else:
+                episodes.append((r.at, w))
+            asking = True
+        else:
+            asking = False
+    if len(episodes) < 2:
+        return None
+    period = episodes[-1][0] - episodes[-2][0]
+    due = episodes[-1][0] + period
+    if not now < due <= now + lead:
+        return None
+    return episodes[-1][1], f"growth recurs every {period:.0f}s, due in {due - now:.0f}s < start-up + tick {lead:.0f}s: keeping {episodes[-1][1]}"
+
+
+def count_target(
+    backlog: FleetBacklog,
+    current: int,
+    starting: int,
+    settings: Settings,
+    history: Sequence[TickRecord],
+    now: float,
 ) -> tuple[int, int, str]:
-    """(target, wanted, reason).
+    """(target, wanted, reason): the count-based fallback.
 
     Grow when the backlog is more than the fleet holds: at once for a surge (more
     waiting than in service), else once the excess shows on a second tick; grow in

@@ -16,6 +16,11 @@ heartbeat is older than the heartbeat timeout (``ns:__dramactl__.heartbeat_timeo
 ms, published by the worker hook; Dramatiq's 60 s when absent) is *orphaned*: no live
 worker runs it, and it waits for Dramatiq's maintenance to requeue it.
 
+The worker hook also keeps, per queue, ``ns:__dramactl__.work.Q``: a HASH of the
+cumulative ``done`` (messages completed) and ``busy`` (seconds spent on them)
+counters; the probe returns both (one HMGET), and rates come from their deltas
+between ticks (:mod:`dramactl.rates`).
+
 All figures of all queues are read by one Lua script, against Redis' own clock, with
 a bounded amount of work per queue whatever the queue sizes: bodies are decoded
 (cjson) only for the head message and for at most ``DUE_SAMPLE`` delayed messages.
@@ -47,15 +52,18 @@ DEFAULT_HEARTBEAT_TIMEOUT_MS = 60_000
 # Dead workers looked at per probe (oldest heartbeats first).
 DEAD_WORKER_LIMIT = 100
 # Values per queue in the script's reply.
-FIELDS = 8
+FIELDS = 10
+# Keys per queue the script reads.
+KEYS_PER_QUEUE = 5
 
 PROBE = """
 -- KEYS[1] ns:__heartbeats__, KEYS[2] ns:__dramactl__.heartbeat_timeout,
--- then per queue: ns:Q, ns:Q.msgs, ns:Q.DQ.msgs, ns:Q.XQ.
+-- then per queue: ns:Q, ns:Q.msgs, ns:Q.DQ.msgs, ns:Q.XQ, ns:__dramactl__.work.Q.
 -- ARGV: exact_limit, sample, byte_budget, default_timeout_ms, dead_limit,
 --       acks prefix ('ns:__acks__.'), then the queue names in KEYS order.
 -- Reply: now_ms, then per queue
---   ready, held, delayed, due, dead, head_ts (-1: unknown), orphaned, error ('' if none).
+--   ready, held, delayed, due, dead, head_ts (-1: unknown), orphaned,
+--   done, busy (the hook's counters as strings, '' when absent), error ('' if none).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local exact_limit = tonumber(ARGV[1])
@@ -134,14 +142,23 @@ local function orphaned_in(name)
   return n
 end
 
-for i = 1, (#KEYS - 2) / 4 do
-  local list, msgs, delayed_msgs, xq = KEYS[4 * i - 1], KEYS[4 * i], KEYS[4 * i + 1], KEYS[4 * i + 2]
+-- The hook's cumulative work counters of a queue ('' when absent or not a hash).
+local function work_of(key)
+  local ok, values = pcall(redis.call, 'HMGET', key, 'done', 'busy')
+  if not ok then return '', '' end
+  return values[1] or '', values[2] or ''
+end
+
+for i = 1, (#KEYS - 2) / 5 do
+  local list, msgs, delayed_msgs, xq = KEYS[5 * i - 2], KEYS[5 * i - 1], KEYS[5 * i], KEYS[5 * i + 1]
   local err = wrong_type(list, 'list', 'queue list')
     or wrong_type(msgs, 'hash', 'message hash')
     or wrong_type(delayed_msgs, 'hash', 'delayed message hash')
     or wrong_type(xq, 'zset', 'dead-letter zset')
   if err then
     for _ = 1, 7 do table.insert(out, 0) end
+    table.insert(out, '')
+    table.insert(out, '')
     table.insert(out, err)
   else
     local ready = redis.call('LLEN', list)
@@ -158,6 +175,9 @@ for i = 1, (#KEYS - 2) / 4 do
     table.insert(out, redis.call('ZCARD', xq))
     table.insert(out, head_ts)
     table.insert(out, orphaned_in(ARGV[6 + i]))
+    local done, busy = work_of(KEYS[5 * i + 2])
+    table.insert(out, done)
+    table.insert(out, busy)
     table.insert(out, '')
   end
 end
@@ -166,9 +186,14 @@ return out
 
 
 def queue_keys(namespace: str, queue: str) -> list[str]:
-    """The four keys the probe reads for one queue, in the script's order."""
+    """The keys the probe reads for one queue, in the script's order."""
     base = f"{namespace}:{queue}"
-    return [base, f"{base}.msgs", f"{base}.DQ.msgs", f"{base}.XQ"]
+    return [base, f"{base}.msgs", f"{base}.DQ.msgs", f"{base}.XQ", work_key(namespace, queue)]
+
+
+def work_key(namespace: str, queue: str) -> str:
+    """Where the worker hook adds up a queue's completed messages and busy seconds."""
+    return f"{namespace}:__dramactl__.work.{queue}"
 
 
 def probe_call(namespace: str, queues: Sequence[str]) -> tuple[list[str], list[str | int]]:
@@ -263,7 +288,8 @@ def parse_probe(queues: Sequence[str], raw: Sequence[int | bytes | str]) -> list
         if error:
             stats.append(QueueStats(name=name, error=str(error)))
             continue
-        ready, held, delayed, due, dead, head_ts, orphans = (int(v) for v in numbers)
+        *counts, done, busy = numbers
+        ready, held, delayed, due, dead, head_ts, orphans = (int(v) for v in counts)
         # A dead worker's ack set may name ids already gone; only held messages count.
         orphaned = min(orphans, max(0, held - ready))
         stats.append(
@@ -276,6 +302,21 @@ def parse_probe(queues: Sequence[str], raw: Sequence[int | bytes | str]) -> list
                 orphaned=orphaned,
                 dead=dead,
                 oldest_age=max(0.0, (now_ms - head_ts) / 1000.0) if head_ts >= 0 else None,
+                done_total=_counter(done),
+                busy_seconds_total=_counter(busy),
             )
         )
     return stats
+
+
+def _counter(value: int | bytes | str | None) -> float | None:
+    """A work counter from the reply: None when absent or not a number."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if number >= 0 and number == number else None

@@ -175,9 +175,14 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
         outcome = Outcome(decision, stats, dry_run=dry_run, paused=state.paused)
         if dry_run:
             return outcome
+        record = decision.record(now, backlog)
         if decision.delta or decision.reset:
+            acting = time.monotonic()
             outcome.started, outcome.stopped = _apply(fleet, settings, instances, decision.target, threads_of(settings, state), decision.reset)
-        store.save(replace(state.with_tick(decision.record(now, backlog)), recovery=decision.recovery))
+            if outcome.started and not outcome.stopped and all(j.result == "done" for j in outcome.started):
+                # Start jobs end at READY=1 (Type=notify): how long an instance takes to consume.
+                record = replace(record, startup=round(time.monotonic() - acting, 3))
+        store.save(replace(state.with_tick(record), recovery=decision.recovery))
         return outcome
 
 

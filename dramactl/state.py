@@ -48,6 +48,11 @@ class TickRecord:
     target: int
     oldest_age: float | None = None
     wanted: int | None = None  # the raw recommendation (ScalingDecision.wanted): what scale-down windows compare
+    done: float | None = None  # the hook's cumulative counters (FleetBacklog.done_total, busy_seconds_total)
+    busy: float | None = None
+    for_rate: int | None = None  # workers the measured arrivals needed (work-based sizing), held by scale-down windows
+    startup: float | None = None  # seconds this tick's start jobs took (StartUnit until READY=1), learned start-up
+
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,10 @@ def _tick(data: object, where: str) -> TickRecord:
         target=_whole(r, "target", f"{where}.target", low=0),
         oldest_age=_number(r, "oldest_age", f"{where}.oldest_age", optional=True),
         wanted=_whole(r, "wanted", f"{where}.wanted", low=0, optional=True),
+        done=_number(r, "done", f"{where}.done", optional=True),
+        busy=_number(r, "busy", f"{where}.busy", optional=True),
+        for_rate=_whole(r, "for_rate", f"{where}.for_rate", low=0, optional=True),
+        startup=_number(r, "startup", f"{where}.startup", optional=True),
     )
 
 

@@ -16,7 +16,9 @@ class QueueStats:
     whose heartbeat expired (work nobody runs until Dramatiq requeues it).
     ``oldest_age`` is the wait, in seconds, of the head ready message (None when
     nothing is ready). ``error`` says why the queue could not be read (its figures are
-    then zeros).
+    then zeros). ``done_total`` and ``busy_seconds_total`` are the worker hook's
+    cumulative counters (messages completed, seconds spent on them); None while no
+    worker with the hook has reported on this queue.
     """
 
     name: str
@@ -27,6 +29,8 @@ class QueueStats:
     dead: int = 0
     oldest_age: float | None = None
     orphaned: int = 0
+    done_total: float | None = None
+    busy_seconds_total: float | None = None
     error: str | None = None
 
     @property
@@ -49,6 +53,8 @@ class FleetBacklog:
     dead: int = 0
     oldest_age: float | None = None
     orphaned: int = 0
+    done_total: float | None = None  # the hook's counters summed over queues; None when no queue has them
+    busy_seconds_total: float | None = None
 
     @property
     def backlog(self) -> int:
@@ -74,4 +80,12 @@ class FleetBacklog:
             dead=sum(q.dead for q in qs),
             oldest_age=max(ages) if ages else None,
             orphaned=sum(q.orphaned for q in qs),
+            done_total=_sum_known(q.done_total for q in qs),
+            busy_seconds_total=_sum_known(q.busy_seconds_total for q in qs),
         )
+
+
+def _sum_known(values: Iterable[float | None]) -> float | None:
+    """The sum of the known values; None when none is known."""
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None

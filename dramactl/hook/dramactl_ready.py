@@ -23,6 +23,11 @@ Three middlewares:
   while they stay in this worker's ack set; when that happened it asks Dramatiq to
   reload the worker (SIGHUP to its main process), so the held messages come back
   through Dramatiq's requeue and maintenance.
+* :class:`WorkReporter`: per queue, messages completed and seconds spent on them,
+  added up in memory and flushed by a background thread at most once a second in
+  one pipelined round trip (HINCRBY done, HINCRBYFLOAT busy, HSET at) into
+  ``<ns>:__dramactl__.work.<queue>``, the cumulative counters dramactl's probe
+  reads to size the fleet by work. It never raises into the app's middleware chain.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ log = logging.getLogger("dramactl.hook")
 
 MAINTENANCE_SECONDS = 5.0
 HEARTBEAT_KEY = "{namespace}:__dramactl__.heartbeat_timeout"  # read by dramactl's probe
+WORK_KEY = "{namespace}:__dramactl__.work.{queue}"  # done / busy / at, read by dramactl's probe
+WORK_FLUSH_SECONDS = 1.0
 
 
 def notify(state: str) -> bool:
@@ -201,6 +208,111 @@ class Maintenance(Middleware):
         return leaked
 
 
+class WorkReporter(Middleware):
+    """Completed messages and busy seconds per queue, batched to Redis once a second.
+
+    The per-message cost is a clock read and a dict update under a lock; Redis sees
+    one pipeline per flush per worker process. Counts that could not be flushed
+    (Redis down) are kept and sent with the next flush. Every hook swallows its own
+    errors: reporting must never fail or slow down a message.
+    """
+
+    def __init__(self, interval: float = WORK_FLUSH_SECONDS) -> None:
+        self.interval = interval
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.pending: dict[str, list] = {}  # queue -> [done, busy seconds]
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def before_process_message(self, broker, message) -> None:
+        try:
+            self.local.began = time.monotonic()
+        except Exception:  # noqa: BLE001 - never break the app's chain
+            pass
+
+    def after_process_message(self, broker, message, *, result=None, exception=None) -> None:
+        self._count(message)
+
+    def after_skip_message(self, broker, message) -> None:
+        self._count(message)
+
+    def _count(self, message) -> None:
+        try:
+            began = getattr(self.local, "began", None)
+            self.local.began = None
+            busy = time.monotonic() - began if began is not None else 0.0
+            queue = message.queue_name
+            if queue.endswith((".DQ", ".XQ")):
+                queue = queue[:-3]
+            with self.lock:
+                entry = self.pending.get(queue)
+                if entry is None:
+                    self.pending[queue] = [1, busy]
+                else:
+                    entry[0] += 1
+                    entry[1] += busy
+        except Exception:  # noqa: BLE001 - never break the app's chain
+            pass
+
+    def after_worker_boot(self, broker, worker) -> None:
+        try:
+            if not hasattr(broker, "client") or not hasattr(broker, "namespace"):
+                return  # not the Redis broker: nowhere to report
+            self.thread = threading.Thread(target=self._loop, args=(broker,), name="dramactl-work", daemon=True)
+            self.thread.start()
+        except Exception:  # noqa: BLE001
+            log.warning("dramactl: work reporting could not start", exc_info=True)
+
+    def before_worker_shutdown(self, broker, worker) -> None:
+        self.stopping.set()
+
+    def after_worker_shutdown(self, broker, worker) -> None:
+        try:
+            if self.thread is not None:
+                self.thread.join(timeout=2 * self.interval + 1)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def flush(self, broker) -> bool:
+        """Send what accumulated since the last flush (one round trip); keep it on failure."""
+        with self.lock:
+            batch, self.pending = self.pending, {}
+        if not batch:
+            return True
+        try:
+            pipe = broker.client.pipeline(transaction=False)
+            at = int(time.time() * 1000)
+            for queue, (done, busy) in batch.items():
+                key = WORK_KEY.format(namespace=broker.namespace, queue=queue)
+                pipe.hincrby(key, "done", done)
+                pipe.hincrbyfloat(key, "busy", round(busy, 6))
+                pipe.hset(key, "at", at)
+            pipe.execute()
+            return True
+        except Exception:  # noqa: BLE001 - Redis down: keep the counts for the next flush
+            with self.lock:
+                for queue, (done, busy) in batch.items():
+                    entry = self.pending.setdefault(queue, [0, 0.0])
+                    entry[0] += done
+                    entry[1] += busy
+            return False
+
+    def _loop(self, broker) -> None:
+        failed = False
+        while True:
+            stopping = self.stopping.wait(self.interval)
+            try:
+                ok = self.flush(broker)
+                if not ok and not failed:
+                    log.warning("dramactl: could not report work to Redis; keeping the counts and retrying every %.0fs", self.interval)
+                failed = not ok
+            except Exception:  # noqa: BLE001 - the reporter thread must not die
+                pass
+            if stopping:
+                return
+
+
 def _install(broker) -> None:
     from dramatiq.middleware import Retries
 
@@ -211,6 +323,7 @@ def _install(broker) -> None:
     else:
         broker.add_middleware(guard)
     broker.add_middleware(Maintenance())
+    broker.add_middleware(WorkReporter())
 
 
 _install(dramatiq.get_broker())

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import pytest
 
+from bench.bound import work_lower_bound
 from bench.policies import DramactlController, lineup
 from bench.report import table
 from bench.simulator import RunResult, WorkerModel, Workload, simulate
-from bench.traces import Trace
+from bench.traces import Trace, big_burst, one_thread, periodic, slow_start, tiny_fast
 
 SMALL = Trace("small", 900.0, lambda t: 3.0 if 200 <= t < 500 else 0.5, 3.0, ((123.0, 150),), "test")
 
 
-def run_all(seed: int) -> list[RunResult]:
-    workload = Workload.draw(SMALL, WorkerModel(), seed)
+def run_all(seed: int, trace: Trace = SMALL) -> list[RunResult]:
+    workload = Workload.draw(trace, WorkerModel(), seed)
     return [
-        simulate(workload, spec.make(), policy=spec.name, interval=spec.interval,
+        simulate(workload, spec.make(workload), policy=spec.name, interval=spec.interval,
                  initial_workers=spec.initial_workers, min_workers=1)
-        for spec in lineup(15)
+        for spec in lineup(15, max_workers=trace.max_workers, threads=workload.model.threads)
     ]
+
+
+def shortened(trace: Trace, duration: float, blocks: tuple = ()) -> Trace:
+    return Trace(trace.name, duration, trace.rate, trace.peak_rate, blocks, model=trace.model, max_workers=trace.max_workers)
 
 
 def test_same_seed_same_table() -> None:
@@ -30,7 +35,8 @@ def test_same_seed_same_table() -> None:
 def test_static_max_costs_max_times_duration() -> None:
     results = {r.policy: r for r in run_all(3)}
     static = results["static MAX"]
-    assert static.worker_seconds == pytest.approx(10 * SMALL.duration)
+    assert static.worker_seconds == pytest.approx(10 * static.horizon)
+    assert static.horizon >= SMALL.duration
     assert (static.actions, static.peak_workers) == (0, 10)
     others = [r for r in results.values() if r is not static]
     assert all(r.worker_seconds < static.worker_seconds for r in others)
@@ -45,19 +51,56 @@ def test_every_message_gets_a_wait() -> None:
 
 def test_the_real_policy_sees_history_grow_tick_by_tick() -> None:
     spec = next(s for s in lineup(15) if s.name.startswith("dramactl"))
-    controller = spec.make()
+    workload = Workload.draw(SMALL, WorkerModel(), 1)
+    controller = spec.make(workload)
     assert isinstance(controller, DramactlController)
-    result = simulate(Workload.draw(SMALL, WorkerModel(), 1), controller, policy=spec.name, interval=15,
+    result = simulate(workload, controller, policy=spec.name, interval=15,
                       initial_workers=1, min_workers=1, keep_ticks=True)
     history = controller.state.history
-    assert len(history) == len(result.ticks) == int(SMALL.duration // 15) + 1
+    assert len(history) == len(result.ticks) >= int(SMALL.duration // 15)
     assert [r.at for r in history] == [t.at for t in result.ticks]
+    assert all(b.at - a.at >= 15 for a, b in zip(history, history[1:])), "a tick never starts before the last one ended"
+    assert any(r.startup is not None for r in history), "the start-up its start jobs took is recorded"
+    assert all(r.done is not None for r in history[1:]), "the hook's counters reach the policy"
     assert [r.target for r in history] == [t.target for t in result.ticks]
     assert all(r.wanted is not None for r in history)
     assert result.peak_workers > 1  # the burst made it grow
 
 
-def test_fluid_bound_is_min_fleet_plus_the_work() -> None:
-    flat = Trace("flat", 100.0, lambda t: 4.0, 4.0, ((10.0, 80),))
-    # 4 msg/s x 2 s / 8 threads = 1 worker, at MIN 1; plus the block: 80 x 2 / 8 = 20 worker-seconds
-    assert flat.fluid_lower_bound(2.0, 8, 1) == pytest.approx(100 * 1.0 + 20.0)
+def test_bound_is_the_floor_plus_the_work_it_cannot_absorb() -> None:
+    # MIN 1 x 8 threads absorbs 8 s of work per second; 80 x 2 s at t=10 leaves 160 - 8 x 90 < 0: the floor alone.
+    assert work_lower_bound([10.0] * 80, [2.0] * 80, 8, 1, 100.0) == pytest.approx(100.0)
+    # 800 x 2 s at t=10: 1600 - 720 = 880 s of work left at H, 110 worker-seconds beyond the floor.
+    assert work_lower_bound([10.0] * 800, [2.0] * 800, 8, 1, 100.0) == pytest.approx(100.0 + 880 / 8)
+
+
+FAMILIES = [
+    SMALL,
+    shortened(tiny_fast(), 60.0),
+    shortened(periodic(), 400.0, ((7.5, 150), (187.5, 150))),
+    shortened(one_thread(), 600.0),
+    shortened(big_burst(count=3000), 400.0, ((30.0, 3000),)),
+    shortened(slow_start(), 600.0, ((37.5, 600),)),
+]
+
+
+@pytest.mark.parametrize("trace", FAMILIES, ids=[t.name for t in FAMILIES])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_no_policy_goes_under_the_lower_bound(trace: Trace, seed: int) -> None:
+    """The baseline and the clairvoyant reference included, on every family and seed."""
+    results = run_all(seed, trace)
+    assert len(results) == 5
+    for r in results:
+        assert r.worker_seconds >= r.lower_bound, (r.policy, r.worker_seconds, r.lower_bound)
+
+
+def test_a_tick_that_starts_instances_lasts_until_they_are_ready() -> None:
+    trace = shortened(slow_start(), 600.0, ((37.5, 600),))
+    workload = Workload.draw(trace, WorkerModel(), 1)
+    spec = next(s for s in lineup(15) if s.name.startswith("dramactl"))
+    controller = spec.make(workload)
+    simulate(workload, controller, policy=spec.name, interval=15, initial_workers=1, min_workers=1)
+    history = controller.state.history
+    grew = [(a, b) for a, b in zip(history, history[1:]) if a.target > a.workers]
+    assert grew
+    assert all(28.0 <= a.startup <= 32.0 and b.at - a.at >= a.startup for a, b in grew)

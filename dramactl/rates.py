@@ -1,0 +1,95 @@
+"""Arrival rate and mean service time, measured from the work counters across ticks (pure).
+
+The worker hook keeps two cumulative counters per queue (``done``: messages completed,
+``busy``: seconds spent on them); every tick saves their fleet totals with its
+backlog in a :class:`~dramactl.state.TickRecord`. Between two ticks:
+
+* completions = Δdone, and arrivals = Δdone + Δbacklog (what came in either was
+  completed or is still there), so the interval's arrival rate is
+  (Δdone + Δbacklog) / Δt;
+* the mean service time is Δbusy / Δdone.
+
+Smoothing: the arrival rate is the *median* of the per-interval rates over
+:data:`RATE_WINDOW` (a block of messages landing at once raises one interval: it is a
+backlog to drain, not a rate to staff for); the service time is the ratio of sums over
+:data:`SERVICE_WINDOW`, else the counters' whole lifetime (busy / done). A counter that
+went backwards (the key was deleted, Redis restarted) ends the intervals before it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Sequence
+
+from .state import TickRecord
+from .stats import FleetBacklog
+
+RATE_WINDOW = 120.0  # seconds of intervals whose median is the arrival rate
+SERVICE_WINDOW = 600.0  # seconds of completions whose mean is the service time
+MIN_COMPLETIONS = 3  # fewer completions than this in the window: use the lifetime mean
+
+
+@dataclass(frozen=True)
+class WorkRates:
+    """``arrival`` messages/s (None before two ticks with counters), ``service`` mean
+    seconds per message, ``intervals`` how many tick intervals the rate rests on."""
+
+    arrival: float | None
+    service: float
+    intervals: int = 0
+
+    @property
+    def load(self) -> float | None:
+        """Offered load in busy threads (Little's law: λ x E[S]); None before a rate exists."""
+        return None if self.arrival is None else self.arrival * self.service
+
+
+@dataclass(frozen=True)
+class _Point:
+    at: float
+    done: float
+    busy: float
+    backlog: int
+
+
+def work_rates(history: Sequence[TickRecord], backlog: FleetBacklog, now: float, *, max_gap: float = float("inf")) -> WorkRates | None:
+    """The rates as of ``now``; None when the counters say nothing yet (no worker with
+    the hook has completed a message): the caller then sizes by counts.
+
+    ``max_gap``: intervals longer than this (a stopped timer, a reboot) are not used.
+    """
+    if backlog.done_total is None or backlog.busy_seconds_total is None:
+        return None
+    points = [_Point(r.at, r.done, r.busy, r.backlog) for r in history if r.done is not None and r.busy is not None and r.at < now]
+    points.append(_Point(now, backlog.done_total, backlog.busy_seconds_total, backlog.backlog))
+    # Only the run of points since the counters last went backwards.
+    start = 0
+    for i in range(1, len(points)):
+        if points[i].done < points[i - 1].done or points[i].busy < points[i - 1].busy - 1e-6:
+            start = i
+    points = points[start:]
+    pairs = [(a, b) for a, b in zip(points, points[1:]) if 0 < b.at - a.at <= max_gap]
+
+    rates = [max(0.0, (b.done - a.done + b.backlog - a.backlog) / (b.at - a.at)) for a, b in pairs if b.at > now - RATE_WINDOW - 1e-9]
+    arrival = statistics.median(rates) if rates else None
+
+    recent = [(b.done - a.done, b.busy - a.busy) for a, b in pairs if b.at > now - SERVICE_WINDOW]
+    done = sum(d for d, _ in recent)
+    if done >= MIN_COMPLETIONS:
+        service = sum(s for _, s in recent) / done
+    elif backlog.done_total > 0:
+        service = backlog.busy_seconds_total / backlog.done_total  # the counters' lifetime
+    else:
+        return None
+    return WorkRates(arrival, max(service, 0.0), len(rates))
+
+
+DEFAULT_STARTUP = 5.0  # seconds assumed before the scaler has timed a start job
+
+
+def learned_startup(history: Sequence[TickRecord], default: float = DEFAULT_STARTUP, keep: int = 5) -> float:
+    """Seconds an instance takes from StartUnit to consuming: the longest of the last
+    ``keep`` start jobs the scaler timed (its starts wait for READY=1), else ``default``."""
+    seen = [r.startup for r in history if r.startup is not None]
+    return max(seen[-keep:]) if seen else default

@@ -1,0 +1,119 @@
+"""The worker hook's work report: real Dramatiq workers, real Redis, read back by the probe."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import dramatiq
+import pytest
+import redis as redis_lib
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+
+from dramactl import queue
+from dramactl.settings import parse
+from tests.conftest import RedisServer
+
+HOOK_DIR = Path(queue.__file__).resolve().parent / "hook"
+
+
+def load_hook():
+    """The hook module, imported against a throwaway broker (its import installs itself)."""
+    dramatiq.set_broker(StubBroker())
+    sys.path.insert(0, str(HOOK_DIR))
+    try:
+        return importlib.import_module("dramactl_ready")
+    finally:
+        sys.path.remove(str(HOOK_DIR))
+
+
+hook = load_hook()
+
+
+@pytest.fixture
+def broker(redis: redis_lib.Redis, redis_server: RedisServer) -> Iterator[RedisBroker]:
+    b = RedisBroker(host="127.0.0.1", port=redis_server.port)
+    dramatiq.set_broker(b)
+    yield b
+    b.close()
+
+
+def read_one(redis_server: RedisServer, name: str = "w1"):
+    settings = parse({**redis_server.env, "DRAMATIQ_COMMAND": "dramatiq app", "DRAMATIQ_QUEUE_NAME": name})
+    (q,) = queue.read(settings)
+    return q
+
+
+def wait_for(predicate, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_completions_and_busy_seconds_reach_the_probe(broker: RedisBroker, redis_server: RedisServer) -> None:
+    reporter = hook.WorkReporter(interval=0.2)
+    broker.add_middleware(reporter)
+
+    @dramatiq.actor(queue_name="w1", max_retries=0)
+    def task(i: int) -> None:
+        time.sleep(0.02)
+        if i % 5 == 0:
+            raise ValueError("a failure is work done too")
+
+    assert read_one(redis_server).done_total is None, "nothing reported yet"
+    for i in range(30):
+        task.send(i)
+    worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)
+    worker.start()
+    try:
+        wait_for(lambda: read_one(redis_server).done_total == 30)
+    finally:
+        worker.stop()
+    q = read_one(redis_server)
+    assert q.busy_seconds_total >= 30 * 0.02, "every message's service time is counted"
+    assert q.backlog == 0
+
+
+def test_one_round_trip_per_flush_whatever_the_messages(broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    reporter = hook.WorkReporter()
+    calls = []
+    real_pipeline = broker.client.pipeline
+
+    def counting_pipeline(*args, **kwargs):
+        pipe = real_pipeline(*args, **kwargs)
+        execute = pipe.execute
+        pipe.execute = lambda *a, **k: (calls.append(1), execute(*a, **k))[1]
+        return pipe
+
+    broker.client.pipeline = counting_pipeline
+    for queue_name in ("w1", "w1.DQ", "w2"):
+        for _ in range(100):
+            message = dramatiq.Message(queue_name=queue_name, actor_name="a", args=(), kwargs={}, options={})
+            reporter.before_process_message(broker, message)
+            reporter.after_process_message(broker, message, result=None)
+    assert reporter.flush(broker) is True
+    assert len(calls) == 1
+    assert redis.hget(queue.work_key("dramatiq", "w1"), "done") == b"200", "the delay queue's messages count for their queue"
+    assert redis.hget(queue.work_key("dramatiq", "w2"), "done") == b"100"
+    assert reporter.flush(broker) is True and len(calls) == 1, "nothing new: no round trip"
+
+
+def test_redis_down_keeps_the_counts_and_never_raises(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    dead = RedisBroker(host="127.0.0.1", port=1)  # nothing listens there
+    reporter = hook.WorkReporter()
+    message = dramatiq.Message(queue_name="w3", actor_name="a", args=(), kwargs={}, options={})
+    reporter.before_process_message(dead, message)
+    reporter.after_process_message(dead, message, exception=RuntimeError("app error"))
+    assert reporter.flush(dead) is False
+    live = RedisBroker(host="127.0.0.1", port=redis_server.port)
+    assert reporter.flush(live) is True
+    assert redis.hget(queue.work_key("dramatiq", "w3"), "done") == b"1", "kept across the outage"
+    # Garbage in the hooks' arguments never reaches the app as an exception.
+    reporter.after_process_message(dead, None, result=None)
+    reporter.after_skip_message(dead, object())
+    reporter.after_worker_boot(object(), object())

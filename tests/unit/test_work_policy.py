@@ -1,0 +1,172 @@
+"""Sizing by work: rates from the hook's counters across ticks, Erlang staffing, drain, holds (pure)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dramactl.instance import WorkerUnit
+from dramactl.policy import decide
+from dramactl.queueing import workers_for
+from dramactl.rates import learned_startup, work_rates
+from dramactl.settings import Settings, parse
+from dramactl.state import ScalerState, TickRecord
+from dramactl.stats import FleetBacklog
+
+NOW = 1_700_000_000.0
+
+
+def settings(**values: object) -> Settings:
+    base = {"MIN_PROCESSES": "1", "MAX_PROCESSES": "10", "WORKER_THREADS": "8", "CHECK_INTERVAL": "15"}
+    return parse({**base, **{k: str(v) for k, v in values.items()}})
+
+
+def running(n: int) -> list[WorkerUnit]:
+    return [WorkerUnit(k + 1, "active", "running", pid=100 + k, since=NOW - 3600) for k in range(n)]
+
+
+def worked(rate: float, service: float, *, workers: int, backlog: int = 0, seconds: float = 300, every: float = 15,
+           wanted: int | None = None, startup: float | None = None) -> list[TickRecord]:
+    """Ticks that saw ``rate`` msgs/s of ``service`` s each complete, at a constant backlog."""
+    out = []
+    for k in range(int(seconds // every), 0, -1):
+        at = NOW - every * k
+        done = rate * (at - NOW + 10_000)
+        out.append(TickRecord(at, backlog, workers, workers, wanted=workers if wanted is None else wanted, done=done,
+                              busy=done * service, for_rate=None, startup=startup))
+    return out
+
+
+def seen(history: list[TickRecord], rate: float, service: float, ready: int = 0, in_flight: int = 0) -> FleetBacklog:
+    """This tick's figures, continuing ``history``'s counters at ``rate`` for one more interval."""
+    done = rate * 10_000
+    return FleetBacklog(ready=ready, in_flight=in_flight, done_total=done, busy_seconds_total=done * service,
+                        oldest_age=1.0 if ready else None)
+
+
+def test_tiny_fast_messages_do_not_grow_the_fleet_to_max_but_slow_ones_of_the_same_count_do() -> None:
+    s = settings()
+    fast_history = worked(300, 0.05, workers=2, backlog=2000)
+    fast = decide(seen(fast_history, 300, 0.05, ready=2000, in_flight=16), running(2), s, fast_history, NOW)
+    slow_history = worked(1.0, 4.0, workers=2, backlog=2000)
+    slow = decide(seen(slow_history, 1.0, 4.0, ready=2000, in_flight=16), running(2), s, slow_history, NOW)
+    assert fast.target < 5, fast.reason
+    assert slow.target == 10, slow.reason
+    assert "λ 300.00/s" in fast.reason
+
+
+def test_first_tick_with_counters_uses_the_lifetime_service_time() -> None:
+    """No earlier tick has counters: E[S] is busy / done, the load what runs now."""
+    s = settings()
+    backlog = FleetBacklog(ready=2000, in_flight=16, done_total=1000, busy_seconds_total=50.0)  # 0.05 s each
+    assert decide(backlog, running(1), s, [], NOW).target <= 3
+    slow = FleetBacklog(ready=2000, in_flight=16, done_total=1000, busy_seconds_total=4000.0)  # 4 s each
+    assert decide(slow, running(1), s, [], NOW).target == 10
+
+
+def test_without_counters_it_sizes_by_count_as_before() -> None:
+    s = settings()
+    counted = decide(FleetBacklog(ready=2000), running(2), s, [], NOW)
+    assert counted.target == 10 and counted.for_rate is None
+    assert "λ" not in counted.reason
+
+
+def test_step_ignores_the_counters() -> None:
+    s = settings(POLICY="step", CHECK_INTERVAL=180)
+    history = worked(300, 0.05, workers=2, backlog=2000)
+    with_counters = decide(seen(history, 300, 0.05, ready=2000), running(2), s, history, NOW)
+    without = decide(FleetBacklog(ready=2000), running(2), s, [], NOW)
+    assert (with_counters.target, with_counters.reason) == (without.target, without.reason) == (3, "step: depth 2000 > 10")
+
+
+def test_steady_load_gets_its_erlang_fleet() -> None:
+    s = settings()
+    history = worked(12.0, 4.0, workers=7)  # 48 busy threads
+    d = decide(seen(history, 12.0, 4.0, in_flight=48), running(7), s, history, NOW)
+    assert d.target == d.for_rate == workers_for(48.0, 4.0, 8, 6.0)
+    assert 48 / 8 < d.target <= 8
+
+
+def test_a_drained_backlog_is_released_at_once() -> None:
+    """20,000 messages drained at MAX: once the queue is empty the drain capacity goes,
+    down to what the arrivals need, without waiting out the stabilization window."""
+    s = settings(MAX_PROCESSES=64)
+    history = worked(0.5, 4.0, workers=64, backlog=0, wanted=200)  # every tick in the window asked for more
+    history = [TickRecord(r.at, r.backlog, r.workers, r.target, wanted=r.wanted, done=r.done, busy=r.busy, for_rate=1) for r in history]
+    d = decide(seen(history, 0.5, 4.0, in_flight=3), running(64), s, history, NOW)
+    assert d.target == 1, d.reason
+
+
+def test_arrivals_need_is_held_over_the_stabilization_window() -> None:
+    s = settings()
+    history = worked(0.5, 4.0, workers=6)
+    history[-3] = TickRecord(history[-3].at, 0, 6, 6, wanted=6, done=history[-3].done, busy=history[-3].busy, for_rate=6)
+    d = decide(seen(history, 0.5, 4.0), running(6), s, history, NOW)
+    assert d.target == 6 and "arrivals needed 6" in d.reason
+
+
+def recurring(startup: float) -> list[TickRecord]:
+    """Growth to 8 every 180 s; the last one 150 s ago; quiet since, at 1 worker's load."""
+    history = worked(0.5, 4.0, workers=8, seconds=600, startup=startup)
+    out = []
+    for r in history:
+        age = NOW - r.at
+        burst = age in (510.0, 330.0, 150.0)
+        out.append(TickRecord(r.at, 150 if burst else 0, 1 if burst else 8, 8, wanted=8 if burst else 1,
+                              done=r.done, busy=r.busy, for_rate=1, startup=r.startup))
+    return out
+
+
+def test_recurring_load_keeps_what_it_needs_again_within_the_start_up() -> None:
+    s = settings()
+    slow = recurring(startup=30.0)  # due in 30 s, start-up + tick 45 s: keep
+    held = decide(seen(slow, 0.5, 4.0), running(8), s, slow, NOW)
+    assert held.target == 8 and "recurs every 180s" in held.reason
+    quick = recurring(startup=3.0)  # start-up + tick 18 s < 30 s: release, start again in time
+    assert decide(seen(quick, 0.5, 4.0), running(8), s, quick, NOW).target == 1
+
+
+def test_a_block_landing_is_a_backlog_not_a_rate() -> None:
+    history = worked(1.0, 4.0, workers=2, backlog=0)
+    blocked = history[:-1] + [TickRecord(history[-1].at, 600, 2, 2, wanted=2, done=history[-1].done, busy=history[-1].busy)]
+    rates = work_rates(blocked, seen(blocked, 1.0, 4.0, ready=590), NOW)
+    assert rates.arrival == pytest.approx(1.0)
+    assert rates.service == pytest.approx(4.0)
+
+
+def test_counters_that_went_backwards_start_over() -> None:
+    history = worked(1.0, 4.0, workers=2)
+    reset = FleetBacklog(done_total=30.0, busy_seconds_total=60.0)  # Redis lost the key: 2 s each since
+    rates = work_rates(history, reset, NOW)
+    assert rates.arrival is None and rates.service == pytest.approx(2.0)
+    assert work_rates(history, FleetBacklog(), NOW) is None, "no counters now: size by count"
+
+
+def test_start_up_is_learned_from_the_scalers_start_jobs() -> None:
+    history = [TickRecord(NOW - 60, 0, 1, 2, startup=28.0), TickRecord(NOW - 30, 0, 2, 2)]
+    assert learned_startup(history, 5.0) == 28.0
+    assert learned_startup([], 5.0) == 5.0
+
+
+def test_decision_record_carries_the_counters_and_old_state_files_still_load() -> None:
+    history = worked(2.0, 1.0, workers=1)
+    backlog = seen(history, 2.0, 1.0)
+    d = decide(backlog, running(1), settings(), history, NOW)
+    r = d.record(NOW, backlog)
+    assert (r.done, r.busy, r.for_rate) == (backlog.done_total, backlog.busy_seconds_total, d.for_rate)
+    old = {"history": [{"at": NOW, "backlog": 1, "workers": 1, "target": 1, "from_a_newer_version": 3}]}
+    assert ScalerState.from_dict(json.loads(json.dumps(old))).history == (TickRecord(NOW, 1, 1, 1),)
+
+
+def test_erlang_staffing_keeps_more_headroom_for_slow_messages() -> None:
+    assert workers_for(15.0, 0.05, 8, 6.0) == 2  # 94 % busy threads, waits of milliseconds
+    assert workers_for(15.0, 30.0, 8, 6.0) == 3
+    assert workers_for(0.0, 4.0, 8, 6.0) == 0
+
+
+def test_the_fleet_is_kept_while_a_backlog_drains() -> None:
+    s = settings(MAX_PROCESSES=64)
+    history = worked(0.5, 4.0, workers=64, backlog=2000)  # wants 41 to drain it in 25 s; 64 keep it
+    d = decide(seen(history, 0.5, 4.0, ready=2000, in_flight=512), running(64), s, history, NOW)
+    assert d.target == 64 and "until the backlog is drained" in d.reason
