@@ -4,7 +4,7 @@ Dramatiq imports this module in each worker process after the app's broker
 (``dramatiq app dramactl_ready``). It lives alone in its directory and needs only
 Dramatiq and the stdlib, so it can be put on the path of an app's own virtualenv.
 
-Three middlewares:
+Four middlewares:
 
 * :class:`ReadyNotifier`: ``READY=1`` for ``Type=notify`` once the consumers run,
   ``WATCHDOG=1`` while every consumer and worker thread lives, ``STOPPING=1``.
