@@ -5,7 +5,8 @@ Served by the standard library (``http.server``), so it adds no dependency:
 - ``/``            an HTML page, refreshing itself every few seconds, with each queue's
                    ready/delayed/due/in-flight/orphaned/dead counts and oldest age, the worker
                    instances (state, PID, uptime, restarts), the limits and the timer;
-- ``/status.json`` the same object ``dramactl status --json`` prints.
+- ``/status.json`` the same object ``dramactl status --json`` prints;
+- ``/metrics``     the Prometheus metrics, as ``dramactl metrics`` prints them.
 
 Both come from :func:`dramactl.status.collect` on every request. When it cannot reach
 Redis or systemd, or raises, the page still renders and shows why. It binds to
@@ -280,8 +281,13 @@ def make_handler(settings: Settings, collect: Collect, refresh: int) -> type[Bas
                 elif path == "/status.json":
                     body = json.dumps(safe_collect(settings, collect), default=str, indent=1).encode()
                     ctype = "application/json"
+                elif path == "/metrics":
+                    from dramactl import metrics
+
+                    body = metrics.render(metrics.from_status(safe_collect(settings, collect))).encode()
+                    ctype = metrics.CONTENT_TYPE
                 else:
-                    self._send(HTTPStatus.NOT_FOUND, b"not found: try / or /status.json\n", "text/plain; charset=utf-8", send_body)
+                    self._send(HTTPStatus.NOT_FOUND, b"not found: try /, /status.json or /metrics\n", "text/plain; charset=utf-8", send_body)
                     return
             except Exception as exc:  # a rendering bug: say so in one line, keep the traceback in the log
                 logger.exception("rendering %s failed", path)

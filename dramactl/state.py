@@ -33,6 +33,7 @@ class TickRecord:
     target: int
     oldest_age: float | None = None
     wanted: int | None = None  # the raw recommendation (ScalingDecision.wanted): what scale-down windows compare
+    duration: float | None = None  # seconds the tick took (dramactl_tick_duration_seconds)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ class ScalerState:
     history: tuple[TickRecord, ...] = field(default=())
     size: int | None = None  # the manual size while paused (scale-to, scale-up/down): restored after reboots
     recovery: Recovery = field(default=Recovery())
+    actions: tuple[int, int] = (0, 0)  # instances started, stopped since the state began: dramactl_scaling_actions_total
+
+    def counted(self, started: int, stopped: int) -> "ScalerState":
+        """The counters after ``started`` starts and ``stopped`` stops."""
+        return replace(self, actions=(self.actions[0] + started, self.actions[1] + stopped))
 
     def with_tick(self, record: TickRecord, keep_seconds: float = HISTORY_SECONDS) -> "ScalerState":
         kept = tuple(r for r in self.history if r.at >= record.at - keep_seconds)
@@ -71,6 +77,7 @@ class ScalerState:
             "size": self.size,
             "recovery": asdict(self.recovery),
             "history": [asdict(r) for r in self.history],
+            "actions": {"up": self.actions[0], "down": self.actions[1]},
         }
 
     @classmethod
@@ -81,6 +88,7 @@ class ScalerState:
             size=data.get("size"),
             recovery=Recovery(**data.get("recovery", {})),
             history=tuple(TickRecord(**r) for r in data.get("history", [])),
+            actions=(int(data.get("actions", {}).get("up", 0)), int(data.get("actions", {}).get("down", 0))),
         )
 
 
