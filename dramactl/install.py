@@ -99,7 +99,7 @@ def drop_ins(settings: Settings) -> dict[str, str]:
     }
     if settings.metrics_textfile_dir:
         # ProtectSystem=strict: the tick may write its metrics textfile there and nowhere else new.
-        files["dramactl.service.d/50-metrics.conf"] = f"{header}[Service]\nReadWritePaths={settings.metrics_textfile_dir}\n"
+        files["dramactl.service.d/50-metrics.conf"] = f"{header}[Service]\nReadWritePaths=-{settings.metrics_textfile_dir}\n"
     hidden = hidden_code_paths(settings)
     if hidden:
         # The units' PrivateTmp/ProtectHome would hide this installation: show it again, read-only.

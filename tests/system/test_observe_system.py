@@ -5,14 +5,18 @@ two instances at once."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
 import shutil
 import time
+import xml.etree.ElementTree as ET
 
 import pytest
 
 from tests.conftest import need
-from tests.system.conftest import APP_DIR, PYTHON, System, wait_until
+from tests.system.conftest import APP_DIR, DRAMACTL, PYTHON, REPO, System, wait_until
+from tests.system.test_dashboard_system import CHROMIUM
 
 pytestmark = pytest.mark.system
 
@@ -129,3 +133,47 @@ def test_two_instances_serve_dramatiqs_prometheus_metrics_on_their_own_ports(sys
         assert f"dramatiq-worker@{n}.service" in system.sh(f"cat /proc/{pid}/cgroup").stdout
     clashes = system.sh("journalctl -u 'dramatiq-worker@*' -o cat --no-pager | grep -c 'Address already in use' || true").stdout.strip()
     assert clashes == "0"
+
+
+def test_dashboard_charts_the_history_of_an_autoscaled_burst(system: System) -> None:
+    need(shutil.which("chromium") is not None, "chromium is not installed (apt-get install chromium)")
+    system.configure(MAX_PROCESSES="4")
+    began = time.time()
+    system.sh("systemctl start dramactl.timer")
+    wait_until(lambda: system.active() == ["dramatiq-worker@1.service"], 30, "the timer to start one worker")
+    system.send(60, 1.5)
+    wait_until(lambda: len(system.active()) == 4, 30, "the fleet to grow to MAX_PROCESSES=4")
+    wait_until(lambda: system.redis()["count"] == 60, 60, "the burst to be processed")
+
+    def history(since: str = f"@{began}") -> list[dict]:
+        return json.loads(system.dramactl("history", "--json", "--since", since).stdout)
+
+    # The shrinking tick writes its entry once its stop jobs are done (the workers drained).
+    wait_until(lambda: sum(e["stopped"] for e in history()) == 3, 90, "the fleet to shrink back to 1, in the history")
+    # A oneshot tick is "activating" while it runs: wait for the last one to finish.
+    system.sh("systemctl stop dramactl.timer && while [ \"$(systemctl is-active dramactl.service)\" = activating ]; do sleep 0.2; done")
+    hist = history()
+    ticks = [e for e in hist if e["kind"] == "tick"]
+    assert sum(e["started"] for e in hist) == 4 and sum(e["stopped"] for e in hist) == 3
+    system.sh(f"systemd-run --unit=dramactl-dashboard-chart --property=Environment=DASHBOARD_PORT=8081 {DRAMACTL} dashboard")
+    try:
+        wait_until(lambda: system.sh("curl -sf http://127.0.0.1:8081/status.json", check=False).returncode == 0, 20, "the dashboard to serve")
+        dom = system.sh(" ".join(CHROMIUM + ["--dump-dom", "http://127.0.0.1:8081/"]), timeout=60).stdout
+        svg = ET.fromstring(re.search(r"<svg id=\"chart\".*?</svg>", dom, re.S).group(0))
+        by_class: dict[str, list] = {}
+        for el in svg.iter():
+            by_class.setdefault(el.get("class"), []).append(el)
+        shown = history("-3h")  # the chart's window: earlier tests' ticks, too
+        assert len(by_class["backlog"][0].get("points").split()) == len(shown)  # one point per tick or manual change
+        assert len(by_class["mark-up"]) == sum(1 for e in shown if e["started"])
+        assert len(by_class["mark-down"]) == sum(1 for e in shown if e["stopped"])
+        assert max(e["backlog"] for e in ticks) > 0 and {"fleet", "target"} <= set(by_class)
+        system.sh(" ".join(CHROMIUM + ["--screenshot=/root/dashboard-chart.png", "--window-size=1200,1000", "--hide-scrollbars", "http://127.0.0.1:8081/"]), timeout=60)
+        shot = system.c.root / "root/dashboard-chart.png"  # the container's file, through the overlay
+        png = shot.read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+        keep = os.environ.get("DRAMACTL_CHART_SCREENSHOT")
+        if keep:
+            shutil.copyfile(shot, REPO / keep)
+    finally:
+        system.sh("systemctl stop dramactl-dashboard-chart", check=False)

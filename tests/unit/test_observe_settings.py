@@ -14,7 +14,7 @@ BASE = {"DRAMATIQ_COMMAND": "dramatiq app.tasks"}
 def test_metrics_dir_gets_a_read_write_drop_in_only_when_set() -> None:
     assert not [k for k in drop_ins(parse(BASE)) if "metrics" in k]
     files = drop_ins(parse({**BASE, "METRICS_TEXTFILE_DIR": "/var/lib/prometheus/node-exporter"}))
-    assert files["dramactl.service.d/50-metrics.conf"].endswith("[Service]\nReadWritePaths=/var/lib/prometheus/node-exporter\n")
+    assert files["dramactl.service.d/50-metrics.conf"].endswith("[Service]\nReadWritePaths=-/var/lib/prometheus/node-exporter\n")  # "-": a missing directory must not stop the tick
     with pytest.raises(SettingsError, match="METRICS_TEXTFILE_DIR: 'metrics' is relative"):
         parse({**BASE, "METRICS_TEXTFILE_DIR": "metrics"})
 
