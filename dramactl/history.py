@@ -56,7 +56,7 @@ FIELDS = {
     "DRAMACTL_STOPPED": "instances stopped (count)",
     "DRAMACTL_OK": "1 when every job ended done (or still draining), else 0",
     "DRAMACTL_PAUSED": "1 when autoscaling is paused",
-    "DRAMACTL_DURATION": "seconds the step took (reading, deciding, acting), ticks only",
+    "DRAMACTL_DURATION": "seconds the tick took from taking the lock to saving its state (reading, deciding, acting; not the process start), ticks only",
 }
 
 _INT_FIELDS = ("current", "target", "wanted", "backlog", "ready", "delayed", "due", "in_flight", "orphaned", "dead", "started", "stopped")
