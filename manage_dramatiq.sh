@@ -7,10 +7,12 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VENV=${DRAMACTL_VENV:-/opt/dramactl/venv}
 PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev redis-server)
 # The test suite also boots systemd in nspawn, drives Chromium, and builds and lints the .deb
-# (whose runtime python3-* must be installed here: the container that installs it is offline).
+# (whose runtime python3-* must be installed here: the container that installs it is offline),
+# and run Debian's node_exporter and Prometheus against the tick's metrics.
 TEST_PACKAGES=(systemd-container polkitd chromium redis-tools curl git iproute2 procps util-linux adduser
   build-essential debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools help2man
-  python3-pytest lintian python3-redis python3-click python3-dotenv python3-pystemd)
+  python3-pytest lintian python3-redis python3-click python3-dotenv python3-pystemd python3-systemd
+  prometheus prometheus-node-exporter)
 
 die() { echo "manage_dramatiq.sh: $*" >&2; exit 1; }
 

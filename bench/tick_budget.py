@@ -11,6 +11,7 @@ tick <= 1.3x reference wall and <= 1.2x reference RSS; big tick <= 1.2x small ti
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -91,7 +92,8 @@ def main() -> int:
     python = str(Path(sys.prefix) / "bin/python")
     dramactl = str(Path(sys.prefix) / "bin/dramactl")
     binds = [str(REPO)] + ([sys.prefix] if not sys.prefix.startswith(str(REPO)) else [])
-    c = Container(binds, name="dramactl-bench")
+    # DRAMACTL_TEST_MACHINE names the container when two checkouts run benches or tests on one host.
+    c = Container(binds, name=os.environ.get("DRAMACTL_TEST_MACHINE") or "dramactl-bench")
     try:
         c.boot()
         rows = []

@@ -84,10 +84,17 @@ def echo_json(data: Any) -> None:
 
 
 def finish(outcome: Any, as_json: bool) -> None:
-    """Print an Outcome; exit 1 when a job failed."""
+    """Log an Outcome to the journal with its fields (dramactl.history), print it; exit 1 when a job failed.
+
+    Under systemd stdout is the journal: the text line is not echoed a second time.
+    """
+    from . import history
+
+    if not outcome.dry_run:
+        history.send(history.fields(outcome, click.get_current_context().info_name or "tick", outcome.duration))
     if as_json:
         echo_json(outcome.to_dict())
-    else:
+    elif outcome.dry_run or not history.stdout_is_journal():
         click.echo(outcome.summary())
     if not outcome.ok:
         sys.exit(EXIT_FAILED)
@@ -138,6 +145,43 @@ def tick(dry_run: bool, as_json: bool) -> None:
             return
         raise
     finish(outcome, as_json)
+
+
+@main.command()
+@click.option("--since", metavar="TIME", help="From this time: -2h, '30 min ago', today, '2026-11-24 12:00', 12:00.")
+@click.option("--until", metavar="TIME", help="Up to this time (same forms).")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list instead of text.")
+def history(since: str | None, until: str | None, as_json: bool) -> None:
+    """Every tick and manual change in a time range, from the journal, newest last.
+
+    Example: dramactl history --since -1h
+    """
+    from . import history as hist
+
+    try:
+        start, end = (hist.parse_time(t) if t else None for t in (since, until))
+    except ValueError as exc:
+        raise CommandError(str(exc), EXIT_CONFIG) from None
+    try:
+        entries = hist.read(start, end)
+    except hist.JournalUnreadable as exc:
+        raise CommandError(str(exc), EXIT_SYSTEMD) from None
+    if as_json:
+        echo_json([e.to_dict() for e in entries])
+    else:
+        click.echo(hist.render(entries))
+
+
+@main.command()
+def metrics() -> None:
+    """The Prometheus metrics (text exposition format) of the status now and the last tick.
+
+    Example: dramactl metrics | grep dramactl_queue_ready_messages
+    """
+    from . import metrics as prom
+    from .status import collect
+
+    click.echo(prom.render(prom.from_status(collect(load_settings()))), nl=False)
 
 
 @main.command("scale-to")

@@ -4,8 +4,10 @@ Served by the standard library (``http.server``), so it adds no dependency:
 
 - ``/``            an HTML page, refreshing itself every few seconds, with each queue's
                    ready/delayed/due/in-flight/orphaned/dead counts and oldest age, the worker
-                   instances (state, PID, uptime, restarts), the limits and the timer;
-- ``/status.json`` the same object ``dramactl status --json`` prints.
+                   instances (state, PID, uptime, restarts), the limits and the timer, and a
+                   chart of the last hours from the tick history (``dramactl.chart``);
+- ``/status.json`` the same object ``dramactl status --json`` prints;
+- ``/metrics``     the Prometheus metrics, as ``dramactl metrics`` prints them.
 
 Both come from :func:`dramactl.status.collect` on every request. When it cannot reach
 Redis or systemd, or raises, the page still renders and shows why. It binds to
@@ -33,6 +35,8 @@ DEFAULT_REFRESH = 5
 logger = logging.getLogger("dramactl.dashboard")
 
 Collect = Callable[[Settings], dict]
+History = Callable[[], list]  # history entries for the chart, oldest first; raises to show why there are none
+CHART_WINDOW = 3 * 3600
 
 QUEUE_COLUMNS = (
     ("ready", "Ready"),
@@ -51,6 +55,24 @@ def default_collect(settings: Settings) -> dict:
     from dramactl.status import collect
 
     return collect(settings)
+
+
+def default_history() -> list:
+    """The last CHART_WINDOW seconds of ticks from the journal (:func:`dramactl.history.read`)."""
+    from dramactl import history
+
+    return history.read(since=time.time() - CHART_WINDOW)
+
+
+def render_chart(history: History) -> str:
+    """The chart of the history, or one line saying why there is none; never raises."""
+    from dramactl import chart
+
+    try:
+        entries = history()
+    except Exception as exc:  # the page must render whatever went wrong
+        return f'<p class="empty" id="chart-error">No chart: {escape(str(exc))}</p>'
+    return chart.render(entries, window=CHART_WINDOW)
 
 
 def safe_collect(settings: Settings, collect: Collect) -> dict:
@@ -223,11 +245,12 @@ td.state { font-weight: 600; }
 .summary div { background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 8px 14px; min-width: 150px; }
 .summary dt { font-size: 12px; color: var(--muted); text-transform: uppercase; letter-spacing: .03em; }
 .summary dd { margin: 2px 0 0; font-weight: 600; }
+.chart { background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 8px; }
 footer { color: var(--muted); font-size: 12px; margin-top: 18px; }
 """
 
 
-def render_page(status: dict, *, refresh: int = DEFAULT_REFRESH, location: str = "") -> str:
+def render_page(status: dict, *, refresh: int = DEFAULT_REFRESH, location: str = "", chart: str = "") -> str:
     """The whole HTML page for one status dict; every value from it is escaped."""
     errors = [str(e) for e in status.get("errors") or []]
     error_box = (
@@ -244,6 +267,7 @@ def render_page(status: dict, *, refresh: int = DEFAULT_REFRESH, location: str =
 <main>{error_box}{render_summary(status)}
 <h2>Queues</h2>{render_queues(status)}
 <h2>Worker instances</h2>{render_instances(status)}
+{f'<h2>Last {CHART_WINDOW // 3600} hours: backlog, fleet size and target</h2><div class="chart">{chart}</div>' if chart else ""}
 <footer>{f"Refreshes every {int(refresh)} s" if refresh > 0 else "Reload to refresh"} · the same data as JSON: <a href="status.json">status.json</a></footer>
 </main></body></html>
 """
@@ -259,7 +283,7 @@ SECURITY_HEADERS = {
 }
 
 
-def make_handler(settings: Settings, collect: Collect, refresh: int) -> type[BaseHTTPRequestHandler]:
+def make_handler(settings: Settings, collect: Collect, refresh: int, history: History = default_history) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "dramactl-dashboard"
         sys_version = ""
@@ -275,13 +299,18 @@ def make_handler(settings: Settings, collect: Collect, refresh: int) -> type[Bas
             try:
                 if path in ("/", "/index.html"):
                     status = safe_collect(settings, collect)
-                    body = render_page(status, refresh=refresh, location=settings.redis_location).encode()
+                    body = render_page(status, refresh=refresh, location=settings.redis_location, chart=render_chart(history)).encode()
                     ctype = "text/html; charset=utf-8"
                 elif path == "/status.json":
                     body = json.dumps(safe_collect(settings, collect), default=str, indent=1).encode()
                     ctype = "application/json"
+                elif path == "/metrics":
+                    from dramactl import metrics
+
+                    body = metrics.render(metrics.from_status(safe_collect(settings, collect))).encode()
+                    ctype = metrics.CONTENT_TYPE
                 else:
-                    self._send(HTTPStatus.NOT_FOUND, b"not found: try / or /status.json\n", "text/plain; charset=utf-8", send_body)
+                    self._send(HTTPStatus.NOT_FOUND, b"not found: try /, /status.json or /metrics\n", "text/plain; charset=utf-8", send_body)
                     return
             except Exception as exc:  # a rendering bug: say so in one line, keep the traceback in the log
                 logger.exception("rendering %s failed", path)
@@ -328,6 +357,7 @@ def make_server(
     *,
     collect: Collect | None = None,
     refresh: int = DEFAULT_REFRESH,
+    history: History | None = None,
 ) -> DashboardServer:
     """A bound, not yet serving, server (port 0 picks a free one; see ``.url``).
 
@@ -338,7 +368,7 @@ def make_server(
         raise ValueError(f"port must be from 0 to 65535, not {port}")
     if refresh < 0:
         raise ValueError(f"refresh must be >= 0 seconds, not {refresh}")
-    handler = make_handler(settings, collect or default_collect, refresh)
+    handler = make_handler(settings, collect or default_collect, refresh, history or default_history)
     server_class = DashboardServer6 if ":" in host else DashboardServer
     return server_class((host, int(port)), handler)
 

@@ -99,6 +99,9 @@ def drop_ins(settings: Settings) -> dict[str, str]:
         # A worker that stops sending WATCHDOG=1 (frozen, or a consumer thread died) is restarted after this.
         "dramatiq-worker@.service.d/50-watchdog.conf": f"{header}[Service]\nWatchdogSec={settings.watchdog_sec}s\n",
     }
+    if settings.metrics_textfile_dir:
+        # ProtectSystem=strict: the tick may write its metrics textfile there and nowhere else new.
+        files["dramactl.service.d/50-metrics.conf"] = f"{header}[Service]\nReadWritePaths=-{settings.metrics_textfile_dir}\n"
     hidden = hidden_code_paths(settings)
     if hidden:
         # The units' PrivateTmp/ProtectHome would hide this installation: show it again, read-only.
@@ -174,11 +177,21 @@ def link_entry_point(report: InstallReport, root: Path) -> None:
     report.did(f"linked {link} -> {ours}")
 
 
+# Drop-ins that exist only while their setting is set: removed when it is unset.
+OPTIONAL_DROP_INS = ("dramactl.service.d/50-metrics.conf",)
+
+
 def write_drop_ins(settings: Settings, report: InstallReport, base: Path) -> None:
-    for rel, text in drop_ins(settings).items():
+    files = drop_ins(settings)
+    for rel, text in files.items():
         path = base / "etc/systemd/system" / rel
         if _write(path, text):
             report.did(f"wrote {path}")
+    for rel in OPTIONAL_DROP_INS:
+        path = base / "etc/systemd/system" / rel
+        if rel not in files and path.is_file():
+            path.unlink()
+            report.did(f"removed {path}")
 
 
 def reload_systemd(report: InstallReport) -> None:

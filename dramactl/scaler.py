@@ -66,6 +66,10 @@ class Outcome:
     restarted: list[JobResult] = field(default_factory=list)
     dry_run: bool = False
     paused: bool = False
+    instances: list[WorkerUnit] = field(default_factory=list)  # as listed before acting
+    at: float | None = None  # when the tick ran (epoch seconds)
+    duration: float | None = None  # seconds the tick took
+    actions: dict[str, int] = field(default_factory=dict)  # instances started ("up") / stopped ("down"), ever
 
     @property
     def backlog(self) -> FleetBacklog:
@@ -172,7 +176,7 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
         now = time.time() if now is None else now
         backlog = FleetBacklog.of(stats)
         decision = decide(backlog, instances, settings, state.history, now, paused=state.paused, size=state.size, recovery=state.recovery)
-        outcome = Outcome(decision, stats, dry_run=dry_run, paused=state.paused)
+        outcome = Outcome(decision, stats, dry_run=dry_run, paused=state.paused, instances=list(instances), at=now)
         if dry_run:
             return outcome
         record = decision.record(now, backlog)
@@ -182,8 +186,16 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
             if outcome.started and not outcome.stopped and all(j.result == "done" for j in outcome.started):
                 # Start jobs end at READY=1 (Type=notify): how long an instance takes to consume.
                 record = replace(record, startup=round(time.monotonic() - acting, 3))
-        store.save(replace(state.with_tick(record), recovery=decision.recovery))
-        return outcome
+        outcome.duration = round(time.monotonic() - started, 3)
+        record = replace(record, duration=outcome.duration)
+        new = replace(state.with_tick(record), recovery=decision.recovery).counted(len(outcome.started), len(outcome.stopped))
+        outcome.actions = {"up": new.actions[0], "down": new.actions[1]}
+        store.save(new)
+    if settings.metrics_textfile_dir:
+        from . import metrics
+
+        metrics.publish(settings.metrics_textfile_dir, outcome)
+    return outcome
 
 
 def scale_to(
@@ -228,8 +240,10 @@ def _resize(
         paused = pause or state.paused
         # The operator asked for this size: it is kept across reboots while paused, and
         # failed instances are reset now (an explicit command overrides the backoff).
-        new_state = replace(state, paused=paused, threads=threads or state.threads, size=target if paused else None, recovery=Recovery())
         reset = [u.number for u in instances if u.is_failed]
+        changes = plan(instances, target, reset)
+        new_state = replace(state, paused=paused, threads=threads or state.threads, size=target if paused else None, recovery=Recovery())
+        new_state = new_state.counted(len(changes.start), len(changes.stop))
         new_threads = threads_of(settings, new_state)
         # Instances that stay (plan() stops the highest) restart to take a new thread count.
         restart = up[:target] if new_threads != threads_of(settings, state) else []
@@ -237,7 +251,7 @@ def _resize(
             worker_argv(settings, new_threads)
         store.save(new_state)  # before any start: instances read the thread count from it
         reason = "manual" + ("; autoscaling paused" if new_state.paused else "")
-        outcome = Outcome(ScalingDecision(len(up), target, reason, reset=tuple(reset)), stats, paused=new_state.paused)
+        outcome = Outcome(ScalingDecision(len(up), target, reason, reset=tuple(reset)), stats, paused=new_state.paused, instances=list(instances))
         outcome.started, outcome.stopped = _apply(fleet, settings, instances, target, new_threads, reset)
         outcome.restarted = fleet.restart(restart)
         return outcome

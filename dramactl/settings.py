@@ -73,6 +73,8 @@ class Settings:
     scale_down_stabilization: float = 120.0  # seconds the need must stay low before shrinking
     max_scale_down_step: int = 0  # instances removed per tick at most; 0 = straight to what the window needs
     state_dir: str = DEFAULT_STATE_DIR
+    metrics_textfile_dir: str = ""  # node_exporter's textfile directory: each tick writes dramactl.prom there ("" = off)
+    prom_port_base: int = 9191  # Dramatiq's Prometheus middleware: instance N serves on base + N - 1
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -193,6 +195,10 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
     if worker_directory and not os.path.isabs(worker_directory):
         raise SettingsError("WORKER_DIRECTORY", f"{worker_directory!r} is relative", "give an absolute path")
 
+    metrics_dir = get.text("METRICS_TEXTFILE_DIR", "")
+    if metrics_dir and not os.path.isabs(metrics_dir):
+        raise SettingsError("METRICS_TEXTFILE_DIR", f"{metrics_dir!r} is relative", "give an absolute path, e.g. /var/lib/prometheus/node-exporter")
+
     s = Settings(
         redis_host=get.text("REDIS_HOST", d.redis_host) or d.redis_host,
         redis_port=get.integer("REDIS_PORT", d.redis_port, low=1, high=65535),
@@ -219,8 +225,14 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
         scale_down_stabilization=get.number("SCALE_DOWN_STABILIZATION", d.scale_down_stabilization, low=0.0),
         max_scale_down_step=get.integer("MAX_SCALE_DOWN_STEP", d.max_scale_down_step, low=0, high=1000),
         state_dir=get.text("STATE_DIRECTORY", "").split(":")[0] or get.text("DRAMACTL_STATE_DIR", d.state_dir),
+        metrics_textfile_dir=metrics_dir,
+        prom_port_base=get.integer("DRAMATIQ_PROM_PORT_BASE", d.prom_port_base, low=1, high=65535),
         sources=sources,
     )
+    if s.prom_port_base + s.max_processes - 1 > 65535:
+        raise SettingsError(
+            "DRAMATIQ_PROM_PORT_BASE", f"{s.prom_port_base} + MAX_PROCESSES={s.max_processes} - 1 is above 65535", "use a lower base port"
+        )
     if s.min_processes > s.max_processes:
         raise SettingsError(
             "MIN_PROCESSES", f"{s.min_processes} is above MAX_PROCESSES={s.max_processes}", "lower MIN_PROCESSES or raise MAX_PROCESSES"

@@ -52,6 +52,7 @@ class TickRecord:
     busy: float | None = None
     for_rate: int | None = None  # workers the measured arrivals needed (work-based sizing), held by scale-down windows
     startup: float | None = None  # seconds this tick's start jobs took (StartUnit until READY=1), learned start-up
+    duration: float | None = None  # seconds the tick took (dramactl_tick_duration_seconds)
 
 
 
@@ -79,6 +80,11 @@ class ScalerState:
     history: tuple[TickRecord, ...] = field(default=())
     size: int | None = None  # the manual size while paused (scale-to, scale-up/down): restored after reboots
     recovery: Recovery = field(default=Recovery())
+    actions: tuple[int, int] = (0, 0)  # instances started, stopped since the state began: dramactl_scaling_actions_total
+
+    def counted(self, started: int, stopped: int) -> "ScalerState":
+        """The counters after ``started`` starts and ``stopped`` stops."""
+        return replace(self, actions=(self.actions[0] + started, self.actions[1] + stopped))
 
     def with_tick(self, record: TickRecord, keep_seconds: float = HISTORY_SECONDS) -> "ScalerState":
         kept = tuple(r for r in self.history if r.at >= record.at - keep_seconds)
@@ -91,6 +97,7 @@ class ScalerState:
             "size": self.size,
             "recovery": asdict(self.recovery),
             "history": [asdict(r) for r in self.history],
+            "actions": {"up": self.actions[0], "down": self.actions[1]},
         }
 
     @classmethod
@@ -101,6 +108,7 @@ class ScalerState:
         """
         d = _fields(data, "the file")
         rec = _fields(d.get("recovery", {}), "recovery")
+        actions = _fields(d.get("actions", {}), "actions")
         history = d.get("history", [])
         if not isinstance(history, list):
             raise DamagedState(f"history: {history!r} is not a list")
@@ -114,6 +122,10 @@ class ScalerState:
                 failing_at=_number(rec, "failing_at", "recovery.failing_at", optional=True),
             ),
             history=tuple(_tick(r, f"history[{i}]") for i, r in enumerate(history)),
+            actions=(
+                _whole(actions, "up", "actions.up", low=0, default=0),
+                _whole(actions, "down", "actions.down", low=0, default=0),
+            ),
         )
 
 
@@ -182,6 +194,7 @@ def _tick(data: object, where: str) -> TickRecord:
         busy=_number(r, "busy", f"{where}.busy", optional=True),
         for_rate=_whole(r, "for_rate", f"{where}.for_rate", low=0, optional=True),
         startup=_number(r, "startup", f"{where}.startup", optional=True),
+        duration=_number(r, "duration", f"{where}.duration", optional=True),
     )
 
 

@@ -59,6 +59,7 @@ def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = N
     out["recovery"] = state.recovery.__dict__
     out["threads"] = state.threads or settings.worker_threads
     out["last_tick"] = state.history[-1].__dict__ if state.history else None
+    out["scaling_actions"] = {"up": state.actions[0], "down": state.actions[1]}
     lim = limits(settings)
     up = sum(1 for u in out["instances"] if u["is_up"])
     lim["scale_up_above"] = up * settings.scale_up_multiplier

@@ -12,6 +12,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from .settings import Settings, SettingsError, broker_index, check_command
@@ -51,8 +52,17 @@ def worker_environment(settings: Settings, base: dict[str, str], number: int) ->
         parts.insert(1, settings.worker_directory)
     env["PYTHONPATH"] = os.pathsep.join(parts)
     env["DRAMACTL_INSTANCE"] = str(number)
+    # Dramatiq's Prometheus middleware (dramatiq.middleware.Prometheus, when the app adds it) serves on
+    # one port from one multiprocess directory: each instance gets its own of both.
+    env["dramatiq_prom_port"] = str(prom_port(settings, number))
+    env["dramatiq_prom_db"] = os.path.join(base.get("dramatiq_prom_db") or os.path.join(tempfile.gettempdir(), "dramatiq-prometheus"), f"instance-{number}")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def prom_port(settings: Settings, number: int) -> int:
+    """The port of instance N's Dramatiq Prometheus exposition: DRAMATIQ_PROM_PORT_BASE + N - 1 (dev, N=0: the base)."""
+    return settings.prom_port_base + max(number, 1) - 1
 
 
 def exec_worker(settings: Settings, threads: int, number: int, values: dict[str, str], watch: str | None = None) -> None:

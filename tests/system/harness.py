@@ -98,7 +98,10 @@ class Container:
         machine_id = subprocess.run(["systemd-id128", "new"], check=True, capture_output=True, text=True).stdout
         (self.root / "etc/machine-id").write_text(machine_id)
         # Host services the tests do not need only slow the boot down.
-        for unit in ("postgresql.service", "avahi-daemon.service", "avahi-daemon.socket", "apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer"):
+        # Debian enables prometheus and node_exporter on install: the metrics test runs its own, on its own terms.
+        for unit in ("postgresql.service", "avahi-daemon.service", "avahi-daemon.socket", "apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer",
+                     "prometheus.service", "prometheus-node-exporter.service", "prometheus-node-exporter-apt.timer",
+                     "prometheus-node-exporter-smartmon.timer", "prometheus-node-exporter-nvme.timer"):
             (self.root / "etc/systemd/system" / unit).unlink(missing_ok=True)
             (self.root / "etc/systemd/system" / unit).symlink_to("/dev/null")
 

@@ -15,6 +15,7 @@ polkit limits -> removed -> purged.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -76,11 +77,11 @@ def box(built: dict) -> Iterator[Container]:
     """A booted Debian 12 of our own with the package installed by apt (output in .install_log)."""
     why = missing_requirements()
     need(why is None, why or "")
-    missing = [p for p in ("python3-redis", "python3-pystemd", "python3-click", "python3-dotenv", "polkitd")
+    missing = [p for p in ("python3-redis", "python3-pystemd", "python3-click", "python3-dotenv", "python3-systemd", "polkitd")
                if subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True).stdout != "install ok installed"]
     need(not missing, f"install {' '.join(missing)} on the host: the offline container resolves the package's Depends from the host's installed set")
     binds = [str(REPO)] + ([str(VENV)] if not str(VENV).startswith(str(REPO)) else [])
-    c = Container(binds, name="dramactl-deb")
+    c = Container(binds, name=(os.environ.get("DRAMACTL_TEST_MACHINE") or "dramactl") + "-deb")
     try:
         c.boot()
         # Nothing of a pip install may shadow the package (systemd's PATH has /usr/local first).
@@ -189,9 +190,9 @@ def test_cli_runs_on_debians_python_and_modules(box: Container) -> None:
     assert sh(box, "head -n 1 /usr/bin/dramactl") == "#!/usr/bin/python3"
     code = (
         "import json, importlib.metadata as md, dramactl.cli, dramactl.scaler, dramactl.fleet\n"
-        "import redis, pystemd, click, dotenv\n"
-        "mods = {m.__name__: m.__file__ for m in (redis, pystemd, click, dotenv, dramactl.cli)}\n"
-        "vers = {d: md.version(d) for d in ('redis', 'pystemd', 'click', 'python-dotenv')}\n"
+        "import redis, pystemd, click, dotenv, systemd.journal\n"
+        "mods = {m.__name__: m.__file__ for m in (redis, pystemd, click, dotenv, systemd.journal, dramactl.cli)}\n"
+        "vers = {d: md.version(d) for d in ('redis', 'pystemd', 'click', 'python-dotenv', 'systemd-python')}\n"
         "print(json.dumps({'mods': mods, 'vers': vers}))"
     )
     got = box.python("/usr/bin/python3", code, user="dramactl")
@@ -256,6 +257,7 @@ def test_fleet_scales_on_backlog_as_unprivileged_users(box: Container) -> None:
 
 FLEET_PROBE = """
 import json
+import os
 from dramactl.fleet import Fleet, FleetError
 
 out = {}

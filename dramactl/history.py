@@ -1,0 +1,309 @@
+"""The tick history: one structured journal entry per tick or manual change, and reading them back.
+
+Every tick and manual command (``scale-to``, ``scale-up``, ``scale-down``) writes one
+journal entry with python-systemd's ``journal.send``: ``MESSAGE`` is the one-line
+summary (``scaler.Outcome.summary``) and the ``DRAMACTL_*`` fields below carry the
+same facts as values, so ``journalctl -u dramactl.service -o json`` users get them too.
+``dramactl history`` reads them back with ``systemd.journal.Reader``.
+
+This is the only writer of the tick line. The line also goes to stdout unless stdout
+*is* the journal (``$JOURNAL_STREAM`` names stdout's device and inode, as systemd sets
+it for a unit's stdout), so a tick under systemd is logged once, with its fields, and a
+command typed in a terminal still prints its line.
+
+``systemd.journal`` is imported only when writing or reading: the rest of the tick
+does not pay for it.
+"""
+
+from __future__ import annotations
+
+import glob
+import grp
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Iterable
+
+KINDS = ("tick", "manual")
+REASON_CLASSES = ("up", "down", "steady", "held", "paused", "manual")
+JOURNAL_GROUPS = ("systemd-journal", "adm", "wheel")
+
+#: Field name -> meaning; README's table is generated from the same words.
+FIELDS = {
+    "DRAMACTL_KIND": "`tick` (the timer, or `dramactl tick` by hand) or `manual` (scale-to, scale-up, scale-down)",
+    "DRAMACTL_COMMAND": "the dramactl command that wrote it: `tick`, `scale-to`, `scale-up`, `scale-down`",
+    "DRAMACTL_CURRENT": "instances up before the step",
+    "DRAMACTL_TARGET": "instances decided",
+    "DRAMACTL_WANTED": "the policy's raw recommendation before limits, stabilization and holds",
+    "DRAMACTL_REASON": "the decision's reason, as in the message",
+    "DRAMACTL_REASON_CLASS": "`up`, `down`, `steady`, `held` (failing instances block growth), `paused` or `manual`",
+    "DRAMACTL_BACKLOG": "ready + due + in flight + orphaned, over all queues",
+    "DRAMACTL_READY": "ready messages, all queues",
+    "DRAMACTL_DELAYED": "delayed messages, all queues",
+    "DRAMACTL_DUE": "delayed messages whose eta passed",
+    "DRAMACTL_IN_FLIGHT": "fetched by a live worker, not yet acked",
+    "DRAMACTL_ORPHANED": "fetched by a worker whose heartbeat expired",
+    "DRAMACTL_DEAD": "dead-lettered messages",
+    "DRAMACTL_OLDEST_AGE": "seconds the oldest ready message waited (empty: nothing ready)",
+    "DRAMACTL_QUEUES": "JSON list: each queue's figures (name, ready, delayed, due, in_flight, orphaned, dead, oldest_age, backlog)",
+    "DRAMACTL_INSTANCES": "JSON object: instances by systemd active state before the step, e.g. {\"active\": 2}",
+    "DRAMACTL_ACTIONS": "JSON list of the jobs and their results: [{\"verb\": \"start\", \"unit\": \"dramatiq-worker@3.service\", \"result\": \"done\"}]",
+    "DRAMACTL_STARTED": "instances started (count)",
+    "DRAMACTL_STOPPED": "instances stopped (count)",
+    "DRAMACTL_OK": "1 when every job ended done (or still draining), else 0",
+    "DRAMACTL_PAUSED": "1 when autoscaling is paused",
+    "DRAMACTL_DURATION": "seconds the tick took from taking the lock to saving its state (reading, deciding, acting; not the process start), ticks only",
+}
+
+_INT_FIELDS = ("current", "target", "wanted", "backlog", "ready", "delayed", "due", "in_flight", "orphaned", "dead", "started", "stopped")
+
+
+class JournalUnreadable(PermissionError):
+    """This user cannot read the system journal; the message says how to fix it."""
+
+
+def reason_class(outcome: Any, kind: str) -> str:
+    """One word for why the size is what it is (pure)."""
+    d = outcome.decision
+    if kind == "manual":
+        return "manual"
+    if outcome.paused:
+        return "paused"
+    if d.held:
+        return "held"
+    return "up" if d.delta > 0 else "down" if d.delta < 0 else "steady"
+
+
+def instance_states(instances: Iterable[Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for u in instances:
+        counts[u.active_state] = counts.get(u.active_state, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def fields(outcome: Any, command: str, duration: float | None = None) -> dict[str, str]:
+    """The journal entry of one outcome: MESSAGE plus the DRAMACTL_* fields, all strings (pure)."""
+    kind = "tick" if command == "tick" else "manual"
+    d = outcome.decision
+    b = outcome.backlog
+    jobs = outcome.started + outcome.stopped + outcome.restarted
+    out = {
+        "MESSAGE": outcome.summary(),
+        "PRIORITY": "6" if outcome.ok and not d.held else "4",
+        "SYSLOG_IDENTIFIER": "dramactl",
+        "DRAMACTL_KIND": kind,
+        "DRAMACTL_COMMAND": command,
+        "DRAMACTL_CURRENT": str(d.current),
+        "DRAMACTL_TARGET": str(d.target),
+        "DRAMACTL_WANTED": str(d.target if d.wanted is None else d.wanted),
+        "DRAMACTL_REASON": d.reason,
+        "DRAMACTL_REASON_CLASS": reason_class(outcome, kind),
+        "DRAMACTL_BACKLOG": str(b.backlog),
+        "DRAMACTL_READY": str(b.ready),
+        "DRAMACTL_DELAYED": str(b.delayed),
+        "DRAMACTL_DUE": str(b.due),
+        "DRAMACTL_IN_FLIGHT": str(b.in_flight),
+        "DRAMACTL_ORPHANED": str(b.orphaned),
+        "DRAMACTL_DEAD": str(b.dead),
+        "DRAMACTL_OLDEST_AGE": "" if b.oldest_age is None else f"{b.oldest_age:.3f}",
+        "DRAMACTL_QUEUES": json.dumps([q.to_dict() for q in outcome.queues], sort_keys=True),
+        "DRAMACTL_INSTANCES": json.dumps(instance_states(getattr(outcome, "instances", ())), sort_keys=True),
+        "DRAMACTL_ACTIONS": json.dumps([{"verb": j.verb, "unit": j.unit, "result": j.result} for j in jobs]),
+        "DRAMACTL_STARTED": str(len(outcome.started)),
+        "DRAMACTL_STOPPED": str(len(outcome.stopped)),
+        "DRAMACTL_OK": "1" if outcome.ok else "0",
+        "DRAMACTL_PAUSED": "1" if outcome.paused else "0",
+    }
+    if duration is not None:
+        out["DRAMACTL_DURATION"] = f"{duration:.3f}"
+    return out
+
+
+def stdout_is_journal(environ: dict[str, str] | None = None) -> bool:
+    """True when stdout is connected to the journal ($JOURNAL_STREAM names its device:inode)."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in value.split(":"))
+        st = os.fstat(sys.stdout.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+def send(entry: dict[str, str]) -> None:
+    """Write one entry to the journal (a no-op where no journald listens)."""
+    from systemd import journal
+
+    message = entry["MESSAGE"]
+    journal.send(message, **{k: v for k, v in entry.items() if k != "MESSAGE"})
+
+
+# ---- reading ------------------------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    """One tick or manual change read back from the journal."""
+
+    at: float
+    kind: str
+    command: str
+    current: int
+    target: int
+    reason: str
+    reason_class: str
+    backlog: int = 0
+    ready: int = 0
+    delayed: int = 0
+    due: int = 0
+    in_flight: int = 0
+    orphaned: int = 0
+    dead: int = 0
+    wanted: int | None = None
+    oldest_age: float | None = None
+    queues: list = field(default_factory=list)
+    instances: dict = field(default_factory=dict)
+    actions: list = field(default_factory=list)
+    started: int = 0
+    stopped: int = 0
+    ok: bool = True
+    paused: bool = False
+    duration: float | None = None
+    message: str = ""
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_journal(cls, record: dict) -> "Entry":
+        """From a Reader record (str values; the timestamp a datetime) or journalctl -o json (all strings)."""
+        def get(name: str, default: str = "") -> str:
+            value = record.get(f"DRAMACTL_{name.upper()}", default)
+            return value.decode() if isinstance(value, bytes) else str(value)
+
+        stamp = record.get("__REALTIME_TIMESTAMP")
+        at = stamp.timestamp() if isinstance(stamp, datetime) else int(stamp) / 1e6 if stamp else 0.0
+        ints = {n: int(get(n, "0") or 0) for n in _INT_FIELDS}
+        wanted = ints.pop("wanted")
+        age, dur = get("oldest_age"), get("duration")
+        return cls(
+            at=at,
+            kind=get("kind"),
+            command=get("command"),
+            reason=get("reason"),
+            reason_class=get("reason_class"),
+            wanted=wanted,
+            oldest_age=float(age) if age else None,
+            queues=json.loads(get("queues", "[]") or "[]"),
+            instances=json.loads(get("instances", "{}") or "{}"),
+            actions=json.loads(get("actions", "[]") or "[]"),
+            ok=get("ok", "1") == "1",
+            paused=get("paused", "0") == "1",
+            duration=float(dur) if dur else None,
+            message=str(record.get("MESSAGE", "")),
+            **ints,
+        )
+
+
+def can_read_system_journal() -> bool:
+    """Root, a member of systemd-journal/adm/wheel, or a user the system journal files are readable to."""
+    if os.geteuid() == 0:
+        return True
+    files = glob.glob("/var/log/journal/*/system*.journal") + glob.glob("/run/log/journal/*/system*.journal")
+    if files:
+        return any(os.access(f, os.R_OK) for f in files)
+    names = set()
+    for gid in os.getgroups():
+        try:
+            names.add(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            pass
+    return bool(names & set(JOURNAL_GROUPS))
+
+
+def read(since: float | None = None, until: float | None = None) -> list[Entry]:
+    """Every entry between ``since`` and ``until`` (epoch seconds), oldest first.
+
+    Raises JournalUnreadable when this user cannot read the system journal.
+    """
+    if not can_read_system_journal():
+        import pwd
+
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        raise JournalUnreadable(
+            f"user {user} cannot read the system journal, where the tick history is; "
+            "add it to the systemd-journal or adm group (then log in again), or use sudo"
+        )
+    from systemd import journal
+
+    reader = journal.Reader()  # local journals: the system one and users' (manual commands)
+    for kind in KINDS:
+        reader.add_match(DRAMACTL_KIND=kind)
+    if since is not None:
+        reader.seek_realtime(datetime.fromtimestamp(since))
+    entries = []
+    for record in reader:
+        entry = Entry.from_journal(record)
+        if since is not None and entry.at < since:
+            continue
+        if until is not None and entry.at > until:
+            break
+        entries.append(entry)
+    return entries
+
+
+_RELATIVE = re.compile(r"^\s*([+-]?)\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)(?:\s+ago)?\s*$")
+_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """journalctl-like times: `now`, `today`, `yesterday`, `-2h`, `30 min ago`, `2026-11-24 12:00[:00]`, `12:00`, or epoch `@1700000000`."""
+    now = time.time() if now is None else now
+    t = text.strip()
+    if t == "now":
+        return now
+    midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    if t == "today":
+        return midnight.timestamp()
+    if t == "yesterday":
+        return (midnight - timedelta(days=1)).timestamp()
+    if t.startswith("@"):
+        return float(t[1:])
+    m = _RELATIVE.match(t)
+    if m:
+        seconds = float(m.group(2)) * _UNITS[m.group(3)]
+        return now + seconds if m.group(1) == "+" else now - seconds
+    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(t, fmt).timestamp()
+        except ValueError:
+            pass
+    for fmt in ("%H:%M:%S", "%H:%M"):
+        try:
+            clock = datetime.strptime(t, fmt)
+            return midnight.replace(hour=clock.hour, minute=clock.minute, second=clock.second).timestamp()
+        except ValueError:
+            pass
+    raise ValueError(f"cannot read time {text!r}: use e.g. -2h, '30 min ago', today, '2026-11-24 12:00' or 12:00")
+
+
+def render(entries: list[Entry]) -> str:
+    """The text of `dramactl history`: one line per entry, oldest first (pure)."""
+    if not entries:
+        return "no ticks or manual changes in this range"
+    lines = [f"{'TIME':<19} {'KIND':<10} {'BACKLOG':>7} {'READY':>6} {'FLIGHT':>6} {'OLDEST':>7}  {'WORKERS':<8} {'CLASS':<7} {'SECS':>5}  REASON | ACTIONS"]
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
+        kind = e.kind if e.kind == "tick" else e.command
+        age = "-" if e.oldest_age is None else f"{e.oldest_age:.0f}s"
+        secs = "-" if e.duration is None else f"{e.duration:.2f}"
+        acts = " ".join(f"{a['verb']} @{a['unit'].split('@')[1].split('.')[0]}:{a['result']}" for a in e.actions if "@" in a.get("unit", ""))
+        reason = e.reason + (f" | {acts}" if acts else "")
+        lines.append(
+            f"{when:<19} {kind:<10} {e.backlog:>7} {e.ready:>6} {e.in_flight:>6} {age:>7}  {f'{e.current} -> {e.target}':<8} {e.reason_class:<7} {secs:>5}  {reason}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,171 @@
+"""Prometheus metrics in the text exposition format (version 0.0.4), rendered from what a tick or status saw.
+
+Three deliveries, one renderer:
+
+- each tick writes ``dramactl.prom`` into ``METRICS_TEXTFILE_DIR`` (node_exporter's
+  textfile collector reads it), atomically: a temporary file in the same directory,
+  then a rename;
+- ``dramactl metrics`` prints the same text from ``dramactl status``'s object;
+- the dashboard serves it at ``/metrics``.
+
+The text is written here rather than with ``prometheus_client``: importing it costs
+about 60 ms, more than a whole tick's margin over its budget (``bench.tick_budget``).
+The format is small and fixed; the tests parse the output with prometheus_client's
+own parser and a real Prometheus scrapes it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TEXTFILE_NAME = "dramactl.prom"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: systemd's ActiveState values: each is exported, 0 included, so a state that empties reads 0, not absent.
+STATES = ("active", "activating", "deactivating", "failed", "inactive", "reloading")
+DIRECTIONS = ("up", "down")
+
+QUEUE_FIGURES = (
+    ("ready", "dramactl_queue_ready_messages", "Messages ready to be fetched."),
+    ("delayed", "dramactl_queue_delayed_messages", "Messages in the delay queue."),
+    ("due", "dramactl_queue_due_messages", "Delayed messages whose eta has passed."),
+    ("in_flight", "dramactl_queue_in_flight_messages", "Messages fetched by a live worker and not yet acked."),
+    ("orphaned", "dramactl_queue_orphaned_messages", "Messages fetched by a worker whose heartbeat expired."),
+    ("dead", "dramactl_queue_dead_messages", "Dead-lettered messages."),
+    ("oldest_age", "dramactl_queue_oldest_message_age_seconds", "Wait of the oldest ready message (0 when none is ready)."),
+)
+
+#: Every metric name with its type and help, in the order rendered (README's table lists the same).
+METRICS = [(name, "gauge", text) for _, name, text in QUEUE_FIGURES] + [
+    ("dramactl_instances", "gauge", "Worker instances (dramatiq-worker@N.service) by systemd active state."),
+    ("dramactl_target_instances", "gauge", "Fleet size the last tick decided."),
+    ("dramactl_scaling_actions_total", "counter", "Worker instances started (direction=up) or stopped (direction=down) by ticks and manual commands."),
+    ("dramactl_tick_duration_seconds", "gauge", "How long the last tick took: read, decide, act."),
+    ("dramactl_last_tick_timestamp_seconds", "gauge", "When the last tick ran (Unix time)."),
+    ("dramactl_paused", "gauge", "1 when autoscaling is paused, else 0."),
+]
+
+
+@dataclass
+class Snapshot:
+    """What the metrics say, from a tick's Outcome or from the status object."""
+
+    queues: list[dict] = field(default_factory=list)
+    instances: dict[str, int] = field(default_factory=dict)
+    target: int | None = None
+    actions: dict[str, int] = field(default_factory=dict)
+    duration: float | None = None
+    last_tick: float | None = None
+    paused: bool = False
+
+
+def from_outcome(outcome: Any) -> Snapshot:
+    """A tick's Outcome (with the state counters and instances the tick saw)."""
+    counts: dict[str, int] = {}
+    for u in outcome.instances:
+        counts[u.active_state] = counts.get(u.active_state, 0) + 1
+    return Snapshot(
+        queues=[q.to_dict() for q in outcome.queues],
+        instances=counts,
+        target=outcome.decision.target,
+        actions=dict(outcome.actions),
+        duration=outcome.duration,
+        last_tick=outcome.at,
+        paused=outcome.paused,
+    )
+
+
+def from_status(status: dict) -> Snapshot:
+    """``dramactl status --json``'s object (queues and instances now, the tick figures from the last tick)."""
+    counts: dict[str, int] = {}
+    for i in status.get("instances") or []:
+        counts[i["active_state"]] = counts.get(i["active_state"], 0) + 1
+    tick = status.get("last_tick") or {}
+    return Snapshot(
+        queues=list(status.get("queues") or []),
+        instances=counts,
+        target=tick.get("target"),
+        actions=dict(status.get("scaling_actions") or {}),
+        duration=tick.get("duration"),
+        last_tick=tick.get("at"),
+        paused=bool(status.get("paused")),
+    )
+
+
+def _value(v: float | int) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, int):
+        return str(v)
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(float(v))
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render(snap: Snapshot) -> str:
+    """The exposition text (pure). A figure that is not known (no tick yet) is left out, not made 0."""
+    samples: dict[str, list[tuple[str, float | int]]] = {name: [] for name, _, _ in METRICS}
+    for q in snap.queues:
+        labels = f'{{queue_name="{_label(str(q["name"]))}"}}'
+        for key, name, _ in QUEUE_FIGURES:
+            value = q.get(key)
+            samples[name].append((labels, 0.0 if value is None and key == "oldest_age" else value or 0))
+    for state in sorted(set(STATES) | set(snap.instances)):
+        samples["dramactl_instances"].append((f'{{state="{_label(state)}"}}', snap.instances.get(state, 0)))
+    if snap.target is not None:
+        samples["dramactl_target_instances"].append(("", snap.target))
+    for direction in DIRECTIONS:
+        samples["dramactl_scaling_actions_total"].append((f'{{direction="{direction}"}}', int(snap.actions.get(direction, 0))))
+    if snap.duration is not None:
+        samples["dramactl_tick_duration_seconds"].append(("", float(snap.duration)))
+    if snap.last_tick is not None:
+        samples["dramactl_last_tick_timestamp_seconds"].append(("", float(snap.last_tick)))
+    samples["dramactl_paused"].append(("", 1 if snap.paused else 0))
+    lines = []
+    for name, kind, text in METRICS:
+        if not samples[name]:
+            continue
+        lines.append(f"# HELP {name} {text}")
+        lines.append(f"# TYPE {name} {kind}")
+        lines += [f"{name}{labels} {_value(v)}" for labels, v in samples[name]]
+    return "\n".join(lines) + "\n"
+
+
+def write_textfile(directory: str | os.PathLike[str], text: str) -> Path:
+    """Replace ``directory/dramactl.prom`` atomically (node_exporter never reads half a file); mode 0644."""
+    target = Path(directory) / TEXTFILE_NAME
+    # node_exporter reads *.prom only: the temporary name never matches.
+    fd, tmp = tempfile.mkstemp(prefix=".dramactl.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return target
+
+
+
+def publish(directory: str, outcome: Any) -> None:
+    """The tick's textfile; a directory the scaler cannot write is logged, never fails the tick."""
+    import logging
+
+    try:
+        write_textfile(directory, render(from_outcome(outcome)))
+    except OSError as exc:
+        logging.getLogger("dramactl.metrics").warning(
+            "METRICS_TEXTFILE_DIR: cannot write %s/%s (%s); make the directory writable by the scaler's user and run `dramactl configure`",
+            directory, TEXTFILE_NAME, exc.strerror or exc,
+        )

@@ -1,0 +1,98 @@
+"""The tick's journal entry (pure): fields from an Outcome, read back, rendered; times; where the line goes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime
+
+import pytest
+
+from dramactl import history
+from dramactl.fleet import JobResult
+from dramactl.instance import WorkerUnit
+from dramactl.policy import ScalingDecision
+from dramactl.scaler import Outcome
+from dramactl.stats import QueueStats
+
+
+def grown() -> Outcome:
+    return Outcome(
+        ScalingDecision(1, 3, "backlog 46 (40 waiting, 6 in flight) > 8 held by 1: up 1 -> 3", wanted=3),
+        [QueueStats("a", ready=30, in_flight=6, oldest_age=12.5), QueueStats("b", ready=10, delayed=4, due=1, dead=2)],
+        started=[JobResult("dramatiq-worker@2.service", "start", "done"), JobResult("dramatiq-worker@3.service", "start", "failed")],
+        instances=[WorkerUnit(1, "active", "running"), WorkerUnit(4, "failed", "failed")],
+        at=1_700_000_000.0,
+        duration=0.123,
+    )
+
+
+def test_fields_carry_inputs_decision_reason_and_jobs() -> None:
+    f = history.fields(grown(), "tick", 0.123)
+    assert f["MESSAGE"] == grown().summary()
+    assert all(k.isupper() and all(c.isalnum() or c == "_" for c in k) for k in f)
+    assert set(f) - {"MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER"} == set(history.FIELDS)
+    assert (f["DRAMACTL_KIND"], f["DRAMACTL_COMMAND"], f["DRAMACTL_REASON_CLASS"]) == ("tick", "tick", "up")
+    assert (f["DRAMACTL_CURRENT"], f["DRAMACTL_TARGET"], f["DRAMACTL_BACKLOG"], f["DRAMACTL_DUE"]) == ("1", "3", "47", "1")
+    assert (f["DRAMACTL_OLDEST_AGE"], f["DRAMACTL_DURATION"], f["DRAMACTL_OK"], f["PRIORITY"]) == ("12.500", "0.123", "0", "4")
+    assert json.loads(f["DRAMACTL_INSTANCES"]) == {"active": 1, "failed": 1}
+    assert [q["name"] for q in json.loads(f["DRAMACTL_QUEUES"])] == ["a", "b"]
+    assert json.loads(f["DRAMACTL_ACTIONS"])[1] == {"verb": "start", "unit": "dramatiq-worker@3.service", "result": "failed"}
+
+
+@pytest.mark.parametrize(
+    ("decision", "paused", "command", "cls"),
+    [
+        (ScalingDecision(2, 2, "steady"), False, "tick", "steady"),
+        (ScalingDecision(3, 2, "down"), False, "tick", "down"),
+        (ScalingDecision(2, 2, "hold", held=True), False, "tick", "held"),
+        (ScalingDecision(2, 2, "paused"), True, "tick", "paused"),
+        (ScalingDecision(2, 5, "manual"), True, "scale-to", "manual"),
+    ],
+)
+def test_reason_class(decision: ScalingDecision, paused: bool, command: str, cls: str) -> None:
+    f = history.fields(Outcome(decision, paused=paused), command)
+    assert f["DRAMACTL_REASON_CLASS"] == cls
+    assert f["DRAMACTL_KIND"] == ("tick" if command == "tick" else "manual")
+    assert "DRAMACTL_DURATION" not in f
+
+
+def test_an_entry_read_back_equals_what_was_written() -> None:
+    record = {**history.fields(grown(), "tick", 0.123), "__REALTIME_TIMESTAMP": datetime.fromtimestamp(1_700_000_000.5)}
+    e = history.Entry.from_journal(record)
+    assert (e.at, e.kind, e.current, e.target, e.wanted, e.backlog, e.ready, e.in_flight, e.dead) == (1_700_000_000.5, "tick", 1, 3, 3, 47, 40, 6, 2)
+    assert (e.oldest_age, e.duration, e.ok, e.paused, e.started, e.stopped) == (12.5, 0.123, False, False, 2, 0)
+    assert e.instances == {"active": 1, "failed": 1} and len(e.actions) == 2
+    as_json = {**history.fields(grown(), "tick"), "__REALTIME_TIMESTAMP": "1700000000500000"}  # journalctl -o json
+    assert history.Entry.from_journal(as_json).at == 1_700_000_000.5
+    text = history.render([e])
+    assert text.splitlines()[1].split()[2:9] == ["tick", "47", "40", "6", "12s", "1", "->"]
+    assert "start @2:done start @3:failed" in text and "0.12" in text
+    assert history.render([]) == "no ticks or manual changes in this range"
+
+
+def test_times() -> None:
+    now = datetime(2026, 11, 24, 15, 30, 0).timestamp()
+    assert history.parse_time("now", now) == now
+    assert history.parse_time("-2h", now) == now - 7200
+    assert history.parse_time("30 min ago", now) == now - 1800
+    assert history.parse_time("today", now) == datetime(2026, 11, 24).timestamp()
+    assert history.parse_time("yesterday", now) == datetime(2026, 11, 23).timestamp()
+    assert history.parse_time("2026-11-24 12:00", now) == datetime(2026, 11, 24, 12).timestamp()
+    assert history.parse_time("12:05:30", now) == datetime(2026, 11, 24, 12, 5, 30).timestamp()
+    assert history.parse_time("@1700000000", now) == 1_700_000_000
+    with pytest.raises(ValueError, match="cannot read time 'soon'"):
+        history.parse_time("soon", now)
+
+
+def test_stdout_is_the_journal_only_when_journal_stream_names_it(tmp_path, monkeypatch) -> None:
+    out = open(tmp_path / "out", "w")
+    other = os.stat(tmp_path)
+    monkeypatch.setattr(sys, "stdout", out)
+    st = os.fstat(out.fileno())
+    assert history.stdout_is_journal({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    assert not history.stdout_is_journal({"JOURNAL_STREAM": f"{other.st_dev}:{other.st_ino}"})  # a child of a unit, stdout redirected
+    assert not history.stdout_is_journal({})
+    assert not history.stdout_is_journal({"JOURNAL_STREAM": "garbage"})
+    out.close()
