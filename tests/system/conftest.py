@@ -66,11 +66,14 @@ class System:
         return values
 
     def reset(self) -> None:
-        """Stop everything dramactl started and forget its state; empty Redis."""
+        """Stop everything dramactl started and forget its state; empty Redis; start each test
+        with an empty journal, so no test reads another's lines."""
         self.sh("systemctl stop dramactl.timer dramactl.service dramatiq-workers.target 'dramatiq-worker@*.service'", check=False)
         self.sh("systemctl reset-failed 'dramatiq-worker@*' dramactl.service", check=False)
         self.sh("rm -f /var/lib/dramactl/state.json", check=False)
+        self.sh("systemctl is-active -q redis-server || systemctl start redis-server", check=False)
         self.sh("redis-cli flushall")
+        self.sh("journalctl --rotate --vacuum-time=1s", check=False)
 
     def units(self) -> dict[str, str]:
         """Loaded worker instances -> 'active/sub', straight from systemctl."""
