@@ -102,15 +102,6 @@ def fields(outcome: Any, command: str, duration: float | None = None) -> dict[st
         "DRAMACTL_WANTED": str(d.target if d.wanted is None else d.wanted),
         "DRAMACTL_REASON": d.reason,
         "DRAMACTL_REASON_CLASS": reason_class(outcome, kind),
-        "DRAMACTL_BACKLOG": str(b.backlog),
-        "DRAMACTL_READY": str(b.ready),
-        "DRAMACTL_DELAYED": str(b.delayed),
-        "DRAMACTL_DUE": str(b.due),
-        "DRAMACTL_IN_FLIGHT": str(b.in_flight),
-        "DRAMACTL_ORPHANED": str(b.orphaned),
-        "DRAMACTL_DEAD": str(b.dead),
-        "DRAMACTL_OLDEST_AGE": "" if b.oldest_age is None else f"{b.oldest_age:.3f}",
-        "DRAMACTL_QUEUES": json.dumps([q.to_dict() for q in outcome.queues], sort_keys=True),
         "DRAMACTL_INSTANCES": json.dumps(instance_states(getattr(outcome, "instances", ())), sort_keys=True),
         "DRAMACTL_ACTIONS": json.dumps([{"verb": j.verb, "unit": j.unit, "result": j.result} for j in jobs]),
         "DRAMACTL_STARTED": str(len(outcome.started)),
@@ -118,6 +109,18 @@ def fields(outcome: Any, command: str, duration: float | None = None) -> dict[st
         "DRAMACTL_OK": "1" if outcome.ok else "0",
         "DRAMACTL_PAUSED": "1" if outcome.paused else "0",
     }
+    if outcome.queues is not None:  # a manual command that could not reach Redis leaves the figures out
+        out.update({
+            "DRAMACTL_BACKLOG": str(b.backlog),
+            "DRAMACTL_READY": str(b.ready),
+            "DRAMACTL_DELAYED": str(b.delayed),
+            "DRAMACTL_DUE": str(b.due),
+            "DRAMACTL_IN_FLIGHT": str(b.in_flight),
+            "DRAMACTL_ORPHANED": str(b.orphaned),
+            "DRAMACTL_DEAD": str(b.dead),
+            "DRAMACTL_OLDEST_AGE": "" if b.oldest_age is None else f"{b.oldest_age:.3f}",
+            "DRAMACTL_QUEUES": json.dumps([q.to_dict() for q in outcome.queues], sort_keys=True),
+        })
     if duration is not None:
         out["DRAMACTL_DURATION"] = f"{duration:.3f}"
     return out

@@ -69,7 +69,7 @@ def from_outcome(outcome: Any) -> Snapshot:
     for u in outcome.instances:
         counts[u.active_state] = counts.get(u.active_state, 0) + 1
     return Snapshot(
-        queues=[q.to_dict() for q in outcome.queues],
+        queues=[q.to_dict() for q in outcome.queues or []],
         instances=counts,
         target=outcome.decision.target,
         actions=dict(outcome.actions),

@@ -96,3 +96,11 @@ def test_stdout_is_the_journal_only_when_journal_stream_names_it(tmp_path, monke
     assert not history.stdout_is_journal({})
     assert not history.stdout_is_journal({"JOURNAL_STREAM": "garbage"})
     out.close()
+
+
+def test_a_manual_command_that_could_not_read_redis_leaves_the_figures_out() -> None:
+    o = Outcome(ScalingDecision(2, 1, "manual; autoscaling paused"), None, stopped=[JobResult("dramatiq-worker@2.service", "stop", "done")])
+    f = history.fields(o, "scale-down")
+    assert f["MESSAGE"] == "workers 2 -> 1 | manual; autoscaling paused | stopped @2:done"
+    assert not any(k in f for k in ("DRAMACTL_BACKLOG", "DRAMACTL_READY", "DRAMACTL_QUEUES"))
+    assert (f["DRAMACTL_KIND"], f["DRAMACTL_STOPPED"]) == ("manual", "1")
