@@ -350,16 +350,7 @@ def work_target(
     if current > settings.max_processes:
         return settings.max_processes, wanted, f"{why}: down to MAX_PROCESSES={settings.max_processes}", for_rate
     if bounded > current:
-        limit_step = settings.max_scale_up_step
-        target = min(bounded, current + limit_step) if limit_step else bounded
-        notes = [f"{wanted} wanted"] if wanted != target else []
-        if limit_step and target < bounded:
-            notes.append(f"MAX_SCALE_UP_STEP={limit_step}")
-        if bounded < wanted:
-            notes.append(f"MAX_PROCESSES={settings.max_processes}")
-        if current < settings.min_processes:
-            notes.append(f"MIN_PROCESSES={settings.min_processes}")
-        return target, wanted, f"{why}: up {current} -> {target}" + (f" ({', '.join(notes)})" if notes else ""), for_rate
+        return (*_grow(current, wanted, bounded, why, settings), for_rate)
     if bounded == current:
         at_max = f" (MAX_PROCESSES; {wanted} wanted)" if wanted > current else ""
         return current, wanted, f"{why}: steady at {current}{at_max}", for_rate
@@ -467,20 +458,26 @@ def count_target(
     if bounded > current and defer and current >= settings.min_processes:
         return current, wanted, f"{why}: growing to {bounded} if it persists next tick"
     if bounded > current:
-        limit = settings.max_scale_up_step
-        target = min(bounded, current + limit) if limit else bounded
-        notes = [f"{wanted} wanted"] if wanted != target else []
-        if limit and target < bounded:
-            notes.append(f"MAX_SCALE_UP_STEP={limit}")
-        if bounded < wanted:
-            notes.append(f"MAX_PROCESSES={settings.max_processes}")
-        if current < settings.min_processes:
-            notes.append(f"MIN_PROCESSES={settings.min_processes}")
-        return target, wanted, f"{why}: up {current} -> {target}" + (f" ({', '.join(notes)})" if notes else "")
+        return _grow(current, wanted, bounded, why, settings)
     if bounded == current:
         at_max = f" (MAX_PROCESSES; {wanted} wanted)" if wanted > current else ""
         return current, wanted, f"{why}: steady at {current}{at_max}"
     return _stabilized_down(total, current, wanted, why, per_worker, settings, history, now)
+
+
+def _grow(current: int, wanted: int, bounded: int, why: str, settings: Settings) -> tuple[int, int, str]:
+    """(target, wanted, reason) for growth to ``bounded`` (``wanted`` within MIN/MAX), one
+    step at most MAX_SCALE_UP_STEP, with the limits that applied named in the reason."""
+    limit = settings.max_scale_up_step
+    target = min(bounded, current + limit) if limit else bounded
+    notes = [f"{wanted} wanted"] if wanted != target else []
+    if limit and target < bounded:
+        notes.append(f"MAX_SCALE_UP_STEP={limit}")
+    if bounded < wanted:
+        notes.append(f"MAX_PROCESSES={settings.max_processes}")
+    if current < settings.min_processes:
+        notes.append(f"MIN_PROCESSES={settings.min_processes}")
+    return target, wanted, f"{why}: up {current} -> {target}" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _last_excess(history: Sequence[TickRecord], now: float, settings: Settings) -> int | None:
