@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Iterator
 
 import dramatiq
 import pytest
@@ -14,14 +13,6 @@ from dramactl import queue
 from dramactl.settings import SettingsError, parse
 from dramactl.stats import FleetBacklog
 from tests.conftest import RedisServer
-
-
-@pytest.fixture
-def broker(redis: redis_lib.Redis, redis_server: RedisServer) -> Iterator[RedisBroker]:
-    b = RedisBroker(host="127.0.0.1", port=redis_server.port)
-    dramatiq.set_broker(b)
-    yield b
-    b.close()
 
 
 def settings_for(redis_server: RedisServer, queues: str = "q1", **extra: str):

@@ -6,10 +6,8 @@ import importlib
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import dramatiq
-import pytest
 import redis as redis_lib
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
@@ -32,14 +30,6 @@ def load_hook():
 
 
 hook = load_hook()
-
-
-@pytest.fixture
-def broker(redis: redis_lib.Redis, redis_server: RedisServer) -> Iterator[RedisBroker]:
-    b = RedisBroker(host="127.0.0.1", port=redis_server.port)
-    dramatiq.set_broker(b)
-    yield b
-    b.close()
 
 
 def read_one(redis_server: RedisServer, name: str = "w1"):
