@@ -235,7 +235,9 @@ def _set_paused(paused: bool, message: str, wait: float) -> None:
 
     settings = load_settings()
     guarded(lambda: set_paused(settings, paused, wait=wait))
-    click.echo(message)
+    from .share import scope
+
+    click.echo(message + (f" ({scope(settings)})" if settings.fleet_name else ""))
 
 
 @main.command()

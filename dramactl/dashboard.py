@@ -187,6 +187,33 @@ def render_instances(status: dict) -> str:
     return f'<table id="instances"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+def render_hosts(status: dict) -> str:
+    """The fleet's hosts (FLEET_NAME set): a section of their own; '' on one host."""
+    fleet = status.get("fleet")
+    if not isinstance(fleet, dict):
+        return ""
+    now = status.get("time") if _is_num(status.get("time")) else time.time()
+    hosts = [h for h in status.get("hosts") or [] if isinstance(h, dict)]
+    rows = []
+    for h in hosts:
+        here = " (this host)" if h.get("name") == fleet.get("this_host") else ""
+        if not h.get("live"):
+            state = '<td class="state bad">down</td>'
+        else:
+            state = '<td class="state busy">paused</td>' if h.get("paused") else '<td class="state ok">live</td>'
+        rows.append(
+            f'<tr><th class="name">{escape(str(h.get("name")))}{here}</th>{state}<td class="num">{_num(h.get("up"))}</td>'
+            f'<td class="num">{_num(h.get("share"))}</td><td class="num">{_num(h.get("max"))}</td><td>{_ago(h.get("last_tick"), now)}</td></tr>'
+        )
+    if not rows:
+        rows.append('<tr><td class="empty" colspan="6">no host has ticked in this fleet yet</td></tr>')
+    total = sum(h.get("up", 0) for h in hosts if h.get("live") and isinstance(h.get("up"), int))
+    foot = (f'<tfoot><tr><th class="name">fleet {escape(str(fleet.get("name")))}</th><td>target {_cell(fleet.get("target"))} of cap {_cell(fleet.get("cap"))}'
+            f' · MIN {_cell(fleet.get("min"))}</td><td class="num">{total}</td><td class="num">{_cell(fleet.get("target"))}</td><td></td><td></td></tr></tfoot>')
+    head = '<tr><th>Host</th><th>State</th><th class="num">Up</th><th class="num">Share</th><th class="num">Max</th><th>Last tick</th></tr>'
+    return f'<h2>Hosts</h2><table id="hosts"><thead>{head}</thead><tbody>{"".join(rows)}</tbody>{foot}</table>'
+
+
 def render_summary(status: dict) -> str:
     """The facts line: instances up, limits, thresholds, timer, paused, last tick."""
     items: list[tuple[str, str, str]] = []  # (id, label, html value)
@@ -266,7 +293,7 @@ def render_page(status: dict, *, refresh: int = DEFAULT_REFRESH, location: str =
 <body><header><h1>dramactl · Dramatiq fleet</h1><span class="meta" id="updated">updated {escape(updated)}{where}</span></header>
 <main>{error_box}{render_summary(status)}
 <h2>Queues</h2>{render_queues(status)}
-<h2>Worker instances</h2>{render_instances(status)}
+<h2>Worker instances</h2>{render_instances(status)}{render_hosts(status)}
 {f'<h2>Last {CHART_WINDOW // 3600} hours: backlog, fleet size and target</h2><div class="chart">{chart}</div>' if chart else ""}
 <footer>{f"Refreshes every {int(refresh)} s" if refresh > 0 else "Reload to refresh"} · the same data as JSON: <a href="status.json">status.json</a></footer>
 </main></body></html>

@@ -121,6 +121,15 @@ def fields(outcome: Any, command: str, duration: float | None = None) -> dict[st
             "DRAMACTL_OLDEST_AGE": "" if b.oldest_age is None else f"{b.oldest_age:.3f}",
             "DRAMACTL_QUEUES": json.dumps([q.to_dict() for q in outcome.queues], sort_keys=True),
         })
+    fleet = getattr(outcome, "fleet", None)
+    if fleet is not None:  # FLEET_NAME: the fleet's decision this host applied
+        out.update({
+            "DRAMACTL_FLEET_TARGET": str(fleet.fleet.target),
+            "DRAMACTL_FLEET_CAP": str(fleet.fleet.cap),
+            "DRAMACTL_FLEET_HOSTS": ",".join(h.name for h in fleet.hosts),
+            "DRAMACTL_FLEET_SHARE": str(fleet.share),
+            "DRAMACTL_FLEET_DECIDED_BY": fleet.fleet.by,
+        })
     if duration is not None:
         out["DRAMACTL_DURATION"] = f"{duration:.3f}"
     return out

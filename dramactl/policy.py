@@ -128,23 +128,38 @@ def decide(
     up = [u for u in instances if u.is_up]
     current = len(up)
     starting = sum(1 for u in up if is_starting(u))
+    decision = aim(backlog, current, starting, settings, history, now, paused=paused, size=size)
+    if paused and size is None:
+        return replace(decision, recovery=recovery)
+    floor = size if paused and size is not None else settings.min_processes
+    return safeguard(decision, instances, settings, recovery, now, floor)
+
+
+def aim(
+    backlog: FleetBacklog,
+    current: int,
+    starting: int,
+    settings: Settings,
+    history: Sequence[TickRecord] = (),
+    now: float = 0.0,
+    *,
+    paused: bool = False,
+    size: int | None = None,
+) -> ScalingDecision:
+    """The policy's target for ``current`` instances up (``starting`` of them not
+    consuming yet), before :func:`safeguard`: what :func:`decide` asks of one host,
+    and what :mod:`dramactl.share` asks of the whole fleet across hosts."""
     if paused and size is None:
         reason = "paused: autoscaling is off until `dramactl resume`"
-        return ScalingDecision(current, current, reason, wanted=current, starting=starting, recovery=recovery)
+        return ScalingDecision(current, current, reason, wanted=current, starting=starting)
     if paused:
-        target = wanted = size
         reason = f"manual size {size}, autoscaling paused until `dramactl resume`"
-        floor = size
-    elif settings.policy == "step":
+        return ScalingDecision(current, size, reason, wanted=size, starting=starting)
+    if settings.policy == "step":
         target, reason = step_target(backlog, current, settings)
-        wanted, floor = target, settings.min_processes
-    else:
-        target, wanted, reason, for_rate = default_target(backlog, current, starting, settings, history, now)
-        floor = settings.min_processes
-        return safeguard(
-            ScalingDecision(current, target, reason, wanted=wanted, starting=starting, for_rate=for_rate), instances, settings, recovery, now, floor
-        )
-    return safeguard(ScalingDecision(current, target, reason, wanted=wanted, starting=starting), instances, settings, recovery, now, floor)
+        return ScalingDecision(current, target, reason, wanted=target, starting=starting)
+    target, wanted, reason, for_rate = default_target(backlog, current, starting, settings, history, now)
+    return ScalingDecision(current, target, reason, wanted=wanted, starting=starting, for_rate=for_rate)
 
 
 BACKOFF_FIRST = 10.0  # seconds before a second reset of failed instances

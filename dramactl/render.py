@@ -24,6 +24,22 @@ def _when(epoch: float | None, now: float) -> str:
     return f"{stamp} (in {_age(delta)})" if delta >= 0 else f"{stamp} ({_age(-delta)} ago)"
 
 
+def render_hosts(fleet: dict, hosts: list, now: float) -> list[str]:
+    """The fleet's hosts (FLEET_NAME): who runs what of the fleet's target."""
+    target = "-" if fleet.get("target") is None else fleet["target"]
+    cap = "-" if fleet.get("cap") is None else fleet["cap"]
+    decided = f", decided by {fleet['decided_by']} {_when(fleet.get('decided_at'), now)}" if fleet.get("decided_by") else ""
+    lines = [f"fleet {fleet['name']}: target {target} of cap {cap}, MIN {fleet.get('min')} for the whole fleet{decided}"]
+    lines.append(f"{'HOST':<28} {'UP':>4} {'SHARE':>6} {'MAX':>4} {'LAST TICK':>22}  STATE")
+    for h in hosts:
+        here = " (this host)" if h["name"] == fleet.get("this_host") else ""
+        state = ("paused" if h.get("paused") else "live") if h.get("live") else "down: heartbeat expired, its share went to the others"
+        lines.append(f"{h['name']:<28} {h['up']:>4} {h['share']:>6} {h['max']:>4} {_when(h.get('last_tick'), now):>22}  {state}{here}")
+    if not hosts:
+        lines.append("(no host has ticked in this fleet yet)")
+    return lines
+
+
 def render_status(data: dict) -> str:
     """The `dramactl status` text: queues, instances, limits, timer, errors."""
     now = data.get("time") or time.time()
@@ -44,6 +60,10 @@ def render_status(data: dict) -> str:
     if not instances:
         lines.append("(no worker instances)")
     lines.append("")
+    fleet = data.get("fleet")
+    if fleet:
+        lines += render_hosts(fleet, data.get("hosts") or [], now)
+        lines.append("")
     lim = data.get("limits") or {}
     lines.append(
         f"limits: min {lim.get('min')} max {lim.get('max')}  policy {lim.get('policy')}  "

@@ -13,10 +13,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
-from . import queue
+import redis
+
+from . import queue, share
 from .fleet import Fleet, JobResult
 from .instance import WorkerUnit
-from .policy import ScalingDecision, decide
+from .policy import ScalingDecision, decide, is_starting, safeguard
 from .settings import Settings, SettingsError
 from .state import LOCK_WAIT, Recovery, ScalerState, StateStore
 from .stats import FleetBacklog, QueueStats
@@ -67,6 +69,7 @@ class Outcome:
     dry_run: bool = False
     paused: bool = False
     instances: list[WorkerUnit] = field(default_factory=list)  # as listed before acting
+    fleet: share.Coordinated | None = None  # FLEET_NAME set: the fleet's decision and this host's share
     at: float | None = None  # when the tick ran (epoch seconds)
     duration: float | None = None  # seconds the tick took
     actions: dict[str, int] = field(default_factory=dict)  # instances started ("up") / stopped ("down"), ever
@@ -85,7 +88,7 @@ class Outcome:
         age = "-" if b.oldest_age is None else f"{b.oldest_age:.1f}s"
         d = self.decision
         parts = [
-            f"workers {d.current} -> {d.target}" + (" (dry run)" if self.dry_run else ""),
+            f"workers {d.current} -> {d.target}" + (" on this host" if self.fleet else "") + (" (dry run)" if self.dry_run else ""),
             d.reason,
         ]
         if self.queues is not None:  # figures never read are left out, not shown as zeros
@@ -110,6 +113,7 @@ class Outcome:
             "restarted": [j.__dict__ for j in self.restarted],
             "dry_run": self.dry_run,
             "paused": self.paused,
+            "fleet": None if self.fleet is None else self.fleet.to_dict(),
         }
 
 
@@ -168,7 +172,8 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
     fleet = fleet or Fleet()
     with _locked(settings, wait=False, write=not dry_run) as store:
         started = time.monotonic()
-        stats = queue.read(settings)
+        client = queue.connect(settings)
+        stats = queue.read(settings, client)
         probed = time.monotonic()
         instances = fleet.instances()
         log.debug("redis probe %.1f ms, %d instances listed in %.1f ms", (probed - started) * 1e3, len(instances), (time.monotonic() - probed) * 1e3)
@@ -176,7 +181,12 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
         now = time.time() if now is None else now
         backlog = FleetBacklog.of(stats)
         decision = decide(backlog, instances, settings, state.history, now, paused=state.paused, size=state.size, recovery=state.recovery)
-        outcome = Outcome(decision, stats, dry_run=dry_run, paused=state.paused, instances=list(instances), at=now)
+        coordinated = None
+        if settings.fleet_name:
+            coordinated = _in_fleet(client, settings, backlog, instances, state, decision, write=not dry_run)
+            if not state.paused:
+                decision = safeguard(coordinated.decision, instances, settings, state.recovery, now, coordinated.floor)
+        outcome = Outcome(decision, stats, dry_run=dry_run, paused=state.paused, instances=list(instances), fleet=coordinated, at=now)
         if dry_run:
             return outcome
         record = decision.record(now, backlog)
@@ -186,6 +196,8 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
             if outcome.started and not outcome.stopped and all(j.result == "done" for j in outcome.started):
                 # Start jobs end at READY=1 (Type=notify): how long an instance takes to consume.
                 record = replace(record, startup=round(time.monotonic() - acting, 3))
+        if coordinated is not None:
+            _settle(client, settings, instances, decision, outcome, record.startup)
         outcome.duration = round(time.monotonic() - started, 3)
         record = replace(record, duration=outcome.duration)
         new = replace(state.with_tick(record), recovery=decision.recovery).counted(len(outcome.started), len(outcome.stopped))
@@ -196,6 +208,38 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
 
         metrics.publish(settings.metrics_textfile_dir, outcome)
     return outcome
+
+
+def _in_fleet(
+    client: redis.Redis, settings: Settings, backlog: FleetBacklog, instances: Sequence[WorkerUnit], state: ScalerState, local: ScalingDecision, *, write: bool
+) -> share.Coordinated:
+    """This host's heartbeat and share in the fleet (FLEET_NAME); a paused host holds
+    its own decision (``local``) and is counted with it. ``write`` False (a dry run):
+    what it would be, with nothing written."""
+    up = [u for u in instances if u.is_up]
+    with queue.redis_errors(settings):
+        return share.coordinate(
+            client,
+            settings,
+            backlog,
+            up=len(up),
+            starting=sum(1 for u in up if is_starting(u)),
+            occupying=sum(1 for u in instances if u.occupies),
+            pinned=local.target if state.paused else None,
+            write=write,
+        )
+
+
+def _settle(client: redis.Redis, settings: Settings, instances: Sequence[WorkerUnit], decision: ScalingDecision, outcome: Outcome, startup: float | None) -> None:
+    """After acting, the claim drops to what this host now runs (its stops are with
+    systemd), so the other hosts can grow into the room at their next tick. Best
+    effort: when Redis went away meanwhile, the claim expires with the heartbeat."""
+    coming = sum(1 for u in instances if u.is_coming_back)
+    failed_starts = sum(1 for j in outcome.started if not j.ok)
+    try:
+        share.settle(client, settings, claim=decision.target + coming - failed_starts, up=decision.target - failed_starts, startup=startup)
+    except (OSError, redis.RedisError) as exc:
+        log.warning("fleet %s: could not update this host's claim after acting (%s); it expires with the heartbeat", settings.fleet_name, exc)
 
 
 def scale_to(
@@ -250,7 +294,7 @@ def _resize(
         if target:
             worker_argv(settings, new_threads)
         store.save(new_state)  # before any start: instances read the thread count from it
-        reason = "manual" + ("; autoscaling paused" if new_state.paused else "")
+        reason = "manual" + ("; autoscaling paused" if new_state.paused else "") + (f"; {share.scope(settings)}" if settings.fleet_name else "")
         outcome = Outcome(ScalingDecision(len(up), target, reason, reset=tuple(reset)), stats, paused=new_state.paused, instances=list(instances))
         outcome.started, outcome.stopped = _apply(fleet, settings, instances, target, new_threads, reset)
         outcome.restarted = fleet.restart(restart)

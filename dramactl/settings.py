@@ -25,6 +25,7 @@ POLICIES = ("default", "step")
 WATCHDOG_MIN = 5  # WATCHDOG_SEC below this restarts workers on a pause of a few seconds (GC, swap, a busy host)
 MAX_STABILIZATION = 1800.0  # half of state.HISTORY_SECONDS: the window must fit the kept history
 _QUEUE_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9._-]*$")
+_FLEET_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
 # Credentials in Redis URLs: userinfo (up to the token's last '@', as urlsplit reads it) and password= values.
 _URL_USERINFO = re.compile(r"(?i)\b((?:rediss?|unix)://)\S*@")
 _PASSWORD_PARAM = re.compile(r"(?i)([?&;]password=)([^&#\s]*)")
@@ -75,7 +76,16 @@ class Settings:
     state_dir: str = DEFAULT_STATE_DIR
     metrics_textfile_dir: str = ""  # node_exporter's textfile directory: each tick writes dramactl.prom there ("" = off)
     prom_port_base: int = 9191  # Dramatiq's Prometheus middleware: instance N serves on base + N - 1
+    # Several hosts, one fleet (dramactl.share): off unless FLEET_NAME is set.
+    fleet_name: str = ""  # hosts with the same name, on the same Redis, form one fleet
+    fleet_max_processes: int = 0  # the fleet-wide cap on instances; 0 = the sum of the hosts' MAX_PROCESSES
+    fleet_host_ttl: int = 0  # seconds a host's heartbeat lasts; 0 = 3 x CHECK_INTERVAL + 30
     sources: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def host_ttl(self) -> int:
+        """FLEET_HOST_TTL, or its default: three tick intervals plus the 30 s a tick may wait on start jobs."""
+        return self.fleet_host_ttl or 3 * self.check_interval + 30
 
     @property
     def redis_location(self) -> str:
@@ -199,6 +209,10 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
     if metrics_dir and not os.path.isabs(metrics_dir):
         raise SettingsError("METRICS_TEXTFILE_DIR", f"{metrics_dir!r} is relative", "give an absolute path, e.g. /var/lib/prometheus/node-exporter")
 
+    fleet_name = get.text("FLEET_NAME", "")
+    if fleet_name and not _FLEET_NAME.match(fleet_name):
+        raise SettingsError("FLEET_NAME", f"{fleet_name!r} is not a fleet name", "use up to 64 letters, digits, '.', '_' or '-'")
+
     s = Settings(
         redis_host=get.text("REDIS_HOST", d.redis_host) or d.redis_host,
         redis_port=get.integer("REDIS_PORT", d.redis_port, low=1, high=65535),
@@ -227,6 +241,9 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
         state_dir=get.text("STATE_DIRECTORY", "").split(":")[0] or get.text("DRAMACTL_STATE_DIR", d.state_dir),
         metrics_textfile_dir=metrics_dir,
         prom_port_base=get.integer("DRAMATIQ_PROM_PORT_BASE", d.prom_port_base, low=1, high=65535),
+        fleet_name=fleet_name,
+        fleet_max_processes=get.integer("FLEET_MAX_PROCESSES", d.fleet_max_processes, low=0, high=100000),
+        fleet_host_ttl=get.integer("FLEET_HOST_TTL", d.fleet_host_ttl, low=0, high=86400),
         sources=sources,
     )
     if s.prom_port_base + s.max_processes - 1 > 65535:
@@ -236,6 +253,16 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
     if s.min_processes > s.max_processes:
         raise SettingsError(
             "MIN_PROCESSES", f"{s.min_processes} is above MAX_PROCESSES={s.max_processes}", "lower MIN_PROCESSES or raise MAX_PROCESSES"
+        )
+    if s.fleet_max_processes and s.fleet_max_processes < s.min_processes:
+        raise SettingsError(
+            "FLEET_MAX_PROCESSES", f"{s.fleet_max_processes} is below MIN_PROCESSES={s.min_processes}", "raise it, lower MIN_PROCESSES, or set 0 for no fleet-wide cap"
+        )
+    if s.fleet_host_ttl and s.fleet_host_ttl <= s.check_interval:
+        raise SettingsError(
+            "FLEET_HOST_TTL",
+            f"{s.fleet_host_ttl}s is not longer than CHECK_INTERVAL={s.check_interval}s",
+            "make it longer than a tick interval (e.g. 3 x CHECK_INTERVAL + 30), or the hosts would drop out between ticks",
         )
     if s.scale_down_stabilization > MAX_STABILIZATION:
         raise SettingsError(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from . import queue
+from . import queue, share
 from .fleet import Fleet, FleetError
 from .settings import Settings, SettingsError
 from .state import StateStore
@@ -35,14 +35,22 @@ def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = N
     errors: list[str] = []
     now = time.time()
     out: dict = {"time": now, "queues": [], "totals": None, "instances": [], "timer": None}
+    client = queue.connect(settings)
     try:
-        stats = queue.read_each(settings)
+        stats = queue.read_each(settings, client)
         good = [q for q in stats if q.error is None]
         out["queues"] = [q.to_dict() for q in good]
         out["totals"] = FleetBacklog.of(good).to_dict()
         errors += [f"redis: {queue.queue_error(q)}" for q in stats if q.error is not None]
     except SettingsError as exc:
         errors.append(f"redis: {exc}")
+    out["fleet"], out["hosts"] = None, []
+    if settings.fleet_name:
+        try:
+            with queue.redis_errors(settings):
+                out.update(share.view(settings, client))
+        except SettingsError as exc:
+            errors.append(f"fleet: {exc}")
     if systemd:
         try:
             fleet = fleet or Fleet()
