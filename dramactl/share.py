@@ -53,6 +53,7 @@ from .stats import FleetBacklog
 
 ATTEMPTS = 20  # WATCH conflicts (another host's tick wrote the fleet in between) before giving up
 KEY_LIFETIME = 7 * 86400  # a fleet nobody ticks for a week is forgotten
+HISTORY_RECORDS = 720  # the fleet's history is rewritten every decision: an hour, at most this many records
 FORGET_AFTER = 3600.0  # an expired host stays listed (status shows it down) this long, then is removed
 
 
@@ -365,7 +366,7 @@ def coordinate(
                 if gone:
                     pipe.hdel(key, *[f"host:{g}" for g in gone])
                 if record is not None:
-                    kept = [r for r in history if r.at >= now - HISTORY_SECONDS] + [record]
+                    kept = ([r for r in history if r.at >= now - HISTORY_SECONDS] + [record])[-HISTORY_RECORDS:]
                     pipe.hset(key, mapping={"decision": view.fleet.to_json(), "history": json.dumps([asdict(r) for r in kept], separators=(",", ":"))})
                 pipe.expire(key, KEY_LIFETIME)
                 pipe.execute()
