@@ -125,3 +125,33 @@ def test_a_paused_host_is_counted_with_its_instances_and_given_no_share() -> Non
     view, _ = plan_share(settings, host("a", up=1), [paused, host("c", up=1)], FleetBacklog(ready=200), [], None, 10.0, 1)
     assert "b" not in view.fleet.shares and view.fleet.pinned == 3
     assert sum(view.fleet.shares.values()) + 3 == view.fleet.target <= 6
+
+
+FLEET_STATUS = {
+    "time": 1000.0,
+    "fleet": {"name": "t", "target": 5, "cap": 9, "min": 1, "decided_at": 998.0, "decided_by": "b", "this_host": "a"},
+    "hosts": [
+        {"name": "a", "up": 2, "share": 2, "max": 2, "last_tick": 997.0, "live": True, "paused": False},
+        {"name": "b", "up": 3, "share": 3, "max": 3, "last_tick": 998.0, "live": True, "paused": False},
+        {"name": "<c>", "up": 4, "share": 0, "max": 4, "last_tick": 900.0, "live": False, "paused": False},
+    ],
+}
+
+
+def test_status_text_lists_every_host_with_its_share_and_the_dead_one_as_down() -> None:
+    from dramactl.render import render_status
+
+    text = render_status(FLEET_STATUS)
+    assert "fleet t: target 5 of cap 9, MIN 1 for the whole fleet, decided by b" in text
+    lines = {line.split()[0]: line for line in text.splitlines() if line.split() and line.split()[0] in ("a", "b", "<c>")}
+    assert lines["a"].split()[1:4] == ["2", "2", "2"] and lines["a"].endswith("live (this host)")
+    assert "down: heartbeat expired" in lines["<c>"]
+
+
+def test_dashboard_shows_the_hosts_escaped_and_nothing_on_one_host() -> None:
+    from dramactl.dashboard import render_hosts
+
+    html = render_hosts(FLEET_STATUS)
+    assert '<table id="hosts">' in html and "&lt;c&gt;" in html and "<c>" not in html
+    assert html.count('class="state ok">live') == 2 and 'class="state bad">down' in html
+    assert render_hosts({"fleet": None, "hosts": []}) == ""
