@@ -79,20 +79,35 @@ def listed_hosts(status: dict | None) -> set[str]:
     return {h["name"] for h in (status or {}).get("hosts") or []}
 
 
-def check_bounds(sampler: FleetSampler, cluster: Cluster, cap: int | None) -> tuple[int, dict[str, int]]:
-    """Every sample within the fleet cap and each host within its own MAX; returns the peaks."""
+def bounds(sampler: FleetSampler, cluster: Cluster, cap: int | None) -> tuple[int, dict[str, int], list[str]]:
+    """The fleet-wide and per-host peaks, and every sample above the fleet cap or a host's own MAX."""
     peaks = {h.name: 0 for h in cluster.hosts}
-    peak = 0
+    peak, over = 0, []
     for row in sampler.rows:
         total = sampler.total(row)
-        if cap is not None:
-            assert total <= cap, f"{total} occupied fleet-wide at {row['t']:.0f} ({sampler.per_host(row)}), FLEET_MAX_PROCESSES={cap}"
+        if cap is not None and total > cap:
+            over.append(f"{total} fleet-wide at {row['t']:.0f} ({sampler.per_host(row)}) > FLEET_MAX_PROCESSES={cap}")
         for h in cluster.hosts:
             n = sampler.occupied(row, h.name)
-            assert n <= MAX[letter(h)], f"{h.name}: {n} occupied at {row['t']:.0f}, its MAX_PROCESSES={MAX[letter(h)]}"
+            if n > MAX[letter(h)]:
+                over.append(f"{h.name}: {n} at {row['t']:.0f} > its MAX_PROCESSES={MAX[letter(h)]}")
             peaks[h.name] = max(peaks[h.name], n)
         peak = max(peak, total)
-    return peak, peaks
+    return peak, peaks, over
+
+
+def converged(polls: list[tuple[float, int]], sampler: FleetSampler) -> list[tuple[int, int, int]]:
+    """(lowest, highest target, sampled sum) wherever the targets polled over the last SETTLE
+    seconds stayed within 1 of each other: the hosts had two ticks and start-up to act on it."""
+    out = []
+    for t, _ in polls:
+        if t - polls[0][0] < SETTLE:
+            continue
+        window = [target for u, target in polls if t - SETTLE <= u <= t]
+        row = row_at(sampler.rows, t)
+        if row is not None and max(window) - min(window) <= 1:
+            out.append((min(window), max(window), sampler.total(row)))
+    return out
 
 
 def start_fleet(cluster: Cluster, hosts: list[Host] | None = None) -> None:
@@ -157,31 +172,24 @@ def test_burst_within_fleet_cap_and_each_max_then_drain_to_fleet_min(hosts: Clus
         shrunk = time.time() - done
         statuses = {h.name: h.status() for h in hosts.hosts}
 
-    peak, peaks = check_bounds(sampler, hosts, CAP)
+    peak, peaks, over = bounds(sampler, hosts, CAP)
     grown = next((r["t"] - landed for r in sampler.rows if r["t"] > landed and sampler.total(r) >= CAP - 1), None)
 
-    # Convergence: wherever A's status showed one fleet target for SETTLE seconds, the sampled sum is it ±1.
+    # Convergence: wherever A's status showed the fleet target steady (within 1) for SETTLE seconds,
+    # the sampled fleet-wide sum is within 1 of it.
     polls = [(t, s["fleet"]["target"]) for t, s in poller.polls if s and s.get("fleet")]
-    assert polls, f"status --json never showed a fleet: {poller.polls[-1:]}"
-    checked: list[tuple[int, int]] = []
-    since, held = None, None
-    for t, target in polls:
-        if target != held:
-            since, held = t, target
-        if t - since >= SETTLE:
-            row = row_at(sampler.rows, t)
-            if row is not None:
-                checked.append((target, sampler.total(row)))
-    assert any(target >= CAP - 1 for target, _ in checked), f"the burst never held a fleet target near the cap for {SETTLE}s: {polls}"
-    off = [(target, total) for target, total in checked if abs(total - target) > 1]
-    assert not off, f"fleet-wide occupied vs fleet target once settled (target, sum): {off} of {len(checked)}"
-
+    checked = converged(polls, sampler) if polls else []
+    off = [(lo, hi, total) for lo, hi, total in checked if not lo - 1 <= total <= hi + 1]
     r = hosts.counts()
     print(
         f"\n[multihost] burst of {sent}: fleet peak {peak} (cap {CAP}), per host {peaks}; near the cap {grown if grown is None else round(grown, 1)}s"
-        f" after the burst; {len(checked)} settled samples within target ±1; back at 1 instance {shrunk:.1f}s after the last message;"
-        f" processed {r['processed']}, duplicates {r['duplicates']}"
+        f" after the burst; {len(checked) - len(off)}/{len(checked)} settled samples within target ±1; back at 1 instance"
+        f" {shrunk:.1f}s after the last message; processed {r['processed']}, duplicates {r['duplicates']}; {len(sampler.rows)} samples"
     )
+    assert not over, over[:10]
+    assert polls, f"status --json never showed a fleet: {[(s or {}).get('fleet') for _, s in poller.polls[-3:]]}"
+    assert any(lo >= CAP - 1 for lo, _, _ in checked), f"the burst never held a fleet target near the cap for {SETTLE}s: {polls}"
+    assert not off, f"fleet-wide occupied vs a settled fleet target (target low, high, sum): {off} of {len(checked)}"
     assert peak >= CAP - 1, f"the fleet never grew near FLEET_MAX_PROCESSES={CAP}: peak {peak}"
     assert r["processed"] == sent and r["dead"] == 0, r
     assert (r["ready"], r["msgs"], r["delayed"], r["acks"]) == (0, 0, 0, 0), r
@@ -205,7 +213,7 @@ def test_a_host_with_a_bad_config_drops_out_and_the_others_carry_on(hosts: Clust
     hosts.configure(FLEET, PER_HOST)
     bad = hosts["c"]
     bad.write_env({**bad.values, "MAX_PROCESSES": "abc"})
-    error = "MAX_PROCESSES: 'abc' is not a whole number"
+    error = "MAX_PROCESSES: 'abc'"  # the SettingsError line names the setting and the value
     sent = 200
     with FleetSampler(hosts) as sampler, StatusPoller(hosts["a"]) as poller:
         for h in hosts.hosts:
@@ -216,18 +224,19 @@ def test_a_host_with_a_bad_config_drops_out_and_the_others_carry_on(hosts: Clust
         wait_until(lambda: hosts.counts()["processed"] >= sent, 120, f"all {sent} messages processed by A and B", interval=1)
         statuses = {h.name: h.status() for h in (hosts["a"], hosts["b"])}
 
-    peak, peaks = check_bounds(sampler, hosts, CAP)
+    peak, peaks, over = bounds(sampler, hosts, CAP)
+    lines = [line for line in bad.journal(identifier="dramactl").splitlines() if line.strip()]
+    r = hosts.counts()
+    print(f"\n[multihost] bad config on C: {len(lines)} failed tick(s), one line each; A and B peaked at {peaks}; processed {r['processed']}/{sent}")
+    assert not over, over[:10]
     assert peaks[bad.name] == 0, f"C started workers with a bad config: {peaks}"
     assert peak >= 2, f"A and B never grew for the burst: {peaks}"
-    lines = [line for line in bad.journal(identifier="dramactl").splitlines() if line.strip()]
     assert lines and all(error in line for line in lines), f"C's tick output is not just its one-line error: {lines[:5]}"
     assert "Traceback" not in bad.journal()
     assert not any(bad.name in listed_hosts(s) for _, s in poller.polls), "C showed up in A's hosts list"
     for name, status in statuses.items():
         assert live_hosts(status) == {hosts["a"].name, hosts["b"].name}, (name, status["hosts"])
         assert bad.name not in listed_hosts(status), (name, status["hosts"])
-    r = hosts.counts()
-    print(f"\n[multihost] bad config on C: {len(lines)} failed tick(s), one line each; A and B peaked at {peaks}; processed {r['processed']}/{sent}")
     assert r["processed"] == sent and r["dead"] == 0, r
 
 
@@ -244,9 +253,12 @@ def test_without_fleet_name_each_host_sizes_to_the_whole_backlog(hosts: Cluster)
             3 * INTERVAL + 10,
             "every host at its own MAX",
         )
-    _, peaks = check_bounds(sampler, hosts, None)
+        # The tick's line comes once its start jobs finished (nine workers starting at once on CI take a while).
+        for h in hosts.hosts:
+            wait_until(lambda: re.search(rf"\| workers \d+ -> {MAX[letter(h)]} \|", h.journal()), 30, f"{h.name}'s tick sizing to its MAX")
+    _, peaks, over = bounds(sampler, hosts, None)
+    assert not over, over[:10]
     for h in hosts.hosts:
-        assert re.search(rf"\| workers \d+ -> {MAX[letter(h)]} \|", h.journal()), h.journal()[-2000:]
         assert h.status().get("fleet") is None
     print(f"\n[multihost] no FLEET_NAME: peaks {peaks}, {sum(peaks.values())} instances for one backlog")
 
@@ -283,12 +295,13 @@ def test_a_host_powered_off_mid_burst_is_taken_over_and_nothing_is_lost(hosts: C
         backlog_at_takeover = (row_at(sampler.rows, at) or {}).get("ready")
         wait_until(lambda: hosts.counts()["processed"] >= sent, 180, f"all {sent} messages processed", interval=1)
 
-    check_bounds(sampler, hosts, CAP)
+    _, _, over = bounds(sampler, hosts, CAP)
     r = hosts.counts()
     print(
         f"\n[multihost] power cut on C ({before}): A+B at {expected} after {takeover:.1f}s ({after}; CHECK_INTERVAL {INTERVAL} +"
         f" FLEET_HOST_TTL {TTL}), C not live after {gone:.1f}s; processed {r['processed']}/{sent}, duplicates {r['duplicates']}"
     )
+    assert not over, over[:10]
     assert backlog_at_takeover, "the backlog ran out before the takeover: nothing to measure"
     assert takeover <= INTERVAL + TTL + SLACK, f"takeover took {takeover:.1f}s"
     assert r["processed"] == sent and r["dead"] == 0, r
