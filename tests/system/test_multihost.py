@@ -110,13 +110,37 @@ def converged(polls: list[tuple[float, int]], sampler: FleetSampler) -> list[tup
     return out
 
 
-def start_fleet(cluster: Cluster, hosts: list[Host] | None = None) -> None:
-    """Start the timer on each host; wait until every one is registered and live in A's status."""
-    hosts = hosts or cluster.hosts
-    for h in hosts:
+def settled_status(status: dict, cluster: Cluster) -> bool:
+    """The drained fleet as one host's status should show it: target 1, three live hosts, shares
+    summing to the target, one instance up across them."""
+    fleet, listed = status.get("fleet"), status.get("hosts") or []
+    return bool(
+        fleet and fleet.get("target") == 1 and len(listed) == len(cluster.hosts) and all(h.get("live") for h in listed)
+        and sum(h.get("share", 0) for h in listed) == 1 and sum(h.get("up", 0) for h in listed) == 1
+    )
+
+
+def wait_live(host: Host, names: set[str], timeout: float) -> dict:
+    """Wait until exactly ``names`` are live in ``host``'s status --json hosts; fail showing what it said."""
+    seen: dict = {}
+
+    def ok() -> bool:
+        status = host.status()
+        seen.update(fleet=status.get("fleet", "<no 'fleet' key>"), hosts=status.get("hosts", "<no 'hosts' key>"))
+        return live_hosts(status) == names
+
+    try:
+        wait_until(ok, timeout, f"{sorted(names)} live in {host.name}'s status --json hosts")
+    except pytest.fail.Exception:
+        pytest.fail(f"{sorted(names)} never live in {host.name}'s status --json within {timeout}s; last fleet: {seen.get('fleet')!r}, hosts: {seen.get('hosts')!r}")
+    return seen
+
+
+def start_fleet(cluster: Cluster) -> None:
+    """Start the timer on every host; wait until all three are registered and live in A's status."""
+    for h in cluster.hosts:
         h.start_timer()
-    names = {h.name for h in hosts}
-    wait_until(lambda: names <= live_hosts(cluster["a"].status()), 2 * INTERVAL + 10, f"{sorted(names)} live in status --json hosts")
+    wait_live(cluster["a"], {h.name for h in cluster.hosts}, 2 * INTERVAL + 10)
 
 
 def test_three_hosts_share_one_redis(hosts: Cluster) -> None:
@@ -170,7 +194,13 @@ def test_burst_within_fleet_cap_and_each_max_then_drain_to_fleet_min(hosts: Clus
 
         wait_until(settled_at_min, 6 + 6 * INTERVAL + 5 + 20, "the fleet back at ONE instance across the hosts", interval=1)
         shrunk = time.time() - done
-        statuses = {h.name: h.status() for h in hosts.hosts}
+        # Each host reports its own figures at its own tick: give every host a tick to catch up.
+        deadline = time.monotonic() + 2 * INTERVAL + 5
+        while True:
+            statuses = {h.name: h.status() for h in hosts.hosts}
+            if all(settled_status(s, hosts) for s in statuses.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
 
     peak, peaks, over = bounds(sampler, hosts, CAP)
     grown = next((r["t"] - landed for r in sampler.rows if r["t"] > landed and sampler.total(r) >= CAP - 1), None)
@@ -219,7 +249,7 @@ def test_a_host_with_a_bad_config_drops_out_and_the_others_carry_on(hosts: Clust
         for h in hosts.hosts:
             h.start_timer()
         wait_until(lambda: error in bad.journal(), 2 * INTERVAL + 5, "C's tick failing on MAX_PROCESSES=abc")
-        wait_until(lambda: live_hosts(hosts["a"].status()) == {hosts["a"].name, hosts["b"].name}, 2 * INTERVAL + 10, "A and B live in A's status")
+        wait_live(hosts["a"], {hosts["a"].name, hosts["b"].name}, 2 * INTERVAL + 10)
         hosts.send(sent, 0.5)
         wait_until(lambda: hosts.counts()["processed"] >= sent, 120, f"all {sent} messages processed by A and B", interval=1)
         statuses = {h.name: h.status() for h in (hosts["a"], hosts["b"])}
