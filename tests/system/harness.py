@@ -48,13 +48,30 @@ def _comm(pid: int) -> str:
         return ""
 
 
+def _bind(spec: str) -> str:
+    """A --bind= argument: PATH (resolved, bound at the same path) or SOURCE:DEST (source resolved)."""
+    source, sep, dest = spec.partition(":")
+    return str(Path(source).resolve()) + (f":{dest}" if sep else "")
+
+
 class Container:
     """One booted systemd; ``run`` executes commands inside it via nsenter."""
 
-    def __init__(self, binds: Sequence[str], name: str = "dramactl-test", private_network: bool = True) -> None:
-        self.binds = [str(Path(b).resolve()) for b in binds]
+    def __init__(
+        self,
+        binds: Sequence[str],
+        name: str = "dramactl-test",
+        private_network: bool = True,
+        mask: Sequence[str] = (),
+        hostname: str | None = None,
+    ) -> None:
+        # A bind is a path (bound at the same path inside) or SOURCE:DEST (bound at DEST).
+        self.binds = [_bind(b) for b in binds]
         self.name = name
         self.private_network = private_network
+        self.mask = tuple(mask)  # extra units masked in this container only (e.g. its own redis-server)
+        # systemd inside applies /etc/hostname (the host's, through the overlay) over nspawn's -M name.
+        self.hostname = hostname
         self.base: Path | None = None
         self.nspawn: subprocess.Popen | None = None
         self.pid1: int | None = None
@@ -97,11 +114,16 @@ class Container:
         )
         machine_id = subprocess.run(["systemd-id128", "new"], check=True, capture_output=True, text=True).stdout
         (self.root / "etc/machine-id").write_text(machine_id)
+        if self.hostname:
+            (self.root / "etc/hostname").write_text(self.hostname + "\n")
         # Host services the tests do not need only slow the boot down.
         # Debian enables prometheus and node_exporter on install: the metrics test runs its own, on its own terms.
         for unit in ("postgresql.service", "avahi-daemon.service", "avahi-daemon.socket", "apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer",
                      "prometheus.service", "prometheus-node-exporter.service", "prometheus-node-exporter-apt.timer",
                      "prometheus-node-exporter-smartmon.timer", "prometheus-node-exporter-nvme.timer"):
+            (self.root / "etc/systemd/system" / unit).unlink(missing_ok=True)
+            (self.root / "etc/systemd/system" / unit).symlink_to("/dev/null")
+        for unit in self.mask:
             (self.root / "etc/systemd/system" / unit).unlink(missing_ok=True)
             (self.root / "etc/systemd/system" / unit).symlink_to("/dev/null")
 
@@ -128,10 +150,32 @@ class Container:
         """Let unprivileged users (dramactl, dramatiq) traverse to the binds: a CI checkout
         sits in a 0700 mktemp dir. Changes the overlay's copies only, never the host."""
         for path in self.binds:
+            if ":" in path:  # bound elsewhere: the source's own mode applies, nothing to open
+                continue
             for parent in Path(path).parents:
                 inside = self.root / str(parent).lstrip("/")
                 if str(parent) != "/" and inside.exists():
                     os.chmod(inside, inside.stat().st_mode | 0o011)
+
+    @property
+    def alive(self) -> bool:
+        return self.nspawn is not None and self.nspawn.poll() is None
+
+    def kill(self, timeout: float = 30.0) -> None:
+        """Cut the power: SIGKILL the container's PID 1 (the kernel then kills every process in
+        its PID namespace, no unit stops, no shutdown) and wait for systemd-nspawn to exit.
+        ``shutdown`` still cleans up the mount and the temp dir."""
+        assert self.nspawn is not None and self.pid1 is not None
+        try:
+            os.kill(self.pid1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.nspawn.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.nspawn.pid, signal.SIGKILL)
+            self.nspawn.wait(10)
+        self.pid1 = None
 
     def console_tail(self, lines: int = 20) -> str:
         try:

@@ -10,13 +10,18 @@ import time
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-broker = RedisBroker(
-    host=os.environ.get("REDIS_HOST", "localhost"),
-    port=int(os.environ.get("REDIS_PORT", "6379")),
-    db=int(os.environ.get("REDIS_DB", "0")),
-    # The fault tests shorten Dramatiq's 60 s heartbeat timeout to keep CI short.
-    heartbeat_timeout=int(os.environ.get("SYSAPP_HEARTBEAT_TIMEOUT", "60000")),
-)
+# The fault tests shorten Dramatiq's 60 s heartbeat timeout to keep CI short.
+_heartbeat = int(os.environ.get("SYSAPP_HEARTBEAT_TIMEOUT", "60000"))
+if os.environ.get("REDIS_URL"):
+    # The multi-host tests share one Redis over a unix socket: unix:///run/shared-redis/redis.sock.
+    broker = RedisBroker(url=os.environ["REDIS_URL"], heartbeat_timeout=_heartbeat)
+else:
+    broker = RedisBroker(
+        host=os.environ.get("REDIS_HOST", "localhost"),
+        port=int(os.environ.get("REDIS_PORT", "6379")),
+        db=int(os.environ.get("REDIS_DB", "0")),
+        heartbeat_timeout=_heartbeat,
+    )
 dramatiq.set_broker(broker)
 
 

@@ -1,0 +1,337 @@
+"""Several hosts, one fleet (issue 13): three booted systemds share one Redis (tests/system/multihost.py).
+
+With FLEET_NAME set, the hosts of one name size the fleet together: FLEET_MAX_PROCESSES caps the
+fleet-wide total, MIN_PROCESSES applies to the whole fleet, each host stays within its own
+MAX_PROCESSES, and a host whose heartbeat expired (FLEET_HOST_TTL) is dropped and its share taken
+over. A 1 s sampler outside the containers counts each host's occupied instances (faults.occupied)
+in the same iteration, so the fleet-wide sum is the sum of one row.
+
+Interface used (status --json): ``fleet`` = {"name", "target", "cap", ...} or null without
+FLEET_NAME; ``hosts`` = [{"name", "up", "share", "max", "last_tick", "live"}, ...]; host name =
+the container's hostname. A bad config: the tick's one error line in ``journalctl -u dramactl.service``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from typing import Iterator
+
+import pytest
+
+from tests.conftest import need
+from tests.system.conftest import wait_until
+from tests.system.harness import missing_requirements
+from tests.system.multihost import REDIS_URL, SHARED_DIR, Cluster, FleetSampler, Host, StatusPoller, row_at
+
+pytestmark = pytest.mark.system
+
+INTERVAL = 3  # CHECK_INTERVAL
+TTL = 10  # FLEET_HOST_TTL
+CAP = 6  # FLEET_MAX_PROCESSES
+HEARTBEAT = 10  # the test app's Dramatiq heartbeat timeout (s): a dead host's messages come back after it
+MAX = {"a": 2, "b": 3, "c": 4}  # each host's own MAX_PROCESSES
+COMMON = {
+    "CHECK_INTERVAL": str(INTERVAL),
+    "WORKER_THREADS": "2",
+    "MIN_PROCESSES": "1",
+    "GRACEFUL_SHUTDOWN_TIMEOUT": "5",
+    "SCALE_DOWN_STABILIZATION": "6",
+    "SYSAPP_HEARTBEAT_TIMEOUT": str(HEARTBEAT * 1000),
+}
+FLEET = {**COMMON, "FLEET_NAME": "t", "FLEET_MAX_PROCESSES": str(CAP), "FLEET_HOST_TTL": str(TTL)}
+PER_HOST = {x: {"MAX_PROCESSES": str(m)} for x, m in MAX.items()}
+SETTLE = 2 * INTERVAL + 3  # a target held this long: the hosts have acted on it (two ticks, workers starting)
+SLACK = 5  # a tick's own duration and a loaded 2-core CI machine
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    why = missing_requirements()
+    need(why is None, why or "")
+    # DRAMACTL_TEST_MACHINE names the containers: PREFIX-a, PREFIX-b, PREFIX-c.
+    c = Cluster(os.environ.get("DRAMACTL_TEST_MACHINE") or "dramactl-test")
+    try:
+        c.boot()
+        print(f"\n[multihost] shared Redis and three containers booted in {c.boot_seconds:.1f}s", file=sys.stderr)
+        yield c
+    finally:
+        c.shutdown()
+
+
+@pytest.fixture
+def hosts(cluster: Cluster) -> Cluster:
+    cluster.reset()
+    return cluster
+
+
+def letter(host: Host) -> str:
+    return host.name.rsplit("-", 1)[1]
+
+
+def live_hosts(status: dict | None) -> set[str]:
+    return {h["name"] for h in (status or {}).get("hosts") or [] if h.get("live")}
+
+
+def listed_hosts(status: dict | None) -> set[str]:
+    return {h["name"] for h in (status or {}).get("hosts") or []}
+
+
+def bounds(sampler: FleetSampler, cluster: Cluster, cap: int | None) -> tuple[int, dict[str, int], list[str]]:
+    """The fleet-wide and per-host peaks, and every sample above the fleet cap or a host's own MAX."""
+    peaks = {h.name: 0 for h in cluster.hosts}
+    peak, over = 0, []
+    for row in sampler.rows:
+        total = sampler.total(row)
+        if cap is not None and total > cap:
+            over.append(f"{total} fleet-wide at {row['t']:.0f} ({sampler.per_host(row)}) > FLEET_MAX_PROCESSES={cap}")
+        for h in cluster.hosts:
+            n = sampler.occupied(row, h.name)
+            if n > MAX[letter(h)]:
+                over.append(f"{h.name}: {n} at {row['t']:.0f} > its MAX_PROCESSES={MAX[letter(h)]}")
+            peaks[h.name] = max(peaks[h.name], n)
+        peak = max(peak, total)
+    return peak, peaks, over
+
+
+def converged(polls: list[tuple[float, int]], sampler: FleetSampler) -> list[tuple[int, int, int]]:
+    """(lowest, highest target, sampled sum) wherever the targets polled over the last SETTLE
+    seconds stayed within 1 of each other: the hosts had two ticks and start-up to act on it."""
+    out = []
+    for t, _ in polls:
+        if t - polls[0][0] < SETTLE:
+            continue
+        window = [target for u, target in polls if t - SETTLE <= u <= t]
+        row = row_at(sampler.rows, t)
+        if row is not None and max(window) - min(window) <= 1:
+            out.append((min(window), max(window), sampler.total(row)))
+    return out
+
+
+def settled_status(status: dict, cluster: Cluster) -> bool:
+    """The drained fleet as one host's status should show it: target 1, three live hosts, shares
+    summing to the target, one instance up across them."""
+    fleet, listed = status.get("fleet"), status.get("hosts") or []
+    return bool(
+        fleet and fleet.get("target") == 1 and len(listed) == len(cluster.hosts) and all(h.get("live") for h in listed)
+        and sum(h.get("share", 0) for h in listed) == 1 and sum(h.get("up", 0) for h in listed) == 1
+    )
+
+
+def wait_live(host: Host, names: set[str], timeout: float) -> dict:
+    """Wait until exactly ``names`` are live in ``host``'s status --json hosts; fail showing what it said."""
+    seen: dict = {}
+
+    def ok() -> bool:
+        status = host.status()
+        seen.update(fleet=status.get("fleet", "<no 'fleet' key>"), hosts=status.get("hosts", "<no 'hosts' key>"))
+        return live_hosts(status) == names
+
+    try:
+        wait_until(ok, timeout, f"{sorted(names)} live in {host.name}'s status --json hosts")
+    except pytest.fail.Exception:
+        pytest.fail(f"{sorted(names)} never live in {host.name}'s status --json within {timeout}s; last fleet: {seen.get('fleet')!r}, hosts: {seen.get('hosts')!r}")
+    return seen
+
+
+def start_fleet(cluster: Cluster) -> None:
+    """Start the timer on every host; wait until all three are registered and live in A's status."""
+    for h in cluster.hosts:
+        h.start_timer()
+    wait_live(cluster["a"], {h.name for h in cluster.hosts}, 2 * INTERVAL + 10)
+
+
+def test_three_hosts_share_one_redis(hosts: Cluster) -> None:
+    """The harness itself (no fleet): every host reaches the host's Redis over the bound socket, its
+    own redis-server is masked, a worker on A consumes what B sends, and the scaler service ticks
+    with the unix:// REDIS_URL on every host."""
+    for h in hosts.hosts:
+        assert h.hostname() == h.name
+        assert h.sh(f"redis-cli -s {SHARED_DIR}/redis.sock ping").stdout.strip() == "PONG"
+        assert h.sh("systemctl is-enabled redis-server", check=False).stdout.strip() == "masked"
+    ids = {h.sh("cat /etc/machine-id").stdout.strip() for h in hosts.hosts}
+    assert len(ids) == 3, ids
+
+    hosts.configure(COMMON, {"a": {"MAX_PROCESSES": "1"}, "b": {"MIN_PROCESSES": "0"}, "c": {"MIN_PROCESSES": "0"}})
+    hosts.each(lambda h: h.sh("systemctl start dramactl.service"))  # one tick each, as the timer runs it
+    for h in hosts.hosts:
+        log = h.journal()
+        assert re.search(r"^queues ready=0 .*\| workers 0 -> [01] \|", log, re.M), log[-2000:]
+    wait_until(lambda: hosts["a"].active() == ["dramatiq-worker@1.service"], 30, "A's one worker running")
+    assert hosts["b"].units() == {} and hosts["c"].units() == {}
+
+    hosts.send(40, 0.1, via=hosts["b"])
+    wait_until(lambda: hosts.counts()["processed"] == 40, 60, "A's worker to process B's 40 messages")
+    r = hosts.counts()
+    assert (r["processed"], r["duplicates"], r["ready"], r["msgs"], r["dead"]) == (40, 0, 0, 0, 0), r
+    assert "Worker process is ready for action" in hosts["a"].journal("dramatiq-worker@1.service")
+    env = hosts["a"].sh("cat /proc/$(systemctl show -P MainPID dramatiq-worker@1)/environ | tr '\\0' '\\n'").stdout
+    assert f"REDIS_URL={REDIS_URL}" in env.splitlines()
+    assert hosts.redis.client().zcard("dramatiq:__heartbeats__") >= 1, "no worker heartbeat in the shared Redis"
+
+
+def test_burst_within_fleet_cap_and_each_max_then_drain_to_fleet_min(hosts: Cluster) -> None:
+    """MAX 2, 3, 4 on A, B, C, FLEET_MAX_PROCESSES=6, MIN_PROCESSES=1: a 600-message burst never
+    puts more than 6 up fleet-wide nor more than a host's MAX on it; once the fleet target holds,
+    the hosts' sum is that target (±1); every message runs; drained, the fleet shrinks to ONE
+    instance across the three hosts, and each host's status lists three live hosts whose shares
+    sum to the fleet target."""
+    hosts.configure(FLEET, PER_HOST)
+    start_fleet(hosts)
+    sent = 600
+    with FleetSampler(hosts) as sampler, StatusPoller(hosts["a"]) as poller:
+        wait_until(lambda: sampler.rows and sampler.total(sampler.rows[-1]) == 1 and len(sampler.rows) > 2, 2 * INTERVAL + 10, "the fleet at MIN_PROCESSES=1 before the burst")
+        landed = time.time()
+        hosts.send(sent, 0.5)
+        wait_until(lambda: hosts.counts()["processed"] >= sent, 150, f"all {sent} messages processed", interval=1)
+        done = time.time()
+
+        def settled_at_min() -> bool:
+            last = sampler.rows[-3:]
+            return len(last) == 3 and all(r["t"] > done for r in last) and all(sampler.total(r) == 1 for r in last)
+
+        wait_until(settled_at_min, 6 + 6 * INTERVAL + 5 + 20, "the fleet back at ONE instance across the hosts", interval=1)
+        shrunk = time.time() - done
+        # Each host reports its own figures at its own tick: give every host a tick to catch up.
+        deadline = time.monotonic() + 2 * INTERVAL + 5
+        while True:
+            statuses = {h.name: h.status() for h in hosts.hosts}
+            if all(settled_status(s, hosts) for s in statuses.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+
+    peak, peaks, over = bounds(sampler, hosts, CAP)
+    grown = next((r["t"] - landed for r in sampler.rows if r["t"] > landed and sampler.total(r) >= CAP - 1), None)
+
+    # Convergence: wherever A's status showed the fleet target steady (within 1) for SETTLE seconds,
+    # the sampled fleet-wide sum is within 1 of it.
+    polls = [(t, s["fleet"]["target"]) for t, s in poller.polls if s and s.get("fleet")]
+    checked = converged(polls, sampler) if polls else []
+    off = [(lo, hi, total) for lo, hi, total in checked if not lo - 1 <= total <= hi + 1]
+    r = hosts.counts()
+    print(
+        f"\n[multihost] burst of {sent}: fleet peak {peak} (cap {CAP}), per host {peaks}; near the cap {grown if grown is None else round(grown, 1)}s"
+        f" after the burst; {len(checked) - len(off)}/{len(checked)} settled samples within target ±1; back at 1 instance"
+        f" {shrunk:.1f}s after the last message; processed {r['processed']}, duplicates {r['duplicates']}; {len(sampler.rows)} samples"
+    )
+    assert not over, over[:10]
+    assert polls, f"status --json never showed a fleet: {[(s or {}).get('fleet') for _, s in poller.polls[-3:]]}"
+    assert any(lo >= CAP - 1 for lo, _, _ in checked), f"the burst never held a fleet target near the cap for {SETTLE}s: {polls}"
+    assert not off, f"fleet-wide occupied vs a settled fleet target (target low, high, sum): {off} of {len(checked)}"
+    assert peak >= CAP - 1, f"the fleet never grew near FLEET_MAX_PROCESSES={CAP}: peak {peak}"
+    assert r["processed"] == sent and r["dead"] == 0, r
+    assert (r["ready"], r["msgs"], r["delayed"], r["acks"]) == (0, 0, 0, 0), r
+
+    for name, status in statuses.items():
+        fleet = status["fleet"]
+        assert (fleet["name"], fleet["cap"], fleet["target"]) == ("t", CAP, 1), (name, fleet)
+        listed = {h["name"]: h for h in status["hosts"]}
+        assert set(listed) == {h.name for h in hosts.hosts}, (name, status["hosts"])
+        assert all(h["live"] for h in listed.values()), (name, status["hosts"])
+        assert sum(h["share"] for h in listed.values()) == fleet["target"], (name, status["hosts"])
+        assert sum(h["up"] for h in listed.values()) == 1, (name, status["hosts"])
+        for h in hosts.hosts:
+            assert listed[h.name]["max"] == MAX[letter(h)], (name, listed[h.name])
+            assert listed[h.name]["last_tick"] > time.time() - (INTERVAL + TTL), (name, listed[h.name])
+
+
+def test_a_host_with_a_bad_config_drops_out_and_the_others_carry_on(hosts: Cluster) -> None:
+    """C's env file says MAX_PROCESSES=abc: its ticks exit with the one-line error and it never
+    registers; A and B size the fleet between them and process everything."""
+    hosts.configure(FLEET, PER_HOST)
+    bad = hosts["c"]
+    bad.write_env({**bad.values, "MAX_PROCESSES": "abc"})
+    error = "MAX_PROCESSES: 'abc'"  # the SettingsError line names the setting and the value
+    sent = 200
+    with FleetSampler(hosts) as sampler, StatusPoller(hosts["a"]) as poller:
+        for h in hosts.hosts:
+            h.start_timer()
+        wait_until(lambda: error in bad.journal(), 2 * INTERVAL + 5, "C's tick failing on MAX_PROCESSES=abc")
+        wait_live(hosts["a"], {hosts["a"].name, hosts["b"].name}, 2 * INTERVAL + 10)
+        hosts.send(sent, 0.5)
+        wait_until(lambda: hosts.counts()["processed"] >= sent, 120, f"all {sent} messages processed by A and B", interval=1)
+        statuses = {h.name: h.status() for h in (hosts["a"], hosts["b"])}
+
+    peak, peaks, over = bounds(sampler, hosts, CAP)
+    lines = [line for line in bad.journal(identifier="dramactl").splitlines() if line.strip()]
+    r = hosts.counts()
+    print(f"\n[multihost] bad config on C: {len(lines)} failed tick(s), one line each; A and B peaked at {peaks}; processed {r['processed']}/{sent}")
+    assert not over, over[:10]
+    assert peaks[bad.name] == 0, f"C started workers with a bad config: {peaks}"
+    assert peak >= 2, f"A and B never grew for the burst: {peaks}"
+    assert lines and all(error in line for line in lines), f"C's tick output is not just its one-line error: {lines[:5]}"
+    assert "Traceback" not in bad.journal()
+    assert not any(bad.name in listed_hosts(s) for _, s in poller.polls), "C showed up in A's hosts list"
+    for name, status in statuses.items():
+        assert live_hosts(status) == {hosts["a"].name, hosts["b"].name}, (name, status["hosts"])
+        assert bad.name not in listed_hosts(status), (name, status["hosts"])
+    assert r["processed"] == sent and r["dead"] == 0, r
+
+
+def test_without_fleet_name_each_host_sizes_to_the_whole_backlog(hosts: Cluster) -> None:
+    """FLEET_NAME unset everywhere: today's single-host behaviour, each host on its own sizes to the
+    whole shared backlog up to its own MAX (2 + 3 + 4 = 9 instances, no fleet cap)."""
+    hosts.configure(COMMON, PER_HOST)
+    with FleetSampler(hosts) as sampler:
+        for h in hosts.hosts:
+            h.start_timer()
+        hosts.send(300, 1.0)
+        wait_until(
+            lambda: sampler.rows and all(sampler.occupied(sampler.rows[-1], h.name) == MAX[letter(h)] for h in hosts.hosts),
+            3 * INTERVAL + 10,
+            "every host at its own MAX",
+        )
+        # The tick's line comes once its start jobs finished (nine workers starting at once on CI take a while).
+        for h in hosts.hosts:
+            wait_until(lambda: re.search(rf"\| workers \d+ -> {MAX[letter(h)]} \|", h.journal()), 30, f"{h.name}'s tick sizing to its MAX")
+    _, peaks, over = bounds(sampler, hosts, None)
+    assert not over, over[:10]
+    for h in hosts.hosts:
+        assert h.status().get("fleet") is None
+    print(f"\n[multihost] no FLEET_NAME: peaks {peaks}, {sum(peaks.values())} instances for one backlog")
+
+
+def test_a_host_powered_off_mid_burst_is_taken_over_and_nothing_is_lost(hosts: Cluster) -> None:
+    """C loses power (SIGKILL of its PID 1) while the fleet runs at the cap: within CHECK_INTERVAL +
+    FLEET_HOST_TTL (+ a tick) A and B run what they can of its share (min(cap, 2 + 3) = 5), C is no
+    longer live in A's status, and every message is processed (C's are redelivered once its
+    workers' heartbeats expire; duplicates counted)."""
+    hosts.configure(FLEET, PER_HOST)
+    start_fleet(hosts)
+    a, b, c = hosts["a"], hosts["b"], hosts["c"]
+    sent = 600
+    expected = min(CAP, MAX["a"] + MAX["b"])
+    with FleetSampler(hosts) as sampler, StatusPoller(a) as poller:
+        hosts.send(sent, 1.0)
+        wait_until(
+            lambda: sampler.rows and sampler.total(sampler.rows[-1]) >= CAP - 1 and sampler.occupied(sampler.rows[-1], c.name) >= 1,
+            3 * INTERVAL + 15,
+            "the fleet near the cap with C running its share",
+        )
+        before = sampler.per_host(sampler.rows[-1])
+        c.c.kill()
+        killed = time.time()
+
+        def taken_over() -> float | None:
+            return next((r["t"] for r in sampler.rows if r["t"] > killed and sampler.occupied(r, a.name) + sampler.occupied(r, b.name) >= expected), None)
+
+        at = wait_until(taken_over, INTERVAL + TTL + SLACK + 15, f"A and B at {expected} after C's power cut", interval=0.5)
+        takeover = at - killed
+        after = sampler.per_host(row_at(sampler.rows, at) or sampler.rows[-1])
+        wait_until(lambda: c.name not in live_hosts(a.status()), 2 * INTERVAL + 5, "C no longer live in A's status")
+        gone = time.time() - killed
+        backlog_at_takeover = (row_at(sampler.rows, at) or {}).get("ready")
+        wait_until(lambda: hosts.counts()["processed"] >= sent, 180, f"all {sent} messages processed", interval=1)
+
+    _, _, over = bounds(sampler, hosts, CAP)
+    r = hosts.counts()
+    print(
+        f"\n[multihost] power cut on C ({before}): A+B at {expected} after {takeover:.1f}s ({after}; CHECK_INTERVAL {INTERVAL} +"
+        f" FLEET_HOST_TTL {TTL}), C not live after {gone:.1f}s; processed {r['processed']}/{sent}, duplicates {r['duplicates']}"
+    )
+    assert not over, over[:10]
+    assert backlog_at_takeover, "the backlog ran out before the takeover: nothing to measure"
+    assert takeover <= INTERVAL + TTL + SLACK, f"takeover took {takeover:.1f}s"
+    assert r["processed"] == sent and r["dead"] == 0, r
