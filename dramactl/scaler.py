@@ -238,7 +238,7 @@ def _settle(client: redis.Redis, settings: Settings, instances: Sequence[WorkerU
     failed_starts = sum(1 for j in outcome.started if not j.ok)
     try:
         share.settle(client, settings, claim=decision.target + coming - failed_starts, up=decision.target - failed_starts, startup=startup)
-    except (OSError, redis.RedisError) as exc:
+    except (OSError, redis.RedisError, SettingsError) as exc:
         log.warning("fleet %s: could not update this host's claim after acting (%s); it expires with the heartbeat", settings.fleet_name, exc)
 
 

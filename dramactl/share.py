@@ -42,7 +42,7 @@ import json
 import socket
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import redis
 
@@ -51,6 +51,7 @@ from .settings import Settings, SettingsError
 from .state import HISTORY_SECONDS, DamagedState, TickRecord, _tick
 from .stats import FleetBacklog
 
+T = TypeVar("T")
 ATTEMPTS = 20  # WATCH conflicts (another host's tick wrote the fleet in between) before giving up
 KEY_LIFETIME = 7 * 86400  # a fleet nobody ticks for a week is forgotten
 HISTORY_RECORDS = 720  # the fleet's history is rewritten every decision: an hour, at most this many records
@@ -337,65 +338,72 @@ def coordinate(
     Redis errors propagate before anything was written (the caller turns them into
     its one line, as for the probe) and the host leaves its fleet as it is.
     """
-    key = fleet_key(settings)
     name = name or host_name()
+    key = fleet_key(settings)
+
+    def tick(pipe: redis.client.Pipeline) -> Coordinated:
+        now = _clock(pipe)
+        raw = pipe.hgetall(key)
+        hosts = _hosts(raw)
+        live = [h for h in hosts if h.live(now) and h.name != name]
+        gone = [h.name for h in hosts if now > h.expires + FORGET_AFTER and h.name != name]
+        old = next((h for h in hosts if h.name == name), None)
+        me = HostEntry(
+            name, settings.max_processes, up, starting, occupying if pinned is None else max(occupying, pinned + occupying - up), 0,
+            now, now + settings.host_ttl, pinned is not None,
+            startup if startup is not None else (old.startup if old else None),
+        )
+        history = _history(raw.get(b"history"))
+        view, record = plan_share(settings, me, live, backlog, history, FleetDecision.from_json(raw.get(b"decision")), now, occupying)
+        mine = view.decision.target if pinned is None else pinned
+        me = replace(me, claim=max(occupying, mine + occupying - up), share=view.share)
+        view = replace(view, hosts=tuple(sorted([me, *live], key=lambda h: h.name)))
+        if not write:
+            pipe.unwatch()
+            return view
+        pipe.multi()
+        pipe.hset(key, f"host:{name}", me.to_json())
+        if gone:
+            pipe.hdel(key, *[f"host:{g}" for g in gone])
+        if record is not None:
+            kept = ([r for r in history if r.at >= now - HISTORY_SECONDS] + [record])[-HISTORY_RECORDS:]
+            pipe.hset(key, mapping={"decision": view.fleet.to_json(), "history": json.dumps([asdict(r) for r in kept], separators=(",", ":"))})
+        pipe.expire(key, KEY_LIFETIME)
+        pipe.execute()
+        return view
+
+    return _transaction(client, key, tick, settings)
+
+
+def _transaction(client: redis.Redis, key: str, body: Callable[[redis.client.Pipeline], T], settings: Settings) -> T:
+    """``body(pipe)`` with ``key`` WATCHed: it reads at once, then writes after
+    ``pipe.multi()``; run again when another host wrote the key in between."""
     with client.pipeline() as pipe:
         for _ in range(ATTEMPTS):
             try:
                 pipe.watch(key)
-                now = _clock(pipe)
-                raw = pipe.hgetall(key)
-                hosts = _hosts(raw)
-                live = [h for h in hosts if h.live(now) and h.name != name]
-                gone = [h.name for h in hosts if now > h.expires + FORGET_AFTER and h.name != name]
-                old = next((h for h in hosts if h.name == name), None)
-                me = HostEntry(
-                    name, settings.max_processes, up, starting, occupying if pinned is None else max(occupying, pinned + occupying - up), 0,
-                    now, now + settings.host_ttl, pinned is not None,
-                    startup if startup is not None else (old.startup if old else None),
-                )
-                history = _history(raw.get(b"history"))
-                view, record = plan_share(settings, me, live, backlog, history, FleetDecision.from_json(raw.get(b"decision")), now, occupying)
-                mine = view.decision.target if pinned is None else pinned
-                me = replace(me, claim=max(occupying, mine + occupying - up), share=view.share)
-                if not write:
-                    pipe.unwatch()
-                    return replace(view, hosts=tuple(sorted([me, *live], key=lambda h: h.name)))
-                pipe.multi()
-                pipe.hset(key, f"host:{name}", me.to_json())
-                if gone:
-                    pipe.hdel(key, *[f"host:{g}" for g in gone])
-                if record is not None:
-                    kept = ([r for r in history if r.at >= now - HISTORY_SECONDS] + [record])[-HISTORY_RECORDS:]
-                    pipe.hset(key, mapping={"decision": view.fleet.to_json(), "history": json.dumps([asdict(r) for r in kept], separators=(",", ":"))})
-                pipe.expire(key, KEY_LIFETIME)
-                pipe.execute()
-                return replace(view, hosts=tuple(sorted([me, *live], key=lambda h: h.name)))
+                return body(pipe)
             except redis.WatchError:
                 time.sleep(0.01)
-                continue
     raise SettingsError("FLEET_NAME", f"fleet {settings.fleet_name!r}: {ATTEMPTS} conflicting writes in a row", "too many hosts tick at the same instant; try again")
 
 
 def settle(client: redis.Redis, settings: Settings, *, claim: int, up: int, startup: float | None = None, name: str | None = None) -> None:
     """After acting: the host's claim drops to what it now runs (stops handed to systemd),
     so the others may grow into the room at their next tick; a start-up timing is kept."""
-    key = fleet_key(settings)
     name = name or host_name()
-    with client.pipeline() as pipe:
-        for _ in range(ATTEMPTS):
-            try:
-                pipe.watch(key)
-                entry = HostEntry.from_json(name, pipe.hget(key, f"host:{name}") or b"")
-                if entry is None:
-                    pipe.unwatch()
-                    return
-                pipe.multi()
-                pipe.hset(key, f"host:{name}", replace(entry, claim=claim, up=up, startup=startup if startup is not None else entry.startup).to_json())
-                pipe.execute()
-                return
-            except redis.WatchError:
-                time.sleep(0.01)
+    key = fleet_key(settings)
+
+    def update(pipe: redis.client.Pipeline) -> None:
+        entry = HostEntry.from_json(name, pipe.hget(key, f"host:{name}") or b"")
+        if entry is None:
+            pipe.unwatch()
+            return
+        pipe.multi()
+        pipe.hset(key, f"host:{name}", replace(entry, claim=claim, up=up, startup=startup if startup is not None else entry.startup).to_json())
+        pipe.execute()
+
+    _transaction(client, key, update, settings)
 
 
 def view(settings: Settings, client: redis.Redis) -> dict:
