@@ -9,7 +9,7 @@ import pytest
 from dramactl.instance import WorkerUnit
 from dramactl.policy import decide
 from dramactl.queueing import workers_for
-from dramactl.rates import learned_startup, work_rates
+from dramactl.rates import learned_startup, surges, work_rates
 from dramactl.settings import Settings, parse
 from dramactl.state import ScalerState, TickRecord
 from dramactl.stats import FleetBacklog
@@ -125,6 +125,15 @@ def test_recurring_load_keeps_what_it_needs_again_within_the_start_up() -> None:
     assert held.target == 8 and "recurs every 180s" in held.reason
     quick = recurring(startup=3.0)  # start-up + tick 18 s < 30 s: release, start again in time
     assert decide(seen(quick, 0.5, 4.0), running(8), s, quick, NOW).target == 1
+
+
+def test_surges_count_blocks_even_when_absorbed_but_not_poisson_noise() -> None:
+    history = worked(8.0, 4.0, workers=5, seconds=600)
+    assert surges(history) == [], "steady arrivals are no block"
+    r = history[20]
+    # 200 messages landed and were all completed before the tick saw them: no backlog, still a block.
+    absorbed = history[:20] + [TickRecord(x.at, 0, 5, 5, done=x.done + 200, busy=x.busy + 800) for x in history[20:]]
+    assert [(at, round(n)) for at, n in surges(absorbed)] == [(r.at, 200)]
 
 
 def test_a_block_landing_is_a_backlog_not_a_rate() -> None:
