@@ -106,25 +106,43 @@ def test_arrivals_need_is_held_over_the_stabilization_window() -> None:
     assert d.target == 6 and "arrivals needed 6" in d.reason
 
 
-def recurring(startup: float) -> list[TickRecord]:
-    """Growth to 8 every 180 s; the last one 150 s ago; quiet since, at 1 worker's load."""
-    history = worked(0.5, 4.0, workers=8, seconds=600, startup=startup)
+def blocks(ages: tuple[float, ...], startup: float | None = None, size: int = 150) -> list[TickRecord]:
+    """0.5 msg/s of 4 s messages on 1 worker for 10 min, and ``size`` messages landing
+    before each tick ``ages`` seconds old (seen in its backlog, drained by the next)."""
     out = []
-    for r in history:
-        age = NOW - r.at
-        burst = age in (510.0, 330.0, 150.0)
-        out.append(TickRecord(r.at, 150 if burst else 0, 1 if burst else 8, 8, wanted=8 if burst else 1,
+    for r in worked(0.5, 4.0, workers=1, seconds=600, startup=startup):
+        landed = NOW - r.at in ages
+        out.append(TickRecord(r.at, size if landed else 0, 1, 5 if landed else 1, wanted=5 if landed else 1,
                               done=r.done, busy=r.busy, for_rate=1, startup=r.startup))
     return out
 
 
-def test_recurring_load_keeps_what_it_needs_again_within_the_start_up() -> None:
+def test_a_recurring_block_is_met_by_a_fleet_started_ahead_of_it() -> None:
+    """Blocks 180 s apart, the last 150 s ago: the next is due in 30 s, within the
+    start-up plus two ticks. The fleet that serves it within a tick is started now
+    (not recorded as a need: the next tick's window does not hold it), or kept."""
     s = settings()
-    slow = recurring(startup=30.0)  # due in 30 s, start-up + tick 45 s: keep
-    held = decide(seen(slow, 0.5, 4.0), running(8), s, slow, NOW)
-    assert held.target == 8 and "recurs every 180s" in held.reason
-    quick = recurring(startup=3.0)  # start-up + tick 18 s < 30 s: release, start again in time
+    history = blocks((510.0, 330.0, 150.0))
+    ahead = decide(seen(history, 0.5, 4.0), running(1), s, history, NOW)
+    assert ahead.target == 6 and ahead.wanted == 1, ahead.reason  # (2 busy + 150 x 4 s / 15 s) / 8 threads
+    assert "150 msgs land every 180s, due in 30s" in ahead.reason
+    kept = decide(seen(history, 0.5, 4.0), running(8), s, history, NOW)
+    assert kept.target == 6, kept.reason
+
+
+def test_a_recurring_block_due_later_than_a_start_takes_is_not_waited_for() -> None:
+    s = settings()
+    quick = blocks((480.0, 300.0, 120.0), startup=3.0)  # due in 60 s; start-up + 2 ticks 33 s: release
     assert decide(seen(quick, 0.5, 4.0), running(8), s, quick, NOW).target == 1
+    slow = blocks((480.0, 300.0, 120.0), startup=30.0)  # start-up + 2 ticks 60 s: keep
+    assert decide(seen(slow, 0.5, 4.0), running(8), s, slow, NOW).target == 6
+
+
+def test_one_block_is_not_a_recurrence() -> None:
+    s = settings()
+    once = blocks((150.0,))
+    d = decide(seen(once, 0.5, 4.0), running(8), s, once, NOW)
+    assert d.target == 1 and "land every" not in d.reason
 
 
 def test_surges_count_blocks_even_when_absorbed_but_not_poisson_noise() -> None:
@@ -134,6 +152,17 @@ def test_surges_count_blocks_even_when_absorbed_but_not_poisson_noise() -> None:
     # 200 messages landed and were all completed before the tick saw them: no backlog, still a block.
     absorbed = history[:20] + [TickRecord(x.at, 0, 5, 5, done=x.done + 200, busy=x.busy + 800) for x in history[20:]]
     assert [(at, round(n)) for at, n in surges(absorbed)] == [(r.at, 200)]
+
+
+def test_a_block_drains_sooner_the_longer_its_oldest_message_waited() -> None:
+    s = settings()
+    history = worked(0.5, 4.0, workers=1)
+    fresh = decide(FleetBacklog(ready=150, in_flight=16, oldest_age=1.0, done_total=5000.0, busy_seconds_total=20000.0),
+                   running(1), s, history, NOW)
+    old = decide(FleetBacklog(ready=150, in_flight=16, oldest_age=12.0, done_total=5000.0, busy_seconds_total=20000.0),
+                 running(1), s, history, NOW)
+    assert "drain in 24s" in fresh.reason and "drain in 15s" in old.reason
+    assert old.target > fresh.target > 1
 
 
 def test_a_block_landing_is_a_backlog_not_a_rate() -> None:
