@@ -6,19 +6,22 @@ hook has reported some (:mod:`dramactl.rates`):
 
 * the arrival rate λ and mean service time E[S] measured from the counters' deltas
   across ticks give the offered load a = λ·E[S] busy threads; the fleet for it is
-  the smallest whose threads keep P(wait > MAX_QUEUE_WAIT/10) <= 5 % (Erlang C,
+  the smallest whose threads keep P(wait > MAX_QUEUE_WAIT/2) <= 5 % (Erlang C,
   :mod:`dramactl.queueing`): headroom where service is slow, little where it is fast;
 * plus the threads that drain what waits (waiting x E[S]) within what is left of half
   of MAX_QUEUE_WAIT after the oldest ready message's age and the start-up time,
-  learned from the scaler's own start jobs (at least one tick);
+  learned from the scaler's own start jobs (at least one tick); messages prefetched
+  beyond the threads wait only behind a ready backlog (with none ready they are the
+  queue the Erlang headroom is for);
 * a block of messages that lands at a regular period (two blocks one period apart,
   counted from the counters even when the fleet absorbed them, :func:`recurring`) is
   met by a fleet started ahead: from the start-up plus two ticks before it is due, the
   fleet that serves the last block within one tick is started, or kept;
 * never shrink while a backlog drains (more than half a tick of the fleet's work
   waits); shrink at once when it is drained, but never below the arrivals' fleet of
-  any tick in SCALE_DOWN_STABILIZATION, nor below a recurring block's fleet while
-  it is due.
+  any tick in SCALE_DOWN_STABILIZATION unless the rate now is below it beyond its
+  noise (then to the fleet for the rate two standard errors up), nor below a
+  recurring block's fleet while it is due.
 
 Before any counter exists (a new queue, workers without the hook) it sizes by count:
 
@@ -302,8 +305,9 @@ def default_target(
     return (*count_target(backlog, current, starting, settings, history, now), None)
 
 
-WAIT_FRACTION = 0.1  # the fleet for the arrivals keeps P(wait > this x MAX_QUEUE_WAIT) ...
+WAIT_FRACTION = 0.5  # the fleet for the arrivals keeps P(wait > this x MAX_QUEUE_WAIT) ...
 WAIT_QUANTILE = 0.95  # ... within 1 - this
+NOISE_SIGMAS = 2.0  # a measured rate this many standard errors below the window's is a decline, not noise
 
 
 def drain_seconds(settings: Settings, startup: float, age: float | None = None) -> float:
@@ -327,14 +331,19 @@ def work_target(
 
     Growth is immediate (the rate is a median over ticks, the drain is what waits now);
     a shrink goes to the larger of this tick's need, the recurring block's, and the
-    arrivals' need of any tick in SCALE_DOWN_STABILIZATION (:func:`_work_down`); the drain part is not held: a drained queue is
+    arrivals' need of any tick in SCALE_DOWN_STABILIZATION within the noise of the
+    rate now (:func:`_work_down`); the drain part is not held: a drained queue is
     measured, not noise. ``wanted`` is this tick's own need: a fleet started ahead of a
     block is not recorded as one, so the block still shows when it lands.
     """
     threads = settings.worker_threads
     service = rates.service
     startup = learned_startup(history)
-    waiting = backlog.depth + backlog.orphaned + max(0, backlog.in_flight - current * threads)  # prefetched beyond the threads wait too
+    waiting = backlog.depth + backlog.orphaned
+    if backlog.depth:
+        # Behind a ready backlog, messages prefetched beyond the threads wait too; with none
+        # ready they are the queue the arrivals' headroom is sized for, not a backlog.
+        waiting += max(0, backlog.in_flight - current * threads)
     if rates.load is None:
         load = float(min(backlog.in_flight, current * threads))  # first tick with counters: what runs now
         measured = f"E[S] {service:.2f}s, {load:.0f} busy"
@@ -373,15 +382,20 @@ def work_target(
     if waiting * service > current * threads * interval / 2.0:
         # More than half a tick of work waits for this fleet: draining, not drained.
         return current, wanted, f"{why}: holding {current} until the backlog is drained", for_rate
-    target, reason = _work_down(current, goal, why, settings, history, now)
+    high = rates.arrival_high(NOISE_SIGMAS)
+    within_noise = None if high is None else workers_for(high * service, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)
+    target, reason = _work_down(current, goal, why, settings, history, now, within_noise)
     return target, wanted, reason, for_rate
 
 
 def _work_down(
-    current: int, wanted: int, why: str, settings: Settings, history: Sequence[TickRecord], now: float
+    current: int, wanted: int, why: str, settings: Settings, history: Sequence[TickRecord], now: float,
+    within_noise: int | None = None,
 ) -> tuple[int, str]:
     """Down to ``wanted``, but not below the arrivals' fleet of a tick in the window (the
-    whole window in the history)."""
+    whole window in the history) unless the rate now is below it beyond its noise:
+    ``within_noise`` is the fleet for the rate :data:`NOISE_SIGMAS` standard errors up.
+    A measured decline is followed; a dip within the rate's noise is not."""
     window = settings.scale_down_stabilization
     floor = clamp(wanted, settings)
     if window > 0:
@@ -391,7 +405,10 @@ def _work_down(
             return current, f"{why}: holding {current} until {window:g}s of history (SCALE_DOWN_STABILIZATION)"
         rated = [r.for_rate for r in recent if r.at >= now - window and r.for_rate is not None]
         held = max(rated, default=0)
-        if held > floor:
+        if within_noise is not None and held > max(within_noise, floor):
+            why += f"; arrivals needed {held} within {window:g}s, {within_noise} at {NOISE_SIGMAS:g} sigma above the rate now"
+            held = within_noise
+        elif held > floor:
             why += f"; arrivals needed {held} within {window:g}s"
         if held > floor:
             floor = clamp(held, settings)
