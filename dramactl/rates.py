@@ -111,21 +111,25 @@ SURGE_SIGMAS = 6.0  # arrivals this many Poisson standard deviations above the r
 def surges(history: Sequence[TickRecord], *, max_gap: float = float("inf")) -> list[tuple[float, float]]:
     """(tick, messages) for every interval between two ticks in which a block landed:
     more arrivals (Δdone + Δbacklog) than the median rate of the intervals in the
-    :data:`RATE_WINDOW` before it explains (with none before it: its own completions), by over :data:`SURGE_SIGMAS` standard
-    deviations of a Poisson count; ``messages`` is the excess. A block the fleet
-    absorbed before the tick shows here too: it is counted, not seen waiting."""
+    :data:`RATE_WINDOW` before it explains (with none before it: its own completions),
+    by over :data:`SURGE_SIGMAS` standard deviations of a Poisson count; ``messages`` is
+    the excess. A block the fleet absorbed before the tick shows here too: it is
+    counted, not seen waiting."""
     points = [_Point(r.at, r.done, r.busy, r.backlog) for r in history if r.done is not None and r.busy is not None]
     out: list[tuple[float, float]] = []
     seen: list[tuple[float, float]] = []  # (end, rate) of the intervals so far
+    first = 0  # seen[first:] are those in the window before the current interval
     for a, b in zip(points, points[1:]):
         span = b.at - a.at
         if b.done < a.done or b.busy < a.busy - 1e-6:
-            seen = []  # the counters started over
+            seen, first = [], 0  # the counters started over
             continue
         if not 0 < span <= max_gap:
             continue
         arrived = b.done - a.done + b.backlog - a.backlog
-        before = [rate for end, rate in seen if end > a.at - RATE_WINDOW]
+        while first < len(seen) and seen[first][0] <= a.at - RATE_WINDOW:
+            first += 1
+        before = [rate for _, rate in seen[first:]]
         # No earlier interval to compare with: what the fleet completed in this one (only backlog growth counts).
         expected = statistics.median(before) * span if before else b.done - a.done
         excess = arrived - expected
