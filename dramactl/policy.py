@@ -433,13 +433,15 @@ RECURRENCES = 2  # blocks one period apart before the next one is expected
 
 
 def recurring(history: Sequence[TickRecord], tolerance: float, max_gap: float = float("inf")) -> Recurring | None:
-    """The recurring block in ``history`` (:func:`dramactl.rates.surges`, back-to-back
-    intervals as one block): the last :data:`RECURRENCES` blocks one period apart, their
-    gaps agreeing within ``tolerance``, else None."""
+    """The recurring block in ``history`` (:func:`dramactl.rates.surges`; surges within
+    ``tolerance`` of the one before are one block, as when a rate steps up and its
+    median takes a few ticks to follow): the last :data:`RECURRENCES` blocks one period
+    apart (more than twice ``tolerance``), their gaps agreeing within ``tolerance``,
+    else None."""
     blocks: list[tuple[float, float]] = []  # (first tick, messages)
     last = None
     for at, excess in surges(history, max_gap=max_gap):
-        if last is not None and blocks and at - last <= tolerance / 2.0 + 1e-9:
+        if last is not None and at - last <= tolerance + 1e-9:
             blocks[-1] = (blocks[-1][0], blocks[-1][1] + excess)
         else:
             blocks.append((at, excess))

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dramactl.instance import WorkerUnit
-from dramactl.policy import ScalingDecision, decide
+from dramactl.policy import ScalingDecision, decide, recurring
 from dramactl.queueing import workers_for
 from dramactl.rates import learned_startup, surges, work_rates
 from dramactl.settings import Settings, parse
@@ -153,6 +153,21 @@ def test_one_block_is_not_a_recurrence() -> None:
     once = blocks((150.0,))
     d = decide(seen(once, 0.5, 4.0), running(8), s, once, NOW)
     assert d.target == 1 and "land every" not in d.reason
+
+
+def test_a_rate_that_steps_up_is_one_block_not_a_recurrence() -> None:
+    """0.5/s, then 10/s from 300 s ago: the median follows over about five ticks, each
+    of which sees a surge, the last 30 s after the one before (a tick that waited for
+    its start jobs) and 75 s after the first. That is one block, nothing that recurs."""
+    history, done = [], 0.0
+    for k in range(40, 0, -1):
+        at = NOW - 15 * k
+        done += (0.5 if k > 20 else 10.0) * 15
+        if k == 16:
+            continue  # a late tick: the interval to the next is 30 s
+        history.append(TickRecord(at, 0, 4, 4, wanted=4, done=done, busy=done * 0.4, for_rate=4))
+    assert len(surges(history)) >= 2
+    assert recurring(history, tolerance=30.0) is None
 
 
 def test_surges_count_blocks_even_when_absorbed_but_not_poisson_noise() -> None:
