@@ -6,14 +6,22 @@ hook has reported some (:mod:`dramactl.rates`):
 
 * the arrival rate λ and mean service time E[S] measured from the counters' deltas
   across ticks give the offered load a = λ·E[S] busy threads; the fleet for it is
-  the smallest whose threads keep P(wait > MAX_QUEUE_WAIT/10) <= 5 % (Erlang C,
+  the smallest whose threads keep P(wait > MAX_QUEUE_WAIT/2) <= 5 % (Erlang C,
   :mod:`dramactl.queueing`): headroom where service is slow, little where it is fast;
-* plus the threads that drain what waits (waiting x E[S]) within half of
-  MAX_QUEUE_WAIT less the start-up time, learned from the scaler's own start jobs;
+* plus the threads that drain what waits (waiting x E[S]) within what is left of half
+  of MAX_QUEUE_WAIT after the oldest ready message's age and the start-up time,
+  learned from the scaler's own start jobs (at least one tick); messages prefetched
+  beyond the threads wait only behind a ready backlog (with none ready they are the
+  queue the Erlang headroom is for);
+* a block of messages that lands at a regular period (two blocks one period apart,
+  counted from the counters even when the fleet absorbed them, :func:`recurring`) is
+  met by a fleet started ahead: from the start-up plus two ticks before it is due, the
+  fleet that serves the last block within one tick is started, or kept;
 * never shrink while a backlog drains (more than half a tick of the fleet's work
   waits); shrink at once when it is drained, but never below the arrivals' fleet of
-  any tick in SCALE_DOWN_STABILIZATION, nor below what a recurring load (periodic
-  growth) will need again before an instance started now would be consuming.
+  any tick in SCALE_DOWN_STABILIZATION unless the rate now is below it beyond its
+  noise (then to the fleet for the rate two standard errors up), nor below a
+  recurring block's fleet while it is due.
 
 Before any counter exists (a new queue, workers without the hook) it sizes by count:
 
@@ -46,7 +54,7 @@ from typing import Sequence
 
 from .instance import WorkerUnit
 from .queueing import workers_for
-from .rates import WorkRates, learned_startup, work_rates
+from .rates import WorkRates, learned_startup, surges, work_rates
 from .settings import Settings
 from .state import Recovery, TickRecord
 from .stats import FleetBacklog
@@ -312,14 +320,16 @@ def default_target(
     return (*count_target(backlog, current, starting, settings, history, now), None)
 
 
-WAIT_FRACTION = 0.1  # the fleet for the arrivals keeps P(wait > this x MAX_QUEUE_WAIT) ...
+WAIT_FRACTION = 0.5  # the fleet for the arrivals keeps P(wait > this x MAX_QUEUE_WAIT) ...
 WAIT_QUANTILE = 0.95  # ... within 1 - this
+NOISE_SIGMAS = 2.0  # a measured rate this many standard errors below the window's is a decline, not noise
 
 
-def drain_seconds(settings: Settings, startup: float) -> float:
-    """The time to drain what waits: half of MAX_QUEUE_WAIT (the oldest waited up to a
-    CHECK_INTERVAL before this tick saw it) less the start-up, at least one interval."""
-    return max(float(settings.check_interval), settings.max_queue_wait / 2.0 - startup)
+def drain_seconds(settings: Settings, startup: float, age: float | None = None) -> float:
+    """The time to drain what waits: what is left of half of MAX_QUEUE_WAIT for the
+    oldest ready message after its ``age`` (none ready: the waiting ones are prefetched
+    and about to start) and the start-up, at least one interval."""
+    return max(float(settings.check_interval), settings.max_queue_wait / 2.0 - (age or 0.0) - startup)
 
 
 def work_target(
@@ -331,17 +341,24 @@ def work_target(
     now: float,
     rates: WorkRates,
 ) -> tuple[int, int, str, int]:
-    """Size by work: the fleet the arrivals need plus the threads that drain the queue.
+    """Size by work: the fleet the arrivals need plus the threads that drain the queue,
+    or a recurring block's fleet while it is due (:func:`recurring_need`).
 
     Growth is immediate (the rate is a median over ticks, the drain is what waits now);
-    a shrink goes to the larger of this tick's need, the arrivals' need of any tick in
-    SCALE_DOWN_STABILIZATION, and the need of a recurring load due back within the
-    start-up time; the drain part is not held: a drained queue is measured, not noise.
+    a shrink goes to the larger of this tick's need, the recurring block's, and the
+    arrivals' need of any tick in SCALE_DOWN_STABILIZATION within the noise of the
+    rate now (:func:`_work_down`); the drain part is not held: a drained queue is
+    measured, not noise. ``wanted`` is this tick's own need: a fleet started ahead of a
+    block is not recorded as one, so the block still shows when it lands.
     """
     threads = settings.worker_threads
     service = rates.service
     startup = learned_startup(history)
-    waiting = backlog.depth + backlog.orphaned + max(0, backlog.in_flight - current * threads)  # prefetched beyond the threads wait too
+    waiting = backlog.depth + backlog.orphaned
+    if backlog.depth:
+        # Behind a ready backlog, messages prefetched beyond the threads wait too; with none
+        # ready they are the queue the arrivals' headroom is sized for, not a backlog.
+        waiting += max(0, backlog.in_flight - current * threads)
     if rates.load is None:
         load = float(min(backlog.in_flight, current * threads))  # first tick with counters: what runs now
         measured = f"E[S] {service:.2f}s, {load:.0f} busy"
@@ -350,7 +367,7 @@ def work_target(
         measured = f"λ {rates.arrival:.2f}/s x E[S] {service:.2f}s = {load:.1f} busy threads"
     limit = max(settings.max_processes, current) + 1
     for_rate = workers_for(load, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)
-    drain = drain_seconds(settings, startup)
+    drain = drain_seconds(settings, startup, backlog.oldest_age)
     wanted = max(for_rate, math.ceil((load + waiting * service / drain) / threads - 1e-9))
     why = f"{measured} needs {for_rate}"
     if waiting:
@@ -361,24 +378,39 @@ def work_target(
         wanted = max(wanted, guard[0])
     if starting:
         why += f"; {starting} starting"
-    bounded = clamp(wanted, settings)
+    interval = float(settings.check_interval)
+    ahead = recurring_need(history, now, startup + 2.0 * interval, 2.0 * interval, load, service, settings)
+    goal = wanted
+    if ahead is not None:
+        why += f"; {ahead[1]}"
+        goal = max(wanted, ahead[0])
+    bounded = clamp(goal, settings)
     if current > settings.max_processes:
         return settings.max_processes, wanted, f"{why}: down to MAX_PROCESSES={settings.max_processes}", for_rate
     if bounded > current:
-        return (*_grow(current, wanted, bounded, why, settings), for_rate)
+        # ``wanted`` stays this tick's own need: a fleet started ahead of a recurring load is no backlog.
+        target, _, reason = _grow(current, goal, bounded, why, settings)
+        return target, wanted, reason, for_rate
     if bounded == current:
-        at_max = f" (MAX_PROCESSES; {wanted} wanted)" if wanted > current else ""
+        at_max = f" (MAX_PROCESSES; {goal} wanted)" if goal > current else ""
         return current, wanted, f"{why}: steady at {current}{at_max}", for_rate
-    if waiting * service > current * threads * settings.check_interval / 2.0:
+    if waiting * service > current * threads * interval / 2.0:
         # More than half a tick of work waits for this fleet: draining, not drained.
         return current, wanted, f"{why}: holding {current} until the backlog is drained", for_rate
-    target, reason = _work_down(current, wanted, why, startup, settings, history, now)
+    high = rates.arrival_high(NOISE_SIGMAS)
+    within_noise = None if high is None else workers_for(high * service, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)
+    target, reason = _work_down(current, goal, why, settings, history, now, within_noise)
     return target, wanted, reason, for_rate
 
 
 def _work_down(
-    current: int, wanted: int, why: str, startup: float, settings: Settings, history: Sequence[TickRecord], now: float
+    current: int, wanted: int, why: str, settings: Settings, history: Sequence[TickRecord], now: float,
+    within_noise: int | None = None,
 ) -> tuple[int, str]:
+    """Down to ``wanted``, but not below the arrivals' fleet of a tick in the window (the
+    whole window in the history) unless the rate now is below it beyond its noise:
+    ``within_noise`` is the fleet for the rate :data:`NOISE_SIGMAS` standard errors up.
+    A measured decline is followed; a dip within the rate's noise is not."""
     window = settings.scale_down_stabilization
     floor = clamp(wanted, settings)
     if window > 0:
@@ -387,13 +419,14 @@ def _work_down(
         if not recent or recent[0].at > now - window:
             return current, f"{why}: holding {current} until {window:g}s of history (SCALE_DOWN_STABILIZATION)"
         rated = [r.for_rate for r in recent if r.at >= now - window and r.for_rate is not None]
-        if rated and max(rated) > floor:
-            floor = clamp(max(rated), settings)
-            why += f"; arrivals needed {max(rated)} within {window:g}s"
-    again = recurring_need(history, now, startup + settings.check_interval)
-    if again is not None and clamp(again[0], settings) > floor:
-        floor = clamp(again[0], settings)
-        why += f"; {again[1]}"
+        held = max(rated, default=0)
+        if within_noise is not None and held > max(within_noise, floor):
+            why += f"; arrivals needed {held} within {window:g}s, {within_noise} at {NOISE_SIGMAS:g} sigma above the rate now"
+            held = within_noise
+        elif held > floor:
+            why += f"; arrivals needed {held} within {window:g}s"
+        if held > floor:
+            floor = clamp(held, settings)
     if floor >= current:
         return current, f"{why}: holding {current}"
     step = settings.max_scale_down_step
@@ -401,29 +434,58 @@ def _work_down(
     return target, f"{why}: down {current} -> {target}"
 
 
-def recurring_need(history: Sequence[TickRecord], now: float, lead: float) -> tuple[int, str] | None:
-    """(fleet, why) when growth recurs and is due back within ``lead`` seconds (the
-    start-up time plus a tick): the episodes in which ticks asked to grow, their
-    period from the last two starts, and the peak the last one asked for."""
-    episodes: list[tuple[float, int]] = []  # (start, peak wanted)
-    asking = False
-    for r in history:
-        w = r.target if r.wanted is None else r.wanted
-        if w > r.workers:
-            if asking:
-                episodes[-1] = (episodes[-1][0], max(episodes[-1][1], w))
-            else:
-                episodes.append((r.at, w))
-            asking = True
+@dataclass(frozen=True)
+class Recurring:
+    """A block of messages that lands at a regular period: when the tick that sees
+    the next one is due, and how many messages the last one brought."""
+
+    period: float
+    due: float
+    messages: float
+
+
+RECURRENCES = 2  # blocks one period apart before the next one is expected
+
+
+def recurring(history: Sequence[TickRecord], tolerance: float, max_gap: float = float("inf")) -> Recurring | None:
+    """The recurring block in ``history`` (:func:`dramactl.rates.surges`; surges within
+    ``tolerance`` of the one before are one block, as when a rate steps up and its
+    median takes a few ticks to follow): the last :data:`RECURRENCES` blocks one period
+    apart (more than twice ``tolerance``), their gaps agreeing within ``tolerance``,
+    else None."""
+    blocks: list[tuple[float, float]] = []  # (first tick, messages)
+    last = None
+    for at, excess in surges(history, max_gap=max_gap):
+        if last is not None and at - last <= tolerance + 1e-9:
+            blocks[-1] = (blocks[-1][0], blocks[-1][1] + excess)
         else:
-            asking = False
-    if len(episodes) < 2:
+            blocks.append((at, excess))
+        last = at
+    if len(blocks) < RECURRENCES:
         return None
-    period = episodes[-1][0] - episodes[-2][0]
-    due = episodes[-1][0] + period
-    if not now < due <= now + lead:
+    starts = [at for at, _ in blocks[-RECURRENCES:]]
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    if max(gaps) - min(gaps) > tolerance or min(gaps) <= 2.0 * tolerance:
         return None
-    return episodes[-1][1], f"growth recurs every {period:.0f}s, due in {due - now:.0f}s < start-up + tick {lead:.0f}s: keeping {episodes[-1][1]}"
+    period = sum(gaps) / len(gaps)
+    return Recurring(period, starts[-1] + period, blocks[-1][1])
+
+
+def recurring_need(
+    history: Sequence[TickRecord], now: float, lead: float, tolerance: float, load: float, service: float, settings: Settings
+) -> tuple[int, str] | None:
+    """(fleet, why) when a recurring load is due within ``lead`` seconds (the start-up
+    plus two ticks: it may land up to a tick before the tick that sees it) or is
+    late by up to ``tolerance``: the fleet that serves its last occurrence's backlog
+    within one CHECK_INTERVAL on top of the arrivals (``load`` busy threads), so
+    it lands on instances already consuming."""
+    interval = float(settings.check_interval)
+    again = recurring(history, tolerance, max_gap=4.0 * interval)
+    if again is None or not now - tolerance < again.due <= now + lead:
+        return None
+    need = math.ceil((load + again.messages * service / interval) / settings.worker_threads - 1e-9)
+    when = f"due in {again.due - now:.0f}s" if again.due >= now else f"due {now - again.due:.0f}s ago"
+    return need, f"{again.messages:.0f} msgs land every {again.period:.0f}s, {when}: {need} ready for them"
 
 
 def count_target(

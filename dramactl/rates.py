@@ -14,10 +14,17 @@ Smoothing: the arrival rate is the *median* of the per-interval rates over
 backlog to drain, not a rate to staff for); the service time is the ratio of sums over
 :data:`SERVICE_WINDOW`, else the counters' whole lifetime (busy / done). A counter that
 went backwards (the key was deleted, Redis restarted) ends the intervals before it.
+The rate's standard error is that of a Poisson count over the intervals' span
+(:meth:`WorkRates.arrival_high`): how far a measured dip may be noise.
+
+Blocks: :func:`surges` finds the intervals in which far more arrived than the rate
+before them explains (a block landed, whether or not the fleet absorbed it before a
+tick saw it); the policy looks for blocks that recur at a regular period.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Sequence
@@ -33,11 +40,23 @@ MIN_COMPLETIONS = 3  # fewer completions than this in the window: use the lifeti
 @dataclass(frozen=True)
 class WorkRates:
     """``arrival`` messages/s (None before two ticks with counters), ``service`` mean
-    seconds per message, ``intervals`` how many tick intervals the rate rests on."""
+    seconds per message, ``intervals`` how many tick intervals the rate rests on,
+    ``span`` the seconds those intervals cover."""
 
     arrival: float | None
     service: float
     intervals: int = 0
+    span: float = 0.0
+
+    def arrival_high(self, sigmas: float) -> float | None:
+        """The arrival rate ``sigmas`` standard errors up: counts in ``span`` seconds are
+        about Poisson, so the rate's error is sqrt(arrival / span) (at least one message
+        per span); None before a rate exists."""
+        if self.arrival is None:
+            return None
+        if self.span <= 0:
+            return self.arrival
+        return self.arrival + sigmas * math.sqrt(max(self.arrival, 1.0 / self.span) / self.span)
 
     @property
     def load(self) -> float | None:
@@ -71,7 +90,8 @@ def work_rates(history: Sequence[TickRecord], backlog: FleetBacklog, now: float,
     points = points[start:]
     pairs = [(a, b) for a, b in zip(points, points[1:]) if 0 < b.at - a.at <= max_gap]
 
-    rates = [max(0.0, (b.done - a.done + b.backlog - a.backlog) / (b.at - a.at)) for a, b in pairs if b.at > now - RATE_WINDOW - 1e-9]
+    used = [(a, b) for a, b in pairs if b.at > now - RATE_WINDOW - 1e-9]
+    rates = [max(0.0, (b.done - a.done + b.backlog - a.backlog) / (b.at - a.at)) for a, b in used]
     arrival = statistics.median(rates) if rates else None
 
     recent = [(b.done - a.done, b.busy - a.busy) for a, b in pairs if b.at > now - SERVICE_WINDOW]
@@ -82,7 +102,41 @@ def work_rates(history: Sequence[TickRecord], backlog: FleetBacklog, now: float,
         service = backlog.busy_seconds_total / backlog.done_total  # the counters' lifetime
     else:
         return None
-    return WorkRates(arrival, max(service, 0.0), len(rates))
+    return WorkRates(arrival, max(service, 0.0), len(rates), sum(b.at - a.at for a, b in used))
+
+
+SURGE_SIGMAS = 6.0  # arrivals this many Poisson standard deviations above the rate: a block landed
+
+
+def surges(history: Sequence[TickRecord], *, max_gap: float = float("inf")) -> list[tuple[float, float]]:
+    """(tick, messages) for every interval between two ticks in which a block landed:
+    more arrivals (Δdone + Δbacklog) than the median rate of the intervals in the
+    :data:`RATE_WINDOW` before it explains (with none before it: its own completions),
+    by over :data:`SURGE_SIGMAS` standard deviations of a Poisson count; ``messages`` is
+    the excess. A block the fleet absorbed before the tick shows here too: it is
+    counted, not seen waiting."""
+    points = [_Point(r.at, r.done, r.busy, r.backlog) for r in history if r.done is not None and r.busy is not None]
+    out: list[tuple[float, float]] = []
+    seen: list[tuple[float, float]] = []  # (end, rate) of the intervals so far
+    first = 0  # seen[first:] are those in the window before the current interval
+    for a, b in zip(points, points[1:]):
+        span = b.at - a.at
+        if b.done < a.done or b.busy < a.busy - 1e-6:
+            seen, first = [], 0  # the counters started over
+            continue
+        if not 0 < span <= max_gap:
+            continue
+        arrived = b.done - a.done + b.backlog - a.backlog
+        while first < len(seen) and seen[first][0] <= a.at - RATE_WINDOW:
+            first += 1
+        before = [rate for _, rate in seen[first:]]
+        # No earlier interval to compare with: what the fleet completed in this one (only backlog growth counts).
+        expected = statistics.median(before) * span if before else b.done - a.done
+        excess = arrived - expected
+        if excess > SURGE_SIGMAS * math.sqrt(max(expected, 1.0)):
+            out.append((b.at, excess))
+        seen.append((b.at, max(0.0, arrived / span)))
+    return out
 
 
 DEFAULT_STARTUP = 5.0  # seconds assumed before the scaler has timed a start job
