@@ -11,11 +11,9 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-import redis
-
-from . import queue, share
+from . import queue
 from .fleet import Fleet, JobResult
 from .instance import WorkerUnit
 from .policy import ScalingDecision, decide, is_starting, safeguard
@@ -23,6 +21,11 @@ from .settings import Settings, SettingsError
 from .state import LOCK_WAIT, Recovery, ScalerState, StateStore
 from .stats import FleetBacklog, QueueStats
 from .worker import worker_argv
+
+if TYPE_CHECKING:  # share is imported only with FLEET_NAME: a single host's tick does not pay for it
+    import redis
+
+    from . import share
 
 
 log = logging.getLogger("dramactl.scaler")
@@ -216,6 +219,8 @@ def _in_fleet(
     """This host's heartbeat and share in the fleet (FLEET_NAME); a paused host holds
     its own decision (``local``) and is counted with it. ``write`` False (a dry run):
     what it would be, with nothing written."""
+    from . import share
+
     up = [u for u in instances if u.is_up]
     with queue.redis_errors(settings):
         return share.coordinate(
@@ -234,6 +239,10 @@ def _settle(client: redis.Redis, settings: Settings, instances: Sequence[WorkerU
     """After acting, the claim drops to what this host now runs (its stops are with
     systemd), so the other hosts can grow into the room at their next tick. Best
     effort: when Redis went away meanwhile, the claim expires with the heartbeat."""
+    import redis
+
+    from . import share
+
     coming = sum(1 for u in instances if u.is_coming_back)
     failed_starts = sum(1 for j in outcome.started if not j.ok)
     try:
@@ -294,7 +303,11 @@ def _resize(
         if target:
             worker_argv(settings, new_threads)
         store.save(new_state)  # before any start: instances read the thread count from it
-        reason = "manual" + ("; autoscaling paused" if new_state.paused else "") + (f"; {share.scope(settings)}" if settings.fleet_name else "")
+        reason = "manual" + ("; autoscaling paused" if new_state.paused else "")
+        if settings.fleet_name:
+            from .share import scope
+
+            reason += f"; {scope(settings)}"
         outcome = Outcome(ScalingDecision(len(up), target, reason, reset=tuple(reset)), stats, paused=new_state.paused, instances=list(instances))
         outcome.started, outcome.stopped = _apply(fleet, settings, instances, target, new_threads, reset)
         outcome.restarted = fleet.restart(restart)
