@@ -33,7 +33,10 @@ bad config, no systemd) expires after FLEET_HOST_TTL and the next decision share
 the fleet among the others, within CHECK_INTERVAL + FLEET_HOST_TTL. Its messages
 come back through Dramatiq's own maintenance (dead workers' acks). When Redis
 cannot be reached the tick stops before this step, as on one host: every host
-keeps its fleet as it is.
+keeps its fleet as it is. When it is back, the first host to tick records the
+silence (no heartbeat from anyone for longer than FLEET_HOST_TTL: :class:`Silence`)
+and the heartbeats written before it get its length added: an outage does not make
+the hosts that come back first take the shares of those that tick a little later.
 """
 
 from __future__ import annotations
@@ -91,8 +94,11 @@ class HostEntry:
     paused: bool = False
     startup: float | None = None  # seconds its last start jobs took (learned start-up)
 
-    def live(self, now: float) -> bool:
-        return self.expires > now
+    def live(self, now: float, silence: "Silence | None" = None) -> bool:
+        """Its heartbeat has not expired; one written before a fleet-wide ``silence``
+        gets the silence's length added (nobody could tick then)."""
+        extra = silence.end - silence.start if silence is not None and self.at <= silence.start else 0.0
+        return self.expires + extra > now
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -193,6 +199,34 @@ def fleet_cap(settings: Settings, hosts: Sequence[HostEntry]) -> int:
     (a paused host's at its instances), within FLEET_MAX_PROCESSES when set."""
     total = sum(h.claim if h.paused else h.max for h in hosts)
     return min(total, settings.fleet_max_processes) if settings.fleet_max_processes else total
+
+
+@dataclass(frozen=True)
+class Silence:
+    """A span in which no host of the fleet wrote a heartbeat for longer than
+    FLEET_HOST_TTL: Redis was unreachable for all of them, or the whole fleet was
+    stopped. From the newest heartbeat before it to the first tick after it."""
+
+    start: float
+    end: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str | None) -> "Silence | None":
+        try:
+            d = json.loads(raw) if raw is not None else None
+            return cls(float(d["start"]), float(d["end"])) if d else None
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+def silence_before(hosts: Sequence[HostEntry], now: float, ttl: float) -> Silence | None:
+    """The silence this tick ends, when no host (this one included) wrote a heartbeat
+    for longer than ``ttl``; else None."""
+    newest = max((h.at for h in hosts), default=None)
+    return Silence(newest, now) if newest is not None and now - newest > ttl else None
 
 
 def room_for(me: str, share: int, up: int, occupying: int, hosts: Sequence[HostEntry], target: int) -> int:
@@ -345,7 +379,9 @@ def coordinate(
         now = _clock(pipe)
         raw = pipe.hgetall(key)
         hosts = _hosts(raw)
-        live = [h for h in hosts if h.live(now) and h.name != name]
+        ended = silence_before(hosts, now, settings.host_ttl)
+        silence = ended or Silence.from_json(raw.get(b"silence"))
+        live = [h for h in hosts if h.live(now, silence) and h.name != name]
         gone = [h.name for h in hosts if now > h.expires + FORGET_AFTER and h.name != name]
         old = next((h for h in hosts if h.name == name), None)
         me = HostEntry(
@@ -363,6 +399,8 @@ def coordinate(
             return view
         pipe.multi()
         pipe.hset(key, f"host:{name}", me.to_json())
+        if ended is not None:
+            pipe.hset(key, "silence", ended.to_json())
         if gone:
             pipe.hdel(key, *[f"host:{g}" for g in gone])
         if record is not None:
@@ -409,6 +447,7 @@ def settle(client: redis.Redis, settings: Settings, *, claim: int, up: int, star
 def view(settings: Settings, client: redis.Redis) -> dict:
     """The fleet for ``status --json``: ``fleet`` (the last decision) and ``hosts``."""
     now, hosts, decision, _ = read(client, settings)
+    silence = silence_before(hosts, now, settings.host_ttl) or Silence.from_json(client.hget(fleet_key(settings), "silence"))
     shares = dict(decision.shares) if decision else {}
     return {
         "fleet": {
@@ -430,7 +469,7 @@ def view(settings: Settings, client: redis.Redis) -> dict:
                 "max": h.max,
                 "claim": h.claim,
                 "last_tick": h.at,
-                "live": h.live(now),
+                "live": h.live(now, silence),
                 "paused": h.paused,
                 "expires_in": round(h.expires - now, 1),
             }

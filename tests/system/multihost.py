@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tests.system.conftest import APP_DIR, BASE_SETTINGS, DRAMACTL, PYTHON, REPO, VENV
 from tests.system.faults import occupied
@@ -47,8 +49,9 @@ class SharedRedis:
         return str(self.dir / "redis.sock")
 
     def start(self, timeout: float = 15.0) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="dramactl-shared-redis.", dir="/var/tmp"))
-        os.chmod(self.dir, 0o755)  # the containers' dramactl and dramatiq users traverse it
+        if self.dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="dramactl-shared-redis.", dir="/var/tmp"))
+            os.chmod(self.dir, 0o755)  # the containers' dramactl and dramatiq users traverse it
         log = open(self.dir / "redis.log", "ab")
         self.proc = subprocess.Popen(
             ["/usr/bin/redis-server", "--port", "0", "--unixsocket", self.socket, "--unixsocketperm", "777",
@@ -67,8 +70,24 @@ class SharedRedis:
                 raise HarnessError(f"the shared redis-server did not start: {self.log_tail()}")
             time.sleep(0.1)
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(unix_socket_path=self.socket, socket_timeout=10)
+    def client(self, timeout: float = 10.0) -> redis.Redis:
+        # No retries: with Redis down each retry would only wait again.
+        return redis.Redis(unix_socket_path=self.socket, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+
+    def down(self) -> None:
+        """An outage that keeps the data, as Debian's redis-server does on a stop: SHUTDOWN SAVE
+        (one step: nothing written after the save is lost), then nothing listens on the socket."""
+        assert self.proc is not None
+        try:
+            self.client().shutdown(save=True)
+        except redis.ConnectionError:
+            pass  # the server closes the connection as it exits
+        self.proc.wait(15)
+
+    def up(self) -> None:
+        """Start again on the same socket and directory: the saved keys come back."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -200,6 +219,7 @@ class Cluster:
     def reset(self) -> None:
         """Every host stopped with its state forgotten, then the shared Redis emptied (after the
         stops, so no scaler re-registers in between); dead hosts booted again."""
+        self.redis.up()  # a test that failed while Redis was down
         for h in self.hosts:
             if not h.c.alive:
                 self.revive(h)
@@ -291,7 +311,7 @@ class FleetSampler(threading.Thread):
         self.pool = ThreadPoolExecutor(max_workers=len(cluster.hosts))
 
     def run(self) -> None:
-        client = self.cluster.redis.client()
+        client = self.cluster.redis.client(timeout=0.3)  # Redis down must not hold up the systemd samples
         while not self.done.is_set():
             started = time.time()
             hosts = dict(zip((h.name for h in self.cluster.hosts), self.pool.map(_systemd_view, self.cluster.hosts)))

@@ -335,3 +335,48 @@ def test_a_host_powered_off_mid_burst_is_taken_over_and_nothing_is_lost(hosts: C
     assert backlog_at_takeover, "the backlog ran out before the takeover: nothing to measure"
     assert takeover <= INTERVAL + TTL + SLACK, f"takeover took {takeover:.1f}s"
     assert r["processed"] == sent and r["dead"] == 0, r
+
+
+def test_a_redis_outage_holds_every_host_and_no_host_takes_the_others_share_after_it(hosts: Cluster) -> None:
+    """The shared Redis stops (saving its keys, as Debian's does) for longer than FLEET_HOST_TTL
+    while the fleet runs near the cap. While it is down every host's tick exits with its one line
+    and no host starts or stops an instance; when it is back, the first host to tick does not take
+    the others' shares (their heartbeats are as old as its own: the silence is recorded and does
+    not count), so the fleet stays within the cap, the three hosts stay live, and every message
+    is processed."""
+    hosts.configure(FLEET, PER_HOST)
+    start_fleet(hosts)
+    a = hosts["a"]
+    sent = 500
+    outage = TTL + 2 * INTERVAL
+    with FleetSampler(hosts) as sampler:
+        hosts.send(sent, 1.0)
+        wait_until(lambda: sampler.rows and sampler.total(sampler.rows[-1]) >= CAP - 1, 3 * INTERVAL + 15, "the fleet near the cap")
+        hosts.redis.down()
+        stopped = time.time()
+        try:
+            time.sleep(outage)
+        finally:
+            hosts.redis.up()
+        back = time.time()
+        wait_live(a, {h.name for h in hosts.hosts}, 2 * INTERVAL + 10)
+        wait_until(lambda: hosts.counts()["processed"] >= sent, 240, f"all {sent} messages processed", interval=1)
+
+    # A tick that had passed its Redis steps when Redis stopped may still finish acting (its
+    # jobs wait up to 30 s): judge from a tick and a few seconds later.
+    held = [r for r in sampler.rows if stopped + INTERVAL + 6 <= r["t"] <= back]
+    shapes = {sampler.per_host(r) for r in held}
+    _, _, over = bounds(sampler, hosts, CAP)
+    after = [sampler.total(r) for r in sampler.rows if r["t"] > back]
+    r = hosts.counts()
+    print(
+        f"\n[multihost] Redis down {outage}s (> FLEET_HOST_TTL {TTL}s): fleet held at {sorted(shapes)} over {len(held)} samples;"
+        f" after it, peak {max(after, default=0)} (cap {CAP}); processed {r['processed']}/{sent}, duplicates {r['duplicates']}"
+    )
+    assert len(held) >= outage - INTERVAL - 8, f"only {len(held)} samples while Redis was down"
+    assert len(shapes) == 1, f"a host changed its fleet while Redis was down: {sorted(shapes)}"
+    assert not over, over[:10]
+    for h in hosts.hosts:
+        assert "REDIS_URL: cannot reach" in h.journal(), f"{h.name}: no one-line Redis error while it was down"
+        assert "Traceback" not in h.journal()
+    assert r["processed"] == sent and r["dead"] == 0, r

@@ -155,3 +155,19 @@ def test_dashboard_shows_the_hosts_escaped_and_nothing_on_one_host() -> None:
     assert '<table id="hosts">' in html and "&lt;c&gt;" in html and "<c>" not in html
     assert html.count('class="state ok">live') == 2 and 'class="state bad">down' in html
     assert render_hosts({"fleet": None, "hosts": []}) == ""
+
+
+def test_a_fleet_wide_silence_does_not_count_against_the_heartbeats_written_before_it() -> None:
+    """Redis was down for everyone from t=100 to t=160 (TTL 10): the first host back records the
+    silence; a host that ticks a little after it is still live for the hosts that came back first."""
+    from dramactl.share import Silence, silence_before
+
+    a, c = HostEntry("a", 4, at=100.0, expires=110.0), HostEntry("c", 4, at=98.0, expires=108.0)
+    assert silence_before([a, c], 105.0, 10.0) is None  # normal: nobody silent for longer than the TTL
+    silence = silence_before([a, c], 160.0, 10.0)
+    assert silence == Silence(100.0, 160.0)
+    # a came back at 160 and wrote a fresh heartbeat; at 163, c (not back yet) is still live ...
+    a = HostEntry("a", 4, at=160.0, expires=170.0)
+    assert a.live(163.0, silence) and c.live(163.0, silence) and not c.live(163.0)
+    # ... and expires a TTL after the silence if it never comes back, like a host that died.
+    assert not c.live(168.5, silence)
