@@ -235,9 +235,11 @@ def _set_paused(paused: bool, message: str, wait: float) -> None:
 
     settings = load_settings()
     guarded(lambda: set_paused(settings, paused, wait=wait))
-    from .share import scope
+    if settings.fleet_name:
+        from .share import scope
 
-    click.echo(message + (f" ({scope(settings)})" if settings.fleet_name else ""))
+        message += f" ({scope(settings)})"
+    click.echo(message)
 
 
 @main.command()

@@ -326,11 +326,16 @@ def _history(raw: bytes | str | None) -> list[TickRecord]:
         return []  # damaged: the fleet starts its history again, as one host does with a damaged state file
 
 
-def read(client: redis.Redis, settings: Settings) -> tuple[float, list[HostEntry], FleetDecision | None, list[TickRecord]]:
-    """(Redis' clock, every host entry, the last decision, the history), without writing."""
-    now = _clock(client)
-    raw = client.hgetall(fleet_key(settings))
-    return now, _hosts(raw), FleetDecision.from_json(raw.get(b"decision")), _history(raw.get(b"history"))
+def read(client: redis.Redis, settings: Settings) -> tuple[float, list[HostEntry], FleetDecision | None, Silence | None]:
+    """(Redis' clock, every host entry, the last decision, the silence heartbeats are
+    judged with), in one round trip, without writing; the history is not parsed."""
+    pipe = client.pipeline(transaction=False)
+    pipe.time()
+    pipe.hgetall(fleet_key(settings))
+    (seconds, micros), raw = pipe.execute()
+    now = seconds + micros / 1e6
+    hosts = _hosts(raw)
+    return now, hosts, FleetDecision.from_json(raw.get(b"decision")), silence_before(hosts, now, settings.host_ttl) or Silence.from_json(raw.get(b"silence"))
 
 
 def _clock(client: redis.Redis) -> float:
@@ -446,8 +451,7 @@ def settle(client: redis.Redis, settings: Settings, *, claim: int, up: int, star
 
 def view(settings: Settings, client: redis.Redis) -> dict:
     """The fleet for ``status --json``: ``fleet`` (the last decision) and ``hosts``."""
-    now, hosts, decision, _ = read(client, settings)
-    silence = silence_before(hosts, now, settings.host_ttl) or Silence.from_json(client.hget(fleet_key(settings), "silence"))
+    now, hosts, decision, silence = read(client, settings)
     shares = dict(decision.shares) if decision else {}
     return {
         "fleet": {
