@@ -4,25 +4,27 @@ Dramatiq imports this module in each worker process after the app's broker
 (``dramatiq app dramactl_ready``). It lives alone in its directory and needs only
 Dramatiq and the stdlib, so it can be put on the path of an app's own virtualenv.
 
-Four middlewares:
+What it installs:
 
 * :class:`ReadyNotifier`: ``READY=1`` for ``Type=notify`` once the consumers run,
   ``WATCHDOG=1`` while every consumer and worker thread lives, ``STOPPING=1``.
-* :class:`RetryGuard`: Dramatiq's Retries middleware enqueues a failed message's
-  retry and the worker then acks the original. When that enqueue fails (Redis
-  down) Dramatiq logs it and acks anyway, once Redis is back: the message is gone.
-  The guard sees the enqueue that never finished and retries it, holding the
-  worker thread (and with it the ack) until Redis takes the retry.
+* :class:`FollowUpGuard`: no message is acked before everything its processing
+  enqueued is stored in Redis: its retry, a pipeline's next step, callbacks,
+  ``on_retry_exhausted``. Dramatiq logs a refused enqueue and acks the original
+  anyway; the guard holds the worker thread (and with it the ack) until Redis takes
+  each follow-up. Interrupts (``time_limit``, shutdown notifications) cannot cut the
+  follow-ups short; when they did anyway, the message is left unacked.
 * :class:`Maintenance`: Dramatiq redelivers the messages of a dead worker (one
   whose heartbeat expired) only when a dispatch happens to draw maintenance
   (0.1 % of calls). Every few seconds this runs Dramatiq's own dispatch script
   with maintenance on, for each queue the worker consumes; once at boot, too. It
   also publishes the broker's heartbeat timeout, so ``dramactl`` can tell orphaned
-  messages from in-flight ones. After a Redis outage it checks the delay queues:
-  Dramatiq drops a consumer's in-memory delayed messages on a connection error
-  while they stay in this worker's ack set; when that happened it asks Dramatiq to
-  reload the worker (SIGHUP to its main process), so the held messages come back
-  through Dramatiq's requeue and maintenance.
+  messages from in-flight ones. And it sweeps: messages in this live worker's ack
+  sets that the process does not hold (a fetch a hung Redis ran after the client
+  gave up; delayed messages Dramatiq dropped from memory on a connection error; an
+  ack that never happened) go back to their queues through Dramatiq's requeue script.
+* Acks and nacks that time out are retried like those that lose the connection
+  (:func:`_timeouts_as_connection_loss`, Bogdanp/dramatiq#894).
 * :class:`WorkReporter`: per queue, messages completed and seconds spent on them,
   added up in memory and flushed by a background thread at most once a second in
   one pipelined round trip (HINCRBY done, HINCRBYFLOAT busy, HSET at) into
@@ -34,13 +36,12 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 
 import dramatiq
-from dramatiq.middleware import Middleware
+from dramatiq.middleware import Middleware, MiddlewareError
 
 log = logging.getLogger("dramactl.hook")
 
@@ -48,6 +49,10 @@ MAINTENANCE_SECONDS = 5.0
 HEARTBEAT_KEY = "{namespace}:__dramactl__.heartbeat_timeout"  # read by dramactl's probe
 WORK_KEY = "{namespace}:__dramactl__.work.{queue}"  # done / busy / at, read by dramactl's probe
 WORK_FLUSH_SECONDS = 1.0
+HOLD_ALARM_SECONDS = 60.0  # a hold this long is an error in the worker's journal ...
+HOLD_ALARM_REPEAT_SECONDS = 600.0  # ... repeated this often while it lasts
+SWEEP_ROUNDS = 2  # rounds in a row an id sits in the ack set, not in the process, before it is handed back
+REQUEUE_CHUNK = 500  # ids per call of Dramatiq's requeue script
 
 
 def notify(state: str) -> bool:
@@ -95,57 +100,274 @@ class ReadyNotifier(Middleware):
         notify("STOPPING=1\nSTATUS=draining: finishing or requeueing held messages")
 
 
-class RetryGuard(Middleware):
-    """Keeps a failed message whose retry could not be enqueued (at-least-once).
+class Holds:
+    """How many messages this process holds unacked right now because a follow-up
+    (a retry, a pipeline's next step, a callback) is not stored in Redis yet. Read by
+    the per-instance report; changed by :class:`FollowUpGuard`."""
 
-    Must sit before Retries in the middleware list: ``after_*`` hooks run in
-    reverse order, so this one then runs after Retries has tried its enqueue.
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._count += n
+
+    def count(self) -> int:
+        return self._count
+
+
+HOLDS = Holds()
+
+
+class Unfinished(MiddlewareError):
+    """Raised from ``before_ack``/``before_nack`` to keep a message unacked: Dramatiq
+    logs it and leaves the message in this worker's ack set, and the stranded-message
+    sweep (:class:`Maintenance`) hands it back to its queue."""
+
+
+class _Work:
+    """The message a worker thread processes, from ``before_process_message`` to its ack."""
+
+    __slots__ = ("message", "pending", "phase", "complete", "tracking")
+
+    def __init__(self, message) -> None:
+        self.message = message
+        self.pending: dict[int, tuple] = {}  # id(enqueued copy) -> (copy, delay, phase) not stored yet
+        self.phase = "actor"  # then "after": Dramatiq's after_process_message hooks run
+        self.complete = False  # every after_process_message hook ran (none was cut short)
+        self.tracking = True
+
+
+class FollowUpGuard(Middleware):
+    """No ack before everything the message's processing enqueued is stored in Redis.
+
+    After an actor returns, Dramatiq's middleware enqueue *other* messages from the
+    worker thread: Retries the retry, Pipelines the next step, Callbacks
+    ``on_success``/``on_failure``, Retries ``on_retry_exhausted``. When Redis refuses
+    one, Dramatiq logs it and acks the original anyway: the follow-up exists nowhere.
+    This guard tracks every enqueue on the thread (``before_enqueue`` without
+    ``after_enqueue``: not stored) and, in ``before_ack``/``before_nack``, holds the
+    thread until Redis takes each one. Enqueues the actor itself made count too when
+    the actor returned normally (it swallowed the error); when the actor raised, its
+    retry makes them again.
+
+    It must be the *last* middleware (its ``before_*`` hooks run last, its
+    ``after_*`` hooks first) with :class:`_AfterHooksDone` first. At the start of the
+    after-hooks it disarms TimeLimit's deadline and ShutdownNotifications' interrupt
+    for the thread: Dramatiq's ``Interrupt`` is a BaseException that its
+    ``emit_after`` does not catch, so one landing in Retries' enqueue would skip the
+    retry and ack the message. If the after-hooks were cut short anyway (an
+    interrupt already on its way), nothing tells which follow-ups are missing: the
+    message is left unacked (:class:`Unfinished`) and comes back through the sweep.
+    An interrupt that reaches the hold itself is ignored: the hold goes on.
     """
 
-    def __init__(self, max_pause: float = 10.0) -> None:
+    def __init__(self, max_pause: float = 10.0, alarm_after: float = HOLD_ALARM_SECONDS) -> None:
         self.local = threading.local()
+        self.lock = threading.Lock()
+        self.running: dict[int, object] = {}  # thread ident -> message it processes, until acked
         self.max_pause = max_pause
-        self.held = 0  # retries that needed holding (for tests and the log)
+        self.alarm_after = alarm_after
+        self.held = 0  # holds ever (for tests and the log)
+
+    # -- what the process holds (the sweep reads it) ---------------------------------
+
+    def in_progress(self) -> list:
+        with self.lock:
+            return list(self.running.values())
+
+    def _work(self, message) -> _Work | None:
+        work = getattr(self.local, "work", None)
+        return work if work is not None and work.message is message else None
+
+    def _forget(self) -> None:
+        self.local.work = None
+        with self.lock:
+            self.running.pop(threading.get_ident(), None)
+
+    # -- hooks -----------------------------------------------------------------------
+
+    def after_worker_boot(self, broker, worker) -> None:
+        # Installed last; a middleware added after the hook whose after-hooks enqueue
+        # would have its follow-ups judged as the actor's own.
+        try:
+            later = [type(m).__name__ for m in broker.middleware[broker.middleware.index(self) + 1 :] if type(m).after_process_message is not Middleware.after_process_message]
+            if later:
+                log.warning("dramactl: middleware added after dramactl_ready (%s): load dramactl_ready last so its guard sees their enqueues", ", ".join(later))
+        except Exception:  # noqa: BLE001
+            pass
 
     def before_process_message(self, broker, message) -> None:
-        self.local.message_id = message.message_id
-        self.local.pending = None
+        self.local.work = _Work(message)
+        with self.lock:
+            self.running[threading.get_ident()] = message
 
     def before_enqueue(self, broker, message, delay) -> None:
-        if getattr(self.local, "message_id", None) == message.message_id:
-            self.local.pending = delay  # a retry of the message this thread processes
+        work = getattr(self.local, "work", None)
+        if work is not None and work.tracking:
+            work.pending[id(message)] = (message, delay, work.phase)
 
     def after_enqueue(self, broker, message, delay) -> None:
-        if getattr(self.local, "message_id", None) == message.message_id:
-            self.local.pending = None
+        work = getattr(self.local, "work", None)
+        if work is not None:
+            work.pending.pop(id(message), None)
 
     def after_process_message(self, broker, message, *, result=None, exception=None) -> None:
-        self.local.message_id = None
-        delay, self.local.pending = getattr(self.local, "pending", None), None
-        if exception is None or delay is None or message.failed:
+        work = self._work(message)
+        if work is None:
             return
-        # Retries' enqueue raised: the retry exists nowhere. Hold the message (it is
-        # not acked while this thread waits) until Redis takes the retry.
+        _disarm_interrupts(broker)
+        if work.phase == "actor" and exception is not None:
+            # The actor raised: its own failed sends are part of what its retry redoes.
+            work.pending = {k: v for k, v in work.pending.items() if v[2] != "actor"}
+        work.phase = "after"
+        work.complete = False
+
+    after_skip_message = after_process_message
+
+    def hooks_done(self, message) -> None:
+        work = self._work(message)
+        if work is not None:
+            work.complete = True
+
+    def before_ack(self, broker, message) -> None:
+        work = self._work(message)
+        if work is None:
+            return  # not processed on this thread (a delayed message moved by its consumer)
+        if not work.complete:
+            self._forget()
+            log.error(
+                "dramactl: message %s: Dramatiq's after-processing middleware was interrupted, so its retry or next step may "
+                "not exist; leaving it unacked: it goes back to its queue within %.0fs (stranded-message sweep)",
+                message.message_id, 3 * MAINTENANCE_SECONDS,
+            )
+            raise Unfinished(f"message {message.message_id} left unacked: its follow-ups are unknown")
+        if work.pending:
+            self._hold(broker, message, work)
+
+    before_nack = before_ack
+
+    def after_ack(self, broker, message) -> None:
+        if self._work(message) is not None:
+            self._forget()
+
+    after_nack = after_ack
+
+    def _hold(self, broker, message, work: _Work) -> None:
+        """Enqueue the follow-ups again until Redis stores every one; the ack waits."""
+        from dramatiq.middleware.threading import Interrupt
+
         self.held += 1
-        pause = 0.5
-        while True:
-            log.warning("dramactl: retry of message %s could not be enqueued; holding it and trying again in %.1fs", message.message_id, pause)
-            time.sleep(pause)
+        HOLDS.add(1)
+        work.tracking = False
+        began = time.monotonic()
+        alarm_at = began + self.alarm_after
+        pause, error = 0.5, "?"
+        names = ", ".join(sorted({f"{m.actor_name}@{m.queue_name}" for m, _, _ in work.pending.values()}))
+        log.warning("dramactl: holding message %s unacked: %d follow-up(s) (%s) not stored in Redis; retrying until Redis takes them", message.message_id, len(work.pending), names)
+        try:
+            while work.pending:
+                try:
+                    for key, (follow, delay, _) in list(work.pending.items()):
+                        try:
+                            broker.enqueue(follow, delay=delay)
+                        except Exception as exc:  # noqa: BLE001 - down, hung, READONLY, OOM: keep holding
+                            error = f"{type(exc).__name__}: {exc}"
+                            break
+                        work.pending.pop(key, None)
+                    if not work.pending:
+                        break
+                    if time.monotonic() >= alarm_at:
+                        log.error(
+                            "dramactl: message %s held unacked for %.0fs: Redis still refuses its follow-up(s) (%s); "
+                            "holding keeps them (the message is not acked, so nothing is lost); fix Redis or stop this instance, "
+                            "and the message goes back to its queue",
+                            message.message_id, time.monotonic() - began, error,
+                        )
+                        alarm_at += HOLD_ALARM_REPEAT_SECONDS
+                    time.sleep(pause)
+                    pause = min(self.max_pause, pause * 2)
+                except Interrupt:
+                    log.warning("dramactl: message %s: ignoring %s during the hold; the follow-ups are not stored yet", message.message_id, "an interrupt")
+        finally:
+            work.tracking = True
+            HOLDS.add(-1)
+        log.warning("dramactl: message %s: follow-up(s) stored after holding it %.1fs; acking it", message.message_id, time.monotonic() - began)
+
+
+class _AfterHooksDone(Middleware):
+    """First in the middleware list, so its ``after_process_message`` runs last: every
+    other after-hook ran without being cut short."""
+
+    def __init__(self, guard: FollowUpGuard) -> None:
+        self.guard = guard
+
+    def after_process_message(self, broker, message, *, result=None, exception=None) -> None:
+        self.guard.hooks_done(message)
+
+    after_skip_message = after_process_message
+
+
+def _disarm_interrupts(broker) -> None:
+    """No TimeLimitExceeded or Shutdown for this thread from here on: the actor has
+    returned, and an interrupt now could only cut Dramatiq's follow-ups short."""
+    from dramatiq.middleware import ShutdownNotifications, TimeLimit
+
+    ident = threading.get_ident()
+    for m in broker.middleware:
+        try:
+            if isinstance(m, TimeLimit):
+                m.manager.remove_timeout(ident)
+            elif isinstance(m, ShutdownNotifications):
+                m.manager.remove_notification()
+        except Exception:  # noqa: BLE001 - a manager of another shape: the ack check still guards
+            pass
+
+
+def _timeouts_as_connection_loss() -> None:
+    """Acks and nacks that time out are retried by Dramatiq like those that lose the
+    connection. redis-py's TimeoutError is not a ConnectionError, so a hung Redis
+    made Dramatiq drop the ack ("You've found a bug") and the message stayed in the
+    ack set of a live worker. Upstream: Bogdanp/dramatiq#894, fix proposed in #895;
+    drop this once a released Dramatiq has it. Fetches are left as they are: on an
+    unexpected error the consumer requeues its delayed messages, on a connection
+    error it drops them."""
+    try:
+        import redis
+        from dramatiq.brokers import redis as redis_broker
+    except ImportError:
+        return
+    consumer = redis_broker._RedisConsumer
+    if getattr(consumer, "_dramactl_timeouts", False):
+        return
+
+    def wrap(original):
+        def call(self, message):
             try:
-                broker.enqueue(message, delay=delay)
-            except Exception:  # noqa: BLE001 - any broker error: keep holding
-                pause = min(self.max_pause, pause * 2)
-                continue
-            log.warning("dramactl: retry of message %s enqueued after holding it", message.message_id)
-            return
+                return original(self, message)
+            except redis.TimeoutError as exc:
+                raise redis_broker.ConnectionClosed(exc) from None
+
+        call.__doc__ = original.__doc__
+        return call
+
+    consumer._dramactl_unpatched = {"ack": consumer.ack, "nack": consumer.nack}
+    consumer.ack = wrap(consumer.ack)
+    consumer.nack = wrap(consumer.nack)
+    consumer._dramactl_timeouts = True
 
 
 class Maintenance(Middleware):
-    """Dramatiq's own maintenance, run on purpose instead of by chance."""
+    """Dramatiq's own maintenance, run on purpose instead of by chance, and the
+    stranded-message sweep."""
 
-    def __init__(self, interval: float = MAINTENANCE_SECONDS) -> None:
+    def __init__(self, guard: FollowUpGuard | None = None, interval: float = MAINTENANCE_SECONDS) -> None:
         self.interval = interval
+        self.guard = guard
         self.stopping = threading.Event()
+        self.suspects: dict[str, set[str]] = {}  # queue -> ids absent from the process in the last round
+        self.handed_back = 0  # ids requeued by the sweep, ever (tests and the log)
 
     def after_worker_boot(self, broker, worker) -> None:
         if not hasattr(broker, "scripts") or not hasattr(broker, "heartbeat_timeout"):
@@ -167,10 +389,76 @@ class Maintenance(Middleware):
             args = ["qsize", current_millis(), queue, broker.broker_id, broker.heartbeat_timeout, broker.dead_message_ttl, int(maintain), broker._max_unpack_size()]
             dispatch(args=args, keys=[broker.namespace])
 
+    # -- the stranded-message sweep ----------------------------------------------------
+
+    def held_ids(self, worker) -> dict[str, set[str]]:
+        """Per queue, the Redis ids of the messages this process really holds: fetched
+        and not yet decoded, prefetched in the work queue, delayed in memory, and in
+        progress (until acked)."""
+        from dramatiq.message import Message
+
+        held: dict[str, set[str]] = {}
+
+        def add(queue: str, message) -> None:
+            rid = message.options.get("redis_message_id")
+            if rid:
+                held.setdefault(queue, set()).add(rid)
+
+        work_queue = getattr(worker, "work_queue", None)
+        if work_queue is not None:
+            with work_queue.mutex:
+                items = list(work_queue.queue)
+            for item in items:
+                add(item.message.queue_name, item.message)
+        for name, thread in list(getattr(worker, "consumers", {}).items()):
+            delayed = thread.delay_queue
+            with delayed.mutex:
+                items = list(delayed.queue)
+            for item in items:
+                add(name, item.message)
+            for data in list(getattr(thread.consumer, "message_cache", None) or ()):
+                try:
+                    add(name, Message.decode(data))
+                except Exception:  # noqa: BLE001 - undecodable: Dramatiq will say so when it gets there
+                    pass
+        for message in self.guard.in_progress() if self.guard is not None else ():
+            add(message.queue_name, message)
+        return held
+
+    def sweep(self, broker, worker, queues) -> int:
+        """Compare this worker's ack sets with what the process holds; hand back, with
+        Dramatiq's own requeue script, the ids missing from the process two rounds in a
+        row (a fetch Redis ran after the client gave up on it, an ack that never
+        happened). The ack set is read before the process is looked at, so a message
+        acked in between is absent once, then gone from Redis: never handed back. An
+        ack racing the requeue can cause a duplicate, never a loss. Returns the ids
+        handed back."""
+        pipe = broker.client.pipeline(transaction=False)
+        for queue in queues:
+            pipe.smembers(f"{broker.namespace}:__acks__.{broker.broker_id}.{queue}")
+        members = pipe.execute()
+        held = self.held_ids(worker)
+        handed = 0
+        for queue, ids in zip(queues, members):
+            absent = {i.decode() if isinstance(i, bytes) else i for i in ids} - held.get(queue, set())
+            stranded = sorted(absent & self.suspects.get(queue, set()))
+            self.suspects[queue] = absent - set(stranded)
+            if not stranded:
+                continue
+            for i in range(0, len(stranded), REQUEUE_CHUNK):
+                broker.do_requeue(queue, *stranded[i : i + REQUEUE_CHUNK])
+            handed += len(stranded)
+            log.warning(
+                "dramactl: handed %d message(s) back to queue %s: this worker's ack set held them but the process did not "
+                "(a fetch Redis ran after the client had timed out, or a lost ack): %s",
+                len(stranded), queue, " ".join(stranded[:5]) + (" ..." if len(stranded) > 5 else ""),
+            )
+        self.handed_back += handed
+        return handed
+
     def _loop(self, broker, worker) -> None:
         queues = sorted(getattr(worker, "consumers", {}) or ())
         outage = False
-        leaked_before = False
         quiet_until = 0.0
         while True:
             try:
@@ -178,34 +466,19 @@ class Maintenance(Middleware):
                 # dispatches again: wait two rounds before judging anyone dead, or the
                 # messages live workers hold would be handed out twice.
                 self.run_once(broker, queues, maintain=time.monotonic() >= quiet_until)
-            except Exception as exc:  # noqa: BLE001 - Redis down: try again next round
+                self.sweep(broker, worker, sorted(getattr(worker, "consumers", {}) or ()))
+            except Exception as exc:  # noqa: BLE001 - Redis down or hung: try again next round
                 if not outage:
                     log.warning("dramactl: maintenance could not reach Redis (%s); retrying every %.0fs", exc, self.interval)
                 outage = True
                 quiet_until = time.monotonic() + 2 * self.interval + 1
+                self.suspects.clear()  # a round that could not read Redis breaks the "in a row"
             else:
                 if outage:
-                    leaked = self._leaked_delayed(broker, worker)
-                    if leaked and leaked_before:
-                        log.warning("dramactl: %d delayed message(s) dropped from memory during the Redis outage; reloading the worker so they come back", leaked)
-                        os.kill(os.getppid(), signal.SIGHUP)
-                        return
-                    outage, leaked_before = bool(leaked), bool(leaked)
+                    log.warning("dramactl: maintenance reaches Redis again")
+                outage = False
             if self.stopping.wait(self.interval):
                 return
-
-    @staticmethod
-    def _leaked_delayed(broker, worker) -> int:
-        """Delayed messages this worker holds in Redis (its ack set) but no longer in memory."""
-        leaked = 0
-        for name, thread in list(getattr(worker, "consumers", {}).items()):
-            if not name.endswith(".DQ"):
-                continue
-            consumer = getattr(thread, "consumer", None)
-            in_memory = thread.delay_queue.qsize() + len(getattr(consumer, "message_cache", ()) or ()) + 1  # +1: one in hand
-            held = broker.client.scard(f"{broker.namespace}:__acks__.{broker.broker_id}.{name}")
-            leaked += max(0, held - in_memory)
-        return leaked
 
 
 class WorkReporter(Middleware):
@@ -314,16 +587,18 @@ class WorkReporter(Middleware):
 
 
 def _install(broker) -> None:
-    from dramatiq.middleware import Retries
-
-    broker.add_middleware(ReadyNotifier())
-    guard = RetryGuard()
-    if any(isinstance(m, Retries) for m in broker.middleware):
-        broker.add_middleware(guard, before=Retries)
+    _timeouts_as_connection_loss()
+    guard = FollowUpGuard()
+    # First in the list: its after-hooks run last and tell the guard none was cut short.
+    if broker.middleware:
+        broker.add_middleware(_AfterHooksDone(guard), before=type(broker.middleware[0]))
     else:
-        broker.add_middleware(guard)
-    broker.add_middleware(Maintenance())
+        broker.add_middleware(_AfterHooksDone(guard))
+    broker.add_middleware(ReadyNotifier())
+    broker.add_middleware(Maintenance(guard))
     broker.add_middleware(WorkReporter())
+    # Last: its before-hooks (before_ack) run after every other one, its after-hooks first.
+    broker.add_middleware(guard)
 
 
 _install(dramatiq.get_broker())

@@ -1,0 +1,376 @@
+"""At least once, through every path a message takes in a worker: a real Dramatiq worker, a
+real Redis that goes away (stopped) or hangs (SIGSTOP), and the dramactl hook.
+
+Each test runs the same scenario with the hook and with plain Dramatiq: plain Dramatiq
+loses the follow-up (or strands the message), the hook does not.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Callable
+
+import dramatiq
+import pytest
+import redis as redis_lib
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import TimeLimit
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from tests.integration.test_hook import StoppableRedis, install_hook, server  # noqa: F401 - the fixture
+
+HOOKED = pytest.mark.parametrize("hooked", [True, False], ids=["with-hook", "plain-dramatiq"])
+
+
+def make_broker(server: StoppableRedis, **kwargs) -> RedisBroker:
+    # No client-side retries: redis-py would otherwise ride out a short outage by itself.
+    return RedisBroker(port=server.port, retry=Retry(NoBackoff(), 0), **kwargs)
+
+
+def hook(broker: RedisBroker, hooked: bool):
+    if hooked:
+        return install_hook(broker)
+    dramatiq.set_broker(broker)
+    return None
+
+
+def wait_for(check: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return check()
+
+
+def queues_empty(client: redis_lib.Redis, *queues: str) -> bool:
+    return all(client.hlen(f"dramatiq:{q}.msgs") == 0 and client.hlen(f"dramatiq:{q}.DQ.msgs") == 0 for q in queues)
+
+
+@HOOKED
+def test_a_time_limited_actor_that_fails_during_an_outage_is_retried(server: StoppableRedis, hooked: bool) -> None:
+    """The actor fails about 0.2 s into a 1.5 s time limit while Redis is down: Retries' enqueue
+    fails. The hold outlasts the time limit; its TimeLimitExceeded must not turn the hold
+    into an ack (plain Dramatiq acks at once)."""
+    broker = make_broker(server)
+    attempts: list[int] = []
+    running, go = threading.Event(), threading.Event()
+
+    @dramatiq.actor(broker=broker, queue_name="tl", max_retries=3, min_backoff=100, max_backoff=200, time_limit=1500)
+    def limited() -> None:
+        attempts.append(len(attempts) + 1)
+        if len(attempts) == 1:
+            running.set()
+            go.wait(20)
+            broker.client.incr("tl:touched")  # Redis is down now: this raises, Retries steps in
+
+    hook(broker, hooked)
+    broker.emit_after("process_boot")  # as Dramatiq's CLI does in a worker process: TimeLimit's timer starts
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        limited.send()
+        assert running.wait(10)
+        server.stop()
+        go.set()
+        time.sleep(4)  # the actor fails; the retry cannot be stored; the 1.5 s limit passes
+        server.start()
+        client = redis_lib.Redis(port=server.port)
+        if hooked:
+            assert wait_for(lambda: attempts == [1, 2] and queues_empty(client, "tl"), 30), attempts
+            limited.send()  # the worker thread survived the interrupt: it takes another message
+            assert wait_for(lambda: len(attempts) == 3, 10), attempts
+        else:
+            wait_for(lambda: queues_empty(client, "tl"), 10)
+            time.sleep(2)
+            assert attempts == [1], attempts  # the retry was never stored, the original acked: lost
+            assert queues_empty(client, "tl") and client.zcard("dramatiq:tl.XQ") == 0
+    finally:
+        go.set()
+        worker.stop(timeout=5000)
+
+
+@HOOKED
+def test_a_pipelines_next_step_survives_an_outage_at_the_moment_of_enqueue(server: StoppableRedis, hooked: bool) -> None:
+    broker = make_broker(server)
+    ran: list[str] = []
+    running, go = threading.Event(), threading.Event()
+
+    @dramatiq.actor(broker=broker, queue_name="pipe")
+    def a() -> int:
+        ran.append("a")
+        running.set()
+        go.wait(20)  # Redis goes down while a runs; a itself succeeds
+        return 1
+
+    @dramatiq.actor(broker=broker, queue_name="pipe")
+    def b(value: int) -> None:
+        ran.append(f"b{value}")
+
+    hook(broker, hooked)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        (a.message() | b.message()).run()
+        assert running.wait(10)
+        server.stop()
+        go.set()  # a returns; Pipelines enqueues b into a Redis that is down
+        time.sleep(2)
+        server.start()
+        client = redis_lib.Redis(port=server.port)
+        if hooked:
+            assert wait_for(lambda: ran == ["a", "b1"] and queues_empty(client, "pipe"), 30), ran
+        else:
+            wait_for(lambda: queues_empty(client, "pipe"), 10)
+            time.sleep(2)
+            assert ran == ["a"], ran  # b was never stored, a acked
+    finally:
+        go.set()
+        worker.stop(timeout=5000)
+
+
+@HOOKED
+def test_an_on_failure_callback_survives_an_outage_at_the_moment_of_enqueue(server: StoppableRedis, hooked: bool) -> None:
+    broker = make_broker(server)
+    calls: list[str] = []
+    running, go = threading.Event(), threading.Event()
+
+    @dramatiq.actor(broker=broker, queue_name="cb")
+    def report_failure(message_data: dict, exception_data: dict) -> None:
+        calls.append(f"failed:{exception_data['type']}")
+
+    @dramatiq.actor(broker=broker, queue_name="cb", max_retries=0)
+    def doomed() -> None:
+        calls.append("doomed")
+        running.set()
+        go.wait(20)
+        raise ValueError("no")
+
+    hook(broker, hooked)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        doomed.send_with_options(on_failure=report_failure)
+        assert running.wait(10)
+        server.stop()
+        go.set()  # doomed fails, no retries: the message is dead-lettered and on_failure enqueued
+        time.sleep(2)
+        server.start()
+        client = redis_lib.Redis(port=server.port)
+        if hooked:
+            assert wait_for(lambda: calls == ["doomed", "failed:ValueError"], 30), calls
+            assert wait_for(lambda: client.zcard("dramatiq:cb.XQ") == 1, 10)  # the original: dead-lettered once
+        else:
+            wait_for(lambda: client.zcard("dramatiq:cb.XQ") == 1, 10)
+            time.sleep(2)
+            assert calls == ["doomed"], calls  # the callback was never stored
+    finally:
+        go.set()
+        worker.stop(timeout=5000)
+
+
+@HOOKED
+def test_a_failing_notify_shutdown_actor_during_a_drain_in_an_outage_loses_nothing(server: StoppableRedis, hooked: bool) -> None:
+    """SIGTERM's drain interrupts notify_shutdown actors with Shutdown. One failed while Redis
+    was down (its retry not stored): the interrupt must not ack it. The worker is stopped
+    while Redis is down, then Redis comes back: the retry exists, or the original is still
+    in the ack set for the next worker."""
+    broker = make_broker(server, heartbeat_timeout=2000)
+    attempts: list[str] = []
+    running, go = threading.Event(), threading.Event()
+
+    @dramatiq.actor(broker=broker, queue_name="drain", max_retries=3, min_backoff=100, max_backoff=200, notify_shutdown=True)
+    def job() -> None:
+        attempts.append(broker.broker_id)
+        if len(attempts) == 1:
+            running.set()
+            go.wait(20)
+            broker.client.incr("drain:touched")  # Redis is down: fails, its retry cannot be stored
+
+    hook(broker, hooked)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        job.send()
+        assert running.wait(10)
+        server.stop()
+        go.set()
+        time.sleep(1.5)  # failed; the retry's enqueue failed
+        stopper = threading.Thread(target=worker.stop, kwargs={"timeout": 2000})
+        stopper.start()  # the drain: Shutdown goes to notify_shutdown threads
+        stopper.join(10)
+        server.start()
+        # The old worker settles first: plain Dramatiq's ack (retried every 5 s) lands; the
+        # hook stores the retry, then acks.
+        client = redis_lib.Redis(port=server.port)
+        wait_for(lambda: client.scard(f"dramatiq:__acks__.{broker.broker_id}.drain") == 0, 20)
+    finally:
+        go.set()
+    # The next worker (a new process in real life: a new broker id) finds the message:
+    # the retry, or the original once the old worker's heartbeat expired.
+    successor = make_broker(server, heartbeat_timeout=2000)
+    hook(successor, hooked)
+    successor.actors = broker.actors
+    for name in broker.queues:
+        successor.declare_queue(name)
+    second = dramatiq.Worker(successor, worker_threads=1, worker_timeout=100)
+    second.start()
+    try:
+        if hooked:
+            assert wait_for(lambda: len(attempts) >= 2 and queues_empty(client, "drain"), 30), attempts
+        else:
+            wait_for(lambda: queues_empty(client, "drain"), 10)
+            time.sleep(4)
+            assert len(attempts) == 1, attempts  # acked through the interrupt: lost
+    finally:
+        second.stop(timeout=5000)
+
+
+@HOOKED
+def test_a_fetch_a_hung_redis_ran_after_the_client_timed_out_is_processed_by_the_same_worker(server: StoppableRedis, hooked: bool) -> None:
+    """Redis hangs (SIGSTOP) while an idle worker polls: its fetch times out on the client,
+    and Redis runs it when it resumes (SIGCONT). Those ids sit in the live worker's ack
+    set; the process never saw them. The hook hands them back within a few rounds."""
+    broker = make_broker(server, socket_timeout=0.5)
+    done: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name="hung")
+    def record(i: int) -> None:
+        done.append(i)
+
+    module = hook(broker, hooked)
+    if module is not None:
+        maintenance = next(m for m in broker.middleware if type(m).__name__ == "Maintenance")
+        maintenance.interval = 1.0
+    client = redis_lib.Redis(port=server.port)
+    for i in range(20):
+        record.send(i)
+    # Held back until Redis hangs: the worker's first fetches reach a stopped server.
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        time.sleep(3)  # fetches time out on the client (0.5 s) and are queued in the stopped server's sockets
+        os.kill(server.proc.pid, signal.SIGCONT)
+        acks = f"dramatiq:__acks__.{broker.broker_id}.hung"
+        if hooked:
+            assert wait_for(lambda: sorted(done) == list(range(20)) and client.scard(acks) == 0, 30), (sorted(done), client.smembers(acks))
+            assert len(done) == 20  # handed back once each: no duplicate
+            assert maintenance.handed_back >= 1
+        else:
+            wait_for(lambda: client.llen("dramatiq:hung") == 0 and len(done) + client.scard(acks) >= 20, 20)
+            time.sleep(3)
+            stranded = client.scard(acks)
+            assert stranded > 0 and len(done) == 20 - stranded, (len(done), stranded)  # held by a live worker forever
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        worker.stop(timeout=5000)
+
+
+def test_the_sweep_leaves_messages_the_process_holds_alone(server: StoppableRedis) -> None:
+    """Prefetched, delayed-in-memory and running messages are in the ack set and in the
+    process: several sweep rounds hand none back, and every message is processed once."""
+    broker = make_broker(server)
+    done: list[int] = []
+    release = threading.Event()
+
+    @dramatiq.actor(broker=broker, queue_name="keep")
+    def slow(i: int) -> None:
+        release.wait(20)
+        done.append(i)
+
+    install_hook(broker)
+    maintenance = next(m for m in broker.middleware if type(m).__name__ == "Maintenance")
+    maintenance.interval = 0.3
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
+    worker.start()
+    try:
+        for i in range(6):
+            slow.send(i)
+        for i in range(6, 9):
+            slow.send_with_options(args=(i,), delay=3000)
+        time.sleep(2.5)  # ~8 rounds while 2 run, 4 are prefetched and 3 are delayed in memory
+        assert maintenance.handed_back == 0
+        release.set()
+        assert wait_for(lambda: len(done) == 9, 20), done
+        time.sleep(1)
+        assert sorted(done) == list(range(9)) and maintenance.handed_back == 0
+    finally:
+        release.set()
+        worker.stop(timeout=5000)
+
+
+@HOOKED
+def test_an_ack_that_times_out_is_retried_like_a_lost_connection(server: StoppableRedis, hooked: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ack times out before Redis got it (redis.TimeoutError, as when a connection to a
+    hung Redis is being made): Dramatiq drops such an ack ("You've found a bug") and the
+    message stays in a live worker's ack set. With the hook it is retried like a
+    ConnectionError. The timeout is raised in the client before the command is sent."""
+    broker = make_broker(server)
+    done: list[int] = []
+    real_ack = broker.do_ack
+    failures = [redis_lib.TimeoutError("Timeout connecting to server")]
+
+    def ack_once_timing_out(*args):
+        if failures:
+            raise failures.pop()
+        return real_ack(*args)
+
+    broker.do_ack = ack_once_timing_out
+    consumer = dramatiq.brokers.redis._RedisConsumer
+    if not hooked and getattr(consumer, "_dramactl_timeouts", False):  # an earlier test's hook patched the class
+        for name, original in consumer._dramactl_unpatched.items():
+            monkeypatch.setattr(consumer, name, original)
+        monkeypatch.setattr(consumer, "_dramactl_timeouts", False)
+
+    @dramatiq.actor(broker=broker, queue_name="ackto")
+    def one() -> None:
+        done.append(1)
+
+    hook(broker, hooked)
+    if hooked:  # the sweep would hand the message back too (a duplicate): this test is about the ack itself
+        next(m for m in broker.middleware if type(m).__name__ == "Maintenance").interval = 60
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    client = redis_lib.Redis(port=server.port)
+    acks = f"dramatiq:__acks__.{broker.broker_id}.ackto"
+    try:
+        one.send()
+        assert wait_for(lambda: done == [1] and not failures, 10)
+        if hooked:
+            # Dramatiq retries the ack after its POST_PROCESS_MESSAGE_RETRY_DELAY_SECS (5 s).
+            assert wait_for(lambda: client.hlen("dramatiq:ackto.msgs") == 0 and client.scard(acks) == 0, 15)
+        else:
+            time.sleep(6)
+            assert client.scard(acks) == 1  # dropped: unacked at a live worker
+        assert done == [1]
+    finally:
+        worker.stop(timeout=5000)
+
+
+def test_time_limit_is_disarmed_once_the_actor_returns(server: StoppableRedis) -> None:
+    """The guard's first after-hook removes the thread's deadline: nothing can interrupt
+    Dramatiq's follow-ups once the actor is done."""
+    broker = make_broker(server)
+    install_hook(broker)
+    limit = next(m for m in broker.middleware if isinstance(m, TimeLimit))
+    guard = next(m for m in broker.middleware if type(m).__name__ == "FollowUpGuard")
+    assert broker.middleware[-1] is guard and type(broker.middleware[0]).__name__ == "_AfterHooksDone"
+    ident = threading.get_ident()
+
+    @dramatiq.actor(broker=broker, queue_name="arm", time_limit=1000)
+    def quick() -> None:
+        pass
+
+    message = dramatiq.MessageProxy(quick.message()) if hasattr(dramatiq, "MessageProxy") else quick.message()
+    limit.before_process_message(broker, message)
+    guard.before_process_message(broker, message)
+    assert limit.manager.deadlines[ident] is not None
+    guard.after_process_message(broker, message, result=None)
+    assert limit.manager.deadlines[ident] is None
