@@ -1,5 +1,5 @@
 """Hardening in a booted systemd: an unwritable state directory, the manual commands'
-journal line, the watchdog, and the README's status block."""
+journal line, the watchdog, and the status block in docs/operations.md."""
 
 from __future__ import annotations
 
@@ -114,9 +114,9 @@ README_SETTINGS = {"CHECK_INTERVAL": "15", "MAX_PROCESSES": "6", "WORKER_THREADS
 
 
 def test_readme_status_for_real(system: System) -> None:
-    """README's "Status, for real" block: 120 two-second messages land on a fleet of one under the
+    """docs/operations.md's "Status, for real" block: 120 two-second messages land on a fleet of one under the
     real timer; 20 s later `dramactl status` and the last tick's journal line are printed (run with
-    -s to see them; README shows the output of such a run) and must have README's shape."""
+    -s to see them; docs/operations.md shows the output of such a run) and must have that block's shape."""
     import re
 
     from tests.system.conftest import REPO
@@ -139,8 +139,8 @@ def test_readme_status_for_real(system: System) -> None:
     assert f"limits: min 1 max 6  policy default  threads/worker 2  step thresholds: up above {5 * len(up)}, down below" in status
     assert "autoscaling: on" in status and re.search(r"^timer: active, every 15s, last ", status, re.M), status
     assert re.match(r"queues ready=\d+ delayed=0 due=0 in_flight=\d+ orphaned=0 dead=0 oldest=\S+ \| workers \d -> \d \| \S", line), line
-    # README shows a run of this very scenario: same settings, same headers and lines.
-    readme = (REPO / "README.md").read_text()
+    # docs/operations.md shows a run of this very scenario: same settings, same headers and lines.
+    readme = (REPO / "docs" / "operations.md").read_text()
     block = readme.split("## Status, for real", 1)[1].split("```", 2)[1]
     for text in (
         "tests/system/test_hardening.py::test_readme_status_for_real",
