@@ -68,6 +68,13 @@ def notify(state: str) -> bool:
     return True
 
 
+def _notify_quietly(state: str) -> None:
+    try:
+        notify(state)
+    except OSError:
+        pass
+
+
 def watchdog_interval() -> float | None:
     """Half of WatchdogSec= (systemd's advice), or None when the unit has no watchdog."""
     usec = os.environ.get("WATCHDOG_USEC", "")
@@ -84,7 +91,8 @@ class ReadyNotifier(Middleware):
 
     def after_worker_boot(self, broker, worker) -> None:
         queues = ",".join(sorted(getattr(worker, "consumers", None) or broker.get_declared_queues()))
-        notify(f"READY=1\nSTATUS=consuming {queues} with {worker.worker_threads} threads")
+        STATUS["consuming"] = f"consuming {queues} with {worker.worker_threads} threads"
+        notify(f"READY=1\nSTATUS={STATUS['consuming']}")
         interval = watchdog_interval()
         if interval:
             threading.Thread(target=self._watchdog, args=(worker, interval), name="dramactl-watchdog", daemon=True).start()
@@ -118,6 +126,7 @@ class Holds:
 
 
 HOLDS = Holds()
+STATUS = {"consuming": ""}  # the unit's STATUS= line while all is well (systemctl status shows it)
 
 
 class Unfinished(MiddlewareError):
@@ -263,7 +272,7 @@ class FollowUpGuard(Middleware):
         work.tracking = False
         began = time.monotonic()
         alarm_at = began + self.alarm_after
-        pause, error = 0.5, "?"
+        pause, error, alarmed = 0.5, "?", False
         names = ", ".join(sorted({f"{m.actor_name}@{m.queue_name}" for m, _, _ in work.pending.values()}))
         log.warning("dramactl: holding message %s unacked: %d follow-up(s) (%s) not stored in Redis; retrying until Redis takes them", message.message_id, len(work.pending), names)
         try:
@@ -286,6 +295,8 @@ class FollowUpGuard(Middleware):
                             message.message_id, time.monotonic() - began, error,
                         )
                         alarm_at += HOLD_ALARM_REPEAT_SECONDS
+                        alarmed = True
+                        _notify_quietly(f"STATUS=holding {HOLDS.count()} message(s) unacked: Redis refuses their follow-ups ({error})")
                     time.sleep(pause)
                     pause = min(self.max_pause, pause * 2)
                 except Interrupt:
@@ -293,6 +304,8 @@ class FollowUpGuard(Middleware):
         finally:
             work.tracking = True
             HOLDS.add(-1)
+            if alarmed and HOLDS.count() == 0 and STATUS["consuming"]:
+                _notify_quietly(f"STATUS={STATUS['consuming']}")
         log.warning("dramactl: message %s: follow-up(s) stored after holding it %.1fs; acking it", message.message_id, time.monotonic() - began)
 
 

@@ -374,3 +374,45 @@ def test_time_limit_is_disarmed_once_the_actor_returns(server: StoppableRedis) -
     assert limit.manager.deadlines[ident] is not None
     guard.after_process_message(broker, message, result=None)
     assert limit.manager.deadlines[ident] is None
+
+
+def test_a_redis_that_refuses_writes_is_held_through_and_named_in_the_journal(server: StoppableRedis, caplog: pytest.LogCaptureFixture) -> None:
+    """Redis answers but refuses writes (OOM under maxmemory, as a full server does): the
+    failed message's retry is held; past the alarm bound the worker logs an error naming
+    the refusal; once Redis takes writes again the retry is stored and runs."""
+    broker = make_broker(server)
+    attempts: list[int] = []
+    running, go = threading.Event(), threading.Event()
+
+    @dramatiq.actor(broker=broker, queue_name="oom", max_retries=3, min_backoff=100, max_backoff=200)
+    def fails_once() -> None:
+        attempts.append(len(attempts) + 1)
+        if len(attempts) == 1:
+            running.set()
+            go.wait(20)
+            raise RuntimeError("first attempt fails")
+
+    module = install_hook(broker)
+    guard = next(m for m in broker.middleware if type(m).__name__ == "FollowUpGuard")
+    guard.alarm_after = 1.0
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    admin = redis_lib.Redis(port=server.port)
+    try:
+        fails_once.send()
+        assert running.wait(10)
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)  # every write is refused: OOM
+        caplog.set_level("WARNING", logger="dramactl.hook")
+        go.set()
+        assert wait_for(lambda: module.HOLDS.count() == 1, 10)
+        assert wait_for(lambda: any(r.levelname == "ERROR" and r.name == "dramactl.hook" and "maxmemory" in r.getMessage() for r in caplog.records), 10), [r.getMessage() for r in caplog.records]
+        assert attempts == [1]
+        admin.config_set("maxmemory", 0)
+        assert wait_for(lambda: attempts == [1, 2] and queues_empty(admin, "oom"), 30), attempts
+        assert module.HOLDS.count() == 0
+        assert any("stored after holding" in r.getMessage() for r in caplog.records)
+    finally:
+        admin.config_set("maxmemory", 0)
+        go.set()
+        worker.stop(timeout=5000)
