@@ -1,7 +1,8 @@
 """Everything ``dramactl status`` shows, gathered as one plain dict.
 
 Each source is read independently: when Redis or systemd cannot be reached the
-rest is still reported and the problem lands in ``errors``.
+rest is still reported, the problem lands in ``errors`` and the source in ``unread``
+(``"redis"``, ``"systemd"``), from which ``dramactl status`` takes its exit code.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def limits(settings: Settings) -> dict:
 def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = None) -> dict:
     """The status object printed by ``dramactl status --json``."""
     errors: list[str] = []
+    unread: list[str] = []
     now = time.time()
     out: dict = {"time": now, "queues": [], "totals": None, "instances": [], "timer": None}
     client = queue.connect(settings)
@@ -42,8 +44,11 @@ def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = N
         out["queues"] = [q.to_dict() for q in good]
         out["totals"] = FleetBacklog.of(good).to_dict()
         errors += [f"redis: {queue.queue_error(q)}" for q in stats if q.error is not None]
+        if len(good) < len(stats):
+            unread.append("redis")
     except SettingsError as exc:
         errors.append(f"redis: {exc}")
+        unread.append("redis")
     out["fleet"], out["hosts"] = None, []
     if settings.fleet_name:
         try:
@@ -51,6 +56,8 @@ def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = N
                 out.update(share.view(settings, client))
         except SettingsError as exc:
             errors.append(f"fleet: {exc}")
+            if "redis" not in unread:
+                unread.append("redis")
     if systemd:
         try:
             fleet = fleet or Fleet()
@@ -61,6 +68,7 @@ def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = N
             out["timer"] = fleet.timer().to_dict()
         except FleetError as exc:
             errors.append(f"systemd: {exc}")
+            unread.append("systemd")
     state = StateStore(settings.state_dir).load()
     out["paused"] = state.paused
     out["size"] = state.size
@@ -79,4 +87,5 @@ def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = N
             f"CHECK_INTERVAL: timer fires every {timer['interval']:g}s but CHECK_INTERVAL={settings.check_interval}; run `dramactl install` to apply it"
         )
     out["errors"] = errors
+    out["unread"] = unread
     return out
