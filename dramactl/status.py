@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from . import queue, share
+from . import policyview, queue, share
 from .fleet import Fleet, FleetError
 from .settings import Settings, SettingsError
 from .state import StateStore
@@ -37,12 +37,15 @@ def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = N
     unread: list[str] = []
     now = time.time()
     out: dict = {"time": now, "queues": [], "totals": None, "instances": [], "timer": None}
+    backlog: FleetBacklog | None = None
+    units: list = []
     client = queue.connect(settings)
     try:
         stats = queue.read_each(settings, client)
         good = [q for q in stats if q.error is None]
         out["queues"] = [q.to_dict() for q in good]
-        out["totals"] = FleetBacklog.of(good).to_dict()
+        backlog = FleetBacklog.of(good)
+        out["totals"] = backlog.to_dict()
         errors += [f"redis: {queue.queue_error(q)}" for q in stats if q.error is not None]
         if len(good) < len(stats):
             unread.append("redis")
@@ -76,11 +79,9 @@ def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = N
     out["threads"] = state.threads or settings.worker_threads
     out["last_tick"] = state.history[-1].__dict__ if state.history else None
     out["scaling_actions"] = {"up": state.actions[0], "down": state.actions[1]}
-    lim = limits(settings)
-    up = sum(1 for u in out["instances"] if u["is_up"])
-    lim["scale_up_above"] = up * settings.scale_up_multiplier
-    lim["scale_down_below"] = up * settings.scale_down_multiplier
-    out["limits"] = lim
+    out["limits"] = limits(settings)
+    # What the active policy decides from: the default policy's measured figures, or the step rule's thresholds.
+    out["policy"] = policyview.view(backlog, units, settings, state.history, now)
     timer = out["timer"]
     if timer and timer.get("interval") and abs(timer["interval"] - settings.check_interval) > 0.5:
         errors.append(

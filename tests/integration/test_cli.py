@@ -71,12 +71,40 @@ def test_manage_status_passes_the_exit_code_on(settings_env: dict[str, str], red
         assert ("cannot reach Redis" in res.stdout) is not redis_up, res.stdout
 
 
+def test_status_shows_the_default_policys_measured_figures(run, redis: redis_lib.Redis) -> None:
+    """Workers have reported work (the hook's counters in Redis): status shows the figures the default policy sizes
+    by, as text and as --json fields, and no step thresholds."""
+    redis.hset("dramatiq:__dramactl__.work.email_processing", mapping={"done": 100, "busy": 250.0, "at": time.time()})
+    for i in range(6):
+        redis.rpush("dramatiq:email_processing", f"m{i}")
+        redis.hset("dramatiq:email_processing.msgs", f"m{i}", json.dumps({"message_timestamp": int(time.time() * 1000) - 2000}))
+    data = json.loads(run("status", "--json").output)
+    policy = data["policy"]
+    assert (policy["name"], policy["by"], policy["service_time"], policy["waiting"]) == ("default", "work", 2.5, 6), policy
+    assert policy["needs"]["arrivals"] is not None and policy["needs"]["drain"] >= 1 and policy["target"] >= 1
+    assert "E[S] 2.50s" in policy["reason"] and f"6 waiting drain in {policy['drain_seconds']:.0f}s with {policy['needs']['drain']}" in policy["reason"]
+    text = run("status").output
+    assert "policy default, by work: arrivals - x E[S] 2.50s = 0.0 busy threads; start-up 5s" in text, text
+    assert f"needs: arrivals {policy['needs']['arrivals']}, drain {policy['needs']['drain']} (6 waiting," in text
+    assert "step" not in text
+
+
 def test_status_text(run, redis: redis_lib.Redis) -> None:
     res = run("status")
     assert res.exit_code == EXIT_SYSTEMD, res.output
     assert re.search(r"^QUEUE\s+READY\s+DELAYED\s+DUE\s+IN-FLIGHT\s+ORPHANED\s+DEAD\s+OLDEST$", res.output, re.M), res.output
     assert re.search(r"^email_processing\s+0\s+0\s+0\s+0\s+0\s+0\s+-$", res.output, re.M), res.output
     assert "autoscaling: on" in res.output
+    # The default policy's own view, not the step rule's thresholds (which it does not use).
+    assert "limits: min 1 max 10  policy default  threads/worker 8\n" in res.output, res.output
+    assert "policy default, by count until workers report work: 8 per worker; start-up 5s (assumed until a start is timed)" in res.output
+    assert "step" not in res.output and "threshold" not in res.output
+    step = run("status", POLICY="step")
+    assert "policy step: up above 0, down below 0 (depth 0, 0 workers" in step.output and "E[S]" not in step.output, step.output
+    data = json.loads(run("status", "--json", POLICY="step").output)
+    assert data["policy"] == {"name": "step", "workers": 0, "depth": 0, "scale_up_above": 0.0, "scale_down_below": 0.0}
+    data = json.loads(run("status", "--json").output)
+    assert (data["policy"]["name"], data["policy"]["by"], data["policy"]["target"]) == ("default", "count", 1)
 
 
 @pytest.mark.parametrize(
