@@ -259,6 +259,20 @@ def install(settings: Settings, *, root: str = "/", users: bool = True, reload: 
         _write(env_file, source.read_text(), 0o640, group_id(base, "dramactl") if users else None)
         report.did(f"created {env_file} from {source}")
     link_entry_point(report, base)
+    write_completion(report, base)
     if reload:
         reload_systemd(report)
     return report
+
+
+# Where pip installs put shell completion: bash-completion, zsh and fish look there (the .deb uses /usr/share).
+COMPLETION_SHARE = "usr/local/share"
+
+
+def write_completion(report: InstallReport, base: Path) -> None:
+    """click's completion scripts for bash, zsh and fish (:mod:`dramactl.completion`), rewritten when they differ."""
+    from .completion import scripts
+
+    for path, text in scripts(base / COMPLETION_SHARE).items():
+        if _write(path, text):
+            report.did(f"installed {path} (shell completion)")
