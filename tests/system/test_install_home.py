@@ -93,6 +93,7 @@ def test_a_home_the_service_users_cannot_search_is_refused_in_one_line_before_an
             run = system.sh(f"{VENV}/bin/dramactl {command}", check=False)
             assert run.returncode == 2, run
             lines = run.stderr.splitlines()
+            print(f"\n[home] {command} with {HOME} 0700: exit {run.returncode}: {run.stderr.strip()}", file=sys.stderr)
             assert len(lines) == 1 and lines[0].startswith("dramactl: "), run.stderr
             assert "is not reachable by user" in lines[0] and f"({HOME} is mode 0700)" in lines[0], lines
             assert "make the venv under /opt" in lines[0] or "put the app where" in lines[0], lines
