@@ -151,3 +151,16 @@ def test_bad_value_in_a_file_is_reported_like_any_other(tmp_path: Path) -> None:
 def test_state_directory_from_systemd_wins(tmp_path: Path) -> None:
     assert parse({"STATE_DIRECTORY": "/var/lib/dramactl", "DRAMACTL_STATE_DIR": "/x"}).state_dir == "/var/lib/dramactl"
     assert parse({"DRAMACTL_STATE_DIR": "/x"}).state_dir == "/x"
+
+
+def test_the_hook_is_loaded_after_every_module_of_the_app() -> None:
+    """Dramatiq imports the broker module, then the other modules in order; the hook goes
+    after all of them, so its guard is the last middleware even when a module adds one."""
+    from dramactl.worker import HOOK_MODULE, worker_argv
+
+    s = parse({"DRAMATIQ_COMMAND": "dramatiq app.broker app.tasks app.more --queues a b"})
+    argv = worker_argv(s, 4)
+    i = argv.index(HOOK_MODULE)
+    assert argv[i - 3 : i] == ["app.broker", "app.tasks", "app.more"] and argv[i + 1] == "--queues", argv
+    s = parse({"DRAMATIQ_COMMAND": "dramatiq app.broker"})
+    assert worker_argv(s, 1)[3:5] == ["app.broker", HOOK_MODULE]
