@@ -496,7 +496,8 @@ def plan_share(
     pinned = sum(h.claim for h in hosts if h.paused) + sum(min(h.serving, h.max) for h in held)
     names = tuple(h.name for h in serving)
     failing = tuple(h.name for h in held)
-    first = [h.name for h in sorted(serving, key=lambda h: (-h.serving, h.name))]
+    before = dict(last.shares) if last is not None else {}
+    first = [h.name for h in sorted(serving, key=lambda h: (-min(before.get(h.name, 0), h.serving), h.name))]
     cap = fleet_cap(settings, hosts)
     fresh = (
         last is None
@@ -691,8 +692,8 @@ def coordinate(
     Redis errors propagate before anything was written (the caller turns them into
     its one line, as for the probe) and the host leaves its fleet as it is.
     """
+    label = label if label is not None else (name if name else host_name())
     name = name or host_id()
-    label = label if label is not None else host_name()
     key = fleet_key(settings)
     mine = digest(fleet_values(settings))
 

@@ -340,9 +340,11 @@ def test_a_recovered_host_gets_its_share_back_without_passing_the_cap_or_moving_
     settings = parse({**SETTINGS, "MIN_PROCESSES": "1", "FLEET_MAX_PROCESSES": "2"})
     b = host("b", up=1)
     a = host("a", up=0)  # recovered: no longer failing, nothing running
-    view, _ = plan_share(settings, a, [b], FleetBacklog(ready=0), [], None, 10.0, 0)
-    # MIN stays with b, which runs it (the remainder goes to the host running more).
-    assert view.fleet.shares == {"a": 0, "b": 1} and view.floor == 0
+    while_failing = FleetDecision(0.0, "b", 1, 2, "min", ("b",), {"a": 0, "b": 1}, failing=("a",))
+    view, _ = plan_share(settings, a, [b], FleetBacklog(ready=0), [], while_failing, 10.0, 0)
+    # MIN stays with b, which had it and runs it; by name alone it would move to a.
+    assert view.fresh and view.fleet.shares == {"a": 0, "b": 1} and view.floor == 0
+    assert plan_share(settings, a, [b], FleetBacklog(ready=0), [], None, 10.0, 0)[0].fleet.shares == {"a": 1, "b": 0}
     # With more backlog a gets its share, and grows only into the room b's claim leaves.
     view, _ = plan_share(settings, a, [host("b", up=2)], FleetBacklog(ready=500), [], None, 20.0, 0)
     assert view.share == 1 and view.decision.target == 0
