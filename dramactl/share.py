@@ -121,11 +121,11 @@ def host_name() -> str:
     return socket.gethostname()
 
 
-def host_id(path: str = MACHINE_ID) -> str:
+def host_id(path: str | None = None) -> str:
     """This host's identity in the fleet: /etc/machine-id (unique per installation, kept
     across reboots, unlike a hostname that clones and containers share), else the hostname."""
     try:
-        with open(path, encoding="ascii") as f:
+        with open(path or MACHINE_ID, encoding="ascii") as f:
             text = f.read().strip()
     except (OSError, UnicodeDecodeError):
         return host_name()
