@@ -497,7 +497,7 @@ def plan_share(
     names = tuple(h.name for h in serving)
     failing = tuple(h.name for h in held)
     before = dict(last.shares) if last is not None else {}
-    first = [h.name for h in sorted(serving, key=lambda h: (-min(before.get(h.name, 0), h.serving), h.name))]
+    first = [h.name for h in sorted(serving, key=lambda h: (-before.get(h.name, 0), h.name))]
     cap = fleet_cap(settings, hosts)
     fresh = (
         last is None
