@@ -214,3 +214,22 @@ def test_a_failing_host_hands_the_floor_to_a_host_that_serves(redis: redis_lib.R
     share.settle(redis, settings, claim=1, up=1, name="a", failing=True, working=0)
     view = share.coordinate(redis, settings, FleetBacklog(ready=0), up=0, starting=0, occupying=0, name="b")
     assert view.fleet.failing == ("a",) and view.share == 1 and view.floor == 1 and view.decision.target == 1
+
+
+def test_check_and_status_say_when_this_hosts_settings_differ_from_the_fleets(redis: redis_lib.Redis, redis_server: RedisServer, tmp_path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from dramactl.cli import main
+
+    first = settings_for(redis_server, MIN_PROCESSES="1")
+    share.coordinate(redis, first, FleetBacklog(ready=0), up=1, starting=0, occupying=1, name="other")
+    monkeypatch.chdir(tmp_path)
+    env = {
+        **redis_server.env, **FLEET, "MIN_PROCESSES": "2", "STATE_DIR": str(tmp_path / "state"), "DRAMATIQ_COMMAND": "dramatiq app.tasks",
+        "DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent/dramactl-test/system_bus_socket",
+    }
+    res = CliRunner().invoke(main, ["check"], env=env, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "this host's settings differ from the fleet's record (MIN_PROCESSES=2 here, 1 for the fleet): it follows the fleet's" in res.output
+    res = CliRunner().invoke(main, ["status"], env=env, catch_exceptions=False)
+    assert "MIN 1 for the whole fleet" in res.output and "MIN_PROCESSES=2 here, 1 for the fleet" in res.output, res.output
