@@ -77,7 +77,7 @@ def _fleet_of_outcome(outcome: Any) -> dict | None:
         return None
     f = view.fleet
     hosts = [
-        {"name": h.display, "id": h.name, "up": h.up, "share": h.claim if h.paused else f.shares.get(h.name, 0), "failing": h.failing or h.name in f.failing}
+        {"name": h.display, "id": h.name, "up": h.up, "share": h.claim if h.paused else h.share if h.name in f.failing else f.shares.get(h.name, 0), "failing": h.failing or h.name in f.failing}
         for h in view.hosts
     ]
     return {"target": f.target, "cap": f.cap, "hosts": hosts}

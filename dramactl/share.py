@@ -273,7 +273,7 @@ class FleetDecision:
     reason: str
     hosts: tuple[str, ...]  # the autoscaling hosts that serve, it was made for, sorted
     shares: Mapping[str, int] = field(default_factory=dict)
-    pinned: int = 0  # instances of paused hosts and the working ones of failing hosts, inside the target
+    pinned: int = 0  # instances of paused hosts and the working ones of failing hosts (no share in ``shares``)
     wanted: int | None = None
     for_rate: int | None = None
     failing: tuple[str, ...] = ()  # hosts left out of the split because their instances fail
@@ -516,9 +516,7 @@ def plan_share(
         startups = [h.startup for h in hosts if h.startup is not None]
         aimed = aim(backlog, current, starting, bounds, history, now)
         target = max(0, min(clamp(aimed.target, bounds), cap))
-        pinned = min(pinned, target)
         shares = split(target - pinned, [(h.name, h.max) for h in serving], first)
-        shares.update({h.name: min(h.serving, h.max) for h in held})
         decision = FleetDecision(now, me.name, target, cap, aimed.reason, names, shares, pinned, aimed.wanted, aimed.for_rate, failing)
         record = replace(aimed.record(now, backlog), target=target, startup=max(startups) if startups else None)
     else:
@@ -526,7 +524,8 @@ def plan_share(
         decision = last
         target = last.target
         shares = dict(last.shares)
-    share = 0 if me.paused else shares.get(me.name, 0)
+    # A failing host's share: its working instances (it keeps them, and grows no further).
+    share = 0 if me.paused else min(me.serving, me.max) if me.name in decision.failing else shares.get(me.name, 0)
     mine = room_for(me.name, share, me.up, occupying, hosts, target, cap)
     floor = split(settings.min_processes - pinned, [(h.name, h.max) for h in serving], first).get(me.name, 0)
     local = ScalingDecision(
@@ -822,8 +821,18 @@ def view(settings: Settings, client: redis.Redis) -> dict:
     now, hosts, decision, silence = snap.now, snap.hosts, snap.decision, snap.silence
     shares = dict(decision.shares) if decision else {}
     failing = set(decision.failing) if decision else set()
-    labels = [h.display for h in hosts]
     record = snap.record
+    live = {h.name for h in hosts if h.live(now, silence)}
+
+    def shown(h: HostEntry) -> str:
+        """The hostname; with the id's start where it alone would be ambiguous (cloned hostnames,
+        or an entry left by a reinstalled host): a live host keeps its plain hostname when it
+        is the only live one with it."""
+        same = [o for o in hosts if o.display == h.display and o is not h]
+        if not same or (h.name in live and not any(o.name in live for o in same)):
+            return h.display
+        return f"{h.display}/{h.name[:8]}"
+
     return {
         "fleet": {
             "name": settings.fleet_name,
@@ -840,10 +849,10 @@ def view(settings: Settings, client: redis.Redis) -> dict:
         },
         "hosts": [
             {
-                "name": h.display if labels.count(h.display) == 1 else f"{h.display}/{h.name[:8]}",
+                "name": shown(h),
                 "id": h.name,
                 "up": h.up,
-                "share": h.claim if h.paused else shares.get(h.name, 0),
+                "share": h.claim if h.paused else h.share if h.name in failing else shares.get(h.name, 0),
                 "max": h.max,
                 "claim": h.claim,
                 "last_tick": h.at,

@@ -328,7 +328,9 @@ def test_a_failing_host_keeps_its_working_instances_and_the_cap_counts_every_cla
     a = failing_host("a", up=3, working=2, claim=3)
     b = host("b", up=0)
     view, _ = plan_share(settings, b, [a], FleetBacklog(ready=500), [], None, 10.0, 0)
-    assert view.fleet.shares["a"] == 2 and view.fleet.pinned == 2
+    assert "a" not in view.fleet.shares and view.fleet.pinned == 2
+    # a keeps its 2 working instances: its share, whatever the target.
+    assert plan_share(settings, a, [b], FleetBacklog(ready=0), [], view.fleet, 11.0, 3)[0].share == 2
     assert view.fleet.target == 4 and view.share == 2
     # Under the target a counts with its 2 working instances (room for b: 2), but against
     # the cap of 4 with all 3 of its units (one looping): b may start 1.
