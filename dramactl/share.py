@@ -5,28 +5,46 @@ Off unless ``FLEET_NAME`` is set. Hosts with the same name (on the same Redis an
 namespace) form one fleet. Everything lives in one HASH,
 ``<namespace>:__dramactl__.fleet.<FLEET_NAME>``:
 
-* ``host:<hostname>``: a :class:`HostEntry`, the host's heartbeat. It says how many
-  instances the host runs, how many it may run before its next tick (its *claim*),
-  its own MAX_PROCESSES, and when it expires (Redis' clock + FLEET_HOST_TTL);
+* ``host:<machine-id>``: a :class:`HostEntry`, the host's heartbeat. A host is its
+  /etc/machine-id (the hostname when there is none; the hostname is kept as a label
+  for display), so cloned VMs or containers sharing a hostname are distinct hosts. It
+  says how many instances the host runs, how many it may run before its next tick (its
+  *claim*), its own MAX_PROCESSES, whether its instances are failing (and how many
+  work), the digest of its own fleet-wide settings, and when it expires (Redis' clock
+  + FLEET_HOST_TTL);
 * ``decision``: the last :class:`FleetDecision`: the fleet-wide target, for which
   hosts, and their shares;
+* ``settings``: the fleet's settings record (MIN_PROCESSES, FLEET_MAX_PROCESSES, the
+  policy's settings): every host decides with it, whatever its own env file says
+  (:func:`following`);
 * ``history``: the fleet's tick records, so the stabilization windows and the
-  measured rates are the fleet's, and every host shrinks on the same evidence.
+  measured rates are the fleet's, and every host shrinks on the same evidence;
+* ``silence``: the last span in which no host could tick (:class:`Silence`).
 
-One tick, inside a WATCH/MULTI transaction on that key (retried when another host
-wrote it in between, so two hosts ticking at once act one after the other):
+Every value read from the hash is validated like the state file: a damaged entry is
+left out and named once in the journal, never a traceback, never a negative or
+infinite target (:func:`damaged`).
+
+One tick, inside a WATCH/MULTI transaction on that key (retried, after a jittered
+exponential wait, when another host wrote it in between; :class:`Contention` after
+ATTEMPTS tries, which is not a configuration error):
 
 1. read the hash and Redis' clock; drop the hosts whose heartbeat expired;
 2. reuse the last decision when it is younger than half a CHECK_INTERVAL and was
    made for the same hosts; otherwise decide anew: :func:`dramactl.policy.aim` over
    the whole fleet (the probe's backlog, every live host's instances, the fleet's
    history), within MIN_PROCESSES and the fleet's cap, and append it to the history;
-3. split the target into shares (:func:`split`: equal, in host-name order, each
-   within its host's MAX_PROCESSES; paused hosts keep their instances and get none);
+3. split the target into shares (:func:`split`: equal, each within its host's
+   MAX_PROCESSES, the remainder to the hosts that had it; paused hosts keep their
+   instances and get none; failing hosts keep their working instances and get none,
+   so MIN and the target move to hosts that can serve);
 4. this host's target is its share, but it grows only into the room the other
-   hosts' claims leave under the fleet's target (:func:`room_for`), so a host that
-   has not shrunk yet is never overtaken: the fleet never passes its target or cap;
+   hosts' claims leave under the fleet's target and cap (:func:`room_for`), so a host
+   that has not shrunk yet is never overtaken: the fleet never passes its cap;
 5. write this host's heartbeat with its claim, and the decision.
+
+Manual sizes (scale-to, scale-up/down) on a host of a fleet claim their room first
+(:func:`reserve`): beyond FLEET_MAX_PROCESSES they are refused (scale-to) or capped.
 
 No host is special and there is no daemon: a host that stops ticking (powered off,
 bad config, no systemd) expires after FLEET_HOST_TTL and the next decision shares
@@ -35,8 +53,9 @@ come back through Dramatiq's own maintenance (dead workers' acks). When Redis
 cannot be reached the tick stops before this step, as on one host: every host
 keeps its fleet as it is. When it is back, the first host to tick records the
 silence (no heartbeat from anyone for longer than FLEET_HOST_TTL: :class:`Silence`)
-and the heartbeats written before it get its length added: an outage does not make
-the hosts that come back first take the shares of those that tick a little later.
+and the heartbeats written before it get its length added, for liveness and for
+forgetting alike: an outage does not make the hosts that come back first take the
+shares of those that tick a little later, nor delete their entries.
 """
 
 from __future__ import annotations
