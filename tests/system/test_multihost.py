@@ -387,7 +387,7 @@ def test_a_redis_outage_holds_every_host_and_no_host_takes_the_others_share_afte
 
 def fleet_ids(status: dict | None) -> dict[str, str]:
     """Live hosts of a status --json: id -> hostname as shown."""
-    return {h["id"]: h["name"] for h in (status or {}).get("hosts") or [] if h.get("live")}
+    return {h.get("id", h["name"]): h["name"] for h in (status or {}).get("hosts") or [] if h.get("live")}
 
 
 def test_a_host_whose_workers_fail_hands_the_floor_to_a_host_that_serves(hosts: Cluster) -> None:
@@ -451,7 +451,7 @@ def test_two_hosts_with_one_hostname_never_pass_the_cap(hosts: Cluster) -> None:
 
 def test_scale_to_beyond_the_fleets_room_is_refused_and_scale_up_capped(hosts: Cluster) -> None:
     """A and B are sized by hand to 2 and 3 (FLEET_MAX_PROCESSES=6): C may run 1. `scale-to 4` on C
-    (its own MAX) is refused in one line naming FLEET_MAX_PROCESSES and changes nothing; `scale-up 2`
+    (its own MAX) is refused in one line naming FLEET_MAX_PROCESSES and changes nothing; `scale-up -n 2`
     is capped at 1 and says so; the fleet never runs more than 6."""
     hosts.configure(FLEET, PER_HOST)
     a, b, c = hosts["a"], hosts["b"], hosts["c"]
@@ -463,7 +463,7 @@ def test_scale_to_beyond_the_fleets_room_is_refused_and_scale_up_capped(hosts: C
         before = c.active()
         refused = c.dramactl("scale-to", "4", check=False)
         still = c.active()
-        capped = c.dramactl("scale-up", "2", check=False)
+        capped = c.dramactl("scale-up", "-n", "2", check=False)
         time.sleep(2 * INTERVAL)  # C's ticks (paused now) hold it; A's and B's too
         after = {h.name: len(h.active()) for h in hosts.hosts}
     _, _, over = bounds(sampler, hosts, CAP)
