@@ -17,10 +17,15 @@ namespace) form one fleet. Everything lives in one HASH,
 * ``settings``: the fleet's settings record (MIN_PROCESSES, FLEET_MAX_PROCESSES, the
   policy's settings): every host decides with it, whatever its own env file says
   (:func:`following`);
-* ``history``: the fleet's tick records, so the stabilization windows and the
-  measured rates are the fleet's, and every host shrinks on the same evidence;
 * ``silence``: the last span in which no host could tick (:class:`Silence`).
 
+Beside it, a LIST ``<namespace>:__dramactl__.fleet-history.<FLEET_NAME>`` holds the
+fleet's tick records (one JSON record per decision, the last hour, at most
+HISTORY_RECORDS), so the stabilization windows and the measured rates are the
+fleet's, and every host shrinks on the same evidence. It is out of the WATCHed hash:
+a tick reads it only when it makes a new decision, and appends to it only inside the
+transaction that writes the decision, so the data every tick reads and every
+conflict re-reads stays small whatever the history's length.
 Every value read from the hash is validated like the state file: a damaged entry is
 left out and named once in the journal, never a traceback, never a negative or
 infinite target (:func:`damaged`).
@@ -83,7 +88,7 @@ log = logging.getLogger("dramactl.share")
 ATTEMPTS = 20  # WATCH conflicts (another host's tick wrote the fleet in between) before giving up
 BACKOFF = (0.005, 0.25)  # seconds: first and longest wait between attempts (exponential, full jitter)
 KEY_LIFETIME = 7 * 86400  # a fleet nobody ticks for a week is forgotten
-HISTORY_RECORDS = 720  # the fleet's history is rewritten every decision: an hour, at most this many records
+HISTORY_RECORDS = 720  # the fleet's history LIST keeps at most this many records (an hour at two decisions per 10 s)
 FORGET_AFTER = 3600.0  # an expired host stays listed (status shows it down) this long, then is removed
 MOST = 100_000  # the largest count a heartbeat or decision may hold (FLEET_MAX_PROCESSES' own limit)
 LONGEST = 86_400.0  # the longest a heartbeat may last (FLEET_HOST_TTL's own limit)
@@ -133,6 +138,11 @@ def scope(settings: Settings) -> str:
 
 def fleet_key(settings: Settings) -> str:
     return f"{settings.namespace}:__dramactl__.fleet.{settings.fleet_name}"
+
+
+def history_key(settings: Settings) -> str:
+    """The fleet's tick records (a LIST); a name no fleet's hash can have ('.' is allowed in FLEET_NAME)."""
+    return f"{settings.namespace}:__dramactl__.fleet-history.{settings.fleet_name}"
 
 
 def host_name() -> str:
@@ -494,7 +504,7 @@ def plan_share(
     me: HostEntry,
     others: Sequence[HostEntry],
     backlog: FleetBacklog,
-    history: Sequence[TickRecord],
+    history: Sequence[TickRecord] | Callable[[], Sequence[TickRecord]],
     last: FleetDecision | None,
     now: float,
     occupying: int,
@@ -533,7 +543,7 @@ def plan_share(
         starting = sum(h.starting for h in hosts)
         bounds = replace(settings, max_processes=max(cap, 1), min_processes=min(settings.min_processes, cap))
         startups = [h.startup for h in hosts if h.startup is not None]
-        aimed = aim(backlog, current, starting, bounds, history, now)
+        aimed = aim(backlog, current, starting, bounds, history() if callable(history) else history, now)
         target = max(0, min(clamp(aimed.target, bounds), cap))
         shares = split(target - pinned, [(h.name, h.max) for h in serving], first)
         decision = FleetDecision(now, me.name, target, cap, aimed.reason, names, shares, pinned, aimed.wanted, aimed.for_rate, failing)
@@ -566,7 +576,8 @@ def plan_share(
 
 
 def _history(raw: bytes | str | None, key: str = "") -> list[TickRecord]:
-    """The fleet's history; a damaged record is left out and named, the others kept."""
+    """A history as one JSON list (the layout before the LIST; kept for tests and tools); a
+    damaged record is left out and named, the others kept."""
     if raw is None:
         return []
     try:
@@ -577,6 +588,10 @@ def _history(raw: bytes | str | None, key: str = "") -> list[TickRecord]:
     if not isinstance(items, list):
         damaged(key, "history", "not a list of tick records")
         return []
+    return _records(items, key)
+
+
+def _records(items: Sequence[object], key: str) -> list[TickRecord]:
     records = []
     for i, r in enumerate(items):
         try:
@@ -584,6 +599,28 @@ def _history(raw: bytes | str | None, key: str = "") -> list[TickRecord]:
         except DamagedState as exc:
             damaged(key, "history", str(exc))
     return records
+
+
+def read_history(client: redis.Redis | redis.client.Pipeline, settings: Settings, now: float) -> list[TickRecord]:
+    """The fleet's tick records of the last hour, oldest first; damaged ones left out and named."""
+    key = history_key(settings)
+    items = []
+    for i, raw in enumerate(client.lrange(key, 0, -1)):
+        try:
+            items.append(json.loads(raw))
+        except ValueError as exc:
+            damaged(key, f"[{i}]", f"not JSON ({exc})")
+    return [r for r in _records(items, key) if r.at >= now - HISTORY_SECONDS]
+
+
+def write_history(client: redis.Redis, settings: Settings, records: Sequence[Mapping]) -> None:
+    """Replace the fleet's history (tools and benchmarks)."""
+    key = history_key(settings)
+    pipe = client.pipeline()
+    pipe.delete(key)
+    if records:
+        pipe.rpush(key, *[json.dumps(dict(r), separators=(",", ":")) for r in records])
+    pipe.execute()
 
 
 def _clock(client: redis.Redis) -> float:
@@ -730,8 +767,7 @@ def coordinate(
             startup if startup is not None else (old.startup if old else None),
             label, failing, up if working is None else working, mine,
         )
-        history = _history(raw.get(b"history"), key)
-        view, rec = plan_share(used, me, live, backlog, history, snap.decision, now, occupying)
+        view, rec = plan_share(used, me, live, backlog, lambda: read_history(pipe, settings, now), snap.decision, now, occupying)
         target = view.decision.target if pinned is None else pinned
         me = replace(me, claim=max(occupying, target + occupying - up), share=view.share)
         differs = tuple(differences(settings, record))
@@ -751,8 +787,13 @@ def coordinate(
         if gone:
             pipe.hdel(key, *[f"host:{g}" for g in gone])
         if rec is not None:
-            kept = ([r for r in history if r.at >= now - HISTORY_SECONDS] + [rec])[-HISTORY_RECORDS:]
-            pipe.hset(key, mapping={"decision": view.fleet.to_json(), "history": json.dumps([asdict(r) for r in kept], separators=(",", ":"))})
+            hist = history_key(settings)
+            pipe.hset(key, "decision", view.fleet.to_json())
+            pipe.rpush(hist, json.dumps(asdict(rec), separators=(",", ":")))
+            pipe.ltrim(hist, -HISTORY_RECORDS, -1)
+            pipe.expire(hist, KEY_LIFETIME)
+            if b"history" in raw:
+                pipe.hdel(key, "history")  # the layout before the LIST: its records are left behind once
         pipe.expire(key, KEY_LIFETIME)
         pipe.execute()
         return view

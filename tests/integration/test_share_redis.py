@@ -79,9 +79,9 @@ def test_an_expired_host_is_taken_over_and_the_history_is_one_for_the_fleet(redi
     assert {h["name"]: h["live"] for h in status["hosts"]} == {"a": True, "b": True, "c": False}
     assert status["fleet"]["cap"] == 8
     # One history for the fleet, written by whichever host decided.
-    raw = redis.hget(share.fleet_key(settings), "history")
-    records = json.loads(raw)
+    records = [json.loads(r) for r in redis.lrange(share.history_key(settings), 0, -1)]
     assert len(records) >= 3 and all(r["target"] <= 12 for r in records)
+    assert redis.hget(share.fleet_key(settings), "history") is None  # out of the hash every tick watches
 
 
 def test_a_dry_run_writes_nothing(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
@@ -233,3 +233,28 @@ def test_check_and_status_say_when_this_hosts_settings_differ_from_the_fleets(re
     assert "this host's settings differ from the fleet's record (MIN_PROCESSES=2 here, 1 for the fleet): it follows the fleet's" in res.output
     res = CliRunner().invoke(main, ["status"], env=env, catch_exceptions=False)
     assert "MIN 1 for the whole fleet" in res.output and "MIN_PROCESSES=2 here, 1 for the fleet" in res.output, res.output
+
+
+def test_the_history_is_read_only_for_a_new_decision_and_kept_out_of_the_watched_hash(redis: redis_lib.Redis, redis_server: RedisServer, caplog) -> None:
+    """Issue 18 §6: the hash every tick reads (and re-reads on a conflict) must not grow with the
+    history. A hash written by the layout before (history inside) is migrated at the next decision,
+    and a damaged record in the LIST is left out and named."""
+    import logging
+
+    settings = settings_for(redis_server)
+    key, hist = share.fleet_key(settings), share.history_key(settings)
+    redis.hset(key, "history", json.dumps([{"at": 1.0, "backlog": 1, "workers": 1, "target": 1}] * 500))
+    share.coordinate(redis, settings, FleetBacklog(ready=10), up=1, starting=0, occupying=1, name="a")
+    assert redis.hget(key, "history") is None and redis.llen(hist) == 1
+    size = sum(len(k) + len(v) for k, v in redis.hgetall(key).items())
+    for _ in range(5):
+        time.sleep(0.55)
+        share.coordinate(redis, settings, FleetBacklog(ready=10), up=1, starting=0, occupying=1, name="a")
+    assert redis.llen(hist) == 6
+    assert sum(len(k) + len(v) for k, v in redis.hgetall(key).items()) < size + 200
+    share._named.clear()
+    redis.rpush(hist, "{not json", json.dumps({"at": 1e400}).replace("1e+400", "Infinity"))
+    now = share.snapshot(redis, settings).now
+    with caplog.at_level(logging.WARNING, logger="dramactl.share"):
+        assert len(share.read_history(redis, settings, now)) == 6
+    assert caplog.text.count(hist) == 2
