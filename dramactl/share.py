@@ -93,6 +93,7 @@ FORGET_AFTER = 3600.0  # an expired host stays listed (status shows it down) thi
 MOST = 100_000  # the largest count a heartbeat or decision may hold (FLEET_MAX_PROCESSES' own limit)
 LONGEST = 86_400.0  # the longest a heartbeat may last (FLEET_HOST_TTL's own limit)
 SKEW = 300.0  # seconds a record's time may be ahead of Redis' clock before it is taken as damaged
+LISTED = 12  # hosts named in a tick's journal line (all of them in `dramactl status`)
 MACHINE_ID = "/etc/machine-id"
 _MACHINE_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -490,7 +491,10 @@ class Coordinated:
                 return f"{h.display} paused {h.claim}"
             return f"{h.display} {f.shares.get(h.name, 0)}" + (" failing" if h.name in f.failing else "")
 
-        shares = ", ".join(shown(h) for h in self.hosts)
+        listed = [shown(h) for h in self.hosts[:LISTED]]
+        if len(self.hosts) > LISTED:
+            listed.append(f"{len(self.hosts) - LISTED} more: dramactl status")
+        shares = ", ".join(listed)
         made = "decided here" if self.fresh else f"decided by {f.by}"
         return f"fleet target {f.target} of cap {f.cap} over {len(self.hosts)} host(s) ({shares}; {made})"
 
@@ -521,7 +525,7 @@ def plan_share(
     hosts = sorted([me, *others], key=lambda h: h.name)
     scaling = [h for h in hosts if not h.paused]
     serving = [h for h in scaling if not h.failing] or scaling
-    held = [h for h in scaling if h not in serving]
+    held = [h for h in scaling if h.failing] if len(serving) < len(scaling) else []
     pinned = sum(h.claim for h in hosts if h.paused) + sum(min(h.serving, h.max) for h in held)
     names = tuple(h.name for h in serving)
     failing = tuple(h.name for h in held)
@@ -628,13 +632,22 @@ def _clock(client: redis.Redis) -> float:
     return seconds + micros / 1e6
 
 
-def _hosts(raw: Mapping[bytes, bytes], key: str = "", now: float | None = None) -> list[HostEntry]:
+def _hosts(raw: Mapping[bytes, bytes], key: str = "", now: float | None = None, seen: dict | None = None) -> list[HostEntry]:
+    """The valid heartbeats, sorted by identity. ``seen``: entries parsed by an earlier attempt
+    of the same tick, by (field, value): a retry parses only what changed in between, which
+    keeps the window in which another host's write forces one more retry short."""
     hosts = []
     for k, v in raw.items():
         if k.startswith(b"host:"):
-            name = k[5:].decode("utf-8", "replace")
+            entry = seen.get((k, v)) if seen is not None else None
             try:
-                hosts.append(HostEntry.parse(name, v, now))
+                if entry is None:
+                    entry = HostEntry.parse(k[5:].decode("utf-8", "replace"), v)
+                    if seen is not None:
+                        seen[(k, v)] = entry
+                if now is not None and entry.at > now + SKEW:
+                    raise DamagedState(f"at: {entry.at} is ahead of Redis' clock ({now:.0f})")
+                hosts.append(entry)
             except DamagedState as exc:
                 damaged(key, k.decode("utf-8", "replace"), str(exc))
     return sorted(hosts, key=lambda h: h.name)
@@ -683,9 +696,9 @@ class Snapshot:
         return [h for h in self.hosts if h.live(self.now, self.silence) and h.name != but]
 
 
-def _snapshot(raw: Mapping[bytes, bytes], now: float, settings: Settings) -> Snapshot:
+def _snapshot(raw: Mapping[bytes, bytes], now: float, settings: Settings, seen: dict | None = None) -> Snapshot:
     key = fleet_key(settings)
-    hosts = _hosts(raw, key, now)
+    hosts = _hosts(raw, key, now, seen)
     ended = silence_before(hosts, now, settings.host_ttl)
     return Snapshot(now, hosts, _decision(raw, key, now), ended or _silence(raw, key, now), ended, _record(raw, key))
 
@@ -751,11 +764,12 @@ def coordinate(
     name = name or host_id()
     key = fleet_key(settings)
     mine = digest(fleet_values(settings))
+    seen: dict = {}  # heartbeats parsed by this tick's earlier attempts
 
     def tick(pipe: redis.client.Pipeline) -> Coordinated:
         now = _clock(pipe)
         raw = pipe.hgetall(key)
-        snap = _snapshot(raw, now, settings)
+        snap = _snapshot(raw, now, settings, seen)
         live = snap.live(but=name)
         gone = [h.name for h in snap.hosts if forgotten(h, now, snap.silence) and h.name != name]
         old = next((h for h in snap.hosts if h.name == name), None)
