@@ -394,3 +394,23 @@ def test_a_damaged_settings_record_is_named_and_rewritten(changes: dict, caplog:
     with caplog.at_level(logging.WARNING, logger="dramactl.share"):
         snap = share._snapshot({b"settings": raw}, 10.0, parse(SETTINGS))
     assert snap.record is None and "settings" in caplog.text and KEY in caplog.text
+
+
+def test_status_and_dashboard_show_a_failing_host_and_settings_that_differ() -> None:
+    from dramactl.dashboard import render_hosts
+    from dramactl.render import render_status
+
+    data = {
+        **FLEET_STATUS,
+        "fleet": {**FLEET_STATUS["fleet"], "this_host": "id-a", "settings_differ": ["MIN_PROCESSES=2 here, 1 for the fleet"]},
+        "hosts": [
+            {**FLEET_STATUS["hosts"][0], "id": "id-a"},
+            {**FLEET_STATUS["hosts"][1], "id": "id-b", "failing": True, "share": 0},
+        ],
+    }
+    text = render_status(data)
+    lines = {line.split()[0]: line for line in text.splitlines() if line.split() and line.split()[0] in ("a", "b")}
+    assert lines["a"].endswith("live (this host)") and "failing: its instances fail" in lines["b"]
+    assert "this host's settings differ from the fleet's record (MIN_PROCESSES=2 here, 1 for the fleet): it follows the fleet's" in text
+    html = render_hosts(data)
+    assert 'class="state bad">failing' in html and 'id="settings-differ"' in html and "(this host)" in html
