@@ -20,6 +20,9 @@ Run: ``python -m bench.fleet_scale [--hosts 10,100,1000] [--seconds 20] [--inter
    writes at 2N/INTERVAL per second, P(conflict) ~ 1 - exp(-2N/INTERVAL x window). Printed for each
    N from the measured window, next to what part 2 saw.
 
+4. **The claim script of the design proposed for 1,000 hosts** (see the notes): its Redis CPU per
+   call against N live claims, and what N hosts' ticks would cost Redis at that rate.
+
 What the figures leave out: the network (loopback here, ~0.1 ms per round trip; a LAN adds ~0.2-0.5
 ms per round trip: 3 per tick), the probe and systemd's part of a tick (bench.tick_budget), and
 Redis' other load (Dramatiq's own traffic on the same server).
@@ -156,6 +159,43 @@ def contention(server: RedisServer, settings, n: int, seconds: float, interval: 
     }
 
 
+# Part 4: the claim step of the design proposed for 1,000 hosts (docs: "The design for 1,000
+# hosts"), as a script: the room under the target and cap from every live claim, this host's
+# grant written, in one call, no WATCH. Not used by dramactl; measured to size that design.
+CLAIM = """
+local now = tonumber(redis.call('TIME')[1])
+local me, want, up, target, cap, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local flat = redis.call('HGETALL', KEYS[1])
+local others = 0
+for i = 1, #flat, 2 do
+  if flat[i] ~= me then
+    local claim, expires = string.match(flat[i + 1], '^(%d+) (%d+)$')
+    if claim and tonumber(expires) > now then others = others + tonumber(claim) end
+  end
+end
+local grant = want
+if want > up then grant = up + math.max(0, math.min(want - up, math.min(target, cap) - others)) end
+redis.call('HSET', KEYS[1], me, grant .. ' ' .. (now + ttl))
+return grant
+"""
+
+
+def claim_cost(client: redis.Redis, n: int, runs: int) -> tuple[float, float]:
+    """(µs of Redis CPU per call, ms per call from Python) of CLAIM against N live claims."""
+    key = "bench:claims"
+    client.delete(key)
+    seconds, _ = client.time()
+    client.hset(key, mapping={f"{i:032x}": f"2 {seconds + 600}" for i in range(n)})
+    script = client.register_script(CLAIM)
+    client.config_resetstat()
+    t = time.perf_counter()
+    for k in range(runs):
+        script(keys=[key], args=[f"{k % n:032x}", 3, 2, 2 * n, 2 * n, 75])
+    wall = (time.perf_counter() - t) * 1e3 / runs
+    stats = commandstats(client)
+    return sum(us for calls, us in stats.values()) / runs, wall
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hosts", default="10,100,1000")
@@ -179,6 +219,11 @@ def main() -> int:
             model = 1 - math.exp(-rate * (w["coord50"] + w["settle50"]) / 2 / 1e3)
             print(f"{n:>6} {w['bytes'] / 1024:>8.1f} {w['coord50']:>8.2f}/{w['coord99']:<8.2f} {w['settle50']:>6.2f}/{w['settle99']:<8.2f} {w['redis_us']:>13.0f} "
                   f"{c['asked']:>7.1f} {c['lag99']:>16.1f} {c['retries']:>12.3f} {c['exhausted']:>9} {c['p50']:>7.1f}/{c['p99']:<8.1f} {model:>17.3f}")
+        print("\nthe proposed claim script (not used by dramactl): one call per tick, no WATCH")
+        print(f"{'hosts':>6} {'Redis us/call':>13} {'ms/call':>8} {'Redis CPU at N/interval calls/s':>32}")
+        for n in (int(x) for x in args.hosts.split(",")):
+            us, wall = claim_cost(client, n, args.runs * 5)
+            print(f"{n:>6} {us:>13.0f} {wall:>8.2f} {us * n / args.interval / 1e6:>31.1%}")
         return 0
     finally:
         server.stop()
