@@ -18,8 +18,7 @@ Run: ``python -m bench.fleet_scale [--hosts 10,100,1000] [--seconds 20] [--inter
    figures then include waiting for the interpreter, which N separate hosts would not.
 3. **The model**: an attempt conflicts when another host's write lands inside its window; with
    writes at 2N/INTERVAL per second, P(conflict) ~ 1 - exp(-2N/INTERVAL x window). Printed for each
-   N from the measured window, next to what part 2 saw.
-
+   N from the measured window (the mean of coordinate's and settle's p50), next to what part 2 saw.
 4. **The claim script of the design proposed for 1,000 hosts** (see the notes): its Redis CPU per
    call against N live claims, and what N hosts' ticks would cost Redis at that rate.
 

@@ -557,8 +557,9 @@ def plan_share(
         decision = last
         target = last.target
         shares = dict(last.shares)
-    # A failing host's share: its working instances (it keeps them, and grows no further).
-    share = 0 if me.paused else min(me.serving, me.max) if me.name in decision.failing else shares.get(me.name, 0)
+    # A failing host's share: what it has up (it stops nothing: a stop could hit a working
+    # instance rather than a looping one; its safeguard deals with those), and no growth.
+    share = 0 if me.paused else min(me.up, me.max) if me.name in decision.failing else shares.get(me.name, 0)
     mine = room_for(me.name, share, me.up, occupying, hosts, target, cap)
     floor = split(settings.min_processes - pinned, [(h.name, h.max) for h in serving], first).get(me.name, 0)
     local = ScalingDecision(

@@ -317,7 +317,9 @@ def test_a_failing_host_loses_its_share_of_the_floor_and_target_to_the_hosts_tha
     assert view.fleet.failing == ("a",) and view.fleet.target == 1
     assert view.share == 1 and view.floor == 1 and view.decision.target == 1  # a's looping unit does not hold b back
     view_a, _ = plan_share(settings, a, [b, c], FleetBacklog(ready=0), [], view.fleet, 11.0, 1)
-    assert view_a.share == 0 and view_a.floor == 0
+    # a stops nothing itself (its safeguard deals with the looping unit) but has no floor, and
+    # the fleet counts none of its instances as serving.
+    assert view_a.share == 1 and view_a.floor == 0 and view.fleet.pinned == 0
     # Every host failing: the split is the usual one (nobody else can serve).
     view, _ = plan_share(settings, a, [failing_host("b"), failing_host("c")], FleetBacklog(ready=0), [], None, 10.0, 1)
     assert view.fleet.failing == () and view.floor == 1
@@ -329,8 +331,9 @@ def test_a_failing_host_keeps_its_working_instances_and_the_cap_counts_every_cla
     b = host("b", up=0)
     view, _ = plan_share(settings, b, [a], FleetBacklog(ready=500), [], None, 10.0, 0)
     assert "a" not in view.fleet.shares and view.fleet.pinned == 2
-    # a keeps its 2 working instances: its share, whatever the target.
-    assert plan_share(settings, a, [b], FleetBacklog(ready=0), [], view.fleet, 11.0, 3)[0].share == 2
+    # a keeps what it has up (no stop that could hit a working instance) and grows no further.
+    view_a, _ = plan_share(settings, a, [b], FleetBacklog(ready=0), [], view.fleet, 11.0, 3)
+    assert view_a.share == 3 and view_a.decision.target == 3
     assert view.fleet.target == 4 and view.share == 2
     # Under the target a counts with its 2 working instances (room for b: 2), but against
     # the cap of 4 with all 3 of its units (one looping): b may start 1.
