@@ -120,6 +120,7 @@ class RunResult:
     ticks: list[Tick] = field(default_factory=list)
     horizon: float = 0.0  # when the last message completed (>= duration): worker-seconds run to here
     seed: int = 0
+    flaps: int = 0  # actions undone by an opposite action within the next two ticks (:func:`count_flaps`)
 
     def wait_percentile(self, q: float) -> float:
         """Nearest-rank percentile of the queue waits."""
@@ -148,6 +149,24 @@ class RunResult:
     def actions_per_hour(self) -> float:
         return self.actions * 3600.0 / self.duration
 
+    @property
+    def flaps_per_hour(self) -> float:
+        return self.flaps * 3600.0 / self.duration
+
+
+FLAP_TICKS = 2  # an action undone within this many ticks is a flap
+
+
+def count_flaps(moves: Sequence[tuple[int, int]], within: int = FLAP_TICKS) -> int:
+    """Actions undone within ``within`` ticks: ``moves`` are (tick number, +1 grow / -1
+    shrink) of the ticks that acted; each action is counted once, when a later one
+    in the opposite direction comes at most ``within`` ticks after it."""
+    undone = 0
+    for k, (at, way) in enumerate(moves):
+        if any(later - at <= within and other == -way for later, other in moves[k + 1 :] if later - at <= within):
+            undone += 1
+    return undone
+
 
 @dataclass
 class _Worker:
@@ -166,13 +185,21 @@ class _Worker:
         return self.busy + len(self.held)
 
     def unit(self) -> WorkerUnit:
-        """How systemd would report this instance (``Type=notify``: activating until READY=1)."""
+        """How systemd reports this instance through ``ListUnitsByPatterns`` and the
+        unit's timestamps, as :meth:`dramactl.fleet.Fleet.instances` reads them
+        (``Type=notify``): activating/start with its start job pending until READY=1;
+        active/running with no job; draining after a stop is deactivating/stop-sigterm
+        *with its stop job pending* (without the job it would read as a crashed unit
+        coming back by itself). ``started`` is when the start job began
+        (InactiveExitTimestamp), ``since`` when it entered its current state
+        (ActiveEnterTimestamp once active). tests/unit/test_bench.py compares these
+        with units recorded from a real systemd."""
         pid = 1000 + self.number
         if self.stopping_since is not None:
-            return WorkerUnit(self.number, "deactivating", "stop-sigterm", pid=pid, since=self.stopping_since)
+            return WorkerUnit(self.number, "deactivating", "stop-sigterm", pid=pid, since=self.stopping_since, job="stop", started=self.started)
         if not self.ready:
-            return WorkerUnit(self.number, "activating", "start", pid=pid, since=self.started)
-        return WorkerUnit(self.number, "active", "running", pid=pid, since=self.ready_at)
+            return WorkerUnit(self.number, "activating", "start", pid=pid, since=self.started, job="start", started=self.started)
+        return WorkerUnit(self.number, "active", "running", pid=pid, since=self.ready_at, started=self.started)
 
 
 class _Run:
@@ -197,6 +224,8 @@ class _Run:
         self.seq = 0
         self.started = 0
         self.actions = 0
+        self.moves: list[tuple[int, int]] = []  # (tick number, direction) of every tick that acted
+        self.tick_count = 0
         self.live = initial_workers
         self.peak = initial_workers
         self.worker_seconds = 0.0
@@ -267,8 +296,10 @@ class _Run:
         )
         target = self.controller.target(backlog, [w.unit() for w in self.workers], now)
         up = sorted((w for w in self.workers if w.stopping_since is None), key=lambda w: w.number)
+        self.tick_count += 1
         if target != len(up):
             self.actions += 1
+            self.moves.append((self.tick_count, 1 if target > len(up) else -1))
         ends = now
         if target > len(up):
             taken = {w.number for w in self.workers}
@@ -338,5 +369,5 @@ def simulate(
     bound = work_lower_bound(workload.arrivals, workload.services, workload.model.threads, min_workers, workload.trace.duration)
     return RunResult(
         workload.trace.name, policy, run.waits, run.worker_seconds, bound, run.peak, run.actions, workload.trace.duration,
-        run.ticks, run.horizon, workload.seed,
+        run.ticks, run.horizon, workload.seed, count_flaps(run.moves),
     )

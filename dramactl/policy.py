@@ -53,7 +53,7 @@ from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from .instance import WorkerUnit
-from .queueing import workers_for
+from .queueing import queue_quantile, workers_for
 from .rates import WorkRates, learned_startup, surges, work_rates
 from .settings import Settings
 from .state import Recovery, TickRecord
@@ -368,10 +368,19 @@ def work_target(
     limit = max(settings.max_processes, current) + 1
     for_rate = workers_for(load, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)
     drain = drain_seconds(settings, startup, backlog.oldest_age)
-    wanted = max(for_rate, math.ceil((load + waiting * service / drain) / threads - 1e-9))
+    # Noise, not backlog: the queue the current fleet shows 95 % of the time under the
+    # measured load (Erlang C: P(Nq >= k) = C rho^k). Growing to drain that much would be
+    # undone at the next tick, when the queue has emptied as the model says it does;
+    # only what waits beyond it (or waited past MAX_QUEUE_WAIT: the latency guard) is
+    # evidence of more load than measured.
+    noise = queue_quantile(load, current * threads, WAIT_QUANTILE) if rates.load is not None else 0
+    backlogged = max(0, waiting - noise)
+    wanted = max(for_rate, math.ceil((load + backlogged * service / drain) / threads - 1e-9))
     why = f"{measured} needs {for_rate}"
-    if waiting:
+    if backlogged:
         why += f", {waiting} waiting drain in {drain:.0f}s with {wanted}"
+    elif waiting:
+        why += f", {waiting} waiting within the queue {current} show under this load ({noise})"
     guard = _latency_guard(backlog.oldest_age, current, starting, settings)
     if guard is not None:
         why += f"; {guard[1]}"
@@ -397,10 +406,35 @@ def work_target(
     if waiting * service > current * threads * interval / 2.0:
         # More than half a tick of work waits for this fleet: draining, not drained.
         return current, wanted, f"{why}: holding {current} until the backlog is drained", for_rate
+    hold = _starting_hold(history, now, starting, startup)
+    if hold is not None:
+        return current, wanted, f"{why}: holding {current}, {hold}", for_rate
     high = rates.arrival_high(NOISE_SIGMAS)
     within_noise = None if high is None else workers_for(high * service, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)
+    if within_noise is not None and within_noise > goal:
+        # Shrink no lower than the rate NOISE_SIGMAS standard errors up needs: a smaller
+        # fleet is undone by the next tick's growth whenever the rate was only a dip in
+        # its own noise (about 1 time in 40 at 2 sigma, rather than 1 in 2 at the estimate).
+        why += f"; the rate {NOISE_SIGMAS:g} sigma up ({high:.3f}/s) needs {within_noise}"
+        goal = clamp(within_noise, settings)
+        if goal >= current:
+            return current, wanted, f"{why}: holding {current}", for_rate
     target, reason = _work_down(current, goal, why, settings, history, now, within_noise)
     return target, wanted, reason, for_rate
+
+
+def _starting_hold(history: Sequence[TickRecord], now: float, starting: int, startup: float) -> str | None:
+    """Why not to shrink now, or None: an instance is still starting, or the last growth
+    is younger than the start-up. An instance stopped before it has run as long as it
+    took to start paid its start-up for nothing; and the growth was decided on evidence
+    no newer than a start-up ago, so undoing it sooner acts on the same evidence twice
+    (the rent-or-buy rule: keep what cost a start-up at least as long as the start-up)."""
+    if starting:
+        return f"{starting} still starting"
+    grown = [r.at for r in history if r.target > r.workers]
+    if grown and now - grown[-1] < startup:
+        return f"started {now - grown[-1]:.0f}s ago, start-up {startup:.0f}s"
+    return None
 
 
 def _work_down(
@@ -444,7 +478,14 @@ class Recurring:
     messages: float
 
 
-RECURRENCES = 2  # blocks one period apart before the next one is expected
+# Blocks one period apart before the next one is expected: three, i.e. two gaps that
+# agree within the tolerance. Any two surges define some "period", so two blocks are
+# no evidence of a schedule; a third landing within the tolerance of where the first
+# two put it is unlikely by chance (for unrelated surges, about 2 x tolerance / the gap
+# between them). A predicted block that does not come stops the prediction: the last
+# three blocks stay the same, their next due time passes, and nothing is predicted
+# again until three blocks agree anew.
+RECURRENCES = 3
 
 
 def recurring(history: Sequence[TickRecord], tolerance: float, max_gap: float = float("inf")) -> Recurring | None:
@@ -539,6 +580,9 @@ def count_target(
     if bounded == current:
         at_max = f" (MAX_PROCESSES; {wanted} wanted)" if wanted > current else ""
         return current, wanted, f"{why}: steady at {current}{at_max}"
+    hold = _starting_hold(history, now, starting, learned_startup(history))
+    if hold is not None:
+        return current, wanted, f"{why}: holding {current}, {hold}"
     return _stabilized_down(total, current, wanted, why, per_worker, settings, history, now)
 
 

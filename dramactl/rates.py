@@ -9,9 +9,12 @@ backlog in a :class:`~dramactl.state.TickRecord`. Between two ticks:
   (Δdone + Δbacklog) / Δt;
 * the mean service time is Δbusy / Δdone.
 
-Smoothing: the arrival rate is the *median* of the per-interval rates over
-:data:`RATE_WINDOW` (a block of messages landing at once raises one interval: it is a
-backlog to drain, not a rate to staff for); the service time is the ratio of sums over
+Smoothing: the arrival rate is the *count* of arrivals over :data:`RATE_WINDOW`, or
+further back until the count holds :data:`MIN_ARRIVALS` (at low rates most tick
+intervals see no arrival at all: a median of per-interval rates reads 0 there while
+messages keep coming), less the excess of the intervals in which a block landed (a
+block of messages landing at once is a backlog to drain, not a rate to staff for),
+over the intervals' span; the service time is the ratio of sums over
 :data:`SERVICE_WINDOW`, else the counters' whole lifetime (busy / done). A counter that
 went backwards (the key was deleted, Redis restarted) ends the intervals before it.
 The rate's standard error is that of a Poisson count over the intervals' span
@@ -38,7 +41,9 @@ def median(values: Sequence[float]) -> float:
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
 
-RATE_WINDOW = 120.0  # seconds of intervals whose median is the arrival rate
+RATE_WINDOW = 120.0  # seconds of intervals whose arrivals are counted for the rate ...
+LONG_RATE_WINDOW = 900.0  # ... or further back, up to this, until they hold MIN_ARRIVALS
+MIN_ARRIVALS = 10.0  # arrivals the rate rests on when they can be had: ~30 % standard error
 SERVICE_WINDOW = 600.0  # seconds of completions whose mean is the service time
 MIN_COMPLETIONS = 3  # fewer completions than this in the window: use the lifetime mean
 
@@ -96,9 +101,7 @@ def work_rates(history: Sequence[TickRecord], backlog: FleetBacklog, now: float,
     points = points[start:]
     pairs = [(a, b) for a, b in zip(points, points[1:]) if 0 < b.at - a.at <= max_gap]
 
-    used = [(a, b) for a, b in pairs if b.at > now - RATE_WINDOW - 1e-9]
-    rates = [max(0.0, (b.done - a.done + b.backlog - a.backlog) / (b.at - a.at)) for a, b in used]
-    arrival = median(rates) if rates else None
+    arrival, intervals, span = _arrival_rate(pairs, now)
 
     recent = [(b.done - a.done, b.busy - a.busy) for a, b in pairs if b.at > now - SERVICE_WINDOW]
     done = sum(d for d, _ in recent)
@@ -108,7 +111,51 @@ def work_rates(history: Sequence[TickRecord], backlog: FleetBacklog, now: float,
         service = backlog.busy_seconds_total / backlog.done_total  # the counters' lifetime
     else:
         return None
-    return WorkRates(arrival, max(service, 0.0), len(rates), sum(b.at - a.at for a, b in used))
+    return WorkRates(arrival, max(service, 0.0), intervals, span)
+
+
+def _arrival_rate(pairs: Sequence[tuple[_Point, _Point]], now: float) -> tuple[float | None, int, float]:
+    """(rate, intervals, span): arrivals counted over the intervals of the last
+    :data:`RATE_WINDOW`, reaching further back (up to :data:`LONG_RATE_WINDOW`) until
+    they hold :data:`MIN_ARRIVALS`, less what blocks brought (:func:`_excess`), per
+    second of the intervals' span. A count over a window is never 0 while messages
+    arrive, and its Poisson standard error sqrt(n) / span is known
+    (:meth:`WorkRates.arrival_high`); a median over short intervals is 0 whenever
+    fewer than one arrival per interval is the rule."""
+    if not pairs:
+        return None, 0, 0.0
+    counts = [max(0.0, b.done - a.done + b.backlog - a.backlog) for a, b in pairs]
+    excess = _excess(pairs, counts)
+    arrived, span, used = 0.0, 0.0, 0
+    for k in range(len(pairs) - 1, -1, -1):
+        a, b = pairs[k]
+        if b.at <= now - LONG_RATE_WINDOW - 1e-9:
+            break
+        if b.at <= now - RATE_WINDOW - 1e-9 and arrived >= MIN_ARRIVALS:
+            break
+        arrived += counts[k] - excess[k]
+        span += b.at - a.at
+        used += 1
+    return (max(0.0, arrived) / span if span > 0 else None), used, span
+
+
+def _excess(pairs: Sequence[tuple[_Point, _Point]], counts: Sequence[float]) -> list[float]:
+    """Per interval, the arrivals beyond what the rate before it explains when a block
+    landed in it (the :func:`surges` rule), else 0: a block is a backlog to drain, not
+    a rate to staff for."""
+    out = []
+    seen: list[tuple[float, float]] = []  # (end, rate) of the intervals so far
+    first = 0
+    for (a, b), arrived in zip(pairs, counts):
+        span = b.at - a.at
+        while first < len(seen) and seen[first][0] <= a.at - RATE_WINDOW:
+            first += 1
+        before = [rate for _, rate in seen[first:]]
+        expected = median(before) * span if before else b.done - a.done
+        excess = arrived - expected
+        out.append(excess if excess > SURGE_SIGMAS * math.sqrt(max(expected, 1.0)) else 0.0)
+        seen.append((b.at, arrived / span))
+    return out
 
 
 SURGE_SIGMAS = 6.0  # arrivals this many Poisson standard deviations above the rate: a block landed
