@@ -20,7 +20,8 @@ from typing import Callable, Sequence
 from dramactl.instance import WorkerUnit
 from dramactl.policy import ScalingDecision, backlog_per_worker, decide
 from dramactl.settings import Settings, parse
-from dramactl.state import ScalerState
+from dramactl.rates import measure_startup
+from dramactl.state import ScalerState, TickRecord
 from dramactl.stats import FleetBacklog
 
 from .simulator import Controller, Workload
@@ -48,16 +49,28 @@ class DramactlController:
         self.decisions: list[tuple[float, ScalingDecision]] = []
 
     def target(self, backlog: FleetBacklog, units: Sequence[WorkerUnit], now: float) -> int:
-        decision = decide(backlog, units, self.settings, self.state.history, now)
-        saved = json.dumps(self.state.with_tick(decision.record(now, backlog)).to_dict())
-        self.state = ScalerState.from_dict(json.loads(saved))
+        history = self.state.history
+        # As scaler.tick: the instances the last tick left starting are timed by systemd's timestamps.
+        timed, still = measure_startup(units, history[-1].starting if history else (), now)
+        decision = decide(backlog, units, self.settings, history, now)
+        record = replace(decision.record(now, backlog), startup=None if timed is None else round(timed, 3), starting=still)
+        self._save(record)
         self.decisions.append((now, decision))
         return decision.target
 
-    def observe_startup(self, seconds: float) -> None:
-        """What scaler.tick does after its start jobs: the tick's record keeps how long they took."""
+    def _save(self, record: TickRecord) -> None:
+        saved = json.dumps(self.state.with_tick(record).to_dict())
+        self.state = ScalerState.from_dict(json.loads(saved))
+
+    def observe_startup(self, seconds: float | None, late: Sequence[int] = ()) -> None:
+        """What scaler.tick does after its start jobs: when they all ended within its wait,
+        the record keeps how long they took; the ``late`` ones are left for the next tick
+        to time from systemd's timestamps."""
         *kept, last = self.state.history
-        self.state = replace(self.state, history=(*kept, replace(last, startup=round(seconds, 3))))
+        if seconds is not None:
+            last = replace(last, startup=round(max(seconds, last.startup or 0.0), 3))
+        last = replace(last, starting=tuple(sorted({*last.starting, *late})))
+        self.state = replace(self.state, history=(*kept, last))
 
 
 @dataclass
@@ -135,7 +148,34 @@ class StaticController:
         return self.size
 
 
+@dataclass
+class ReferenceController:
+    """The causal reference for p95 (``python -m bench.oracle``'s, generalized beyond block
+    traces): MIN while nothing waits; MAX within a second of a message waiting (it ticks
+    every second) and for ``after`` s since one last waited; and, better than any causal
+    policy, MAX from ``ahead`` s before every block after the first (foresight of them).
+    A policy that keeps MIN while idle and cannot know the first block is coming waits
+    at least as long as this, up to its tick and its estimate of the need."""
+
+    blocks: Sequence[float]
+    low: int
+    high: int
+    ahead: float = 45.0
+    after: float = 90.0
+    last_waiting: float = -math.inf
+
+    def target(self, backlog: FleetBacklog, units: Sequence[WorkerUnit], now: float) -> int:
+        if backlog.ready > 0:
+            self.last_waiting = now
+        if now - self.last_waiting <= self.after:
+            return self.high
+        if any(at - self.ahead <= now <= at + self.after for at in self.blocks[1:]):
+            return self.high
+        return self.low
+
+
 CLAIRVOYANT = "clairvoyant 15s"
+REFERENCE = "causal reference 1s"
 
 
 def lineup(dramactl_interval: int, overrides: dict[str, str] | None = None, *, max_workers: int = 10, threads: int = 8) -> list[PolicySpec]:
@@ -152,5 +192,6 @@ def lineup(dramactl_interval: int, overrides: dict[str, str] | None = None, *, m
         PolicySpec("hpa/keda 15s", 15, low, lambda w: HpaController(per_pod, low, high)),
         PolicySpec("static MAX", 180, high, lambda w: StaticController(high)),
         PolicySpec(CLAIRVOYANT, 15, low, lambda w: ClairvoyantController(w, 15, threads, low, high)),
+        PolicySpec(REFERENCE, 1, low, lambda w: ReferenceController([at for at, _ in w.trace.blocks], low, high)),
         PolicySpec(f"dramactl {dramactl_interval}s", dramactl_interval, low, lambda w: DramactlController(default)),
     ]

@@ -16,8 +16,10 @@ A tick takes time, as the scaler's does: its start jobs last until the instances
 READY (at most ``START_WAIT``), its stop jobs until the stopped instances drained
 their started messages (at most ``STOP_WAIT``); the next tick comes at the later of
 its schedule and the end of this one (the timer does not start a running service).
-The scaler's recorded start-up (how long its start jobs took) reaches the controller
-through ``observe_startup`` when it has one.
+The scaler's recorded start-up reaches the controller through ``observe_startup`` when
+it has one: how long its start jobs took when they all ended within ``START_WAIT``,
+else the instances still starting, which the next tick times from the units'
+timestamps (``started`` and ``since``, as systemd's InactiveExit/ActiveEnter).
 
 The run goes on past the trace's end until every message is served, so every policy
 does all the work and worker-seconds are comparable with :mod:`bench.bound`.
@@ -305,6 +307,7 @@ class _Run:
             taken = {w.number for w in self.workers}
             free_numbers = (k for k in range(1, 10**6) if k not in taken)
             startups = self.workload.startups
+            late = []
             for _ in range(target - len(up)):
                 w = _Worker(next(free_numbers), now, now + startups[self.started % len(startups)])
                 self.started += 1
@@ -312,9 +315,12 @@ class _Run:
                 self.seq += 1
                 heapq.heappush(self.readiness, (w.ready_at, self.seq, w))
                 ends = max(ends, min(w.ready_at, now + START_WAIT))
+                if w.ready_at > now + START_WAIT:
+                    late.append(w.number)  # its start job still pending when the tick stops waiting
             observe = getattr(self.controller, "observe_startup", None)
-            if observe is not None:
-                observe(ends - now)
+            if observe is not None and target > len(up):
+                # As scaler.tick: the jobs' duration when all ended in the wait; the late ones by timestamps next tick.
+                observe(None if late else ends - now, tuple(late))
         for w in reversed(up[target:] if target < len(up) else []):
             self.stop(w, now)
             ends = max(ends, min(w.last_done, now + STOP_WAIT))

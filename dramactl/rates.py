@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from .instance import WorkerUnit
 from .state import TickRecord
 from .stats import FleetBacklog
 
@@ -190,6 +191,44 @@ def surges(history: Sequence[TickRecord], *, max_gap: float = float("inf")) -> l
             out.append((b.at, excess))
         seen.append((b.at, max(0.0, arrived / span)))
     return out
+
+
+# Start-up as systemd timed it: from a start job to READY=1, per instance.
+#
+# A tick waits at most ``scaler.START_WAIT`` for its start jobs, so their duration says
+# only "at least that long" for a slower start. systemd keeps the truth on each unit:
+# ``InactiveExitTimestamp`` (the start job began: it left inactive) and
+# ``ActiveEnterTimestamp`` (READY=1: Type=notify units are active once consuming).
+# The tick that starts instances whose jobs are still pending records their numbers
+# (TickRecord.starting); the next tick has ``Fleet.instances`` read those two
+# timestamps for them alone (two property reads per late instance, once; none on a
+# tick that started nothing or whose starts finished within its wait) and
+# :func:`measure_startup` turns them into the start-up the policy learns. An instance
+# still activating gives a lower bound (it has taken at least this long so far) and
+# stays pending.
+
+
+def measure_startup(units: Sequence[WorkerUnit], pending: Sequence[int], now: float) -> tuple[float | None, tuple[int, ...]]:
+    """(seconds, still pending): the longest start-up among the ``pending`` instances
+    now active (READY=1 minus the start), or the time the still-activating ones have
+    taken so far when that is longer; None when none of them says anything (stopped,
+    gone, restarted by systemd: not a start-up of ours)."""
+    by_number = {u.number: u for u in units}
+    seconds: float | None = None
+    still: list[int] = []
+    for number in pending:
+        unit = by_number.get(number)
+        if unit is None or unit.started is None:
+            continue
+        if unit.active_state == "active" and unit.since is not None and unit.since >= unit.started:
+            sample = unit.since - unit.started
+        elif unit.active_state == "activating" and unit.job == "start" and unit.restarts == 0:
+            sample = max(0.0, now - unit.started)
+            still.append(number)
+        else:
+            continue
+        seconds = sample if seconds is None else max(seconds, sample)
+    return seconds, tuple(still)
 
 
 DEFAULT_STARTUP = 5.0  # seconds assumed before the scaler has timed a start job

@@ -89,7 +89,7 @@ FAMILIES = [
 def test_no_policy_goes_under_the_lower_bound(trace: Trace, seed: int) -> None:
     """The baseline and the clairvoyant reference included, on every family and seed."""
     results = run_all(seed, trace)
-    assert len(results) == 5
+    assert len(results) == 6
     for r in results:
         assert r.worker_seconds >= r.lower_bound, (r.policy, r.worker_seconds, r.lower_bound)
 
@@ -103,4 +103,8 @@ def test_a_tick_that_starts_instances_lasts_until_they_are_ready() -> None:
     history = controller.state.history
     grew = [(a, b) for a, b in zip(history, history[1:]) if a.target > a.workers]
     assert grew
-    assert all(28.0 <= a.startup <= 32.0 and b.at - a.at >= a.startup for a, b in grew)
+    assert all(b.at - a.at >= 28.0 for a, b in grew), "the tick waits for its start jobs"
+    # Start-ups of 28-32 s: some outlast the tick's 30 s wait; systemd's timestamps time them later.
+    assert any(a.starting for a, _ in grew)
+    learned = [r.startup for r in history if r.startup is not None]
+    assert learned and 30.0 < max(learned) <= 32.0, learned
