@@ -391,8 +391,13 @@ def work_target(
     ahead = recurring_need(history, now, startup + 2.0 * interval, 2.0 * interval, load, service, settings)
     goal = wanted
     if ahead is not None:
-        why += f"; {ahead[1]}"
-        goal = max(wanted, ahead[0])
+        need, low, high, text = ahead
+        why += f"; {text}"
+        # A fleet between the needs of a block one standard deviation smaller and one larger
+        # (Poisson: sqrt of its count) is kept as it is: the block's size is known to no
+        # better, and moving by that jitter right before it lands is an action undone by
+        # the next one.
+        goal = max(wanted, current if low <= current <= high else need)
     bounded = clamp(goal, settings)
     if current > settings.max_processes:
         return settings.max_processes, wanted, f"{why}: down to MAX_PROCESSES={settings.max_processes}", for_rate
@@ -514,8 +519,8 @@ def recurring(history: Sequence[TickRecord], tolerance: float, max_gap: float = 
 
 def recurring_need(
     history: Sequence[TickRecord], now: float, lead: float, tolerance: float, load: float, service: float, settings: Settings
-) -> tuple[int, str] | None:
-    """(fleet, why) when a recurring load is due within ``lead`` seconds (the start-up
+) -> tuple[int, int, int, str] | None:
+    """(fleet, fleets for a block one standard deviation smaller and larger, why) when a recurring load is due within ``lead`` seconds (the start-up
     plus two ticks: it may land up to a tick before the tick that sees it) or is
     late by up to ``tolerance``: the fleet that serves its last occurrence's backlog
     within one CHECK_INTERVAL on top of the arrivals (``load`` busy threads), so
@@ -524,9 +529,13 @@ def recurring_need(
     again = recurring(history, tolerance, max_gap=4.0 * interval)
     if again is None or not now - tolerance < again.due <= now + lead:
         return None
-    need = math.ceil((load + again.messages * service / interval) / settings.worker_threads - 1e-9)
+
+    def fleet(messages: float) -> int:
+        return math.ceil((load + max(0.0, messages) * service / interval) / settings.worker_threads - 1e-9)
+
+    need, sigma = fleet(again.messages), math.sqrt(max(again.messages, 0.0))
     when = f"due in {again.due - now:.0f}s" if again.due >= now else f"due {now - again.due:.0f}s ago"
-    return need, f"{again.messages:.0f} msgs land every {again.period:.0f}s, {when}: {need} ready for them"
+    return need, fleet(again.messages - sigma), fleet(again.messages + sigma), f"{again.messages:.0f} msgs land every {again.period:.0f}s, {when}: {need} ready for them"
 
 
 def count_target(

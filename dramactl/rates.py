@@ -44,7 +44,7 @@ def median(values: Sequence[float]) -> float:
 
 RATE_WINDOW = 120.0  # seconds of intervals whose arrivals are counted for the rate ...
 LONG_RATE_WINDOW = 900.0  # ... or further back, up to this, until they hold MIN_ARRIVALS
-MIN_ARRIVALS = 10.0  # arrivals the rate rests on when they can be had: ~30 % standard error
+MIN_ARRIVALS = 25.0  # arrivals the rate rests on when they can be had: 20 % standard error
 SERVICE_WINDOW = 600.0  # seconds of completions whose mean is the service time
 MIN_COMPLETIONS = 3  # fewer completions than this in the window: use the lifetime mean
 

@@ -100,20 +100,19 @@ def test_a_drained_backlog_is_released_at_once() -> None:
 
 
 def test_arrivals_need_is_held_over_the_stabilization_window_within_the_rates_noise() -> None:
-    """0.1 msg/s of 40 s messages: 30 arrivals over the 300 s the count reaches back, a
-    noisy rate. The fleet shrinks no lower than the rate two standard errors up needs
+    """0.1 msg/s of 40 s messages: 15 arrivals over the 150 s of history, a noisy rate. The fleet shrinks no lower than the rate two standard errors up needs
     (2, not the 1 the estimate needs); a tick in the window that needed 6 is beyond
     that noise and does not hold it higher."""
     s = settings()
 
     def window_needed(n: int) -> ScalingDecision:
-        history = worked(0.1, 40.0, workers=3)
+        history = worked(0.1, 40.0, workers=3, seconds=150)
         r = history[-3]
         history[-3] = TickRecord(r.at, 0, 3, 3, wanted=3, done=r.done, busy=r.busy, for_rate=n)
         return decide(seen(history, 0.1, 40.0), running(3), s, history, NOW)
 
     held = window_needed(2)
-    assert held.for_rate == 1 and held.target == 2 and "the rate 2 sigma up (0.158/s) needs 2" in held.reason
+    assert held.for_rate == 1 and held.target == 2 and "the rate 2 sigma up (0.152/s) needs 2" in held.reason
     capped = window_needed(6)
     assert capped.target == 2 and "2 sigma above the rate now" in capped.reason
 
