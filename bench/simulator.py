@@ -165,7 +165,7 @@ def count_flaps(moves: Sequence[tuple[int, int]], within: int = FLAP_TICKS) -> i
     in the opposite direction comes at most ``within`` ticks after it."""
     undone = 0
     for k, (at, way) in enumerate(moves):
-        if any(later - at <= within and other == -way for later, other in moves[k + 1 :] if later - at <= within):
+        if any(later - at <= within and other == -way for later, other in moves[k + 1 :]):
             undone += 1
     return undone
 
@@ -194,8 +194,8 @@ class _Worker:
         *with its stop job pending* (without the job it would read as a crashed unit
         coming back by itself). ``started`` is when the start job began
         (InactiveExitTimestamp), ``since`` when it entered its current state
-        (ActiveEnterTimestamp once active). tests/unit/test_bench.py compares these
-        with units recorded from a real systemd."""
+        (ActiveEnterTimestamp once active). tests/system/test_unit_states.py compares
+        these with what the real Fleet lists from a booted systemd."""
         pid = 1000 + self.number
         if self.stopping_since is not None:
             return WorkerUnit(self.number, "deactivating", "stop-sigterm", pid=pid, since=self.stopping_since, job="stop", started=self.started)
@@ -318,7 +318,7 @@ class _Run:
                 if w.ready_at > now + START_WAIT:
                     late.append(w.number)  # its start job still pending when the tick stops waiting
             observe = getattr(self.controller, "observe_startup", None)
-            if observe is not None and target > len(up):
+            if observe is not None:
                 # As scaler.tick: the jobs' duration when all ended in the wait; the late ones by timestamps next tick.
                 observe(None if late else ends - now, tuple(late))
         for w in reversed(up[target:] if target < len(up) else []):
