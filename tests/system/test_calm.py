@@ -5,7 +5,7 @@ Poisson arrivals of 1 s messages at 1.8/s on 2-thread workers: 1.8 busy threads,
 the Erlang fleet for P(wait > 30 s) <= 5 % turns from one worker to two (at about 1.9):
 the measured rate's noise crosses that boundary all the time. CHECK_INTERVAL=3, so
 about 100 ticks each have a chance to flap. (One run: 569 messages in 300 s, the fleet
-at 2 throughout, 0 starts or stops.)
+at 2 throughout, 0 starts or stops; with the policy before issue 20, 9.)
 """
 
 from __future__ import annotations
