@@ -373,7 +373,10 @@ def work_target(
     # undone at the next tick, when the queue has emptied as the model says it does;
     # only what waits beyond it (or waited past MAX_QUEUE_WAIT: the latency guard) is
     # evidence of more load than measured.
+    # Service times more variable than exponential make longer queues at the same load:
+    # Allen-Cunneen scales the M/M/c queue by (1 + cv^2) / 2 (Poisson arrivals).
     noise = queue_quantile(load, current * threads, WAIT_QUANTILE) if rates.load is not None else 0
+    noise = math.ceil(noise * max(1.0, (1.0 + rates.service_cv2) / 2.0))
     backlogged = max(0, waiting - noise)
     wanted = max(for_rate, math.ceil((load + backlogged * service / drain) / threads - 1e-9))
     why = f"{measured} needs {for_rate}"
@@ -414,13 +417,14 @@ def work_target(
     hold = _starting_hold(history, now, starting, startup)
     if hold is not None:
         return current, wanted, f"{why}: holding {current}, {hold}", for_rate
-    high = rates.arrival_high(NOISE_SIGMAS)
-    within_noise = None if high is None else workers_for(high * service, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)
+    high = rates.load_high(NOISE_SIGMAS)
+    within_noise = None if high is None else workers_for(high, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)
     if within_noise is not None and within_noise > goal:
-        # Shrink no lower than the rate NOISE_SIGMAS standard errors up needs: a smaller
-        # fleet is undone by the next tick's growth whenever the rate was only a dip in
-        # its own noise (about 1 time in 40 at 2 sigma, rather than 1 in 2 at the estimate).
-        why += f"; the rate {NOISE_SIGMAS:g} sigma up ({high:.3f}/s) needs {within_noise}"
+        # Shrink no lower than the load NOISE_SIGMAS standard errors up needs (the rate's
+        # and the mean service time's errors): a smaller fleet is undone by the next
+        # tick's growth whenever the load was only a dip in its own noise (about 1 time
+        # in 40 at 2 sigma, rather than 1 in 2 at the estimate).
+        why += f"; the load {NOISE_SIGMAS:g} sigma up ({high:.1f} busy threads) needs {within_noise}"
         goal = clamp(within_noise, settings)
         if goal >= current:
             return current, wanted, f"{why}: holding {current}", for_rate
@@ -448,7 +452,7 @@ def _work_down(
 ) -> tuple[int, str]:
     """Down to ``wanted``, but not below the arrivals' fleet of a tick in the window (the
     whole window in the history) unless the rate now is below it beyond its noise:
-    ``within_noise`` is the fleet for the rate :data:`NOISE_SIGMAS` standard errors up.
+    ``within_noise`` is the fleet for the load :data:`NOISE_SIGMAS` standard errors up.
     A measured decline is followed; a dip within the rate's noise is not."""
     window = settings.scale_down_stabilization
     floor = clamp(wanted, settings)
@@ -460,7 +464,7 @@ def _work_down(
         rated = [r.for_rate for r in recent if r.at >= now - window and r.for_rate is not None]
         held = max(rated, default=0)
         if within_noise is not None and held > max(within_noise, floor):
-            why += f"; arrivals needed {held} within {window:g}s, {within_noise} at {NOISE_SIGMAS:g} sigma above the rate now"
+            why += f"; arrivals needed {held} within {window:g}s, {within_noise} at {NOISE_SIGMAS:g} sigma above the load now"
             held = within_noise
         elif held > floor:
             why += f"; arrivals needed {held} within {window:g}s"

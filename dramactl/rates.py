@@ -59,6 +59,8 @@ class WorkRates:
     service: float
     intervals: int = 0
     span: float = 0.0
+    service_cv2: float = 1.0  # squared coefficient of variation of service times (batch means; 1 until measured)
+    completions: float = 0.0  # messages the mean service time rests on
 
     def arrival_high(self, sigmas: float) -> float | None:
         """The arrival rate ``sigmas`` standard errors up: counts in ``span`` seconds are
@@ -69,6 +71,18 @@ class WorkRates:
         if self.span <= 0:
             return self.arrival
         return self.arrival + sigmas * math.sqrt(max(self.arrival, 1.0 / self.span) / self.span)
+
+    def load_high(self, sigmas: float) -> float | None:
+        """The offered load ``sigmas`` standard errors up: the arrival rate's relative error
+        and the mean service time's (cv / sqrt(completions)) add in quadrature."""
+        high = self.arrival_high(sigmas)
+        if high is None or self.arrival is None:
+            return None
+        if self.arrival <= 0:
+            return high * self.service
+        rate_error = (high - self.arrival) / (sigmas * self.arrival) if sigmas > 0 else 0.0
+        service_error = math.sqrt(self.service_cv2 / self.completions) if self.completions > 0 else 0.0
+        return self.arrival * self.service * (1.0 + sigmas * math.hypot(rate_error, service_error))
 
     @property
     def load(self) -> float | None:
@@ -112,7 +126,23 @@ def work_rates(history: Sequence[TickRecord], backlog: FleetBacklog, now: float,
         service = backlog.busy_seconds_total / backlog.done_total  # the counters' lifetime
     else:
         return None
-    return WorkRates(arrival, max(service, 0.0), intervals, span)
+    return WorkRates(arrival, max(service, 0.0), intervals, span, _service_cv2(recent, service), done if done >= MIN_COMPLETIONS else 0.0)
+
+
+MIN_BATCHES = 8  # tick intervals with completions before the service times' variance is estimated
+
+
+def _service_cv2(batches: Sequence[tuple[float, float]], mean: float) -> float:
+    """Squared coefficient of variation of the service times, by batch means: the
+    interval k's mean m_k = busy_k / done_k has variance sigma^2 / done_k, so
+    sum done_k (m_k - mean)^2 / (intervals - 1) estimates sigma^2. The counters hold
+    sums only; this is how far apart single messages are without any more of them.
+    1 (exponential, what Erlang C assumes) until :data:`MIN_BATCHES` intervals."""
+    used = [(d, b) for d, b in batches if d >= 1]
+    if len(used) < MIN_BATCHES or mean <= 0:
+        return 1.0
+    variance = sum(d * (b / d - mean) ** 2 for d, b in used) / (len(used) - 1)
+    return variance / (mean * mean)
 
 
 def _arrival_rate(pairs: Sequence[tuple[_Point, _Point]], now: float) -> tuple[float | None, int, float]:

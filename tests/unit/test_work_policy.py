@@ -112,9 +112,9 @@ def test_arrivals_need_is_held_over_the_stabilization_window_within_the_rates_no
         return decide(seen(history, 0.1, 40.0), running(3), s, history, NOW)
 
     held = window_needed(2)
-    assert held.for_rate == 1 and held.target == 2 and "the rate 2 sigma up (0.152/s) needs 2" in held.reason
+    assert held.for_rate == 1 and held.target == 2 and "the load 2 sigma up (6.1 busy threads) needs 2" in held.reason
     capped = window_needed(6)
-    assert capped.target == 2 and "2 sigma above the rate now" in capped.reason
+    assert capped.target == 2 and "2 sigma above the load now" in capped.reason
 
 
 def blocks(ages: tuple[float, ...], startup: float | None = None, size: int = 150) -> list[TickRecord]:
