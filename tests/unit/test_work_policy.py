@@ -329,3 +329,39 @@ def test_start_up_is_measured_from_systemds_timestamps() -> None:
     assert measure_startup(units, (), NOW) == (None, ())
     history = [TickRecord(NOW - 30, 0, 1, 3, startup=None, starting=(2, 3)), TickRecord(NOW - 15, 0, 3, 3, startup=65.0)]
     assert learned_startup(history) == 65.0
+
+
+def variable(rate: float, means: tuple[float, ...], *, workers: int, seconds: float = 300, every: float = 15) -> tuple[list[TickRecord], FleetBacklog]:
+    """Ticks whose intervals' mean service times cycle through ``means`` (counters' sums
+    only, as the hook reports), and this tick's counters continuing them."""
+    out, done, busy = [], 10_000.0, 40_000.0
+    for k in range(int(seconds // every), 0, -1):
+        out.append(TickRecord(NOW - every * k, 0, workers, workers, wanted=workers, done=done, busy=busy, for_rate=workers))
+        done += rate * every
+        busy += rate * every * means[k % len(means)]
+    return out, FleetBacklog(ready=60, in_flight=8, done_total=done, busy_seconds_total=busy, oldest_age=1.0)
+
+
+def test_service_times_more_variable_than_exponential_widen_the_queue_taken_for_noise() -> None:
+    """7 busy threads of 8, 60 waiting: a backlog when service times are exponential-like
+    (every interval's mean the same), the queue the fleet shows anyway when they vary as
+    a heavy tail does (interval means of 1 s and 7 s: cv^2 ~ 15, Allen-Cunneen x8)."""
+    s = settings()
+    steady, now_steady = variable(1.75, (4.0,), workers=1)
+    tailed, now_tailed = variable(1.75, (1.0, 7.0), workers=1)
+    assert work_rates(steady, now_steady, NOW).service_cv2 == pytest.approx(0.0, abs=1e-9)
+    assert work_rates(tailed, now_tailed, NOW).service_cv2 > 10
+    grown = decide(now_steady, running(1), s, steady, NOW)
+    assert grown.wanted > grown.for_rate and "60 waiting drain" in grown.reason, grown.reason
+    calm = decide(now_tailed, running(1), s, tailed, NOW)
+    assert calm.wanted == calm.for_rate and "60 waiting within the queue" in calm.reason, calm.reason
+
+
+def test_the_shrink_floor_counts_the_service_times_error_with_the_rates() -> None:
+    """Same rate, same mean service: with variable service times the mean is less certain,
+    so the load two standard errors up, and the fleet a shrink stops at, are higher."""
+    steady, now_steady = variable(8.0, (4.0,), workers=6, seconds=600)
+    tailed, now_tailed = variable(8.0, (1.0, 7.0), workers=6, seconds=600)
+    a, b = work_rates(steady, now_steady, NOW), work_rates(tailed, now_tailed, NOW)
+    assert a.load == pytest.approx(b.load, rel=0.02)
+    assert b.load_high(2.0) > a.load_high(2.0) > a.load
