@@ -9,19 +9,22 @@ hook has reported some (:mod:`dramactl.rates`):
   the smallest whose threads keep P(wait > MAX_QUEUE_WAIT/2) <= 5 % (Erlang C,
   :mod:`dramactl.queueing`): headroom where service is slow, little where it is fast;
 * plus the threads that drain what waits (waiting x E[S]) within what is left of half
-  of MAX_QUEUE_WAIT after the oldest ready message's age and the start-up time,
-  learned from the scaler's own start jobs (at least one tick); messages prefetched
-  beyond the threads wait only behind a ready backlog (with none ready they are the
-  queue the Erlang headroom is for);
-* a block of messages that lands at a regular period (two blocks one period apart,
-  counted from the counters even when the fleet absorbed them, :func:`recurring`) is
-  met by a fleet started ahead: from the start-up plus two ticks before it is due, the
-  fleet that serves the last block within one tick is started, or kept;
+  of MAX_QUEUE_WAIT after the oldest ready message's age and the start-up time
+  (learned from the start jobs, or from systemd's timestamps when they outlast the
+  tick's wait: :func:`dramactl.rates.measure_startup`); only what waits beyond the
+  queue the fleet shows anyway under this load counts (Erlang C's 95th percentile,
+  scaled by (1 + cv^2) / 2 for the measured service-time variability); messages
+  prefetched beyond the threads wait only behind a ready backlog;
+* a block of messages that lands at a regular period (three blocks, two gaps that
+  agree, counted from the counters even when the fleet absorbed them,
+  :mod:`dramactl.recurring`) is met by a fleet started ahead: from the start-up plus
+  two ticks before it is due, the fleet that serves the last block within one tick
+  is started, or kept within the block's own noise;
 * never shrink while a backlog drains (more than half a tick of the fleet's work
-  waits); shrink at once when it is drained, but never below the arrivals' fleet of
-  any tick in SCALE_DOWN_STABILIZATION unless the rate now is below it beyond its
-  noise (then to the fleet for the rate two standard errors up), nor below a
-  recurring block's fleet while it is due.
+  waits), while an instance is starting or within the start-up of the last growth;
+  shrink at once when drained, but never below the fleet for the load two standard
+  errors up, nor below the arrivals' fleet of any tick in SCALE_DOWN_STABILIZATION
+  within that noise, nor below a recurring block's fleet while it is due.
 
 Before any counter exists (a new queue, workers without the hook) it sizes by count:
 
