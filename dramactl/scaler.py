@@ -17,6 +17,7 @@ from . import queue
 from .fleet import Fleet, JobResult
 from .instance import WorkerUnit
 from .policy import ScalingDecision, decide, is_starting, safeguard
+from .rates import measure_startup
 from .settings import Settings, SettingsError
 from .state import LOCK_WAIT, Recovery, ScalerState, StateStore
 from .stats import FleetBacklog, QueueStats
@@ -177,11 +178,13 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
         started = time.monotonic()
         client = queue.connect(settings)
         stats = queue.read(settings, client)
-        probed = time.monotonic()
-        instances = fleet.instances()
-        log.debug("redis probe %.1f ms, %d instances listed in %.1f ms", (probed - started) * 1e3, len(instances), (time.monotonic() - probed) * 1e3)
         state = store.load()
+        pending = state.history[-1].starting if state.history else ()
+        probed = time.monotonic()
+        instances = fleet.instances(timed=pending)
+        log.debug("redis probe %.1f ms, %d instances listed in %.1f ms", (probed - started) * 1e3, len(instances), (time.monotonic() - probed) * 1e3)
         now = time.time() if now is None else now
+        timed, still = measure_startup(instances, pending, now)
         backlog = FleetBacklog.of(stats)
         decision = decide(backlog, instances, settings, state.history, now, paused=state.paused, size=state.size, recovery=state.recovery)
         coordinated = None
@@ -192,13 +195,17 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
         outcome = Outcome(decision, stats, dry_run=dry_run, paused=state.paused, instances=list(instances), fleet=coordinated, at=now)
         if dry_run:
             return outcome
-        record = decision.record(now, backlog)
+        record = replace(decision.record(now, backlog), startup=None if timed is None else round(timed, 3), starting=still)
         if decision.delta or decision.reset:
             acting = time.monotonic()
             outcome.started, outcome.stopped = _apply(fleet, settings, instances, decision.target, threads_of(settings, state), decision.reset)
             if outcome.started and not outcome.stopped and all(j.result == "done" for j in outcome.started):
                 # Start jobs end at READY=1 (Type=notify): how long an instance takes to consume.
-                record = replace(record, startup=round(time.monotonic() - acting, 3))
+                took = round(time.monotonic() - acting, 3)
+                record = replace(record, startup=max(took, record.startup or 0.0))
+            # Start jobs still pending after START_WAIT: systemd times them, read next tick.
+            late = tuple(int(j.unit.split("@")[1].split(".")[0]) for j in outcome.started if j.result == "pending")
+            record = replace(record, starting=tuple(sorted({*record.starting, *late})))
         if coordinated is not None:
             _settle(client, settings, instances, decision, outcome, record.startup)
         outcome.duration = round(time.monotonic() - started, 3)
