@@ -53,6 +53,8 @@ class TickRecord:
     for_rate: int | None = None  # workers the measured arrivals needed (work-based sizing), held by scale-down windows
     startup: float | None = None  # seconds this tick's start jobs took (StartUnit until READY=1), learned start-up
     duration: float | None = None  # seconds the tick took (dramactl_tick_duration_seconds)
+    victims: str | None = None  # why each instance this tick stopped (or waited for) was chosen: '@3 idle; @2 busy 1/4, oldest 3s'
+    waiting_since: float | None = None  # a scale-down has waited for long tasks since (epoch seconds): the wait's limit counts from it
 
 
 
@@ -195,7 +197,16 @@ def _tick(data: object, where: str) -> TickRecord:
         for_rate=_whole(r, "for_rate", f"{where}.for_rate", low=0, optional=True),
         startup=_number(r, "startup", f"{where}.startup", optional=True),
         duration=_number(r, "duration", f"{where}.duration", optional=True),
+        victims=_text(r, "victims", f"{where}.victims"),
+        waiting_since=_number(r, "waiting_since", f"{where}.waiting_since", optional=True),
     )
+
+
+def _text(d: dict, key: str, where: str) -> str | None:
+    value = d.get(key)
+    if value is not None and not isinstance(value, str):
+        raise DamagedState(f"{where}: {_short(value)} is not text")
+    return value
 
 
 class StateStore:
