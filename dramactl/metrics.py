@@ -47,7 +47,12 @@ METRICS = [(name, "gauge", text) for _, name, text in QUEUE_FIGURES] + [
     ("dramactl_tick_duration_seconds", "gauge", "How long the last tick took: read, decide, act."),
     ("dramactl_last_tick_timestamp_seconds", "gauge", "When the last tick ran (Unix time)."),
     ("dramactl_paused", "gauge", "1 when autoscaling is paused, else 0."),
+    ("dramactl_instance_threads", "gauge", "Worker threads of an instance, as its dramactl hook reports them (absent: no report)."),
+    ("dramactl_instance_busy_threads", "gauge", "Worker threads of an instance running a message (the hook's report)."),
+    ("dramactl_instance_oldest_task_age_seconds", "gauge", "How long the oldest message an instance runs has run (0 when idle)."),
 ]
+#: Families left out when nothing reports them (no instance with the hook).
+OPTIONAL = {"dramactl_instance_threads", "dramactl_instance_busy_threads", "dramactl_instance_oldest_task_age_seconds"}
 
 
 @dataclass
@@ -61,6 +66,7 @@ class Snapshot:
     duration: float | None = None
     last_tick: float | None = None
     paused: bool = False
+    work: dict[int, dict] = field(default_factory=dict)  # instance number -> {threads, busy, oldest_age}
 
 
 def from_outcome(outcome: Any) -> Snapshot:
@@ -76,6 +82,7 @@ def from_outcome(outcome: Any) -> Snapshot:
         duration=outcome.duration,
         last_tick=outcome.at,
         paused=outcome.paused,
+        work={n: r.to_dict(outcome.at or 0.0) for n, r in (getattr(outcome, "reports", None) or {}).items()},
     )
 
 
@@ -93,6 +100,7 @@ def from_status(status: dict) -> Snapshot:
         duration=tick.get("duration"),
         last_tick=tick.get("at"),
         paused=bool(status.get("paused")),
+        work={i["number"]: i["work"] for i in status.get("instances") or [] if isinstance(i.get("work"), dict)},
     )
 
 
@@ -131,6 +139,12 @@ def render(snap: Snapshot) -> str:
     if snap.last_tick is not None:
         samples["dramactl_last_tick_timestamp_seconds"].append(("", float(snap.last_tick)))
     samples["dramactl_paused"].append(("", 1 if snap.paused else 0))
+    for number, work in sorted(snap.work.items()):
+        labels = f'{{instance="{number}"}}'
+        samples["dramactl_instance_threads"].append((labels, int(work.get("threads") or 0)))
+        samples["dramactl_instance_busy_threads"].append((labels, int(work.get("busy") or 0)))
+        samples["dramactl_instance_oldest_task_age_seconds"].append((labels, float(work.get("oldest_age") or 0.0)))
+
     lines = []
     for name, kind, text in METRICS:
         if not samples[name]:

@@ -41,7 +41,20 @@ def test_render_names_units_labels_and_values() -> None:
     assert (s['dramactl_scaling_actions_total{direction="up"}'], s['dramactl_scaling_actions_total{direction="down"}']) == ("7", "4")
     assert (s["dramactl_tick_duration_seconds"], s["dramactl_last_tick_timestamp_seconds"], s["dramactl_paused"]) == ("0.2", "1700000000.25", "1")
     assert "# TYPE dramactl_scaling_actions_total counter" in text
-    assert text.count("# HELP") == len(metrics.METRICS) and text.endswith("\n")
+    # the per-instance families are left out: no instance reported
+    assert text.count("# HELP") == len(metrics.METRICS) - 3 and text.endswith("\n")
+
+
+def test_instance_reports_are_exported() -> None:
+    from dataclasses import replace
+
+    from dramactl.stats import InstanceReport
+
+    o = replace(outcome(), reports={2: InstanceReport(2, threads=4, busy=1, oldest=1_700_000_000.25 - 90.0, at=1_700_000_000.0)})
+    s = samples(metrics.render(metrics.from_outcome(o)))
+    assert (s['dramactl_instance_threads{instance="2"}'], s['dramactl_instance_busy_threads{instance="2"}']) == ("4", "1")
+    assert s['dramactl_instance_oldest_task_age_seconds{instance="2"}'] == "90.0"
+    assert 'dramactl_instance_threads{instance="1"}' not in s
 
 
 def test_before_any_tick_the_tick_figures_are_absent_not_zero() -> None:
