@@ -173,3 +173,21 @@ def test_the_history_keeps_the_choice_and_refuses_a_damaged_one(tmp_path) -> Non
     assert store.load().history[-1] == rec
     with pytest.raises(DamagedState, match="victims"):
         _tick({"at": NOW, "backlog": 0, "workers": 1, "target": 1, "victims": 3}, "history[0]")
+
+
+def test_status_shows_busy_threads_and_oldest_task_and_names_instances_it_cannot_see_inside() -> None:
+    from dramactl.render import render_status
+
+    up = {"active_state": "active", "sub_state": "running", "pid": 10, "uptime": 5, "restarts": 0, "is_up": True}
+    data = {
+        "time": NOW,
+        "instances": [
+            {**up, "name": "dramatiq-worker@1.service", "number": 1, "work": busy(1, 95, count=2).to_dict(NOW)},
+            {**up, "name": "dramatiq-worker@2.service", "number": 2, "work": None},
+        ],
+    }
+    lines = render_status(data).splitlines()
+    row = next(line for line in lines if line.startswith("dramatiq-worker@1"))
+    assert row.split()[-2:] == ["2/4", "95s"]
+    assert next(line for line in lines if line.startswith("dramatiq-worker@2")).split()[-2:] == ["?", "?"]
+    assert any(line.startswith("cannot see inside @2: no report from the dramactl hook") for line in lines)
