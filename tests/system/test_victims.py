@@ -48,3 +48,30 @@ def test_scale_down_stops_the_idle_instance_and_the_long_tasks_finish_once(syste
     assert system.redis_counter("sys:started") == 2, "neither long task was cut off and started again"
     assert (r["processed"], r["duplicates"], r["ready"], r["acks"]) == (2, 0, 0, 0), r
 
+
+
+def test_a_tick_waits_for_long_tasks_then_stops_the_instance_once_idle(system: System) -> None:
+    """Every candidate busy with a task older than G/2: the tick's scale-down waits and says so;
+    once the tasks are done the next tick stops one, and no task ran twice."""
+    system.configure(POLICY="step", WORKER_THREADS="1", GRACEFUL_SHUTDOWN_TIMEOUT="10", dramatiq_queue_prefetch="1")
+    system.sh("systemctl stop dramactl.timer")  # the ticks of this test are run by hand
+    system.dramactl("scale-to", "2")
+    system.send(2, LONG, prefix="t")
+    wait_until(lambda: system.redis_counter("sys:started") == 2, 20, "both instances running a long task")
+    wait_until(lambda: (w := reported(system)) and len(w) == 2 and all(x["busy"] == 1 and x["oldest_age"] > 6 for x in w.values()), 20, "both tasks older than G/2")
+    system.dramactl("resume")
+
+    out = system.dramactl("tick").stdout
+    assert "workers 2 -> 1" in out and "scale-down waits for long tasks: @" in out and "stopped" not in out, out
+    assert len(system.active()) == 2
+    entry = json.loads(system.sh("journalctl -o json -n 1 SYSLOG_IDENTIFIER=dramactl DRAMACTL_COMMAND=tick").stdout)
+    assert json.loads(entry["DRAMACTL_VICTIMS"]) == [] and len(json.loads(entry["DRAMACTL_WAITING"])) == 1, entry
+    assert system.status()["last_tick"]["waiting_since"] is not None
+
+    wait_until(lambda: system.redis()["count"] == 2, LONG + 20, "both long tasks finished")
+    wait_until(lambda: all(x["busy"] == 0 for x in reported(system).values()), 10, "both instances reporting idle")
+    out = system.dramactl("tick").stdout
+    assert "stop @2 (idle)" in out and "stopped @2:done" in out, out
+    assert system.active() == ["dramatiq-worker@1.service"]
+    assert system.redis_counter("sys:started") == 2, "no long task was cut off and started again"
+    assert system.status()["last_tick"]["waiting_since"] is None
