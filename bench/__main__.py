@@ -24,7 +24,7 @@ def run_trace(trace: Trace, seed: int, interval: int = RECOMMENDED_INTERVAL, ove
     workload = Workload.draw(trace, WorkerModel(), seed)
     specs = lineup(interval, overrides, max_workers=trace.max_workers, threads=workload.model.threads)
     return [
-        simulate(workload, spec.make(workload), policy=spec.name, interval=spec.interval, initial_workers=spec.initial_workers, min_workers=1)
+        simulate(workload, spec.make(workload), policy=spec.name, interval=spec.interval, initial_workers=spec.initial_workers, min_workers=1, victim=spec.victim)
         for spec in specs
     ]
 
@@ -47,7 +47,8 @@ def report(seeds: tuple[int, ...], interval: int, overrides: dict[str, str]) -> 
         "policies: step = POLICY=step at CHECK_INTERVAL=180 (baseline); hpa/keda = HPA default behaviour on the same",
         "  backlog and per-worker target (threads); static MAX = MAX always; clairvoyant = knows every arrival and service",
         f"  time; dramactl = POLICY=default at CHECK_INTERVAL={interval}. Ticks take time (starts wait for READY, stops for",
-        "  the drain); runs go on until every message is served.",
+        "  the drain); runs go on until every message is served. Scale-downs stop the least busy instance (dramactl's",
+        "  rule; hpa/keda: a random one); discard s = task-seconds cut off by scale-downs and redone (python -m bench.victim_rules).",
         "",
         table(results),
         "x bound: worker-seconds / lower bound MIN x H + Q(H) / threads, Q(H) the work left at the trace's end H in a",

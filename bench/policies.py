@@ -37,6 +37,7 @@ class PolicySpec:
     interval: float
     initial_workers: int
     make: Callable[[Workload], Controller]
+    victim: str = "least-busy"  # which instances its scale-downs stop (bench.simulator.VICTIMS): dramactl's rule
 
 
 class DramactlController:
@@ -149,7 +150,7 @@ def lineup(dramactl_interval: int, overrides: dict[str, str] | None = None, *, m
     low, high = default.min_processes, default.max_processes
     return [
         PolicySpec("step 180s (baseline)", 180, low, lambda w: DramactlController(step)),
-        PolicySpec("hpa/keda 15s", 15, low, lambda w: HpaController(per_pod, low, high)),
+        PolicySpec("hpa/keda 15s", 15, low, lambda w: HpaController(per_pod, low, high), victim="random"),
         PolicySpec("static MAX", 180, high, lambda w: StaticController(high)),
         PolicySpec(CLAIRVOYANT, 15, low, lambda w: ClairvoyantController(w, 15, threads, low, high)),
         PolicySpec(f"dramactl {dramactl_interval}s", dramactl_interval, low, lambda w: DramactlController(default)),

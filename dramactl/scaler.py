@@ -238,7 +238,7 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
             decision.reset,
             reports=probe.instances,
             now=probe.at,
-            long_after=victims.bound(settings.graceful_shutdown_timeout),
+            long_after=victims.long_after(settings.graceful_shutdown_timeout, victims.mean_service(backlog.done_total, backlog.busy_seconds_total)),
             waiting_since=previous.waiting_since if previous is not None else None,
         )
         waiting_since = ((previous.waiting_since if previous is not None else None) or now) if changes.waiting else None

@@ -14,17 +14,19 @@ the instance whose stop loses least goes first, from the worker hook's reports
 
 ties go to the highest number (the rule when nothing is reported).
 
-**The wait.** When a stop would cut off a *long* task (one that has already run
-longer than :func:`bound` = G/2), the stop waits instead, and the tick says so. For the
-long-tailed task durations this is for (OCR-like work: seconds to minutes) a task's
-expected remaining time grows with the time it has run, so one that has outlived half
-the drain window is unlikely to finish inside it, and cutting it discards its age plus
-the drain, at least 1.5 G task-seconds and redone from scratch; a younger one costs
-less than that. Waiting a tick costs one instance-tick of spare capacity, which is
-cheaper as soon as a task has run longer than a tick. Only busy instances wait: the
-idle ones in the same scale-down stop at once (idle capacity is never kept alive by
-the wait), and the wait ends after :data:`WAIT_LIMIT` seconds: a task that never ends
-cannot pin the fleet forever.
+**The wait.** When a stop would cut off a *long* task, the stop waits instead, and
+the tick says so. What counts as long (:func:`long_after`): when the app's mean task
+(the hook's counters: busy seconds / messages done) is longer than G, every running
+task, since even one just begun is expected to outlive the drain; otherwise a task
+that has already run longer than G/2, an outlier for this app: for the long-tailed
+durations of OCR-like work a task's expected remaining time grows with the time it
+has run, so one that has outlived half the drain window is unlikely to finish inside
+it, and cutting it discards its age plus the drain (at least 1.5 G task-seconds)
+and redoes it from scratch. Waiting a tick costs at most one instance-tick of its
+idle threads. Only busy instances wait: the idle ones of the same scale-down stop at
+once (idle capacity is never kept alive by the wait), and the wait ends after
+:data:`WAIT_LIMIT` seconds, so a stream of long tasks cannot pin the fleet forever.
+``python -m bench.victim_rules`` measured the choices (docs: notes on issue 19).
 """
 
 from __future__ import annotations
@@ -34,13 +36,23 @@ from typing import Mapping, Sequence
 
 from .stats import InstanceReport
 
-BOUND_SHARE = 0.5  # of GRACEFUL_SHUTDOWN_TIMEOUT: a task older than this is a long task
-WAIT_LIMIT = 600.0  # seconds a scale-down waits for long tasks at most, then proceeds
+BOUND_SHARE = 0.5  # of GRACEFUL_SHUTDOWN_TIMEOUT: a task older than this is a long task (short-task apps)
+WAIT_LIMIT = 1800.0  # seconds a scale-down waits for long tasks at most, then proceeds
 
 
-def bound(graceful_shutdown_timeout: float) -> float:
-    """Seconds after which a running task is a long one a scale-down waits for."""
+def long_after(graceful_shutdown_timeout: float, mean_service: float | None = None) -> float:
+    """Seconds after which a running task is a long one a scale-down waits for: 0 (any
+    running task) when the app's mean task is longer than the drain, else G/2."""
+    if mean_service is not None and mean_service > graceful_shutdown_timeout:
+        return 0.0
     return BOUND_SHARE * graceful_shutdown_timeout
+
+
+def mean_service(done_total: float | None, busy_seconds_total: float | None) -> float | None:
+    """The app's mean task in seconds from the hook's cumulative counters (None: none yet)."""
+    if not done_total or busy_seconds_total is None:
+        return None
+    return busy_seconds_total / done_total
 
 
 @dataclass(frozen=True)
@@ -105,7 +117,7 @@ def choose(
     *,
     long_after: float | None = None,
     waiting_since: float | None = None,
-    limit: float = WAIT_LIMIT,
+    limit: float | None = None,
 ) -> Choice:
     """``count`` instances of ``up`` to stop, least busy first.
 
@@ -118,12 +130,13 @@ def choose(
     chosen = rank(up, reports, now)[:count]
     if long_after is None:
         return Choice(stop=tuple(chosen))
+    limit = WAIT_LIMIT if limit is None else limit
     waited = 0.0 if waiting_since is None else max(0.0, now - waiting_since)
     stop, waiting = [], []
     for pick in chosen:
         r = (reports or {}).get(pick.number)
         age = r.age(now) if r is not None else None
-        if age is not None and age > long_after:
+        if age is not None and r is not None and r.busy and age >= long_after:
             if waited < limit:
                 waiting.append(pick)
                 continue

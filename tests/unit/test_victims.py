@@ -64,8 +64,8 @@ def test_a_hold_without_a_running_task_is_busy_not_idle() -> None:
 
 
 def test_a_long_task_makes_the_scale_down_wait_but_idle_ones_still_stop() -> None:
-    long_after = victims.bound(30)
-    assert long_after == 15
+    long_after = victims.long_after(30, mean_service=4.0)
+    assert long_after == 15 == victims.long_after(30)
     r = {1: idle(1), 2: busy(2, 100), 3: busy(3, 60)}
     choice = victims.choose([1, 2, 3], 2, r, NOW, long_after=long_after)
     assert numbers(choice) == [1], "idle capacity is never kept alive by the wait"
@@ -191,3 +191,14 @@ def test_status_shows_busy_threads_and_oldest_task_and_names_instances_it_cannot
     assert row.split()[-2:] == ["2/4", "95s"]
     assert next(line for line in lines if line.startswith("dramatiq-worker@2")).split()[-2:] == ["?", "?"]
     assert any(line.startswith("cannot see inside @2: no report from the dramactl hook") for line in lines)
+
+
+def test_when_the_app_s_mean_task_outlasts_the_drain_every_running_task_is_long() -> None:
+    assert victims.mean_service(10, 900.0) == 90.0 and victims.mean_service(None, 5.0) is None and victims.mean_service(0, 0.0) is None
+    after = victims.long_after(30, victims.mean_service(10, 900.0))
+    assert after == 0.0
+    r = {1: busy(1, 1), 2: busy(2, 2)}
+    choice = victims.choose([1, 2], 1, r, NOW, long_after=after)
+    assert numbers(choice) == [] and [p.number for p in choice.waiting] == [1], "a task begun a second ago is waited for too"
+    r = {1: idle(1), 2: InstanceReport(2, threads=4, held=2, at=NOW)}
+    assert numbers(victims.choose([1, 2], 2, r, NOW, long_after=after)) == [1, 2], "holds alone are no running task: no wait"
