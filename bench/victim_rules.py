@@ -30,6 +30,10 @@ from .simulator import VICTIMS, RunResult, WorkerModel, Workload, simulate
 from .traces import Trace
 
 SEEDS = (1, 2, 3)
+# dramactl's default policy with random victims on ocr-batches never finished (over 3 min of wall
+# time on one seed, against ~5 s for the other rules): the same long tasks cut off again and again,
+# the livelock issue 19 describes. HPA/KEDA's control law shrinks slowly enough to compare all three.
+RULES = {"dramactl": ("least-busy", "highest"), "hpa/keda": VICTIMS}
 TOLERANCE = 1.02  # "no worse" on the other columns: within 2 %
 
 
@@ -71,7 +75,7 @@ def run(seeds: tuple[int, ...] = SEEDS) -> list[RunResult]:
             workload = Workload.draw(trace, WorkerModel(), seed)
             specs = [s for s in lineup(15, max_workers=trace.max_workers, threads=workload.model.threads) if s.name.startswith(("dramactl", "hpa"))]
             for spec in specs:
-                for victim in VICTIMS:
+                for victim in RULES[spec.name.split(" ")[0]]:
                     r = simulate(workload, spec.make(workload), policy=f"{spec.name.split(' ')[0]} / {victim}", interval=spec.interval,
                                  initial_workers=spec.initial_workers, min_workers=1, victim=victim)
                     results.append(r)

@@ -104,3 +104,26 @@ def test_a_tick_that_starts_instances_lasts_until_they_are_ready() -> None:
     grew = [(a, b) for a, b in zip(history, history[1:]) if a.target > a.workers]
     assert grew
     assert all(28.0 <= a.startup <= 32.0 and b.at - a.at >= a.startup for a, b in grew)
+
+
+class _TwoThenOne:
+    """Two workers until t=30, then one."""
+
+    def target(self, backlog, units, now):
+        return 2 if now < 30 else 1
+
+
+def test_a_stop_drains_with_the_real_rule_and_the_victim_rule_decides_what_is_cut() -> None:
+    """@1 runs a 5 s message, @2 a 100 s one; at t=30 one worker goes. Highest number stops
+    @2: its message is cut off at G (30 s later, 59 task-seconds lost) and redelivered after
+    the heartbeat timeout, from scratch; least busy stops the idle @1 and nothing is lost."""
+    from bench.simulator import GRACE, HEARTBEAT
+
+    trace = Trace("two", 40.0, lambda t: 0.0, 0.0)
+    workload = Workload(trace, WorkerModel(threads=1, prefetch=1), arrivals=[0.0, 1.0], services=[5.0, 100.0], startups=[1.0] * 8, seed=1)
+    run = lambda victim: simulate(workload, _TwoThenOne(), policy="t", interval=15, initial_workers=2, min_workers=1, victim=victim)  # noqa: E731
+    highest, least = run("highest"), run("least-busy")
+    assert (highest.cut, highest.discarded) == (1, 30.0 + GRACE - 1.0)
+    assert highest.horizon == 30.0 + GRACE + HEARTBEAT + 100.0, "redelivered after the heartbeat timeout and run again from scratch"
+    assert sorted(highest.waits) == [0.0, 30.0 + GRACE + HEARTBEAT - 1.0], "the wait is the one before the start that completed"
+    assert (least.cut, least.discarded, least.horizon) == (0, 0.0, 101.0)
