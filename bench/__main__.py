@@ -24,7 +24,7 @@ def run_trace(trace: Trace, seed: int, interval: int = RECOMMENDED_INTERVAL, ove
     workload = Workload.draw(trace, WorkerModel(), seed)
     specs = lineup(interval, overrides, max_workers=trace.max_workers, threads=workload.model.threads)
     return [
-        simulate(workload, spec.make(workload), policy=spec.name, interval=spec.interval, initial_workers=spec.initial_workers, min_workers=1)
+        simulate(workload, spec.make(workload), policy=spec.name, interval=spec.interval, initial_workers=spec.initial_workers, min_workers=1, victim=spec.victim)
         for spec in specs
     ]
 
@@ -49,7 +49,9 @@ def report(seeds: tuple[int, ...], interval: int, overrides: dict[str, str]) -> 
         "  time; causal reference = MAX within 1 s of a message waiting, 90 s after, and 45 s ahead of every block that",
         f"  three earlier ones predict (bench/policies.py); dramactl = POLICY=default at CHECK_INTERVAL={interval}. Ticks",
         "  take time (starts wait for READY, stops for the drain); runs go on until every message is served.",
-        "flap/h: actions undone by an opposite action within the next two ticks, per hour.",
+        "flap/h: actions undone by an opposite action within the next two ticks, per hour. Scale-downs stop the least busy",
+        "  instance (dramactl's rule; hpa/keda: a random one); discard s = task-seconds cut off by scale-downs and redone",
+        "  (python -m bench.victim_rules).",
         "",
         table(results),
         "x bound: worker-seconds / lower bound MIN x H + Q(H) / threads, Q(H) the work left at the trace's end H in a",

@@ -38,6 +38,7 @@ class PolicySpec:
     interval: float
     initial_workers: int
     make: Callable[[Workload], Controller]
+    victim: str = "least-busy"  # which instances its scale-downs stop (bench.simulator.VICTIMS): dramactl's rule
 
 
 class DramactlController:
@@ -202,7 +203,7 @@ def lineup(dramactl_interval: int, overrides: dict[str, str] | None = None, *, m
     low, high = default.min_processes, default.max_processes
     return [
         PolicySpec("step 180s (baseline)", 180, low, lambda w: DramactlController(step)),
-        PolicySpec("hpa/keda 15s", 15, low, lambda w: HpaController(per_pod, low, high)),
+        PolicySpec("hpa/keda 15s", 15, low, lambda w: HpaController(per_pod, low, high), victim="random"),
         PolicySpec("static MAX", 180, high, lambda w: StaticController(high)),
         PolicySpec(CLAIRVOYANT, 15, low, lambda w: ClairvoyantController(w, 15, threads, low, high)),
         PolicySpec(REFERENCE, 1, low, lambda w: ReferenceController(predictable(sorted({at for at, _ in w.trace.blocks})), low, high)),

@@ -58,7 +58,7 @@ def summarize(results: Sequence[RunResult]) -> dict[tuple[str, str], Summary]:
 def table(results: Sequence[RunResult]) -> str:
     """One row per trace and policy (means over seeds, [min-max] spread), plus each trace's lower bound."""
     head = (f"{'trace':<11} {'policy':<21} {'p50 s':>6} {'p95 s':>6} {'p95 spread':>12} {'max s':>6} {'worker-s':>8} "
-            f"{'x bound':>7} {'x spread':>11} {'peak':>4} {'act/h':>6} {'flap/h':>6}")
+            f"{'x bound':>7} {'x spread':>11} {'peak':>4} {'act/h':>6} {'flap/h':>6} {'discard s':>9}")
     lines = [head, "-" * len(head)]
     last = None
     for (trace, policy), s in summarize(results).items():
@@ -71,7 +71,7 @@ def table(results: Sequence[RunResult]) -> str:
         rlo, rhi = s.spread("ratio")
         lines.append(
             f"{'':<11} {policy:<21} {s.mean('p50'):>6.1f} {s.p95:>6.1f} {f'{lo:.1f}-{hi:.1f}':>12} {s.mean('max_wait'):>6.0f} "
-            f"{s.worker_seconds:>8.0f} {s.ratio:>7.2f} {f'{rlo:.2f}-{rhi:.2f}':>11} {max(r.peak_workers for r in s.runs):>4} {s.actions_per_hour:>6.1f} {s.flaps_per_hour:>6.1f}"
+            f"{s.worker_seconds:>8.0f} {s.ratio:>7.2f} {f'{rlo:.2f}-{rhi:.2f}':>11} {max(r.peak_workers for r in s.runs):>4} {s.actions_per_hour:>6.1f} {s.flaps_per_hour:>6.1f} {s.mean('discarded'):>9.0f}"
         )
     return "\n".join(lines)
 

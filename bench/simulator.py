@@ -4,7 +4,14 @@ Messages arrive (from a :class:`~bench.traces.Trace`) into one FIFO queue (Redis
 Workers fetch them, each holding at most ``prefetch`` unacked messages as Dramatiq's
 consumer does (2 x threads), and serve them with their threads in order. Workers are
 systemd instances that take a few seconds to start consuming; a stopped worker hands
-its not-yet-started messages back and finishes the rest.
+its not-yet-started messages back and drains the rest with Dramatiq's rule: what
+finishes within GRACEFUL_SHUTDOWN_TIMEOUT (``grace``) is done; what is still running
+then is cut off, and redelivered from scratch once the broker's heartbeat timeout
+(``heartbeat``) has passed. The task-seconds cut off are the run's *work discarded*.
+Which instances a scale-down stops is the ``victim`` rule: ``least-busy`` is
+dramactl's (:func:`dramactl.victims.choose`, fed the reports the hook would publish,
+the wait for long tasks included), ``highest`` its rule before issue 19, ``random``
+what Kubernetes' HPA does with equally ranked pods.
 
 Every ``interval`` seconds the policy sees what the real scaler reads: a
 ``FleetBacklog`` (with the worker hook's cumulative ``done``/``busy`` counters) and one
@@ -25,9 +32,9 @@ The run goes on past the trace's end until every message is served, so every pol
 does all the work and worker-seconds are comparable with :mod:`bench.bound`.
 
 Simplifications: the worker holding the fewest messages fetches first (no poll
-back-off), no delayed messages, stops always finish gracefully, the hook's counters
-are exact (the real hook flushes once a second), the scaler's "start one first when
-none is active" is not modelled.
+back-off), no delayed messages, the hook's counters and reports are exact (the real
+hook flushes once a second), the scaler's "start one first when none is active" is
+not modelled.
 """
 
 from __future__ import annotations
@@ -39,8 +46,9 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Protocol, Sequence
 
+from dramactl import victims as victim_rule
 from dramactl.instance import WorkerUnit
-from dramactl.stats import FleetBacklog
+from dramactl.stats import FleetBacklog, InstanceReport
 
 from .bound import work_lower_bound
 from .traces import Trace
@@ -48,6 +56,9 @@ from .traces import Trace
 INF = float("inf")
 START_WAIT = 30.0  # scaler.START_WAIT: how long a tick waits for its start jobs
 STOP_WAIT = 30.0  # scaler._apply: min(GRACEFUL_SHUTDOWN_TIMEOUT + 5, 30)
+GRACE = 30.0  # GRACEFUL_SHUTDOWN_TIMEOUT's default: what a stopped worker's running messages get to finish
+HEARTBEAT = 60.0  # Dramatiq's heartbeat timeout: a cut-off message is redelivered this long after
+VICTIMS = ("least-busy", "highest", "random")
 
 
 class Controller(Protocol):
@@ -123,6 +134,8 @@ class RunResult:
     horizon: float = 0.0  # when the last message completed (>= duration): worker-seconds run to here
     seed: int = 0
     flaps: int = 0  # actions undone by an opposite action within the next two ticks (:func:`count_flaps`)
+    discarded: float = 0.0  # task-seconds cut off by scale-downs (run again from scratch)
+    cut: int = 0  # messages cut off by scale-downs
 
     def wait_percentile(self, q: float) -> float:
         """Nearest-rank percentile of the queue waits."""
@@ -181,6 +194,12 @@ class _Worker:
     stopping_since: float | None = None
     gone: bool = False
     last_done: float = 0.0  # when its last started message completes
+    running: dict[int, tuple[float, int]] = field(default_factory=dict)  # message -> (start, completion seq)
+
+    def report(self, threads: int, now: float) -> InstanceReport:
+        """What its worker hook would publish."""
+        starts = [start for start, _ in self.running.values()]
+        return InstanceReport(self.number, threads=threads, busy=len(starts), oldest=min(starts) if starts else None, at=now)
 
     @property
     def outstanding(self) -> int:
@@ -207,7 +226,19 @@ class _Worker:
 class _Run:
     """One replay: the event loop and its bookkeeping."""
 
-    def __init__(self, workload: Workload, controller: Controller, interval: float, initial_workers: int) -> None:
+    def __init__(
+        self, workload: Workload, controller: Controller, interval: float, initial_workers: int,
+        victim: str = "least-busy", grace: float = GRACE, heartbeat: float = HEARTBEAT,
+    ) -> None:
+        if victim not in VICTIMS:
+            raise ValueError(f"victim rule {victim!r}: one of {', '.join(VICTIMS)}")
+        self.victim, self.grace, self.heartbeat = victim, grace, heartbeat
+        self.victim_rng = random.Random(f"{workload.seed}/{workload.trace.name}/victims")
+        self.waiting_since: float | None = None  # least-busy: a scale-down waits for long tasks since
+        self.timers: list[tuple[float, int, str, object]] = []  # drain cut-offs and redeliveries
+        self.cancelled: set[int] = set()  # completion seqs of messages cut off
+        self.discarded = 0.0
+        self.cut = 0
         self.workload = workload
         self.controller = controller
         self.interval = interval
@@ -220,7 +251,7 @@ class _Run:
         self.waiting: deque[int] = deque()
         self.completions: list[tuple[float, int, _Worker]] = []
         self.readiness: list[tuple[float, int, _Worker]] = []
-        self.waits: list[float] = []
+        self.waits: dict[int, float] = {}  # per message, the wait before the start that completed it
         self.ticks: list[Tick] = []
         self.in_flight = 0
         self.seq = 0
@@ -242,11 +273,12 @@ class _Run:
         self.peak = max(self.peak, self.live)
 
     def begin(self, w: _Worker, m: int, now: float) -> None:
-        self.waits.append(now - self.arrivals[m])
+        self.waits[m] = now - self.arrivals[m]
         w.busy += 1
         self.seq += 1
+        w.running[m] = (now, self.seq)
         w.last_done = max(w.last_done, now + self.services[m])
-        heapq.heappush(self.completions, (now + self.services[m], self.seq, w, self.services[m]))
+        heapq.heappush(self.completions, (now + self.services[m], self.seq, w, m))
 
     def fetch(self, now: float) -> None:
         """Hand ready messages to consuming workers below their prefetch limit."""
@@ -263,7 +295,9 @@ class _Run:
                 else:
                     w.held.append(m)
 
-    def complete(self, w: _Worker, now: float, service: float) -> None:
+    def complete(self, w: _Worker, now: float, m: int) -> None:
+        service = self.services[m]
+        w.running.pop(m, None)
         w.busy -= 1
         self.in_flight -= 1
         self.done += 1
@@ -277,7 +311,7 @@ class _Run:
             self.count_live(now)
 
     def stop(self, w: _Worker, now: float) -> None:
-        """SIGTERM: prefetched messages go back to the queue, started ones finish."""
+        """SIGTERM: prefetched messages go back to the queue, started ones get ``grace`` to finish."""
         w.stopping_since = now
         if w.held:
             self.in_flight -= len(w.held)
@@ -286,6 +320,46 @@ class _Run:
         if w.busy == 0:
             w.gone = True
             self.workers.remove(w)
+        elif w.last_done > now + self.grace:
+            self.seq += 1
+            heapq.heappush(self.timers, (now + self.grace, self.seq, "cut", w))
+
+    def cut_off(self, w: _Worker, now: float) -> None:
+        """GRACEFUL_SHUTDOWN_TIMEOUT passed: the process exits; what still runs is lost and,
+        unacked, comes back once the heartbeat timeout has passed."""
+        if w.gone:
+            return
+        for m, (start, seq) in w.running.items():
+            self.discarded += now - start
+            self.cut += 1
+            self.cancelled.add(seq)
+            self.seq += 1
+            heapq.heappush(self.timers, (now + self.heartbeat, self.seq, "redeliver", m))
+        w.running.clear()
+        w.busy = 0
+        w.gone = True
+        self.workers.remove(w)
+        self.count_live(now)
+
+    def redeliver(self, m: int) -> None:
+        """Dramatiq's maintenance requeues a dead worker's message (in arrival order, as a stop's are)."""
+        self.in_flight -= 1
+        self.waiting = deque(sorted([*self.waiting, m], key=lambda k: self.arrivals[k]))
+
+    def victims(self, up: list[_Worker], count: int, now: float, backlog: FleetBacklog) -> list[_Worker]:
+        """The ``count`` workers a scale-down stops (fewer when least-busy waits for long tasks)."""
+        if self.victim == "highest":
+            return sorted(up, key=lambda w: -w.number)[:count]
+        if self.victim == "random":
+            return self.victim_rng.sample(up, count)
+        by_number = {w.number: w for w in up}
+        reports = {w.number: w.report(self.threads, now) for w in up if w.ready}
+        choice = victim_rule.choose(
+            list(by_number), count, reports, now, waiting_since=self.waiting_since,
+            long_after=victim_rule.long_after(self.grace, victim_rule.mean_service(backlog.done_total, backlog.busy_seconds_total)),
+        )
+        self.waiting_since = (self.waiting_since or now) if choice.waiting else None
+        return [by_number[n] for n in choice.numbers]
 
     def tick(self, now: float, keep: bool) -> float:
         """One tick at ``now``; returns when it ends (its start or stop jobs done)."""
@@ -299,10 +373,8 @@ class _Run:
         target = self.controller.target(backlog, [w.unit() for w in self.workers], now)
         up = sorted((w for w in self.workers if w.stopping_since is None), key=lambda w: w.number)
         self.tick_count += 1
-        if target != len(up):
-            self.actions += 1
-            self.moves.append((self.tick_count, 1 if target > len(up) else -1))
         ends = now
+        acted = target > len(up)  # a scale-down that waits for long tasks stops nothing: not an action
         if target > len(up):
             taken = {w.number for w in self.workers}
             free_numbers = (k for k in range(1, 10**6) if k not in taken)
@@ -321,9 +393,13 @@ class _Run:
             if observe is not None:
                 # As scaler.tick: the jobs' duration when all ended in the wait; the late ones by timestamps next tick.
                 observe(None if late else ends - now, tuple(late))
-        for w in reversed(up[target:] if target < len(up) else []):
+        for w in self.victims(up, len(up) - target, now, backlog) if target < len(up) else []:
+            acted = True
             self.stop(w, now)
-            ends = max(ends, min(w.last_done, now + STOP_WAIT))
+            ends = max(ends, min(w.last_done, now + self.grace, now + STOP_WAIT))
+        self.actions += acted
+        if acted:
+            self.moves.append((self.tick_count, 1 if target > len(up) else -1))
         self.count_live(now)
         if keep:
             self.ticks.append(Tick(now, backlog.ready, self.in_flight, backlog.oldest_age, len(up), target))
@@ -337,12 +413,22 @@ class _Run:
             t_arrival = arrivals[next_arrival] if next_arrival < n else INF
             t_done = self.completions[0][0] if self.completions else INF
             t_ready = self.readiness[0][0] if self.readiness else INF
-            now = min(t_arrival, t_done, t_ready, next_tick)
+            t_timer = self.timers[0][0] if self.timers else INF
+            now = min(t_arrival, t_done, t_ready, t_timer, next_tick)
             if now > self.duration and next_arrival == n and not self.waiting and not self.in_flight:
                 break  # past the trace and every message served
             if t_done == now:
-                _, _, w, service = heapq.heappop(self.completions)
-                self.complete(w, now, service)
+                _, seq, w, m = heapq.heappop(self.completions)
+                if seq in self.cancelled:
+                    self.cancelled.discard(seq)  # cut off by a stop: it never completes
+                else:
+                    self.complete(w, now, m)
+            elif t_timer == now:
+                _, _, kind, what = heapq.heappop(self.timers)
+                if kind == "cut":
+                    self.cut_off(what, now)  # type: ignore[arg-type]
+                else:
+                    self.redeliver(what)  # type: ignore[arg-type]
             elif t_ready == now:
                 w = heapq.heappop(self.readiness)[2]
                 if not w.gone and w.stopping_since is None:
@@ -368,12 +454,16 @@ def simulate(
     initial_workers: int,
     min_workers: int,
     keep_ticks: bool = False,
+    victim: str = "least-busy",
+    grace: float = GRACE,
+    heartbeat: float = HEARTBEAT,
 ) -> RunResult:
-    """Replay ``workload`` against ``controller``; deterministic for a given workload."""
-    run = _Run(workload, controller, interval, initial_workers)
+    """Replay ``workload`` against ``controller``; deterministic for a given workload.
+    ``victim``: which instances a scale-down stops; ``grace``: GRACEFUL_SHUTDOWN_TIMEOUT."""
+    run = _Run(workload, controller, interval, initial_workers, victim, grace, heartbeat)
     run.run(keep_ticks)
     bound = work_lower_bound(workload.arrivals, workload.services, workload.model.threads, min_workers, workload.trace.duration)
     return RunResult(
-        workload.trace.name, policy, run.waits, run.worker_seconds, bound, run.peak, run.actions, workload.trace.duration,
-        run.ticks, run.horizon, workload.seed, count_flaps(run.moves),
+        workload.trace.name, policy, list(run.waits.values()), run.worker_seconds, bound, run.peak, run.actions, workload.trace.duration,
+        run.ticks, run.horizon, workload.seed, count_flaps(run.moves), run.discarded, run.cut,
     )

@@ -172,7 +172,8 @@ def render_instances(status: dict) -> str:
             f'<tr data-unit="{escape(str(i.get("name", "")))}"><th class="name">{_cell(i.get("name") or i.get("number"))}</th>'
             f'<td class="state {_state_class(active)}">{state}</td><td class="num pid">{_cell(pid)}</td>'
             f'<td class="num uptime">{fmt_age(i.get("uptime"))}</td>'
-            f'<td class="num restarts{" warn" if isinstance(restarts, int) and restarts > 0 else ""}">{_cell(restarts)}</td></tr>'
+            f'<td class="num restarts{" warn" if isinstance(restarts, int) and restarts > 0 else ""}">{_cell(restarts)}</td>'
+            f"{_work_cells(i.get('work'), bool(i.get('is_up')))}</tr>"
         )
     if not rows:
         errors = [str(e) for e in status.get("errors") or []]
@@ -182,9 +183,25 @@ def render_instances(status: dict) -> str:
             text = "No instance states (see the errors above)."
         else:
             text = "No worker instances are loaded."
-        rows.append(f'<tr><td class="empty" colspan="5">{text}</td></tr>')
-    head = '<tr><th>Unit</th><th>State</th><th class="num">PID</th><th class="num">Uptime</th><th class="num">Restarts</th></tr>'
+        rows.append(f'<tr><td class="empty" colspan="7">{text}</td></tr>')
+    head = (
+        '<tr><th>Unit</th><th>State</th><th class="num">PID</th><th class="num">Uptime</th><th class="num">Restarts</th>'
+        '<th class="num">Busy threads</th><th class="num">Oldest task</th></tr>'
+    )
     return f'<table id="instances"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _work_cells(work: object, up: bool) -> str:
+    """Busy threads of total and the oldest running task's age, from the worker hook's report
+    ("?" when an up instance has none: dramactl cannot see inside it)."""
+    if not isinstance(work, dict) and not up:
+        return '<td class="num busy">—</td><td class="num oldest-task">—</td>'
+    if not isinstance(work, dict):
+        title = ' title="no report from the dramactl hook: dramactl cannot see inside this instance"'
+        return f'<td class="num busy"{title}>?</td><td class="num oldest-task"{title}>?</td>'
+    busy = f"{_cell(work.get('busy'))}/{_cell(work.get('threads'))}"
+    held = f" +{_cell(work.get('held'))} held" if work.get("held") else ""
+    return f'<td class="num busy">{busy}</td><td class="num oldest-task">{fmt_age(work.get("oldest_age"))}{held}</td>'
 
 
 def render_hosts(status: dict) -> str:

@@ -56,6 +56,8 @@ FIELDS = {
     "DRAMACTL_STOPPED": "instances stopped (count)",
     "DRAMACTL_OK": "1 when every job ended done (or still draining), else 0",
     "DRAMACTL_PAUSED": "1 when autoscaling is paused",
+    "DRAMACTL_VICTIMS": "JSON list: each instance stopped and why it was chosen, e.g. [{\"instance\": 3, \"why\": \"idle\"}] ([] when none)",
+    "DRAMACTL_WAITING": "JSON list: instances a scale-down waits for, with the long task each runs ([] when none)",
     "DRAMACTL_DURATION": "seconds the tick took from taking the lock to saving its state (reading, deciding, acting; not the process start), ticks only",
 }
 
@@ -109,6 +111,9 @@ def fields(outcome: Any, command: str, duration: float | None = None) -> dict[st
         "DRAMACTL_OK": "1" if outcome.ok else "0",
         "DRAMACTL_PAUSED": "1" if outcome.paused else "0",
     }
+    chosen = getattr(outcome, "plan", None)  # why each stopped instance was chosen; the ones waited for
+    out["DRAMACTL_VICTIMS"] = json.dumps([{"instance": p.number, "why": p.why} for p in getattr(chosen, "picks", ())])
+    out["DRAMACTL_WAITING"] = json.dumps([{"instance": p.number, "why": p.why} for p in getattr(chosen, "waiting", ())])
     if outcome.queues is not None:  # a manual command that could not reach Redis leaves the figures out
         out.update({
             "DRAMACTL_BACKLOG": str(b.backlog),
@@ -186,6 +191,8 @@ class Entry:
     paused: bool = False
     duration: float | None = None
     message: str = ""
+    victims: list = field(default_factory=list)
+    waiting: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -216,6 +223,8 @@ class Entry:
             ok=get("ok", "1") == "1",
             paused=get("paused", "0") == "1",
             duration=float(dur) if dur else None,
+            victims=json.loads(get("victims", "[]") or "[]"),
+            waiting=json.loads(get("waiting", "[]") or "[]"),
             message=str(record.get("MESSAGE", "")),
             **ints,
         )

@@ -54,7 +54,12 @@ METRICS = [(name, "gauge", text) for _, name, text in QUEUE_FIGURES] + [
     ("dramactl_fleet_host_share_instances", "gauge", "Each live host's share of the fleet's target."),
     ("dramactl_fleet_live_hosts", "gauge", "Hosts of the fleet whose heartbeat has not expired."),
     ("dramactl_fleet_failing_hosts", "gauge", "Live hosts whose instances fail: left out of the split of the target and MIN."),
+    ("dramactl_instance_threads", "gauge", "Worker threads of an instance, as its dramactl hook reports them (absent: no report)."),
+    ("dramactl_instance_busy_threads", "gauge", "Worker threads of an instance running a message (the hook's report)."),
+    ("dramactl_instance_oldest_task_age_seconds", "gauge", "How long the oldest message an instance runs has run (0 when idle)."),
 ]
+#: Families left out when nothing reports them (no instance with the hook).
+OPTIONAL = {"dramactl_instance_threads", "dramactl_instance_busy_threads", "dramactl_instance_oldest_task_age_seconds"}
 
 
 @dataclass
@@ -69,6 +74,7 @@ class Snapshot:
     last_tick: float | None = None
     paused: bool = False
     fleet: dict | None = None  # {"target", "cap", "hosts": [{"name", "id", "up", "share", "failing"}]}: live hosts only
+    work: dict[int, dict] = field(default_factory=dict)  # instance number -> {threads, busy, oldest_age}
 
 
 def _fleet_of_outcome(outcome: Any) -> dict | None:
@@ -105,6 +111,7 @@ def from_outcome(outcome: Any) -> Snapshot:
         last_tick=outcome.at,
         paused=outcome.paused,
         fleet=_fleet_of_outcome(outcome),
+        work={n: r.to_dict(outcome.at or 0.0) for n, r in (getattr(outcome, "reports", None) or {}).items()},
     )
 
 
@@ -123,6 +130,7 @@ def from_status(status: dict) -> Snapshot:
         last_tick=tick.get("at"),
         paused=bool(status.get("paused")),
         fleet=_fleet_of_status(status),
+        work={i["number"]: i["work"] for i in status.get("instances") or [] if isinstance(i.get("work"), dict)},
     )
 
 
@@ -172,6 +180,12 @@ def render(snap: Snapshot) -> str:
             samples["dramactl_fleet_host_share_instances"].append((labels, int(h.get("share") or 0)))
         samples["dramactl_fleet_live_hosts"].append(("", len(hosts)))
         samples["dramactl_fleet_failing_hosts"].append(("", sum(1 for h in hosts if h.get("failing"))))
+    for number, work in sorted(snap.work.items()):
+        labels = f'{{instance="{number}"}}'
+        samples["dramactl_instance_threads"].append((labels, int(work.get("threads") or 0)))
+        samples["dramactl_instance_busy_threads"].append((labels, int(work.get("busy") or 0)))
+        samples["dramactl_instance_oldest_task_age_seconds"].append((labels, float(work.get("oldest_age") or 0.0)))
+
     lines = []
     for name, kind, text in METRICS:
         if not samples[name]:

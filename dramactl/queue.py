@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import redis
@@ -38,7 +40,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .settings import Settings, SettingsError, redact
-from .stats import QueueStats
+from . import reports
+from .stats import InstanceReport, QueueStats
 
 log = logging.getLogger("dramactl.queue")
 
@@ -62,12 +65,14 @@ KEYS_PER_QUEUE = 5
 
 PROBE = """
 -- KEYS[1] ns:__heartbeats__, KEYS[2] ns:__dramactl__.heartbeat_timeout,
+-- KEYS[3] ns:__dramactl__.instances.<host> (the hook's per-instance reports),
 -- then per queue: ns:Q, ns:Q.msgs, ns:Q.DQ.msgs, ns:Q.XQ, ns:__dramactl__.work.Q.
 -- ARGV: exact_limit, sample, byte_budget, default_timeout_ms, dead_limit,
---       acks prefix ('ns:__acks__.'), then the queue names in KEYS order.
+--       acks prefix ('ns:__acks__.'), report field limit, then the queue names in KEYS order.
 -- Reply: now_ms, then per queue
 --   ready, held, delayed, due, dead, head_ts (-1: unknown), orphaned,
---   done, busy (the hook's counters as strings, '' when absent), error ('' if none).
+--   done, busy (the hook's counters as strings, '' when absent), error ('' if none);
+-- last, the instance reports: {error ('' if none), field, value, field, value ...}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local exact_limit = tonumber(ARGV[1])
@@ -153,8 +158,8 @@ local function work_of(key)
   return values[1] or '', values[2] or ''
 end
 
-for i = 1, (#KEYS - 2) / 5 do
-  local list, msgs, delayed_msgs, xq = KEYS[5 * i - 2], KEYS[5 * i - 1], KEYS[5 * i], KEYS[5 * i + 1]
+for i = 1, (#KEYS - 3) / 5 do
+  local list, msgs, delayed_msgs, xq = KEYS[5 * i - 1], KEYS[5 * i], KEYS[5 * i + 1], KEYS[5 * i + 2]
   local err = wrong_type(list, 'list', 'queue list')
     or wrong_type(msgs, 'hash', 'message hash')
     or wrong_type(delayed_msgs, 'hash', 'delayed message hash')
@@ -178,13 +183,27 @@ for i = 1, (#KEYS - 2) / 5 do
     table.insert(out, count_due(delayed_msgs, delayed))
     table.insert(out, redis.call('ZCARD', xq))
     table.insert(out, head_ts)
-    table.insert(out, orphaned_in(ARGV[6 + i]))
-    local done, busy = work_of(KEYS[5 * i + 2])
+    table.insert(out, orphaned_in(ARGV[7 + i]))
+    local done, busy = work_of(KEYS[5 * i + 3])
     table.insert(out, done)
     table.insert(out, busy)
     table.insert(out, '')
   end
 end
+
+-- This host's instance reports (bounded: a host runs at most MAX_PROCESSES instances).
+local reports = {''}
+local err = wrong_type(KEYS[3], 'hash', 'instance report hash')
+local fields = 0
+if not err then fields = redis.call('HLEN', KEYS[3]) end
+if err then
+  reports[1] = err
+elseif fields > tonumber(ARGV[7]) then
+  reports[1] = KEYS[3] .. ' has more than ' .. ARGV[7] .. ' fields'
+elseif fields > 0 then
+  for _, v in ipairs(redis.call('HGETALL', KEYS[3])) do table.insert(reports, v) end
+end
+table.insert(out, reports)
 return out
 """
 
@@ -200,11 +219,11 @@ def work_key(namespace: str, queue: str) -> str:
     return f"{namespace}:__dramactl__.work.{queue}"
 
 
-def probe_call(namespace: str, queues: Sequence[str]) -> tuple[list[str], list[str | int]]:
-    """KEYS and ARGV of the probe for these queues."""
-    keys = [f"{namespace}:__heartbeats__", f"{namespace}:__dramactl__.heartbeat_timeout"]
+def probe_call(namespace: str, queues: Sequence[str], host: str | None = None) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of the probe for these queues (and this host's instance reports)."""
+    keys = [f"{namespace}:__heartbeats__", f"{namespace}:__dramactl__.heartbeat_timeout", reports.instances_key(namespace, host)]
     keys += [k for q in queues for k in queue_keys(namespace, q)]
-    args: list[str | int] = [EXACT_DUE_LIMIT, DUE_SAMPLE, DUE_BYTE_BUDGET, DEFAULT_HEARTBEAT_TIMEOUT_MS, DEAD_WORKER_LIMIT, f"{namespace}:__acks__."]
+    args: list[str | int] = [EXACT_DUE_LIMIT, DUE_SAMPLE, DUE_BYTE_BUDGET, DEFAULT_HEARTBEAT_TIMEOUT_MS, DEAD_WORKER_LIMIT, f"{namespace}:__acks__.", reports.FIELD_LIMIT]
     return keys, args + list(queues)
 
 
@@ -223,10 +242,35 @@ def connect(settings: Settings) -> redis.Redis:
     )
 
 
-def probe(client: redis.Redis, namespace: str, queues: Sequence[str]) -> list:
+def probe(client: redis.Redis, namespace: str, queues: Sequence[str], host: str | None = None) -> list:
     """Run the probe (EVALSHA, loading the script on NOSCRIPT) and return its raw reply."""
-    keys, args = probe_call(namespace, queues)
+    keys, args = probe_call(namespace, queues, host)
     return client.register_script(PROBE)(keys=keys, args=args, client=client)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One probe: the queues, and what this host's instances run (their reports)."""
+
+    queues: list[QueueStats]
+    instances: dict[int, InstanceReport] = field(default_factory=dict)
+    damaged: tuple[str, ...] = ()  # instance report fields ignored, one line each
+    at: float = 0.0  # this host's clock when read (epoch seconds): the reports' ages are against it
+
+
+def read_probe(settings: Settings, client: redis.Redis | None = None, *, strict: bool = True) -> Probe:
+    """Queues and this host's instance reports in one round trip. ``strict``: a queue
+    that cannot be read is a SettingsError (as :func:`read`), else its ``error`` is set."""
+    client = client or connect(settings)
+    with redis_errors(settings):
+        raw = probe(client, settings.namespace, settings.queues)
+    now = time.time()
+    result = Probe(parse_probe(settings.queues, raw), *parse_reports(raw[-1], now, reports.instances_key(settings.namespace)), at=now)
+    if strict:
+        for q in result.queues:
+            if q.error:
+                raise queue_error(q)
+    return result
 
 
 def read_each(settings: Settings, client: redis.Redis | None = None) -> list[QueueStats]:
@@ -236,20 +280,13 @@ def read_each(settings: Settings, client: redis.Redis | None = None) -> list[Que
     Raises :class:`SettingsError` naming the setting to fix when Redis cannot be
     reached, refuses us or answers with an error.
     """
-    client = client or connect(settings)
-    with redis_errors(settings):
-        raw = probe(client, settings.namespace, settings.queues)
-    return parse_probe(settings.queues, raw)
+    return read_probe(settings, client, strict=False).queues
 
 
 def read(settings: Settings, client: redis.Redis | None = None) -> list[QueueStats]:
     """Like :func:`read_each`, but a queue that cannot be read is a SettingsError too,
     so the caller can stop before touching the fleet."""
-    stats = read_each(settings, client)
-    for q in stats:
-        if q.error:
-            raise queue_error(q)
-    return stats
+    return read_probe(settings, client).queues
 
 
 def queue_error(q: QueueStats) -> SettingsError:
@@ -311,6 +348,17 @@ def parse_probe(queues: Sequence[str], raw: Sequence[int | bytes | str]) -> list
             )
         )
     return stats
+
+
+def parse_reports(raw: Sequence | bytes | str, now: float, key: str = "the instance report hash") -> tuple[dict[int, InstanceReport], tuple[str, ...]]:
+    """The probe's last element: the instance reports, and the damaged fields named."""
+    if not isinstance(raw, (list, tuple)) or not raw:
+        return {}, ()
+    error = raw[0].decode("utf-8", "replace") if isinstance(raw[0], bytes) else str(raw[0])
+    if error:
+        return {}, (f"{error}; instance reports ignored (the worker hook rewrites them: delete the key)",)
+    found, damaged = reports.parse(raw[1:], now, key=key)
+    return found, tuple(damaged)
 
 
 def _counter(value: int | bytes | str | None, where: str = "work counter") -> float | None:

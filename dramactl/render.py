@@ -63,12 +63,26 @@ def render_status(data: dict) -> str:
         )
     lines.append("")
     instances = data.get("instances") or []
-    lines.append(f"{'INSTANCE':<28} {'STATE':<22} {'PID':>8} {'UPTIME':>8} {'RESTARTS':>8}")
+    lines.append(f"{'INSTANCE':<28} {'STATE':<22} {'PID':>8} {'UPTIME':>8} {'RESTARTS':>8} {'BUSY':>7} {'OLDEST TASK':>11}")
+    blind = []
     for u in instances:
         state = f"{u['active_state']} ({u['sub_state']})"
-        lines.append(f"{u['name']:<28} {state:<22} {u['pid'] or '-':>8} {_age(u.get('uptime')):>8} {u['restarts']:>8}")
+        work = u.get("work")
+        if work:
+            busy = f"{work['busy']}/{work['threads']}"
+            oldest = _age(work.get("oldest_age")) + (f" +{work['held']} held" if work.get("held") else "")
+        else:
+            busy, oldest = "?", "?"
+            if u.get("is_up"):
+                blind.append(f"@{u['number']}")
+        lines.append(f"{u['name']:<28} {state:<22} {u['pid'] or '-':>8} {_age(u.get('uptime')):>8} {u['restarts']:>8} {busy:>7} {oldest:>11}")
     if not instances:
         lines.append("(no worker instances)")
+    if blind:
+        lines.append(
+            f"cannot see inside {' '.join(blind)}: no report from the dramactl hook (the app does not load dramactl_ready, or it is starting);"
+            " a scale-down stops them by highest number"
+        )
     lines.append("")
     fleet = data.get("fleet")
     if fleet:

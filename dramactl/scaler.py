@@ -13,14 +13,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-from . import queue
+from . import queue, victims
 from .fleet import Fleet, JobResult
 from .instance import WorkerUnit
 from .policy import ScalingDecision, decide, is_starting, safeguard
 from .rates import measure_startup
 from .settings import Settings, SettingsError
 from .state import LOCK_WAIT, Recovery, ScalerState, StateStore
-from .stats import FleetBacklog, QueueStats
+from .stats import FleetBacklog, InstanceReport, QueueStats
 from .worker import worker_argv
 
 if TYPE_CHECKING:  # share is imported only with FLEET_NAME: a single host's tick does not pay for it
@@ -39,17 +39,32 @@ class Busy(RuntimeError):
 
 @dataclass(frozen=True)
 class Plan:
-    """Which instance numbers to start and stop to reach a target."""
+    """Which instance numbers to start and stop to reach a target; ``picks`` says why
+    each stopped one was chosen, ``waiting`` the ones a scale-down waits for (long tasks)."""
 
     start: tuple[int, ...] = ()
     stop: tuple[int, ...] = ()
+    picks: tuple[victims.Pick, ...] = field(default=(), compare=False)
+    waiting: tuple[victims.Pick, ...] = field(default=(), compare=False)
 
 
-def plan(instances: Sequence[WorkerUnit], target: int, reset: Sequence[int] = ()) -> Plan:
-    """Grow with the lowest free numbers, shrink from the highest (pure).
+def plan(
+    instances: Sequence[WorkerUnit],
+    target: int,
+    reset: Sequence[int] = (),
+    *,
+    reports: dict[int, InstanceReport] | None = None,
+    now: float = 0.0,
+    long_after: float | None = None,
+    waiting_since: float | None = None,
+) -> Plan:
+    """Grow with the lowest free numbers; shrink from the least busy (pure, :mod:`dramactl.victims`:
+    idle first, the most recently started work next, ties and no reports to the highest number).
 
     A number is free when its unit is gone, or failed and reset by this step; a
-    unit that is stopping, coming back or failed keeps its number.
+    unit that is stopping, coming back or failed keeps its number. ``long_after``
+    (seconds; None for a manual command): a stop that would cut off a task older than
+    this waits, since ``waiting_since``, up to :data:`victims.WAIT_LIMIT`.
     """
     up = sorted(u.number for u in instances if u.is_up)
     if target > len(up):
@@ -57,7 +72,8 @@ def plan(instances: Sequence[WorkerUnit], target: int, reset: Sequence[int] = ()
         free = (n for n in range(1, 10**6) if n not in busy)
         return Plan(start=tuple(next(free) for _ in range(target - len(up))))
     if target < len(up):
-        return Plan(stop=tuple(sorted(up, reverse=True)[: len(up) - target]))
+        choice = victims.choose(up, len(up) - target, reports, now, long_after=long_after, waiting_since=waiting_since)
+        return Plan(stop=choice.numbers, picks=choice.stop, waiting=choice.waiting)
     return Plan()
 
 
@@ -77,6 +93,9 @@ class Outcome:
     at: float | None = None  # when the tick ran (epoch seconds)
     duration: float | None = None  # seconds the tick took
     actions: dict[str, int] = field(default_factory=dict)  # instances started ("up") / stopped ("down"), ever
+    plan: Plan = field(default_factory=Plan)  # what was started and stopped, and why those
+    reports: dict[int, InstanceReport] = field(default_factory=dict)  # what each instance ran (worker hook)
+    waiting_since: float | None = None  # a scale-down has waited for long tasks since (epoch seconds)
 
     @property
     def backlog(self) -> FleetBacklog:
@@ -100,6 +119,15 @@ class Outcome:
             parts.insert(0, queues)
         if d.reset and not self.dry_run:
             parts.append("reset-failed " + " ".join(f"@{n}" for n in d.reset))
+        if self.plan.picks:
+            parts.append(("would stop " if self.dry_run else "stop ") + " ".join(str(p) for p in self.plan.picks))
+        if self.plan.waiting:
+            waited = 0.0 if self.waiting_since is None or self.at is None else max(0.0, self.at - self.waiting_since)
+            parts.append(
+                "scale-down waits for long tasks: "
+                + " ".join(str(p) for p in self.plan.waiting)
+                + f", waited {waited:.0f}s of {victims.WAIT_LIMIT:.0f}s"
+            )
         for label, jobs in (("started", self.started), ("stopped", self.stopped), ("restarted", self.restarted)):
             if jobs:
                 parts.append(f"{label} " + " ".join(f"@{j.unit.split('@')[1].split('.')[0]}:{_shown(j)}" for j in jobs))
@@ -118,7 +146,19 @@ class Outcome:
             "dry_run": self.dry_run,
             "paused": self.paused,
             "fleet": None if self.fleet is None else self.fleet.to_dict(),
+            "victims": [{"instance": p.number, "why": p.why} for p in self.plan.picks],
+            "waiting": [{"instance": p.number, "why": p.why} for p in self.plan.waiting],
+            "waiting_since": self.waiting_since,
         }
+
+    def victims_text(self) -> str | None:
+        """Why each stopped instance was chosen, for the history ('@3 idle; @2 busy 1/4, oldest 3s')."""
+        if not self.plan.picks and not self.plan.waiting:
+            return None
+        text = "; ".join(f"@{p.number} {p.why}" for p in self.plan.picks)
+        if self.plan.waiting:
+            text += ("; " if text else "") + "waiting: " + "; ".join(f"@{p.number} {p.why}" for p in self.plan.waiting)
+        return text
 
 
 def _shown(job: JobResult) -> str:
@@ -151,9 +191,10 @@ def threads_of(settings: Settings, state: ScalerState) -> int:
 
 
 def _apply(
-    fleet: Fleet, settings: Settings, instances: Sequence[WorkerUnit], target: int, threads: int, reset: Sequence[int] = ()
+    fleet: Fleet, settings: Settings, instances: Sequence[WorkerUnit], changes: Plan, threads: int, reset: Sequence[int] = ()
 ) -> tuple[list[JobResult], list[JobResult]]:
-    changes = plan(instances, target, reset)
+    if changes.picks:
+        log.info("stop %s", " ".join(str(p) for p in changes.picks))
     if changes.start:
         worker_argv(settings, threads)  # a command that cannot run stops us before any change
     fleet.reset_failed(reset)
@@ -177,7 +218,8 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
     with _locked(settings, wait=False, write=not dry_run) as store:
         started = time.monotonic()
         client = queue.connect(settings)
-        stats = queue.read(settings, client)
+        probe = queue.read_probe(settings, client)
+        stats = probe.queues
         state = store.load()
         pending = state.history[-1].starting if state.history else ()
         probed = time.monotonic()
@@ -192,13 +234,35 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
             coordinated = _in_fleet(client, settings, backlog, instances, state, decision, write=not dry_run)
             if not state.paused:
                 decision = safeguard(coordinated.decision, instances, settings, state.recovery, now, coordinated.floor)
-        outcome = Outcome(decision, stats, dry_run=dry_run, paused=state.paused, instances=list(instances), fleet=coordinated, at=now)
+        previous = state.history[-1] if state.history else None
+        changes = plan(
+            instances,
+            decision.target,
+            decision.reset,
+            reports=probe.instances,
+            now=probe.at,
+            long_after=victims.long_after(settings.graceful_shutdown_timeout, victims.mean_service(backlog.done_total, backlog.busy_seconds_total)),
+            waiting_since=previous.waiting_since if previous is not None else None,
+        )
+        waiting_since = ((previous.waiting_since if previous is not None else None) or now) if changes.waiting else None
+        outcome = Outcome(
+            decision, stats, dry_run=dry_run, paused=state.paused, instances=list(instances), fleet=coordinated, at=now,
+            plan=changes, reports=probe.instances, waiting_since=waiting_since,
+        )
+        for line in probe.damaged:
+            log.warning("%s", line)
         if dry_run:
             return outcome
-        record = replace(decision.record(now, backlog), startup=None if timed is None else round(timed, 3), starting=still)
+        record = replace(
+            decision.record(now, backlog),
+            startup=None if timed is None else round(timed, 3),
+            starting=still,
+            victims=outcome.victims_text(),
+            waiting_since=waiting_since,
+        )
         if decision.delta or decision.reset:
             acting = time.monotonic()
-            outcome.started, outcome.stopped = _apply(fleet, settings, instances, decision.target, threads_of(settings, state), decision.reset)
+            outcome.started, outcome.stopped = _apply(fleet, settings, instances, changes, threads_of(settings, state), decision.reset)
             if outcome.started and not outcome.stopped and all(j.result == "done" for j in outcome.started):
                 # Start jobs end at READY=1 (Type=notify): how long an instance takes to consume.
                 took = round(time.monotonic() - acting, 3)
@@ -207,7 +271,7 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
             late = tuple(int(j.unit.split("@")[1].split(".")[0]) for j in outcome.started if j.result == "pending")
             record = replace(record, starting=tuple(sorted({*record.starting, *late})))
         if coordinated is not None:
-            _settle(client, settings, instances, decision, outcome, record.startup)
+            _settle(client, settings, instances, decision, outcome, record.startup, waiting=len(changes.waiting))
         outcome.duration = round(time.monotonic() - started, 3)
         record = replace(record, duration=outcome.duration)
         new = replace(state.with_tick(record), recovery=decision.recovery).counted(len(outcome.started), len(outcome.stopped))
@@ -244,23 +308,26 @@ def _in_fleet(
         )
 
 
-def _settle(client: redis.Redis, settings: Settings, instances: Sequence[WorkerUnit], decision: ScalingDecision, outcome: Outcome, startup: float | None) -> None:
+def _settle(
+    client: redis.Redis, settings: Settings, instances: Sequence[WorkerUnit], decision: ScalingDecision, outcome: Outcome, startup: float | None, waiting: int = 0
+) -> None:
     """After acting, the claim drops to what this host now runs (its stops are with
-    systemd), so the other hosts can grow into the room at their next tick. Best
-    effort: when Redis went away meanwhile, the claim expires with the heartbeat."""
+    systemd; ``waiting``: instances a scale-down waits for still run), so the other hosts
+    can grow into the room at their next tick. Best effort: when Redis went away
+    meanwhile, the claim expires with the heartbeat."""
     import redis
 
     from . import share
 
     coming = sum(1 for u in instances if u.is_coming_back)
     failed_starts = sum(1 for j in outcome.started if not j.ok)
-    up = decision.target - failed_starts
+    up = decision.target + waiting - failed_starts  # instances a scale-down waits for still run
     working = min(up, sum(1 for u in instances if u.is_up and not u.is_failing) + sum(1 for j in outcome.started if j.ok))
     try:
         # A start that failed just now: this host reports failing at once, so the others take
         # its share at their next tick rather than one tick later.
         share.settle(
-            client, settings, claim=decision.target + coming - failed_starts, up=up, startup=startup, failing=failed_starts > 0, working=working
+            client, settings, claim=up + coming, up=up, startup=startup, failing=failed_starts > 0, working=working
         )
     except (OSError, redis.RedisError, SettingsError, share.Contention) as exc:
         log.warning("fleet %s: could not update this host's claim after acting (%s); it expires with the heartbeat", settings.fleet_name, exc)
@@ -306,7 +373,8 @@ def _resize(
     fleet = fleet or Fleet()
     with _locked(settings, wait=float(wait)) as store:
         state = store.load()
-        stats = _queues_if_readable(settings)
+        probe = _probe_if_readable(settings)
+        stats = probe.queues if probe is not None else None
         instances = fleet.instances()
         up = sorted(u.number for u in instances if u.is_up)
         target = target_for(len(up))
@@ -320,19 +388,23 @@ def _resize(
         # The operator asked for this size: it is kept across reboots while paused, and
         # failed instances are reset now (an explicit command overrides the backoff).
         reset = [u.number for u in instances if u.is_failed]
-        changes = plan(instances, target, reset)
+        # The operator asked for this size now: the least busy instances stop, with no wait.
+        changes = plan(instances, target, reset, reports=probe.instances if probe else None, now=probe.at if probe else time.time())
         new_state = replace(state, paused=paused, threads=threads or state.threads, size=target if paused else None, recovery=Recovery())
         new_state = new_state.counted(len(changes.start), len(changes.stop))
-        # Instances that stay (plan() stops the highest) restart to take a new thread count.
-        restart = up[:target] if new_threads != threads_of(settings, state) else []
+        # Instances that stay restart to take a new thread count.
+        restart = [n for n in up if n not in changes.stop] if new_threads != threads_of(settings, state) else []
         store.save(new_state)  # before any start: instances read the thread count from it
         reason = "manual" + ("; autoscaling paused" if new_state.paused else "") + capped
         if settings.fleet_name:
             from .share import scope
 
             reason += f"; {scope(settings)}"
-        outcome = Outcome(ScalingDecision(len(up), target, reason, reset=tuple(reset)), stats, paused=new_state.paused, instances=list(instances))
-        outcome.started, outcome.stopped = _apply(fleet, settings, instances, target, new_threads, reset)
+        outcome = Outcome(
+            ScalingDecision(len(up), target, reason, reset=tuple(reset)), stats, paused=new_state.paused, instances=list(instances),
+            plan=changes, reports=probe.instances if probe else {},
+        )
+        outcome.started, outcome.stopped = _apply(fleet, settings, instances, changes, new_threads, reset)
         outcome.restarted = fleet.restart(restart)
         return outcome
 
@@ -357,11 +429,12 @@ def _fleet_room(settings: Settings, target: int, up: int, occupying: int, paused
     return allowed, f"; capped at {allowed} by FLEET_MAX_PROCESSES (the other hosts' claims)"
 
 
-def _queues_if_readable(settings: Settings) -> list[QueueStats] | None:
-    """The queues for a manual command's journal line (one probe), or None: Redis being
-    down or a queue unreadable must not block a manual scale, it only leaves the figures out."""
+def _probe_if_readable(settings: Settings) -> queue.Probe | None:
+    """The queues for a manual command's journal line and the instance reports for its
+    choice of which to stop (one probe), or None: Redis being down or a queue unreadable
+    must not block a manual scale, it only leaves the figures out (and stops the highest numbers)."""
     try:
-        return queue.read(settings)
+        return queue.read_probe(settings)
     except SettingsError as exc:
         log.debug("manual change without queue figures: %s", exc)
         return None

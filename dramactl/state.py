@@ -54,6 +54,8 @@ class TickRecord:
     startup: float | None = None  # seconds this tick's start jobs took (StartUnit until READY=1), learned start-up
     duration: float | None = None  # seconds the tick took (dramactl_tick_duration_seconds)
     starting: tuple[int, ...] = ()  # instances started and not yet measured: their start-up is read next tick (rates.measure_startup)
+    victims: str | None = None  # why each instance this tick stopped (or waited for) was chosen: '@3 idle; @2 busy 1/4, oldest 3s'
+    waiting_since: float | None = None  # a scale-down has waited for long tasks since (epoch seconds): the wait's limit counts from it
 
 
 
@@ -197,6 +199,8 @@ def _tick(data: object, where: str) -> TickRecord:
         startup=_number(r, "startup", f"{where}.startup", optional=True),
         duration=_number(r, "duration", f"{where}.duration", optional=True),
         starting=_instances(r, "starting", f"{where}.starting"),
+        victims=_text(r, "victims", f"{where}.victims"),
+        waiting_since=_number(r, "waiting_since", f"{where}.waiting_since", optional=True),
     )
 
 
@@ -206,6 +210,13 @@ def _instances(d: dict, key: str, where: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in value):
         raise DamagedState(f"{where}: {_short(value)} is not a list of instance numbers")
     return tuple(value)
+
+
+def _text(d: dict, key: str, where: str) -> str | None:
+    value = d.get(key)
+    if value is not None and not isinstance(value, str):
+        raise DamagedState(f"{where}: {_short(value)} is not text")
+    return value
 
 
 class StateStore:

@@ -89,3 +89,47 @@ def _sum_known(values: Iterable[float | None]) -> float | None:
     """The sum of the known values; None when none is known."""
     known = [v for v in values if v is not None]
     return sum(known) if known else None
+
+
+@dataclass(frozen=True)
+class InstanceReport:
+    """What one instance's worker process(es) run, as the worker hook reported it.
+
+    ``threads`` worker threads, ``busy`` of them running a message; ``oldest`` the
+    epoch seconds the oldest running message began (None when idle); ``held``
+    messages held back from their ack; ``at`` the epoch seconds of the newest report;
+    ``processes`` how many live processes of the instance reported.
+    """
+
+    instance: int
+    threads: int = 0
+    busy: int = 0
+    oldest: float | None = None
+    held: int = 0
+    at: float = 0.0
+    processes: int = 1
+
+    @property
+    def idle(self) -> bool:
+        return self.busy == 0 and self.held == 0
+
+    def age(self, now: float) -> float | None:
+        """Seconds the oldest running message has run (None when nothing runs)."""
+        return None if self.oldest is None else max(0.0, now - self.oldest)
+
+    def merged(self, other: "InstanceReport") -> "InstanceReport":
+        """Two processes of one instance as one."""
+        starts = [t for t in (self.oldest, other.oldest) if t is not None]
+        return InstanceReport(
+            instance=self.instance,
+            threads=self.threads + other.threads,
+            busy=self.busy + other.busy,
+            oldest=min(starts) if starts else None,
+            held=self.held + other.held,
+            at=max(self.at, other.at),
+            processes=self.processes + other.processes,
+        )
+
+    def to_dict(self, now: float) -> dict:
+        age = self.age(now)
+        return {**asdict(self), "oldest_age": None if age is None else round(age, 1)}

@@ -40,8 +40,11 @@ def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = N
     backlog: FleetBacklog | None = None
     units: list = []
     client = queue.connect(settings)
+    work: dict = {}
     try:
-        stats = queue.read_each(settings, client)
+        probe = queue.read_probe(settings, client, strict=False)
+        stats, work = probe.queues, probe.instances
+        errors += [f"redis: {line}" for line in probe.damaged]
         good = [q for q in stats if q.error is None]
         out["queues"] = [q.to_dict() for q in good]
         backlog = FleetBacklog.of(good)
@@ -66,7 +69,13 @@ def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = N
             fleet = fleet or Fleet()
             units = fleet.instances(details=True)
             out["instances"] = [
-                {**u.to_dict(), "uptime": round(now - u.since, 1) if u.since and u.active_state == "active" else None} for u in units
+                {
+                    **u.to_dict(),
+                    "uptime": round(now - u.since, 1) if u.since and u.active_state == "active" else None,
+                    # what it runs, from the worker hook's report (None: no report, dramactl cannot see inside it)
+                    "work": work[u.number].to_dict(now) if u.number in work else None,
+                }
+                for u in units
             ]
             out["timer"] = fleet.timer().to_dict()
         except FleetError as exc:

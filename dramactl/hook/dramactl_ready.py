@@ -29,11 +29,16 @@ What it installs:
   added up in memory and flushed by a background thread at most once a second in
   one pipelined round trip (HINCRBY done, HINCRBYFLOAT busy, HSET at) into
   ``<ns>:__dramactl__.work.<queue>``, the cumulative counters dramactl's probe
-  reads to size the fleet by work. It never raises into the app's middleware chain.
+  reads to size the fleet by work. In the same round trip it publishes this worker
+  process's report (threads, busy threads, start of the oldest running task, held
+  messages) into ``<ns>:__dramactl__.instances.<host>``, field ``<instance>.<pid>``:
+  what dramactl's scale-down reads to stop the least busy instance first. It never
+  raises into the app's middleware chain.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -53,6 +58,38 @@ HOLD_ALARM_SECONDS = 60.0  # a hold this long is an error in the worker's journa
 HOLD_ALARM_REPEAT_SECONDS = 600.0  # ... repeated this often while it lasts
 SWEEP_ROUNDS = 2  # rounds in a row an id sits in the ack set, not in the process, before it is handed back
 REQUEUE_CHUNK = 500  # ids per call of Dramatiq's requeue script
+INSTANCES_KEY = "{namespace}:__dramactl__.instances.{host}"  # field "<instance>.<pid>", read by dramactl's probe
+
+
+class Holds:
+    """Messages this process holds back from their ack (counted by the guards that hold them)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._count += n
+
+    def count(self) -> int:
+        with self._lock:
+            return max(0, self._count)
+
+
+HOLDS = Holds()
+
+
+def host_identity() -> str:
+    """This host's identity, as dramactl computes it: /etc/machine-id, else the hostname."""
+    try:
+        with open("/etc/machine-id", encoding="ascii") as f:
+            ident = f.read().strip()
+        if ident:
+            return ident
+    except (OSError, ValueError):
+        pass
+    return socket.gethostname()
 
 
 def notify(state: str) -> bool:
@@ -108,24 +145,6 @@ class ReadyNotifier(Middleware):
         notify("STOPPING=1\nSTATUS=draining: finishing or requeueing held messages")
 
 
-class Holds:
-    """How many messages this process holds unacked right now because a follow-up
-    (a retry, a pipeline's next step, a callback) is not stored in Redis yet. Read by
-    the per-instance report; changed by :class:`FollowUpGuard`."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._count = 0
-
-    def add(self, n: int) -> None:
-        with self._lock:
-            self._count += n
-
-    def count(self) -> int:
-        return self._count
-
-
-HOLDS = Holds()
 STATUS = {"consuming": ""}  # the unit's STATUS= line while all is well (systemctl status shows it)
 
 
@@ -599,7 +618,8 @@ class Maintenance(Middleware):
 
 
 class WorkReporter(Middleware):
-    """Completed messages and busy seconds per queue, batched to Redis once a second.
+    """Completed messages and busy seconds per queue, batched to Redis once a second,
+    and this process's report (what its threads run), in the same round trip.
 
     The per-message cost is a clock read and a dict update under a lock; Redis sees
     one pipeline per flush per worker process. Counts that could not be flushed
@@ -612,12 +632,19 @@ class WorkReporter(Middleware):
         self.local = threading.local()
         self.lock = threading.Lock()
         self.pending: dict[str, list] = {}  # queue -> [done, busy seconds]
+        self.running: dict[int, float] = {}  # worker thread id -> epoch seconds its message began
+        self.threads = 0
+        self.instance = os.environ.get("DRAMACTL_INSTANCE", "")
+        self.report_key: str | None = None
+        self.report_field = ""
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
 
     def before_process_message(self, broker, message) -> None:
         try:
             self.local.began = time.monotonic()
+            with self.lock:
+                self.running[threading.get_ident()] = time.time()
         except Exception:  # noqa: BLE001 - never break the app's chain
             pass
 
@@ -636,6 +663,7 @@ class WorkReporter(Middleware):
             if queue.endswith((".DQ", ".XQ")):
                 queue = queue[:-3]
             with self.lock:
+                self.running.pop(threading.get_ident(), None)
                 entry = self.pending.get(queue)
                 if entry is None:
                     self.pending[queue] = [1, busy]
@@ -643,12 +671,17 @@ class WorkReporter(Middleware):
                     entry[0] += 1
                     entry[1] += busy
         except Exception:  # noqa: BLE001 - never break the app's chain
-            pass
+            with self.lock:
+                self.running.pop(threading.get_ident(), None)
 
     def after_worker_boot(self, broker, worker) -> None:
         try:
             if not hasattr(broker, "client") or not hasattr(broker, "namespace"):
                 return  # not the Redis broker: nowhere to report
+            self.threads = int(getattr(worker, "worker_threads", 0) or 0)
+            if self.instance.isdigit():
+                self.report_key = INSTANCES_KEY.format(namespace=broker.namespace, host=host_identity())
+                self.report_field = f"{self.instance}.{os.getpid()}"
             self.thread = threading.Thread(target=self._loop, args=(broker,), name="dramactl-work", daemon=True)
             self.thread.start()
         except Exception:  # noqa: BLE001
@@ -661,14 +694,34 @@ class WorkReporter(Middleware):
         try:
             if self.thread is not None:
                 self.thread.join(timeout=2 * self.interval + 1)
+            if self.report_key:
+                broker.client.hdel(self.report_key, self.report_field)  # a clean stop leaves nothing behind
         except Exception:  # noqa: BLE001
             pass
 
+    def report(self) -> str:
+        """This process's report, as JSON: threads, busy threads, oldest start (ms), held, at (ms)."""
+        with self.lock:
+            starts = list(self.running.values())
+        now = time.time()
+        oldest = int(min(starts) * 1000) if starts else None
+        return json.dumps({"threads": self.threads, "busy": len(starts), "oldest": oldest, "held": HOLDS.count(), "at": int(now * 1000)}, separators=(",", ":"))
+
+    def _forget_earlier(self, broker) -> None:
+        """At boot: drop the reports an earlier process of this instance left (a crash)."""
+        if not self.report_key:
+            return
+        prefix = f"{self.instance}."
+        stale = [f for f in (x.decode() if isinstance(x, bytes) else x for x in broker.client.hkeys(self.report_key)) if f.startswith(prefix) and f != self.report_field]
+        if stale:
+            broker.client.hdel(self.report_key, *stale)
+
     def flush(self, broker) -> bool:
-        """Send what accumulated since the last flush (one round trip); keep it on failure."""
+        """Send what accumulated since the last flush and this process's report (one round
+        trip, also when nothing completed: the report is a heartbeat); keep the counts on failure."""
         with self.lock:
             batch, self.pending = self.pending, {}
-        if not batch:
+        if not batch and not self.report_key:
             return True
         try:
             pipe = broker.client.pipeline(transaction=False)
@@ -678,6 +731,8 @@ class WorkReporter(Middleware):
                 pipe.hincrby(key, "done", done)
                 pipe.hincrbyfloat(key, "busy", round(busy, 6))
                 pipe.hset(key, "at", at)
+            if self.report_key and not self.stopping.is_set():
+                pipe.hset(self.report_key, self.report_field, self.report())
             pipe.execute()
             return True
         except Exception:  # noqa: BLE001 - Redis down: keep the counts for the next flush
@@ -690,6 +745,10 @@ class WorkReporter(Middleware):
 
     def _loop(self, broker) -> None:
         failed = False
+        try:
+            self._forget_earlier(broker)
+        except Exception:  # noqa: BLE001 - Redis down at boot: the stale fields are ignored by dramactl anyway
+            pass
         while True:
             stopping = self.stopping.wait(self.interval)
             try:

@@ -66,7 +66,7 @@ def test_manual_commands_journal_line_reads_the_queue_or_leaves_it_out(system: S
     # Redis unreachable for this command (the workers keep theirs): the scale goes ahead.
     res = system.c.run([DRAMACTL, "scale-down"], env={"REDIS_PORT": "1"}, check=False)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "workers 2 -> 1 | manual; autoscaling paused | stopped @2:done", res.stdout
+    assert res.stdout.strip() == "workers 2 -> 1 | manual; autoscaling paused | stop @2 (highest number: no instance reports) | stopped @2:done", res.stdout
     assert system.active() == ["dramatiq-worker@1.service"]
 
 

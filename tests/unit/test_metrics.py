@@ -42,7 +42,7 @@ def test_render_names_units_labels_and_values() -> None:
     assert (s["dramactl_tick_duration_seconds"], s["dramactl_last_tick_timestamp_seconds"], s["dramactl_paused"]) == ("0.2", "1700000000.25", "1")
     assert "# TYPE dramactl_scaling_actions_total counter" in text
     fleet = [n for n, _, _ in metrics.METRICS if n.startswith("dramactl_fleet_")]
-    assert text.count("# HELP") == len(metrics.METRICS) - len(fleet) and text.endswith("\n")
+    assert text.count("# HELP") == len(metrics.METRICS) - len(fleet) - len(metrics.OPTIONAL) and text.endswith("\n")
     assert not any(name in text for name in fleet)  # one host: no fleet figures at all
 
 
@@ -64,7 +64,7 @@ def test_the_fleet_figures_target_cap_each_hosts_instances_and_share_live_and_fa
     from prometheus_client.parser import text_string_to_metric_families
 
     text = metrics.render(metrics.from_outcome(fleet_outcome()))
-    assert text.count("# HELP") == len(metrics.METRICS)
+    assert text.count("# HELP") == len(metrics.METRICS) - len(metrics.OPTIONAL)  # no instance reported
     s = samples(text)
     assert (s["dramactl_fleet_target_instances"], s["dramactl_fleet_cap_instances"]) == ("5", "6")
     assert (s["dramactl_fleet_live_hosts"], s["dramactl_fleet_failing_hosts"]) == ("3", "1")
@@ -86,6 +86,18 @@ def test_the_fleet_figures_target_cap_each_hosts_instances_and_share_live_and_fa
     fleet_lines = [line for line in text.splitlines() if "dramactl_fleet_" in line]
     from_status = [line for line in metrics.render(metrics.from_status(status)).splitlines() if "dramactl_fleet_" in line]
     assert from_status == fleet_lines
+
+
+def test_instance_reports_are_exported() -> None:
+    from dataclasses import replace
+
+    from dramactl.stats import InstanceReport
+
+    o = replace(outcome(), reports={2: InstanceReport(2, threads=4, busy=1, oldest=1_700_000_000.25 - 90.0, at=1_700_000_000.0)})
+    s = samples(metrics.render(metrics.from_outcome(o)))
+    assert (s['dramactl_instance_threads{instance="2"}'], s['dramactl_instance_busy_threads{instance="2"}']) == ("4", "1")
+    assert s['dramactl_instance_oldest_task_age_seconds{instance="2"}'] == "90.0"
+    assert 'dramactl_instance_threads{instance="1"}' not in s
 
 
 def test_before_any_tick_the_tick_figures_are_absent_not_zero() -> None:
