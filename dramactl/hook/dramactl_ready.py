@@ -337,9 +337,11 @@ class FollowUpGuard(Middleware):
         work.tracking = False
         began = time.monotonic()
         alarm_at = began + self.alarm_after
-        pause, error, alarmed = 0.5, "?", False
+        pause, error = 0.5, "?"
         names = ", ".join(sorted({f"{m.actor_name}@{m.queue_name}" for m, _, _ in work.pending.values()}))
         log.warning("dramactl: holding message %s unacked: %d follow-up(s) (%s) not stored in Redis; retrying until Redis takes them", message.message_id, len(work.pending), names)
+        # systemctl status shows it even when Redis takes nothing (the per-instance report needs Redis).
+        _notify_quietly(f"STATUS=holding {HOLDS.count()} message(s) unacked: Redis has not stored their retry or next step")
         try:
             while work.pending:
                 try:
@@ -369,7 +371,6 @@ class FollowUpGuard(Middleware):
                             message.message_id, time.monotonic() - began, error,
                         )
                         alarm_at += HOLD_ALARM_REPEAT_SECONDS
-                        alarmed = True
                         _notify_quietly(f"STATUS=holding {HOLDS.count()} message(s) unacked: Redis refuses their follow-ups ({error})")
                     time.sleep(pause)
                     pause = min(self.max_pause, pause * 2)
@@ -378,7 +379,7 @@ class FollowUpGuard(Middleware):
         finally:
             work.tracking = True
             HOLDS.add(-1)
-            if alarmed and HOLDS.count() == 0 and STATUS["consuming"]:
+            if HOLDS.count() == 0 and STATUS["consuming"]:
                 _notify_quietly(f"STATUS={STATUS['consuming']}")
         log.warning("dramactl: message %s: follow-up(s) stored after holding it %.1fs; acking it", message.message_id, time.monotonic() - began)
 

@@ -93,10 +93,11 @@ def test_instance_reports_are_exported() -> None:
 
     from dramactl.stats import InstanceReport
 
-    o = replace(outcome(), reports={2: InstanceReport(2, threads=4, busy=1, oldest=1_700_000_000.25 - 90.0, at=1_700_000_000.0)})
+    o = replace(outcome(), reports={2: InstanceReport(2, threads=4, busy=1, oldest=1_700_000_000.25 - 90.0, held=1, at=1_700_000_000.0)})
     s = samples(metrics.render(metrics.from_outcome(o)))
     assert (s['dramactl_instance_threads{instance="2"}'], s['dramactl_instance_busy_threads{instance="2"}']) == ("4", "1")
     assert s['dramactl_instance_oldest_task_age_seconds{instance="2"}'] == "90.0"
+    assert s['dramactl_instance_held_messages{instance="2"}'] == "1"  # a retry Redis has not stored yet
     assert 'dramactl_instance_threads{instance="1"}' not in s
 
 
