@@ -31,16 +31,19 @@ STALE_SECONDS = 5.0
 FIELD_LIMIT = 4096
 
 
-def host_identity() -> str:
-    """This host's identity: /etc/machine-id, else its hostname (as the hook computes it)."""
+MACHINE_ID = "/etc/machine-id"
+
+
+def host_identity(path: str | None = None) -> str:
+    """This host's identity: /etc/machine-id (unique per installation, kept across reboots,
+    unlike a hostname that clones and containers share), else its hostname. The fleet
+    (share.host_id) and the worker hook (its own copy: it cannot import dramactl) use it."""
     try:
-        with open("/etc/machine-id", encoding="ascii") as f:
+        with open(path or MACHINE_ID, encoding="ascii") as f:
             ident = f.read().strip()
-        if ident:
-            return ident
     except (OSError, ValueError):
-        pass
-    return socket.gethostname()
+        return socket.gethostname()
+    return ident if len(ident) == 32 and all(c in "0123456789abcdef" for c in ident) else socket.gethostname()
 
 
 def instances_key(namespace: str, host: str | None = None) -> str:

@@ -70,7 +70,6 @@ import json
 import logging
 import math
 import random
-import re
 import socket
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -95,7 +94,6 @@ LONGEST = 86_400.0  # the longest a heartbeat may last (FLEET_HOST_TTL's own lim
 SKEW = 300.0  # seconds a record's time may be ahead of Redis' clock before it is taken as damaged
 LISTED = 12  # hosts named in a tick's journal line (all of them in `dramactl status`)
 MACHINE_ID = "/etc/machine-id"
-_MACHINE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 # The fleet-wide settings: one record in the fleet's hash (``settings``), followed by every host.
 FLEET_SETTINGS = {
@@ -152,14 +150,11 @@ def host_name() -> str:
 
 
 def host_id(path: str | None = None) -> str:
-    """This host's identity in the fleet: /etc/machine-id (unique per installation, kept
-    across reboots, unlike a hostname that clones and containers share), else the hostname."""
-    try:
-        with open(path or MACHINE_ID, encoding="ascii") as f:
-            text = f.read().strip()
-    except (OSError, UnicodeDecodeError):
-        return host_name()
-    return text if _MACHINE_ID.match(text) else host_name()
+    """This host's identity in the fleet: :func:`dramactl.reports.host_identity` (the
+    machine-id, else the hostname), the one its instances' reports are filed under."""
+    from .reports import host_identity
+
+    return host_identity(path or MACHINE_ID)
 
 
 def fleet_values(settings: Settings) -> dict:

@@ -202,3 +202,29 @@ def test_when_the_app_s_mean_task_outlasts_the_drain_every_running_task_is_long(
     assert numbers(choice) == [] and [p.number for p in choice.waiting] == [1], "a task begun a second ago is waited for too"
     r = {1: idle(1), 2: InstanceReport(2, threads=4, held=2, at=NOW)}
     assert numbers(victims.choose([1, 2], 2, r, NOW, long_after=after)) == [1, 2], "holds alone are no running task: no wait"
+
+
+def test_the_hook_and_dramactl_name_this_host_alike(tmp_path, monkeypatch) -> None:
+    """The probe reads the reports the hook files under its host identity: both must compute it
+    the same way (the hook cannot import dramactl), for a machine-id, a damaged one and none."""
+    import builtins
+    import importlib.util
+    from pathlib import Path
+
+    from dramactl import reports
+
+    spec = importlib.util.spec_from_file_location("hook_identity", Path(reports.__file__).with_name("hook") / "dramactl_ready.py")
+    source = spec.loader.get_source("hook_identity")
+    namespace: dict = {}
+    exec(source[source.index("def host_identity") : source.index("def notify")], {"socket": __import__("socket")}, namespace)
+    hook_identity = namespace["host_identity"]
+    real_open = builtins.open
+    for text in ("0123456789abcdef0123456789abcdef\n", "not-a-machine-id\n", None):
+        path = tmp_path / "machine-id"
+        if text is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(text)
+        monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(path if f == "/etc/machine-id" else f, *a, **k))
+        assert hook_identity() == reports.host_identity(str(path)), text
+    monkeypatch.setattr(builtins, "open", real_open)
