@@ -97,6 +97,7 @@ class FaultReport:
     child_kills: int
     workload: str
     hook: str  # what the hook did, from the workers' journal
+    leftovers: list  # when something is lost or stranded: what is left where, and the journal lines naming it
     max_occupied: int
     below_min: float  # longest stretch with fewer than MIN up or coming back (seconds)
     orphaned_for: float  # longest stretch with orphaned messages reported (seconds)
@@ -123,7 +124,7 @@ class FaultReport:
             f"orphaned messages: at most {self.max_orphaned}, longest shown {self.orphaned_for:.0f}s before redelivery",
             f"ticks during the Redis stop that exited with one line: {self.redis_down_ticks}",
             f"{self.samples} samples over {self.elapsed:.0f}s",
-        ]
+        ] + self.leftovers
 
 
 class Killer(threading.Thread):
@@ -191,6 +192,41 @@ def settle(predicate: Callable[[], object], timeout: float, interval: float = 1.
             return False
         time.sleep(interval)
     return True
+
+
+LEFTOVERS = """
+import json, time, redis
+r = redis.Redis()
+now = time.time() * 1000
+beats = dict(r.zrange("dramatiq:__heartbeats__", 0, -1, withscores=True))
+out = []
+for key in sorted(r.scan_iter("dramatiq:__acks__.*")):
+    worker, queue = key.decode().split("__acks__.", 1)[1].split(".", 1)
+    age = beats.get(worker.encode())
+    for rid in sorted(r.smembers(key)):
+        body = r.hget(f"dramatiq:{queue}.msgs", rid)
+        m = json.loads(body) if body else {}
+        out.append({"where": f"ack set of worker {worker[:8]} (heartbeat {'gone' if age is None else '%.0fs ago' % ((now - age) / 1000)}), queue {queue}",
+                    "id": m.get("message_id", rid.decode() + " (no body)"), "what": f"{m.get('actor_name')}{tuple(m.get('args', ()))}"})
+print(json.dumps(out))
+"""
+
+
+def leftovers(system: System, waves: list[int], limit: int = 5) -> list[str]:
+    """The idents never processed, what is left in the ack sets, and the workers' journal lines
+    naming the first few."""
+    processed = set(system.sh("redis-cli --raw smembers sys:processed").stdout.split())
+    lost = [f"w{w}-{i}" for w, n in enumerate(waves) for i in range(n) if f"w{w}-{i}" not in processed]
+    lines = [f"lost: {len(lost)} ident(s): {' '.join(lost[:20])}{' ...' if len(lost) > 20 else ''}"] if lost else []
+    for ident in lost[:limit]:
+        found = system.sh(f"journalctl --no-pager -o short-precise -u 'dramatiq-worker@*' -g \"'{ident}'\"", check=False).stdout
+        lines += [f"  journal: {line}" for line in found.splitlines()[-8:] if ident in line]
+    left = system.c.python(PYTHON, LEFTOVERS) or []
+    lines += [f"left: {item['what']} message {item['id']} in the {item['where']}" for item in left]
+    for item in left[:limit]:
+        found = system.sh(f"journalctl --no-pager -o short-precise -u 'dramatiq-worker@*' -g {item['id']}", check=False).stdout
+        lines += [f"  journal: {line}" for line in found.splitlines()[-8:] if item["id"] in line]
+    return lines
 
 
 def hook_summary(system: System) -> str:
@@ -276,6 +312,7 @@ def run(system: System, plan: FaultPlan, wait_until: Callable[..., object], log:
             settle(lambda: system.redis()["processed"] >= sent, 30)
     r = system.redis()
     rows = sampler.rows
+    left = leftovers(system, waves) if r["acks"] or r["processed"] < sent else []
     with_redis = [row for row in rows if not row.get("error")]
     kinds = [(i % 4) for w in waves for i in range(w)]
     workload = (
@@ -292,6 +329,7 @@ def run(system: System, plan: FaultPlan, wait_until: Callable[..., object], log:
         child_kills=killer.child_kills,
         workload=workload,
         hook=hook_summary(system),
+        leftovers=left,
         max_occupied=max(occupied(row) for row in rows),
         below_min=longest(rows, lambda row: occupied(row) < lo),
         orphaned_for=longest(with_redis, lambda row: row.get("orphaned", 0) > 0),

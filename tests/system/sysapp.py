@@ -62,7 +62,7 @@ def limited(ident: str, seconds: float, fail_once: bool = False) -> None:
     client = broker.client
     client.incr("sys:started")
     if fail_once and client.sadd("sys:failed", ident):
-        raise RuntimeError(f"{ident}: failing once, as planned (its retry must be stored)")
+        raise dramatiq.Retry(f"{ident}: failing once, as planned (its retry must be stored)")  # retried, logged without a traceback
     time.sleep(seconds)
     _record(ident)
 
