@@ -153,7 +153,18 @@ class Killer(threading.Thread):
             if child:
                 self.child_kills += kill_child(self.system, victim)
             else:
-                self.kills += self.system.sh(f"systemctl kill -s KILL {victim}", check=False).returncode == 0
+                self.kills += kill_unit(self.system, victim)
+
+
+def kill_unit(system: System, unit: str) -> bool:
+    """SIGKILL every process of ``unit``; True when its main process is gone. Counted by the main
+    process rather than systemctl's status, which fails when systemd cannot kill the whole cgroup
+    (it says "Failed to kill control group ..." in some nested containers) though the signal went out."""
+    script = (
+        f"pid=$(systemctl show -P MainPID {unit}); [ \"$pid\" -gt 0 ] || exit 1; "
+        f"systemctl kill -s KILL {unit}; sleep 0.3; ! kill -0 $pid 2>/dev/null"
+    )
+    return system.sh(script, check=False).returncode == 0
 
 
 def kill_child(system: System, unit: str) -> bool:
