@@ -163,7 +163,7 @@ def kill_unit(system: System, unit: str) -> bool:
     In some nested containers systemd cannot kill the whole cgroup ("Failed to kill control group
     ..., ignoring: Input/output error"): it signals the main process, systemctl exits non-zero, and
     Dramatiq's worker child can survive as a ghost ("Unit process N remains running after unit
-    stopped") that keeps fetching and heartbeating with nobody reading its log pipe. On a host
+    stopped") that keeps fetching and heartbeating outside systemd's control. On a host
     systemd kills the whole cgroup; killing the children by PID does the same here."""
     script = (
         f"pid=$(systemctl show -P MainPID {unit}); [ \"$pid\" -gt 0 ] || exit 1; "
