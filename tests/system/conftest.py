@@ -96,6 +96,13 @@ class System:
         )
         self.c.python(PYTHON, code, cwd=APP_DIR)
 
+    def send_mix(self, count: int, seconds: float, prefix: str = "m") -> None:
+        """sysapp.send_mix: plain, time-limited (half failing once) and pipelined messages."""
+        self.c.python(PYTHON, f"import sysapp, json\nsysapp.send_mix({count}, {seconds}, {prefix!r})\nprint(json.dumps(True))", cwd=APP_DIR)
+
+    def send_delayed(self, count: int, seconds: float, delay_ms: int, prefix: str = "d") -> None:
+        self.c.python(PYTHON, f"import sysapp, json\nsysapp.send_delayed({count}, {seconds}, {delay_ms}, {prefix!r})\nprint(json.dumps(True))", cwd=APP_DIR)
+
     def redis(self) -> dict:
         """The test app's counters and Dramatiq's leftover keys."""
         code = (
@@ -105,7 +112,7 @@ class System:
             "print(json.dumps({'count': int(r.get('sys:count') or 0), 'processed': r.scard('sys:processed'),"
             " 'duplicates': int(r.get('sys:duplicates') or 0), 'ready': r.llen('dramatiq:sys'),"
             " 'msgs': r.hlen('dramatiq:sys.msgs'), 'delayed': r.hlen('dramatiq:sys.DQ.msgs'),"
-            " 'dead': r.zcard('dramatiq:sys.XQ'), 'acks': acks}))"
+            " 'dead': r.zcard('dramatiq:sys.XQ'), 'acks': acks, 'failed': r.scard('sys:failed')}))"
         )
         return self.c.python(PYTHON, code)  # type: ignore[return-value]
 

@@ -26,14 +26,20 @@ FAULT_SETTINGS = {
 
 
 def test_nothing_lost_and_fleet_within_bounds_under_faults(system: System) -> None:
-    """2,000 recorded messages through 6 SIGKILLs, a Redis restart, a 30 s Redis stop and a
-    manual scale-down under load, then resume: every message processed, none dead-lettered,
-    never more than MAX up or coming back, never below MIN, orphans redelivered in time."""
-    plan = faults.FaultPlan(messages=2000, waves=2, seconds=0.5, kills=6, kill_every=4.0, redis_stop=30.0, scale_to=1, settings=FAULT_SETTINGS)
+    """2,000 recorded messages (plain, time-limited with half of those failing once, two-step
+    pipelines) through 6 SIGKILLs of units and 3 of Dramatiq's worker child process, a Redis
+    restart, a 30 s Redis hang (SIGSTOP, then SIGCONT), a 30 s Redis stop and a manual scale-down
+    under load, then resume: every message processed, none dead-lettered, nothing stranded in an
+    ack set a heartbeat timeout after the drain, never more than MAX up or coming back, never
+    below MIN, orphans redelivered in time."""
+    plan = faults.FaultPlan(
+        messages=2000, waves=2, seconds=0.5, kills=6, child_kills=3, kill_every=4.0, redis_hang=30.0, redis_stop=30.0, scale_to=1, settings=FAULT_SETTINGS
+    )
     report = faults.run(system, plan, wait_until, log=lambda s: print(f"[faults] {s}"))
     print("\n" + "\n".join(f"[faults] {line}" for line in report.lines()))
-    assert report.kills >= 6
+    assert report.kills >= 6 and report.child_kills >= 3, report.lines()
     assert report.lost == 0 and report.dead == 0, report.lines()
+    assert report.stranded == 0, report.lines()
     assert report.max_occupied <= 4, report.lines()
     assert report.below_min == 0, report.lines()
     # Orphans show only once their worker's heartbeat expired; maintenance (every 5 s in each
@@ -43,6 +49,57 @@ def test_nothing_lost_and_fleet_within_bounds_under_faults(system: System) -> No
     assert "stopped" in report.scale_down and "failed" not in report.scale_down, report.scale_down
     r = system.redis()
     assert (r["ready"], r["msgs"], r["delayed"], r["acks"]) == (0, 0, 0, 0), r
+    assert r["failed"] == 2000 // 4, r  # every fail-once message failed once (and then ran: nothing lost)
+
+
+def unit_samples(system: System, unit: str, seconds: float, every: float = 0.5) -> list[dict[str, str]]:
+    """``unit``'s ActiveState, SubState, MainPID and pending job (type, from list-jobs) every
+    ``every`` seconds for ``seconds``, sampled by one loop inside the container."""
+    loop = (
+        f"end=$(( $(date +%s) + {int(seconds)} )); while [ $(date +%s) -lt $end ]; do "
+        f"echo '--'; systemctl show -p ActiveState -p SubState -p MainPID {unit}; "
+        f"echo \"JobType=$(systemctl list-jobs --plain --no-legend {unit} | awk '{{print $3}}' | head -1)\"; sleep {every}; done"
+    )
+    out = system.sh(loop, timeout=seconds + 60).stdout
+    samples = []
+    for block in out.split("--\n")[1:]:
+        samples.append(dict(line.split("=", 1) for line in block.splitlines() if "=" in line))
+    return samples
+
+
+def test_the_hooks_recovery_of_dropped_delayed_messages_never_stops_the_unit(system: System) -> None:
+    """One instance holds delayed messages in memory; Redis stops for 8 s, so Dramatiq's consumer
+    drops its in-memory delay queue while the ids stay in the worker's ack set; Redis starts
+    again. The hook hands them back (its stranded-message sweep) with the worker still running:
+    for the next 40 s the unit stays active/running with no job and the same MainPID, and every
+    delayed message is processed exactly once with nothing left in any ack set. (The SIGHUP
+    reload it replaced sent STOPPING=1, which systemd takes as the service stopping: the unit sat
+    deactivating with no stop job, which the scaler counts as failing, until TimeoutStopSec.)"""
+    system.configure(**{**FAULT_SETTINGS, "MAX_PROCESSES": "1"})
+    system.dramactl("scale-to", "1")
+    unit = "dramatiq-worker@1.service"
+    pid = system.sh(f"systemctl show -P MainPID {unit}").stdout.strip()
+    count = 20
+    system.send_delayed(count, 0.1, 20_000)
+    wait_until(
+        lambda: system.redis()["acks"] == count and system.sh("redis-cli llen dramatiq:sys.DQ").stdout.strip() == "0",
+        10,
+        "the worker to hold every delayed message in memory",
+    )
+    system.sh("systemctl stop redis-server")
+    time.sleep(8)  # longer than a maintenance round (5 s): the hook's own Redis calls fail too
+    system.sh("systemctl start redis-server")
+    samples = unit_samples(system, unit, 40)
+    assert len(samples) >= 40, samples
+    log = system.c.journal(unit)
+    assert "Consumer encountered a connection error" in log, log[-3000:]  # the delay queue was dropped
+    bad = [s for s in samples if (s.get("ActiveState"), s.get("SubState"), s.get("JobType"), s.get("MainPID")) != ("active", "running", "", pid)]
+    assert not bad, f"{len(bad)} of {len(samples)} samples not active/running with no job and MainPID {pid}: {bad[:3]} ... {bad[-1:]}"
+    wait_until(lambda: system.redis()["processed"] == count, 20, "every delayed message processed")
+    wait_until(lambda: system.redis()["acks"] == 0, 10, "nothing left in any ack set")
+    r = system.redis()
+    assert (r["processed"], r["duplicates"], r["count"], r["ready"], r["msgs"], r["delayed"], r["acks"]) == (count, 0, count, 0, 0, 0, 0), r
+    print(f"\n[faults] {count} delayed messages dropped from memory by an 8 s Redis stop: handed back and processed once each; {unit} active/running with MainPID {pid} in all {len(samples)} samples over 40 s")
 
 
 def gave_up(system: System, unit: str) -> int:
@@ -55,7 +112,7 @@ def kill_until_failed(system: System, unit: str, limit: int = 12) -> int:
     before = gave_up(system, unit)
     for kills in range(1, limit + 1):
         wait_until(lambda: system.sh(f"systemctl is-active {unit}", check=False).stdout.strip() == "active", 20, f"{unit} running")
-        system.sh(f"systemctl kill -s KILL {unit}", check=False)  # may race a process just exiting
+        faults.kill_unit(system, unit)  # may race a process just exiting; its children by PID too (see kill_unit)
         time.sleep(0.3)
         wait_until(
             lambda: gave_up(system, unit) > before or system.sh(f"systemctl is-active {unit}", check=False).stdout.strip() == "active",
@@ -137,7 +194,9 @@ def test_orphaned_messages_are_shown_and_redelivered_with_no_worker_running(syst
     system.dramactl("scale-to", "1")
     system.send(4, 8.0)  # 2 threads: 2 running, 2 prefetched
     wait_until(lambda: system.redis()["ready"] == 0, 15, "the worker to take all four")
-    system.sh("systemctl kill -s KILL dramatiq-worker@1 && systemctl stop dramatiq-worker@1; systemctl reset-failed dramatiq-worker@1 2>/dev/null; true")
+    # The worker child killed by PID too, and the stop issued whatever systemctl kill says: see faults.kill_unit.
+    faults.kill_unit(system, "dramatiq-worker@1.service")
+    system.sh("systemctl stop dramatiq-worker@1; systemctl reset-failed dramatiq-worker@1 2>/dev/null; true")
     assert system.units() == {}
     killed = time.monotonic()
 
