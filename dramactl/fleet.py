@@ -128,11 +128,13 @@ class Fleet:
             raise FleetError(f"cannot read {name.decode()} of {path.decode()}: {exc}") from None
 
     # -- reading ----------------------------------------------------------
-    def instances(self, details: bool = False) -> list[WorkerUnit]:
+    def instances(self, details: bool = False, memory: bool = False) -> list[WorkerUnit]:
         """Loaded worker instances, lowest number first; one D-Bus call unless ``details``.
 
         Without details, only units that look unhealthy get their restart count read,
         so a tick over 64 healthy instances costs what a tick over one does.
+        ``memory`` (or ``details``): each running instance's MemoryCurrent too, one
+        property read per instance (WORKER_RECYCLE_MEMORY, status).
         """
         rows = self._call(b"ListUnitsByPatterns", b"asas", [[], [PATTERN.encode()]])
         units = []
@@ -146,6 +148,8 @@ class Fleet:
             unit = WorkerUnit(number=number, active_state=active_s, sub_state=sub_s, job=job)
             if details or active_s != "active":
                 unit = self._with_details(unit, path, details)
+            if (details or memory) and active_s in ("active", "reloading", "deactivating"):
+                unit = replace(unit, memory=self._memory(path))
             units.append(unit)
         return sorted(units, key=lambda u: u.number)
 
@@ -158,6 +162,31 @@ class Fleet:
         result = _text(self._property(path, SERVICE, b"Result", b"s"))
         since = entered / 1e6 if entered else None
         return replace(unit, pid=pid, since=since, restarts=restarts, result=result)
+
+    def _memory(self, path: bytes) -> int | None:
+        """MemoryCurrent in bytes (the cgroup's memory.current), None when systemd does not know it."""
+        value = int(self._property(path, SERVICE, b"MemoryCurrent", b"t"))
+        return None if value >= 2**64 - 1 else value
+
+    def why_not_started(self, number: int) -> str:
+        """Why an instance's start did not end in READY=1, in a few words (systemd's Result and exit status)."""
+        path = self._call(b"LoadUnit", b"s", [unit_name(number).encode()])
+        result = _text(self._property(path, SERVICE, b"Result", b"s"))
+        code = int(self._property(path, SERVICE, b"ExecMainCode", b"i"))
+        status = int(self._property(path, SERVICE, b"ExecMainStatus", b"i"))
+        state = _text(self._property(path, UNIT, b"ActiveState", b"s"))
+        if code == 1:  # CLD_EXITED
+            return f"exit status {status}" + (" (the app cannot be imported)" if status == 2 else "") + f", {state}"
+        if code in (2, 3):  # CLD_KILLED, CLD_DUMPED
+            return f"killed by signal {status}, {state}"
+        return f"result {result}, {state}"
+
+    def timeouts(self, number: int) -> tuple[float, float]:
+        """The instance unit's TimeoutStartSec and TimeoutStopSec, in seconds."""
+        path = self._call(b"LoadUnit", b"s", [unit_name(number).encode()])
+        start = int(self._property(path, SERVICE, b"TimeoutStartUSec", b"t"))
+        stop = int(self._property(path, SERVICE, b"TimeoutStopUSec", b"t"))
+        return start / 1e6, stop / 1e6
 
     def timer(self, name: str = "dramactl.timer") -> TimerInfo:
         """The scaler timer: state, interval, last and next tick."""

@@ -76,6 +76,7 @@ class Outcome:
     at: float | None = None  # when the tick ran (epoch seconds)
     duration: float | None = None  # seconds the tick took
     actions: dict[str, int] = field(default_factory=dict)  # instances started ("up") / stopped ("down"), ever
+    failure: str | None = None  # why a rolling restart or recycle stopped short (rollout.py)
 
     @property
     def backlog(self) -> FleetBacklog:
@@ -83,7 +84,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return all(j.ok for j in self.started + self.stopped + self.restarted)
+        return self.failure is None and all(j.ok for j in self.started + self.stopped + self.restarted)
 
     def summary(self) -> str:
         """One line with inputs, decision, reason and actions: the journal record of a tick."""
