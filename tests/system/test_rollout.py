@@ -1,0 +1,156 @@
+"""Deploys in a booted systemd: `dramactl restart` replaces every instance without losing
+capacity or messages; a deploy whose new code does not import stops with the old instances
+still serving."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.system import faults
+from tests.system.conftest import APP_DIR, DRAMACTL, PYTHON, REPO, System, wait_until
+
+pytestmark = pytest.mark.system
+
+APP = "/srv/rollapp"  # the deployed app's code, on the container's own disk (the overlay)
+STREAM_OUT = "/var/tmp/dramactl-stream"
+MANAGE = str(REPO / "manage_dramatiq.sh")
+
+# The app as deployed: the system tests' actor ("work" on queue "sys"), recording which
+# version of the code processed each message.
+APP_CODE = '''\
+import os, time
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+{broken}
+VERSION = "{version}"
+broker = RedisBroker(host="localhost", port=6379)
+dramatiq.set_broker(broker)
+
+
+@dramatiq.actor(queue_name="sys", max_retries=3, min_backoff=200, max_backoff=2000)
+def work(ident, seconds):
+    client = broker.client
+    client.incr("sys:started")
+    time.sleep(seconds)
+    client.hset("stream:version", ident, VERSION)
+    if not client.sadd("sys:processed", ident):
+        client.incr("sys:duplicates")
+    client.incr("sys:count")
+'''
+
+
+def deploy(system: System, version: str, broken: bool = False) -> None:
+    """Write the app's code on disk, as a deploy tool would (running instances keep the code they imported)."""
+    code = APP_CODE.format(version=version, broken="import module_that_is_not_installed" if broken else "")
+    system.sh(f"mkdir -p {APP} && cat > {APP}/rollapp.py.new <<'EOF'\n{code}EOF\nmv {APP}/rollapp.py.new {APP}/rollapp.py")
+
+
+def pids(system: System) -> dict[str, int]:
+    """Running instances -> MainPID, from systemctl."""
+    out = system.sh("systemctl show -p Id -p MainPID 'dramatiq-worker@*.service'").stdout
+    found = {}
+    for block in out.strip().split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if props.get("MainPID", "0") != "0":
+            found[props["Id"]] = int(props["MainPID"])
+    return found
+
+
+class Stream:
+    """tests/system/stream.py as a transient unit: one message every ``interval`` seconds."""
+
+    def __init__(self, system: System, interval: float, seconds: float) -> None:
+        self.system, self.interval, self.seconds = system, interval, seconds
+
+    def __enter__(self) -> "Stream":
+        self.system.sh(f"rm -f {STREAM_OUT}.stop")
+        self.system.sh(
+            ["systemd-run", "--unit=dramactl-test-stream", "--collect", "--quiet", f"--working-directory={APP_DIR}",
+             PYTHON, str(REPO / "tests/system/stream.py"), STREAM_OUT, str(self.interval), str(self.seconds)]
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.system.sh(f"touch {STREAM_OUT}.stop")
+        wait_until(lambda: self.system.sh("systemctl is-active dramactl-test-stream", check=False).stdout.strip() != "active", 15, "the stream to stop")
+        self.system.sh(f"rm -f {STREAM_OUT}.stop", check=False)
+
+
+def hash_of(system: System, key: str) -> dict[str, str]:
+    code = f"import redis, json\nr = redis.Redis(decode_responses=True)\nprint(json.dumps(r.hgetall('{key}')))"
+    return system.c.python(PYTHON, code)  # type: ignore[return-value]
+
+
+def consuming(row: dict) -> int:
+    return sum(1 for state in row["units"].values() if state == "active/running")
+
+
+def test_deploy_under_a_steady_stream_keeps_capacity_and_every_message(system: System) -> None:
+    deploy(system, "v1")
+    system.configure(DRAMATIQ_COMMAND="dramatiq rollapp", WORKER_DIRECTORY=APP, MIN_PROCESSES="2", MAX_PROCESSES="4")
+    system.sh("systemctl start dramactl.timer")
+    wait_until(lambda: len(system.active()) == 2, 30, "the autoscaler to run MIN_PROCESSES=2 instances")
+    before = pids(system)
+    with faults.Sampler(system) as sampler, Stream(system, interval=0.1, seconds=0.1):
+        time.sleep(4)
+        deploy(system, "v2")
+        began = time.time()
+        out = system.c.run([MANAGE, "deploy"], env={"DRAMACTL": DRAMACTL}, timeout=300)
+        ended = time.time()
+        time.sleep(4)  # the stream goes on after the roll, now served by v2 only
+    sent = hash_of(system, "stream:sent")
+    wait_until(lambda: system.redis()["count"] >= len(sent), 60, f"all {len(sent)} streamed messages processed")
+    r = system.redis()
+    versions = hash_of(system, "stream:version")
+
+    # Every message processed once; nothing left anywhere in Redis.
+    assert len(sent) > 60 and r["processed"] == len(sent) and r["duplicates"] == 0, (len(sent), r)
+    assert (r["ready"], r["msgs"], r["delayed"], r["dead"], r["acks"]) == (0, 0, 0, 0, 0), r
+    # Messages sent after the roll were all handled by the new code; earlier ones by either.
+    after = [i for i, at in sent.items() if float(at) > ended]
+    assert len(after) > 20 and {versions[i] for i in after} == {"v2"}, {versions[i] for i in after}
+    assert "v1" in versions.values()
+    # Every instance was replaced (new processes), the fleet the same size.
+    now = pids(system)
+    assert len(now) == 2 and not set(now.values()) & set(before.values()), (before, now)
+    # Capacity sampled once a second never fell below what ran before, never passed MAX.
+    during = [row for row in sampler.rows if began - 1 <= row["t"] <= ended + 1]
+    assert len(during) >= 3, sampler.rows
+    capacity = [consuming(row) for row in during]
+    assert min(capacity) >= 2 and max(faults.occupied(row) for row in during) <= 4, capacity
+
+    # Progress as it went, then one journal entry for the whole roll.
+    assert "waiting for READY=1" in out.stderr and "draining @" in out.stderr, out.stderr
+    entries = system.sh("journalctl --no-pager -o json SYSLOG_IDENTIFIER=dramactl DRAMACTL_COMMAND=restart").stdout.splitlines()
+    assert len(entries) == 1, entries
+    entry = json.loads(entries[0])
+    assert entry["DRAMACTL_OK"] == "1" and entry["DRAMACTL_STARTED"] == "2" and entry["DRAMACTL_STOPPED"] == "2", entry
+    assert "rolling restart: 2 instance(s) replaced" in entry["MESSAGE"], entry["MESSAGE"]
+    # Ticks during the roll said they were held; the first tick after it sized the fleet again.
+    ticks = system.sh("journalctl --no-pager -o cat -u dramactl.service").stdout
+    assert "skipped: rolling restart of 2 instance(s) in progress" in ticks, ticks
+    wait_until(
+        lambda: "workers 2 -> 2" in system.sh(f"journalctl --no-pager -o cat -u dramactl.service --since @{int(ended) + 1}").stdout,
+        15,
+        "a tick after the roll",
+    )
+
+
+def test_deploy_of_code_that_does_not_import_stops_with_the_old_instances_serving(system: System) -> None:
+    deploy(system, "v1")
+    system.configure(DRAMATIQ_COMMAND="dramatiq rollapp", WORKER_DIRECTORY=APP, MAX_PROCESSES="4")
+    system.dramactl("scale-to", "3")
+    before = pids(system)
+    deploy(system, "v2", broken=True)
+    out = system.dramactl("restart", check=False)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    cause = [line for line in out.stderr.splitlines() if line.startswith("dramactl: rolling restart stopped")]
+    assert len(cause) == 1 and "dramatiq-worker@4 did not start (exit status 2 (the app cannot be imported)" in cause[0], out.stderr
+    # Stopped after the first replacement: the three old instances run as before, nothing failed left behind.
+    assert pids(system) == before and system.active() == sorted(before), (before, system.units())
+    assert "dramatiq-worker@4.service" not in system.units()
+    system.send(6, 0.1)
+    wait_until(lambda: system.redis()["count"] >= 6, 30, "the old instances to serve")
