@@ -114,6 +114,9 @@ def main() -> None:
 def status(as_json: bool) -> None:
     """Queues, instances, limits and the timer.
 
+    Everything that can be read is printed; the exit code says whether all of it was:
+    0 yes, 2 Redis (or one of its queues) could not be read, 3 only systemd could not.
+
     Example: dramactl status --json | jq .totals
     """
     from .render import render_status
@@ -124,6 +127,16 @@ def status(as_json: bool) -> None:
         echo_json(data)
     else:
         click.echo(render_status(data))
+    sys.exit(status_exit_code(data["unread"]))
+
+
+def status_exit_code(unread: list[str]) -> int:
+    """0 when every source was read; 2 when Redis could not be (a queue, the fleet hash or all of it), else 3 for systemd."""
+    if "redis" in unread:
+        return EXIT_CONFIG
+    if "systemd" in unread:
+        return EXIT_SYSTEMD
+    return EXIT_OK
 
 
 @main.command()

@@ -214,6 +214,37 @@ def render_hosts(status: dict) -> str:
     return f'<h2>Hosts</h2><table id="hosts"><thead>{head}</thead><tbody>{"".join(rows)}</tbody>{foot}</table>'
 
 
+def policy_cards(view: dict) -> list[tuple[str, str, str]]:
+    """The active policy's own view as cards (see :mod:`dramactl.policyview`): the step rule's thresholds under
+    POLICY=step; under the default policy what it decides from and the fleet each rule asks for."""
+    if view.get("name") == "step":
+        return [("thresholds", "Scale at backlog", f"up &gt; {_num(view.get('scale_up_above'))} · down &lt; {_num(view.get('scale_down_below'))}")]
+    if view.get("by") is None:
+        return [("policy", "Policy", f"{_cell(view.get('name'))}: {_cell(view.get('unavailable'))}")]
+    needs = view.get("needs") if isinstance(view.get("needs"), dict) else {}
+    startup = f"{fmt_age(view.get('startup'))} " + ("learned" if view.get("startup_learned") else "assumed")
+    target = ("target", "Policy wants", f"{_num(view.get('wanted'))} · target {_num(view.get('target'))}")
+    if view.get("by") == "count":
+        return [
+            ("policy", "Policy", "default, by count (no work reported yet)"),
+            ("per-worker", "Backlog per worker", _num(view.get("backlog_per_worker"))),
+            ("startup", "Start-up", startup),
+            ("needs", "Fleet asked for", f"backlog {_num(needs.get('backlog'))} · guard {_num(needs.get('latency_guard'))}"),
+            target,
+        ]
+    rate = view.get("arrival_rate")
+    return [
+        ("policy", "Policy", "default, by work"),
+        ("arrivals", "Arrivals", "—" if not _is_num(rate) else f"{rate:.2f}/s"),
+        ("service", "Service time", "—" if not _is_num(view.get("service_time")) else f"{view['service_time']:.2f} s"),
+        ("busy", "Busy threads", "—" if not _is_num(view.get("busy_threads")) else f"{view['busy_threads']:.1f}"),
+        ("startup", "Start-up", startup),
+        ("needs", "Fleet asked for", f"arrivals {_num(needs.get('arrivals'))} · drain {_num(needs.get('drain'))} · "
+                                     f"guard {_num(needs.get('latency_guard'))} · block {_num(needs.get('recurring'))}"),
+        target,
+    ]
+
+
 def render_summary(status: dict) -> str:
     """The facts line: instances up, limits, thresholds, timer, paused, last tick."""
     items: list[tuple[str, str, str]] = []  # (id, label, html value)
@@ -224,9 +255,8 @@ def render_summary(status: dict) -> str:
     lim = status.get("limits")
     if isinstance(lim, dict):
         items.append(("limits", "Limits", f"min {_cell(lim.get('min'))} · max {_cell(lim.get('max'))}" + (f" · policy {_cell(lim.get('policy'))}" if lim.get("policy") else "")))
-        if lim.get("scale_up_above") is not None or lim.get("scale_down_below") is not None:
-            up_at, down_at = (_num(lim.get(k)) for k in ("scale_up_above", "scale_down_below"))
-            items.append(("thresholds", "Scale at backlog", f"up &gt; {up_at} · down &lt; {down_at}"))
+    if isinstance(status.get("policy"), dict):
+        items += policy_cards(status["policy"])
     timer = status.get("timer")
     if isinstance(timer, dict):
         every = f" · every {fmt_age(timer.get('interval'))}" if timer.get("interval") else ""

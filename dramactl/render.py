@@ -65,10 +65,11 @@ def render_status(data: dict) -> str:
         lines += render_hosts(fleet, data.get("hosts") or [], now)
         lines.append("")
     lim = data.get("limits") or {}
-    lines.append(
-        f"limits: min {lim.get('min')} max {lim.get('max')}  policy {lim.get('policy')}  "
-        f"threads/worker {data.get('threads')}  step thresholds: up above {lim.get('scale_up_above', 0):g}, down below {lim.get('scale_down_below', 0):g}"
-    )
+    lines.append(f"limits: min {lim.get('min')} max {lim.get('max')}  policy {lim.get('policy')}  threads/worker {data.get('threads')}")
+    if data.get("policy"):
+        from .policyview import describe
+
+        lines += describe(data["policy"])
     timer = data.get("timer")
     if timer:
         every = f"every {timer['interval']:g}s" if timer.get("interval") else "interval unknown"

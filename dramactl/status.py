@@ -1,14 +1,15 @@
 """Everything ``dramactl status`` shows, gathered as one plain dict.
 
 Each source is read independently: when Redis or systemd cannot be reached the
-rest is still reported and the problem lands in ``errors``.
+rest is still reported, the problem lands in ``errors`` and the source in ``unread``
+(``"redis"``, ``"systemd"``), from which ``dramactl status`` takes its exit code.
 """
 
 from __future__ import annotations
 
 import time
 
-from . import queue, share
+from . import policyview, queue, share
 from .fleet import Fleet, FleetError
 from .settings import Settings, SettingsError
 from .state import StateStore
@@ -33,17 +34,24 @@ def limits(settings: Settings) -> dict:
 def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = None) -> dict:
     """The status object printed by ``dramactl status --json``."""
     errors: list[str] = []
+    unread: list[str] = []
     now = time.time()
     out: dict = {"time": now, "queues": [], "totals": None, "instances": [], "timer": None}
+    backlog: FleetBacklog | None = None
+    units: list = []
     client = queue.connect(settings)
     try:
         stats = queue.read_each(settings, client)
         good = [q for q in stats if q.error is None]
         out["queues"] = [q.to_dict() for q in good]
-        out["totals"] = FleetBacklog.of(good).to_dict()
+        backlog = FleetBacklog.of(good)
+        out["totals"] = backlog.to_dict()
         errors += [f"redis: {queue.queue_error(q)}" for q in stats if q.error is not None]
+        if len(good) < len(stats):
+            unread.append("redis")
     except SettingsError as exc:
         errors.append(f"redis: {exc}")
+        unread.append("redis")
     out["fleet"], out["hosts"] = None, []
     if settings.fleet_name:
         try:
@@ -51,6 +59,8 @@ def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = N
                 out.update(share.view(settings, client))
         except SettingsError as exc:
             errors.append(f"fleet: {exc}")
+            if "redis" not in unread:
+                unread.append("redis")
     if systemd:
         try:
             fleet = fleet or Fleet()
@@ -61,6 +71,7 @@ def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = N
             out["timer"] = fleet.timer().to_dict()
         except FleetError as exc:
             errors.append(f"systemd: {exc}")
+            unread.append("systemd")
     state = StateStore(settings.state_dir).load()
     out["paused"] = state.paused
     out["size"] = state.size
@@ -68,15 +79,14 @@ def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = N
     out["threads"] = state.threads or settings.worker_threads
     out["last_tick"] = state.history[-1].__dict__ if state.history else None
     out["scaling_actions"] = {"up": state.actions[0], "down": state.actions[1]}
-    lim = limits(settings)
-    up = sum(1 for u in out["instances"] if u["is_up"])
-    lim["scale_up_above"] = up * settings.scale_up_multiplier
-    lim["scale_down_below"] = up * settings.scale_down_multiplier
-    out["limits"] = lim
+    out["limits"] = limits(settings)
+    # What the active policy decides from: the default policy's measured figures, or the step rule's thresholds.
+    out["policy"] = policyview.view(backlog, units, settings, state.history, now)
     timer = out["timer"]
     if timer and timer.get("interval") and abs(timer["interval"] - settings.check_interval) > 0.5:
         errors.append(
             f"CHECK_INTERVAL: timer fires every {timer['interval']:g}s but CHECK_INTERVAL={settings.check_interval}; run `dramactl install` to apply it"
         )
     out["errors"] = errors
+    out["unread"] = unread
     return out

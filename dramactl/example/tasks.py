@@ -149,7 +149,11 @@ def _run(actor_name: str, data: Any, do: Callable[[Any], dict[str, Any]]) -> dic
     retries = message.options.get("retries", 0) if message is not None else 0
     client = get_broker().client
     client.incr(key("attempts", actor_name))
-    result = do(data)  # validates first: bad input fails before any injected failure
+    try:
+        result = do(data)  # validates first: bad input fails before any injected failure
+    except work.DocumentUnavailable as e:  # the task's own failure: retried, then dead-lettered
+        client.incr(key("failures", actor_name))
+        raise TransientError(str(e)) from None
     failure = work.injected_failure(data, retries)
     if failure:
         client.incr(key("failures", actor_name))
@@ -167,13 +171,13 @@ setup()
 
 @dramatiq.actor(queue_name=EMAIL_QUEUE, store_results=True, throws=NO_RETRY_ON, **RETRY_OPTIONS)
 def process_email_task(data: dict) -> dict:
-    """Parse an email job (to, subject, body) the way a mail sender would before sending."""
+    """Parse an email job (user_id or to, sender, subject, body, attachments) as a mail sender would before sending."""
     return _run("process_email_task", data, work.parse_email)
 
 
 @dramatiq.actor(queue_name=OCR_QUEUE, store_results=True, throws=NO_RETRY_ON, **RETRY_OPTIONS)
 def process_ocr_task(data: dict) -> dict:
-    """Count the words of a document (a text file's ``path``, or its ``text``)."""
+    """Count the words of a document (a text file's ``file_path``, or its ``text``); an unreadable file is retried."""
     return _run("process_ocr_task", data, work.ocr_document)
 
 
@@ -199,8 +203,10 @@ class TaskDispatcher:
 
     What the application code that used to INSERT into a job table calls instead, on
     the class as the migration guide writes it (``TaskDispatcher.send_email_task(data)``)
-    or on an instance. Invalid input raises :class:`ValueError` naming the field, before
-    anything is sent.
+    or on an instance, with the guide's payloads as written. Invalid input raises
+    :class:`ValueError` naming the field, before anything is sent; whether a document exists
+    is the task's business (a missing file fails the task, which is retried and then
+    dead-lettered), not the sender's.
     """
 
     @staticmethod

@@ -30,6 +30,10 @@ class InvalidInput(ValueError):
     """The task's input cannot be processed; retrying would not help."""
 
 
+class DocumentUnavailable(Exception):
+    """The document a task names cannot be read now: a failure of the task, retried like any other."""
+
+
 def _require(data: Any, kind: str, *fields: str) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
         raise InvalidInput(f"{kind} task input must be a dict, not {type(data).__name__}")
@@ -58,27 +62,51 @@ def check_controls(data: Mapping[str, Any]) -> None:
         raise InvalidInput(f"field 'fail_times' must be a whole number >= 0, not {fail_times!r}")
 
 
-def validate_email(data: Any) -> Mapping[str, Any]:
-    """An email task needs ``to`` (an address) and ``subject``; ``body`` and ``from`` are optional."""
-    data = _require(data, "email", "to", "subject")
-    for name in ("to", "subject", "body", "from"):
-        _text_field(data, "email", name)
-    name, address = parseaddr(data["to"])
+def _address(data: Mapping[str, Any], name: str) -> str:
+    """The address in the optional field ``name`` ("" when absent); not an address: InvalidInput."""
+    value = _text_field(data, "email", name)
+    if not value.strip():
+        return ""
+    _, address = parseaddr(value)
     local, _, domain = address.rpartition("@")
     if not local or not domain or "." not in domain.strip("."):
+        raise InvalidInput(f"email task field {name!r} is not an email address: {value!r}")
+    return address
+
+
+def validate_email(data: Any) -> Mapping[str, Any]:
+    """An email task needs ``subject`` and a recipient: ``user_id`` (the migration guide's form) or ``to`` (an address).
+
+    Optional: ``sender`` (or ``from``), an address; ``body``; ``attachments``, a list.
+    """
+    if isinstance(data, Mapping) and data.get("user_id") is None and data.get("to") is None:
+        raise InvalidInput("email task input is missing the field 'user_id' (or give the recipient's address as 'to')")
+    data = _require(data, "email", "subject")
+    for name in ("subject", "body"):
+        _text_field(data, "email", name)
+    for name in ("to", "sender", "from"):
+        _address(data, name)
+    if data.get("to") is not None and not _address(data, "to"):
         raise InvalidInput(f"email task field 'to' is not an email address: {data['to']!r}")
+    attachments = data.get("attachments", [])
+    if not isinstance(attachments, list):
+        raise InvalidInput(f"email task field 'attachments' must be a list, not {type(attachments).__name__}")
     check_controls(data)
     return data
 
 
 def validate_ocr(data: Any) -> Mapping[str, Any]:
-    """An OCR task needs ``path`` (a text file to read) or ``text`` (the scanned text itself)."""
+    """An OCR task needs ``file_path`` (the migration guide's name; ``path`` is accepted too) or ``text``.
+
+    Optional: ``task_id``. Whether the file exists is the task's business, not the sender's: a file that
+    cannot be read fails the task (:class:`DocumentUnavailable`), which is retried like any failure.
+    """
     if not isinstance(data, Mapping):
         raise InvalidInput(f"ocr task input must be a dict, not {type(data).__name__}")
-    if not data.get("path") and data.get("text") is None:
-        raise InvalidInput("ocr task input is missing the field 'path' (or give the text itself as 'text')")
-    _text_field(data, "ocr", "path")
-    _text_field(data, "ocr", "text")
+    if not data.get("file_path") and not data.get("path") and data.get("text") is None:
+        raise InvalidInput("ocr task input is missing the field 'file_path' (or give the text itself as 'text')")
+    for name in ("file_path", "path", "text"):
+        _text_field(data, "ocr", name)
     check_controls(data)
     return data
 
@@ -117,39 +145,50 @@ def text_stats(text: str) -> dict[str, Any]:
 
 
 def parse_email(data: Any) -> dict[str, Any]:
-    """What the email actor returns: the parsed recipient and a summary of the body."""
+    """What the email actor returns: the parsed recipient and sender and a summary of the body."""
     data = validate_email(data)
-    name, address = parseaddr(data["to"])
+    name, address = parseaddr(data.get("to") or "")
     body = data.get("body", "")
     stats = text_stats(body)
     return {
         "to": address.lower(),
         "name": name,
         "domain": address.rpartition("@")[2].lower(),
+        "user_id": data.get("user_id"),
+        "sender": (_address(data, "sender") or _address(data, "from")).lower(),
         "subject": data["subject"].strip(),
         "words": stats["words"],
         "lines": stats["lines"],
         "links": len(re.findall(r"https?://\S+", body)),
+        "attachments": len(data.get("attachments", [])),
         "digest": hashlib.sha256(body.encode()).hexdigest()[:16],
     }
 
 
 def ocr_document(data: Any) -> dict[str, Any]:
-    """What the OCR actor returns: the word count of the file (or text) it was given."""
+    """What the OCR actor returns: the word count of the file (or text) it was given.
+
+    A file that does not exist or cannot be read raises :class:`DocumentUnavailable`.
+    """
     data = validate_ocr(data)
-    path = data.get("path")
+    path = data.get("file_path") or data.get("path")
     if path:
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
                 text = f.read()
         except FileNotFoundError:
-            raise InvalidInput(f"ocr task file does not exist: {path}") from None
+            raise DocumentUnavailable(f"ocr task file does not exist: {path}") from None
         except IsADirectoryError:
-            raise InvalidInput(f"ocr task path is a directory: {path}") from None
+            raise DocumentUnavailable(f"ocr task path is a directory: {path}") from None
+        except OSError as e:
+            raise DocumentUnavailable(f"ocr task file cannot be read: {path} ({e.strerror})") from None
         source = path
     else:
         text, source = data["text"], "text"
-    return {"source": source, **text_stats(text)}
+    result: dict[str, Any] = {"source": source, **text_stats(text)}
+    if data.get("task_id") is not None:
+        result["task_id"] = data["task_id"]
+    return result
 
 
 def build_notification(data: Any) -> dict[str, Any]:

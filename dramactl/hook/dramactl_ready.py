@@ -413,6 +413,8 @@ class Maintenance(Middleware):
         held: dict[str, set[str]] = {}
 
         def add(queue: str, message) -> None:
+            if not hasattr(message, "options"):  # a queue item: Dramatiq 2's _WorkQueueItem, or 1.x's (priority, message)
+                message = getattr(message, "message", None) or message[-1]
             rid = message.options.get("redis_message_id")
             if rid:
                 held.setdefault(queue, set()).add(rid)
@@ -422,13 +424,14 @@ class Maintenance(Middleware):
             with work_queue.mutex:
                 items = list(work_queue.queue)
             for item in items:
-                add(item.message.queue_name, item.message)
+                message = getattr(item, "message", None) or item[-1]
+                add(message.queue_name, message)
         for name, thread in list(getattr(worker, "consumers", {}).items()):
             delayed = thread.delay_queue
             with delayed.mutex:
                 items = list(delayed.queue)
             for item in items:
-                add(name, item.message)
+                add(name, item)
             for data in list(getattr(thread.consumer, "message_cache", None) or ()):
                 try:
                     add(name, Message.decode(data))

@@ -39,8 +39,9 @@ def test_status_json_reports_queues_and_says_why_systemd_is_missing(run, redis: 
     redis.rpush("dramatiq:email_processing", "a", "b")
     redis.hset("dramatiq:email_processing.msgs", mapping={"a": '{"message_timestamp": 1}', "b": "{}", "c": "{}"})
     res = run("status", "--json")
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == EXIT_SYSTEMD, res.output  # printed in full, but systemd could not be read
     data = json.loads(res.output)
+    assert data["unread"] == ["systemd"]
     q = {x["name"]: x for x in data["queues"]}["email_processing"]
     assert (q["ready"], q["in_flight"], q["backlog"]) == (2, 1, 3)
     assert data["totals"]["backlog"] == 3
@@ -51,12 +52,59 @@ def test_status_json_reports_queues_and_says_why_systemd_is_missing(run, redis: 
     ]
 
 
+@pytest.mark.parametrize("redis_up", [True, False])
+def test_manage_status_passes_the_exit_code_on(settings_env: dict[str, str], redis_server, tmp_path: Path, redis_up: bool) -> None:
+    """manage_dramatiq.sh status exits with dramactl status's code, output unchanged: 3 when only systemd could not
+    be read, 2 when Redis could not be either."""
+    from tests.conftest import free_port
+
+    env = {**os.environ, **NO_SYSTEM_BUS, **settings_env, "DRAMACTL": str(Path(sys.executable).with_name("dramactl"))}
+    if not redis_up:
+        env["REDIS_PORT"] = str(free_port())
+    for name in ("DRAMATIQ_COMMAND", "DRAMATIQ_QUEUE_NAME", "REDIS_URL"):
+        env.pop(name, None)
+    repo = Path(__file__).resolve().parents[2]
+    for args in (["status"], ["status", "--json"]):
+        res = subprocess.run([str(repo / "manage_dramatiq.sh"), *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert res.returncode == (EXIT_SYSTEMD if redis_up else EXIT_CONFIG), res.stdout + res.stderr
+        assert "systemd: cannot reach systemd on the system bus" in res.stdout, res.stdout
+        assert ("cannot reach Redis" in res.stdout) is not redis_up, res.stdout
+
+
+def test_status_shows_the_default_policys_measured_figures(run, redis: redis_lib.Redis) -> None:
+    """Workers have reported work (the hook's counters in Redis): status shows the figures the default policy sizes
+    by, as text and as --json fields, and no step thresholds."""
+    redis.hset("dramatiq:__dramactl__.work.email_processing", mapping={"done": 100, "busy": 250.0, "at": time.time()})
+    for i in range(6):
+        redis.rpush("dramatiq:email_processing", f"m{i}")
+        redis.hset("dramatiq:email_processing.msgs", f"m{i}", json.dumps({"message_timestamp": int(time.time() * 1000) - 2000}))
+    data = json.loads(run("status", "--json").output)
+    policy = data["policy"]
+    assert (policy["name"], policy["by"], policy["service_time"], policy["waiting"]) == ("default", "work", 2.5, 6), policy
+    assert policy["needs"]["arrivals"] is not None and policy["needs"]["drain"] >= 1 and policy["target"] >= 1
+    assert "E[S] 2.50s" in policy["reason"] and f"6 waiting drain in {policy['drain_seconds']:.0f}s with {policy['needs']['drain']}" in policy["reason"]
+    text = run("status").output
+    assert "policy default, by work: arrivals - x E[S] 2.50s = 0.0 busy threads; start-up 5s" in text, text
+    assert f"needs: arrivals {policy['needs']['arrivals']}, drain {policy['needs']['drain']} (6 waiting," in text
+    assert "step" not in text
+
+
 def test_status_text(run, redis: redis_lib.Redis) -> None:
     res = run("status")
-    assert res.exit_code == 0
+    assert res.exit_code == EXIT_SYSTEMD, res.output
     assert re.search(r"^QUEUE\s+READY\s+DELAYED\s+DUE\s+IN-FLIGHT\s+ORPHANED\s+DEAD\s+OLDEST$", res.output, re.M), res.output
     assert re.search(r"^email_processing\s+0\s+0\s+0\s+0\s+0\s+0\s+-$", res.output, re.M), res.output
     assert "autoscaling: on" in res.output
+    # The default policy's own view, not the step rule's thresholds (which it does not use).
+    assert "limits: min 1 max 10  policy default  threads/worker 8\n" in res.output, res.output
+    assert "policy default, by count until workers report work: 8 per worker; start-up 5s (assumed until a start is timed)" in res.output
+    assert "step" not in res.output and "threshold" not in res.output
+    step = run("status", POLICY="step")
+    assert "policy step: up above 0, down below 0 (depth 0, 0 workers" in step.output and "E[S]" not in step.output, step.output
+    data = json.loads(run("status", "--json", POLICY="step").output)
+    assert data["policy"] == {"name": "step", "workers": 0, "depth": 0, "scale_up_above": 0.0, "scale_down_below": 0.0}
+    data = json.loads(run("status", "--json").output)
+    assert (data["policy"]["name"], data["policy"]["by"], data["policy"]["target"]) == ("default", "count", 1)
 
 
 @pytest.mark.parametrize(
@@ -104,13 +152,14 @@ def test_status_shows_the_readable_queues_and_the_bad_one_in_errors(run, redis: 
     redis.hset("dramatiq:email_processing.msgs", "a", "{}")
     env = {"DRAMATIQ_QUEUE_NAME": "email_processing,__heartbeats__"}
     res = run("status", "--json", **env)
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == EXIT_CONFIG, res.output  # one queue could not be read: Redis was not read in full
     data = json.loads(res.output)
+    assert data["unread"] == ["redis", "systemd"]
     assert [q["name"] for q in data["queues"]] == ["email_processing"]
     assert data["queues"][0]["ready"] == 1 and data["totals"]["ready"] == 1
     assert WRONG_TYPE in data["errors"]
     res = run("status", **env)
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == EXIT_CONFIG, res.output
     assert re.search(r"^email_processing\s+1\s", res.output, re.M), res.output
     assert f"error: {WRONG_TYPE}" in res.output.splitlines()
     assert "Traceback" not in res.output
@@ -261,7 +310,7 @@ def test_damaged_state_file_is_set_aside_and_commands_carry_on(run, settings_env
     path = state_dir / "state.json"
     path.write_text(text)
     res = run("status", "--json")
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == EXIT_SYSTEMD, res.output  # no systemd here; the damaged file is no reason to fail
     assert res.stderr.count("\n") == 1 and res.stderr.startswith(f"dramactl: warning: {path} is damaged ("), res.stderr
     assert "Traceback" not in res.output
     data = json.loads(res.stdout)

@@ -243,3 +243,30 @@ def test_headless_chromium_renders_the_page(served, scene, tmp_path):
     if keep:
         Path(keep).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, keep)
+
+
+def test_cards_show_the_active_policys_own_view(scene, monkeypatch):
+    """Under the default policy the cards are what it decides from (no step thresholds); under POLICY=step, only
+    the step rule's thresholds. Real Redis; status.collect as the page uses it."""
+    import dataclasses
+
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", NO_SYSTEM_BUS["DBUS_SYSTEM_BUS_ADDRESS"])
+    default = dashboard.render_summary(status.collect(scene))
+    assert "Scale at backlog" not in default and "threshold" not in default
+    # The scene's workers ran without the hook: no work reported yet, so the default policy sizes by count.
+    assert '<div id="policy"><dt>Policy</dt><dd>default, by count (no work reported yet)</dd></div>' in default, default
+    assert '<div id="needs"><dt>Fleet asked for</dt>' in default and '<div id="target"><dt>Policy wants</dt>' in default
+
+    step = dashboard.render_summary(status.collect(dataclasses.replace(scene, policy="step")))
+    assert '<div id="thresholds"><dt>Scale at backlog</dt><dd>up &gt; 0 · down &lt; 0</dd></div>' in step, step
+    assert 'id="policy"' not in step and 'id="needs"' not in step and "E[S]" not in step
+
+
+def test_work_cards_show_the_measured_figures() -> None:
+    view = {"name": "default", "by": "work", "arrival_rate": 0.52, "service_time": 2.0, "busy_threads": 1.04, "startup": 3.1,
+            "startup_learned": True, "needs": {"arrivals": 2, "drain": 5, "latency_guard": None, "recurring": None}, "wanted": 5, "target": 5}
+    html = dashboard.render_summary({"policy": view})
+    for card in ("<dt>Arrivals</dt><dd>0.52/s</dd>", "<dt>Service time</dt><dd>2.00 s</dd>", "<dt>Busy threads</dt><dd>1.0</dd>",
+                 "<dt>Start-up</dt><dd>3.1 s learned</dd>", "<dt>Fleet asked for</dt><dd>arrivals 2 · drain 5 · guard — · block —</dd>",
+                 "<dt>Policy wants</dt><dd>5 · target 5</dd>"):
+        assert card in html, html

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import dramatiq
 import pytest
-from dramatiq.results import ResultFailure
+from dramatiq.results import ResultFailure, Results
 
 from dramactl import settings as settings_mod
 from dramactl.example import tasks, work
@@ -56,10 +56,13 @@ def test_pure_work_is_deterministic(tmp_path):
         "to": "ada@example.org",
         "name": "Ada Lovelace",
         "domain": "example.org",
+        "user_id": None,
+        "sender": "",
         "subject": "Invoice 42",
         "words": 12,  # Hello Ada your invoice is ready https example org i 42 Thanks
         "lines": 3,
         "links": 1,
+        "attachments": 0,
         "digest": hashlib.sha256(EMAIL["body"].encode()).hexdigest()[:16],
     }
     doc = tmp_path / "scan.txt"
@@ -142,7 +145,9 @@ def test_dispatcher_validates_before_enqueueing(broker, redis):
         (d.send_email_task, {"to": "a@example.com", "subject": ""}, "'subject'"),
         (d.send_email_task, {"to": "not-an-address", "subject": "hi"}, "'to' is not an email address"),
         (d.send_email_task, ["to", "subject"], "must be a dict"),
-        (d.send_ocr_task, {}, "'path'"),
+        (d.send_ocr_task, {}, "'file_path'"),
+        (d.send_email_task, {"user_id": "u1", "subject": "hi", "sender": "nobody"}, "'sender' is not an email address"),
+        (d.send_email_task, {"user_id": "u1", "subject": "hi", "attachments": "a.pdf"}, "'attachments' must be a list"),
         (d.send_ocr_task, {"text": 7}, "'text' must be a string"),
         (d.send_email_task, {**EMAIL, "fail_times": -1}, "'fail_times'"),
         (d.send_notification_task, {"user_id": 1}, "'message'"),
@@ -179,7 +184,7 @@ def test_dispatcher_is_called_on_the_class_as_the_migration_guide_writes_it(brok
     instance_id = tasks.TaskDispatcher().send_email_task({"to": "b@example.com", "subject": "still works"})
     with pytest.raises(ValueError, match="'subject'"):
         tasks.TaskDispatcher.send_email_task({"to": "a@example.com"})
-    with pytest.raises(ValueError, match="'path'"):
+    with pytest.raises(ValueError, match="'file_path'"):
         tasks.TaskDispatcher.send_ocr_task({})
     join(broker, "email_processing", "ocr_processing")
     assert tasks.processed_ids(redis, "process_email_task") == {task_id, instance_id}
@@ -192,9 +197,40 @@ def test_ocr_reads_the_file_and_returns_the_word_count(broker, worker, tmp_path)
     doc = tmp_path / "scan.txt"
     doc.write_text("Dramatiq runs tasks.\nWorkers scale with the queue.\n")
     assert tasks.process_ocr_task.send({"path": str(doc)}).get_result(block=True, timeout=10_000)["words"] == 8
-    missing = tasks.process_ocr_task.send({"path": str(tmp_path / "nope.txt")})
+    result = tasks.process_ocr_task.send({"task_id": "ocr-7", "file_path": str(doc)}).get_result(block=True, timeout=10_000)
+    assert (result["words"], result["task_id"], result["source"]) == (8, "ocr-7", str(doc))
+    missing = tasks.process_ocr_task.send_with_options(args=({"path": str(tmp_path / "nope.txt")},), min_backoff=20, max_backoff=50)
     with pytest.raises(ResultFailure, match="does not exist"):
         missing.get_result(block=True, timeout=10_000)
+
+
+def test_the_migration_guides_calls_work_verbatim(broker, worker, redis, caplog):
+    """The guide's quick start, exactly as it writes it (README's tour uses the same two calls): the email is
+    processed; the OCR task is enqueued, and its missing file is the task's failure: retried with the actor's
+    backoff (max_retries=3), then dead-lettered like any other failure."""
+    from dramactl.example.tasks import TaskDispatcher
+
+    caplog.set_level(logging.INFO, logger="dramactl.example.monitor")
+    email_id = TaskDispatcher.send_email_task({"user_id": "test-user", "sender": "test@example.com", "subject": "Test Email", "body": "Test content", "attachments": []})
+    ocr_id = TaskDispatcher.send_ocr_task({"task_id": "ocr-001", "file_path": "/path/to/document.pdf"})
+    assert isinstance(email_id, str) and isinstance(ocr_id, str) and email_id != ocr_id
+
+    email = dramatiq.Message(queue_name="email_processing", actor_name="process_email_task", args=(), kwargs={}, options={}, message_id=email_id)
+    [backend] = [m.backend for m in broker.middleware if isinstance(m, Results)]
+    result = email.get_result(backend=backend, block=True, timeout=10_000)
+    assert (result["user_id"], result["sender"], result["subject"], result["words"], result["attachments"]) == ("test-user", "test@example.com", "Test Email", 2, 0)
+    join(broker, "email_processing", timeout=10_000)
+    assert tasks.processed_ids(redis, "process_email_task") == {email_id}
+    deadline = time.monotonic() + 40
+    while redis.zcard("dramatiq:ocr_processing.XQ") == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert tasks.counts(redis, "process_ocr_task") == {"processed": 0, "unique": 0, "attempts": 4, "failures": 4}
+    assert redis.zcard("dramatiq:ocr_processing.XQ") == 1
+    [dead] = [json.loads(body) for body in redis.hvals("dramatiq:ocr_processing.XQ.msgs")]
+    assert (dead["message_id"], dead["args"]) == (ocr_id, [{"task_id": "ocr-001", "file_path": "/path/to/document.pdf"}])
+    lines = [r.getMessage() for r in caplog.records if ocr_id in r.getMessage() and r.getMessage().startswith("event=")]
+    assert [line.split()[0] for line in lines if not line.startswith("event=start")] == ["event=retry"] * 3 + ["event=fail"], lines
+    assert "ocr task file does not exist: /path/to/document.pdf" in lines[-1] and "retries=3/3" in lines[-1], lines
 
 
 def test_task_seconds_makes_the_task_take_that_long(broker, worker):

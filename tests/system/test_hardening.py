@@ -136,7 +136,11 @@ def test_readme_status_for_real(system: System) -> None:
     up = re.findall(r"^dramatiq-worker@\d+\.service\s+active \(running\)", status, re.M)
     assert len(up) > 1, status  # the fleet grew from one
     assert re.search(r"^sys(\s+\d+){6}\s+\d+s$", status, re.M), status
-    assert f"limits: min 1 max 6  policy default  threads/worker 2  step thresholds: up above {5 * len(up)}, down below" in status
+    assert "limits: min 1 max 6  policy default  threads/worker 2\n" in status, status
+    # The default policy's own view (the workers report work through the hook), never the step rule's thresholds.
+    assert re.search(r"^policy default, by work: arrivals \S+ x E\[S\] 2\.\d\ds = \d+\.\d busy threads; start-up [\d.]+s \(learned\)$", status, re.M), status
+    assert re.search(r"^  needs: arrivals \d+, drain \d+ \(\d+ waiting, in \d+s\), latency guard \S+, recurring block \S+; wants \d+, target \d+$", status, re.M), status
+    assert "step" not in status and "threshold" not in status
     assert "autoscaling: on" in status and re.search(r"^timer: active, every 15s, last ", status, re.M), status
     assert re.match(r"queues ready=\d+ delayed=0 due=0 in_flight=\d+ orphaned=0 dead=0 oldest=\S+ \| workers \d -> \d \| \S", line), line
     # docs/operations.md shows a run of this very scenario: same settings, same headers and lines.
@@ -149,4 +153,6 @@ def test_readme_status_for_real(system: System) -> None:
         assert text in readme.split("## Status, for real", 1)[1].split("```", 1)[0]
     for header in (status.splitlines()[0], next(l for l in status.splitlines() if l.startswith("INSTANCE"))):
         assert header in block.splitlines()
-    assert "limits: min 1 max 6  policy default  threads/worker 2  step thresholds:" in block
+    assert "limits: min 1 max 6  policy default  threads/worker 2" in block.splitlines()
+    assert any(l.startswith("policy default, by work: arrivals ") for l in block.splitlines()), block
+    assert "step thresholds" not in block

@@ -78,7 +78,9 @@ def test_status_json_agrees_with_systemd_and_redis(system: System) -> None:
         props = system.sh(f"systemctl show -p MainPID -p ActiveState -p SubState dramatiq-worker@{n}").stdout
         truth[f"dramatiq-worker@{n}.service"] = dict(line.split("=", 1) for line in props.split())
     r = system.redis()
-    assert status["errors"] == []
+    assert status["errors"] == [] and status["unread"] == []
+    for res in (system.dramactl("status", check=False), system.dramactl("status", "--json", check=False), manage(system, "status", check=False)):
+        assert res.returncode == 0, res.stdout + res.stderr  # everything was read
     assert {u["name"]: (str(u["pid"]), u["active_state"], u["sub_state"]) for u in status["instances"]} == {
         name: (t["MainPID"], t["ActiveState"], t["SubState"]) for name, t in truth.items()
     }
@@ -107,6 +109,14 @@ def test_tick_with_redis_down_changes_nothing(system: System) -> None:
         assert system.active() == ["dramatiq-worker@1.service", "dramatiq-worker@2.service"]
         line = next(l for l in system.c.journal("dramactl.service").splitlines() if "cannot reach Redis" in l)
         assert line.startswith("dramactl: REDIS_HOST: cannot reach Redis at localhost:6379"), line
+        # status still prints what it could read (systemd's instances) and says in its exit code that Redis was not;
+        # the same for --json, and manage_dramatiq.sh passes the code on.
+        for res in (system.dramactl("status", check=False), manage(system, "status", check=False)):
+            assert res.returncode == 2, res.stdout + res.stderr
+            assert "dramatiq-worker@2.service" in res.stdout and "error: redis: REDIS_HOST: cannot reach Redis" in res.stdout, res.stdout
+        res = system.dramactl("status", "--json", check=False)
+        data = json.loads(res.stdout)
+        assert (res.returncode, data["unread"], len(data["instances"])) == (2, ["redis"], 2), res.stdout
     finally:
         system.sh("systemctl start redis-server")
 

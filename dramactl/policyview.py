@@ -1,0 +1,130 @@
+"""The active policy's own view, for ``status`` and the dashboard: what it decides from, as fields.
+
+For ``POLICY=default`` these are the figures of the tick's reason, computed the way a tick would compute them
+now (the same pure :func:`dramactl.policy.aim` over the same backlog, instances and tick history): the measured
+arrival rate, the mean service time, the busy threads, the learned start-up, and the fleet each rule asks for
+(the arrivals, the drain of what waits, the latency guard, a recurring block). Before the workers have reported
+any work the policy sizes by count, and the view says so. For ``POLICY=step`` it is the step rule's thresholds
+only. Pure: no I/O; not on the tick's path.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from . import policy
+from .instance import WorkerUnit
+from .rates import learned_startup, work_rates
+from .settings import Settings
+from .state import TickRecord
+from .stats import FleetBacklog
+
+
+def step_view(current: int, backlog: FleetBacklog | None, settings: Settings) -> dict:
+    """The step rule: one more above ``workers x SCALE_UP_THRESHOLD_MULTIPLIER``, one fewer below the down one."""
+    return {
+        "name": "step",
+        "workers": current,
+        "depth": None if backlog is None else backlog.depth,
+        "scale_up_above": current * settings.scale_up_multiplier,
+        "scale_down_below": current * settings.scale_down_multiplier,
+    }
+
+
+def default_view(
+    backlog: FleetBacklog, units: Sequence[WorkerUnit], settings: Settings, history: Sequence[TickRecord], now: float
+) -> dict:
+    """The default policy's inputs and each rule's fleet, as a tick at ``now`` would see them."""
+    up = [u for u in units if u.is_up]
+    current, starting = len(up), sum(1 for u in up if policy.is_starting(u))
+    decision = policy.aim(backlog, current, starting, settings, history, now)
+    startup = learned_startup(history)
+    out: dict = {
+        "name": "default",
+        "by": "count",
+        "workers": current,
+        "starting": starting,
+        "startup": round(startup, 2),
+        "startup_learned": any(r.startup is not None for r in history),
+        "arrival_rate": None,
+        "service_time": None,
+        "busy_threads": None,
+        "needs": {},
+        "wanted": decision.wanted,
+        "target": decision.target,
+        "reason": decision.reason,
+    }
+    guard = policy._latency_guard(backlog.oldest_age, current, starting, settings)
+    rates = work_rates(history, backlog, now, max_gap=4.0 * settings.check_interval)
+    if rates is None:
+        out["backlog_per_worker"] = policy.backlog_per_worker(settings)
+        out["needs"] = {"backlog": decision.wanted, "latency_guard": None if guard is None else guard[0]}
+        return out
+    threads, service = settings.worker_threads, rates.service
+    if rates.load is None:  # the first tick with counters: what runs now
+        load = float(min(backlog.in_flight, current * threads))
+    else:
+        load = rates.load
+    waiting = backlog.depth + backlog.orphaned
+    if backlog.depth:
+        waiting += max(0, backlog.in_flight - current * threads)
+    drain = policy.drain_seconds(settings, startup, backlog.oldest_age)
+    for_rate = decision.for_rate or 0
+    drained = max(for_rate, math.ceil((load + waiting * service / drain) / threads - 1e-9))
+    interval = float(settings.check_interval)
+    ahead = policy.recurring_need(history, now, startup + 2.0 * interval, 2.0 * interval, load, service, settings)
+    out.update(
+        by="work",
+        arrival_rate=None if rates.arrival is None else round(rates.arrival, 3),
+        service_time=round(service, 3),
+        busy_threads=round(load, 2),
+        waiting=waiting,
+        drain_seconds=round(drain, 1),
+        needs={
+            "arrivals": decision.for_rate,
+            "drain": drained,
+            "latency_guard": None if guard is None else guard[0],
+            "recurring": None if ahead is None else ahead[0],
+        },
+    )
+    return out
+
+
+def view(
+    backlog: FleetBacklog | None, units: Sequence[WorkerUnit], settings: Settings, history: Sequence[TickRecord], now: float
+) -> dict:
+    """The active policy's view; ``backlog`` None (Redis not read): the default policy's figures are unknown."""
+    if settings.policy == "step":
+        return step_view(sum(1 for u in units if u.is_up), backlog, settings)
+    if backlog is None:
+        return {"name": settings.policy, "by": None, "unavailable": "Redis could not be read"}
+    return default_view(backlog, units, settings, history, now)
+
+
+def _n(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def describe(v: dict) -> list[str]:
+    """The view as text lines (``status``); the dashboard shows the same fields as cards."""
+    if v.get("name") == "step":
+        return [
+            f"policy step: up above {v['scale_up_above']:g}, down below {v['scale_down_below']:g} "
+            f"(depth {_n(v.get('depth'))}, {v['workers']} workers x SCALE_UP/DOWN_THRESHOLD_MULTIPLIER)"
+        ]
+    if v.get("by") is None:
+        return [f"policy {v.get('name')}: {v.get('unavailable', 'unknown')}"]
+    startup = f"start-up {v['startup']:g}s ({'learned' if v['startup_learned'] else 'assumed until a start is timed'})"
+    needs = v["needs"]
+    if v["by"] == "count":
+        lines = [f"policy default, by count until workers report work: {v['backlog_per_worker']:g} per worker; {startup}"]
+        lines.append(f"  needs: backlog {_n(needs.get('backlog'))}, latency guard {_n(needs.get('latency_guard'))}; wants {_n(v['wanted'])}, target {v['target']}")
+        return lines
+    rate = "-" if v["arrival_rate"] is None else f"{v['arrival_rate']:.2f}/s"
+    lines = [f"policy default, by work: arrivals {rate} x E[S] {v['service_time']:.2f}s = {v['busy_threads']:.1f} busy threads; {startup}"]
+    lines.append(
+        f"  needs: arrivals {_n(needs.get('arrivals'))}, drain {_n(needs.get('drain'))} ({v['waiting']} waiting, in {v['drain_seconds']:g}s), "
+        f"latency guard {_n(needs.get('latency_guard'))}, recurring block {_n(needs.get('recurring'))}; wants {_n(v['wanted'])}, target {v['target']}"
+    )
+    return lines
