@@ -84,6 +84,11 @@ def hash_of(system: System, key: str) -> dict[str, str]:
     return system.c.python(PYTHON, code)  # type: ignore[return-value]
 
 
+def sampler(system: System) -> faults.Sampler:
+    """faults.Sampler under a name of its own (a transient unit's name stays taken for a while after it stops)."""
+    return faults.Sampler(system, unit=f"dramactl-rollout-sampler-{time.monotonic_ns()}")
+
+
 def consuming(row: dict) -> int:
     return sum(1 for state in row["units"].values() if state == "active/running")
 
@@ -94,7 +99,7 @@ def test_deploy_under_a_steady_stream_keeps_capacity_and_every_message(system: S
     system.sh("systemctl start dramactl.timer")
     wait_until(lambda: len(system.active()) == 2, 30, "the autoscaler to run MIN_PROCESSES=2 instances")
     before = pids(system)
-    with faults.Sampler(system) as sampler, Stream(system, interval=0.1, seconds=0.1):
+    with sampler(system) as samples, Stream(system, interval=0.1, seconds=0.1):
         time.sleep(4)
         deploy(system, "v2")
         began = time.time()
@@ -117,8 +122,8 @@ def test_deploy_under_a_steady_stream_keeps_capacity_and_every_message(system: S
     now = pids(system)
     assert len(now) == 2 and not set(now.values()) & set(before.values()), (before, now)
     # Capacity sampled once a second never fell below what ran before, never passed MAX.
-    during = [row for row in sampler.rows if began - 1 <= row["t"] <= ended + 1]
-    assert len(during) >= 3, sampler.rows
+    during = [row for row in samples.rows if began - 1 <= row["t"] <= ended + 1]
+    assert len(during) >= 3, samples.rows
     capacity = [consuming(row) for row in during]
     assert min(capacity) >= 2 and max(faults.occupied(row) for row in during) <= 4, capacity
 
@@ -154,3 +159,39 @@ def test_deploy_of_code_that_does_not_import_stops_with_the_old_instances_servin
     assert "dramatiq-worker@4.service" not in system.units()
     system.send(6, 0.1)
     wait_until(lambda: system.redis()["count"] >= 6, 30, "the old instances to serve")
+
+
+def child_pid(system: System, main: int) -> int:
+    return int(system.sh(f"cat /proc/{main}/task/{main}/children").stdout.split()[0])
+
+
+@pytest.mark.parametrize("how", ["systemctl reload", "kill -HUP"])
+def test_reload_drains_and_comes_back_under_the_same_unit_never_deactivating(system: System, how: str) -> None:
+    """SIGHUP is Dramatiq's reload: the unit reloads (RELOADING=1 ... READY=1), it is never
+    treated as a stop, and the messages in hand finish or go back to the queue."""
+    system.dramactl("scale-to", "1")
+    main = pids(system)["dramatiq-worker@1.service"]
+    child = child_pid(system, main)
+    system.send(6, 1.5)
+    wait_until(lambda: system.redis_counter("sys:started") >= 2, 15, "both threads busy")
+    with sampler(system) as samples:
+        began = time.monotonic()
+        if how == "systemctl reload":
+            system.sh("systemctl reload dramatiq-worker@1")
+            took = time.monotonic() - began
+            # The reload job ended at the new process's READY=1, not when the signal was sent.
+            assert took > 1.0, took
+            assert system.units() == {"dramatiq-worker@1.service": "active/running"}
+            assert system.sh("systemctl show -P StatusText dramatiq-worker@1").stdout.startswith("consuming sys")
+        else:
+            system.sh(f"kill -HUP {main}")
+            wait_until(lambda: system.sh("systemctl show -P StatusText dramatiq-worker@1").stdout.startswith("consuming sys")
+                       and child_pid(system, main) != child, 30, "the new worker process to consume")
+        wait_until(lambda: system.redis()["count"] >= 6, 60, "all 6 messages processed")
+        time.sleep(1.5)
+    states = {row["units"].get("dramatiq-worker@1.service") for row in samples.rows}
+    assert states <= {"active/running", "reloading/reload"} and "active/running" in states, states
+    assert pids(system) == {"dramatiq-worker@1.service": main} and child_pid(system, main) != child
+    assert system.sh("systemctl show -P NRestarts dramatiq-worker@1").stdout.strip() == "0"
+    r = system.redis()
+    assert r["processed"] == 6 and r["duplicates"] == 0 and (r["ready"], r["msgs"], r["acks"]) == (0, 0, 0), r
