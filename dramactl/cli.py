@@ -339,7 +339,7 @@ def install(root: str, no_users: bool, no_reload: bool) -> None:
 @click.option("--root", default="/", show_default=True, help="Write below this directory.")
 @click.option("--no-reload", is_flag=True, help="Do not ask systemd to reload.")
 def configure(root: str, no_reload: bool) -> None:
-    """Apply CHECK_INTERVAL, GRACEFUL_SHUTDOWN_TIMEOUT and WATCHDOG_SEC to the units (drop-ins, as root).
+    """Apply CHECK_INTERVAL, GRACEFUL_SHUTDOWN_TIMEOUT, WATCHDOG_SEC and WORKER_MEMORY_HIGH/MAX to the units (drop-ins, as root).
 
     Example: sudo dramactl configure   (after editing /etc/dramactl/dramactl.env)
     """

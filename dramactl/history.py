@@ -56,6 +56,7 @@ FIELDS = {
     "DRAMACTL_STOPPED": "instances stopped (count)",
     "DRAMACTL_OK": "1 when every job ended done (or still draining), else 0",
     "DRAMACTL_PAUSED": "1 when autoscaling is paused",
+    "DRAMACTL_RECYCLE": "the instance a tick replaced for its memory, e.g. `@3 612 MiB > 512 MiB` (WORKER_RECYCLE_MEMORY); absent otherwise",
     "DRAMACTL_DURATION": "seconds the tick took from taking the lock to saving its state (reading, deciding, acting; not the process start), ticks only",
 }
 
@@ -109,6 +110,8 @@ def fields(outcome: Any, command: str, duration: float | None = None) -> dict[st
         "DRAMACTL_OK": "1" if outcome.ok else "0",
         "DRAMACTL_PAUSED": "1" if outcome.paused else "0",
     }
+    if getattr(outcome, "recycled", None):
+        out["DRAMACTL_RECYCLE"] = outcome.recycled.removeprefix("recycle ").replace("(", "").replace(")", "")
     if outcome.queues is not None:  # a manual command that could not reach Redis leaves the figures out
         out.update({
             "DRAMACTL_BACKLOG": str(b.backlog),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from .settings import size_text
+
 
 def _age(seconds: float | None) -> str:
     if seconds is None:
@@ -53,10 +55,11 @@ def render_status(data: dict) -> str:
         )
     lines.append("")
     instances = data.get("instances") or []
-    lines.append(f"{'INSTANCE':<28} {'STATE':<22} {'PID':>8} {'UPTIME':>8} {'RESTARTS':>8}")
+    lines.append(f"{'INSTANCE':<28} {'STATE':<22} {'PID':>8} {'UPTIME':>8} {'RESTARTS':>8} {'MEMORY':>9}")
     for u in instances:
         state = f"{u['active_state']} ({u['sub_state']})"
-        lines.append(f"{u['name']:<28} {state:<22} {u['pid'] or '-':>8} {_age(u.get('uptime')):>8} {u['restarts']:>8}")
+        memory = size_text(u["memory"]) if u.get("memory") is not None else "-"
+        lines.append(f"{u['name']:<28} {state:<22} {u['pid'] or '-':>8} {_age(u.get('uptime')):>8} {u['restarts']:>8} {memory:>9}")
     if not instances:
         lines.append("(no worker instances)")
     lines.append("")

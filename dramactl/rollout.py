@@ -175,6 +175,49 @@ def roll(
     return rolled
 
 
+# -- memory recycling (the tick) ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Recycle:
+    """An instance whose memory passed WORKER_RECYCLE_MEMORY."""
+
+    number: int
+    memory: int
+    limit: int
+
+    def __str__(self) -> str:
+        from .settings import size_text
+
+        return f"recycle @{self.number} ({size_text(self.memory)} > {size_text(self.limit)})"
+
+
+def over_memory(instances: Sequence[WorkerUnit], limit: int) -> Recycle | None:
+    """The running instance furthest past ``limit`` (bytes), if any (pure). One a tick;
+    none while any instance fails (growing or churning the fleet then only adds failures)."""
+    if not limit or any(u.is_failing for u in instances):
+        return None
+    over = [u for u in instances if u.active_state == "active" and not u.job and u.memory is not None and u.memory > limit]
+    if not over:
+        return None
+    worst = max(over, key=lambda u: (u.memory, u.number))
+    return Recycle(worst.number, worst.memory or 0, limit)
+
+
+def recycle(fleet: Fleet, instances: Sequence[WorkerUnit], pick: Recycle, max_processes: int, *, start_timeout: float, stop_wait: float) -> Rolled:
+    """Replace one instance (the tick): its replacement starts and consumes, then it drains.
+
+    The tick waits ``stop_wait`` for the drain and leaves the rest to systemd; at
+    MAX_PROCESSES the old instance drains first and the tick waits for all of it, as
+    its number is reused."""
+    taken = {u.number for u in instances if u.occupies or u.is_stopping or u.is_failed}
+    running = sum(1 for u in instances if u.occupies)
+    step = next_step(taken, running, [pick.number], max_processes)
+    stop_timeout = stop_wait
+    if step.stop_first:
+        stop_timeout = _seconds(fleet.timeouts(pick.number)[1], START_TIMEOUT_CAP) + 5.0
+    return replace_step(fleet, step, start_timeout=start_timeout, stop_timeout=stop_timeout)
+
+
 # -- the marker a skipped tick reads ------------------------------------------------
 
 def mark(state_dir: str, instances: Sequence[int], command: str = "restart") -> Path:
@@ -255,7 +298,7 @@ def restart(settings, *, batch: int = 1, fleet: Fleet | None = None, progress: P
         store.save(state.counted(len(rolled.started), len(rolled.stopped)))
         elapsed = time.monotonic() - began
         if rolled.failure:
-            reason = f"rolling restart stopped after {len(rolled.replaced)} of {len(up)} instance(s): {rolled.failure}"
+            reason = f"rolling restart stopped after {len(rolled.replaced)} of {len(up)} instance(s)"
         else:
             reason = f"rolling restart: {len(rolled.replaced)} instance(s) replaced in {elapsed:.1f}s"
         if state.paused:

@@ -77,6 +77,8 @@ class Outcome:
     duration: float | None = None  # seconds the tick took
     actions: dict[str, int] = field(default_factory=dict)  # instances started ("up") / stopped ("down"), ever
     failure: str | None = None  # why a rolling restart or recycle stopped short (rollout.py)
+    recycled: str | None = None  # "recycle @3 (612 MiB > 512 MiB)": this tick replaced an instance for its memory
+    recycles: int | None = None  # instances recycled, ever (dramactl_recycles_total), after a tick
 
     @property
     def backlog(self) -> FleetBacklog:
@@ -100,9 +102,13 @@ class Outcome:
             parts.insert(0, queues)
         if d.reset and not self.dry_run:
             parts.append("reset-failed " + " ".join(f"@{n}" for n in d.reset))
+        if self.recycled:
+            parts.append(self.recycled)
         for label, jobs in (("started", self.started), ("stopped", self.stopped), ("restarted", self.restarted)):
             if jobs:
                 parts.append(f"{label} " + " ".join(f"@{j.unit.split('@')[1].split('.')[0]}:{_shown(j)}" for j in jobs))
+        if self.failure:
+            parts.append(self.failure)
         if d.held or not self.ok:
             parts.append("see journalctl -u 'dramatiq-worker@*'; dramactl resets failed instances by itself, with backoff")
         return " | ".join(parts)
@@ -179,7 +185,7 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
         client = queue.connect(settings)
         stats = queue.read(settings, client)
         probed = time.monotonic()
-        instances = fleet.instances()
+        instances = fleet.instances(memory=bool(settings.worker_recycle_memory))
         log.debug("redis probe %.1f ms, %d instances listed in %.1f ms", (probed - started) * 1e3, len(instances), (time.monotonic() - probed) * 1e3)
         state = store.load()
         now = time.time() if now is None else now
@@ -194,24 +200,44 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
         if dry_run:
             return outcome
         record = decision.record(now, backlog)
+        recycled = 0
         if decision.delta or decision.reset:
             acting = time.monotonic()
             outcome.started, outcome.stopped = _apply(fleet, settings, instances, decision.target, threads_of(settings, state), decision.reset)
             if outcome.started and not outcome.stopped and all(j.result == "done" for j in outcome.started):
                 # Start jobs end at READY=1 (Type=notify): how long an instance takes to consume.
                 record = replace(record, startup=round(time.monotonic() - acting, 3))
+        elif settings.worker_recycle_memory and not decision.held:
+            recycled = _recycle(fleet, settings, instances, outcome)
         if coordinated is not None:
             _settle(client, settings, instances, decision, outcome, record.startup)
         outcome.duration = round(time.monotonic() - started, 3)
         record = replace(record, duration=outcome.duration)
-        new = replace(state.with_tick(record), recovery=decision.recovery).counted(len(outcome.started), len(outcome.stopped))
+        new = replace(state.with_tick(record), recovery=decision.recovery, recycles=state.recycles + recycled)
+        new = new.counted(len(outcome.started), len(outcome.stopped))
         outcome.actions = {"up": new.actions[0], "down": new.actions[1]}
+        outcome.recycles = new.recycles
         store.save(new)
     if settings.metrics_textfile_dir:
         from . import metrics
 
         metrics.publish(settings.metrics_textfile_dir, outcome)
     return outcome
+
+
+def _recycle(fleet: Fleet, settings: Settings, instances: Sequence[WorkerUnit], outcome: Outcome) -> int:
+    """WORKER_RECYCLE_MEMORY: replace the instance furthest past it (rollout.py); 1 when one was replaced."""
+    from . import rollout
+
+    pick = rollout.over_memory(instances, settings.worker_recycle_memory)
+    if pick is None:
+        return 0
+    rolled = rollout.recycle(
+        fleet, instances, pick, settings.max_processes, start_timeout=START_WAIT, stop_wait=min(settings.graceful_shutdown_timeout + 5.0, 30.0)
+    )
+    outcome.recycled, outcome.failure = str(pick), rolled.failure
+    outcome.started, outcome.stopped = rolled.started, rolled.stopped
+    return 1 if rolled.replaced else 0
 
 
 def _in_fleet(
