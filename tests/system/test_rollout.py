@@ -195,3 +195,68 @@ def test_reload_drains_and_comes_back_under_the_same_unit_never_deactivating(sys
     assert system.sh("systemctl show -P NRestarts dramatiq-worker@1").stdout.strip() == "0"
     r = system.redis()
     assert r["processed"] == 6 and r["duplicates"] == 0 and (r["ready"], r["msgs"], r["acks"]) == (0, 0, 0), r
+
+
+LEAK_CODE = '''\
+import time
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+broker = RedisBroker(host="localhost", port=6379)
+dramatiq.set_broker(broker)
+KEPT = []  # what the leak holds on to, for the life of the process
+
+
+@dramatiq.actor(queue_name="sys", max_retries=3, min_backoff=200, max_backoff=2000)
+def work(ident, seconds):
+    client = broker.client
+    client.incr("sys:started")
+    KEPT.append(b"\\\\x01" * (4 << 20))  # 4 MiB, written, so resident
+    time.sleep(seconds)
+    if not client.sadd("sys:processed", ident):
+        client.incr("sys:duplicates")
+    client.incr("sys:count")
+'''
+
+
+def memory_accounting(system: System) -> None:
+    """systemd in the container accounts and limits memory, as on any cgroup v2 host. On a cgroup v1
+    host, systemd-nspawn mounts the memory controller read-only in the container (MemoryCurrent is
+    then "[not set]" and MemoryMax= does nothing): make it writable there and let systemd see it."""
+    mounts = system.sh("cat /proc/self/mounts").stdout
+    if any(line.split()[1] == "/sys/fs/cgroup/memory" and "ro" in line.split()[3].split(",") for line in mounts.splitlines()):
+        system.sh("mount -o remount,bind,rw /sys/fs/cgroup/memory && systemctl daemon-reexec")
+
+
+def test_an_instance_that_leaks_is_recycled_before_memory_max_kills_it(system: System) -> None:
+    memory_accounting(system)
+    system.sh(f"mkdir -p {APP} && cat > {APP}/rollapp.py <<'EOF'\n{LEAK_CODE}EOF")
+    system.configure(
+        DRAMATIQ_COMMAND="dramatiq rollapp", WORKER_DIRECTORY=APP, WORKER_MEMORY_MAX="256M", WORKER_RECYCLE_MEMORY="128M"
+    )
+    assert system.sh("systemctl show -P MemoryMax dramatiq-worker@1").stdout.strip() == str(256 << 20)
+    system.dramactl("scale-to", "1")
+    assert int(system.sh("systemctl show -P MemoryCurrent dramatiq-worker@1").stdout) < 128 << 20
+    system.sh("systemctl start dramactl.timer")
+    system.send(60, 0.5)  # 240 MiB of leak in all, 16 MiB/s on one instance of 2 threads
+    wait_until(lambda: system.redis()["count"] >= 60, 120, "all 60 messages processed")
+    system.sh("systemctl stop dramactl.timer")
+    r = system.redis()
+    assert r["processed"] == 60 and r["duplicates"] == 0 and (r["ready"], r["msgs"], r["acks"], r["dead"]) == (0, 0, 0, 0), r
+
+    ticks = system.sh("journalctl --no-pager -o cat -u dramactl.service").stdout
+    recycles = [line for line in ticks.splitlines() if "| recycle @" in line]
+    print("\n".join(recycles))
+    assert recycles and all(" MiB > 128 MiB) | started @" in line and "| stopped @" in line for line in recycles), ticks
+    # Never the kernel: no OOM kill, no restart; every instance that ran stayed under MemoryMax.
+    workers = system.sh("journalctl --no-pager -o cat -u 'dramatiq-worker@*'").stdout
+    assert "oom" not in workers.lower(), workers[-2000:]
+    units = system.sh("systemctl show -p Id -p NRestarts -p Result 'dramatiq-worker@*.service'").stdout
+    assert "NRestarts=0" in units and not any(l.startswith("NRestarts=") and l != "NRestarts=0" for l in units.splitlines()), units
+    # Counted, and in the history's own field.
+    metrics = system.dramactl("metrics").stdout
+    assert f"dramactl_recycles_total {len(recycles)}" in metrics, metrics
+    fields = system.sh("journalctl --no-pager -o json SYSLOG_IDENTIFIER=dramactl DRAMACTL_COMMAND=tick").stdout.splitlines()
+    assert sum(1 for f in fields if "DRAMACTL_RECYCLE" in json.loads(f)) == len(recycles)
+    status = system.dramactl("status").stdout
+    assert "MEMORY" in status and " MiB" in status.split("MEMORY", 1)[1], status
