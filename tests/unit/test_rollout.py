@@ -58,3 +58,22 @@ def test_marker_names_a_live_roll_and_ignores_a_dead_or_damaged_one(tmp_path) ->
     rollout.unmark(str(tmp_path))
     rollout.unmark(str(tmp_path))
     assert not (tmp_path / rollout.MARKER).exists()
+
+
+def mem(n: int, mib: int, state: str = "active", sub: str = "running", job: str = "") -> WorkerUnit:
+    return WorkerUnit(number=n, active_state=state, sub_state=sub, job=job, memory=mib << 20)
+
+
+def test_recycle_picks_the_instance_furthest_past_the_limit_one_a_tick() -> None:
+    pick = rollout.over_memory([mem(1, 300), mem(2, 612), mem(3, 100)], 512 << 20)
+    assert pick == rollout.Recycle(2, 612 << 20, 512 << 20)
+    assert str(pick) == "recycle @2 (612 MiB > 512 MiB)"
+
+
+def test_no_recycle_below_the_limit_while_failing_or_unread() -> None:
+    assert rollout.over_memory([mem(1, 300), mem(2, 500)], 512 << 20) is None
+    assert rollout.over_memory([mem(1, 700), WorkerUnit(2, "failed", "failed")], 512 << 20) is None
+    assert rollout.over_memory([mem(1, 700), WorkerUnit(2, "activating", "auto-restart")], 512 << 20) is None
+    assert rollout.over_memory([WorkerUnit(1, "active", "running")], 512 << 20) is None  # memory not read
+    assert rollout.over_memory([mem(1, 700, "deactivating", "stop-sigterm", "stop")], 512 << 20) is None
+    assert rollout.over_memory([mem(1, 700)], 0) is None

@@ -151,3 +151,23 @@ def test_bad_value_in_a_file_is_reported_like_any_other(tmp_path: Path) -> None:
 def test_state_directory_from_systemd_wins(tmp_path: Path) -> None:
     assert parse({"STATE_DIRECTORY": "/var/lib/dramactl", "DRAMACTL_STATE_DIR": "/x"}).state_dir == "/var/lib/dramactl"
     assert parse({"DRAMACTL_STATE_DIR": "/x"}).state_dir == "/x"
+
+
+def test_memory_sizes_parse_like_systemd_and_bad_ones_name_the_setting() -> None:
+    from dramactl.install import drop_ins
+
+    s = parse({"WORKER_MEMORY_HIGH": "768M", "WORKER_MEMORY_MAX": "1G", "WORKER_RECYCLE_MEMORY": "512MiB"})
+    assert (s.worker_memory_high, s.worker_memory_max, s.worker_recycle_memory) == (768 << 20, 1 << 30, 512 << 20)
+    assert parse({"WORKER_RECYCLE_MEMORY": "0"}).worker_recycle_memory == 0
+    text = drop_ins(s)["dramatiq-worker@.service.d/50-memory.conf"]
+    assert text.endswith("[Service]\nMemoryHigh=805306368\nMemoryMax=1073741824\n")
+    assert "dramatiq-worker@.service.d/50-memory.conf" not in drop_ins(parse({}))
+    for values, line in [
+        ({"WORKER_MEMORY_MAX": "lots"}, "WORKER_MEMORY_MAX: 'lots' is not a size"),
+        ({"WORKER_RECYCLE_MEMORY": "1M"}, "WORKER_RECYCLE_MEMORY: 1M is below 16 MiB"),
+        ({"WORKER_MEMORY_MAX": "512M", "WORKER_RECYCLE_MEMORY": "512M"}, "WORKER_RECYCLE_MEMORY: 512 MiB is not below WORKER_MEMORY_MAX=512 MiB"),
+        ({"WORKER_MEMORY_MAX": "512M", "WORKER_MEMORY_HIGH": "1G"}, "WORKER_MEMORY_HIGH: 1 GiB is above WORKER_MEMORY_MAX=512 MiB"),
+    ]:
+        with pytest.raises(SettingsError) as err:
+            parse(values)
+        assert str(err.value).startswith(line), str(err.value)
