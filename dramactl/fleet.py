@@ -175,6 +175,9 @@ class Fleet:
         code = int(self._property(path, SERVICE, b"ExecMainCode", b"i"))
         status = int(self._property(path, SERVICE, b"ExecMainStatus", b"i"))
         state = _text(self._property(path, UNIT, b"ActiveState", b"s"))
+        if result == "timeout":
+            limit = int(self._property(path, SERVICE, b"TimeoutStartUSec", b"t")) / 1e6
+            return f"no READY=1 within TimeoutStartSec={limit:g}s, {state}"
         if code == 1:  # CLD_EXITED
             return f"exit status {status}" + (" (the app cannot be imported)" if status == 2 else "") + f", {state}"
         if code in (2, 3):  # CLD_KILLED, CLD_DUMPED
@@ -226,6 +229,12 @@ class Fleet:
         """reset-failed: forget a unit's failure and start-limit counter, so it can start again."""
         for n in numbers:
             self._call(b"ResetFailedUnit", b"s", [unit_name(n).encode()])
+
+    def kill(self, numbers: Iterable[int], signal: int = 9) -> None:
+        """Signal every process of the instances (KillUnit, who=all): for a replacement that
+        never became ready, so holds no message. Root only: polkit does not give it to the scaler."""
+        for n in numbers:
+            self._call(b"KillUnit", b"ssi", [unit_name(n).encode(), b"all", signal])
 
     def reload(self) -> None:
         """daemon-reload, after unit files changed."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .fleet import Fleet, JobResult
+from .fleet import Fleet, FleetError, JobResult
 from .instance import WorkerUnit
 
 MARKER = "rollout.json"
@@ -125,13 +125,21 @@ def replace_step(
         causes = []
         for job in bad:
             n = _number(job)
-            if job.result == "pending":
+            why = fleet.why_not_started(n)
+            if job.result == "pending" and "TimeoutStartSec" not in why:
                 why = f"no READY=1 within {start_timeout:g}s"
-                fleet.stop([n], timeout=stop_timeout)
-            else:
-                why = fleet.why_not_started(n)
             causes.append(f"dramatiq-worker@{n} did not start ({why}; journalctl -u dramatiq-worker@{n})")
-            fleet.reset_failed([n])
+            # Not left to Restart= nor to the tick's recovery: the fleet stays as it was before the step.
+            # It never consumed, so it holds no message: no drain needed (SIGKILL where allowed, i.e. as root).
+            try:
+                fleet.kill([n])
+            except FleetError:
+                pass
+            fleet.stop([n], timeout=stop_timeout)
+            try:
+                fleet.reset_failed([n])
+            except FleetError:  # already gone (unloaded once inactive): nothing to reset
+                pass
         good = [j for j in jobs if j.result == "done"]
         # Replacements that did start stand in for as many old instances; the rest keep serving.
         if good and not step.stop_first:

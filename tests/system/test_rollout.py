@@ -144,19 +144,37 @@ def test_deploy_under_a_steady_stream_keeps_capacity_and_every_message(system: S
     )
 
 
-def test_deploy_of_code_that_does_not_import_stops_with_the_old_instances_serving(system: System) -> None:
+START_LIMIT = "/etc/systemd/system/dramatiq-worker@.service.d/60-test-start-timeout.conf"
+
+
+@pytest.mark.parametrize(
+    ("broken", "cause"),
+    [
+        ("import module_that_is_not_installed", "dramatiq-worker@4 did not start (exit status 2 (the app cannot be imported), failed;"),
+        ("time.sleep(3600)", "dramatiq-worker@4 did not start (no READY=1 within TimeoutStartSec=6s, "),
+    ],
+    ids=["does-not-import", "never-ready"],
+)
+def test_deploy_of_code_that_does_not_start_stops_with_the_old_instances_serving(system: System, broken: str, cause: str) -> None:
     deploy(system, "v1")
     system.configure(DRAMATIQ_COMMAND="dramatiq rollapp", WORKER_DIRECTORY=APP, MAX_PROCESSES="4")
     system.dramactl("scale-to", "3")
     before = pids(system)
-    deploy(system, "v2", broken=True)
-    out = system.dramactl("restart", check=False)
+    system.sh(f"mkdir -p {START_LIMIT.rsplit('/', 1)[0]} && printf '[Service]\\nTimeoutStartSec=6s\\n' > {START_LIMIT} && systemctl daemon-reload")
+    try:
+        code = APP_CODE.format(version="v2", broken=broken)
+        system.sh(f"cat > {APP}/rollapp.py <<'EOF'\n{code}EOF")
+        out = system.dramactl("restart", check=False)
+    finally:
+        system.sh(f"rm -f {START_LIMIT} && systemctl daemon-reload")
     assert out.returncode == 1, (out.stdout, out.stderr)
-    cause = [line for line in out.stderr.splitlines() if line.startswith("dramactl: rolling restart stopped")]
-    assert len(cause) == 1 and "dramatiq-worker@4 did not start (exit status 2 (the app cannot be imported)" in cause[0], out.stderr
-    # Stopped after the first replacement: the three old instances run as before, nothing failed left behind.
+    lines = [line for line in out.stderr.splitlines() if line.startswith("dramactl: rolling restart stopped")]
+    assert len(lines) == 1 and cause in lines[0], out.stderr
+    # Stopped at the first replacement: the three old instances run as before, nothing failed left behind.
     assert pids(system) == before and system.active() == sorted(before), (before, system.units())
     assert "dramatiq-worker@4.service" not in system.units()
+    entry = json.loads(system.sh("journalctl --no-pager -o json SYSLOG_IDENTIFIER=dramactl DRAMACTL_COMMAND=restart").stdout)
+    assert entry["DRAMACTL_OK"] == "0" and cause in entry["MESSAGE"], entry["MESSAGE"]
     system.send(6, 0.1)
     wait_until(lambda: system.redis()["count"] >= 6, 30, "the old instances to serve")
 
