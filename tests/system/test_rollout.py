@@ -105,6 +105,7 @@ def test_deploy_under_a_steady_stream_keeps_capacity_and_every_message(system: S
         began = time.time()
         out = system.c.run([MANAGE, "deploy"], env={"DRAMACTL": DRAMACTL}, timeout=300)
         ended = time.time()
+        print(f"\n$ ./manage_dramatiq.sh deploy   ({ended - began:.1f} s)\n{out.stderr}{out.stdout}")
         time.sleep(4)  # the stream goes on after the roll, now served by v2 only
     sent = hash_of(system, "stream:sent")
     wait_until(lambda: system.redis()["count"] >= len(sent), 60, f"all {len(sent)} streamed messages processed")
