@@ -34,8 +34,8 @@ JOURNAL_GROUPS = ("systemd-journal", "adm", "wheel")
 
 #: Field name -> meaning; README's table is generated from the same words.
 FIELDS = {
-    "DRAMACTL_KIND": "`tick` (the timer, or `dramactl tick` by hand) or `manual` (scale-to, scale-up, scale-down)",
-    "DRAMACTL_COMMAND": "the dramactl command that wrote it: `tick`, `scale-to`, `scale-up`, `scale-down`",
+    "DRAMACTL_KIND": "`tick` (the timer, or `dramactl tick` by hand) or `manual` (scale-to, scale-up, scale-down, restart)",
+    "DRAMACTL_COMMAND": "the dramactl command that wrote it: `tick`, `scale-to`, `scale-up`, `scale-down`, `restart`",
     "DRAMACTL_CURRENT": "instances up before the step",
     "DRAMACTL_TARGET": "instances decided",
     "DRAMACTL_WANTED": "the policy's raw recommendation before limits, stabilization and holds",
