@@ -79,6 +79,8 @@ def render_status(data: dict) -> str:
         lines.append(f"timer: {timer['active_state']}, {every}, last {_when(timer.get('last'), now)}, next {_when(timer.get('next'), now)}")
     size = data.get("size")
     lines.append("autoscaling: " + (f"PAUSED at {size} (dramactl resume)" if data.get("paused") and size is not None else "PAUSED (dramactl resume)" if data.get("paused") else "on"))
+    if data.get("rollout"):
+        lines.append(f"held: {data['rollout']}")
     recovery = data.get("recovery") or {}
     if recovery.get("attempts"):
         lines.append(

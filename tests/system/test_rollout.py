@@ -5,6 +5,7 @@ still serving."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -79,6 +80,16 @@ class Stream:
         self.system.sh(f"rm -f {STREAM_OUT}.stop", check=False)
 
 
+def watch_status(system: System, running) -> list[str]:
+    """`dramactl status` lines starting with "held:", polled while ``running()``."""
+    lines: list[str] = []
+    while running():
+        out = system.dramactl("status", check=False).stdout
+        lines += [line for line in out.splitlines() if line.startswith("held:")]
+        time.sleep(0.5)
+    return lines
+
+
 def hash_of(system: System, key: str) -> dict[str, str]:
     code = f"import redis, json\nr = redis.Redis(decode_responses=True)\nprint(json.dumps(r.hgetall('{key}')))"
     return system.c.python(PYTHON, code)  # type: ignore[return-value]
@@ -103,8 +114,13 @@ def test_deploy_under_a_steady_stream_keeps_capacity_and_every_message(system: S
         time.sleep(4)
         deploy(system, "v2")
         began = time.time()
+        seen: list[str] = []
+        watcher = threading.Thread(target=lambda: seen.extend(watch_status(system, lambda: ended is None)), daemon=True)
+        ended = None
+        watcher.start()
         out = system.c.run([MANAGE, "deploy"], env={"DRAMACTL": DRAMACTL}, timeout=300)
         ended = time.time()
+        watcher.join(30)
         print(f"\n$ ./manage_dramatiq.sh deploy   ({ended - began:.1f} s)\n{out.stderr}{out.stdout}")
         time.sleep(4)  # the stream goes on after the roll, now served by v2 only
     sent = hash_of(system, "stream:sent")
@@ -128,6 +144,8 @@ def test_deploy_under_a_steady_stream_keeps_capacity_and_every_message(system: S
     capacity = [consuming(row) for row in during]
     assert min(capacity) >= 2 and max(faults.occupied(row) for row in during) <= 4, capacity
 
+    # `status` said the fleet was held while the roll ran.
+    assert any(line.startswith("held: rolling restart of 2 instance(s) in progress since") for line in seen), seen
     # Progress as it went, then one journal entry for the whole roll.
     assert "waiting for READY=1" in out.stderr and "draining @" in out.stderr, out.stderr
     entries = system.sh("journalctl --no-pager -o json SYSLOG_IDENTIFIER=dramactl DRAMACTL_COMMAND=restart").stdout.splitlines()
