@@ -56,6 +56,8 @@ def stop_timeout(settings: Settings) -> int:
 
 # What PrivateTmp=/ProtectHome= hide from the services.
 HIDDEN_PREFIXES = ("/tmp/", "/var/tmp/", "/home/", "/run/user/")
+HOME_PREFIXES = ("/home/", "/run/user/")  # ProtectHome='s part of them
+CODE_PATHS = "50-code-paths.conf"
 
 
 def code_targets(settings: Settings) -> list[reach.Target]:
@@ -111,9 +113,14 @@ def drop_ins(settings: Settings) -> dict[str, str]:
     hidden = hidden_code_paths(settings)
     if hidden:
         # The units' PrivateTmp/ProtectHome would hide this installation: show it again, read-only.
-        text = f"{header}[Service]\nBindReadOnlyPaths={' '.join(hidden)}\n"
+        text = f"{header}[Service]\n"
+        if any((p + "/").startswith(HOME_PREFIXES) for p in hidden):
+            # ProtectHome=yes makes /home inaccessible (mode 000): a bind below it cannot be reached. A read-only
+            # tmpfs over /home (and /run/user) hides the other homes as well and holds the mount points of the binds.
+            text += "ProtectHome=tmpfs\n"
+        text += f"BindReadOnlyPaths={' '.join(hidden)}\n"
         for unit in ("dramactl.service", "dramatiq-worker@.service"):
-            files[f"{unit}.d/50-code-paths.conf"] = text
+            files[f"{unit}.d/{CODE_PATHS}"] = text
     return files
 
 
@@ -184,7 +191,13 @@ def link_entry_point(report: InstallReport, root: Path) -> None:
 
 
 # Drop-ins that exist only while their setting is set: removed when it is unset.
-OPTIONAL_DROP_INS = ("dramactl.service.d/50-metrics.conf", "dramatiq-worker@.service.d/50-memory.conf")
+OPTIONAL_DROP_INS = (
+    "dramactl.service.d/50-metrics.conf",
+    "dramatiq-worker@.service.d/50-memory.conf",
+    # A venv moved out of /home or /tmp: a stale bind of a path that is gone would fail the units.
+    f"dramactl.service.d/{CODE_PATHS}",
+    f"dramatiq-worker@.service.d/{CODE_PATHS}",
+)
 
 
 def write_drop_ins(settings: Settings, report: InstallReport, base: Path) -> None:
@@ -253,6 +266,20 @@ def install(settings: Settings, *, root: str = "/", users: bool = True, reload: 
         _write(env_file, source.read_text(), 0o640, group_id(base, "dramactl") if users else None)
         report.did(f"created {env_file} from {source}")
     link_entry_point(report, base)
+    write_completion(report, base)
     if reload:
         reload_systemd(report)
     return report
+
+
+# Where pip installs put shell completion: bash-completion, zsh and fish look there (the .deb uses /usr/share).
+COMPLETION_SHARE = "usr/local/share"
+
+
+def write_completion(report: InstallReport, base: Path) -> None:
+    """click's completion scripts for bash, zsh and fish (:mod:`dramactl.completion`), rewritten when they differ."""
+    from .completion import scripts
+
+    for path, text in scripts(base / COMPLETION_SHARE).items():
+        if _write(path, text):
+            report.did(f"installed {path} (shell completion)")

@@ -99,7 +99,10 @@ def view(
         return step_view(sum(1 for u in units if u.is_up), backlog, settings)
     if backlog is None:
         return {"name": settings.policy, "by": None, "unavailable": "Redis could not be read"}
-    return default_view(backlog, units, settings, history, now)
+    out = default_view(backlog, units, settings, history, now)
+    if settings.fleet_name:
+        out["note"] = f"this host's view; fleet {settings.fleet_name} decides from every host's instances and its own history (see fleet)"
+    return out
 
 
 def _n(value: object) -> str:
@@ -120,6 +123,8 @@ def describe(v: dict) -> list[str]:
     if v["by"] == "count":
         lines = [f"policy default, by count until workers report work: {v['backlog_per_worker']:g} per worker; {startup}"]
         lines.append(f"  needs: backlog {_n(needs.get('backlog'))}, latency guard {_n(needs.get('latency_guard'))}; wants {_n(v['wanted'])}, target {v['target']}")
+        if v.get("note"):
+            lines.append(f"  ({v['note']})")
         return lines
     rate = "-" if v["arrival_rate"] is None else f"{v['arrival_rate']:.2f}/s"
     lines = [f"policy default, by work: arrivals {rate} x E[S] {v['service_time']:.2f}s = {v['busy_threads']:.1f} busy threads; {startup}"]
@@ -127,4 +132,6 @@ def describe(v: dict) -> list[str]:
         f"  needs: arrivals {_n(needs.get('arrivals'))}, drain {_n(needs.get('drain'))} ({v['waiting']} waiting, in {v['drain_seconds']:g}s), "
         f"latency guard {_n(needs.get('latency_guard'))}, recurring block {_n(needs.get('recurring'))}; wants {_n(v['wanted'])}, target {v['target']}"
     )
+    if v.get("note"):
+        lines.append(f"  ({v['note']})")
     return lines

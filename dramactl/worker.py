@@ -24,8 +24,12 @@ HOOK_MODULE = "dramactl_ready"
 def worker_argv(settings: Settings, threads: int) -> list[str]:
     """The full argv for one instance; SettingsError when the command cannot run."""
     argv = check_command(settings.dramatiq_command)
-    app = broker_index(argv)
-    argv = argv[: app + 1] + [HOOK_MODULE] + argv[app + 1 :]
+    # After the app and every module named with it: its guard must be the broker's last
+    # middleware, after any the app's modules add.
+    last = broker_index(argv)
+    while last + 1 < len(argv) and not argv[last + 1].startswith("-"):
+        last += 1
+    argv = argv[: last + 1] + [HOOK_MODULE] + argv[last + 1 :]
     argv += [
         "--processes", "1",
         "--threads", str(threads),

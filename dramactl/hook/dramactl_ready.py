@@ -128,7 +128,7 @@ class ReadyNotifier(Middleware):
         while not self.stopping.wait(interval):
             threads = list(getattr(worker, "consumers", {}).values()) + list(getattr(worker, "workers", []))
             if threads and all(t.is_alive() for t in threads):
-                notify("WATCHDOG=1")
+                _notify_quietly("WATCHDOG=1")
 
     def before_worker_shutdown(self, broker, worker) -> None:
         self.stopping.set()
@@ -166,7 +166,7 @@ class Unfinished(MiddlewareError):
 class _Work:
     """The message a worker thread processes, from ``before_process_message`` to its ack."""
 
-    __slots__ = ("message", "pending", "phase", "complete", "tracking")
+    __slots__ = ("message", "pending", "phase", "complete", "tracking", "cut_short")
 
     def __init__(self, message) -> None:
         self.message = message
@@ -174,6 +174,7 @@ class _Work:
         self.phase = "actor"  # then "after": Dramatiq's after_process_message hooks run
         self.complete = False  # every after_process_message hook ran (none was cut short)
         self.tracking = True
+        self.cut_short = False  # an after-hook failed without an enqueue to hold (a second run, a group barrier)
 
 
 class FollowUpGuard(Middleware):
@@ -201,6 +202,7 @@ class FollowUpGuard(Middleware):
     """
 
     def __init__(self, max_pause: float = 10.0, alarm_after: float = HOLD_ALARM_SECONDS) -> None:
+        self.worker = None
         self.local = threading.local()
         self.lock = threading.Lock()
         self.running: dict[int, object] = {}  # thread ident -> message it processes, until acked
@@ -226,6 +228,8 @@ class FollowUpGuard(Middleware):
     # -- hooks -----------------------------------------------------------------------
 
     def after_worker_boot(self, broker, worker) -> None:
+        self.worker = worker
+        self._watch_group_barriers(broker)
         # Installed last; a middleware added after the hook whose after-hooks enqueue
         # would have its follow-ups judged as the actor's own.
         try:
@@ -235,10 +239,21 @@ class FollowUpGuard(Middleware):
         except Exception:  # noqa: BLE001
             pass
 
-    def before_process_message(self, broker, message) -> None:
+    def track(self, broker, message) -> None:
+        """Called by :class:`_AfterHooksDone`, first in the list: the message counts as held
+        by the process from before any other middleware's before-hook."""
         self.local.work = _Work(message)
         with self.lock:
             self.running[threading.get_ident()] = message
+
+    def _release(self, message) -> None:
+        """A message left unacked on purpose no longer counts against its consumer's prefetch
+        (Dramatiq forgets it in ``ack``'s ``finally``, which does not run)."""
+        try:
+            consumer = self.worker.consumers[message.queue_name].consumer
+            consumer.queued_message_ids.discard(message.message_id)
+        except Exception:  # noqa: BLE001 - another broker's consumer: nothing to release
+            pass
 
     def before_enqueue(self, broker, message, delay) -> None:
         work = getattr(self.local, "work", None)
@@ -254,14 +269,44 @@ class FollowUpGuard(Middleware):
         work = self._work(message)
         if work is None:
             return
+        if work.phase != "actor":
+            # Dramatiq runs the after-hooks a second time only when an interrupt escaped the
+            # first run: that one was cut short, and this one treats a success as a failure.
+            work.cut_short = True
+        work.phase = "after"
         _disarm_interrupts(broker)
-        if work.phase == "actor" and exception is not None:
+        if exception is not None and not work.cut_short:
             # The actor raised: its own failed sends are part of what its retry redoes.
             work.pending = {k: v for k, v in work.pending.items() if v[2] != "actor"}
-        work.phase = "after"
         work.complete = False
 
     after_skip_message = after_process_message
+
+    def _watch_group_barriers(self, broker) -> None:
+        """GroupCallbacks counts a group's members down in Redis (a barrier) before it
+        enqueues the completion: when Redis refuses the count, nothing was enqueued that
+        the guard could hold. Such a member is left unacked and runs again (its count is
+        retried with it)."""
+        try:
+            from dramatiq.middleware import GroupCallbacks
+        except ImportError:
+            return
+        for m in broker.middleware:
+            if not isinstance(m, GroupCallbacks) or getattr(m, "_dramactl_watched", False):
+                continue
+            original = m.after_process_message
+
+            def watched(broker, message, *, result=None, exception=None, _original=original):
+                try:
+                    return _original(broker, message, result=result, exception=exception)
+                except Exception:
+                    work = self._work(message)
+                    if work is not None:
+                        work.cut_short = True
+                    raise
+
+            m.after_process_message = watched
+            m._dramactl_watched = True
 
     def hooks_done(self, message) -> None:
         work = self._work(message)
@@ -272,8 +317,9 @@ class FollowUpGuard(Middleware):
         work = self._work(message)
         if work is None:
             return  # not processed on this thread (a delayed message moved by its consumer)
-        if not work.complete:
+        if not work.complete or work.cut_short:
             self._forget()
+            self._release(message)
             log.error(
                 "dramactl: message %s: Dramatiq's after-processing middleware was interrupted, so its retry or next step may "
                 "not exist; leaving it unacked: it goes back to its queue within %.0fs (stranded-message sweep)",
@@ -309,7 +355,16 @@ class FollowUpGuard(Middleware):
                     for key, (follow, delay, _) in list(work.pending.items()):
                         try:
                             broker.enqueue(follow, delay=delay)
-                        except Exception as exc:  # noqa: BLE001 - down, hung, READONLY, OOM: keep holding
+                        except Exception as exc:  # noqa: BLE001 - sorted just below
+                            if not _passing(exc):
+                                # A body that cannot be encoded, a permission Redis denies: waiting
+                                # cannot store it. Dropped, as plain Dramatiq does, and said so.
+                                log.error(
+                                    "dramactl: message %s: its follow-up %s can never be stored (%s: %s); dropping that follow-up as Dramatiq does",
+                                    message.message_id, follow.actor_name, type(exc).__name__, exc,
+                                )
+                                work.pending.pop(key, None)
+                                continue
                             error = f"{type(exc).__name__}: {exc}"
                             break
                         work.pending.pop(key, None)
@@ -337,12 +392,32 @@ class FollowUpGuard(Middleware):
         log.warning("dramactl: message %s: follow-up(s) stored after holding it %.1fs; acking it", message.message_id, time.monotonic() - began)
 
 
+def _passing(exc: Exception) -> bool:
+    """An enqueue error that a working Redis ends: down, hung, read-only after a failover,
+    full (OOM), loading, no quorum. Anything else (an unencodable body, a permission,
+    a wrong key type) would hold a thread forever."""
+    import redis
+    from dramatiq.errors import BrokerConnectionError
+
+    transient = (
+        redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError,
+        redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError, BrokerConnectionError, OSError,
+    )
+    if isinstance(exc, transient):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).split(" ", 1)[0] in ("MASTERDOWN", "TRYAGAIN", "LOADING", "CLUSTERDOWN", "NOREPLICAS", "BUSY")
+
+
 class _AfterHooksDone(Middleware):
-    """First in the middleware list, so its ``after_process_message`` runs last: every
-    other after-hook ran without being cut short."""
+    """First in the middleware list: its ``before_process_message`` runs first (the
+    message is held from then on) and its ``after_process_message`` last (every other
+    after-hook ran without being cut short)."""
 
     def __init__(self, guard: FollowUpGuard) -> None:
         self.guard = guard
+
+    def before_process_message(self, broker, message) -> None:
+        self.guard.track(broker, message)
 
     def after_process_message(self, broker, message, *, result=None, exception=None) -> None:
         self.guard.hooks_done(message)
@@ -367,13 +442,15 @@ def _disarm_interrupts(broker) -> None:
 
 
 def _timeouts_as_connection_loss() -> None:
-    """Acks and nacks that time out are retried by Dramatiq like those that lose the
-    connection. redis-py's TimeoutError is not a ConnectionError, so a hung Redis
-    made Dramatiq drop the ack ("You've found a bug") and the message stayed in the
-    ack set of a live worker. Upstream: Bogdanp/dramatiq#894, fix proposed in #895;
+    """Acks, nacks and requeues that time out, or that a full (OOM) or read-only Redis
+    refuses, are retried or swallowed by Dramatiq like those that lose the connection.
+    redis-py's TimeoutError is not a ConnectionError, so a hung Redis made Dramatiq
+    drop the ack ("You've found a bug") and the message stayed in the ack set of a
+    live worker; a requeue failing that way in a consumer's ``close()`` killed the
+    consumer thread. Upstream: Bogdanp/dramatiq#894, fix proposed in #895 (timeouts);
     drop this once a released Dramatiq has it. Fetches are left as they are: on an
     unexpected error the consumer requeues its delayed messages, on a connection
-    error it drops them."""
+    error it drops them (the sweep hands those back)."""
     try:
         import redis
         from dramatiq.brokers import redis as redis_broker
@@ -387,15 +464,16 @@ def _timeouts_as_connection_loss() -> None:
         def call(self, message):
             try:
                 return original(self, message)
-            except redis.TimeoutError as exc:
+            except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError) as exc:
                 raise redis_broker.ConnectionClosed(exc) from None
 
         call.__doc__ = original.__doc__
         return call
 
-    consumer._dramactl_unpatched = {"ack": consumer.ack, "nack": consumer.nack}
+    consumer._dramactl_unpatched = {"ack": consumer.ack, "nack": consumer.nack, "requeue": consumer.requeue}
     consumer.ack = wrap(consumer.ack)
     consumer.nack = wrap(consumer.nack)
+    consumer.requeue = wrap(consumer.requeue)
     consumer._dramactl_timeouts = True
 
 
@@ -489,6 +567,7 @@ class Maintenance(Middleware):
             self.suspects[queue] = absent - set(stranded)
             if not stranded:
                 continue
+            stranded = self._dead_letter_undecodable(broker, queue, stranded)
             for i in range(0, len(stranded), REQUEUE_CHUNK):
                 broker.do_requeue(queue, *stranded[i : i + REQUEUE_CHUNK])
             handed += len(stranded)
@@ -499,6 +578,28 @@ class Maintenance(Middleware):
             )
         self.handed_back += handed
         return handed
+
+    @staticmethod
+    def _dead_letter_undecodable(broker, queue: str, ids: list[str]) -> list[str]:
+        """The ids worth handing back. A body Dramatiq cannot decode (another encoder, a
+        newer Dramatiq's fields) makes the consumer fail on every fetch of it: such a
+        message is dead-lettered (Dramatiq's own nack script) and named instead."""
+        from dramatiq.message import Message
+
+        bodies = broker.client.hmget(f"{broker.namespace}:{queue}.msgs", ids)
+        keep = []
+        for rid, body in zip(ids, bodies):
+            if body is None:
+                keep.append(rid)  # already gone: the requeue script skips it
+                continue
+            try:
+                Message.decode(body)
+            except Exception as exc:  # noqa: BLE001 - any decode error
+                broker.do_nack(queue, rid)
+                log.error("dramactl: message %s in queue %s cannot be decoded (%s); dead-lettered it instead of handing it back", rid, queue, exc)
+                continue
+            keep.append(rid)
+        return keep
 
     def _loop(self, broker, worker) -> None:
         queues = sorted(getattr(worker, "consumers", {}) or ())

@@ -370,7 +370,7 @@ def test_time_limit_is_disarmed_once_the_actor_returns(server: StoppableRedis) -
 
     message = dramatiq.MessageProxy(quick.message()) if hasattr(dramatiq, "MessageProxy") else quick.message()
     limit.before_process_message(broker, message)
-    guard.before_process_message(broker, message)
+    guard.track(broker, message)
     assert limit.manager.deadlines[ident] is not None
     guard.after_process_message(broker, message, result=None)
     assert limit.manager.deadlines[ident] is None
@@ -415,4 +415,162 @@ def test_a_redis_that_refuses_writes_is_held_through_and_named_in_the_journal(se
     finally:
         admin.config_set("maxmemory", 0)
         go.set()
+        worker.stop(timeout=5000)
+
+
+def test_a_follow_up_that_can_never_be_stored_is_dropped_not_held_forever(server: StoppableRedis, caplog: pytest.LogCaptureFixture) -> None:
+    """A pipeline step whose result JSON cannot encode (a set): no Redis can ever store the
+    next step. Holding would pin the thread for good; it is dropped as Dramatiq does, named
+    in the journal, and the thread takes the next message."""
+    broker = make_broker(server)
+    ran: list[str] = []
+
+    @dramatiq.actor(broker=broker, queue_name="poison")
+    def first() -> set:
+        ran.append("first")
+        return {1, 2}
+
+    @dramatiq.actor(broker=broker, queue_name="poison")
+    def second(value) -> None:
+        ran.append("second")
+
+    @dramatiq.actor(broker=broker, queue_name="poison")
+    def other() -> None:
+        ran.append("other")
+
+    module = install_hook(broker)
+    caplog.set_level("ERROR", logger="dramactl.hook")
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        (first.message() | second.message()).run()
+        other.send()
+        assert wait_for(lambda: ran == ["first", "other"], 10), ran
+        assert module.HOLDS.count() == 0
+        assert any("can never be stored" in r.getMessage() and "TypeError" in r.getMessage() for r in caplog.records)
+    finally:
+        worker.stop(timeout=5000)
+
+
+def test_after_hooks_cut_short_by_a_late_interrupt_leave_the_message_unacked(server: StoppableRedis) -> None:
+    """TimeLimit's timer read the deadline just before the guard removed it, and its
+    interrupt lands in the after-hooks (modelled by a middleware that raises it into its
+    own thread after Pipelines): Dramatiq runs the after-hooks again as for a failure and,
+    with no retries left, would dead-letter a message that succeeded, its next step never
+    stored. The guard leaves it unacked instead; the sweep hands it back and it completes."""
+    from dramatiq.middleware import Middleware, Pipelines, TimeLimitExceeded
+    from dramatiq.middleware.threading import raise_thread_exception
+
+    broker = make_broker(server)
+    ran: list[str] = []
+
+    class LateInterrupt(Middleware):
+        fired = False
+
+        def after_process_message(self, broker, message, *, result=None, exception=None):
+            if exception is None and not LateInterrupt.fired and message.actor_name == "step1":
+                LateInterrupt.fired = True
+                raise_thread_exception(threading.get_ident(), TimeLimitExceeded)
+
+    broker.add_middleware(LateInterrupt(), after=Pipelines)
+
+    @dramatiq.actor(broker=broker, queue_name="late", max_retries=0)
+    def step1() -> int:
+        ran.append("step1")
+        return 1
+
+    @dramatiq.actor(broker=broker, queue_name="late")
+    def step2(value: int) -> None:
+        ran.append("step2")
+
+    install_hook(broker)
+    maintenance = next(m for m in broker.middleware if type(m).__name__ == "Maintenance")
+    maintenance.interval = 0.5
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
+    worker.start()
+    client = redis_lib.Redis(port=server.port)
+    try:
+        (step1.message() | step2.message()).run()
+        assert wait_for(lambda: "step2" in ran and queues_empty(client, "late"), 20), ran
+        assert client.zcard("dramatiq:late.XQ") == 0  # never dead-lettered
+        assert ran.count("step1") == 2 and ran.count("step2") == 1, ran  # run again: a duplicate, counted
+        assert maintenance.handed_back == 1
+    finally:
+        worker.stop(timeout=5000)
+
+
+def test_a_group_member_whose_barrier_redis_refused_runs_again_and_the_group_completes(server: StoppableRedis) -> None:
+    """GroupCallbacks counts the last member down in Redis before it enqueues the
+    completion; Redis refuses that count (a reset connection). Nothing was enqueued that
+    could be held: the member is left unacked, runs again, and the completion runs."""
+    from dramatiq.middleware import GroupCallbacks
+    from dramatiq.rate_limits.backends import RedisBackend
+
+    broker = make_broker(server)
+    client = redis_lib.Redis(port=server.port)
+    ran: list[str] = []
+
+    class FlakyBackend(RedisBackend):
+        failed = False
+
+        def decr(self, *args, **kwargs):
+            if not FlakyBackend.failed and ran.count("member") == 3:
+                FlakyBackend.failed = True
+                raise redis_lib.ConnectionError("Connection reset by peer")
+            return super().decr(*args, **kwargs)
+
+    broker.add_middleware(GroupCallbacks(FlakyBackend(client=client)))
+
+    @dramatiq.actor(broker=broker, queue_name="grp")
+    def member(i: int) -> None:
+        ran.append("member")
+
+    @dramatiq.actor(broker=broker, queue_name="grp")
+    def completed() -> None:
+        ran.append("completed")
+
+    install_hook(broker)
+    next(m for m in broker.middleware if type(m).__name__ == "Maintenance").interval = 0.5
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        group = dramatiq.group([member.message(i) for i in range(3)])
+        group.add_completion_callback(completed.message())
+        group.run()
+        assert wait_for(lambda: "completed" in ran and queues_empty(client, "grp"), 20), ran
+        assert ran.count("member") == 4 and ran.count("completed") == 1, ran
+    finally:
+        worker.stop(timeout=5000)
+
+
+def test_the_delay_queue_consumer_survives_a_redis_that_refuses_writes(server: StoppableRedis) -> None:
+    """A retry waits in a consumer's in-memory delay queue; Redis fills up (OOM): the
+    consumer's fetch fails with an unexpected error, its close() requeues the delayed
+    messages into the same refusal. Dramatiq's consumer thread died of it; with the hook
+    it lives, and the message comes back once Redis takes writes."""
+    broker = make_broker(server)
+    attempts: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name="dqd", min_backoff=3000, max_backoff=3000)
+    def flaky() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ValueError("fails once; its retry waits 3 s in memory")
+
+    install_hook(broker)
+    next(m for m in broker.middleware if type(m).__name__ == "Maintenance").interval = 1.0
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    admin = redis_lib.Redis(port=server.port)
+    try:
+        flaky.send()
+        assert wait_for(lambda: worker.consumers["dqd.DQ"].delay_queue.qsize() == 1, 10)
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)
+        time.sleep(4)
+        admin.config_set("maxmemory", 0)
+        assert worker.consumers["dqd.DQ"].is_alive()
+        assert wait_for(lambda: len(attempts) == 2 and queues_empty(admin, "dqd"), 30), attempts
+    finally:
+        admin.config_set("maxmemory", 0)
         worker.stop(timeout=5000)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import subprocess
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,34 @@ def test_install_creates_the_env_file_0640_root_dramactl_in_one_step(tmp_path: P
     assert f"created {env_file} from {install_mod.data_path('env', 'dramactl.env')}" in report.actions
     unit = root / "etc/systemd/system/dramatiq-worker@.service"
     assert stat.S_IMODE(unit.stat().st_mode) == 0o644
+
+
+def complete(script: Path, *words: str) -> list[str]:
+    """What real bash offers after sourcing ``script``, for the command line ``words`` (the last one being typed)."""
+    bin_dir = Path(sys.executable).parent  # the dramactl the completion calls back
+    line = " ".join(shlex.quote(w) for w in words)
+    code = f'source {shlex.quote(str(script))}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _dramactl_completion dramactl; printf "%s\\n" "${{COMPREPLY[@]}}"'
+    run = subprocess.run(["bash", "--norc", "-c", code], capture_output=True, text=True, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.split()
+
+
+def test_install_puts_clicks_shell_completion_where_the_shells_look(tmp_path: Path, as_root, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "root"
+    report = install_mod.install(settings_mod.parse({}), root=str(root), users=True, reload=False)
+    share = root / "usr/local/share"
+    bash, zsh, fish = share / "bash-completion/completions/dramactl", share / "zsh/vendor-completions/_dramactl", share / "fish/vendor_completions.d/dramactl.fish"
+    for path in (bash, zsh, fish):
+        assert f"installed {path} (shell completion)" in report.actions
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert zsh.read_text().startswith("#compdef dramactl\n") and "_DRAMACTL_COMPLETE=zsh_complete" in zsh.read_text()
+    assert "_DRAMACTL_COMPLETE=fish_complete" in fish.read_text()
+    # Real bash, the installed script, the real dramactl answering: commands and each command's own options.
+    assert complete(bash, "dramactl", "sta") == ["status"]
+    assert sorted(complete(bash, "dramactl", "scale-")) == ["scale-down", "scale-to", "scale-up"]
+    assert set(complete(bash, "dramactl", "scale-to", "--")) >= {"--threads", "--wait"}
+    assert complete(bash, "dramactl", "history", "--s") == ["--since"]
+    # Unchanged on a second install.
+    again = install_mod.install(settings_mod.parse({}), root=str(root), users=True, reload=False)
+    assert not [a for a in again.actions if "completion" in a]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import pytest
 
@@ -21,7 +22,14 @@ CHROMIUM = [
 def test_dashboard_shows_instances_and_queues(system: System) -> None:
     need(shutil.which("chromium") is not None, "chromium is not installed (apt-get install chromium)")
     system.dramactl("scale-to", "2")
+    # Work the hook reports (done, busy seconds) and two ticks that keep it in their history: the default
+    # policy's view is then by work (paused by scale-to, the ticks change nothing).
+    system.send(8, 0.5, prefix="w")
+    wait_until(lambda: system.redis()["count"] >= 8, 30, "8 short messages processed")
+    system.dramactl("tick")
+    time.sleep(3)
     system.send(30, 30.0)
+    system.dramactl("tick")
     # A transient unit: systemd keeps the server running and stops it for us.
     system.sh(f"systemd-run --unit=dramactl-dashboard-test --property=Environment=DASHBOARD_PORT=8080 {DRAMACTL} dashboard")
     try:
@@ -35,6 +43,12 @@ def test_dashboard_shows_instances_and_queues(system: System) -> None:
         assert (q["ready"], q["backlog"]) == (22, 30)
         for figure in (q["ready"], q["in_flight"], q["backlog"]):
             assert f">{figure}<" in dom
+        # The default policy's own view, measured from the workers' reports; not the step rule's thresholds.
+        view = system.status()["policy"]
+        assert (view["name"], view["by"]) == ("default", "work") and 0.5 <= view["service_time"] < 0.6, view
+        assert '<div id="policy"><dt>Policy</dt><dd>default, by work</dd></div>' in dom
+        assert f'<div id="service"><dt>Service time</dt><dd>{view["service_time"]:.2f} s</dd></div>' in dom
+        assert "Scale at backlog" not in dom
         keep = os.environ.get("DRAMACTL_DASHBOARD_SCREENSHOT")
         if keep:
             shot = str((REPO / keep).resolve())

@@ -201,6 +201,18 @@ def test_cli_runs_on_debians_python_and_modules(box: Container) -> None:
     assert box.run(["dramactl", "--version"]).stdout.strip().endswith(built_version(box))
 
 
+def test_shell_completion_is_installed_and_completes(box: Container) -> None:
+    """click's own completion scripts, in the packaged places; bash sourcing the packaged script completes
+    commands and options from the installed dramactl (Debian's python3-click)."""
+    listed = sh(box, "dpkg -L dramactl").splitlines()
+    for path in ("/usr/share/bash-completion/completions/dramactl", "/usr/share/zsh/vendor-completions/_dramactl",
+                 "/usr/share/fish/vendor_completions.d/dramactl.fish"):
+        assert path in listed, path
+    code = ('source /usr/share/bash-completion/completions/dramactl; COMP_WORDS=(dramactl scale-to --th); COMP_CWORD=2; '
+            '_dramactl_completion dramactl; printf "%s\\n" "${COMPREPLY[@]}"')
+    assert sh(box, f"bash --norc -c '{code}'") == "--threads"
+
+
 def built_version(box: Container) -> str:
     return sh(box, "dpkg-query -W -f='${Version}' dramactl").split("-")[0]
 

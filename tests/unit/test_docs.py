@@ -95,7 +95,7 @@ def check(shown: str) -> str | None:
             for opt in [*param.opts, *param.secondary_opts]:
                 options[opt] = param
     for word in args:
-        if word.startswith("-") and not re.fullmatch(r"-\d+\w*", word):  # -2h, -10min are values
+        if word.startswith("-") and "<" not in word and not re.fullmatch(r"-\d+\w*", word):  # -2h, -10min are values; --<Tab> a keystroke
             opt = word.split("=", 1)[0]
             if opt not in options:
                 return f"{name} has no option {opt!r} (it has {sorted(options)})"

@@ -105,3 +105,11 @@ def test_the_latency_guard_shows_the_fleet_it_asks_for() -> None:
     assert "oldest message waited 90s > MAX_QUEUE_WAIT=60s: +1" in v["reason"]
     figures_in_reason(v)
     assert "latency guard 3" in describe(v)[1]
+
+
+def test_with_a_fleet_name_the_view_says_it_is_this_hosts() -> None:
+    history = worked(1.0, 4.0, workers=2)
+    v = view(seen(history, 1.0, 4.0), running(2), settings(FLEET_NAME="shop"), history, NOW)
+    assert v["note"].startswith("this host's view; fleet shop decides from every host's instances")
+    assert describe(v)[-1] == f"  ({v['note']})"
+    assert "note" not in view(seen(history, 1.0, 4.0), running(2), settings(), history, NOW)

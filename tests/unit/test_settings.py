@@ -171,3 +171,17 @@ def test_memory_sizes_parse_like_systemd_and_bad_ones_name_the_setting() -> None
         with pytest.raises(SettingsError) as err:
             parse(values)
         assert str(err.value).startswith(line), str(err.value)
+
+
+def test_the_hook_is_loaded_after_every_module_of_the_app() -> None:
+    """Dramatiq imports the broker module, then the other modules in order; the hook goes
+    after all of them, so its guard is the last middleware even when a module adds one."""
+    from dramactl.worker import HOOK_MODULE, worker_argv
+
+    s = parse({"DRAMATIQ_COMMAND": "dramatiq app.broker app.tasks app.more --queues a b"})
+    argv = worker_argv(s, 4)
+    i = argv.index(HOOK_MODULE)
+    assert argv[i - 3 : i] == ["app.broker", "app.tasks", "app.more"] and argv[i + 1] == "--queues", argv
+    s = parse({"DRAMATIQ_COMMAND": "dramatiq app.broker"})
+    argv = worker_argv(s, 1)
+    assert argv[argv.index("app.broker") + 1] == HOOK_MODULE
