@@ -12,7 +12,6 @@ running instance), 200 rounds each, from inside the container.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time

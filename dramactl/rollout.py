@@ -169,7 +169,9 @@ def roll(
     if not old:
         return rolled
     start_timeout, stop_timeout = fleet.timeouts(old[0])
-    start_timeout = _seconds(start_timeout, START_TIMEOUT_CAP) + 5.0  # systemd ends the job itself at TimeoutStartSec
+    # With Restart=on-failure a start job outlives a start that timed out (systemd retries it): past
+    # TimeoutStartSec and a little, the replacement is given up on (its Result= then names the timeout).
+    start_timeout = _seconds(start_timeout, START_TIMEOUT_CAP) + 5.0
     stop_timeout = _seconds(stop_timeout, START_TIMEOUT_CAP) + 5.0
     taken = {u.number for u in instances if u.occupies or u.is_stopping or u.is_failed}
     running = sum(1 for u in instances if u.occupies)

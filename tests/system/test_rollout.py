@@ -43,9 +43,9 @@ def work(ident, seconds):
 '''
 
 
-def deploy(system: System, version: str, broken: bool = False) -> None:
+def deploy(system: System, version: str, broken: str = "") -> None:
     """Write the app's code on disk, as a deploy tool would (running instances keep the code they imported)."""
-    code = APP_CODE.format(version=version, broken="import module_that_is_not_installed" if broken else "")
+    code = APP_CODE.format(version=version, broken=broken)
     system.sh(f"mkdir -p {APP} && cat > {APP}/rollapp.py.new <<'EOF'\n{code}EOF\nmv {APP}/rollapp.py.new {APP}/rollapp.py")
 
 
@@ -181,8 +181,7 @@ def test_deploy_of_code_that_does_not_start_stops_with_the_old_instances_serving
     before = pids(system)
     system.sh(f"mkdir -p {START_LIMIT.rsplit('/', 1)[0]} && printf '[Service]\\nTimeoutStartSec=6s\\n' > {START_LIMIT} && systemctl daemon-reload")
     try:
-        code = APP_CODE.format(version="v2", broken=broken)
-        system.sh(f"cat > {APP}/rollapp.py <<'EOF'\n{code}EOF")
+        deploy(system, "v2", broken)
         out = system.dramactl("restart", check=False)
     finally:
         system.sh(f"rm -f {START_LIMIT} && systemctl daemon-reload")
