@@ -20,7 +20,8 @@ from typing import Callable, Sequence
 from dramactl.instance import WorkerUnit
 from dramactl.policy import ScalingDecision, backlog_per_worker, decide
 from dramactl.settings import Settings, parse
-from dramactl.state import ScalerState
+from dramactl.rates import measure_startup
+from dramactl.state import ScalerState, TickRecord
 from dramactl.stats import FleetBacklog
 
 from .simulator import Controller, Workload
@@ -48,16 +49,28 @@ class DramactlController:
         self.decisions: list[tuple[float, ScalingDecision]] = []
 
     def target(self, backlog: FleetBacklog, units: Sequence[WorkerUnit], now: float) -> int:
-        decision = decide(backlog, units, self.settings, self.state.history, now)
-        saved = json.dumps(self.state.with_tick(decision.record(now, backlog)).to_dict())
-        self.state = ScalerState.from_dict(json.loads(saved))
+        history = self.state.history
+        # As scaler.tick: the instances the last tick left starting are timed by systemd's timestamps.
+        timed, still = measure_startup(units, history[-1].starting if history else (), now)
+        decision = decide(backlog, units, self.settings, history, now)
+        record = replace(decision.record(now, backlog), startup=None if timed is None else round(timed, 3), starting=still)
+        self._save(record)
         self.decisions.append((now, decision))
         return decision.target
 
-    def observe_startup(self, seconds: float) -> None:
-        """What scaler.tick does after its start jobs: the tick's record keeps how long they took."""
+    def _save(self, record: TickRecord) -> None:
+        saved = json.dumps(self.state.with_tick(record).to_dict())
+        self.state = ScalerState.from_dict(json.loads(saved))
+
+    def observe_startup(self, seconds: float | None, late: Sequence[int] = ()) -> None:
+        """What scaler.tick does after its start jobs: when they all ended within its wait,
+        the record keeps how long they took; the ``late`` ones are left for the next tick
+        to time from systemd's timestamps."""
         *kept, last = self.state.history
-        self.state = replace(self.state, history=(*kept, replace(last, startup=round(seconds, 3))))
+        if seconds is not None:
+            last = replace(last, startup=round(max(seconds, last.startup or 0.0), 3))
+        last = replace(last, starting=tuple(sorted({*last.starting, *late})))
+        self.state = replace(self.state, history=(*kept, last))
 
 
 @dataclass
@@ -135,7 +148,47 @@ class StaticController:
         return self.size
 
 
+def predictable(blocks: Sequence[float], tolerance: float = 30.0) -> list[float]:
+    """The blocks a causal policy can know are coming: each that lands within ``tolerance``
+    of where the three before it put it (their two gaps agreeing within ``tolerance``),
+    the evidence issue 20 asks of a recurring-block prediction. Foresight of any other
+    block is knowledge no causal policy has."""
+    out = []
+    for k in range(3, len(blocks)):
+        a, b, c = blocks[k - 3 : k]
+        if abs((b - a) - (c - b)) <= tolerance and abs(blocks[k] - (c + (c - b))) <= tolerance:
+            out.append(blocks[k])
+    return out
+
+
+@dataclass
+class ReferenceController:
+    """The causal reference for p95 (``python -m bench.oracle``'s, generalized beyond block
+    traces and to what a causal policy can know): MIN while nothing waits; MAX within a
+    second of a message waiting (it ticks every second) and for ``after`` s since one
+    last waited; and MAX from ``ahead`` s before every block that three earlier ones
+    predict (:func:`predictable`; ``blocks`` are those). It needs no estimate of the
+    load and no tick: a causal policy that keeps MIN while idle waits about as long."""
+
+    blocks: Sequence[float]
+    low: int
+    high: int
+    ahead: float = 45.0
+    after: float = 90.0
+    last_waiting: float = -math.inf
+
+    def target(self, backlog: FleetBacklog, units: Sequence[WorkerUnit], now: float) -> int:
+        if backlog.ready > 0:
+            self.last_waiting = now
+        if now - self.last_waiting <= self.after:
+            return self.high
+        if any(at - self.ahead <= now <= at + self.after for at in self.blocks):
+            return self.high
+        return self.low
+
+
 CLAIRVOYANT = "clairvoyant 15s"
+REFERENCE = "causal reference 1s"
 
 
 def lineup(dramactl_interval: int, overrides: dict[str, str] | None = None, *, max_workers: int = 10, threads: int = 8) -> list[PolicySpec]:
@@ -152,5 +205,6 @@ def lineup(dramactl_interval: int, overrides: dict[str, str] | None = None, *, m
         PolicySpec("hpa/keda 15s", 15, low, lambda w: HpaController(per_pod, low, high)),
         PolicySpec("static MAX", 180, high, lambda w: StaticController(high)),
         PolicySpec(CLAIRVOYANT, 15, low, lambda w: ClairvoyantController(w, 15, threads, low, high)),
+        PolicySpec(REFERENCE, 1, low, lambda w: ReferenceController(predictable(sorted({at for at, _ in w.trace.blocks})), low, high)),
         PolicySpec(f"dramactl {dramactl_interval}s", dramactl_interval, low, lambda w: DramactlController(default)),
     ]

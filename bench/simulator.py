@@ -16,8 +16,10 @@ A tick takes time, as the scaler's does: its start jobs last until the instances
 READY (at most ``START_WAIT``), its stop jobs until the stopped instances drained
 their started messages (at most ``STOP_WAIT``); the next tick comes at the later of
 its schedule and the end of this one (the timer does not start a running service).
-The scaler's recorded start-up (how long its start jobs took) reaches the controller
-through ``observe_startup`` when it has one.
+The scaler's recorded start-up reaches the controller through ``observe_startup`` when
+it has one: how long its start jobs took when they all ended within ``START_WAIT``,
+else the instances still starting, which the next tick times from the units'
+timestamps (``started`` and ``since``, as systemd's InactiveExit/ActiveEnter).
 
 The run goes on past the trace's end until every message is served, so every policy
 does all the work and worker-seconds are comparable with :mod:`bench.bound`.
@@ -120,6 +122,7 @@ class RunResult:
     ticks: list[Tick] = field(default_factory=list)
     horizon: float = 0.0  # when the last message completed (>= duration): worker-seconds run to here
     seed: int = 0
+    flaps: int = 0  # actions undone by an opposite action within the next two ticks (:func:`count_flaps`)
 
     def wait_percentile(self, q: float) -> float:
         """Nearest-rank percentile of the queue waits."""
@@ -148,6 +151,24 @@ class RunResult:
     def actions_per_hour(self) -> float:
         return self.actions * 3600.0 / self.duration
 
+    @property
+    def flaps_per_hour(self) -> float:
+        return self.flaps * 3600.0 / self.duration
+
+
+FLAP_TICKS = 2  # an action undone within this many ticks is a flap
+
+
+def count_flaps(moves: Sequence[tuple[int, int]], within: int = FLAP_TICKS) -> int:
+    """Actions undone within ``within`` ticks: ``moves`` are (tick number, +1 grow / -1
+    shrink) of the ticks that acted; each action is counted once, when a later one
+    in the opposite direction comes at most ``within`` ticks after it."""
+    undone = 0
+    for k, (at, way) in enumerate(moves):
+        if any(later - at <= within and other == -way for later, other in moves[k + 1 :]):
+            undone += 1
+    return undone
+
 
 @dataclass
 class _Worker:
@@ -166,13 +187,21 @@ class _Worker:
         return self.busy + len(self.held)
 
     def unit(self) -> WorkerUnit:
-        """How systemd would report this instance (``Type=notify``: activating until READY=1)."""
+        """How systemd reports this instance through ``ListUnitsByPatterns`` and the
+        unit's timestamps, as :meth:`dramactl.fleet.Fleet.instances` reads them
+        (``Type=notify``): activating/start with its start job pending until READY=1;
+        active/running with no job; draining after a stop is deactivating/stop-sigterm
+        *with its stop job pending* (without the job it would read as a crashed unit
+        coming back by itself). ``started`` is when the start job began
+        (InactiveExitTimestamp), ``since`` when it entered its current state
+        (ActiveEnterTimestamp once active). tests/system/test_unit_states.py compares
+        these with what the real Fleet lists from a booted systemd."""
         pid = 1000 + self.number
         if self.stopping_since is not None:
-            return WorkerUnit(self.number, "deactivating", "stop-sigterm", pid=pid, since=self.stopping_since)
+            return WorkerUnit(self.number, "deactivating", "stop-sigterm", pid=pid, since=self.stopping_since, job="stop", started=self.started)
         if not self.ready:
-            return WorkerUnit(self.number, "activating", "start", pid=pid, since=self.started)
-        return WorkerUnit(self.number, "active", "running", pid=pid, since=self.ready_at)
+            return WorkerUnit(self.number, "activating", "start", pid=pid, since=self.started, job="start", started=self.started)
+        return WorkerUnit(self.number, "active", "running", pid=pid, since=self.ready_at, started=self.started)
 
 
 class _Run:
@@ -197,6 +226,8 @@ class _Run:
         self.seq = 0
         self.started = 0
         self.actions = 0
+        self.moves: list[tuple[int, int]] = []  # (tick number, direction) of every tick that acted
+        self.tick_count = 0
         self.live = initial_workers
         self.peak = initial_workers
         self.worker_seconds = 0.0
@@ -267,13 +298,16 @@ class _Run:
         )
         target = self.controller.target(backlog, [w.unit() for w in self.workers], now)
         up = sorted((w for w in self.workers if w.stopping_since is None), key=lambda w: w.number)
+        self.tick_count += 1
         if target != len(up):
             self.actions += 1
+            self.moves.append((self.tick_count, 1 if target > len(up) else -1))
         ends = now
         if target > len(up):
             taken = {w.number for w in self.workers}
             free_numbers = (k for k in range(1, 10**6) if k not in taken)
             startups = self.workload.startups
+            late = []
             for _ in range(target - len(up)):
                 w = _Worker(next(free_numbers), now, now + startups[self.started % len(startups)])
                 self.started += 1
@@ -281,9 +315,12 @@ class _Run:
                 self.seq += 1
                 heapq.heappush(self.readiness, (w.ready_at, self.seq, w))
                 ends = max(ends, min(w.ready_at, now + START_WAIT))
+                if w.ready_at > now + START_WAIT:
+                    late.append(w.number)  # its start job still pending when the tick stops waiting
             observe = getattr(self.controller, "observe_startup", None)
             if observe is not None:
-                observe(ends - now)
+                # As scaler.tick: the jobs' duration when all ended in the wait; the late ones by timestamps next tick.
+                observe(None if late else ends - now, tuple(late))
         for w in reversed(up[target:] if target < len(up) else []):
             self.stop(w, now)
             ends = max(ends, min(w.last_done, now + STOP_WAIT))
@@ -338,5 +375,5 @@ def simulate(
     bound = work_lower_bound(workload.arrivals, workload.services, workload.model.threads, min_workers, workload.trace.duration)
     return RunResult(
         workload.trace.name, policy, run.waits, run.worker_seconds, bound, run.peak, run.actions, workload.trace.duration,
-        run.ticks, run.horizon, workload.seed,
+        run.ticks, run.horizon, workload.seed, count_flaps(run.moves),
     )

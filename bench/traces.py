@@ -28,6 +28,7 @@ class Trace:
     model: tuple[tuple[str, float], ...] = ()  # WorkerModel fields this trace changes (threads, service, start-up)
     max_workers: int = 10  # MAX_PROCESSES for every policy on this trace
     steady: bool = False  # a steady trace: worker-seconds target against the bound
+    low_rate: bool = False  # under one arrival per tick: targets against HPA's p95 and worker-seconds
 
     def arrivals(self, rng: random.Random) -> list[float]:
         """Sorted arrival times of every message in the trace."""
@@ -133,7 +134,25 @@ def slow_start(count: int = 600) -> Trace:
                  model=(("startup_low", 28.0), ("startup_high", 32.0)))
 
 
+def long_tasks(rate: float = 0.06, service: float = 120.0, duration: float = 3600.0) -> Trace:
+    """Long tasks at a low rate: 0.9 arrivals per 15 s tick, each 2 min on average, on
+    2-thread workers (a heavy job per thread): most ticks see no arrival at all, yet the
+    fleet needs several workers (rate x service = 7.2 busy threads)."""
+    return Trace("long-low", duration, lambda t: rate, rate, about=f"{rate:g}/s of {service:g}s tasks, 2 threads/worker",
+                 model=(("mean_service", service), ("threads", 2), ("prefetch", 4)), low_rate=True)
+
+
+def slow_climb(low: float = 0.5, high: float = 10.0, rise: float = 2700.0, duration: float = 3600.0) -> Trace:
+    """A slow climb with instances that take ~60 s to start (longer than a tick's 30 s
+    wait for its start jobs): the start-up must be learned from systemd, not the wait."""
+    base = ramp(low, high, rise, duration)
+    return Trace("slow-climb", duration, base.rate, high, about=f"{low:g} -> {high:g}/s over {rise / 60:g} min, start-up 58-62 s",
+                 model=(("startup_low", 58.0), ("startup_high", 62.0)), steady=True)
+
+
 def standard() -> list[Trace]:
-    """The issue's four traces and its six new families, sized for 4 s mean service and
-    8 threads unless a trace says otherwise."""
-    return [burst(), ramp(), diurnal(), spike_then_idle(), heavy_tailed(), tiny_fast(), periodic(), one_thread(), big_burst(), slow_start()]
+    """The issue's four traces, its six new families, and issue 20's two (long tasks at a
+    low rate, a slow climb with 60 s start-ups), sized for 4 s mean service and 8
+    threads unless a trace says otherwise."""
+    return [burst(), ramp(), diurnal(), spike_then_idle(), heavy_tailed(), tiny_fast(), periodic(), one_thread(), big_burst(),
+            slow_start(), long_tasks(), slow_climb()]

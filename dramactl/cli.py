@@ -316,6 +316,26 @@ def check() -> None:
     click.echo(f"settings ok (from {', '.join(settings.sources) or 'environment only'})")
     click.echo(f"redis ok at {settings.redis_location}: " + ", ".join(f"{q.name}={q.backlog}" for q in stats))
     click.echo("worker command: " + " ".join(argv))
+    if settings.fleet_name:
+        click.echo(guarded(lambda: _fleet_check(settings)))
+
+
+def _fleet_check(settings: Settings) -> str:
+    """`check`'s line for a host of a fleet: its identity, and its settings against the fleet's record."""
+    from . import queue, share
+
+    with queue.redis_errors(settings):
+        snap = share.snapshot(queue.connect(settings), settings)
+    who = f"fleet {settings.fleet_name}: this host is {share.host_name()} (id {share.host_id()}), {len(snap.live())} live host(s)"
+    if snap.record is None:
+        return f"{who}; no settings record yet: this host's settings become the fleet's at its first tick"
+    differ = share.differences(settings, snap.record)
+    if not differ:
+        return f"{who}; settings agree with the fleet's record"
+    return (
+        f"{who}; this host's settings differ from the fleet's record ({'; '.join(differ)}): it follows the fleet's;"
+        " set the same values on every host (the record follows once every live host agrees)"
+    )
 
 
 @main.command()

@@ -204,11 +204,13 @@ def render_hosts(status: dict) -> str:
     hosts = [h for h in status.get("hosts") or [] if isinstance(h, dict)]
     rows = []
     for h in hosts:
-        here = " (this host)" if h.get("name") == fleet.get("this_host") else ""
+        here = " (this host)" if h.get("id", h.get("name")) == fleet.get("this_host") else ""
         if not h.get("live"):
             state = '<td class="state bad">down</td>'
+        elif h.get("paused"):
+            state = '<td class="state busy">paused</td>'
         else:
-            state = '<td class="state busy">paused</td>' if h.get("paused") else '<td class="state ok">live</td>'
+            state = '<td class="state bad">failing</td>' if h.get("failing") else '<td class="state ok">live</td>'
         rows.append(
             f'<tr><th class="name">{escape(str(h.get("name")))}{here}</th>{state}<td class="num">{_num(h.get("up"))}</td>'
             f'<td class="num">{_num(h.get("share"))}</td><td class="num">{_num(h.get("max"))}</td><td>{_ago(h.get("last_tick"), now)}</td></tr>'
@@ -219,7 +221,11 @@ def render_hosts(status: dict) -> str:
     foot = (f'<tfoot><tr><th class="name">fleet {escape(str(fleet.get("name")))}</th><td>target {_cell(fleet.get("target"))} of cap {_cell(fleet.get("cap"))}'
             f' · MIN {_cell(fleet.get("min"))}</td><td class="num">{total}</td><td class="num">{_cell(fleet.get("target"))}</td><td></td><td></td></tr></tfoot>')
     head = '<tr><th>Host</th><th>State</th><th class="num">Up</th><th class="num">Share</th><th class="num">Max</th><th>Last tick</th></tr>'
-    return f'<h2>Hosts</h2><table id="hosts"><thead>{head}</thead><tbody>{"".join(rows)}</tbody>{foot}</table>'
+    differ = fleet.get("settings_differ")
+    note = ""
+    if isinstance(differ, list) and differ:
+        note = '<p class="warn" id="settings-differ">this host\'s settings differ from the fleet\'s record: ' + escape("; ".join(map(str, differ))) + "; it follows the fleet's</p>"
+    return f'<h2>Hosts</h2>{note}<table id="hosts"><thead>{head}</thead><tbody>{"".join(rows)}</tbody>{foot}</table>'
 
 
 def policy_cards(view: dict) -> list[tuple[str, str, str]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, replace
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 from pystemd.dbusexc import DBusBaseError
 from pystemd.dbuslib import DBus, apply_signature
@@ -128,11 +128,14 @@ class Fleet:
             raise FleetError(f"cannot read {name.decode()} of {path.decode()}: {exc}") from None
 
     # -- reading ----------------------------------------------------------
-    def instances(self, details: bool = False, memory: bool = False) -> list[WorkerUnit]:
+    def instances(self, details: bool = False, timed: Collection[int] = (), memory: bool = False) -> list[WorkerUnit]:
         """Loaded worker instances, lowest number first; one D-Bus call unless ``details``.
 
         Without details, only units that look unhealthy get their restart count read,
-        so a tick over 64 healthy instances costs what a tick over one does.
+        so a tick over 64 healthy instances costs what a tick over one does. ``timed``:
+        instances whose start (InactiveExitTimestamp, as ``started``) and READY=1
+        (ActiveEnterTimestamp, as ``since``) are read too, two property reads each:
+        the ones the last tick started and has not timed yet (:func:`dramactl.rates.measure_startup`).
         ``memory`` (or ``details``): each running instance's MemoryCurrent too, one
         property read per instance (WORKER_RECYCLE_MEMORY, status).
         """
@@ -148,6 +151,8 @@ class Fleet:
             unit = WorkerUnit(number=number, active_state=active_s, sub_state=sub_s, job=job)
             if details or active_s != "active":
                 unit = self._with_details(unit, path, details)
+            if number in timed:
+                unit = self._with_times(unit, path)
             if (details or memory) and active_s in ("active", "reloading", "deactivating"):
                 unit = replace(unit, memory=self._memory(path))
             units.append(unit)
@@ -190,6 +195,11 @@ class Fleet:
         start = int(self._property(path, SERVICE, b"TimeoutStartUSec", b"t"))
         stop = int(self._property(path, SERVICE, b"TimeoutStopUSec", b"t"))
         return start / 1e6, stop / 1e6
+
+    def _with_times(self, unit: WorkerUnit, path: bytes) -> WorkerUnit:
+        left = int(self._property(path, UNIT, b"InactiveExitTimestamp", b"t"))
+        entered = int(self._property(path, UNIT, b"ActiveEnterTimestamp", b"t")) if unit.active_state == "active" else 0
+        return replace(unit, started=left / 1e6 if left else None, since=entered / 1e6 if entered else unit.since)
 
     def timer(self, name: str = "dramactl.timer") -> TimerInfo:
         """The scaler timer: state, interval, last and next tick."""

@@ -49,6 +49,13 @@ METRICS = [(name, "gauge", text) for _, name, text in QUEUE_FIGURES] + [
     ("dramactl_tick_duration_seconds", "gauge", "How long the last tick took: read, decide, act."),
     ("dramactl_last_tick_timestamp_seconds", "gauge", "When the last tick ran (Unix time)."),
     ("dramactl_paused", "gauge", "1 when autoscaling is paused, else 0."),
+    # Several hosts, one fleet (FLEET_NAME set): as this host saw the fleet at its last tick or status.
+    ("dramactl_fleet_target_instances", "gauge", "The fleet-wide target of the last fleet decision."),
+    ("dramactl_fleet_cap_instances", "gauge", "The fleet's cap: FLEET_MAX_PROCESSES, or the live hosts' MAX_PROCESSES added up."),
+    ("dramactl_fleet_host_instances", "gauge", "Instances up on each live host of the fleet (host=hostname, host_id=machine-id)."),
+    ("dramactl_fleet_host_share_instances", "gauge", "Each live host's share of the fleet's target."),
+    ("dramactl_fleet_live_hosts", "gauge", "Hosts of the fleet whose heartbeat has not expired."),
+    ("dramactl_fleet_failing_hosts", "gauge", "Live hosts whose instances fail: left out of the split of the target and MIN."),
 ]
 
 
@@ -65,6 +72,27 @@ class Snapshot:
     paused: bool = False
     recycles: int | None = None
     memory: dict[int, int] = field(default_factory=dict)  # instance number -> bytes
+    fleet: dict | None = None  # {"target", "cap", "hosts": [{"name", "id", "up", "share", "failing"}]}: live hosts only
+
+
+def _fleet_of_outcome(outcome: Any) -> dict | None:
+    view = getattr(outcome, "fleet", None)
+    if view is None:
+        return None
+    f = view.fleet
+    hosts = [
+        {"name": h.display, "id": h.name, "up": h.up, "share": h.claim if h.paused else h.share if h.name in f.failing else f.shares.get(h.name, 0), "failing": h.failing or h.name in f.failing}
+        for h in view.hosts
+    ]
+    return {"target": f.target, "cap": f.cap, "hosts": hosts}
+
+
+def _fleet_of_status(status: dict) -> dict | None:
+    fleet = status.get("fleet")
+    if not isinstance(fleet, dict):
+        return None
+    hosts = [h for h in status.get("hosts") or [] if isinstance(h, dict) and h.get("live")]
+    return {"target": fleet.get("target"), "cap": fleet.get("cap"), "hosts": hosts}
 
 
 def from_outcome(outcome: Any) -> Snapshot:
@@ -82,6 +110,7 @@ def from_outcome(outcome: Any) -> Snapshot:
         paused=outcome.paused,
         recycles=getattr(outcome, "recycles", None),
         memory={u.number: u.memory for u in outcome.instances if getattr(u, "memory", None) is not None},
+        fleet=_fleet_of_outcome(outcome),
     )
 
 
@@ -101,6 +130,7 @@ def from_status(status: dict) -> Snapshot:
         paused=bool(status.get("paused")),
         recycles=status.get("recycles"),
         memory={i["number"]: i["memory"] for i in status.get("instances") or [] if i.get("memory") is not None},
+        fleet=_fleet_of_status(status),
     )
 
 
@@ -143,6 +173,17 @@ def render(snap: Snapshot) -> str:
     if snap.last_tick is not None:
         samples["dramactl_last_tick_timestamp_seconds"].append(("", float(snap.last_tick)))
     samples["dramactl_paused"].append(("", 1 if snap.paused else 0))
+    if snap.fleet is not None:
+        for key, name in (("target", "dramactl_fleet_target_instances"), ("cap", "dramactl_fleet_cap_instances")):
+            if isinstance(snap.fleet.get(key), int):
+                samples[name].append(("", snap.fleet[key]))
+        hosts = snap.fleet.get("hosts") or []
+        for h in hosts:
+            labels = f'{{host="{_label(str(h.get("name")))}",host_id="{_label(str(h.get("id", h.get("name"))))}"}}'
+            samples["dramactl_fleet_host_instances"].append((labels, int(h.get("up") or 0)))
+            samples["dramactl_fleet_host_share_instances"].append((labels, int(h.get("share") or 0)))
+        samples["dramactl_fleet_live_hosts"].append(("", len(hosts)))
+        samples["dramactl_fleet_failing_hosts"].append(("", sum(1 for h in hosts if h.get("failing"))))
     lines = []
     for name, kind, text in METRICS:
         if not samples[name]:

@@ -9,19 +9,22 @@ hook has reported some (:mod:`dramactl.rates`):
   the smallest whose threads keep P(wait > MAX_QUEUE_WAIT/2) <= 5 % (Erlang C,
   :mod:`dramactl.queueing`): headroom where service is slow, little where it is fast;
 * plus the threads that drain what waits (waiting x E[S]) within what is left of half
-  of MAX_QUEUE_WAIT after the oldest ready message's age and the start-up time,
-  learned from the scaler's own start jobs (at least one tick); messages prefetched
-  beyond the threads wait only behind a ready backlog (with none ready they are the
-  queue the Erlang headroom is for);
-* a block of messages that lands at a regular period (two blocks one period apart,
-  counted from the counters even when the fleet absorbed them, :func:`recurring`) is
-  met by a fleet started ahead: from the start-up plus two ticks before it is due, the
-  fleet that serves the last block within one tick is started, or kept;
+  of MAX_QUEUE_WAIT after the oldest ready message's age and the start-up time
+  (learned from the start jobs, or from systemd's timestamps when they outlast the
+  tick's wait: :func:`dramactl.rates.measure_startup`); only what waits beyond the
+  queue the fleet shows anyway under this load counts (Erlang C's 95th percentile,
+  scaled by (1 + cv^2) / 2 for the measured service-time variability); messages
+  prefetched beyond the threads wait only behind a ready backlog;
+* a block of messages that lands at a regular period (three blocks, two gaps that
+  agree, counted from the counters even when the fleet absorbed them,
+  :mod:`dramactl.recurring`) is met by a fleet started ahead: from the start-up plus
+  two ticks before it is due, the fleet that serves the last block within one tick
+  is started, or kept within the block's own noise;
 * never shrink while a backlog drains (more than half a tick of the fleet's work
-  waits); shrink at once when it is drained, but never below the arrivals' fleet of
-  any tick in SCALE_DOWN_STABILIZATION unless the rate now is below it beyond its
-  noise (then to the fleet for the rate two standard errors up), nor below a
-  recurring block's fleet while it is due.
+  waits), while an instance is starting or within the start-up of the last growth;
+  shrink at once when drained, but never below the fleet for the load two standard
+  errors up, nor below the arrivals' fleet of any tick in SCALE_DOWN_STABILIZATION
+  within that noise, nor below a recurring block's fleet while it is due.
 
 Before any counter exists (a new queue, workers without the hook) it sizes by count:
 
@@ -53,8 +56,9 @@ from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from .instance import WorkerUnit
-from .queueing import workers_for
-from .rates import WorkRates, learned_startup, surges, work_rates
+from .queueing import queue_quantile, workers_for
+from .rates import WorkRates, learned_startup, work_rates
+from .recurring import Recurring, recurring, recurring_need  # noqa: F401 - recurring: the tests and the bench import it from here
 from .settings import Settings
 from .state import Recovery, TickRecord
 from .stats import FleetBacklog
@@ -368,10 +372,22 @@ def work_target(
     limit = max(settings.max_processes, current) + 1
     for_rate = workers_for(load, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)
     drain = drain_seconds(settings, startup, backlog.oldest_age)
-    wanted = max(for_rate, math.ceil((load + waiting * service / drain) / threads - 1e-9))
+    # Noise, not backlog: the queue the current fleet shows 95 % of the time under the
+    # measured load (Erlang C: P(Nq >= k) = C rho^k). Growing to drain that much would be
+    # undone at the next tick, when the queue has emptied as the model says it does;
+    # only what waits beyond it (or waited past MAX_QUEUE_WAIT: the latency guard) is
+    # evidence of more load than measured.
+    # Service times more variable than exponential make longer queues at the same load:
+    # Allen-Cunneen scales the M/M/c queue by (1 + cv^2) / 2 (Poisson arrivals).
+    noise = queue_quantile(load, current * threads, WAIT_QUANTILE) if rates.load is not None else 0
+    noise = math.ceil(noise * max(1.0, (1.0 + rates.service_cv2) / 2.0))
+    backlogged = max(0, waiting - noise)
+    wanted = max(for_rate, math.ceil((load + backlogged * service / drain) / threads - 1e-9))
     why = f"{measured} needs {for_rate}"
-    if waiting:
+    if backlogged:
         why += f", {waiting} waiting drain in {drain:.0f}s with {wanted}"
+    elif waiting:
+        why += f", {waiting} waiting within the queue {current} show under this load ({noise})"
     guard = _latency_guard(backlog.oldest_age, current, starting, settings)
     if guard is not None:
         why += f"; {guard[1]}"
@@ -382,8 +398,13 @@ def work_target(
     ahead = recurring_need(history, now, startup + 2.0 * interval, 2.0 * interval, load, service, settings)
     goal = wanted
     if ahead is not None:
-        why += f"; {ahead[1]}"
-        goal = max(wanted, ahead[0])
+        need, low, high, text = ahead
+        why += f"; {text}"
+        # A fleet between the needs of a block one standard deviation smaller and one larger
+        # (Poisson: sqrt of its count) is kept as it is: the block's size is known to no
+        # better, and moving by that jitter right before it lands is an action undone by
+        # the next one.
+        goal = max(wanted, current if low <= current <= high else need)
     bounded = clamp(goal, settings)
     if current > settings.max_processes:
         return settings.max_processes, wanted, f"{why}: down to MAX_PROCESSES={settings.max_processes}", for_rate
@@ -397,10 +418,36 @@ def work_target(
     if waiting * service > current * threads * interval / 2.0:
         # More than half a tick of work waits for this fleet: draining, not drained.
         return current, wanted, f"{why}: holding {current} until the backlog is drained", for_rate
-    high = rates.arrival_high(NOISE_SIGMAS)
-    within_noise = None if high is None else workers_for(high * service, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)
+    hold = _starting_hold(history, now, starting, startup)
+    if hold is not None:
+        return current, wanted, f"{why}: holding {current}, {hold}", for_rate
+    high = rates.load_high(NOISE_SIGMAS)
+    within_noise = None if high is None else workers_for(high, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)
+    if within_noise is not None and within_noise > goal:
+        # Shrink no lower than the load NOISE_SIGMAS standard errors up needs (the rate's
+        # and the mean service time's errors): a smaller fleet is undone by the next
+        # tick's growth whenever the load was only a dip in its own noise (about 1 time
+        # in 40 at 2 sigma, rather than 1 in 2 at the estimate).
+        why += f"; the load {NOISE_SIGMAS:g} sigma up ({high:.1f} busy threads) needs {within_noise}"
+        goal = clamp(within_noise, settings)
+        if goal >= current:
+            return current, wanted, f"{why}: holding {current}", for_rate
     target, reason = _work_down(current, goal, why, settings, history, now, within_noise)
     return target, wanted, reason, for_rate
+
+
+def _starting_hold(history: Sequence[TickRecord], now: float, starting: int, startup: float) -> str | None:
+    """Why not to shrink now, or None: an instance is still starting, or the last growth
+    is younger than the start-up. An instance stopped before it has run as long as it
+    took to start paid its start-up for nothing; and the growth was decided on evidence
+    no newer than a start-up ago, so undoing it sooner acts on the same evidence twice
+    (the rent-or-buy rule: keep what cost a start-up at least as long as the start-up)."""
+    if starting:
+        return f"{starting} still starting"
+    grown = [r.at for r in history if r.target > r.workers]
+    if grown and now - grown[-1] < startup:
+        return f"started {now - grown[-1]:.0f}s ago, start-up {startup:.0f}s"
+    return None
 
 
 def _work_down(
@@ -409,7 +456,7 @@ def _work_down(
 ) -> tuple[int, str]:
     """Down to ``wanted``, but not below the arrivals' fleet of a tick in the window (the
     whole window in the history) unless the rate now is below it beyond its noise:
-    ``within_noise`` is the fleet for the rate :data:`NOISE_SIGMAS` standard errors up.
+    ``within_noise`` is the fleet for the load :data:`NOISE_SIGMAS` standard errors up.
     A measured decline is followed; a dip within the rate's noise is not."""
     window = settings.scale_down_stabilization
     floor = clamp(wanted, settings)
@@ -421,7 +468,7 @@ def _work_down(
         rated = [r.for_rate for r in recent if r.at >= now - window and r.for_rate is not None]
         held = max(rated, default=0)
         if within_noise is not None and held > max(within_noise, floor):
-            why += f"; arrivals needed {held} within {window:g}s, {within_noise} at {NOISE_SIGMAS:g} sigma above the rate now"
+            why += f"; arrivals needed {held} within {window:g}s, {within_noise} at {NOISE_SIGMAS:g} sigma above the load now"
             held = within_noise
         elif held > floor:
             why += f"; arrivals needed {held} within {window:g}s"
@@ -432,60 +479,6 @@ def _work_down(
     step = settings.max_scale_down_step
     target = max(floor, current - step) if step else floor
     return target, f"{why}: down {current} -> {target}"
-
-
-@dataclass(frozen=True)
-class Recurring:
-    """A block of messages that lands at a regular period: when the tick that sees
-    the next one is due, and how many messages the last one brought."""
-
-    period: float
-    due: float
-    messages: float
-
-
-RECURRENCES = 2  # blocks one period apart before the next one is expected
-
-
-def recurring(history: Sequence[TickRecord], tolerance: float, max_gap: float = float("inf")) -> Recurring | None:
-    """The recurring block in ``history`` (:func:`dramactl.rates.surges`; surges within
-    ``tolerance`` of the one before are one block, as when a rate steps up and its
-    median takes a few ticks to follow): the last :data:`RECURRENCES` blocks one period
-    apart (more than twice ``tolerance``), their gaps agreeing within ``tolerance``,
-    else None."""
-    blocks: list[tuple[float, float]] = []  # (first tick, messages)
-    last = None
-    for at, excess in surges(history, max_gap=max_gap):
-        if last is not None and at - last <= tolerance + 1e-9:
-            blocks[-1] = (blocks[-1][0], blocks[-1][1] + excess)
-        else:
-            blocks.append((at, excess))
-        last = at
-    if len(blocks) < RECURRENCES:
-        return None
-    starts = [at for at, _ in blocks[-RECURRENCES:]]
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
-    if max(gaps) - min(gaps) > tolerance or min(gaps) <= 2.0 * tolerance:
-        return None
-    period = sum(gaps) / len(gaps)
-    return Recurring(period, starts[-1] + period, blocks[-1][1])
-
-
-def recurring_need(
-    history: Sequence[TickRecord], now: float, lead: float, tolerance: float, load: float, service: float, settings: Settings
-) -> tuple[int, str] | None:
-    """(fleet, why) when a recurring load is due within ``lead`` seconds (the start-up
-    plus two ticks: it may land up to a tick before the tick that sees it) or is
-    late by up to ``tolerance``: the fleet that serves its last occurrence's backlog
-    within one CHECK_INTERVAL on top of the arrivals (``load`` busy threads), so
-    it lands on instances already consuming."""
-    interval = float(settings.check_interval)
-    again = recurring(history, tolerance, max_gap=4.0 * interval)
-    if again is None or not now - tolerance < again.due <= now + lead:
-        return None
-    need = math.ceil((load + again.messages * service / interval) / settings.worker_threads - 1e-9)
-    when = f"due in {again.due - now:.0f}s" if again.due >= now else f"due {now - again.due:.0f}s ago"
-    return need, f"{again.messages:.0f} msgs land every {again.period:.0f}s, {when}: {need} ready for them"
 
 
 def count_target(
@@ -539,6 +532,9 @@ def count_target(
     if bounded == current:
         at_max = f" (MAX_PROCESSES; {wanted} wanted)" if wanted > current else ""
         return current, wanted, f"{why}: steady at {current}{at_max}"
+    hold = _starting_hold(history, now, starting, learned_startup(history))
+    if hold is not None:
+        return current, wanted, f"{why}: holding {current}, {hold}"
     return _stabilized_down(total, current, wanted, why, per_worker, settings, history, now)
 
 

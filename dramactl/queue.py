@@ -28,6 +28,8 @@ a bounded amount of work per queue whatever the queue sizes: bodies are decoded
 
 from __future__ import annotations
 
+import logging
+import math
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
@@ -37,6 +39,8 @@ from redis.retry import Retry
 
 from .settings import Settings, SettingsError, redact
 from .stats import QueueStats
+
+log = logging.getLogger("dramactl.queue")
 
 # Reading and decoding a body costs Redis ~5 us plus ~4 us per KB (bench/probe_time.py),
 # so at most ~2.5 ms per queue whatever the sizes: the due count is exact up to this
@@ -302,15 +306,16 @@ def parse_probe(queues: Sequence[str], raw: Sequence[int | bytes | str]) -> list
                 orphaned=orphaned,
                 dead=dead,
                 oldest_age=max(0.0, (now_ms - head_ts) / 1000.0) if head_ts >= 0 else None,
-                done_total=_counter(done),
-                busy_seconds_total=_counter(busy),
+                done_total=_counter(done, f"__dramactl__.work.{name} field done"),
+                busy_seconds_total=_counter(busy, f"__dramactl__.work.{name} field busy"),
             )
         )
     return stats
 
 
-def _counter(value: int | bytes | str | None) -> float | None:
-    """A work counter from the reply: None when absent or not a number."""
+def _counter(value: int | bytes | str | None, where: str = "work counter") -> float | None:
+    """A work counter from the reply: None when absent or not a finite, non-negative
+    number (``1e400``, ``inf``, ``nan``, ``-3``: named in the journal and left out)."""
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     if value is None or value == "":
@@ -318,5 +323,8 @@ def _counter(value: int | bytes | str | None) -> float | None:
     try:
         number = float(value)
     except ValueError:
-        return None
-    return number if number >= 0 and number == number else None
+        number = math.nan
+    if math.isfinite(number) and number >= 0:
+        return number
+    log.warning("ignoring damaged %s in Redis (%r is not a finite count); rates start again from the next good value", where, value[:40] if isinstance(value, str) else value)
+    return None

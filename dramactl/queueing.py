@@ -36,3 +36,22 @@ def workers_for(load: float, service: float, threads: int, wait: float, quantile
         if delay * math.exp(-(c - load) * wait / service) <= 1.0 - quantile:
             return n
     return limit + 1
+
+
+def queue_quantile(load: float, threads: int, quantile: float = 0.95) -> int:
+    """How many messages the M/M/c queue of ``threads`` servers under ``load`` busy
+    threads has waiting at most, with probability ``quantile``: P(Nq >= k) = C x rho^k
+    (C Erlang's delay probability, rho = load / threads), so k = ln((1 - q) / C) / ln rho.
+    0 when the queue is not stable (load >= threads: any waiting is a real backlog)."""
+    if load <= 0 or threads <= 0:
+        return 0
+    if load >= threads:
+        return 0
+    b = 1.0
+    for k in range(1, threads + 1):
+        b = load * b / (k + load * b)
+    delay = threads * b / (threads - load * (1.0 - b))
+    if delay <= 1.0 - quantile:
+        return 0
+    rho = load / threads
+    return max(0, math.ceil(math.log((1.0 - quantile) / delay) / math.log(rho) - 1e-9))

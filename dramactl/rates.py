@@ -9,9 +9,12 @@ backlog in a :class:`~dramactl.state.TickRecord`. Between two ticks:
   (Δdone + Δbacklog) / Δt;
 * the mean service time is Δbusy / Δdone.
 
-Smoothing: the arrival rate is the *median* of the per-interval rates over
-:data:`RATE_WINDOW` (a block of messages landing at once raises one interval: it is a
-backlog to drain, not a rate to staff for); the service time is the ratio of sums over
+Smoothing: the arrival rate is the *count* of arrivals over :data:`RATE_WINDOW`, or
+further back until the count holds :data:`MIN_ARRIVALS` (at low rates most tick
+intervals see no arrival at all: a median of per-interval rates reads 0 there while
+messages keep coming), less the excess of the intervals in which a block landed (a
+block of messages landing at once is a backlog to drain, not a rate to staff for),
+over the intervals' span; the service time is the ratio of sums over
 :data:`SERVICE_WINDOW`, else the counters' whole lifetime (busy / done). A counter that
 went backwards (the key was deleted, Redis restarted) ends the intervals before it.
 The rate's standard error is that of a Poisson count over the intervals' span
@@ -28,6 +31,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from .instance import WorkerUnit
 from .state import TickRecord
 from .stats import FleetBacklog
 
@@ -38,7 +42,9 @@ def median(values: Sequence[float]) -> float:
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
 
-RATE_WINDOW = 120.0  # seconds of intervals whose median is the arrival rate
+RATE_WINDOW = 120.0  # seconds of intervals whose arrivals are counted for the rate ...
+LONG_RATE_WINDOW = 900.0  # ... or further back, up to this, until they hold MIN_ARRIVALS
+MIN_ARRIVALS = 25.0  # arrivals the rate rests on when they can be had: 20 % standard error
 SERVICE_WINDOW = 600.0  # seconds of completions whose mean is the service time
 MIN_COMPLETIONS = 3  # fewer completions than this in the window: use the lifetime mean
 
@@ -53,6 +59,8 @@ class WorkRates:
     service: float
     intervals: int = 0
     span: float = 0.0
+    service_cv2: float = 1.0  # squared coefficient of variation of service times (batch means; 1 until measured)
+    completions: float = 0.0  # messages the mean service time rests on
 
     def arrival_high(self, sigmas: float) -> float | None:
         """The arrival rate ``sigmas`` standard errors up: counts in ``span`` seconds are
@@ -63,6 +71,18 @@ class WorkRates:
         if self.span <= 0:
             return self.arrival
         return self.arrival + sigmas * math.sqrt(max(self.arrival, 1.0 / self.span) / self.span)
+
+    def load_high(self, sigmas: float) -> float | None:
+        """The offered load ``sigmas`` standard errors up: the arrival rate's relative error
+        and the mean service time's (cv / sqrt(completions)) add in quadrature."""
+        high = self.arrival_high(sigmas)
+        if high is None or self.arrival is None:
+            return None
+        if self.arrival <= 0:
+            return high * self.service
+        rate_error = (high - self.arrival) / (sigmas * self.arrival) if sigmas > 0 else 0.0
+        service_error = math.sqrt(self.service_cv2 / self.completions) if self.completions > 0 else 0.0
+        return self.arrival * self.service * (1.0 + sigmas * math.hypot(rate_error, service_error))
 
     @property
     def load(self) -> float | None:
@@ -96,9 +116,7 @@ def work_rates(history: Sequence[TickRecord], backlog: FleetBacklog, now: float,
     points = points[start:]
     pairs = [(a, b) for a, b in zip(points, points[1:]) if 0 < b.at - a.at <= max_gap]
 
-    used = [(a, b) for a, b in pairs if b.at > now - RATE_WINDOW - 1e-9]
-    rates = [max(0.0, (b.done - a.done + b.backlog - a.backlog) / (b.at - a.at)) for a, b in used]
-    arrival = median(rates) if rates else None
+    arrival, intervals, span = _arrival_rate(pairs, now)
 
     recent = [(b.done - a.done, b.busy - a.busy) for a, b in pairs if b.at > now - SERVICE_WINDOW]
     done = sum(d for d, _ in recent)
@@ -108,7 +126,67 @@ def work_rates(history: Sequence[TickRecord], backlog: FleetBacklog, now: float,
         service = backlog.busy_seconds_total / backlog.done_total  # the counters' lifetime
     else:
         return None
-    return WorkRates(arrival, max(service, 0.0), len(rates), sum(b.at - a.at for a, b in used))
+    return WorkRates(arrival, max(service, 0.0), intervals, span, _service_cv2(recent, service), done if done >= MIN_COMPLETIONS else 0.0)
+
+
+MIN_BATCHES = 8  # tick intervals with completions before the service times' variance is estimated
+
+
+def _service_cv2(batches: Sequence[tuple[float, float]], mean: float) -> float:
+    """Squared coefficient of variation of the service times, by batch means: the
+    interval k's mean m_k = busy_k / done_k has variance sigma^2 / done_k, so
+    sum done_k (m_k - mean)^2 / (intervals - 1) estimates sigma^2. The counters hold
+    sums only; this is how far apart single messages are without any more of them.
+    1 (exponential, what Erlang C assumes) until :data:`MIN_BATCHES` intervals."""
+    used = [(d, b) for d, b in batches if d >= 1]
+    if len(used) < MIN_BATCHES or mean <= 0:
+        return 1.0
+    variance = sum(d * (b / d - mean) ** 2 for d, b in used) / (len(used) - 1)
+    return variance / (mean * mean)
+
+
+def _arrival_rate(pairs: Sequence[tuple[_Point, _Point]], now: float) -> tuple[float | None, int, float]:
+    """(rate, intervals, span): arrivals counted over the intervals of the last
+    :data:`RATE_WINDOW`, reaching further back (up to :data:`LONG_RATE_WINDOW`) until
+    they hold :data:`MIN_ARRIVALS`, less what blocks brought (:func:`_excess`), per
+    second of the intervals' span. A count over a window is never 0 while messages
+    arrive, and its Poisson standard error sqrt(n) / span is known
+    (:meth:`WorkRates.arrival_high`); a median over short intervals is 0 whenever
+    fewer than one arrival per interval is the rule."""
+    if not pairs:
+        return None, 0, 0.0
+    counts = [max(0.0, b.done - a.done + b.backlog - a.backlog) for a, b in pairs]
+    excess = _excess(pairs, counts)
+    arrived, span, used = 0.0, 0.0, 0
+    for k in range(len(pairs) - 1, -1, -1):
+        a, b = pairs[k]
+        if b.at <= now - LONG_RATE_WINDOW - 1e-9:
+            break
+        if b.at <= now - RATE_WINDOW - 1e-9 and arrived >= MIN_ARRIVALS:
+            break
+        arrived += counts[k] - excess[k]
+        span += b.at - a.at
+        used += 1
+    return (max(0.0, arrived) / span if span > 0 else None), used, span
+
+
+def _excess(pairs: Sequence[tuple[_Point, _Point]], counts: Sequence[float]) -> list[float]:
+    """Per interval, the arrivals beyond what the rate before it explains when a block
+    landed in it (the :func:`surges` rule), else 0: a block is a backlog to drain, not
+    a rate to staff for."""
+    out = []
+    seen: list[tuple[float, float]] = []  # (end, rate) of the intervals so far
+    first = 0
+    for (a, b), arrived in zip(pairs, counts):
+        span = b.at - a.at
+        while first < len(seen) and seen[first][0] <= a.at - RATE_WINDOW:
+            first += 1
+        before = [rate for _, rate in seen[first:]]
+        expected = median(before) * span if before else b.done - a.done
+        excess = arrived - expected
+        out.append(excess if excess > SURGE_SIGMAS * math.sqrt(max(expected, 1.0)) else 0.0)
+        seen.append((b.at, arrived / span))
+    return out
 
 
 SURGE_SIGMAS = 6.0  # arrivals this many Poisson standard deviations above the rate: a block landed
@@ -143,6 +221,44 @@ def surges(history: Sequence[TickRecord], *, max_gap: float = float("inf")) -> l
             out.append((b.at, excess))
         seen.append((b.at, max(0.0, arrived / span)))
     return out
+
+
+# Start-up as systemd timed it: from a start job to READY=1, per instance.
+#
+# A tick waits at most ``scaler.START_WAIT`` for its start jobs, so their duration says
+# only "at least that long" for a slower start. systemd keeps the truth on each unit:
+# ``InactiveExitTimestamp`` (the start job began: it left inactive) and
+# ``ActiveEnterTimestamp`` (READY=1: Type=notify units are active once consuming).
+# The tick that starts instances whose jobs are still pending records their numbers
+# (TickRecord.starting); the next tick has ``Fleet.instances`` read those two
+# timestamps for them alone (two property reads per late instance, once; none on a
+# tick that started nothing or whose starts finished within its wait) and
+# :func:`measure_startup` turns them into the start-up the policy learns. An instance
+# still activating gives a lower bound (it has taken at least this long so far) and
+# stays pending.
+
+
+def measure_startup(units: Sequence[WorkerUnit], pending: Sequence[int], now: float) -> tuple[float | None, tuple[int, ...]]:
+    """(seconds, still pending): the longest start-up among the ``pending`` instances
+    now active (READY=1 minus the start), or the time the still-activating ones have
+    taken so far when that is longer; None when none of them says anything (stopped,
+    gone, restarted by systemd: not a start-up of ours)."""
+    by_number = {u.number: u for u in units}
+    seconds: float | None = None
+    still: list[int] = []
+    for number in pending:
+        unit = by_number.get(number)
+        if unit is None or unit.started is None:
+            continue
+        if unit.active_state == "active" and unit.since is not None and unit.since >= unit.started:
+            sample = unit.since - unit.started
+        elif unit.active_state == "activating" and unit.job == "start" and unit.restarts == 0:
+            sample = max(0.0, now - unit.started)
+            still.append(number)
+        else:
+            continue
+        seconds = sample if seconds is None else max(seconds, sample)
+    return seconds, tuple(still)
 
 
 DEFAULT_STARTUP = 5.0  # seconds assumed before the scaler has timed a start job

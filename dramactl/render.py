@@ -32,10 +32,20 @@ def render_hosts(fleet: dict, hosts: list, now: float) -> list[str]:
     cap = "-" if fleet.get("cap") is None else fleet["cap"]
     decided = f", decided by {fleet['decided_by']} {_when(fleet.get('decided_at'), now)}" if fleet.get("decided_by") else ""
     lines = [f"fleet {fleet['name']}: target {target} of cap {cap}, MIN {fleet.get('min')} for the whole fleet{decided}"]
+    if fleet.get("settings_differ"):
+        lines.append(
+            "this host's settings differ from the fleet's record (" + "; ".join(fleet["settings_differ"]) + "): it follows the fleet's;"
+            " the record changes once every live host runs the same new settings"
+        )
     lines.append(f"{'HOST':<28} {'UP':>4} {'SHARE':>6} {'MAX':>4} {'LAST TICK':>22}  STATE")
     for h in hosts:
-        here = " (this host)" if h["name"] == fleet.get("this_host") else ""
-        state = ("paused" if h.get("paused") else "live") if h.get("live") else "down: heartbeat expired, its share went to the others"
+        here = " (this host)" if h.get("id", h["name"]) == fleet.get("this_host") else ""
+        if not h.get("live"):
+            state = "down: heartbeat expired, its share went to the others"
+        elif h.get("paused"):
+            state = "paused"
+        else:
+            state = "failing: its instances fail, the others serve its share" if h.get("failing") else "live"
         lines.append(f"{h['name']:<28} {h['up']:>4} {h['share']:>6} {h['max']:>4} {_when(h.get('last_tick'), now):>22}  {state}{here}")
     if not hosts:
         lines.append("(no host has ticked in this fleet yet)")

@@ -17,6 +17,7 @@ from . import queue
 from .fleet import Fleet, JobResult
 from .instance import WorkerUnit
 from .policy import ScalingDecision, decide, is_starting, safeguard
+from .rates import measure_startup
 from .settings import Settings, SettingsError
 from .state import LOCK_WAIT, Recovery, ScalerState, StateStore
 from .stats import FleetBacklog, QueueStats
@@ -184,11 +185,13 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
         started = time.monotonic()
         client = queue.connect(settings)
         stats = queue.read(settings, client)
-        probed = time.monotonic()
-        instances = fleet.instances(memory=bool(settings.worker_recycle_memory))
-        log.debug("redis probe %.1f ms, %d instances listed in %.1f ms", (probed - started) * 1e3, len(instances), (time.monotonic() - probed) * 1e3)
         state = store.load()
+        pending = state.history[-1].starting if state.history else ()
+        probed = time.monotonic()
+        instances = fleet.instances(timed=pending, memory=bool(settings.worker_recycle_memory))
+        log.debug("redis probe %.1f ms, %d instances listed in %.1f ms", (probed - started) * 1e3, len(instances), (time.monotonic() - probed) * 1e3)
         now = time.time() if now is None else now
+        timed, still = measure_startup(instances, pending, now)
         backlog = FleetBacklog.of(stats)
         decision = decide(backlog, instances, settings, state.history, now, paused=state.paused, size=state.size, recovery=state.recovery)
         coordinated = None
@@ -199,14 +202,18 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
         outcome = Outcome(decision, stats, dry_run=dry_run, paused=state.paused, instances=list(instances), fleet=coordinated, at=now)
         if dry_run:
             return outcome
-        record = decision.record(now, backlog)
+        record = replace(decision.record(now, backlog), startup=None if timed is None else round(timed, 3), starting=still)
         recycled = 0
         if decision.delta or decision.reset:
             acting = time.monotonic()
             outcome.started, outcome.stopped = _apply(fleet, settings, instances, decision.target, threads_of(settings, state), decision.reset)
             if outcome.started and not outcome.stopped and all(j.result == "done" for j in outcome.started):
                 # Start jobs end at READY=1 (Type=notify): how long an instance takes to consume.
-                record = replace(record, startup=round(time.monotonic() - acting, 3))
+                took = round(time.monotonic() - acting, 3)
+                record = replace(record, startup=max(took, record.startup or 0.0))
+            # Start jobs still pending after START_WAIT: systemd times them, read next tick.
+            late = tuple(int(j.unit.split("@")[1].split(".")[0]) for j in outcome.started if j.result == "pending")
+            record = replace(record, starting=tuple(sorted({*record.starting, *late})))
         elif settings.worker_recycle_memory and not decision.held:
             recycled = _recycle(fleet, settings, instances, outcome)
         if coordinated is not None:
@@ -258,6 +265,8 @@ def _in_fleet(
             starting=sum(1 for u in up if is_starting(u)),
             occupying=sum(1 for u in instances if u.occupies),
             pinned=local.target if state.paused else None,
+            failing=share.is_failing(instances, state.recovery, time.time()),
+            working=sum(1 for u in up if not u.is_failing),
             write=write,
         )
 
@@ -272,9 +281,15 @@ def _settle(client: redis.Redis, settings: Settings, instances: Sequence[WorkerU
 
     coming = sum(1 for u in instances if u.is_coming_back)
     failed_starts = sum(1 for j in outcome.started if not j.ok)
+    up = decision.target - failed_starts
+    working = min(up, sum(1 for u in instances if u.is_up and not u.is_failing) + sum(1 for j in outcome.started if j.ok))
     try:
-        share.settle(client, settings, claim=decision.target + coming - failed_starts, up=decision.target - failed_starts, startup=startup)
-    except (OSError, redis.RedisError, SettingsError) as exc:
+        # A start that failed just now: this host reports failing at once, so the others take
+        # its share at their next tick rather than one tick later.
+        share.settle(
+            client, settings, claim=decision.target + coming - failed_starts, up=up, startup=startup, failing=failed_starts > 0, working=working
+        )
+    except (OSError, redis.RedisError, SettingsError, share.Contention) as exc:
         log.warning("fleet %s: could not update this host's claim after acting (%s); it expires with the heartbeat", settings.fleet_name, exc)
 
 
@@ -290,7 +305,7 @@ def scale_to(
     """Set the fleet size by hand; pauses autoscaling so the next tick keeps it."""
     if not 0 <= target <= settings.max_processes:
         raise SettingsError("MAX_PROCESSES", f"cannot scale to {target}: allowed 0..{settings.max_processes}", "ask for fewer or raise MAX_PROCESSES")
-    return _resize(settings, lambda up: target, threads=threads, fleet=fleet, pause=pause, wait=wait)
+    return _resize(settings, lambda up: target, threads=threads, fleet=fleet, pause=pause, wait=wait, exact=True)
 
 
 def scale_by(settings: Settings, delta: int, *, fleet: Fleet | None = None, wait: float = LOCK_WAIT) -> Outcome:
@@ -306,8 +321,13 @@ def _resize(
     fleet: Fleet | None = None,
     pause: bool = True,
     wait: float = LOCK_WAIT,
+    exact: bool = False,
 ) -> Outcome:
-    """The manual verbs: ``target_for(instances up)`` is decided under the lock, on one listing."""
+    """The manual verbs: ``target_for(instances up)`` is decided under the lock, on one listing.
+
+    On a host of a fleet, growth must fit FLEET_MAX_PROCESSES beside the other hosts' claims:
+    ``exact`` (scale-to) refuses in one line when it does not, otherwise it is capped; the
+    claim is written to the fleet before any start."""
     if threads is not None and not 1 <= threads <= 1024:
         raise SettingsError("WORKER_THREADS", f"{threads} threads per worker is out of range", "use 1 to 1024")
     fleet = fleet or Fleet()
@@ -318,19 +338,22 @@ def _resize(
         up = sorted(u.number for u in instances if u.is_up)
         target = target_for(len(up))
         paused = pause or state.paused
+        new_threads = threads or threads_of(settings, state)
+        if target:
+            worker_argv(settings, new_threads)
+        capped = ""
+        if settings.fleet_name and target > len(up):
+            target, capped = _fleet_room(settings, target, len(up), sum(1 for u in instances if u.occupies), paused, exact)
         # The operator asked for this size: it is kept across reboots while paused, and
         # failed instances are reset now (an explicit command overrides the backoff).
         reset = [u.number for u in instances if u.is_failed]
         changes = plan(instances, target, reset)
         new_state = replace(state, paused=paused, threads=threads or state.threads, size=target if paused else None, recovery=Recovery())
         new_state = new_state.counted(len(changes.start), len(changes.stop))
-        new_threads = threads_of(settings, new_state)
         # Instances that stay (plan() stops the highest) restart to take a new thread count.
         restart = up[:target] if new_threads != threads_of(settings, state) else []
-        if target:
-            worker_argv(settings, new_threads)
         store.save(new_state)  # before any start: instances read the thread count from it
-        reason = "manual" + ("; autoscaling paused" if new_state.paused else "")
+        reason = "manual" + ("; autoscaling paused" if new_state.paused else "") + capped
         if settings.fleet_name:
             from .share import scope
 
@@ -339,6 +362,26 @@ def _resize(
         outcome.started, outcome.stopped = _apply(fleet, settings, instances, target, new_threads, reset)
         outcome.restarted = fleet.restart(restart)
         return outcome
+
+
+def _fleet_room(settings: Settings, target: int, up: int, occupying: int, paused: bool, exact: bool) -> tuple[int, str]:
+    """(the size this host of a fleet may grow to, a note for the journal line when capped),
+    its claim written to the fleet first. Redis must answer: growth the fleet cannot count
+    could pass its cap (shrinking needs no Redis)."""
+    from . import share
+
+    with queue.redis_errors(settings):
+        client = queue.connect(settings)
+        allowed = share.reserve(client, settings, target=target, up=up, occupying=occupying, paused=paused, partial=not exact)
+    if allowed >= target:
+        return target, ""
+    if exact:
+        raise SettingsError(
+            "FLEET_MAX_PROCESSES",
+            f"cannot scale this host to {target}: fleet {settings.fleet_name}'s other hosts leave room for {allowed} under the fleet's cap",
+            f"ask for at most {allowed}, shrink another host, or raise FLEET_MAX_PROCESSES on every host",
+        )
+    return allowed, f"; capped at {allowed} by FLEET_MAX_PROCESSES (the other hosts' claims)"
 
 
 def _queues_if_readable(settings: Settings) -> list[QueueStats] | None:

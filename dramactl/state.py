@@ -53,6 +53,7 @@ class TickRecord:
     for_rate: int | None = None  # workers the measured arrivals needed (work-based sizing), held by scale-down windows
     startup: float | None = None  # seconds this tick's start jobs took (StartUnit until READY=1), learned start-up
     duration: float | None = None  # seconds the tick took (dramactl_tick_duration_seconds)
+    starting: tuple[int, ...] = ()  # instances started and not yet measured: their start-up is read next tick (rates.measure_startup)
 
 
 
@@ -198,7 +199,16 @@ def _tick(data: object, where: str) -> TickRecord:
         for_rate=_whole(r, "for_rate", f"{where}.for_rate", low=0, optional=True),
         startup=_number(r, "startup", f"{where}.startup", optional=True),
         duration=_number(r, "duration", f"{where}.duration", optional=True),
+        starting=_instances(r, "starting", f"{where}.starting"),
     )
+
+
+def _instances(d: dict, key: str, where: str) -> tuple[int, ...]:
+    """A list of instance numbers (>= 1); missing: none."""
+    value = d.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in value):
+        raise DamagedState(f"{where}: {_short(value)} is not a list of instance numbers")
+    return tuple(value)
 
 
 class StateStore:

@@ -79,9 +79,9 @@ def test_an_expired_host_is_taken_over_and_the_history_is_one_for_the_fleet(redi
     assert {h["name"]: h["live"] for h in status["hosts"]} == {"a": True, "b": True, "c": False}
     assert status["fleet"]["cap"] == 8
     # One history for the fleet, written by whichever host decided.
-    raw = redis.hget(share.fleet_key(settings), "history")
-    records = json.loads(raw)
+    records = [json.loads(r) for r in redis.lrange(share.history_key(settings), 0, -1)]
     assert len(records) >= 3 and all(r["target"] <= 12 for r in records)
+    assert redis.hget(share.fleet_key(settings), "history") is None  # out of the hash every tick watches
 
 
 def test_a_dry_run_writes_nothing(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
@@ -89,3 +89,172 @@ def test_a_dry_run_writes_nothing(redis: redis_lib.Redis, redis_server: RedisSer
     view = share.coordinate(redis, settings, FleetBacklog(ready=10), up=1, starting=0, occupying=1, name="a", write=False)
     assert view.fresh and view.fleet.target >= 1
     assert redis.exists(share.fleet_key(settings)) == 0
+
+
+# --- issue 18 ---------------------------------------------------------------------------------
+
+import pytest  # noqa: E402
+
+
+def test_two_hosts_with_one_hostname_keep_two_heartbeats_and_the_cap(redis: redis_lib.Redis, redis_server: RedisServer, tmp_path, monkeypatch) -> None:
+    """Cloned VMs: both hostnames are 'web', their machine-ids differ. They must not overwrite
+    each other's heartbeat (which let the fleet run 7 with a cap of 6)."""
+    import socket
+
+    settings = settings_for(redis_server, MAX_PROCESSES="4", FLEET_MAX_PROCESSES="6")
+    monkeypatch.setattr(socket, "gethostname", lambda: "web")
+    ids = {}
+    for n, letter in enumerate("ab"):
+        path = tmp_path / f"machine-id-{letter}"
+        path.write_text(f"{n + 1:032x}\n")
+        ids[letter] = str(path)
+    running = {"a": 0, "b": 0}
+    for _ in range(4):
+        for letter in "ab":
+            monkeypatch.setattr(share, "MACHINE_ID", ids[letter])
+            up = running[letter]
+            view = share.coordinate(redis, settings, FleetBacklog(ready=500), up=up, starting=0, occupying=up)
+            running[letter] = view.decision.target
+            share.settle(redis, settings, claim=running[letter], up=running[letter])
+            assert sum(running.values()) <= 6, running
+        time.sleep(0.6)
+    assert sum(running.values()) == 6
+    _, hosts, _, _ = share.read(redis, settings)
+    assert len(hosts) == 2 and {h.label for h in hosts} == {"web"}
+
+
+def test_scale_to_beyond_the_fleets_room_is_refused_and_within_it_claimed(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    settings = settings_for(redis_server, MAX_PROCESSES="4", FLEET_MAX_PROCESSES="6")
+    for name in ("a", "b"):
+        share.coordinate(redis, settings, FleetBacklog(ready=500), up=3, starting=0, occupying=3, name=name)
+    # c asks for 2 by hand: a and b claim all 6, so there is no room; nothing is written.
+    assert share.reserve(redis, settings, target=2, up=0, occupying=0, paused=True, name="c") == 0
+    assert redis.hget(share.fleet_key(settings), "host:c") is None
+    # a shrinks to 1: c may take 2, and its claim is in the fleet before it starts anything.
+    share.settle(redis, settings, claim=1, up=1, name="a")
+    assert share.reserve(redis, settings, target=3, up=0, occupying=0, paused=True, name="c") == 2
+    assert share.reserve(redis, settings, target=3, up=0, occupying=0, paused=True, partial=True, name="c") == 2
+    _, hosts, _, _ = share.read(redis, settings)
+    assert {h.name: h.claim for h in hosts} == {"a": 1, "b": 3, "c": 2}
+    # b's next tick counts c's claim: the fleet never passes 6.
+    view = share.coordinate(redis, settings, FleetBacklog(ready=500), up=3, starting=0, occupying=3, name="b")
+    assert view.decision.target <= 3 and sum(h.claim for h in view.hosts) <= 6
+
+
+def test_hosts_with_different_min_follow_one_record_and_do_not_flap(redis: redis_lib.Redis, redis_server: RedisServer, caplog) -> None:
+    """Issue 18 §3: MIN=5 on a, MIN=2 on b, no backlog: every decision was a fresh one with
+    the decider's MIN (5, 2, 5, 2). Now both follow the fleet's record: one target."""
+    import logging
+
+    a = settings_for(redis_server, MIN_PROCESSES="5", MAX_PROCESSES="5", POLICY="step")
+    b = settings_for(redis_server, MIN_PROCESSES="2", MAX_PROCESSES="5", POLICY="step")
+    running = {"a": 0, "b": 0}
+    targets = []
+    for _ in range(4):
+        for name, settings in (("a", a), ("b", b)):
+            view = share.coordinate(redis, settings, FleetBacklog(ready=0), up=running[name], starting=0, occupying=running[name], name=name)
+            running[name] = view.decision.target
+            share.settle(redis, settings, claim=running[name], up=running[name], name=name)
+            targets.append(view.fleet.target)
+            time.sleep(0.55)  # past half a CHECK_INTERVAL: every tick decides anew
+    assert set(targets) == {5}, targets
+    assert view.differs == ("MIN_PROCESSES=2 here, 5 for the fleet",) and "following the fleet's" in view.decision.reason
+    status = share.view(b, redis)
+    assert status["fleet"]["settings_differ"] == ["MIN_PROCESSES=2 here, 5 for the fleet"] and status["fleet"]["min"] == 5
+    # The operator sets MIN=2 on a as well: once every live host agrees, the record follows.
+    for name in ("a", "b", "a"):
+        view = share.coordinate(redis, b, FleetBacklog(ready=0), up=running[name], starting=0, occupying=running[name], name=name)
+        time.sleep(0.55)
+    assert view.settings["min_processes"] == 2 and view.differs == ()
+
+
+def test_conflicts_back_off_and_exhaustion_is_contention_not_a_setting(redis: redis_lib.Redis, redis_server: RedisServer, monkeypatch) -> None:
+    settings = settings_for(redis_server)
+    key = share.fleet_key(settings)
+    other = redis_lib.Redis(port=redis_server.port)
+    monkeypatch.setattr(share, "ATTEMPTS", 4)
+    tries = []
+
+    def body(pipe):
+        pipe.hgetall(key)
+        other.hset(key, "noise", len(tries))  # another host writes in between, every time
+        tries.append(time.monotonic())
+        pipe.multi()
+        pipe.hset(key, "x", 1)
+        pipe.execute()
+
+    from dramactl.settings import SettingsError
+
+    with pytest.raises(share.Contention, match="contention") as caught:
+        share._transaction(redis, key, body, settings)
+    assert not isinstance(caught.value, SettingsError) and len(tries) == 4
+    assert redis.hget(key, "x") is None
+
+
+def test_a_long_outage_does_not_make_the_first_host_back_delete_the_others(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """Issue 18 §2b: every heartbeat is two hours old (Redis was down): a ticks first and must
+    keep b's entry, which still counts its instances until b has had a TTL to come back."""
+    settings = settings_for(redis_server, MAX_PROCESSES="4", FLEET_MAX_PROCESSES="6")
+    seconds, _ = redis.time()
+    key = share.fleet_key(settings)
+    old = seconds - 7200
+    for name in ("a", "b"):
+        redis.hset(key, f"host:{name}", share.HostEntry(name, 4, up=3, claim=3, at=old, expires=old + 2).to_json())
+    view = share.coordinate(redis, settings, FleetBacklog(ready=500), up=3, starting=0, occupying=3, name="a")
+    assert redis.hget(key, "host:b") is not None
+    assert [h.name for h in view.hosts] == ["a", "b"] and view.decision.target <= 3
+
+
+def test_a_failing_host_hands_the_floor_to_a_host_that_serves(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    settings = settings_for(redis_server, MIN_PROCESSES="1", POLICY="step")
+    view = share.coordinate(redis, settings, FleetBacklog(ready=0), up=0, starting=0, occupying=0, name="a")
+    view = share.coordinate(redis, settings, FleetBacklog(ready=0), up=0, starting=0, occupying=0, name="b")
+    assert view.fleet.shares == {"a": 1, "b": 0}
+    # a's start failed (settle reports it at once): b's next tick takes the floor.
+    share.settle(redis, settings, claim=1, up=1, name="a", failing=True, working=0)
+    view = share.coordinate(redis, settings, FleetBacklog(ready=0), up=0, starting=0, occupying=0, name="b")
+    assert view.fleet.failing == ("a",) and view.share == 1 and view.floor == 1 and view.decision.target == 1
+
+
+def test_check_and_status_say_when_this_hosts_settings_differ_from_the_fleets(redis: redis_lib.Redis, redis_server: RedisServer, tmp_path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from dramactl.cli import main
+
+    first = settings_for(redis_server, MIN_PROCESSES="1")
+    share.coordinate(redis, first, FleetBacklog(ready=0), up=1, starting=0, occupying=1, name="other")
+    monkeypatch.chdir(tmp_path)
+    env = {
+        **redis_server.env, **FLEET, "MIN_PROCESSES": "2", "STATE_DIR": str(tmp_path / "state"), "DRAMATIQ_COMMAND": "dramatiq app.tasks",
+        "DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent/dramactl-test/system_bus_socket",
+    }
+    res = CliRunner().invoke(main, ["check"], env=env, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "this host's settings differ from the fleet's record (MIN_PROCESSES=2 here, 1 for the fleet): it follows the fleet's" in res.output
+    res = CliRunner().invoke(main, ["status"], env=env, catch_exceptions=False)
+    assert "MIN 1 for the whole fleet" in res.output and "MIN_PROCESSES=2 here, 1 for the fleet" in res.output, res.output
+
+
+def test_the_history_is_read_only_for_a_new_decision_and_kept_out_of_the_watched_hash(redis: redis_lib.Redis, redis_server: RedisServer, caplog) -> None:
+    """Issue 18 §6: the hash every tick reads (and re-reads on a conflict) must not grow with the
+    history. A hash written by the layout before (history inside) is migrated at the next decision,
+    and a damaged record in the LIST is left out and named."""
+    import logging
+
+    settings = settings_for(redis_server)
+    key, hist = share.fleet_key(settings), share.history_key(settings)
+    redis.hset(key, "history", json.dumps([{"at": 1.0, "backlog": 1, "workers": 1, "target": 1}] * 500))
+    share.coordinate(redis, settings, FleetBacklog(ready=10), up=1, starting=0, occupying=1, name="a")
+    assert redis.hget(key, "history") is None and redis.llen(hist) == 1
+    size = sum(len(k) + len(v) for k, v in redis.hgetall(key).items())
+    for _ in range(5):
+        time.sleep(0.55)
+        share.coordinate(redis, settings, FleetBacklog(ready=10), up=1, starting=0, occupying=1, name="a")
+    assert redis.llen(hist) == 6
+    assert sum(len(k) + len(v) for k, v in redis.hgetall(key).items()) < size + 200
+    share._named.clear()
+    redis.rpush(hist, "{not json", json.dumps({"at": 1e400}).replace("1e+400", "Infinity"))
+    now = share.snapshot(redis, settings).now
+    with caplog.at_level(logging.WARNING, logger="dramactl.share"):
+        assert len(share.read_history(redis, settings, now)) == 6
+    assert caplog.text.count(hist) == 2

@@ -24,6 +24,9 @@ else:
     )
 dramatiq.set_broker(broker)
 
+# A slow start-up (a heavy app import) for the tests that time one: READY=1 comes after it.
+time.sleep(float(os.environ.get("SYSAPP_START_DELAY", "0")))
+
 
 @dramatiq.actor(queue_name="sys", max_retries=3, min_backoff=200, max_backoff=2000)
 def work(ident: str, seconds: float) -> None:

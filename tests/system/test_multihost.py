@@ -380,3 +380,117 @@ def test_a_redis_outage_holds_every_host_and_no_host_takes_the_others_share_afte
         assert "REDIS_URL: cannot reach" in h.journal(), f"{h.name}: no one-line Redis error while it was down"
         assert "Traceback" not in h.journal()
     assert r["processed"] == sent and r["dead"] == 0, r
+
+
+# --- issue 18: hosts that fail, collide, disagree -------------------------------------------------
+
+
+def fleet_ids(status: dict | None) -> dict[str, str]:
+    """Live hosts of a status --json: id -> hostname as shown."""
+    return {h.get("id", h["name"]): h["name"] for h in (status or {}).get("hosts") or [] if h.get("live")}
+
+
+def test_a_host_whose_workers_fail_hands_the_floor_to_a_host_that_serves(hosts: Cluster) -> None:
+    """MIN=1, no backlog: the fleet runs one instance, on host X. X's worker command breaks (the app
+    cannot be imported: exit 2, the unit fails for good). X reports failing in its heartbeat and the
+    floor moves to a host that serves, within X's next tick + the other host's next tick + a start;
+    X is shown failing and keeps 0; the fleet never passes its cap."""
+    hosts.configure(FLEET, PER_HOST)
+    start_fleet(hosts)
+
+    def alone() -> Host | None:
+        running = {h.name: h.active() for h in hosts.hosts}
+        busy = [h for h in hosts.hosts if running[h.name]]
+        return busy[0] if len(busy) == 1 and len(running[busy[0].name]) == 1 else None
+
+    x = wait_until(alone, 3 * INTERVAL + 20, "the fleet at MIN=1 on one host")
+    assert isinstance(x, Host)
+    x.write_env({**x.values, "DRAMATIQ_COMMAND": "dramatiq no_such_app_module"})
+    with FleetSampler(hosts) as sampler:
+        unit = x.active()[0]
+        x.sh(f"kill -KILL $(systemctl show -P MainPID {unit})")  # Restart=on-failure starts it again, broken
+        broken = time.time()
+        other = wait_until(lambda: next((h for h in hosts.hosts if h is not x and h.active()), None), 2 * INTERVAL + 40, "another host running the floor")
+        took = time.time() - broken
+        time.sleep(2 * INTERVAL)  # two more ticks: the floor stays where it serves
+        status = x.status()
+    assert isinstance(other, Host)
+    _, _, over = bounds(sampler, hosts, CAP)
+    mine = next(h for h in status["hosts"] if h["id"] == status["fleet"]["this_host"])
+    print(f"\n[multihost] {x.name}'s workers broke: {other.name} ran the floor after {took:.1f}s (CHECK_INTERVAL {INTERVAL})")
+    assert not over, over[:10]
+    assert x.active() == [] and other.active(), (x.units(), other.units())
+    assert mine["failing"] is True and mine["share"] == 0, mine
+    assert "this host's instances fail" in x.journal()
+    assert took <= 2 * INTERVAL + 25, f"the floor moved after {took:.1f}s"
+
+
+def test_two_hosts_with_one_hostname_never_pass_the_cap(hosts: Cluster) -> None:
+    """Cloned hosts: C takes B's hostname. Each is its machine-id in the fleet, so neither overwrites
+    the other's heartbeat; a burst runs the fleet at its cap, never above, and status lists three
+    live hosts, the two of one hostname told apart by their id."""
+    b, c = hosts["b"], hosts["c"]
+    c.sh(f"hostname {b.name}")
+    try:
+        assert c.hostname() == b.name
+        hosts.configure(FLEET, PER_HOST)
+        for h in hosts.hosts:
+            h.start_timer()
+        wait_until(lambda: len(fleet_ids(hosts["a"].status())) == 3, 2 * INTERVAL + 10, "three live hosts in A's status")
+        with FleetSampler(hosts) as sampler:
+            hosts.send(400, 1.0)
+            wait_until(lambda: sampler.rows and sampler.total(sampler.rows[-1]) >= CAP - 1, 3 * INTERVAL + 20, "the fleet near its cap")
+            time.sleep(2 * INTERVAL + SLACK)
+            shown = fleet_ids(hosts["a"].status())
+    finally:
+        c.sh(f"hostname {c.name}")
+    peak, _, over = bounds(sampler, hosts, CAP)
+    print(f"\n[multihost] two hosts named {b.name}: fleet peak {peak} (cap {CAP}); status shows {sorted(shown.values())}")
+    assert not over, over[:10]
+    assert len(shown) == 3 and sum(1 for n in shown.values() if n.startswith(b.name + "/")) == 2, shown
+
+
+def test_scale_to_beyond_the_fleets_room_is_refused_and_scale_up_capped(hosts: Cluster) -> None:
+    """A and B are sized by hand to 2 and 3 (FLEET_MAX_PROCESSES=6): C may run 1. `scale-to 4` on C
+    (its own MAX) is refused in one line naming FLEET_MAX_PROCESSES and changes nothing; `scale-up -n 2`
+    is capped at 1 and says so; the fleet never runs more than 6."""
+    hosts.configure(FLEET, PER_HOST)
+    a, b, c = hosts["a"], hosts["b"], hosts["c"]
+    start_fleet(hosts)
+    with FleetSampler(hosts) as sampler:
+        a.dramactl("scale-to", "2")
+        b.dramactl("scale-to", "3")
+        assert (len(a.active()), len(b.active())) == (2, 3)
+        before = c.active()
+        refused = c.dramactl("scale-to", "4", check=False)
+        still = c.active()
+        capped = c.dramactl("scale-up", "-n", "2", check=False)
+        time.sleep(2 * INTERVAL)  # C's ticks (paused now) hold it; A's and B's too
+        after = {h.name: len(h.active()) for h in hosts.hosts}
+    _, _, over = bounds(sampler, hosts, CAP)
+    assert refused.returncode == 2 and still == before, (refused.stdout, refused.stderr, before, still)
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dramactl: FLEET_MAX_PROCESSES: cannot scale this host to 4"), lines
+    assert "room for 1" in lines[0]
+    assert capped.returncode == 0 and "capped at 1 by FLEET_MAX_PROCESSES" in capped.stdout, (capped.stdout, capped.stderr)
+    assert after == {a.name: 2, b.name: 3, c.name: 1}, after
+    assert not over, over[:10]
+
+
+def test_hosts_with_different_min_follow_the_fleets_record_and_do_not_flap(hosts: Cluster) -> None:
+    """MIN_PROCESSES 1, 2 and 3 on A, B and C, no backlog: every host follows the fleet's settings
+    record (the first host's), so the fleet's target does not change from tick to tick while the
+    backlog does not; the hosts whose MIN differs say so in status and in the journal."""
+    hosts.configure(FLEET, {x: {**PER_HOST[x], "MIN_PROCESSES": m} for x, m in zip("abc", "123")})
+    start_fleet(hosts)
+    with StatusPoller(hosts["a"], every=1.0) as poller:
+        time.sleep(6 * INTERVAL)
+    targets = [s["fleet"]["target"] for _, s in poller.polls if s and s.get("fleet")]
+    print(f"\n[multihost] MIN 1/2/3 on A/B/C: targets {targets}")
+    assert len(targets) >= 4 * INTERVAL and len(set(targets)) == 1, targets
+    record = hosts["a"].status()["fleet"]["settings"]
+    differ = [h for h in hosts.hosts if h.status()["fleet"]["settings_differ"]]
+    assert targets[0] == record["min_processes"], (targets, record)
+    assert len(differ) == 2, [h.name for h in differ]
+    for h in differ:
+        assert "differ from the fleet's record" in h.journal(), h.name

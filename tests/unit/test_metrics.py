@@ -44,7 +44,51 @@ def test_render_names_units_labels_and_values() -> None:
     assert s["dramactl_recycles_total"] == "2" and s['dramactl_instance_memory_bytes{instance="1"}'] == str(612 * 2**20)
     assert 'dramactl_instance_memory_bytes{instance="2"}' not in s  # not read: left out, not 0
     assert "# TYPE dramactl_scaling_actions_total counter" in text
-    assert text.count("# HELP") == len(metrics.METRICS) and text.endswith("\n")
+    fleet = [n for n, _, _ in metrics.METRICS if n.startswith("dramactl_fleet_")]
+    assert text.count("# HELP") == len(metrics.METRICS) - len(fleet) and text.endswith("\n")
+    assert not any(name in text for name in fleet)  # one host: no fleet figures at all
+
+
+def fleet_outcome() -> Outcome:
+    from dramactl.share import Coordinated, FleetDecision, HostEntry
+
+    o = outcome()
+    decision = FleetDecision(1.0, "1" * 32, 5, 6, "step", ("1" * 32, "3" * 32), {"1" * 32: 2, "2" * 32: 0, "3" * 32: 3}, failing=("2" * 32,))
+    hosts = (
+        HostEntry("1" * 32, 4, up=2, claim=2, label="web"),
+        HostEntry("2" * 32, 4, up=1, claim=1, label="web", failing=True, working=0),
+        HostEntry("3" * 32, 4, up=3, claim=3, label='o"dd'),
+    )
+    o.fleet = Coordinated(o.decision, decision, hosts, 2, 1, True)
+    return o
+
+
+def test_the_fleet_figures_target_cap_each_hosts_instances_and_share_live_and_failing_hosts() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = metrics.render(metrics.from_outcome(fleet_outcome()))
+    assert text.count("# HELP") == len(metrics.METRICS)
+    s = samples(text)
+    assert (s["dramactl_fleet_target_instances"], s["dramactl_fleet_cap_instances"]) == ("5", "6")
+    assert (s["dramactl_fleet_live_hosts"], s["dramactl_fleet_failing_hosts"]) == ("3", "1")
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    up = {(x.labels["host"], x.labels["host_id"][:1]): x.value for x in families["dramactl_fleet_host_instances"].samples}
+    share = {(x.labels["host"], x.labels["host_id"][:1]): x.value for x in families["dramactl_fleet_host_share_instances"].samples}
+    assert up == {("web", "1"): 2, ("web", "2"): 1, ('o"dd', "3"): 3}  # two hosts named web: two series
+    assert share == {("web", "1"): 2, ("web", "2"): 0, ('o"dd', "3"): 3}
+    # `dramactl metrics` (from status) says the same of the live hosts.
+    status = {
+        "fleet": {"target": 5, "cap": 6},
+        "hosts": [
+            {"name": "web", "id": "1" * 32, "up": 2, "share": 2, "live": True, "failing": False},
+            {"name": "web", "id": "2" * 32, "up": 1, "share": 0, "live": True, "failing": True},
+            {"name": 'o"dd', "id": "3" * 32, "up": 3, "share": 3, "live": True, "failing": False},
+            {"name": "gone", "id": "4" * 32, "up": 4, "share": 0, "live": False, "failing": False},
+        ],
+    }
+    fleet_lines = [line for line in text.splitlines() if "dramactl_fleet_" in line]
+    from_status = [line for line in metrics.render(metrics.from_status(status)).splitlines() if "dramactl_fleet_" in line]
+    assert from_status == fleet_lines
 
 
 def test_before_any_tick_the_tick_figures_are_absent_not_zero() -> None:

@@ -41,7 +41,7 @@ def test_default_view_is_the_ticks_own_figures(name: str) -> None:
     backlog = seen(history, rate, service, ready=ready, in_flight=in_flight)
     v = view(backlog, running(current), settings(), history, NOW)
     assert (v["name"], v["by"]) == ("default", "work")
-    assert v["arrival_rate"] == pytest.approx(rate, abs=0.01) and v["service_time"] == pytest.approx(service, abs=0.01)
+    assert v["arrival_rate"] == pytest.approx(rate, rel=1e-3, abs=0.01) and v["service_time"] == pytest.approx(service, abs=0.01)
     assert v["busy_threads"] == pytest.approx(rate * service, rel=0.01, abs=0.01)
     assert v["needs"]["arrivals"] is not None and v["target"] >= 1 and "scale_up_above" not in v
     figures_in_reason(v)
@@ -60,13 +60,13 @@ def test_learned_start_up_is_shown_as_learned() -> None:
 
 
 def test_a_recurring_block_shows_the_fleet_it_asks_for() -> None:
-    """Two blocks of 300 messages 180 s apart on a trickle of 0.2/s: the third is due in 30 s, and the view names
-    the fleet that rule asks for (the one the reason names)."""
+    """Three blocks of 300 messages 180 s apart on a trickle of 0.2/s (a recurrence needs three): the fourth is due
+    in 30 s, and the view names the fleet that rule asks for (the one the reason names)."""
     history: list[TickRecord] = []
     done = 0.0
-    for k in range(30):
-        done += 15 * 0.2 + (300 if k in (8, 20) else 0)
-        history.append(TickRecord(NOW - 15 * (30 - k), 0, 2, 2, wanted=2, done=done, busy=done * 1.0, for_rate=1))
+    for k in range(40):
+        done += 15 * 0.2 + (300 if k in (6, 18, 30) else 0)
+        history.append(TickRecord(NOW - 15 * (40 - k), 0, 2, 2, wanted=2, done=done, busy=done * 1.0, for_rate=1))
     backlog = FleetBacklog(done_total=done + 3, busy_seconds_total=(done + 3) * 1.0)
     v = view(backlog, running(2), settings(), history, NOW)
     assert v["needs"] == {"arrivals": 1, "drain": 1, "latency_guard": None, "recurring": 3}, v

@@ -171,3 +171,249 @@ def test_a_fleet_wide_silence_does_not_count_against_the_heartbeats_written_befo
     assert a.live(163.0, silence) and c.live(163.0, silence) and not c.live(163.0)
     # ... and expires a TTL after the silence if it never comes back, like a host that died.
     assert not c.live(168.5, silence)
+
+
+# --- issue 18: values read from Redis, identity, failing hosts, forgetting, settings ------------
+
+import json  # noqa: E402
+import logging  # noqa: E402
+
+from dramactl import share  # noqa: E402
+from dramactl.queue import parse_probe  # noqa: E402
+
+KEY = "dramatiq:__dramactl__.fleet.t"
+GOOD = {"max": 4, "up": 1, "starting": 0, "claim": 1, "share": 1, "at": 100.0, "expires": 160.0, "paused": False}
+
+
+def beat(**changes: object) -> bytes:
+    return json.dumps({**GOOD, **changes}).replace('"__inf__"', "Infinity").encode()
+
+
+@pytest.mark.parametrize(
+    "raw, named",
+    [
+        (b'{"max": Infinity, "expires": 160.0}', "max"),
+        (b'{"max": 4, "expires": Infinity}', "expires"),
+        (b'{"max": 4, "expires": NaN}', "expires"),
+        (b'{"max": 4, "up": 1e400, "expires": 160.0}', "up"),
+        (beat(max=-1000), "max"),
+        (beat(claim=-1), "claim"),
+        (beat(up=10**9), "up"),
+        (beat(share=2.5), "share"),
+        (beat(expires=10**12), "expires"),  # a heartbeat that would never expire
+        (beat(at=10**9, expires=10**9 + 60), "at"),  # ahead of Redis' clock
+        (beat(paused="yes"), "paused"),
+        (beat(failing=1), "failing"),
+        (beat(startup=-3), "startup"),
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "heartbeat"),
+    ],
+)
+def test_a_damaged_heartbeat_is_left_out_and_named_once(raw: bytes, named: str, caplog: pytest.LogCaptureFixture) -> None:
+    share._named.clear()
+    hash_ = {b"host:a": beat(), b"host:bad": raw}
+    with caplog.at_level(logging.WARNING, logger="dramactl.share"):
+        for _ in range(3):  # a retried transaction reads it again: still one line
+            hosts = share._hosts(hash_, KEY, 200.0)
+    assert [h.name for h in hosts] == ["a"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and KEY in lines[0] and "host:bad" in lines[0] and named in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    "changes, named",
+    [
+        ({"target": -5}, "target"),
+        ({"target": "__inf__"}, "target"),
+        ({"cap": 1e400}, "cap"),
+        ({"target": 7, "cap": 6}, "above cap"),
+        ({"shares": {"a": -1}}, "shares.a"),
+        ({"shares": {"a": 4, "b": 4}}, "add up"),
+        ({"hosts": "a"}, "hosts"),
+        ({"at": "__inf__"}, "at"),
+        ({"pinned": -2}, "pinned"),
+    ],
+)
+def test_a_damaged_decision_is_ignored_named_and_decided_anew(changes: dict, named: str, caplog: pytest.LogCaptureFixture) -> None:
+    share._named.clear()
+    good = {"at": 150.0, "by": "a", "target": 2, "cap": 8, "reason": "step", "hosts": ["a", "b"], "shares": {"a": 1, "b": 1}}
+    raw = json.dumps({**good, **changes}).replace('"__inf__"', "Infinity").encode()
+    settings = parse({**SETTINGS, "FLEET_MAX_PROCESSES": "6"})
+    with caplog.at_level(logging.WARNING, logger="dramactl.share"):
+        snap = share._snapshot({b"host:a": beat(), b"host:b": beat(), b"decision": raw}, 155.0, settings)
+    assert snap.decision is None
+    assert any(KEY in r.getMessage() and "decision" in r.getMessage() and named in r.getMessage() for r in caplog.records), caplog.text
+    # The tick decides anew: a target within 0..cap, never negative or infinite.
+    view, record = plan_share(settings, snap.hosts[0], snap.hosts[1:], FleetBacklog(ready=3), [], snap.decision, 155.0, 1)
+    assert view.fresh and 0 <= view.fleet.target <= view.fleet.cap <= 6 and record is not None
+
+
+@pytest.mark.parametrize("raw", [b'{"start": NaN, "end": 5}', b'{"start": 50, "end": 10}', b'{"start": 10, "end": 1e400}', b'"x"'])
+def test_a_damaged_silence_is_ignored_and_named(raw: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    share._named.clear()
+    with caplog.at_level(logging.WARNING, logger="dramactl.share"):
+        snap = share._snapshot({b"host:a": beat(), b"silence": raw}, 120.0, parse(SETTINGS))
+    assert snap.silence is None and snap.hosts[0].live(120.0, snap.silence)
+    assert any("silence" in r.getMessage() and KEY in r.getMessage() for r in caplog.records)
+
+
+def test_a_damaged_history_record_is_left_out_the_good_ones_kept(caplog: pytest.LogCaptureFixture) -> None:
+    share._named.clear()
+    good = {"at": 10.0, "backlog": 3, "workers": 1, "target": 1}
+    raw = json.dumps([good, {**good, "backlog": -4}, {**good, "at": 20.0, "workers": 2}]).encode()
+    raw = raw.replace(b'"backlog": -4', b'"backlog": Infinity')
+    with caplog.at_level(logging.WARNING, logger="dramactl.share"):
+        records = share._history(raw, KEY)
+    assert [r.at for r in records] == [10.0, 20.0]
+    assert len(caplog.records) == 1 and "history[1].backlog" in caplog.text and KEY in caplog.text
+    assert share._history(b"{", KEY) == [] and share._history(b'{"a": 1}', KEY) == []
+
+
+@pytest.mark.parametrize("value", [b"1e400", b"inf", b"-inf", b"nan", b"-3"])
+def test_a_damaged_work_counter_is_left_out_and_named(value: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    from dramactl.policy import decide
+
+    raw = [1_000_000, 2, 2, 0, 0, 0, -1, 0, value, b"7.5", b""]
+    with caplog.at_level(logging.WARNING, logger="dramactl.queue"):
+        (q,) = parse_probe(["default"], raw)
+    assert q.done_total is None and q.busy_seconds_total == 7.5
+    assert "__dramactl__.work.default field done" in caplog.text
+    decision = decide(FleetBacklog.of([q]), [], parse(SETTINGS), [], 1000.0)
+    assert 0 <= decision.target <= 4
+
+
+def test_the_identity_is_the_machine_id_and_the_hostname_only_a_label(tmp_path) -> None:
+    import socket
+
+    path = tmp_path / "machine-id"
+    path.write_text("0123456789abcdef0123456789abcdef\n")
+    assert share.host_id(str(path)) == "0123456789abcdef0123456789abcdef"
+    path.write_text("uninitialized\n")  # a golden image not yet booted: the hostname stands in
+    assert share.host_id(str(path)) == socket.gethostname()
+    assert share.host_id(str(tmp_path / "missing")) == socket.gethostname()
+
+
+def test_two_hosts_with_one_hostname_are_two_entries_and_the_cap_holds() -> None:
+    settings = parse({**SETTINGS, "FLEET_MAX_PROCESSES": "6"})
+    a = HostEntry("1" * 32, 4, up=3, claim=3, label="web", at=0.0, expires=100.0)
+    b = HostEntry("2" * 32, 4, up=0, claim=0, label="web", at=0.0, expires=100.0)
+    c = HostEntry("3" * 32, 4, up=3, claim=3, label="other", at=0.0, expires=100.0)
+    view, _ = plan_share(settings, b, [a, c], FleetBacklog(ready=500), [], None, 10.0, 0)
+    assert view.fleet.cap == 6 and sum(view.fleet.shares.values()) <= 6
+    assert view.decision.target == 0  # a and c claim the whole cap: b waits for them to shrink
+    assert "web 2" in view.summary() or "web 0" in view.summary()
+
+
+def failing_host(name: str, up: int = 0, working: int = 0, claim: int | None = None) -> HostEntry:
+    return HostEntry(name, 4, up=up, claim=up if claim is None else claim, at=0.0, expires=100.0, failing=True, working=working)
+
+
+def test_a_failing_host_loses_its_share_of_the_floor_and_target_to_the_hosts_that_serve() -> None:
+    """Issue 18 §1: host a's units fail (start limit) while MIN=1: b and c take the floor."""
+    settings = parse({**SETTINGS, "MIN_PROCESSES": "1"})
+    a = failing_host("a", up=1, working=0, claim=1)  # a unit in systemd's restart loop
+    b, c = host("b"), host("c")
+    view, _ = plan_share(settings, b, [a, c], FleetBacklog(ready=0), [], None, 10.0, 0)
+    assert view.fleet.failing == ("a",) and view.fleet.target == 1
+    assert view.share == 1 and view.floor == 1 and view.decision.target == 1  # a's looping unit does not hold b back
+    view_a, _ = plan_share(settings, a, [b, c], FleetBacklog(ready=0), [], view.fleet, 11.0, 1)
+    # a stops nothing itself (its safeguard deals with the looping unit) but has no floor, and
+    # the fleet counts none of its instances as serving.
+    assert view_a.share == 1 and view_a.floor == 0 and view.fleet.pinned == 0
+    # Every host failing: the split is the usual one (nobody else can serve).
+    view, _ = plan_share(settings, a, [failing_host("b"), failing_host("c")], FleetBacklog(ready=0), [], None, 10.0, 1)
+    assert view.fleet.failing == () and view.floor == 1
+
+
+def test_a_failing_host_keeps_its_working_instances_and_the_cap_counts_every_claim() -> None:
+    settings = parse({**SETTINGS, "FLEET_MAX_PROCESSES": "4"})
+    a = failing_host("a", up=3, working=2, claim=3)
+    b = host("b", up=0)
+    view, _ = plan_share(settings, b, [a], FleetBacklog(ready=500), [], None, 10.0, 0)
+    assert "a" not in view.fleet.shares and view.fleet.pinned == 2
+    # a keeps what it has up (no stop that could hit a working instance) and grows no further.
+    view_a, _ = plan_share(settings, a, [b], FleetBacklog(ready=0), [], view.fleet, 11.0, 3)
+    assert view_a.share == 3 and view_a.decision.target == 3
+    assert view.fleet.target == 4 and view.share == 2
+    # Under the target a counts with its 2 working instances (room for b: 2), but against
+    # the cap of 4 with all 3 of its units (one looping): b may start 1.
+    assert view.decision.target == 1
+    assert room_for("b", 2, 0, 0, [a], 4) == 2
+
+
+def test_a_recovered_host_gets_its_share_back_without_passing_the_cap_or_moving_the_floor() -> None:
+    settings = parse({**SETTINGS, "MIN_PROCESSES": "1", "FLEET_MAX_PROCESSES": "2"})
+    b = host("b", up=1)
+    a = host("a", up=0)  # recovered: no longer failing, nothing running
+    while_failing = FleetDecision(0.0, "b", 1, 2, "min", ("b",), {"a": 0, "b": 1}, failing=("a",))
+    view, _ = plan_share(settings, a, [b], FleetBacklog(ready=0), [], while_failing, 10.0, 0)
+    # MIN stays with b, which had it and runs it; by name alone it would move to a.
+    assert view.fresh and view.fleet.shares == {"a": 0, "b": 1} and view.floor == 0
+    assert plan_share(settings, a, [b], FleetBacklog(ready=0), [], None, 10.0, 0)[0].fleet.shares == {"a": 1, "b": 0}
+    # With more backlog a gets its share, and grows only into the room b's claim leaves.
+    view, _ = plan_share(settings, a, [host("b", up=2)], FleetBacklog(ready=500), [], None, 20.0, 0)
+    assert view.share == 1 and view.decision.target == 0
+
+
+def test_a_failing_host_is_reported_until_its_streak_ends() -> None:
+    from dramactl.state import Recovery
+
+    assert share.is_failing([], Recovery(attempts=2, failing_at=100.0), 150.0)
+    assert not share.is_failing([], Recovery(attempts=2, failing_at=100.0), 100.0 + 121)
+    assert not share.is_failing([], Recovery(), 150.0)
+
+
+def test_an_entry_old_only_because_of_a_fleet_wide_outage_is_not_forgotten() -> None:
+    """Issue 18 §2b: Redis was down for 2 hours; the first host back must not delete c."""
+    c = HostEntry("c", 4, up=3, claim=3, at=1000.0, expires=1060.0)
+    outage = share.Silence(1000.0, 1000.0 + 7200)
+    now = 1000.0 + 7200 + 5
+    assert share.forgotten(c, now, None)  # what the old rule did
+    assert not share.forgotten(c, now, outage) and c.live(now, outage)
+    # A host that really died long ago is still forgotten.
+    dead = HostEntry("d", 4, at=0.0, expires=60.0)
+    assert share.forgotten(dead, 1000.0 + 60 + share.FORGET_AFTER, None)
+
+
+def test_the_fleet_settings_record_is_followed_and_replaced_only_when_every_host_agrees() -> None:
+    mine = parse({**SETTINGS, "MIN_PROCESSES": "2"})
+    theirs = share.fleet_values(parse(SETTINGS))
+    used, record, write = share.following(mine, None, agreed=False)
+    assert used == mine and write and record["min_processes"] == 2  # first host: its own become the record
+    used, record, write = share.following(mine, theirs, agreed=False)
+    assert used.min_processes == 1 and not write and record == theirs
+    assert share.differences(mine, record) == ["MIN_PROCESSES=2 here, 1 for the fleet"]
+    used, record, write = share.following(mine, theirs, agreed=True)
+    assert used.min_processes == 2 and write
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"min_processes": -1}, {"fleet_max_processes": 1e400}, {"policy": "yolo"}, {"max_queue_wait": float("nan")}, {"min_processes": 5, "fleet_max_processes": 2}],
+)
+def test_a_damaged_settings_record_is_named_and_rewritten(changes: dict, caplog: pytest.LogCaptureFixture) -> None:
+    share._named.clear()
+    raw = json.dumps({**share.fleet_values(parse(SETTINGS)), **changes}).encode()
+    with caplog.at_level(logging.WARNING, logger="dramactl.share"):
+        snap = share._snapshot({b"settings": raw}, 10.0, parse(SETTINGS))
+    assert snap.record is None and "settings" in caplog.text and KEY in caplog.text
+
+
+def test_status_and_dashboard_show_a_failing_host_and_settings_that_differ() -> None:
+    from dramactl.dashboard import render_hosts
+    from dramactl.render import render_status
+
+    data = {
+        **FLEET_STATUS,
+        "fleet": {**FLEET_STATUS["fleet"], "this_host": "id-a", "settings_differ": ["MIN_PROCESSES=2 here, 1 for the fleet"]},
+        "hosts": [
+            {**FLEET_STATUS["hosts"][0], "id": "id-a"},
+            {**FLEET_STATUS["hosts"][1], "id": "id-b", "failing": True, "share": 0},
+        ],
+    }
+    text = render_status(data)
+    lines = {line.split()[0]: line for line in text.splitlines() if line.split() and line.split()[0] in ("a", "b")}
+    assert lines["a"].endswith("live (this host)") and "failing: its instances fail" in lines["b"]
+    assert "this host's settings differ from the fleet's record (MIN_PROCESSES=2 here, 1 for the fleet): it follows the fleet's" in text
+    html = render_hosts(data)
+    assert 'class="state bad">failing' in html and 'id="settings-differ"' in html and "(this host)" in html

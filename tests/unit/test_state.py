@@ -36,6 +36,8 @@ GOOD_TICK = {"at": 100.0, "backlog": 3, "workers": 1, "target": 2, "oldest_age":
         ('{"threads": 4096}', "threads: 4096 is out of range 1..1024"),
         ('{"threads": true}', "threads: true is not a whole number"),
         ('{"paused": "no"}', 'paused: "no" is not true or false'),
+        ('{"history": [{"at": 1, "backlog": 1, "workers": 1, "target": 1, "starting": [0]}]}', "history[0].starting: [0] is not a list of instance numbers"),
+        ('{"history": [{"at": 1, "backlog": 1, "workers": 1, "target": 1, "starting": "2"}]}', 'history[0].starting: "2" is not a list of instance numbers'),
     ],
 )
 def test_wrong_shapes_are_named(text: str, problem: str) -> None:
@@ -52,6 +54,8 @@ def test_valid_fields_load_and_unknown_names_are_ignored() -> None:
     )
     assert ScalerState.from_dict({}) == ScalerState()
     assert ScalerState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
+    pending = ScalerState(history=(TickRecord(100.0, 3, 1, 3, starting=(2, 3)),))
+    assert ScalerState.from_dict(json.loads(json.dumps(pending.to_dict()))) == pending
 
 
 @pytest.mark.parametrize(

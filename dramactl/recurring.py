@@ -1,0 +1,83 @@
+"""Blocks of messages that land at a regular period (a cron job), found in the tick
+history, and the fleet to have up before the next one (pure).
+
+A block is a surge (:func:`dramactl.rates.surges`): an interval in which far more
+arrived than the rate before it explains, counted from the hook's counters even when
+the fleet absorbed it before a tick saw it. :func:`recurring` asks three blocks whose
+gaps agree before it expects a fourth; :func:`recurring_need` sizes the fleet for it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from .rates import surges
+from .settings import Settings
+from .state import TickRecord
+
+
+@dataclass(frozen=True)
+class Recurring:
+    """A block of messages that lands at a regular period: when the tick that sees
+    the next one is due, and how many messages the last one brought."""
+
+    period: float
+    due: float
+    messages: float
+
+
+# Blocks one period apart before the next one is expected: three, i.e. two gaps that
+# agree within the tolerance. Any two surges define some "period", so two blocks are
+# no evidence of a schedule; a third landing within the tolerance of where the first
+# two put it is unlikely by chance (for unrelated surges, about 2 x tolerance / the gap
+# between them). A predicted block that does not come stops the prediction: the last
+# three blocks stay the same, their next due time passes, and nothing is predicted
+# again until three blocks agree anew.
+RECURRENCES = 3
+
+
+def recurring(history: Sequence[TickRecord], tolerance: float, max_gap: float = float("inf")) -> Recurring | None:
+    """The recurring block in ``history`` (:func:`dramactl.rates.surges`; surges within
+    ``tolerance`` of the one before are one block, as when a rate steps up and its
+    median takes a few ticks to follow): the last :data:`RECURRENCES` blocks one period
+    apart (more than twice ``tolerance``), their gaps agreeing within ``tolerance``,
+    else None."""
+    blocks: list[tuple[float, float]] = []  # (first tick, messages)
+    last = None
+    for at, excess in surges(history, max_gap=max_gap):
+        if last is not None and at - last <= tolerance + 1e-9:
+            blocks[-1] = (blocks[-1][0], blocks[-1][1] + excess)
+        else:
+            blocks.append((at, excess))
+        last = at
+    if len(blocks) < RECURRENCES:
+        return None
+    starts = [at for at, _ in blocks[-RECURRENCES:]]
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    if max(gaps) - min(gaps) > tolerance or min(gaps) <= 2.0 * tolerance:
+        return None
+    period = sum(gaps) / len(gaps)
+    return Recurring(period, starts[-1] + period, blocks[-1][1])
+
+
+def recurring_need(
+    history: Sequence[TickRecord], now: float, lead: float, tolerance: float, load: float, service: float, settings: Settings
+) -> tuple[int, int, int, str] | None:
+    """(fleet, fleets for a block one standard deviation smaller and larger, why) when a recurring load is due within ``lead`` seconds (the start-up
+    plus two ticks: it may land up to a tick before the tick that sees it) or is
+    late by up to ``tolerance``: the fleet that serves its last occurrence's backlog
+    within one CHECK_INTERVAL on top of the arrivals (``load`` busy threads), so
+    it lands on instances already consuming."""
+    interval = float(settings.check_interval)
+    again = recurring(history, tolerance, max_gap=4.0 * interval)
+    if again is None or not now - tolerance < again.due <= now + lead:
+        return None
+
+    def fleet(messages: float) -> int:
+        return math.ceil((load + max(0.0, messages) * service / interval) / settings.worker_threads - 1e-9)
+
+    need, sigma = fleet(again.messages), math.sqrt(max(again.messages, 0.0))
+    when = f"due in {again.due - now:.0f}s" if again.due >= now else f"due {now - again.due:.0f}s ago"
+    return need, fleet(again.messages - sigma), fleet(again.messages + sigma), f"{again.messages:.0f} msgs land every {again.period:.0f}s, {when}: {need} ready for them"
