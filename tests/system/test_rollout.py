@@ -279,6 +279,9 @@ def test_an_instance_that_leaks_is_recycled_before_memory_max_kills_it(system: S
     system.send(100, 0.5)
     wait_until(lambda: system.redis()["count"] >= 100, 120, "all 100 messages processed")
     system.sh("systemctl stop dramactl.timer")
+    # A tick may be recycling right now: let it finish (journal line, state, metrics) before reading them.
+    wait_until(lambda: system.sh("systemctl is-active dramactl.service", check=False).stdout.strip() != "active"
+               and system.sh("systemctl is-active dramactl.service", check=False).stdout.strip() != "activating", 60, "the last tick to end")
     r = system.redis()
     assert r["processed"] == 100 and r["duplicates"] == 0 and (r["ready"], r["msgs"], r["acks"], r["dead"]) == (0, 0, 0, 0), r
 
