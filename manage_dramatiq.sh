@@ -115,7 +115,9 @@ Usage: $0 COMMAND [ARGS]
   start [P [T]]      P worker instances with T threads each (autoscaling paused);
                      with no numbers: autoscaling on
   stop               stop the timer and every worker (each drains first)
-  restart [P [T]]    stop, then start
+  restart [P [T]]    stop, then start (the queue gets no service meanwhile; see deploy)
+  deploy [--batch K] rolling restart: each instance replaced by one running the code on
+                     disk now, started (READY=1) before the old one drains; capacity kept
   status [--json]    queues, instances, limits, timer
   logs [N]           the last N (default 100) lines of all workers' output
   follow             follow all workers' output
@@ -131,13 +133,14 @@ EOF
 
 main() {
   local cmd=${1:-help}
-  case "$cmd" in setup|start|stop|restart|test) as_root "$@" ;; esac
+  case "$cmd" in setup|start|stop|restart|deploy|test) as_root "$@" ;; esac
   [ $# -gt 0 ] && shift
   case "$cmd" in
     setup) cmd_setup ;;
     start) cmd_start "$@" ;;
     stop) cmd_stop ;;
     restart) cmd_stop; cmd_start "$@" ;;
+    deploy) dctl restart "$@" ;;
     status) dctl status "$@" ;;
     logs) journalctl --no-pager -o short-iso -u 'dramatiq-worker@*' -n "${1:-100}" ;;
     follow) exec journalctl -f -o short-iso -u 'dramatiq-worker@*' ;;

@@ -154,7 +154,9 @@ def tick(dry_run: bool, as_json: bool) -> None:
         outcome = guarded(lambda: run_tick(settings, dry_run=dry_run))
     except CommandError as exc:
         if exc.exit_code == EXIT_BUSY:  # a manual change is running: this tick has nothing to do
-            click.echo(f"skipped: {exc.message}")
+            from .rollout import in_progress
+
+            click.echo(f"skipped: {in_progress(settings.state_dir) or exc.message}")
             return
         raise
     finish(outcome, as_json)
@@ -241,6 +243,28 @@ def scale_down(count: int, as_json: bool, wait: float) -> None:
 
     settings = load_settings()
     finish(guarded(lambda: scale_by(settings, -count, wait=wait)), as_json)
+
+
+@main.command()
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Instances replaced at a time.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON (progress still goes to stderr).")
+@wait_option
+def restart(batch: int, as_json: bool, wait: float) -> None:
+    """Rolling restart: every instance replaced by one running the code and settings on disk now.
+
+    Each replacement starts first (when MAX_PROCESSES leaves room) and consumes
+    (READY=1) before the old instance drains; autoscaling is held meanwhile. A
+    replacement that does not start stops the roll, the old instances still serving.
+
+    Example: dramactl restart --batch 2
+    """
+    from .rollout import restart as run
+
+    settings = load_settings()
+    outcome = guarded(lambda: run(settings, batch=batch, wait=wait, progress=lambda line: click.echo(line, err=True)))
+    if outcome.failure:
+        click.echo(f"dramactl: rolling restart stopped: {outcome.failure}; the instances not yet replaced keep serving", err=True)
+    finish(outcome, as_json)
 
 
 def _set_paused(paused: bool, message: str, wait: float) -> None:
@@ -335,7 +359,7 @@ def install(root: str, no_users: bool, no_reload: bool) -> None:
 @click.option("--root", default="/", show_default=True, help="Write below this directory.")
 @click.option("--no-reload", is_flag=True, help="Do not ask systemd to reload.")
 def configure(root: str, no_reload: bool) -> None:
-    """Apply CHECK_INTERVAL, GRACEFUL_SHUTDOWN_TIMEOUT and WATCHDOG_SEC to the units (drop-ins, as root).
+    """Apply CHECK_INTERVAL, GRACEFUL_SHUTDOWN_TIMEOUT, WATCHDOG_SEC and WORKER_MEMORY_HIGH/MAX to the units (drop-ins, as root).
 
     Example: sudo dramactl configure   (after editing /etc/dramactl/dramactl.env)
     """

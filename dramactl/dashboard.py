@@ -160,6 +160,13 @@ def render_queues(status: dict) -> str:
     return f'<table id="queues"><thead><tr><th>Queue</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody>{foot}</table>'
 
 
+def _memory(value: object) -> str:
+    """An instance's MemoryCurrent as the status text shows it, or "—" when not known."""
+    from .settings import size_text
+
+    return escape(size_text(value)) if isinstance(value, int) and not isinstance(value, bool) else "—"
+
+
 def render_instances(status: dict) -> str:
     instances = [i for i in status.get("instances") or [] if isinstance(i, dict)]
     rows = []
@@ -173,7 +180,8 @@ def render_instances(status: dict) -> str:
             f'<td class="state {_state_class(active)}">{state}</td><td class="num pid">{_cell(pid)}</td>'
             f'<td class="num uptime">{fmt_age(i.get("uptime"))}</td>'
             f'<td class="num restarts{" warn" if isinstance(restarts, int) and restarts > 0 else ""}">{_cell(restarts)}</td>'
-            f"{_work_cells(i.get('work'), bool(i.get('is_up')))}</tr>"
+            f"{_work_cells(i.get('work'), bool(i.get('is_up')))}"
+            f'<td class="num memory">{_memory(i.get("memory"))}</td></tr>'
         )
     if not rows:
         errors = [str(e) for e in status.get("errors") or []]
@@ -183,10 +191,10 @@ def render_instances(status: dict) -> str:
             text = "No instance states (see the errors above)."
         else:
             text = "No worker instances are loaded."
-        rows.append(f'<tr><td class="empty" colspan="7">{text}</td></tr>')
+        rows.append(f'<tr><td class="empty" colspan="8">{text}</td></tr>')
     head = (
         '<tr><th>Unit</th><th>State</th><th class="num">PID</th><th class="num">Uptime</th><th class="num">Restarts</th>'
-        '<th class="num">Busy threads</th><th class="num">Oldest task</th></tr>'
+        '<th class="num">Busy threads</th><th class="num">Oldest task</th><th class="num">Memory</th></tr>'
     )
     return f'<table id="instances"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 

@@ -128,7 +128,7 @@ class Fleet:
             raise FleetError(f"cannot read {name.decode()} of {path.decode()}: {exc}") from None
 
     # -- reading ----------------------------------------------------------
-    def instances(self, details: bool = False, timed: Collection[int] = ()) -> list[WorkerUnit]:
+    def instances(self, details: bool = False, timed: Collection[int] = (), memory: bool = False) -> list[WorkerUnit]:
         """Loaded worker instances, lowest number first; one D-Bus call unless ``details``.
 
         Without details, only units that look unhealthy get their restart count read,
@@ -136,6 +136,8 @@ class Fleet:
         instances whose start (InactiveExitTimestamp, as ``started``) and READY=1
         (ActiveEnterTimestamp, as ``since``) are read too, two property reads each:
         the ones the last tick started and has not timed yet (:func:`dramactl.rates.measure_startup`).
+        ``memory`` (or ``details``): each running instance's MemoryCurrent too, one
+        property read per instance (WORKER_RECYCLE_MEMORY, status).
         """
         rows = self._call(b"ListUnitsByPatterns", b"asas", [[], [PATTERN.encode()]])
         units = []
@@ -151,6 +153,8 @@ class Fleet:
                 unit = self._with_details(unit, path, details)
             if number in timed:
                 unit = self._with_times(unit, path)
+            if (details or memory) and active_s in ("active", "reloading", "deactivating"):
+                unit = replace(unit, memory=self._memory(path))
             units.append(unit)
         return sorted(units, key=lambda u: u.number)
 
@@ -163,6 +167,34 @@ class Fleet:
         result = _text(self._property(path, SERVICE, b"Result", b"s"))
         since = entered / 1e6 if entered else None
         return replace(unit, pid=pid, since=since, restarts=restarts, result=result)
+
+    def _memory(self, path: bytes) -> int | None:
+        """MemoryCurrent in bytes (the cgroup's memory.current), None when systemd does not know it."""
+        value = int(self._property(path, SERVICE, b"MemoryCurrent", b"t"))
+        return None if value >= 2**64 - 1 else value
+
+    def why_not_started(self, number: int) -> str:
+        """Why an instance's start did not end in READY=1, in a few words (systemd's Result and exit status)."""
+        path = self._call(b"LoadUnit", b"s", [unit_name(number).encode()])
+        result = _text(self._property(path, SERVICE, b"Result", b"s"))
+        code = int(self._property(path, SERVICE, b"ExecMainCode", b"i"))
+        status = int(self._property(path, SERVICE, b"ExecMainStatus", b"i"))
+        state = _text(self._property(path, UNIT, b"ActiveState", b"s"))
+        if result == "timeout":
+            limit = int(self._property(path, SERVICE, b"TimeoutStartUSec", b"t")) / 1e6
+            return f"no READY=1 within TimeoutStartSec={limit:g}s, {state}"
+        if code == 1:  # CLD_EXITED
+            return f"exit status {status}" + (" (the app cannot be imported)" if status == 2 else "") + f", {state}"
+        if code in (2, 3):  # CLD_KILLED, CLD_DUMPED
+            return f"killed by signal {status}, {state}"
+        return f"result {result}, {state}"
+
+    def timeouts(self, number: int) -> tuple[float, float]:
+        """The instance unit's TimeoutStartSec and TimeoutStopSec, in seconds."""
+        path = self._call(b"LoadUnit", b"s", [unit_name(number).encode()])
+        start = int(self._property(path, SERVICE, b"TimeoutStartUSec", b"t"))
+        stop = int(self._property(path, SERVICE, b"TimeoutStopUSec", b"t"))
+        return start / 1e6, stop / 1e6
 
     def _with_times(self, unit: WorkerUnit, path: bytes) -> WorkerUnit:
         left = int(self._property(path, UNIT, b"InactiveExitTimestamp", b"t"))
@@ -207,6 +239,12 @@ class Fleet:
         """reset-failed: forget a unit's failure and start-limit counter, so it can start again."""
         for n in numbers:
             self._call(b"ResetFailedUnit", b"s", [unit_name(n).encode()])
+
+    def kill(self, numbers: Iterable[int], signal: int = 9) -> None:
+        """Signal every process of the instances (KillUnit, who=all): for a replacement that
+        never became ready, so holds no message. Root only: polkit does not give it to the scaler."""
+        for n in numbers:
+            self._call(b"KillUnit", b"ssi", [unit_name(n).encode(), b"all", signal])
 
     def reload(self) -> None:
         """daemon-reload, after unit files changed."""

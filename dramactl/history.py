@@ -34,8 +34,8 @@ JOURNAL_GROUPS = ("systemd-journal", "adm", "wheel")
 
 #: Field name -> meaning; README's table is generated from the same words.
 FIELDS = {
-    "DRAMACTL_KIND": "`tick` (the timer, or `dramactl tick` by hand) or `manual` (scale-to, scale-up, scale-down)",
-    "DRAMACTL_COMMAND": "the dramactl command that wrote it: `tick`, `scale-to`, `scale-up`, `scale-down`",
+    "DRAMACTL_KIND": "`tick` (the timer, or `dramactl tick` by hand) or `manual` (scale-to, scale-up, scale-down, restart)",
+    "DRAMACTL_COMMAND": "the dramactl command that wrote it: `tick`, `scale-to`, `scale-up`, `scale-down`, `restart`",
     "DRAMACTL_CURRENT": "instances up before the step",
     "DRAMACTL_TARGET": "instances decided",
     "DRAMACTL_WANTED": "the policy's raw recommendation before limits, stabilization and holds",
@@ -58,6 +58,7 @@ FIELDS = {
     "DRAMACTL_PAUSED": "1 when autoscaling is paused",
     "DRAMACTL_VICTIMS": "JSON list: each instance stopped and why it was chosen, e.g. [{\"instance\": 3, \"why\": \"idle\"}] ([] when none)",
     "DRAMACTL_WAITING": "JSON list: instances a scale-down waits for, with the long task each runs ([] when none)",
+    "DRAMACTL_RECYCLE": "the instance a tick replaced for its memory, e.g. `@3 612 MiB > 512 MiB` (WORKER_RECYCLE_MEMORY); absent otherwise",
     "DRAMACTL_DURATION": "seconds the tick took from taking the lock to saving its state (reading, deciding, acting; not the process start), ticks only",
 }
 
@@ -114,6 +115,8 @@ def fields(outcome: Any, command: str, duration: float | None = None) -> dict[st
     chosen = getattr(outcome, "plan", None)  # why each stopped instance was chosen; the ones waited for
     out["DRAMACTL_VICTIMS"] = json.dumps([{"instance": p.number, "why": p.why} for p in getattr(chosen, "picks", ())])
     out["DRAMACTL_WAITING"] = json.dumps([{"instance": p.number, "why": p.why} for p in getattr(chosen, "waiting", ())])
+    if getattr(outcome, "recycled", None):
+        out["DRAMACTL_RECYCLE"] = outcome.recycled.removeprefix("recycle ").replace("(", "").replace(")", "")
     if outcome.queues is not None:  # a manual command that could not reach Redis leaves the figures out
         out.update({
             "DRAMACTL_BACKLOG": str(b.backlog),

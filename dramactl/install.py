@@ -101,6 +101,12 @@ def drop_ins(settings: Settings) -> dict[str, str]:
         # A worker that stops sending WATCHDOG=1 (frozen, or a consumer thread died) is restarted after this.
         "dramatiq-worker@.service.d/50-watchdog.conf": f"{header}[Service]\nWatchdogSec={settings.watchdog_sec}s\n",
     }
+    memory = "".join(
+        f"{name}={value}\n" for name, value in (("MemoryHigh", settings.worker_memory_high), ("MemoryMax", settings.worker_memory_max)) if value
+    )
+    if memory:
+        # WORKER_MEMORY_HIGH / WORKER_MEMORY_MAX, in bytes; WORKER_RECYCLE_MEMORY (below them) replaces an instance first.
+        files["dramatiq-worker@.service.d/50-memory.conf"] = f"{header}[Service]\n{memory}"
     if settings.metrics_textfile_dir:
         # ProtectSystem=strict: the tick may write its metrics textfile there and nowhere else new.
         files["dramactl.service.d/50-metrics.conf"] = f"{header}[Service]\nReadWritePaths=-{settings.metrics_textfile_dir}\n"
@@ -187,6 +193,7 @@ def link_entry_point(report: InstallReport, root: Path) -> None:
 # Drop-ins that exist only while their setting is set: removed when it is unset.
 OPTIONAL_DROP_INS = (
     "dramactl.service.d/50-metrics.conf",
+    "dramatiq-worker@.service.d/50-memory.conf",
     # A venv moved out of /home or /tmp: a stale bind of a path that is gone would fail the units.
     f"dramactl.service.d/{CODE_PATHS}",
     f"dramatiq-worker@.service.d/{CODE_PATHS}",
@@ -215,7 +222,7 @@ def reload_systemd(report: InstallReport) -> None:
 
 
 def configure(settings: Settings, *, root: str = "/", reload: bool = True) -> InstallReport:
-    """Apply settings that live in unit drop-ins (CHECK_INTERVAL, stop timeout, WATCHDOG_SEC): for package installs."""
+    """Apply settings that live in unit drop-ins (CHECK_INTERVAL, stop timeout, WATCHDOG_SEC, memory limits): for package installs."""
     report = InstallReport()
     write_drop_ins(settings, report, Path(root))
     if reload and report.actions:

@@ -34,6 +34,7 @@ class WorkerUnit:
     restarts: int = 0
     result: str = ""
     job: str = ""  # the type of systemd's pending job for the unit ("start", "stop", ...), if any
+    memory: int | None = None  # MemoryCurrent in bytes, when read (status, WORKER_RECYCLE_MEMORY)
     started: float | None = None  # epoch seconds its start began (InactiveExitTimestamp); read only when asked
 
     @property

@@ -44,6 +44,8 @@ METRICS = [(name, "gauge", text) for _, name, text in QUEUE_FIGURES] + [
     ("dramactl_instances", "gauge", "Worker instances (dramatiq-worker@N.service) by systemd active state."),
     ("dramactl_target_instances", "gauge", "Fleet size the last tick decided."),
     ("dramactl_scaling_actions_total", "counter", "Worker instances started (direction=up) or stopped (direction=down) by ticks and manual commands."),
+    ("dramactl_recycles_total", "counter", "Worker instances replaced because their memory passed WORKER_RECYCLE_MEMORY."),
+    ("dramactl_instance_memory_bytes", "gauge", "Memory of each running worker instance (systemd's MemoryCurrent), when read."),
     ("dramactl_tick_duration_seconds", "gauge", "How long the last tick took: read, decide, act."),
     ("dramactl_last_tick_timestamp_seconds", "gauge", "When the last tick ran (Unix time)."),
     ("dramactl_paused", "gauge", "1 when autoscaling is paused, else 0."),
@@ -74,6 +76,8 @@ class Snapshot:
     duration: float | None = None
     last_tick: float | None = None
     paused: bool = False
+    recycles: int | None = None
+    memory: dict[int, int] = field(default_factory=dict)  # instance number -> bytes
     fleet: dict | None = None  # {"target", "cap", "hosts": [{"name", "id", "up", "share", "failing"}]}: live hosts only
     work: dict[int, dict] = field(default_factory=dict)  # instance number -> {threads, busy, oldest_age}
 
@@ -111,6 +115,8 @@ def from_outcome(outcome: Any) -> Snapshot:
         duration=outcome.duration,
         last_tick=outcome.at,
         paused=outcome.paused,
+        recycles=getattr(outcome, "recycles", None),
+        memory={u.number: u.memory for u in outcome.instances if getattr(u, "memory", None) is not None},
         fleet=_fleet_of_outcome(outcome),
         work={n: r.to_dict(outcome.at or 0.0) for n, r in (getattr(outcome, "reports", None) or {}).items()},
     )
@@ -130,6 +136,8 @@ def from_status(status: dict) -> Snapshot:
         duration=tick.get("duration"),
         last_tick=tick.get("at"),
         paused=bool(status.get("paused")),
+        recycles=status.get("recycles"),
+        memory={i["number"]: i["memory"] for i in status.get("instances") or [] if i.get("memory") is not None},
         fleet=_fleet_of_status(status),
         work={i["number"]: i["work"] for i in status.get("instances") or [] if isinstance(i.get("work"), dict)},
     )
@@ -165,6 +173,10 @@ def render(snap: Snapshot) -> str:
         samples["dramactl_target_instances"].append(("", snap.target))
     for direction in DIRECTIONS:
         samples["dramactl_scaling_actions_total"].append((f'{{direction="{direction}"}}', int(snap.actions.get(direction, 0))))
+    if snap.recycles is not None:
+        samples["dramactl_recycles_total"].append(("", int(snap.recycles)))
+    for number, value in sorted(snap.memory.items()):
+        samples["dramactl_instance_memory_bytes"].append((f'{{instance="{number}"}}', int(value)))
     if snap.duration is not None:
         samples["dramactl_tick_duration_seconds"].append(("", float(snap.duration)))
     if snap.last_tick is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from .settings import size_text
+
 
 def _age(seconds: float | None) -> str:
     if seconds is None:
@@ -63,7 +65,7 @@ def render_status(data: dict) -> str:
         )
     lines.append("")
     instances = data.get("instances") or []
-    lines.append(f"{'INSTANCE':<28} {'STATE':<22} {'PID':>8} {'UPTIME':>8} {'RESTARTS':>8} {'BUSY':>7} {'OLDEST TASK':>11}")
+    lines.append(f"{'INSTANCE':<28} {'STATE':<22} {'PID':>8} {'UPTIME':>8} {'RESTARTS':>8} {'BUSY':>7} {'OLDEST TASK':>11} {'MEMORY':>9}")
     blind = []
     for u in instances:
         state = f"{u['active_state']} ({u['sub_state']})"
@@ -75,7 +77,8 @@ def render_status(data: dict) -> str:
             busy, oldest = "?", "?"
             if u.get("is_up"):
                 blind.append(f"@{u['number']}")
-        lines.append(f"{u['name']:<28} {state:<22} {u['pid'] or '-':>8} {_age(u.get('uptime')):>8} {u['restarts']:>8} {busy:>7} {oldest:>11}")
+        memory = size_text(u["memory"]) if u.get("memory") is not None else "-"
+        lines.append(f"{u['name']:<28} {state:<22} {u['pid'] or '-':>8} {_age(u.get('uptime')):>8} {u['restarts']:>8} {busy:>7} {oldest:>11} {memory:>9}")
     if not instances:
         lines.append("(no worker instances)")
     if blind:
@@ -100,6 +103,8 @@ def render_status(data: dict) -> str:
         lines.append(f"timer: {timer['active_state']}, {every}, last {_when(timer.get('last'), now)}, next {_when(timer.get('next'), now)}")
     size = data.get("size")
     lines.append("autoscaling: " + (f"PAUSED at {size} (dramactl resume)" if data.get("paused") and size is not None else "PAUSED (dramactl resume)" if data.get("paused") else "on"))
+    if data.get("rollout"):
+        lines.append(f"held: {data['rollout']}")
     recovery = data.get("recovery") or {}
     if recovery.get("attempts"):
         lines.append(

@@ -96,6 +96,9 @@ class Outcome:
     plan: Plan = field(default_factory=Plan)  # what was started and stopped, and why those
     reports: dict[int, InstanceReport] = field(default_factory=dict)  # what each instance ran (worker hook)
     waiting_since: float | None = None  # a scale-down has waited for long tasks since (epoch seconds)
+    failure: str | None = None  # why a rolling restart or recycle stopped short (rollout.py)
+    recycled: str | None = None  # "recycle @3 (612 MiB > 512 MiB)": this tick replaced an instance for its memory
+    recycles: int | None = None  # instances recycled, ever (dramactl_recycles_total), after a tick
 
     @property
     def backlog(self) -> FleetBacklog:
@@ -103,7 +106,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return all(j.ok for j in self.started + self.stopped + self.restarted)
+        return self.failure is None and all(j.ok for j in self.started + self.stopped + self.restarted)
 
     def summary(self) -> str:
         """One line with inputs, decision, reason and actions: the journal record of a tick."""
@@ -128,9 +131,13 @@ class Outcome:
                 + " ".join(str(p) for p in self.plan.waiting)
                 + f", waited {waited:.0f}s of {victims.WAIT_LIMIT:.0f}s"
             )
+        if self.recycled:
+            parts.append(self.recycled)
         for label, jobs in (("started", self.started), ("stopped", self.stopped), ("restarted", self.restarted)):
             if jobs:
                 parts.append(f"{label} " + " ".join(f"@{j.unit.split('@')[1].split('.')[0]}:{_shown(j)}" for j in jobs))
+        if self.failure:
+            parts.append(self.failure)
         if d.held or not self.ok:
             parts.append("see journalctl -u 'dramatiq-worker@*'; dramactl resets failed instances by itself, with backoff")
         return " | ".join(parts)
@@ -223,7 +230,7 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
         state = store.load()
         pending = state.history[-1].starting if state.history else ()
         probed = time.monotonic()
-        instances = fleet.instances(timed=pending)
+        instances = fleet.instances(timed=pending, memory=bool(settings.worker_recycle_memory))
         log.debug("redis probe %.1f ms, %d instances listed in %.1f ms", (probed - started) * 1e3, len(instances), (time.monotonic() - probed) * 1e3)
         now = time.time() if now is None else now
         timed, still = measure_startup(instances, pending, now)
@@ -260,6 +267,7 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
             victims=outcome.victims_text(),
             waiting_since=waiting_since,
         )
+        recycled = 0
         if decision.delta or decision.reset:
             acting = time.monotonic()
             outcome.started, outcome.stopped = _apply(fleet, settings, instances, changes, threads_of(settings, state), decision.reset)
@@ -270,18 +278,37 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
             # Start jobs still pending after START_WAIT: systemd times them, read next tick.
             late = tuple(int(j.unit.split("@")[1].split(".")[0]) for j in outcome.started if j.result == "pending")
             record = replace(record, starting=tuple(sorted({*record.starting, *late})))
+        elif settings.worker_recycle_memory and not decision.held:
+            recycled = _recycle(fleet, settings, instances, outcome)
         if coordinated is not None:
             _settle(client, settings, instances, decision, outcome, record.startup, waiting=len(changes.waiting))
         outcome.duration = round(time.monotonic() - started, 3)
         record = replace(record, duration=outcome.duration)
-        new = replace(state.with_tick(record), recovery=decision.recovery).counted(len(outcome.started), len(outcome.stopped))
+        new = replace(state.with_tick(record), recovery=decision.recovery, recycles=state.recycles + recycled)
+        new = new.counted(len(outcome.started), len(outcome.stopped))
         outcome.actions = {"up": new.actions[0], "down": new.actions[1]}
+        outcome.recycles = new.recycles
         store.save(new)
     if settings.metrics_textfile_dir:
         from . import metrics
 
         metrics.publish(settings.metrics_textfile_dir, outcome)
     return outcome
+
+
+def _recycle(fleet: Fleet, settings: Settings, instances: Sequence[WorkerUnit], outcome: Outcome) -> int:
+    """WORKER_RECYCLE_MEMORY: replace the instance furthest past it (rollout.py); 1 when one was replaced."""
+    from . import rollout
+
+    pick = rollout.over_memory(instances, settings.worker_recycle_memory)
+    if pick is None:
+        return 0
+    rolled = rollout.recycle(
+        fleet, instances, pick, settings.max_processes, start_timeout=START_WAIT, stop_wait=min(settings.graceful_shutdown_timeout + 5.0, 30.0)
+    )
+    outcome.recycled, outcome.failure = str(pick), rolled.failure
+    outcome.started, outcome.stopped = rolled.started, rolled.stopped
+    return 1 if rolled.replaced else 0
 
 
 def _in_fleet(

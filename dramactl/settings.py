@@ -80,6 +80,10 @@ class Settings:
     fleet_name: str = ""  # hosts with the same name, on the same Redis, form one fleet
     fleet_max_processes: int = 0  # the fleet-wide cap on instances; 0 = the sum of the hosts' MAX_PROCESSES
     fleet_host_ttl: int = 0  # seconds a host's heartbeat lasts; 0 = 3 x CHECK_INTERVAL + 30
+    # Memory, in bytes; 0 = off (dramactl.rollout recycles, drop-ins carry the limits).
+    worker_memory_high: int = 0  # MemoryHigh= of each instance: the kernel throttles and reclaims above it
+    worker_memory_max: int = 0  # MemoryMax= of each instance: the kernel's OOM killer acts above it
+    worker_recycle_memory: int = 0  # a tick replaces (start, then drain) an instance whose MemoryCurrent passed it
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -244,8 +248,21 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
         fleet_name=fleet_name,
         fleet_max_processes=get.integer("FLEET_MAX_PROCESSES", d.fleet_max_processes, low=0, high=100000),
         fleet_host_ttl=get.integer("FLEET_HOST_TTL", d.fleet_host_ttl, low=0, high=86400),
+        worker_memory_high=get.size("WORKER_MEMORY_HIGH"),
+        worker_memory_max=get.size("WORKER_MEMORY_MAX"),
+        worker_recycle_memory=get.size("WORKER_RECYCLE_MEMORY"),
         sources=sources,
     )
+    if s.worker_memory_max and s.worker_memory_high > s.worker_memory_max:
+        raise SettingsError(
+            "WORKER_MEMORY_HIGH", f"{size_text(s.worker_memory_high)} is above WORKER_MEMORY_MAX={size_text(s.worker_memory_max)}", "make it lower than WORKER_MEMORY_MAX"
+        )
+    if s.worker_memory_max and s.worker_recycle_memory >= s.worker_memory_max:
+        raise SettingsError(
+            "WORKER_RECYCLE_MEMORY",
+            f"{size_text(s.worker_recycle_memory)} is not below WORKER_MEMORY_MAX={size_text(s.worker_memory_max)}",
+            "make it lower, so an instance is replaced before the kernel's OOM killer ends it",
+        )
     if s.prom_port_base + s.max_processes - 1 > 65535:
         raise SettingsError(
             "DRAMATIQ_PROM_PORT_BASE", f"{s.prom_port_base} + MAX_PROCESSES={s.max_processes} - 1 is above 65535", "use a lower base port"
@@ -277,6 +294,25 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
             "make it smaller than the scale-up multiplier, or the fleet would flap",
         )
     return s
+
+
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+MIN_MEMORY = 16 * 1024**2  # a limit below this cannot hold a Python worker
+
+
+def size_text(n: int) -> str:
+    """Bytes as the journal line shows them: ``612 MiB``, ``1.5 GiB``."""
+    if n >= 1024**3:
+        return f"{n / 1024**3:.3g} GiB"
+    return f"{n / 1024**2:.0f} MiB"
+
+
+def parse_size(raw: str) -> int | None:
+    """``512M``, ``2G``, ``1.5G``, ``536870912`` (bytes; K/M/G/T are powers of 1024, as in systemd); None when not a size."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?\s*", raw, re.IGNORECASE)
+    if not m:
+        return None
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 def check_command(command: str) -> list[str]:
@@ -325,6 +361,18 @@ class _Reader:
         value = self._convert(name, default, int, "a whole number")
         if not low <= value <= high:
             raise SettingsError(name, f"{value} is out of range", f"use a whole number from {low} to {high}")
+        return value
+
+    def size(self, name: str) -> int:
+        """A memory size in bytes; empty or 0 = off."""
+        raw = self.text(name, "")
+        if raw in ("", "0"):
+            return 0
+        value = parse_size(raw)
+        if value is None:
+            raise SettingsError(name, f"{raw!r} is not a size", "use bytes or K, M, G, T (powers of 1024) such as 512M or 2G; 0 or empty turns it off")
+        if value < MIN_MEMORY:
+            raise SettingsError(name, f"{raw} is below {size_text(MIN_MEMORY)}", "a Python worker needs more; use e.g. 512M, or 0 to turn it off")
         return value
 
     def number(self, name: str, default: float, low: float, above: bool = False) -> float:

@@ -84,6 +84,7 @@ class ScalerState:
     size: int | None = None  # the manual size while paused (scale-to, scale-up/down): restored after reboots
     recovery: Recovery = field(default=Recovery())
     actions: tuple[int, int] = (0, 0)  # instances started, stopped since the state began: dramactl_scaling_actions_total
+    recycles: int = 0  # instances replaced for their memory (WORKER_RECYCLE_MEMORY): dramactl_recycles_total
 
     def counted(self, started: int, stopped: int) -> "ScalerState":
         """The counters after ``started`` starts and ``stopped`` stops."""
@@ -101,6 +102,7 @@ class ScalerState:
             "recovery": asdict(self.recovery),
             "history": [asdict(r) for r in self.history],
             "actions": {"up": self.actions[0], "down": self.actions[1]},
+            "recycles": self.recycles,
         }
 
     @classmethod
@@ -129,6 +131,7 @@ class ScalerState:
                 _whole(actions, "up", "actions.up", low=0, default=0),
                 _whole(actions, "down", "actions.down", low=0, default=0),
             ),
+            recycles=_whole(d, "recycles", "recycles", low=0, default=0),
         )
 
 

@@ -88,6 +88,11 @@ def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = N
     out["threads"] = state.threads or settings.worker_threads
     out["last_tick"] = state.history[-1].__dict__ if state.history else None
     out["scaling_actions"] = {"up": state.actions[0], "down": state.actions[1]}
+    out["recycles"] = state.recycles
+    from .rollout import in_progress
+
+    out["rollout"] = in_progress(settings.state_dir)  # a rolling restart holding the fleet, or None
+    out["recycle_memory"] = settings.worker_recycle_memory or None
     out["limits"] = limits(settings)
     # What the active policy decides from: the default policy's measured figures, or the step rule's thresholds.
     out["policy"] = policyview.view(backlog, units, settings, state.history, now)

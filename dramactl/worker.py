@@ -41,6 +41,12 @@ def worker_argv(settings: Settings, threads: int) -> list[str]:
             raise SettingsError(
                 "DRAMATIQ_COMMAND", "'dramatiq' is not installed beside dramactl", "give the full path to your app's dramatiq, e.g. /srv/app/venv/bin/dramatiq"
             )
+        # Its console script when there is one: Dramatiq's SIGHUP reload (`systemctl
+        # reload`) re-executes sys.argv, and a `python -m dramatiq` it re-executes as
+        # plain "python", which outside a venv on PATH finds no Dramatiq.
+        script = Path(sys.executable).with_name("dramatiq")
+        if script.is_file() and os.access(script, os.X_OK):
+            return [str(script), *argv[1:]]
         return [sys.executable, "-m", "dramatiq", *argv[1:]]
     resolved = shutil.which(argv[0])
     if resolved is None:

@@ -120,18 +120,45 @@ def watchdog_interval() -> float | None:
 class ReadyNotifier(Middleware):
     """READY=1 once the worker threads and consumers run; WATCHDOG=1 while they all
     live (a dead consumer thread means a worker that no longer takes messages, and
-    systemd restarts it); STOPPING=1 on shutdown."""
+    systemd restarts it); STOPPING=1 on shutdown.
+
+    A SIGHUP (``systemctl reload``, whose ExecReload= sends it to Dramatiq's main
+    process, or Dramatiq's own ``--watch``) is a reload, not a stop: Dramatiq drains
+    this process and re-executes itself under the same main PID. The process says
+    RELOADING=1 as soon as the signal arrives (so systemd keeps the reload job open
+    until the new process's READY=1) and never STOPPING=1, which would put the unit in
+    ``deactivating`` with no stop job while the worker comes back.
+    """
 
     def __init__(self) -> None:
         self.stopping = threading.Event()
+        self.reloading = False
 
     def after_worker_boot(self, broker, worker) -> None:
         queues = ",".join(sorted(getattr(worker, "consumers", None) or broker.get_declared_queues()))
         STATUS["consuming"] = f"consuming {queues} with {worker.worker_threads} threads"
+        self._watch_reload()
         notify(f"READY=1\nSTATUS={STATUS['consuming']}")
         interval = watchdog_interval()
         if interval:
             threading.Thread(target=self._watchdog, args=(worker, interval), name="dramactl-watchdog", daemon=True).start()
+
+    def _watch_reload(self) -> None:
+        """Chain a SIGHUP handler before Dramatiq's own (which begins the drain)."""
+        import signal
+
+        if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGHUP)
+
+        def on_hup(signum, frame):
+            if not self.reloading:
+                self.reloading = True
+                _notify_quietly("RELOADING=1\nSTATUS=reloading: draining, then Dramatiq starts again with the code on disk")
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(signal.SIGHUP, on_hup)
 
     def _watchdog(self, worker, interval: float) -> None:
         while not self.stopping.wait(interval):
@@ -141,7 +168,8 @@ class ReadyNotifier(Middleware):
 
     def before_worker_shutdown(self, broker, worker) -> None:
         self.stopping.set()
-        notify("STOPPING=1\nSTATUS=draining: finishing or requeueing held messages")
+        if not self.reloading:
+            notify("STOPPING=1\nSTATUS=draining: finishing or requeueing held messages")
 
 
 STATUS = {"consuming": ""}  # the unit's STATUS= line while all is well (systemctl status shows it)

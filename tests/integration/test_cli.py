@@ -273,7 +273,7 @@ def test_check_reaches_redis_and_shows_the_worker_command(run, redis: redis_lib.
     res = run("check", DRAMATIQ_COMMAND="dramatiq app.tasks", WORKER_THREADS="3")
     assert res.exit_code == 0, res.output
     assert "redis ok at 127.0.0.1:" in res.output
-    assert re.search(r"worker command: \S+ -m dramatiq app\.tasks dramactl_ready --processes 1 --threads 3 --worker-shutdown-timeout 30000", res.output)
+    assert re.search(r"worker command: (\S+ -m |\S+/)dramatiq app\.tasks dramactl_ready --processes 1 --threads 3 --worker-shutdown-timeout 30000", res.output)
 
 
 def test_debug_log_level_reaches_the_worker(run, redis: redis_lib.Redis) -> None:

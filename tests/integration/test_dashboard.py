@@ -210,7 +210,7 @@ def test_errors_and_hostile_values_are_shown_escaped_never_a_traceback(scene, re
             assert "No queue figures (see the errors above)." in html and "No instance states (see the errors above)." in html
     row = tables.tables["queues"]["<script>alert(1)</script>"]
     assert row[0] == "<script>alert(1)</script>" and row[1] == "7" and row[5] == "1" and row[7] == "1 m 15 s"
-    assert tables.tables["instances"]["dramatiq-worker@1.service"] == ["dramatiq-worker@1.service", "failed (failed)", "—", "—", "4", "—", "—"]
+    assert tables.tables["instances"]["dramatiq-worker@1.service"] == ["dramatiq-worker@1.service", "failed (failed)", "—", "—", "4", "—", "—", "—"]
 
 
 def chromium(*args: str, user_dir: Path) -> subprocess.CompletedProcess:

@@ -19,7 +19,7 @@ def test_metrics_parse_and_show_the_queue(run, redis: redis_lib.Redis) -> None: 
     # the parser names a counter without its _total suffix
     # One host (no FLEET_NAME): the fleet figures are absent, not zeros.
     fleet = {n for n, _, _ in METRICS if n.startswith("dramactl_fleet_")}
-    assert set(families) == {n.removesuffix("_total") for n, _, _ in METRICS} - {"dramactl_target_instances", "dramactl_tick_duration_seconds", "dramactl_last_tick_timestamp_seconds"} - fleet - OPTIONAL
+    assert set(families) == {n.removesuffix("_total") for n, _, _ in METRICS} - {"dramactl_target_instances", "dramactl_tick_duration_seconds", "dramactl_last_tick_timestamp_seconds", "dramactl_instance_memory_bytes"} - fleet - OPTIONAL
     ready = {s.labels["queue_name"]: s.value for s in families["dramactl_queue_ready_messages"].samples}
     flight = {s.labels["queue_name"]: s.value for s in families["dramactl_queue_in_flight_messages"].samples}
     assert (ready["email_processing"], flight["email_processing"], ready["ocr_processing"]) == (3, 1, 0)

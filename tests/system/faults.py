@@ -22,28 +22,32 @@ SAMPLES = "/var/tmp/dramactl-fault-samples.jsonl"
 
 
 class Sampler:
-    """tests/system/sampler.py as a transient unit inside the container, one row a second."""
+    """tests/system/sampler.py as a transient unit inside the container, one row a second.
 
-    def __init__(self, system: System) -> None:
+    ``unit``: the transient unit's name; a test that samples more than once gives each its own."""
+
+    def __init__(self, system: System, unit: str = "dramactl-fault-sampler") -> None:
         self.system = system
+        self.unit = unit
+        self.samples = SAMPLES if unit == "dramactl-fault-sampler" else f"/var/tmp/{unit}.jsonl"
         self.rows: list[dict] = []
 
     def __enter__(self) -> "Sampler":
-        self.system.sh(f"rm -f {SAMPLES} {SAMPLES}.stop")
+        self.system.sh(f"rm -f {self.samples} {self.samples}.stop")
         self.system.sh(
-            ["systemd-run", "--unit=dramactl-fault-sampler", "--collect", "--quiet", PYTHON, str(REPO / "tests/system/sampler.py"), SAMPLES]
+            ["systemd-run", f"--unit={self.unit}", "--collect", "--quiet", PYTHON, str(REPO / "tests/system/sampler.py"), self.samples]
         )
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.system.sh(f"touch {SAMPLES}.stop")
+        self.system.sh(f"touch {self.samples}.stop")
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and self.system.sh("systemctl is-active dramactl-fault-sampler", check=False).stdout.strip() == "active":
+        while time.monotonic() < deadline and self.system.sh(f"systemctl is-active {self.unit}", check=False).stdout.strip() == "active":
             time.sleep(0.3)
-        self.system.sh("systemctl stop dramactl-fault-sampler", check=False)
-        text = self.system.sh(f"cat {SAMPLES}", check=False).stdout
+        self.system.sh(f"systemctl stop {self.unit}", check=False)
+        text = self.system.sh(f"cat {self.samples}", check=False).stdout
         self.rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        self.system.sh(f"rm -f {SAMPLES} {SAMPLES}.stop", check=False)
+        self.system.sh(f"rm -f {self.samples} {self.samples}.stop", check=False)
 
 
 def occupied(row: dict) -> int:

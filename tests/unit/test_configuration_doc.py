@@ -37,7 +37,7 @@ def doc_rows(text: str) -> dict[str, list[str]]:
 
 
 def names_read_by_the_code() -> set[str]:
-    names = set(re.findall(r'get\.(?:text|integer|number)\("([A-Z][A-Z0-9_]+)"', SETTINGS_SRC))
+    names = set(re.findall(r'get\.(?:text|integer|number|size)\("([A-Z][A-Z0-9_]+)"', SETTINGS_SRC))
     names |= set(re.findall(r'env\.get\("([A-Z][A-Z0-9_]+)"\)', SETTINGS_SRC))
     for command in main.commands.values():
         for param in command.params:

@@ -32,13 +32,26 @@ def test_fields_carry_inputs_decision_reason_and_jobs() -> None:
     f = history.fields(grown(), "tick", 0.123)
     assert f["MESSAGE"] == grown().summary()
     assert all(k.isupper() and all(c.isalnum() or c == "_" for c in k) for k in f)
-    assert set(f) - {"MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER"} == set(history.FIELDS)
+    assert set(f) - {"MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER"} == set(history.FIELDS) - {"DRAMACTL_RECYCLE"}
     assert (f["DRAMACTL_KIND"], f["DRAMACTL_COMMAND"], f["DRAMACTL_REASON_CLASS"]) == ("tick", "tick", "up")
     assert (f["DRAMACTL_CURRENT"], f["DRAMACTL_TARGET"], f["DRAMACTL_BACKLOG"], f["DRAMACTL_DUE"]) == ("1", "3", "47", "1")
     assert (f["DRAMACTL_OLDEST_AGE"], f["DRAMACTL_DURATION"], f["DRAMACTL_OK"], f["PRIORITY"]) == ("12.500", "0.123", "0", "4")
     assert json.loads(f["DRAMACTL_INSTANCES"]) == {"active": 1, "failed": 1}
     assert [q["name"] for q in json.loads(f["DRAMACTL_QUEUES"])] == ["a", "b"]
     assert json.loads(f["DRAMACTL_ACTIONS"])[1] == {"verb": "start", "unit": "dramatiq-worker@3.service", "result": "failed"}
+
+
+def test_a_recycle_is_in_the_line_and_its_own_field() -> None:
+    o = Outcome(
+        ScalingDecision(2, 2, "steady"),
+        [],
+        started=[JobResult("dramatiq-worker@3.service", "start", "done")],
+        stopped=[JobResult("dramatiq-worker@1.service", "stop", "done")],
+        recycled="recycle @1 (612 MiB > 512 MiB)",
+    )
+    f = history.fields(o, "tick")
+    assert "| recycle @1 (612 MiB > 512 MiB) | started @3:done | stopped @1:done" in f["MESSAGE"]
+    assert f["DRAMACTL_RECYCLE"] == "@1 612 MiB > 512 MiB" and f["DRAMACTL_OK"] == "1"
 
 
 @pytest.mark.parametrize(

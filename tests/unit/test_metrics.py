@@ -16,11 +16,12 @@ def outcome() -> Outcome:
     return Outcome(
         ScalingDecision(2, 3, "up"),
         [QueueStats("a", ready=30, delayed=4, due=1, in_flight=6, orphaned=2, dead=1, oldest_age=12.5), QueueStats('we"ird', ready=0)],
-        instances=[WorkerUnit(1, "active", "running"), WorkerUnit(2, "activating", "start")],
+        instances=[WorkerUnit(1, "active", "running", memory=612 * 2**20), WorkerUnit(2, "activating", "start")],
         at=1_700_000_000.25,
         duration=0.2,
         actions={"up": 7, "down": 4},
         paused=True,
+        recycles=2,
     )
 
 
@@ -40,6 +41,8 @@ def test_render_names_units_labels_and_values() -> None:
     assert s["dramactl_target_instances"] == "3"
     assert (s['dramactl_scaling_actions_total{direction="up"}'], s['dramactl_scaling_actions_total{direction="down"}']) == ("7", "4")
     assert (s["dramactl_tick_duration_seconds"], s["dramactl_last_tick_timestamp_seconds"], s["dramactl_paused"]) == ("0.2", "1700000000.25", "1")
+    assert s["dramactl_recycles_total"] == "2" and s['dramactl_instance_memory_bytes{instance="1"}'] == str(612 * 2**20)
+    assert 'dramactl_instance_memory_bytes{instance="2"}' not in s  # not read: left out, not 0
     assert "# TYPE dramactl_scaling_actions_total counter" in text
     fleet = [n for n, _, _ in metrics.METRICS if n.startswith("dramactl_fleet_")]
     assert text.count("# HELP") == len(metrics.METRICS) - len(fleet) - len(metrics.OPTIONAL) and text.endswith("\n")
@@ -114,6 +117,7 @@ def test_status_and_outcome_give_the_same_text() -> None:
         "instances": [u.to_dict() for u in o.instances],
         "last_tick": {"at": o.at, "target": 3, "duration": 0.2},
         "scaling_actions": {"up": 7, "down": 4},
+        "recycles": 2,
         "paused": True,
     }
     assert metrics.render(metrics.from_status(status)) == metrics.render(metrics.from_outcome(o))

@@ -153,6 +153,26 @@ def test_state_directory_from_systemd_wins(tmp_path: Path) -> None:
     assert parse({"DRAMACTL_STATE_DIR": "/x"}).state_dir == "/x"
 
 
+def test_memory_sizes_parse_like_systemd_and_bad_ones_name_the_setting() -> None:
+    from dramactl.install import drop_ins
+
+    s = parse({"WORKER_MEMORY_HIGH": "768M", "WORKER_MEMORY_MAX": "1G", "WORKER_RECYCLE_MEMORY": "512MiB"})
+    assert (s.worker_memory_high, s.worker_memory_max, s.worker_recycle_memory) == (768 << 20, 1 << 30, 512 << 20)
+    assert parse({"WORKER_RECYCLE_MEMORY": "0"}).worker_recycle_memory == 0
+    text = drop_ins(s)["dramatiq-worker@.service.d/50-memory.conf"]
+    assert text.endswith("[Service]\nMemoryHigh=805306368\nMemoryMax=1073741824\n")
+    assert "dramatiq-worker@.service.d/50-memory.conf" not in drop_ins(parse({}))
+    for values, line in [
+        ({"WORKER_MEMORY_MAX": "lots"}, "WORKER_MEMORY_MAX: 'lots' is not a size"),
+        ({"WORKER_RECYCLE_MEMORY": "1M"}, "WORKER_RECYCLE_MEMORY: 1M is below 16 MiB"),
+        ({"WORKER_MEMORY_MAX": "512M", "WORKER_RECYCLE_MEMORY": "512M"}, "WORKER_RECYCLE_MEMORY: 512 MiB is not below WORKER_MEMORY_MAX=512 MiB"),
+        ({"WORKER_MEMORY_MAX": "512M", "WORKER_MEMORY_HIGH": "1G"}, "WORKER_MEMORY_HIGH: 1 GiB is above WORKER_MEMORY_MAX=512 MiB"),
+    ]:
+        with pytest.raises(SettingsError) as err:
+            parse(values)
+        assert str(err.value).startswith(line), str(err.value)
+
+
 def test_the_hook_is_loaded_after_every_module_of_the_app() -> None:
     """Dramatiq imports the broker module, then the other modules in order; the hook goes
     after all of them, so its guard is the last middleware even when a module adds one."""
@@ -163,4 +183,5 @@ def test_the_hook_is_loaded_after_every_module_of_the_app() -> None:
     i = argv.index(HOOK_MODULE)
     assert argv[i - 3 : i] == ["app.broker", "app.tasks", "app.more"] and argv[i + 1] == "--queues", argv
     s = parse({"DRAMATIQ_COMMAND": "dramatiq app.broker"})
-    assert worker_argv(s, 1)[3:5] == ["app.broker", HOOK_MODULE]
+    argv = worker_argv(s, 1)
+    assert argv[argv.index("app.broker") + 1] == HOOK_MODULE
