@@ -173,15 +173,19 @@ def test_memory_sizes_parse_like_systemd_and_bad_ones_name_the_setting() -> None
         assert str(err.value).startswith(line), str(err.value)
 
 
-def test_the_hook_is_loaded_after_every_module_of_the_app() -> None:
+def test_the_hook_is_loaded_after_every_module_of_the_app(tmp_path: Path) -> None:
     """Dramatiq imports the broker module, then the other modules in order; the hook goes
-    after all of them, so its guard is the last middleware even when a module adds one."""
+    after all of them, so its guard is the last middleware even when a module adds one.
+    (An app's own dramatiq by its path: the .deb's build runs this without Dramatiq.)"""
     from dramactl.worker import HOOK_MODULE, worker_argv
 
-    s = parse({"DRAMATIQ_COMMAND": "dramatiq app.broker app.tasks app.more --queues a b"})
+    dramatiq = tmp_path / "dramatiq"
+    dramatiq.write_text("#!/bin/sh\n")
+    dramatiq.chmod(0o755)
+    s = parse({"DRAMATIQ_COMMAND": f"{dramatiq} app.broker app.tasks app.more --queues a b"})
     argv = worker_argv(s, 4)
     i = argv.index(HOOK_MODULE)
     assert argv[i - 3 : i] == ["app.broker", "app.tasks", "app.more"] and argv[i + 1] == "--queues", argv
-    s = parse({"DRAMATIQ_COMMAND": "dramatiq app.broker"})
+    s = parse({"DRAMATIQ_COMMAND": f"{dramatiq} app.broker"})
     argv = worker_argv(s, 1)
     assert argv[argv.index("app.broker") + 1] == HOOK_MODULE
