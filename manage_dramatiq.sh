@@ -90,8 +90,12 @@ cmd_start() {
 }
 
 cmd_stop() {
-  # Stopping the target stops every dramatiq-worker@N (PartOf=): each drains first.
-  systemctl stop dramactl.timer dramatiq-workers.target 'dramatiq-worker@*.service'
+  # First no tick: one still running could start an instance, whose Wants= on the target
+  # would cancel the target's stop job. Then stopping the target stops every
+  # dramatiq-worker@N (PartOf=), each draining first; a start job left by the tick is
+  # replaced by the stop.
+  systemctl stop dramactl.timer dramactl.service
+  systemctl stop dramatiq-workers.target 'dramatiq-worker@*.service'
 }
 
 cmd_dev() {
