@@ -108,7 +108,9 @@ cmd_test() {
   apt_install "${PACKAGES[@]}" "${TEST_PACKAGES[@]}"
   make_venv "$HERE/.venv" test
   cd "$HERE"
-  exec "$HERE/.venv/bin/python" -m pytest -ra "$@"
+  # Two pytest-xdist workers, whole files each: a system test file keeps its booted container
+  # (each worker boots its own session container; the system tests mostly wait on systemd).
+  exec "$HERE/.venv/bin/python" -m pytest -ra -n 2 --dist loadfile --durations=25 "$@"
 }
 
 usage() {

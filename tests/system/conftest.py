@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Callable, Iterator
 import pytest
 
 from tests.conftest import need
-from tests.system.harness import Container, missing_requirements
+from tests.system.harness import Container, machine_name, missing_requirements
 
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(sys.prefix)
@@ -128,8 +127,8 @@ def container() -> Iterator[Container]:
     why = missing_requirements()
     need(why is None, why or "")
     binds = [str(REPO)] + ([str(VENV)] if not str(VENV).startswith(str(REPO)) else [])
-    # Two checkouts on one host may each boot a session container: DRAMACTL_TEST_MACHINE names this one.
-    c = Container(binds, name=os.environ.get("DRAMACTL_TEST_MACHINE") or "dramactl-test")
+    # Two checkouts, or two pytest-xdist workers, on one host may each boot a session container.
+    c = Container(binds, name=machine_name("dramactl-test"))
     try:
         c.boot()
         print(f"\n[harness] container booted in {c.boot_seconds:.1f}s", file=sys.stderr)

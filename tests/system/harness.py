@@ -33,6 +33,14 @@ def missing_requirements() -> str | None:
     return None
 
 
+def machine_name(default: str) -> str:
+    """A container name no other run on this host uses: DRAMACTL_TEST_MACHINE (two checkouts on
+    one host) or the default, with pytest-xdist's worker id when the suite runs in parallel."""
+    base = os.environ.get("DRAMACTL_TEST_MACHINE") or default
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return f"{base}-{worker}" if worker else base
+
+
 def _children(pid: int) -> list[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()

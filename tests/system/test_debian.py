@@ -15,7 +15,6 @@ polkit limits -> removed -> purged.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -28,7 +27,7 @@ import pytest
 
 from tests.conftest import need
 from tests.system.conftest import wait_until
-from tests.system.harness import Container, missing_requirements
+from tests.system.harness import Container, machine_name, missing_requirements
 
 pytestmark = pytest.mark.system
 
@@ -81,7 +80,7 @@ def box(built: dict) -> Iterator[Container]:
                if subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True).stdout != "install ok installed"]
     need(not missing, f"install {' '.join(missing)} on the host: the offline container resolves the package's Depends from the host's installed set")
     binds = [str(REPO)] + ([str(VENV)] if not str(VENV).startswith(str(REPO)) else [])
-    c = Container(binds, name=(os.environ.get("DRAMACTL_TEST_MACHINE") or "dramactl") + "-deb")
+    c = Container(binds, name=machine_name("dramactl") + "-deb")
     try:
         c.boot()
         # Nothing of a pip install may shadow the package (systemd's PATH has /usr/local first).

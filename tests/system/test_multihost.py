@@ -13,7 +13,6 @@ the container's hostname. A bad config: the tick's one error line in ``journalct
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import time
@@ -23,7 +22,7 @@ import pytest
 
 from tests.conftest import need
 from tests.system.conftest import wait_until
-from tests.system.harness import missing_requirements
+from tests.system.harness import machine_name, missing_requirements
 from tests.system.multihost import REDIS_URL, SHARED_DIR, Cluster, FleetSampler, Host, StatusPoller, row_at
 
 pytestmark = pytest.mark.system
@@ -51,8 +50,8 @@ SLACK = 5  # a tick's own duration and a loaded 2-core CI machine
 def cluster() -> Iterator[Cluster]:
     why = missing_requirements()
     need(why is None, why or "")
-    # DRAMACTL_TEST_MACHINE names the containers: PREFIX-a, PREFIX-b, PREFIX-c.
-    c = Cluster(os.environ.get("DRAMACTL_TEST_MACHINE") or "dramactl-test")
+    # The containers are PREFIX-a, PREFIX-b, PREFIX-c (machine_name: DRAMACTL_TEST_MACHINE, xdist's worker).
+    c = Cluster(machine_name("dramactl-test"))
     try:
         c.boot()
         print(f"\n[multihost] shared Redis and three containers booted in {c.boot_seconds:.1f}s", file=sys.stderr)

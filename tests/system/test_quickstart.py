@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import need
 from tests.system.conftest import REPO, wait_until
-from tests.system.harness import Container, missing_requirements
+from tests.system.harness import Container, machine_name, missing_requirements
 
 pytestmark = pytest.mark.system
 
@@ -24,7 +24,7 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Container,
     why = missing_requirements()
     need(why is None, why or "")
     need(subprocess.run(["ss", "-ltn", "sport = :6379"], capture_output=True, text=True).stdout.count("LISTEN") == 0, "port 6379 is taken on the host")
-    c = Container([str(REPO)], name="dramactl-quickstart", private_network=False)
+    c = Container([str(REPO)], name=machine_name("dramactl-quickstart"), private_network=False)
     try:
         c.boot()
         clone = "/srv/dramactl"
