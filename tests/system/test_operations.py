@@ -152,6 +152,9 @@ def test_manual_size_holds_while_paused(system: System) -> None:
 def test_new_thread_count_restarts_the_instances_that_stay(system: System) -> None:
     system.dramactl("scale-to", "3", "--threads", "3")
     pids = {n: system.sh(f"systemctl show -P MainPID dramatiq-worker@{n}").stdout.strip() for n in (1, 2)}
+    # Idle instances tie to the highest number only once all three report (one not reporting yet
+    # ranks after the idle ones, victims.py), so wait for their first reports.
+    wait_until(lambda: all(u["work"] is not None for u in system.status()["instances"]), 20, "all three instances reporting")
     out = system.dramactl("scale-to", "2", "--threads", "1").stdout
     assert "stopped @3:done" in out and "restarted @1:done @2:done" in out, out
     assert system.active() == ["dramatiq-worker@1.service", "dramatiq-worker@2.service"]
