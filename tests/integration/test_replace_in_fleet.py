@@ -164,3 +164,20 @@ def test_a_rolling_restart_longer_than_the_host_ttl_keeps_the_heartbeat_alive(re
     assert len(here.seen) > 20
     assert all(s["live"] for s in here.seen), [s for s in here.seen if not s["live"]]
     never_past(here, 6)
+
+
+def test_a_fleet_that_cannot_be_asked_gives_no_room_and_the_renewal_says_so(fleet_env: dict[str, str]) -> None:
+    """Redis gone between the tick's probe and the step: no claim can be written, so the replacement does not
+    start first (the old instance drains first, and the step names why); a failed renewal is one line, no traceback."""
+    from dramactl.seat import Seat
+    from tests.conftest import free_port
+
+    settings = parse(fleet_env)
+    lines: list[str] = []
+    seat = Seat(redis_lib.Redis(port=free_port(), socket_connect_timeout=1), settings, paused=False, report=lines.append)
+    allowed, why = seat.room(2, 1)
+    assert allowed == 2 and why.startswith("fleet f could not be asked for room (") and "Connection refused" in why, why
+    limit, why = rollout.bound(4, allowed, why)
+    assert rollout.next_step({1, 2}, 2, [2, 1], limit, 1, why).stop_first
+    seat.beat(2)
+    assert len(lines) == 1 and lines[0].startswith("fleet f: could not renew this host's heartbeat (") and "Traceback" not in lines[0], lines
