@@ -5,7 +5,9 @@ runs the code and settings on disk now) and by the tick's memory recycle
 (WORKER_RECYCLE_MEMORY, one instance per tick):
 
 1. start a replacement at the lowest free number, when MAX_PROCESSES leaves room
-   (else drain one old instance first: the only case where capacity dips by one);
+   (else drain one old instance first: the only case where capacity dips by one); on a
+   host of a shared fleet the replacement's place is claimed in the fleet first, and
+   FLEET_MAX_PROCESSES bounds it the same way (:mod:`dramactl.seat`);
 2. wait for its start job, which for a ``Type=notify`` unit ends at READY=1, i.e.
    when the new process consumes;
 3. only then stop the old one: SIGTERM, Dramatiq finishes or requeues what it holds.
@@ -13,7 +15,7 @@ runs the code and settings on disk now) and by the tick's memory recycle
 A replacement that does not start (the new code fails to import: exit 2; no READY=1
 within TimeoutStartSec) ends the roll before any old instance is stopped for it: the
 old ones keep serving, and the cause is one line. The planning is pure
-(:func:`next_step`, :func:`drain_order`); the fleet is driven through ``fleet.py``.
+(:func:`bound`, :func:`next_step`, :func:`drain_order`); the fleet is driven through ``fleet.py``.
 
 While ``dramactl restart`` runs it holds the tick lock, so ticks change nothing; it
 also leaves a marker (``rollout.json`` in the state directory) so that a skipped tick
@@ -25,15 +27,20 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from .fleet import Fleet, FleetError, JobResult
 from .instance import WorkerUnit
 from .stats import InstanceReport
 
+if TYPE_CHECKING:  # seat (and share) only with FLEET_NAME
+    from .seat import Seat
+
 MARKER = "rollout.json"
+AT_MAX = "MAX_PROCESSES reached"
 START_TIMEOUT_CAP = 3600.0  # seconds; TimeoutStartSec=infinity waits at most this long
 Progress = Callable[[str], None]
 
@@ -44,21 +51,33 @@ class RolloutFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class Step:
-    """One replace-then-drain step: start ``start`` (first, unless ``stop_first``), then stop ``stop``."""
+    """One replace-then-drain step: start ``start`` (first, unless ``stop_first``), then stop ``stop``;
+    ``why``: the limit that made it drain first."""
 
     start: tuple[int, ...]
     stop: tuple[int, ...]
     stop_first: bool = False
+    why: str = field(default="", compare=False)
 
 
-def next_step(taken: Iterable[int], running: int, old: Sequence[int], max_processes: int, batch: int = 1) -> Step:
+def bound(max_processes: int, fleet_allows: int | None = None, fleet_why: str = "") -> tuple[int, str]:
+    """The most instances this host may run during a step, and what reaching it means (pure):
+    MAX_PROCESSES, or fewer when the fleet allows fewer (FLEET_MAX_PROCESSES beside the
+    other hosts' claims, ``fleet_why``); ``fleet_allows`` None: one host."""
+    if fleet_allows is not None and fleet_allows < max_processes:
+        return fleet_allows, fleet_why
+    return max_processes, AT_MAX
+
+
+def next_step(taken: Iterable[int], running: int, old: Sequence[int], max_processes: int, batch: int = 1, why: str = AT_MAX) -> Step:
     """The next step of a roll (pure).
 
     ``taken``: the numbers systemd holds (up, coming back, stopping, failed);
     ``running``: how many count against MAX_PROCESSES (up or coming back);
-    ``old``: the instances still to replace, in the order to drain them. Up to
-    ``batch`` replacements start first, as far as MAX_PROCESSES leaves room; with no
-    room, one old instance is drained first and its number reused.
+    ``old``: the instances still to replace, in the order to drain them;
+    ``max_processes``: the most this host may run (:func:`bound`; ``why`` says what
+    reaching it means). Up to ``batch`` replacements start first, as far as that leaves
+    room; with no room, one old instance is drained first and its number reused.
     """
     taken = set(taken)
     todo = tuple(old[: max(1, batch)])
@@ -66,7 +85,7 @@ def next_step(taken: Iterable[int], running: int, old: Sequence[int], max_proces
         return Step((), ())
     room = max_processes - running
     if room <= 0:
-        return Step(start=(todo[0],), stop=(todo[0],), stop_first=True)
+        return Step(start=(todo[0],), stop=(todo[0],), stop_first=True, why=why)
     count = min(len(todo), room)
     free = (n for n in range(1, 10**6) if n not in taken)
     return Step(start=tuple(next(free) for _ in range(count)), stop=todo[:count])
@@ -88,6 +107,11 @@ class Rolled:
     stopped: list[JobResult] = field(default_factory=list)
     replaced: list[tuple[int, int]] = field(default_factory=list)  # (old, new)
     failure: str | None = None
+    drained_first: list[tuple[int, str]] = field(default_factory=list)  # (old instance, why it drained before its replacement)
+
+    def drained_text(self) -> list[str]:
+        """'@2 drained before its replacement (MAX_PROCESSES reached)', one per such step."""
+        return [f"@{n} drained before its replacement ({why})" for n, why in self.drained_first]
 
 
 def _seconds(value: float, cap: float) -> float:
@@ -115,7 +139,8 @@ def replace_step(
         progress("  " + " ".join(f"@{_number(j)} {_shown(j)}" for j in jobs) + f" after {time.monotonic() - began:.1f}s")
 
     if step.stop_first:
-        progress(f"MAX_PROCESSES reached: draining @{step.stop[0]} before its replacement")
+        progress(f"{step.why or AT_MAX}: draining @{step.stop[0]} before its replacement")
+        rolled.drained_first.append((step.stop[0], step.why or AT_MAX))
         drain(step.stop)
     progress(f"starting {pairs}; waiting for READY=1")
     began = time.monotonic()
@@ -164,8 +189,12 @@ def roll(
     progress: Progress = lambda line: None,
     reports: Mapping[int, InstanceReport] | None = None,
     now: float | None = None,
+    seat: "Seat | None" = None,
 ) -> Rolled:
-    """Replace every instance up now, ``batch`` at a time, idle ones first; stop at the first failure."""
+    """Replace every instance up now, ``batch`` at a time, idle ones first; stop at the first failure.
+
+    ``seat`` (a host of a shared fleet): each step's replacements are claimed in the fleet
+    before they start, and the claim drops back to what runs after it."""
     old = drain_order([u for u in instances if u.is_up], reports, now)
     rolled = Rolled()
     if not old:
@@ -178,13 +207,27 @@ def roll(
     taken = {u.number for u in instances if u.occupies or u.is_stopping or u.is_failed}
     running = sum(1 for u in instances if u.occupies)
     while old:
-        step = next_step(taken, running, old, max_processes, batch)
+        limit, why = _limit(seat, running, max_processes, min(max(1, batch), len(old)))
+        step = next_step(taken, running, old, limit, batch, why)
         replace_step(fleet, step, start_timeout=start_timeout, stop_timeout=stop_timeout, progress=progress, rolled=rolled)
+        if seat is not None:
+            seat.beat(running)  # the replaced instances are stopping: the claim is what runs again
         if rolled.failure:
             return rolled
         taken = (taken - set(step.stop)) | set(step.start)
         old = [n for n in old if n not in step.stop]
     return rolled
+
+
+def _limit(seat: "Seat | None", running: int, max_processes: int, wanted: int) -> tuple[int, str]:
+    """:func:`bound` for the next step; with a ``seat``, the replacements' places claimed in the fleet first."""
+    wanted = min(wanted, max_processes - running)
+    if seat is None or wanted <= 0:
+        if seat is not None:
+            seat.beat(running)
+        return bound(max_processes)
+    allowed, why = seat.room(running, wanted)
+    return bound(max_processes, allowed, why)
 
 
 # -- memory recycling (the tick) ---------------------------------------------------
@@ -215,15 +258,19 @@ def over_memory(instances: Sequence[WorkerUnit], limit: int) -> Recycle | None:
     return Recycle(worst.number, worst.memory or 0, limit)
 
 
-def recycle(fleet: Fleet, instances: Sequence[WorkerUnit], pick: Recycle, max_processes: int, *, start_timeout: float, stop_wait: float) -> Rolled:
+def recycle(
+    fleet: Fleet, instances: Sequence[WorkerUnit], pick: Recycle, max_processes: int, *, start_timeout: float, stop_wait: float, seat: "Seat | None" = None
+) -> Rolled:
     """Replace one instance (the tick): its replacement starts and consumes, then it drains.
 
     The tick waits ``stop_wait`` for the drain and leaves the rest to systemd; at
-    MAX_PROCESSES the old instance drains first and the tick waits for all of it, as
+    MAX_PROCESSES (or, with a ``seat``, at the fleet's FLEET_MAX_PROCESSES beside the other
+    hosts' claims) the old instance drains first and the tick waits for all of it, as
     its number is reused."""
     taken = {u.number for u in instances if u.occupies or u.is_stopping or u.is_failed}
     running = sum(1 for u in instances if u.occupies)
-    step = next_step(taken, running, [pick.number], max_processes)
+    limit, why = _limit(seat, running, max_processes, 1)
+    step = next_step(taken, running, [pick.number], limit, 1, why)
     stop_timeout = stop_wait
     if step.stop_first:
         stop_timeout = _seconds(fleet.timeouts(pick.number)[1], START_TIMEOUT_CAP) + 5.0
@@ -271,6 +318,16 @@ def in_progress(state_dir: str) -> str | None:
     return f"rolling restart of {count} instance(s) in progress since {when} (pid {pid}); autoscaling resumes when it ends"
 
 
+def _seat(settings, paused: bool, progress: Progress) -> "Seat | None":
+    """This host's seat in its fleet (FLEET_NAME), or None on one host."""
+    if not settings.fleet_name:
+        return None
+    from .queue import connect
+    from .seat import Seat
+
+    return Seat(connect(settings), settings, paused=paused, report=progress)
+
+
 def _number(job: JobResult) -> int:
     return int(job.unit.split("@")[1].split(".")[0])
 
@@ -303,12 +360,17 @@ def restart(settings, *, batch: int = 1, fleet: Fleet | None = None, progress: P
         instances = fleet.instances()
         up = [u.number for u in instances if u.is_up]
         mark(settings.state_dir, up)
+        seat = _seat(settings, state.paused, progress)
+        if seat is not None:
+            seat.beat(sum(1 for u in instances if u.occupies))
         try:
             progress(f"rolling restart of {len(up)} instance(s), {batch} at a time: " + (" ".join(f"@{n}" for n in up) or "nothing runs"))
-            rolled = roll(
-                fleet, instances, settings.max_processes, batch=batch, progress=progress,
-                reports=probe.instances if probe is not None else None, now=probe.at if probe is not None else None,
-            )
+            # On a host of a fleet the heartbeat is renewed while the roll holds the ticks.
+            with seat.kept() if seat is not None else nullcontext():
+                rolled = roll(
+                    fleet, instances, settings.max_processes, batch=batch, progress=progress,
+                    reports=probe.instances if probe is not None else None, now=probe.at if probe is not None else None, seat=seat,
+                )
         finally:
             unmark(settings.state_dir)
         store.save(state.counted(len(rolled.started), len(rolled.stopped)))
@@ -317,6 +379,8 @@ def restart(settings, *, batch: int = 1, fleet: Fleet | None = None, progress: P
             reason = f"rolling restart stopped after {len(rolled.replaced)} of {len(up)} instance(s)"
         else:
             reason = f"rolling restart: {len(rolled.replaced)} instance(s) replaced in {elapsed:.1f}s"
+        if rolled.drained_first:
+            reason += f"; {len(rolled.drained_first)} drained before their replacement ({rolled.drained_first[-1][1]})"
         if state.paused:
             reason += "; autoscaling paused"
         outcome = Outcome(ScalingDecision(len(up), len(up), reason), stats, paused=state.paused, instances=list(instances))

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # share is imported only with FLEET_NAME: a single host's tic
     import redis
 
     from . import share
+    from .seat import Seat
 
 
 log = logging.getLogger("dramactl.scaler")
@@ -99,6 +100,7 @@ class Outcome:
     failure: str | None = None  # why a rolling restart or recycle stopped short (rollout.py)
     recycled: str | None = None  # "recycle @3 (612 MiB > 512 MiB)": this tick replaced an instance for its memory
     recycles: int | None = None  # instances recycled, ever (dramactl_recycles_total), after a tick
+    drained_first: str | None = None  # "@3 drained before its replacement (FLEET_MAX_PROCESSES reached: ...)"
 
     @property
     def backlog(self) -> FleetBacklog:
@@ -132,7 +134,7 @@ class Outcome:
                 + f", waited {waited:.0f}s of {victims.WAIT_LIMIT:.0f}s"
             )
         if self.recycled:
-            parts.append(self.recycled)
+            parts.append(self.recycled + (f"; {self.drained_first}" if self.drained_first else ""))
         for label, jobs in (("started", self.started), ("stopped", self.stopped), ("restarted", self.restarted)):
             if jobs:
                 parts.append(f"{label} " + " ".join(f"@{j.unit.split('@')[1].split('.')[0]}:{_shown(j)}" for j in jobs))
@@ -279,7 +281,12 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
             late = tuple(int(j.unit.split("@")[1].split(".")[0]) for j in outcome.started if j.result == "pending")
             record = replace(record, starting=tuple(sorted({*record.starting, *late})))
         elif settings.worker_recycle_memory and not decision.held:
-            recycled = _recycle(fleet, settings, instances, outcome)
+            seat = None
+            if coordinated is not None:  # the replacement's place is claimed in the fleet first
+                from .seat import Seat
+
+                seat = Seat(client, settings, paused=state.paused)
+            recycled = _recycle(fleet, settings, instances, outcome, seat)
         if coordinated is not None:
             _settle(client, settings, instances, decision, outcome, record.startup, waiting=len(changes.waiting))
         outcome.duration = round(time.monotonic() - started, 3)
@@ -296,17 +303,20 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
     return outcome
 
 
-def _recycle(fleet: Fleet, settings: Settings, instances: Sequence[WorkerUnit], outcome: Outcome) -> int:
-    """WORKER_RECYCLE_MEMORY: replace the instance furthest past it (rollout.py); 1 when one was replaced."""
+def _recycle(fleet: Fleet, settings: Settings, instances: Sequence[WorkerUnit], outcome: Outcome, seat: Seat | None = None) -> int:
+    """WORKER_RECYCLE_MEMORY: replace the instance furthest past it (rollout.py); 1 when one was replaced.
+    ``seat``: on a host of a fleet, the replacement's place is claimed in the fleet first."""
     from . import rollout
 
     pick = rollout.over_memory(instances, settings.worker_recycle_memory)
     if pick is None:
         return 0
     rolled = rollout.recycle(
-        fleet, instances, pick, settings.max_processes, start_timeout=START_WAIT, stop_wait=min(settings.graceful_shutdown_timeout + 5.0, 30.0)
+        fleet, instances, pick, settings.max_processes, start_timeout=START_WAIT, stop_wait=min(settings.graceful_shutdown_timeout + 5.0, 30.0),
+        seat=seat,
     )
     outcome.recycled, outcome.failure = str(pick), rolled.failure
+    outcome.drained_first = "; ".join(rolled.drained_text()) or None
     outcome.started, outcome.stopped = rolled.started, rolled.stopped
     return 1 if rolled.replaced else 0
 

@@ -56,8 +56,9 @@ class System:
     def dramactl(self, *args: str, check: bool = True, user: str | None = None):
         return self.c.run([DRAMACTL, *args], check=check, user=user)
 
-    def configure(self, **overrides: str) -> dict[str, str]:
-        values = {**BASE_SETTINGS, **overrides}
+    def configure(self, **overrides: str | None) -> dict[str, str]:
+        """Write the env file: BASE_SETTINGS with ``overrides``; an override of None leaves that setting out."""
+        values = {k: v for k, v in {**BASE_SETTINGS, **overrides}.items() if v is not None}
         text = "".join(f"{k}={v}\n" for k, v in values.items())
         (self.c.root / "etc/dramactl").mkdir(parents=True, exist_ok=True)
         self.c.run(["sh", "-c", f"cat > /etc/dramactl/dramactl.env <<'EOF'\n{text}EOF"])

@@ -493,3 +493,30 @@ def test_hosts_with_different_min_follow_the_fleets_record_and_do_not_flap(hosts
     assert len(differ) == 2, [h.name for h in differ]
     for h in differ:
         assert "differ from the fleet's record" in h.journal(), h.name
+
+
+def test_a_rolling_restart_at_the_fleets_cap_drains_first_and_keeps_the_hosts_heartbeat(hosts: Cluster) -> None:
+    """`dramactl restart` on a host of a fleet at FLEET_MAX_PROCESSES: A, B and C sized by hand to 2 + 2 + 2 = 6.
+    C (MAX_PROCESSES 4, so only the fleet's cap stops it) drains each instance before its replacement and says
+    so; the fleet sampled once a second never runs more than 6. C's app starts slowly (4 s to READY=1), so the
+    roll outlasts FLEET_HOST_TTL (10 s) while it holds C's ticks: A's status shows C live at every poll."""
+    hosts.configure(FLEET, {**PER_HOST, "c": {**PER_HOST["c"], "SYSAPP_START_DELAY": "4"}})
+    a, b, c = hosts["a"], hosts["b"], hosts["c"]
+    start_fleet(hosts)
+    for h in (a, b, c):
+        h.dramactl("scale-to", "2")
+    assert [len(h.active()) for h in (a, b, c)] == [2, 2, 2]
+    with FleetSampler(hosts) as sampler, StatusPoller(a, every=1.0) as poller:
+        began = time.time()
+        out = c.dramactl("restart")
+        ended = time.time()
+    _, _, over = bounds(sampler, hosts, CAP)
+    during = [s for t, s in poller.polls if began <= t <= ended]
+    print(f"\n[multihost] restart on C at the fleet's cap: {ended - began:.1f}s, fleet peak {max(sampler.total(r) for r in sampler.rows)}"
+          f" (cap {CAP}), C live in {sum(c.name in live_hosts(s) for s in during if s)} of {len(during)} polls of A's status\n{out.stderr}{out.stdout}")
+    assert ended - began > TTL
+    assert not over, over[:10]
+    assert out.stderr.count("FLEET_MAX_PROCESSES reached: fleet t's other hosts claim the rest: draining @") == 2, out.stderr
+    assert "2 drained before their replacement (FLEET_MAX_PROCESSES reached" in out.stdout, out.stdout
+    assert len(during) >= TTL and all(s is not None and c.name in live_hosts(s) for s in during), during
+    assert len(c.active()) == 2

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.system.conftest import System, wait_until
+from tests.system.conftest import PYTHON, System, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -48,6 +48,95 @@ def test_scale_down_stops_the_idle_instance_and_the_long_tasks_finish_once(syste
     assert system.redis_counter("sys:started") == 2, "neither long task was cut off and started again"
     assert (r["processed"], r["duplicates"], r["ready"], r["acks"]) == (2, 0, 0, 0), r
 
+
+# README's tour: the migration guide's OCR call on the class, with the guide's payload. The guide's file
+# exists here (an operator's document), so the task does its work rather than fail.
+DOCUMENT = "/path/to/document.pdf"
+DOCUMENT_TEXT = "Invoice 42\nTotal due: 99 EUR\nPay by Friday\n"
+OCR_SECONDS = 30  # EXAMPLE_TASK_SECONDS, the operator's setting for how long an example task takes
+
+
+def send_ocr(system: System, task_id: str) -> str:
+    """TaskDispatcher.send_ocr_task as README's tour writes it; the message id it returns."""
+    code = (
+        "import json\n"
+        "from dramactl.example.tasks import TaskDispatcher\n"
+        f"print(json.dumps(TaskDispatcher.send_ocr_task({{'task_id': {task_id!r}, 'file_path': {DOCUMENT!r}}})))"
+    )
+    return system.c.python(PYTHON, code)  # type: ignore[return-value]
+
+
+def ocr_record(system: System) -> dict:
+    """The example app's own record of its OCR actor (dramactl.example.tasks.counts / processed_ids)."""
+    code = (
+        "import json, redis\n"
+        "from dramactl.example import tasks\n"
+        "r = redis.Redis()\n"
+        "print(json.dumps({**tasks.counts(r, 'process_ocr_task'), 'ids': sorted(tasks.processed_ids(r, 'process_ocr_task'))}))"
+    )
+    return system.c.python(PYTHON, code)  # type: ignore[return-value]
+
+
+def ocr_results(system: System, ids: list[str]) -> list[dict]:
+    """What each OCR task returned, from the example app's results backend."""
+    code = (
+        "import json, dramatiq\n"
+        "from dramatiq.results import Results\n"
+        "from dramactl.example import tasks\n"
+        "[backend] = [m.backend for m in tasks.get_broker().middleware if isinstance(m, Results)]\n"
+        f"msgs = [dramatiq.Message(queue_name='ocr_processing', actor_name='process_ocr_task', args=(), kwargs={{}}, options={{}}, message_id=i) for i in {ids!r}]\n"
+        "print(json.dumps([m.get_result(backend=backend) for m in msgs]))"
+    )
+    return system.c.python(PYTHON, code)  # type: ignore[return-value]
+
+
+def monitor_events(system: System, instance: int, message_id: str) -> list[str]:
+    """The example app's monitor lines (event=start/finish/retry/fail) for one message, in one instance's journal."""
+    text = system.c.journal(f"dramatiq-worker@{instance}.service")
+    return [word for line in text.splitlines() if f"message_id={message_id}" in line for word in line.split() if word.startswith("event=")]
+
+
+def test_scale_down_spares_the_example_apps_ocr_tasks_from_the_readme_tour(system: System) -> None:
+    """The built-in example app (no DRAMATIQ_COMMAND), the guide's OCR call: a scale-down by one of three
+    instances, two of them in an OCR task that outlasts GRACEFUL_SHUTDOWN_TIMEOUT, stops the idle one, and
+    each OCR task runs once, to the end, on the instance that took it."""
+    system.configure(
+        DRAMATIQ_COMMAND=None, DRAMATIQ_QUEUE_NAME=None, WORKER_DIRECTORY=None,
+        WORKER_THREADS="1", GRACEFUL_SHUTDOWN_TIMEOUT="10", dramatiq_queue_prefetch="1", EXAMPLE_TASK_SECONDS=str(OCR_SECONDS),
+    )
+    system.sh(f"mkdir -p {DOCUMENT.rsplit('/', 1)[0]} && printf '{DOCUMENT_TEXT}' > {DOCUMENT} && chmod 644 {DOCUMENT}")
+    try:
+        assert "ocr_processing" in {q["name"] for q in system.status()["queues"]}
+        system.dramactl("scale-to", "1")
+        first = send_ocr(system, "ocr-001")
+        wait_until(lambda: ocr_record(system)["attempts"] == 1, 20, "@1 running the first OCR task")
+        # @3 up next (started directly, as an operator might), so it takes the second OCR task ...
+        system.sh("systemctl start dramatiq-worker@3.service")
+        second = send_ocr(system, "ocr-002")
+        wait_until(lambda: ocr_record(system)["attempts"] == 2, 20, "@3 running the second OCR task")
+        # ... and @2, started last, is idle: the highest number is busy, the idle one is in the middle.
+        system.dramactl("scale-to", "3")
+        assert system.active() == [f"dramatiq-worker@{n}.service" for n in (1, 2, 3)]
+        work = wait_until(lambda: (w := reported(system)) and len(w) == 3 and w, 15, "all three instances reporting")
+        assert (work[1]["busy"], work[2]["busy"], work[3]["busy"]) == (1, 0, 1), work
+        assert monitor_events(system, 1, first) == ["event=start"] and monitor_events(system, 3, second) == ["event=start"]
+
+        out = system.dramactl("scale-down").stdout
+        assert "stop @2 (idle)" in out and "stopped @2:done" in out, out
+        assert system.active() == ["dramatiq-worker@1.service", "dramatiq-worker@3.service"]
+        entry = json.loads(system.sh("journalctl -o json -n 1 SYSLOG_IDENTIFIER=dramactl DRAMACTL_COMMAND=scale-down").stdout)
+        assert "stop @2 (idle)" in entry["MESSAGE"], entry
+        assert json.loads(entry["DRAMACTL_VICTIMS"]) == [{"instance": 2, "why": "idle"}], entry
+
+        wait_until(lambda: ocr_record(system)["processed"] == 2, OCR_SECONDS + 20, "both OCR tasks finished")
+        record = ocr_record(system)
+        assert record == {"processed": 2, "unique": 2, "attempts": 2, "failures": 0, "ids": sorted([first, second])}, record
+        assert monitor_events(system, 1, first) == ["event=start", "event=finish"]
+        assert monitor_events(system, 3, second) == ["event=start", "event=finish"]
+        results = ocr_results(system, [first, second])
+        assert [(r["task_id"], r["source"], r["words"], r["attempt"]) for r in results] == [("ocr-001", DOCUMENT, 9, 1), ("ocr-002", DOCUMENT, 9, 1)], results
+    finally:
+        system.sh("rm -rf /path", check=False)  # DOCUMENT's tree, made above
 
 
 def test_a_tick_waits_for_long_tasks_then_stops_the_instance_once_idle(system: System) -> None:

@@ -81,3 +81,26 @@ def test_no_recycle_below_the_limit_while_failing_or_unread() -> None:
     assert rollout.over_memory([WorkerUnit(1, "active", "running")], 512 << 20) is None  # memory not read
     assert rollout.over_memory([mem(1, 700, "deactivating", "stop-sigterm", "stop")], 512 << 20) is None
     assert rollout.over_memory([mem(1, 700)], 0) is None
+
+
+def test_the_fleets_room_bounds_a_step_below_max_processes() -> None:
+    assert rollout.bound(4) == (4, "MAX_PROCESSES reached")
+    assert rollout.bound(4, 6, "FLEET") == (4, "MAX_PROCESSES reached")  # the fleet allows more than this host may run
+    assert rollout.bound(4, 3, "FLEET") == (3, "FLEET")
+    assert rollout.bound(4, 2, "FLEET") == (2, "FLEET")
+
+
+def test_at_the_fleets_cap_the_old_instance_drains_first_and_the_step_says_why() -> None:
+    limit, why = rollout.bound(4, 2, "FLEET_MAX_PROCESSES reached")
+    step = next_step({1, 2}, 2, [2, 1], limit, 1, why)
+    assert step == Step(start=(2,), stop=(2,), stop_first=True) and step.why == "FLEET_MAX_PROCESSES reached"
+    assert next_step({1, 2}, 2, [2, 1], 2).why == "MAX_PROCESSES reached"
+    # Room for one of a batch of two: one replacement starts first, for the first old instance.
+    limit, why = rollout.bound(4, 3, "FLEET_MAX_PROCESSES reached")
+    assert next_step({1, 2}, 2, [2, 1], limit, 2, why) == Step(start=(3,), stop=(2,))
+
+
+def test_a_rolls_heartbeat_is_renewed_three_times_per_ttl() -> None:
+    from dramactl.seat import every
+
+    assert every(60) == 20.0 and every(2) == 2 / 3 and every(0.3) == 0.2

@@ -1,0 +1,183 @@
+"""Replace-then-drain on a host of a shared fleet, against a real Redis: the replacement's place is
+claimed in the fleet before it starts (or the old instance drains first when the fleet is at
+FLEET_MAX_PROCESSES), and a rolling restart keeps the host's heartbeat alive however long it runs.
+
+systemd's side is a stand-in (:class:`StandIn`: units appear and disappear when asked, a stop may
+take time); what is checked is what the real tick, ``dramactl restart`` and share.py write to the
+real Redis around each job. The same steps against a real systemd: tests/system/test_rollout.py.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+import pytest
+import redis as redis_lib
+
+from dramactl import rollout, scaler, share
+from dramactl.fleet import JobResult
+from dramactl.instance import WorkerUnit, unit_name
+from dramactl.settings import parse
+
+MIB = 1 << 20
+OTHER = "other-host"  # the fleet's other host, written through share.reserve as its manual size would be
+
+
+class StandIn:
+    """This host's instances as systemd would list them; each job is checked against the fleet in Redis."""
+
+    def __init__(self, client: redis_lib.Redis, settings, stop_seconds: float = 0.0) -> None:
+        self.client, self.settings, self.stop_seconds = client, settings, stop_seconds
+        self.units: dict[int, WorkerUnit] = {}
+        self.jobs: list[tuple[str, tuple[int, ...]]] = []
+        self.seen: list[dict] = []  # the fleet as Redis held it at each job, with what ran here
+        self.other = 0  # the other host's instances: it renews its heartbeat before each look, as its ticks would
+
+    def look(self, when: str) -> None:
+        if self.other:
+            share.reserve(self.client, self.settings, target=self.other, up=self.other, occupying=self.other, paused=False, name=OTHER)
+        snap = share.snapshot(self.client, self.settings)
+        live = {h.name: h for h in snap.live()}
+        me = live.get(share.host_id())
+        self.seen.append({
+            "when": when,
+            "here": len(self.units),
+            "claim": me.claim if me else None,
+            "live": me is not None,
+            "others_up": sum(h.up for n, h in live.items() if n != share.host_id()),
+        })
+
+    def instances(self, details: bool = False, timed: Iterable[int] = (), memory: bool = False) -> list[WorkerUnit]:
+        return [self.units[n] for n in sorted(self.units)]
+
+    def start(self, numbers: Iterable[int], timeout: float = 90.0) -> list[JobResult]:
+        numbers = tuple(numbers)
+        if numbers:
+            self.jobs.append(("start", numbers))
+            for n in numbers:
+                self.units[n] = WorkerUnit(n, "active", "running", memory=50 * MIB)
+            self.look(f"start {numbers}")
+        return [JobResult(unit_name(n), "start", "done") for n in numbers]
+
+    def stop(self, numbers: Iterable[int], timeout: float = 90.0) -> list[JobResult]:
+        numbers = tuple(numbers)
+        if numbers:
+            self.jobs.append(("stop", numbers))
+            deadline = time.monotonic() + self.stop_seconds
+            while time.monotonic() < deadline:  # a drain that takes its time: the fleet is looked at meanwhile
+                time.sleep(0.2)
+                self.look(f"draining {numbers}")
+            for n in numbers:
+                self.units.pop(n, None)
+            self.look(f"stopped {numbers}")
+        return [JobResult(unit_name(n), "stop", "done") for n in numbers]
+
+    def restart(self, numbers: Iterable[int], timeout: float = 90.0) -> list[JobResult]:
+        return []
+
+    def timeouts(self, number: int) -> tuple[float, float]:
+        return 90.0, 75.0
+
+    def why_not_started(self, number: int) -> str:
+        return ""
+
+    def kill(self, numbers: Iterable[int], signal: int = 9) -> None:
+        pass
+
+    def reset_failed(self, numbers: Iterable[int]) -> None:
+        pass
+
+
+@pytest.fixture
+def fleet_env(settings_env: dict[str, str]) -> dict[str, str]:
+    return {**settings_env, "FLEET_NAME": "f", "MIN_PROCESSES": "1", "MAX_PROCESSES": "4", "CHECK_INTERVAL": "1", "GRACEFUL_SHUTDOWN_TIMEOUT": "5"}
+
+
+def host_with_two(redis: redis_lib.Redis, env: dict[str, str], stop_seconds: float = 0.0, other: int = 2):
+    """This host at two instances (scale-to, as an operator would: its claim written first), the other host
+    at ``other``: with FLEET_MAX_PROCESSES=4 and other=2 the fleet is at its cap."""
+    settings = parse(env)
+    here = StandIn(redis, settings)
+    scaler.scale_to(settings, 2, fleet=here)  # type: ignore[arg-type]
+    assert share.reserve(redis, settings, target=other, up=other, occupying=other, paused=False, name=OTHER) == other
+    here.jobs.clear(), here.seen.clear()
+    here.stop_seconds, here.other = stop_seconds, other
+    return settings, here
+
+
+def never_past(here: StandIn, cap: int) -> None:
+    """At every job: what runs here is claimed in the fleet, and the fleet runs at most its cap."""
+    assert here.seen
+    for s in here.seen:
+        assert s["claim"] is not None and s["here"] <= s["claim"], s
+        assert s["here"] + s["others_up"] <= cap, s
+
+
+def test_a_recycle_at_the_fleets_cap_drains_first_and_says_so(redis: redis_lib.Redis, fleet_env: dict[str, str]) -> None:
+    settings, here = host_with_two(redis, {**fleet_env, "FLEET_MAX_PROCESSES": "4", "WORKER_RECYCLE_MEMORY": "128M"})
+    here.units[1] = WorkerUnit(1, "active", "running", memory=200 * MIB)
+    outcome = scaler.tick(settings, fleet=here)  # type: ignore[arg-type]
+    assert outcome.recycled is not None and outcome.recycled.startswith("recycle @1 (200 MiB > 128 MiB)"), outcome.summary()
+    assert "recycle @1 (200 MiB > 128 MiB); @1 drained before its replacement (FLEET_MAX_PROCESSES reached: fleet f's other hosts claim the rest)" in outcome.summary(), outcome.summary()
+    assert here.jobs == [("stop", (1,)), ("start", (1,))]
+    never_past(here, 4)
+
+
+def test_a_recycle_with_room_in_the_fleet_claims_the_replacement_before_it_starts(redis: redis_lib.Redis, fleet_env: dict[str, str]) -> None:
+    settings, here = host_with_two(redis, {**fleet_env, "FLEET_MAX_PROCESSES": "5", "WORKER_RECYCLE_MEMORY": "128M"})
+    here.units[2] = WorkerUnit(2, "active", "running", memory=200 * MIB)
+    outcome = scaler.tick(settings, fleet=here)  # type: ignore[arg-type]
+    assert outcome.recycled == "recycle @2 (200 MiB > 128 MiB)", outcome.summary()
+    assert here.jobs == [("start", (3,)), ("stop", (2,))]
+    assert here.seen[0]["claim"] == 3  # the replacement was claimed before its start
+    never_past(here, 5)
+    assert next(h for h in share.snapshot(redis, settings).hosts if h.name == share.host_id()).claim == 2  # and given back
+
+
+def test_a_rolling_restart_at_the_fleets_cap_drains_each_instance_first(redis: redis_lib.Redis, fleet_env: dict[str, str]) -> None:
+    settings, here = host_with_two(redis, {**fleet_env, "FLEET_MAX_PROCESSES": "4"})
+    lines: list[str] = []
+    outcome = rollout.restart(settings, fleet=here, progress=lines.append)  # type: ignore[arg-type]
+    assert outcome.failure is None
+    assert here.jobs == [("stop", (2,)), ("start", (2,)), ("stop", (1,)), ("start", (1,))]
+    assert sum("FLEET_MAX_PROCESSES reached: fleet f's other hosts claim the rest: draining @" in line for line in lines) == 2, lines
+    assert "2 drained before their replacement (FLEET_MAX_PROCESSES reached: fleet f's other hosts claim the rest)" in outcome.summary(), outcome.summary()
+    never_past(here, 4)
+
+
+def test_a_rolling_restart_with_room_claims_each_replacement_before_it_starts(redis: redis_lib.Redis, fleet_env: dict[str, str]) -> None:
+    settings, here = host_with_two(redis, {**fleet_env, "FLEET_MAX_PROCESSES": "5"})
+    rollout.restart(settings, fleet=here)  # type: ignore[arg-type]
+    assert here.jobs == [("start", (3,)), ("stop", (2,)), ("start", (2,)), ("stop", (1,))]
+    assert [s["claim"] for s in here.seen if s["when"].startswith("start")] == [3, 3]
+    never_past(here, 5)
+
+
+def test_a_rolling_restart_longer_than_the_host_ttl_keeps_the_heartbeat_alive(redis: redis_lib.Redis, fleet_env: dict[str, str]) -> None:
+    """FLEET_HOST_TTL=2 s; each drain takes 2.5 s (longer than the TTL by itself), the roll about 5 s, while the
+    other host keeps ticking: at every look (five a second) this host is live in the fleet."""
+    settings, here = host_with_two(redis, {**fleet_env, "FLEET_HOST_TTL": "2", "FLEET_MAX_PROCESSES": "6"}, stop_seconds=2.5)
+    began = time.monotonic()
+    rollout.restart(settings, fleet=here)  # type: ignore[arg-type]
+    assert time.monotonic() - began > 2 * settings.host_ttl
+    assert len(here.seen) > 20
+    assert all(s["live"] for s in here.seen), [s for s in here.seen if not s["live"]]
+    never_past(here, 6)
+
+
+def test_a_fleet_that_cannot_be_asked_gives_no_room_and_the_renewal_says_so(fleet_env: dict[str, str]) -> None:
+    """Redis gone between the tick's probe and the step: no claim can be written, so the replacement does not
+    start first (the old instance drains first, and the step names why); a failed renewal is one line, no traceback."""
+    from dramactl.seat import Seat
+    from tests.conftest import free_port
+
+    settings = parse(fleet_env)
+    lines: list[str] = []
+    seat = Seat(redis_lib.Redis(port=free_port(), socket_connect_timeout=1), settings, paused=False, report=lines.append)
+    allowed, why = seat.room(2, 1)
+    assert allowed == 2 and why.startswith("fleet f could not be asked for room (") and "Connection refused" in why, why
+    limit, why = rollout.bound(4, allowed, why)
+    assert rollout.next_step({1, 2}, 2, [2, 1], limit, 1, why).stop_first
+    seat.beat(2)
+    assert len(lines) == 1 and lines[0].startswith("fleet f: could not renew this host's heartbeat (") and "Traceback" not in lines[0], lines
