@@ -2,7 +2,7 @@
 
 * :func:`claim`: what this host may run before its next tick. The script sums the other live
   hosts' claims (the HASH ``<namespace>:__dramactl__.fleet-claims.<FLEET_NAME>``, one short
-  ``"claim counted at expires"`` value per host), grants this host its growth only into the
+  value per host: claim, counted, at, expires, packed in 24 bytes, :func:`pack`), grants this host its growth only into the
   room they leave under the fleet's target and cap (shrinking is never held back), and writes
   this host's claim, all in one call: no host can grow into room another one took meanwhile,
   so the cap holds by the script's atomicity, with no WATCH and nothing to retry.
@@ -22,6 +22,7 @@ Imported only with FLEET_NAME set.
 
 from __future__ import annotations
 
+import struct
 from typing import Sequence
 
 import redis
@@ -51,9 +52,9 @@ local flat = redis.call('HGETALL', KEYS[1])
 local all, counted, out = 0, 0, {0, 0}
 for i = 1, #flat, 2 do
   if flat[i] ~= me then
-    local c, k, at, ex = string.match(flat[i + 1], '^(%d+) (%d+) (%d+%.?%d*) (%d+%.?%d*)$')
-    c, k, at, ex = tonumber(c), tonumber(k), tonumber(at), tonumber(ex)
-    if not ex or c > most or k > c or at > now + skew or ex < at or ex - at > longest then
+    local c, k, at, ex = 0, 0, 0, -1
+    if #flat[i + 1] == 24 then c, k, at, ex = struct.unpack('>IIdd', flat[i + 1]) end
+    if not (ex == ex and at == at) or ex == math.huge or at < 0 or c > most or k > c or at > now + skew or ex < at or ex - at > longest then
       out[#out + 1] = flat[i]
     else
       if s1 > s0 and at <= s0 then ex = ex + s1 - s0 end
@@ -84,7 +85,7 @@ else
 end
 local mine = claim
 if failing then mine = math.min(claim, serving) end
-redis.call('HSET', KEYS[1], me, string.format('%d %d %.3f %.3f', claim, mine, now, now + ttl))
+redis.call('HSET', KEYS[1], me, struct.pack('>IIdd', claim, mine, now, now + ttl))
 redis.call('EXPIRE', KEYS[1], ARGV[17])
 out[1], out[2] = grant, claim
 return out
@@ -110,10 +111,23 @@ def _script(client: redis.Redis, source: str):
     return client.register_script(source)
 
 
-def value(entry: HostEntry) -> str:
+def pack(claim: int, counted: int, at: float, expires: float) -> bytes:
+    """A claims-HASH value: 24 bytes, big-endian (claim and counted as 32-bit unsigned, at and
+    expires as doubles), which the script unpacks several times faster than text."""
+    return struct.pack(">IIdd", claim, counted, at, expires)
+
+
+def unpack(raw: bytes) -> tuple[int, int, float, float]:
+    """(claim, counted, at, expires) of a claims-HASH value (tools and tests); ValueError when damaged."""
+    if len(raw) != 24:
+        raise ValueError(f"{len(raw)} bytes, not 24")
+    return struct.unpack(">IIdd", raw)
+
+
+def value(entry: HostEntry) -> bytes:
     """A host's claims-HASH value for its heartbeat ``entry`` (a host's own settle writes it)."""
     mine = min(entry.claim, entry.serving) if entry.failing and not entry.paused else entry.claim
-    return f"{entry.claim} {mine} {entry.at:.3f} {entry.expires:.3f}"
+    return pack(entry.claim, mine, entry.at, entry.expires)
 
 
 def claim(
@@ -141,7 +155,7 @@ def claim(
     key = claims_key(settings)
     reply = _script(client, CLAIM)(keys=[key], args=args)
     for bad in reply[2:]:
-        damaged(key, bad.decode("utf-8", "replace") if isinstance(bad, bytes) else str(bad), "not 'claim counted at expires' within range: left out of the room")
+        damaged(key, bad.decode("utf-8", "replace") if isinstance(bad, bytes) else str(bad), "not a claim (24 bytes: claim, counted, at, expires) within range: left out of the room")
     grant, written = int(reply[0]), int(reply[1])
     return grant, (written if written >= 0 else None)
 

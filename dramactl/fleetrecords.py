@@ -62,7 +62,7 @@ def history_key(settings: Settings) -> str:
 
 
 def claims_key(settings: Settings) -> str:
-    """Each live host's claim, ``id -> "claim counted at expires"`` (a HASH changed only by the
+    """Each live host's claim, ``id -> claim, counted, at, expires`` (dramactl.claims.pack; a HASH changed only by the
     claim script, dramactl.claims, and by a host's own settle)."""
     return f"{settings.namespace}:__dramactl__.fleet-claims.{settings.fleet_name}"
 

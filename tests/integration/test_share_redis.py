@@ -304,7 +304,7 @@ def test_hosts_claiming_at_one_instant_are_granted_the_room_once(redis: redis_li
         t.join()
     assert sum(grants.values()) == 10 and max(grants.values()) <= 3
     stored = redis.hgetall(share.claims_key(settings))
-    assert sum(int(v.split()[0]) for v in stored.values()) == 10
+    assert sum(claims.unpack(v)[0] for v in stored.values()) == 10
 
 
 def test_hosts_that_find_the_decision_stale_at_one_instant_publish_one_decision(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
@@ -361,7 +361,7 @@ def test_the_floor_moves_to_a_host_that_serves_when_the_hosts_holding_it_fail(re
         tick(sick, failing=True)  # its instances fail; `dead` ticks no more
         for name in healthy:
             tick(name)
-        stored = {k.decode(): int(v.split()[0]) for k, v in redis.hgetall(share.claims_key(settings)).items()}
+        stored = {k.decode(): claims.unpack(v)[0] for k, v in redis.hgetall(share.claims_key(settings)).items()}
         assert sum(stored.values()) <= 4, stored
         if sum(running[n] for n in healthy) >= 2:
             break
@@ -381,10 +381,23 @@ def test_claims_written_before_a_long_outage_still_count_when_the_first_host_is_
         redis.hset(share.claims_key(settings), name, claims.value(entry))
     view = share.coordinate(redis, settings, FleetBacklog(ready=500), up=0, starting=0, occupying=0, name="c")
     assert view.decision.target == 0, view.decision.reason
-    assert redis.hget(share.claims_key(settings), "c").split()[0] == b"0"
+    assert claims.unpack(redis.hget(share.claims_key(settings), "c"))[0] == 0
 
 
-@pytest.mark.parametrize("value", [b"inf inf 1 2", b"7", b"100001 1 1.0 2.0", b"3 4 1.0 2.0", b"-3 0 1.0 2.0", b"1e400 0 1 2"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"3 3 1.0 2.0",  # text, not the packed form
+        claims.pack(3, 3, 1.0, 2.0)[:-1],  # one byte short
+        claims.pack(100_001, 1, 1.0, 2.0),  # above MOST
+        claims.pack(3, 4, 1.0, 2.0),  # counts more under the target than it claims
+        claims.pack(3, 3, 1.0, float("inf")),
+        claims.pack(3, 3, float("nan"), 2.0),
+        claims.pack(3, 3, 2.0, 1.0),  # expires before it was written
+        claims.pack(3, 3, 1.0, 1.0 + 2 * 86_400),  # lasts longer than FLEET_HOST_TTL may
+        claims.pack(3, 3, 4e9, 4e9 + 60),  # written in the future
+    ],
+)
 def test_a_damaged_claim_is_left_out_and_named(redis: redis_lib.Redis, redis_server: RedisServer, value: bytes, caplog) -> None:
     import logging
 
