@@ -113,7 +113,7 @@ def window(client: redis.Redis, settings, n: int, runs: int) -> dict:
         sent = [e for e in client.slowlog_get(40 * runs) if e["client_address"] != b"?:0" and e["command"].split()[0].upper() not in (b"HDEL", b"SLOWLOG", b"CONFIG")]
         client.config_set("slowlog-log-slower-than", 10000)
         out[f"{kind}_us"] = sum(e["duration"] for e in sent) / runs
-        out[f"{kind}_longest"] = max((e["duration"] for e in sent), default=0)
+        out[f"{kind}_longest"] = max(((e["duration"], e["command"].split()[0].decode()) for e in sent), default=(0, ""))
         out[f"{kind}50"], out[f"{kind}99"] = pct(coord, 50), pct(coord, 99)
         if kind == "reuse":
             out["settle50"], out["settle99"] = pct(sett, 50), pct(sett, 99)
@@ -244,14 +244,14 @@ def main() -> int:
         settings = settings_for(server, args.interval)
         print(f"fleet coordination, CHECK_INTERVAL={args.interval}s, Redis {client.info('server')['redis_version']} on loopback, "
               f"hosts as tasks in {args.procs} processes x {args.threads} threads")
-        print(f"{'hosts':>6} {'hash KB':>8} {'reuse p50/p99 ms':>17} {'decide p50/p99':>15} {'settle p50/p99':>15} {'Redis us reuse/decide':>21} {'longest us':>10} "
+        print(f"{'hosts':>6} {'hash KB':>8} {'reuse p50/p99 ms':>17} {'decide p50/p99':>15} {'settle p50/p99':>15} {'Redis us reuse/decide':>21} {'longest us':>15} "
               f"{'ticks/s':>7} {'start lag p99 ms':>16} {'gave up':>7} {'published/lost':>14} {'peak claims/cap':>15} {'tick p50/p99 ms':>16}")
         for n in (int(x) for x in args.hosts.split(",")):
             seed(client, settings, n)
             w = window(client, settings, n, args.runs)
             c = contention(server, settings, n, args.seconds, args.interval, args.threads, args.procs)
             print(f"{n:>6} {w['bytes'] / 1024:>8.1f} {w['reuse50']:>8.2f}/{w['reuse99']:<8.2f} {w['decide50']:>6.2f}/{w['decide99']:<8.2f} "
-                  f"{w['settle50']:>6.2f}/{w['settle99']:<8.2f} {w['reuse_us']:>10.0f}/{w['decide_us']:<10.0f} {max(w['reuse_longest'], w['decide_longest']):>10} "
+                  f"{w['settle50']:>6.2f}/{w['settle99']:<8.2f} {w['reuse_us']:>10.0f}/{w['decide_us']:<10.0f} {'%d %s' % max(w['reuse_longest'], w['decide_longest']):>15} "
                   f"{c['asked']:>7.1f} {c['lag99']:>16.1f} {c['failed']:>7} {c['won']:>7}/{c['lost']:<6} {c['peak']:>7}/{c['cap']:<7} {c['p50']:>7.1f}/{c['p99']:<8.1f}")
             for why in c["why"]:
                 print(f"       gave up: {why}")
