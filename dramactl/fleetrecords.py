@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
 
@@ -158,6 +159,9 @@ class HostEntry:
             d = _fields(json.loads(raw), "heartbeat")
         except ValueError as exc:
             raise DamagedState(f"not JSON ({exc})") from None
+        plain = _plain(cls, name, d, now)
+        if plain is not None:
+            return plain
         at = _number(d, "at", "at", default=0.0)
         expires = _number(d, "expires", "expires")
         if expires - at > LONGEST or expires < at:
@@ -195,6 +199,38 @@ class HostEntry:
             return cls.parse(name, raw, now)
         except DamagedState:
             return None
+
+
+_COUNTS = ("up", "starting", "claim", "share")
+_TEXT = (("label", 255), ("settings", 64))
+
+
+def _plain(cls: type, name: str, d: dict, now: float | None) -> "HostEntry | None":
+    """The entry when every field is plainly valid (what dramactl writes), checked in one pass:
+    a tick parses every heartbeat of the fleet, 1,000 at 1,000 hosts. None otherwise, and the
+    field-by-field checks of :meth:`HostEntry.parse` name what is wrong."""
+    get = d.get
+    most, at, expires, working, startup = get("max"), get("at", 0.0), get("expires"), get("working"), get("startup")
+    if type(most) is not int or not 0 <= most <= MOST:
+        return None
+    counts = [get(k, 0) for k in _COUNTS]
+    if any(type(v) is not int or not 0 <= v <= MOST for v in counts):
+        return None
+    if type(at) not in (int, float) or type(expires) not in (int, float) or not (0 <= at < math.inf and at <= expires <= at + LONGEST):
+        return None
+    if now is not None and at > now + SKEW:
+        return None
+    if working is not None and (type(working) is not int or not 0 <= working <= MOST):
+        return None
+    if startup is not None and (type(startup) not in (int, float) or not 0 <= startup < math.inf):
+        return None
+    paused, failing = get("paused", False), get("failing", False)
+    if type(paused) is not bool or type(failing) is not bool:
+        return None
+    label, dig = get("label", ""), get("settings", "")
+    if type(label) is not str or len(label) > 255 or type(dig) is not str or len(dig) > 64:
+        return None
+    return cls(name, most, *counts, float(at), float(expires), paused, None if startup is None else float(startup), label, failing, working, dig)
 
 
 @dataclass(frozen=True)

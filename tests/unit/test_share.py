@@ -462,3 +462,21 @@ def test_the_fleets_pure_part_does_no_io() -> None:
     imported = {("." * n.level + (n.module or "")) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert imported <= {"__future__", "dataclasses", "typing", ".fleetrecords", ".policy", ".settings", ".state"}, imported
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        HostEntry("a" * 32, 8, up=2, starting=1, claim=3, share=2, at=1733392000.5, expires=1733392075.5, startup=2.5, label="web", working=2, settings="abc"),
+        HostEntry("b", 0, at=0.0, expires=86_400.0),
+        HostEntry("c", 100_000, up=100_000, claim=100_000, at=5.0, expires=5.0, paused=True, failing=True, working=0),
+    ],
+)
+def test_a_plain_heartbeat_reads_back_as_written_through_the_one_pass_check(entry: HostEntry) -> None:
+    """Every heartbeat dramactl writes takes the one-pass check (fleetrecords._plain) and reads back
+    equal; anything else goes through the field-by-field checks that name it (tests above)."""
+    from dramactl.fleetrecords import _plain
+
+    raw = entry.to_json()
+    assert _plain(HostEntry, entry.name, json.loads(raw), None) == entry
+    assert HostEntry.parse(entry.name, raw) == entry
