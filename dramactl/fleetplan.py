@@ -139,7 +139,10 @@ def plan_share(
     A failing host keeps its working instances (pinned, like a paused host's) and is
     left out of the split of the target and of MIN, unless every autoscaling host
     fails; the remainder goes to the hosts that already run more, so a recovered
-    host does not take back instances that serve elsewhere."""
+    host does not take back instances that serve elsewhere.
+
+    ``reuse``: apply ``last`` as it is (another host published it first, in this very tick),
+    even where this host would have decided anew."""
     hosts = sorted([me, *others], key=lambda h: h.name)
     scaling = [h for h in hosts if not h.paused]
     serving = [h for h in scaling if not h.failing] or scaling
