@@ -48,21 +48,36 @@ local s0, s1 = tonumber(ARGV[11]), tonumber(ARGV[12])
 local most, skew, longest = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local flat = redis.call('HGETALL', KEYS[1])
-local all, counted, out = 0, 0, {0, 0}
-for i = 1, #flat, 2 do
-  if flat[i] ~= me then
-    local c, k, at, ex = 0, 0, 0, -1
-    if #flat[i + 1] == 24 then c, k, at, ex = struct.unpack('>IIdd', flat[i + 1]) end
-    if not (ex == ex and at == at) or ex == math.huge or at < 0 or c > most or k > c or at > now + skew or ex < at or ex - at > longest then
-      out[#out + 1] = flat[i]
-    else
-      if s1 > s0 and at <= s0 then ex = ex + s1 - s0 end
-      if ex > now then
-        all = all + c
-        counted = counted + k
-      end
-    end
+-- (claim, counted, live) of a claims value, or nil when it is damaged
+local function read(v)
+  if #v ~= 24 then return nil end
+  local c, k, at, ex = struct.unpack('>IIdd', v)
+  if not (ex == ex and at == at) or ex == math.huge or at < 0 or c > most or k > c or at > now + skew or ex < at or ex - at > longest then
+    return nil
+  end
+  if s1 > s0 and at <= s0 then ex = ex + s1 - s0 end
+  return c, k, ex > now
+end
+-- Every claim (HVALS: half the reply of HGETALL), then this host's own taken out again.
+local all, counted, damaged = 0, 0, 0
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
+  local c, k, live = read(v)
+  if not c then
+    damaged = damaged + 1
+  elseif live then
+    all, counted = all + c, counted + k
+  end
+end
+local old = redis.call('HGET', KEYS[1], me)
+if old then
+  local c, k, live = read(old)
+  if c and live then all, counted = all - c, counted - k end
+end
+local out = {0, 0}
+if damaged > 0 then  -- rare: name them (the caller logs each once)
+  local flat = redis.call('HGETALL', KEYS[1])
+  for i = 1, #flat, 2 do
+    if flat[i] ~= me and not read(flat[i + 1]) then out[#out + 1] = flat[i] end
   end
 end
 local grant, claim = share, 0
