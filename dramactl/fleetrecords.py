@@ -387,22 +387,13 @@ def write_history(client: redis.Redis, settings: Settings, records: Sequence[Map
     pipe.execute()
 
 
-def _hosts(raw: Mapping[bytes, bytes], key: str = "", now: float | None = None, seen: dict | None = None) -> list[HostEntry]:
-    """The valid heartbeats, sorted by identity. ``seen``: entries parsed by an earlier attempt
-    of the same tick, by (field, value): a retry parses only what changed in between, which
-    keeps the window in which another host's write forces one more retry short."""
+def _hosts(raw: Mapping[bytes, bytes], key: str = "", now: float | None = None) -> list[HostEntry]:
+    """The valid heartbeats, sorted by identity; a damaged one is left out and named."""
     hosts = []
     for k, v in raw.items():
         if k.startswith(b"host:"):
-            entry = seen.get((k, v)) if seen is not None else None
             try:
-                if entry is None:
-                    entry = HostEntry.parse(k[5:].decode("utf-8", "replace"), v)
-                    if seen is not None:
-                        seen[(k, v)] = entry
-                if now is not None and entry.at > now + SKEW:
-                    raise DamagedState(f"at: {entry.at} is ahead of Redis' clock ({now:.0f})")
-                hosts.append(entry)
+                hosts.append(HostEntry.parse(k[5:].decode("utf-8", "replace"), v, now))
             except DamagedState as exc:
                 damaged(key, k.decode("utf-8", "replace"), str(exc))
     return sorted(hosts, key=lambda h: h.name)

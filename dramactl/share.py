@@ -110,9 +110,9 @@ class Snapshot:
         return [h for h in self.hosts if h.live(self.now, self.silence) and h.name != but]
 
 
-def _snapshot(raw: Mapping[bytes, bytes], now: float, settings: Settings, seen: dict | None = None) -> Snapshot:
+def _snapshot(raw: Mapping[bytes, bytes], now: float, settings: Settings) -> Snapshot:
     key = fleet_key(settings)
-    hosts = _hosts(raw, key, now, seen)
+    hosts = _hosts(raw, key, now)
     ended = silence_before(hosts, now, settings.host_ttl)
     return Snapshot(now, hosts, _decision(raw, key, now), ended or _silence(raw, key, now), ended, _record(raw, key))
 
@@ -131,7 +131,6 @@ def snapshot(client: redis.Redis, settings: Settings) -> Snapshot:
     pipe.hgetall(fleet_key(settings))
     (seconds, micros), raw = pipe.execute()
     return _snapshot(raw, seconds + micros / 1e6, settings)
-
 
 
 def _write_record(client: redis.Redis, key: str, record: dict, settings: Settings, raw: Mapping[bytes, bytes]) -> tuple[Settings, dict]:
