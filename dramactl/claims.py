@@ -1,9 +1,10 @@
 """The fleet's two atomic steps, each one Lua script run by Redis (dramactl.share).
 
 * :func:`claim`: what this host may run before its next tick. The script sums the other live
-  hosts' claims (the HASH ``<namespace>:__dramactl__.fleet-claims.<FLEET_NAME>``, one short
-  value per host: claim, counted, at, expires, packed in 24 bytes, :func:`pack`), grants this host its growth only into the
-  room they leave under the fleet's target and cap (shrinking is never held back), and writes
+  hosts' claims (the HASH ``<namespace>:__dramactl__.fleet-claims.<FLEET_NAME>``, one value
+  per host: claim, counted, at, expires, packed in 24 bytes by :func:`pack`), grants this host
+  its growth only into the room they leave under the fleet's target and cap (shrinking is
+  never held back), and writes
   this host's claim, all in one call: no host can grow into room another one took meanwhile,
   so the cap holds by the script's atomicity, with no WATCH and nothing to retry.
 * :func:`publish`: one decision per half CHECK_INTERVAL. A host that found the fleet's decision
