@@ -366,7 +366,7 @@ def _settle(
         share.settle(
             client, settings, claim=up + coming, up=up, startup=startup, failing=failed_starts > 0, working=working
         )
-    except (OSError, redis.RedisError, SettingsError, share.Contention) as exc:
+    except (OSError, redis.RedisError, SettingsError) as exc:
         log.warning("fleet %s: could not update this host's claim after acting (%s); it expires with the heartbeat", settings.fleet_name, exc)
 
 

@@ -31,7 +31,7 @@ from . import share
 from .settings import Settings, SettingsError
 
 log = logging.getLogger("dramactl.seat")
-ERRORS = (OSError, redis.RedisError, SettingsError, share.Contention)
+ERRORS = (OSError, redis.RedisError, SettingsError)
 
 
 def every(host_ttl: float) -> float:

@@ -168,29 +168,6 @@ def test_hosts_with_different_min_follow_one_record_and_do_not_flap(redis: redis
     assert view.settings["min_processes"] == 2 and view.differs == ()
 
 
-def test_conflicts_back_off_and_exhaustion_is_contention_not_a_setting(redis: redis_lib.Redis, redis_server: RedisServer, monkeypatch) -> None:
-    settings = settings_for(redis_server)
-    key = share.fleet_key(settings)
-    other = redis_lib.Redis(port=redis_server.port)
-    monkeypatch.setattr(share, "ATTEMPTS", 4)
-    tries = []
-
-    def body(pipe):
-        pipe.hgetall(key)
-        other.hset(key, "noise", len(tries))  # another host writes in between, every time
-        tries.append(time.monotonic())
-        pipe.multi()
-        pipe.hset(key, "x", 1)
-        pipe.execute()
-
-    from dramactl.settings import SettingsError
-
-    with pytest.raises(share.Contention, match="contention") as caught:
-        share._transaction(redis, key, body, settings)
-    assert not isinstance(caught.value, SettingsError) and len(tries) == 4
-    assert redis.hget(key, "x") is None
-
-
 def test_a_long_outage_does_not_make_the_first_host_back_delete_the_others(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
     """Issue 18 §2b: every heartbeat is two hours old (Redis was down): a ticks first and must
     keep b's entry, which still counts its instances until b has had a TTL to come back."""
@@ -258,3 +235,176 @@ def test_the_history_is_read_only_for_a_new_decision_and_kept_out_of_the_watched
     with caplog.at_level(logging.WARNING, logger="dramactl.share"):
         assert len(share.read_history(redis, settings, now)) == 6
     assert caplog.text.count(hist) == 2
+
+
+# --- the claim script and one decision per half interval (1,000 hosts) -------------------------
+
+import multiprocessing  # noqa: E402
+
+from dramactl import claims  # noqa: E402
+
+
+def _host_process(port: int, env: dict, name: str, rounds: int, barrier, results) -> None:
+    """One host in its own process: ``rounds`` ticks, each at the same instant as every other
+    host's (the barrier), running what its tick granted, then settling."""
+    client = redis_lib.Redis(port=port)
+    settings = parse(env)
+    up = 0
+    for r in range(rounds):
+        barrier.wait()
+        view = share.coordinate(client, settings, FleetBacklog(ready=1000), up=up, starting=0, occupying=up, name=name)
+        up = view.decision.target
+        share.settle(client, settings, claim=up, up=up, name=name)
+        results.put((r, name, up))
+        barrier.wait()
+        time.sleep(0.3)
+
+
+def test_many_hosts_in_processes_ticking_at_one_instant_never_pass_the_cap(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """24 hosts, each its own process, tick at one instant for several rounds with a backlog
+    that asks for every instance: what they run never adds up to more than
+    FLEET_MAX_PROCESSES, no tick fails, and the fleet ends at its cap."""
+    env = {**redis_server.env, **FLEET, "MAX_PROCESSES": "3", "FLEET_MAX_PROCESSES": "10"}
+    hosts, rounds = 24, 6
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(hosts), ctx.Queue()
+    procs = [ctx.Process(target=_host_process, args=(redis_server.port, env, f"h{i:02d}", rounds, barrier, results)) for i in range(hosts)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * hosts
+    running: dict[int, dict[str, int]] = {}
+    while not results.empty():
+        r, name, up = results.get()
+        running.setdefault(r, {})[name] = up
+    assert sorted(running) == list(range(rounds)) and all(len(v) == hosts for v in running.values())
+    totals = [sum(running[r].values()) for r in range(rounds)]
+    assert max(totals) <= 10, totals
+    assert all(up <= 3 for r in running for up in running[r].values())
+    assert totals[-1] == 10, totals
+
+
+def test_hosts_claiming_at_one_instant_are_granted_the_room_once(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """The claim script alone, 40 threads at once, each asking for 3 from 0 under a cap of 10:
+    the grants add up to exactly 10 (not 40 x 3, as a read-then-write would allow)."""
+    settings = settings_for(redis_server)
+    barrier = threading.Barrier(40)
+    grants: dict[str, int] = {}
+
+    def one(i: int) -> None:
+        client = redis_lib.Redis(port=redis_server.port)
+        barrier.wait()
+        grants[f"h{i}"] = claims.claim(client, settings, f"h{i}", "tick", share=3, up=0, occupying=0, target=10, cap=10)[0]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(grants.values()) == 10 and max(grants.values()) <= 3
+    stored = redis.hgetall(share.claims_key(settings))
+    assert sum(claims.unpack(v)[0] for v in stored.values()) == 10
+
+
+def test_hosts_that_find_the_decision_stale_at_one_instant_publish_one_decision(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """One decision per half interval: 16 hosts tick at one instant on a stale decision; one
+    of them publishes (one record appended to the fleet's history), every host applies it."""
+    settings = settings_for(redis_server, MAX_PROCESSES="2", FLEET_MAX_PROCESSES="40")
+    names = [f"h{i:02d}" for i in range(16)]
+    for name in names:  # every host known, then the decision goes stale
+        share.coordinate(redis, settings, FleetBacklog(ready=500), up=0, starting=0, occupying=0, name=name)
+    time.sleep(0.6)
+    before = redis.llen(share.history_key(settings))
+    barrier = threading.Barrier(len(names))
+    views: dict[str, share.Coordinated] = {}
+
+    def tick(name: str) -> None:
+        client = redis_lib.Redis(port=redis_server.port)
+        barrier.wait()
+        views[name] = share.coordinate(client, settings, FleetBacklog(ready=500), up=0, starting=0, occupying=0, name=name)
+
+    threads = [threading.Thread(target=tick, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    _, _, stored, _ = share.read(redis, settings)
+    assert redis.llen(share.history_key(settings)) == before + 1
+    assert all(v.fleet == stored for v in views.values())
+    assert sum(1 for v in views.values() if v.fresh) == 1
+
+
+def test_the_floor_moves_to_a_host_that_serves_when_the_hosts_holding_it_fail(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """MIN=2 on four idle hosts: the two that hold the floor fail (one's starts fail, one stops
+    ticking): the two others run the floor, and the fleet stays within its cap throughout."""
+    settings = settings_for(redis_server, MIN_PROCESSES="2", MAX_PROCESSES="2", FLEET_MAX_PROCESSES="4", POLICY="step")
+    running = {n: 0 for n in "abcd"}
+
+    def tick(name: str, failing: bool = False) -> share.Coordinated:
+        up = running[name]
+        view = share.coordinate(redis, settings, FleetBacklog(ready=0), up=up, starting=0, occupying=up, name=name, failing=failing, working=0 if failing else None)
+        running[name] = view.decision.target
+        share.settle(redis, settings, claim=running[name], up=running[name], name=name)
+        return view
+
+    for _ in range(2):
+        for name in "abcd":
+            tick(name)
+        time.sleep(0.55)
+    holders = sorted(n for n in running if running[n])
+    assert sum(running.values()) == 2 and len(holders) == 2, running
+    sick, dead = holders
+    healthy = [n for n in "abcd" if n not in holders]
+    deadline = time.monotonic() + settings.host_ttl + 3 * settings.check_interval + 2
+    while time.monotonic() < deadline:
+        tick(sick, failing=True)  # its instances fail; `dead` ticks no more
+        for name in healthy:
+            tick(name)
+        stored = {k.decode(): claims.unpack(v)[0] for k, v in redis.hgetall(share.claims_key(settings)).items()}
+        assert sum(stored.values()) <= 4, stored
+        if sum(running[n] for n in healthy) >= 2:
+            break
+        time.sleep(0.3)
+    assert sum(running[n] for n in healthy) == 2, running
+
+
+def test_claims_written_before_a_long_outage_still_count_when_the_first_host_is_back(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """Every heartbeat and claim is two hours old (Redis was down): a new host's tick must
+    count the others' claims (stretched by the silence) and find no room under the cap."""
+    settings = settings_for(redis_server, MAX_PROCESSES="4", FLEET_MAX_PROCESSES="6")
+    seconds, _ = redis.time()
+    old = seconds - 7200
+    for name in ("a", "b"):
+        entry = share.HostEntry(name, 4, up=3, claim=3, at=old, expires=old + 2)
+        redis.hset(share.fleet_key(settings), f"host:{name}", entry.to_json())
+        redis.hset(share.claims_key(settings), name, claims.value(entry))
+    view = share.coordinate(redis, settings, FleetBacklog(ready=500), up=0, starting=0, occupying=0, name="c")
+    assert view.decision.target == 0, view.decision.reason
+    assert claims.unpack(redis.hget(share.claims_key(settings), "c"))[0] == 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"3 3 1.0 2.0",  # text, not the packed form
+        claims.pack(3, 3, 1.0, 2.0)[:-1],  # one byte short
+        claims.pack(100_001, 1, 1.0, 2.0),  # above MOST
+        claims.pack(3, 4, 1.0, 2.0),  # counts more under the target than it claims
+        claims.pack(3, 3, 1.0, float("inf")),
+        claims.pack(3, 3, float("nan"), 2.0),
+        claims.pack(3, 3, 2.0, 1.0),  # expires before it was written
+        claims.pack(3, 3, 1.0, 1.0 + 2 * 86_400),  # lasts longer than FLEET_HOST_TTL may
+        claims.pack(3, 3, 4e9, 4e9 + 60),  # written in the future
+    ],
+)
+def test_a_damaged_claim_is_left_out_and_named(redis: redis_lib.Redis, redis_server: RedisServer, value: bytes, caplog) -> None:
+    import logging
+
+    settings = settings_for(redis_server, FLEET_MAX_PROCESSES="6")
+    redis.hset(share.claims_key(settings), "bad", value)
+    share._named.clear()
+    with caplog.at_level(logging.WARNING, logger="dramactl.share"):
+        view = share.coordinate(redis, settings, FleetBacklog(ready=500), up=0, starting=0, occupying=0, name="a")
+    assert view.decision.target >= 1
+    assert f"ignoring damaged {share.claims_key(settings)} field bad" in caplog.text

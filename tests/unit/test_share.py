@@ -417,3 +417,66 @@ def test_status_and_dashboard_show_a_failing_host_and_settings_that_differ() -> 
     assert "this host's settings differ from the fleet's record (MIN_PROCESSES=2 here, 1 for the fleet): it follows the fleet's" in text
     html = render_hosts(data)
     assert 'class="state bad">failing' in html and 'id="settings-differ"' in html and "(this host)" in html
+
+
+# --- the module split: the single-host tick never loads the fleet's modules --------------------
+
+import ast  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+FLEET_MODULES = {"share", "claims", "fleetplan", "fleetrecords"}
+PACKAGE = Path(__file__).resolve().parents[2] / "dramactl"
+
+
+def _module_level_imports(module: str) -> set[str]:
+    """The dramactl modules ``module`` imports when it is loaded (not inside functions nor
+    under TYPE_CHECKING), as bare names."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test):
+            continue
+        for sub in ast.walk(node) if not isinstance(node, (ast.FunctionDef, ast.ClassDef)) else ():
+            if isinstance(sub, ast.ImportFrom) and sub.level == 1:
+                if sub.module:
+                    found.add(sub.module.split(".")[0])
+                else:
+                    found |= {a.name for a in sub.names}
+    return found
+
+
+def test_the_single_host_tick_never_loads_the_fleet_modules() -> None:
+    seen, todo = set(), ["scaler"]
+    while todo:
+        module = todo.pop()
+        if module in seen or not (PACKAGE / f"{module}.py").exists():
+            continue
+        seen.add(module)
+        todo.extend(_module_level_imports(module))
+    assert "scaler" in seen and "policy" in seen  # the walk follows the tick's own imports
+    assert not seen & FLEET_MODULES, seen & FLEET_MODULES
+
+
+def test_the_fleets_pure_part_does_no_io() -> None:
+    tree = ast.parse((PACKAGE / "fleetplan.py").read_text())
+    imported = {("." * n.level + (n.module or "")) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert imported <= {"__future__", "dataclasses", "typing", ".fleetrecords", ".policy", ".settings", ".state"}, imported
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        HostEntry("a" * 32, 8, up=2, starting=1, claim=3, share=2, at=1733392000.5, expires=1733392075.5, startup=2.5, label="web", working=2, settings="abc"),
+        HostEntry("b", 0, at=0.0, expires=86_400.0),
+        HostEntry("c", 100_000, up=100_000, claim=100_000, at=5.0, expires=5.0, paused=True, failing=True, working=0),
+    ],
+)
+def test_a_plain_heartbeat_reads_back_as_written_through_the_one_pass_check(entry: HostEntry) -> None:
+    """Every heartbeat dramactl writes takes the one-pass check (fleetrecords._plain) and reads back
+    equal; anything else goes through the field-by-field checks that name it (tests above)."""
+    from dramactl.fleetrecords import _plain
+
+    raw = entry.to_json()
+    assert _plain(HostEntry, entry.name, json.loads(raw), None) == entry
+    assert HostEntry.parse(entry.name, raw) == entry

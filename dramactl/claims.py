@@ -1,0 +1,194 @@
+"""The fleet's two atomic steps, each one Lua script run by Redis (dramactl.share).
+
+* :func:`claim`: what this host may run before its next tick. The script sums the other live
+  hosts' claims (the HASH ``<namespace>:__dramactl__.fleet-claims.<FLEET_NAME>``, one value
+  per host: claim, counted, at, expires, packed in 24 bytes by :func:`pack`), grants this host
+  its growth only into the room they leave under the fleet's target and cap (shrinking is
+  never held back), and writes
+  this host's claim, all in one call: no host can grow into room another one took meanwhile,
+  so the cap holds by the script's atomicity, with no WATCH and nothing to retry.
+* :func:`publish`: one decision per half CHECK_INTERVAL. A host that found the fleet's decision
+  stale writes its own only if the stored one is still the one it read (compare-and-set), and
+  appends its tick record to the fleet's history in the same call; a host that lost the race
+  gets the winner's decision back and applies it.
+
+A claim's ``counted`` is what it counts under the fleet's target: a failing host's working
+instances only (its looping units do not serve), while every claim counts in full against the
+cap. A claim lives as long as its host's heartbeat (FLEET_HOST_TTL), stretched by a fleet-wide
+silence like the heartbeat (:class:`dramactl.fleetrecords.Silence`). A damaged value in the
+claims HASH is left out of the sums and named by the caller (:func:`dramactl.fleetrecords.damaged`).
+The script's cost grows with the number of claims: ``python -m bench.fleet_scale`` measures it.
+Imported only with FLEET_NAME set.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Sequence
+
+import redis
+
+from .fleetrecords import LONGEST, MOST, SKEW, FleetDecision, HostEntry, Silence, claims_key, damaged, fleet_key, history_key
+from .settings import Settings
+
+KEY_LIFETIME = 7 * 86400  # a fleet nobody ticks for a week is forgotten
+HISTORY_RECORDS = 720  # the fleet's history LIST keeps at most this many records (an hour at two decisions per 10 s)
+
+# KEYS: the claims HASH. ARGV: me, mode ("tick": grow only into the room under the target and
+# the cap; "manual": a size by hand, under the cap only, refused or capped; "hold": a paused
+# host's own size, as it is), share (what it asks for), up, occupying, target, cap (-1: none),
+# failing (1/0), serving, ttl, silence start, silence end, partial (manual: 1 claims what
+# there is, 0 writes nothing when the room is short). Returns {grant, claim written (-1:
+# nothing written), ids of damaged claims...}.
+CLAIM = """
+local me, mode = ARGV[1], ARGV[2]
+local share, up, occupying = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local target, cap = tonumber(ARGV[6]), tonumber(ARGV[7])
+local failing, serving, ttl = ARGV[8] == '1', tonumber(ARGV[9]), tonumber(ARGV[10])
+local s0, s1 = tonumber(ARGV[11]), tonumber(ARGV[12])
+local most, skew, longest = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+-- (claim, counted, live) of a claims value, or nil when it is damaged
+local function read(v)
+  if #v ~= 24 then return nil end
+  local c, k, at, ex = struct.unpack('>IIdd', v)
+  if not (ex == ex and at == at) or ex == math.huge or at < 0 or c > most or k > c or at > now + skew or ex < at or ex - at > longest then
+    return nil
+  end
+  if s1 > s0 and at <= s0 then ex = ex + s1 - s0 end
+  return c, k, ex > now
+end
+-- Every claim (HVALS: half the reply of HGETALL), then this host's own taken out again.
+local all, counted, damaged = 0, 0, 0
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
+  local c, k, live = read(v)
+  if not c then
+    damaged = damaged + 1
+  elseif live then
+    all, counted = all + c, counted + k
+  end
+end
+local old = redis.call('HGET', KEYS[1], me)
+if old then
+  local c, k, live = read(old)
+  if c and live then all, counted = all - c, counted - k end
+end
+local out = {0, 0}
+if damaged > 0 then  -- rare: name them (the caller logs each once)
+  local flat = redis.call('HGETALL', KEYS[1])
+  for i = 1, #flat, 2 do
+    if flat[i] ~= me and not read(flat[i + 1]) then out[#out + 1] = flat[i] end
+  end
+end
+local grant, claim = share, 0
+if mode == 'tick' then
+  if share > up then
+    local room = target - counted - occupying
+    if cap >= 0 then room = math.min(room, cap - all - occupying) end
+    grant = up + math.max(0, math.min(share - up, room))
+  end
+  claim = math.max(occupying, grant + occupying - up)
+elseif mode == 'manual' then
+  if cap >= 0 then grant = math.min(share, math.max(cap - all, math.min(up, share))) end
+  if grant < share and ARGV[13] ~= '1' then
+    out[1], out[2] = grant, -1
+    return out
+  end
+  claim = math.max(occupying, grant)
+else
+  claim = math.max(occupying, share + occupying - up)
+end
+local mine = claim
+if failing then mine = math.min(claim, serving) end
+redis.call('HSET', KEYS[1], me, struct.pack('>IIdd', claim, mine, now, now + ttl))
+redis.call('EXPIRE', KEYS[1], ARGV[17])
+out[1], out[2] = grant, claim
+return out
+"""
+
+# KEYS: the fleet's HASH, its history LIST. ARGV: the decision read ('' when there was none),
+# the new decision, its tick record, HISTORY_RECORDS, KEY_LIFETIME. Returns {1} when written,
+# else {0, the decision in force}.
+PUBLISH = """
+local current = redis.call('HGET', KEYS[1], 'decision') or ''
+if current ~= ARGV[1] then return {0, current} end
+redis.call('HSET', KEYS[1], 'decision', ARGV[2])
+redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('HDEL', KEYS[1], 'history')
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return {1}
+"""
+
+def _script(client: redis.Redis, source: str):
+    """The script, run with EVALSHA (redis-py loads it again after a Redis restart)."""
+    return client.register_script(source)
+
+
+def pack(claim: int, counted: int, at: float, expires: float) -> bytes:
+    """A claims-HASH value: 24 bytes, big-endian (claim and counted as 32-bit unsigned, at and
+    expires as doubles), which the script unpacks several times faster than text."""
+    return struct.pack(">IIdd", claim, counted, at, expires)
+
+
+def unpack(raw: bytes) -> tuple[int, int, float, float]:
+    """(claim, counted, at, expires) of a claims-HASH value (tools and tests); ValueError when damaged."""
+    if len(raw) != 24:
+        raise ValueError(f"{len(raw)} bytes, not 24")
+    return struct.unpack(">IIdd", raw)
+
+
+def value(entry: HostEntry) -> bytes:
+    """A host's claims-HASH value for its heartbeat ``entry`` (a host's own settle writes it)."""
+    mine = min(entry.claim, entry.serving) if entry.failing and not entry.paused else entry.claim
+    return pack(entry.claim, mine, entry.at, entry.expires)
+
+
+def claim(
+    client: redis.Redis,
+    settings: Settings,
+    me: str,
+    mode: str,
+    *,
+    share: int,
+    up: int,
+    occupying: int,
+    target: int = 0,
+    cap: int | None = None,
+    failing: bool = False,
+    serving: int = 0,
+    silence: Silence | None = None,
+    partial: bool = True,
+) -> tuple[int, int | None]:
+    """(what this host may run, the claim written or None when nothing was) in one atomic call."""
+    s0, s1 = (silence.start, silence.end) if silence is not None else (0.0, 0.0)
+    args = [
+        me, mode, share, up, occupying, target, -1 if cap is None else cap, int(failing), serving, settings.host_ttl,
+        repr(s0), repr(s1), int(partial), MOST, SKEW, LONGEST, KEY_LIFETIME,
+    ]
+    key = claims_key(settings)
+    reply = _script(client, CLAIM)(keys=[key], args=args)
+    for bad in reply[2:]:
+        damaged(key, bad.decode("utf-8", "replace") if isinstance(bad, bytes) else str(bad), "not a claim (24 bytes: claim, counted, at, expires) within range: left out of the room")
+    grant, written = int(reply[0]), int(reply[1])
+    return grant, (written if written >= 0 else None)
+
+
+def publish(client: redis.Redis, settings: Settings, read: bytes | None, decision: FleetDecision, record: str) -> tuple[bool, bytes | None]:
+    """(True, None) when ``decision`` replaced the one this host ``read``; else (False, the
+    decision another host published in between: the raw value, to validate and apply)."""
+    reply = _script(client, PUBLISH)(
+        keys=[fleet_key(settings), history_key(settings)],
+        args=[read or b"", decision.to_json(), record, HISTORY_RECORDS, KEY_LIFETIME],
+    )
+    if int(reply[0]) == 1:
+        return True, None
+    return False, reply[1] or None
+
+
+def forget(pipe: redis.client.Pipeline, settings: Settings, ids: Sequence[str]) -> None:
+    """Remove the claims of hosts forgotten (expired for FORGET_AFTER)."""
+    if ids:
+        pipe.hdel(claims_key(settings), *ids)
