@@ -1,4 +1,4 @@
-"""The policies compared, each a fresh :class:`~bench.simulator.Controller` per run.
+"""The policies compared, each a fresh :class:`~dramactl.sim.simulator.Controller` per run.
 
 ``dramactl`` runs the real ``dramactl.policy.decide`` with settings parsed by the real
 ``dramactl.settings.parse``, and keeps history the way the scaler does: one
@@ -24,7 +24,7 @@ from dramactl.rates import measure_startup
 from dramactl.state import ScalerState, TickRecord
 from dramactl.stats import FleetBacklog
 
-from .simulator import Controller, Workload
+from dramactl.sim.simulator import Controller, Workload
 
 # The fleet every policy manages: the settings' own defaults (a trace may change MAX and threads).
 FLEET = {"MIN_PROCESSES": "1", "MAX_PROCESSES": "10", "WORKER_THREADS": "8"}
@@ -38,7 +38,7 @@ class PolicySpec:
     interval: float
     initial_workers: int
     make: Callable[[Workload], Controller]
-    victim: str = "least-busy"  # which instances its scale-downs stop (bench.simulator.VICTIMS): dramactl's rule
+    victim: str = "least-busy"  # which instances its scale-downs stop (dramactl.sim.simulator.VICTIMS): dramactl's rule
 
 
 class DramactlController:
