@@ -26,8 +26,9 @@ from dramactl.stats import FleetBacklog
 class DramactlController:
     """The real policy, with history persisted between ticks as the oneshot scaler does."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, roundtrip: bool = True) -> None:
         self.settings = settings
+        self.roundtrip = roundtrip  # False: keep the state in memory (a replay's ticks; the JSON is most of their cost)
         self.state = ScalerState()
         self.decisions: list[tuple[float, ScalingDecision]] = []
 
@@ -42,6 +43,9 @@ class DramactlController:
         return decision.target
 
     def _save(self, record: TickRecord) -> None:
+        if not self.roundtrip:
+            self.state = self.state.with_tick(record)
+            return
         saved = json.dumps(self.state.with_tick(record).to_dict())
         self.state = ScalerState.from_dict(json.loads(saved))
 
