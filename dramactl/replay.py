@@ -334,7 +334,7 @@ def table(rows: Sequence[Row]) -> list[str]:
         p95 = "-" if r.p95_wait is None else f"{r.p95_wait:.1f}s"
         act = "-" if r.actions_per_hour is None else f"{r.actions_per_hour:.1f}"
         peak = "-" if r.peak_workers is None else str(r.peak_workers)
-        lines.append(f"{r.name:<{width}}  {p95:>9}  {r.worker_hours:>9.2f}  {act:>9}  {peak:>4}")
+        lines.append(f"{r.name:<{width}}  {p95:>9}  {r.worker_hours:>9.3f}  {act:>9}  {peak:>4}")
     return lines
 
 

@@ -17,16 +17,19 @@ from .replay import Progress, Rebuilt, Row, _when, label, row_of, run_policy, ta
 
 WAITS = ("5", "10", "20", "30", "60", "120")  # MAX_QUEUE_WAIT
 WINDOWS = ("30", "60", "120", "300")  # SCALE_DOWN_STABILIZATION
-EXTRA_MIN = 2  # MIN_PROCESSES tried: MIN .. MIN + 2 (within MAX)
+EXTRA_MIN = 2  # MIN_PROCESSES tried: MIN .. MIN + 2 and MAX
 
 
 def candidates(values: Mapping[str, str]) -> list[dict[str, str]]:
     """The combinations tried (the settings in force first)."""
     settings = variant(values, {})
-    mins = [str(n) for n in range(settings.min_processes, min(settings.max_processes, settings.min_processes + EXTRA_MIN) + 1)]
+    low, high = settings.min_processes, settings.max_processes
+    mins = [str(n) for n in sorted({*range(low, min(high, low + EXTRA_MIN) + 1), high})]  # MIN=MAX: static MAX
     out = [{}]
-    for low, wait, window in itertools.product(mins, WAITS, WINDOWS):
-        out.append({"MIN_PROCESSES": low, "MAX_QUEUE_WAIT": wait, "SCALE_DOWN_STABILIZATION": window})
+    for least, wait, window in itertools.product(mins, WAITS, WINDOWS):
+        if least == str(high) and (wait, window) != (WAITS[-1], WINDOWS[-1]):
+            continue  # MIN=MAX: a static fleet, whatever the other knobs say
+        out.append({"MIN_PROCESSES": least, "MAX_QUEUE_WAIT": wait, "SCALE_DOWN_STABILIZATION": window})
     return out
 
 
@@ -78,7 +81,7 @@ def render(result: Tuned, rebuilt: Rebuilt) -> str:
         ])
     after = result.after
     lines = [f"the cheapest of {result.tried} combinations that meets p95 wait <= {result.target:g}s on {span}:"]
-    lines += env_lines(after.changes) if after.changes else ["(the settings in force: nothing to change)"]
+    lines += env_lines(after.changes) if after.changes else ["(the settings in force are the cheapest: nothing to change)"]
     before = Row("before (settings in force)", result.before.p95_wait, result.before.worker_hours, result.before.actions_per_hour, result.before.peak_workers)
     lines += ["", *table([before, Row("after", after.p95_wait, after.worker_hours, after.actions_per_hour, after.peak_workers)]), "",
               "Nothing was changed: put these lines in the env file the scaler reads (e.g. /etc/dramactl/dramactl.env)."]
