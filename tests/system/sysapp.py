@@ -53,6 +53,7 @@ def _record(ident: str) -> None:
 def work(ident: str, seconds: float) -> None:
     client = broker.client
     client.incr("sys:started")
+    client.rpush("sys:began", time.time())  # when each message started: test_replay.py's real waits
     time.sleep(seconds)
     if not client.sadd("sys:processed", ident):
         client.incr("sys:duplicates")
