@@ -205,7 +205,7 @@ def _replayed(since: str | None, until: str | None, sets: Sequence[str]) -> tupl
 
     try:
         start, end, values, variants = rp.prepare(since, until, sets)
-        return rp.rebuild(rp.read_samples(start, end)), values, variants
+        return rp.load(start, end, values), values, variants
     except (ValueError, SettingsError) as exc:  # a time, a setting, a range with nothing to replay
         raise CommandError(str(exc), EXIT_CONFIG) from None
     except hist.JournalUnreadable as exc:

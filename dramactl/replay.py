@@ -97,6 +97,8 @@ class Rebuilt:
     recorded: list[tuple[float, int, int]]  # (at, instances up, backlog) at each recorded tick
     actions: int
     mean_service: float
+    startup: tuple[float, float] = (3.0, 6.0)  # instances' start-up, drawn uniformly in this range (seconds)
+    startup_source: str = "assumed"
 
     @property
     def interval(self) -> float:
@@ -220,7 +222,8 @@ def workload(rebuilt: Rebuilt, threads: int, seed: int = 0):
     from .sim.simulator import WorkerModel, Workload
     from .sim.traces import Trace
 
-    model = WorkerModel(threads=threads, prefetch=2 * threads, mean_service=rebuilt.mean_service, service_cv=SERVICE_CV)
+    model = WorkerModel(threads=threads, prefetch=2 * threads, mean_service=rebuilt.mean_service, service_cv=SERVICE_CV,
+                        startup_low=rebuilt.startup[0], startup_high=rebuilt.startup[1])
     trace = Trace("replay", max(rebuilt.duration, 1e-6), lambda t: 0.0, 0.0)
     startups = model.startup_delays(random.Random(f"{seed}/replay/startup"), 4096)
     return Workload(trace, model, rebuilt.arrivals, rebuilt.services, startups, seed)
@@ -289,6 +292,8 @@ class Report:
     ticks: int
     mean_service: float
     interval: float
+    startup: tuple[float, float]
+    startup_source: str
     fit: dict
     rows: list[Row]
 
@@ -312,7 +317,7 @@ def replay(rebuilt: Rebuilt, values: Mapping[str, str], variants: Sequence[Mappi
     tick()
     rows.append(Row("lower bound", None, base.lower_bound / 3600.0, None, None))
     return Report(rebuilt.start, rebuilt.start + rebuilt.duration, len(rebuilt.arrivals), len(rebuilt.recorded),
-                  rebuilt.mean_service, rebuilt.interval, fit(base, rebuilt.recorded), rows)
+                  rebuilt.mean_service, rebuilt.interval, rebuilt.startup, rebuilt.startup_source, fit(base, rebuilt.recorded), rows)
 
 
 def runs(variants: Sequence) -> int:
@@ -342,7 +347,8 @@ def render(report: Report) -> str:
     f = report.fit
     return "\n".join([
         f"replay of {_when(report.since)} .. {_when(report.until)}: {report.ticks} ticks, {report.messages} messages rebuilt, "
-        f"mean service {report.mean_service:.2f}s, ticks every {report.interval:.0f}s",
+        f"mean service {report.mean_service:.2f}s, ticks every {report.interval:.0f}s, "
+        f"start-up {report.startup[0]:.1f}-{report.startup[1]:.1f}s ({report.startup_source})",
         f"fit (settings in force vs recorded, {f['ticks']} ticks): fleet size off by {f['fleet_mae']:.2f} instances on average "
         f"(recorded mean {f['fleet_mean']:.2f}), backlog off by {f['backlog_mae']:.1f} messages (recorded mean {f['backlog_mean']:.1f})",
         "",
@@ -371,3 +377,27 @@ def prepare(since: str | None, until: str | None, sets: Sequence[str], environ: 
         except SettingsError as exc:
             raise SettingsError(f"--set {exc.setting}", exc.problem, exc.fix) from None
     return start, end, values, variants
+
+
+def recorded_startup(values: Mapping[str, str]) -> tuple[float, float] | None:
+    """The range of the start-ups the scaler measured (its state file's last hour: start jobs
+    until READY=1, or systemd's timestamps), or None when it has none or cannot be read."""
+    import json
+
+    from .state import ScalerState, StateStore
+
+    try:  # read only: StateStore.load would set a damaged file aside, and replay changes nothing
+        history = ScalerState.from_dict(json.loads(StateStore(variant(values, {}).state_dir).path.read_bytes())).history
+    except Exception:  # noqa: BLE001 - absent, unreadable or damaged: the default start-up
+        return None
+    seen = [r.startup for r in history if r.startup]
+    return (min(seen), max(seen)) if seen else None
+
+
+def load(start: float | None, end: float | None, values: Mapping[str, str], progress: Progress | None = None) -> Rebuilt:
+    """The range's rebuilt messages, with the start-up the scaler recorded when it has one."""
+    rebuilt = rebuild(read_samples(start, end, progress))
+    startup = recorded_startup(values)
+    if startup is not None:
+        rebuilt.startup, rebuilt.startup_source = startup, "measured by the scaler"
+    return rebuilt

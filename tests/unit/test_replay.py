@@ -159,3 +159,24 @@ def test_the_tick_path_does_not_import_the_simulator_or_replay() -> None:
     code = "import sys, dramactl.scaler, dramactl.cli; print(sorted(m for m in sys.modules if m.startswith(('dramactl.sim', 'dramactl.replay', 'dramactl.tune'))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_start_up_comes_from_the_scalers_state_file_read_only(tmp_path) -> None:
+    import time as clock
+
+    from dramactl.state import ScalerState, StateStore, TickRecord
+
+    now = clock.time()
+    state = ScalerState()
+    for k, startup in enumerate((None, 2.5, 7.0, 4.0)):
+        state = state.with_tick(TickRecord(at=now - 60 + k, backlog=0, workers=1, target=1, startup=startup))
+    store = StateStore(tmp_path)
+    store.path.write_text(json.dumps(state.to_dict()))
+    values = {**FLEET, "DRAMACTL_STATE_DIR": str(tmp_path)}
+    assert rp.recorded_startup(values) == (2.5, 7.0)
+    store.path.write_text("{damaged")
+    assert rp.recorded_startup(values) is None
+    assert store.path.read_text() == "{damaged" and [p.name for p in tmp_path.iterdir()] == ["state.json"]  # not set aside
+    rebuilt = rp.rebuild(constant(3.0, 4.0, 41))
+    rebuilt.startup = (20.0, 20.0)
+    assert rp.workload(rebuilt, 8).startups[:3] == [20.0, 20.0, 20.0]
