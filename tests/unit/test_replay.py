@@ -180,3 +180,14 @@ def test_the_start_up_comes_from_the_scalers_state_file_read_only(tmp_path) -> N
     rebuilt = rp.rebuild(constant(3.0, 4.0, 41))
     rebuilt.startup = (20.0, 20.0)
     assert rp.workload(rebuilt, 8).startups[:3] == [20.0, 20.0, 20.0]
+
+
+def test_tune_says_when_no_combination_meets_the_p95() -> None:
+    """A 600-message block on a fleet of at most 2 instances of 8 threads cannot start them all within a second."""
+    samples = constant(0.1, 4.0, 21, backlog=0)
+    samples[1] = rp.Sample(samples[1].at, True, 1, 600, samples[1].counters, False)  # 600 land at once
+    fleet = {**FLEET, "MAX_PROCESSES": "2"}
+    rebuilt = rp.rebuild(samples)
+    result = tn.tune(rebuilt, fleet, 1.0)
+    assert not result.met and result.closest.p95_wait > 1.0
+    assert tn.render(result, rebuilt).startswith(f"no combination tried ({result.tried}) meets p95 wait <= 1s")
