@@ -191,3 +191,20 @@ def test_tune_says_when_no_combination_meets_the_p95() -> None:
     result = tn.tune(rebuilt, fleet, 1.0)
     assert not result.met and result.closest.p95_wait > 1.0
     assert tn.render(result, rebuilt).startswith(f"no combination tried ({result.tried}) meets p95 wait <= 1s")
+
+
+def test_progress_shows_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from dramactl import cli
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, shown in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        with cli.progress(3, "replaying") as step:
+            for _ in range(3):
+                step()
+        assert ("replaying" in stream.getvalue()) is shown
