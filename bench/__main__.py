@@ -12,7 +12,7 @@ import time
 
 from .policies import lineup
 from .report import summarize, table, verdicts
-from .simulator import RunResult, WorkerModel, Workload, simulate
+from dramactl.sim.simulator import RunResult, WorkerModel, Workload, simulate
 from .traces import Trace, standard
 
 RECOMMENDED_INTERVAL = 15  # the CHECK_INTERVAL this benchmark recommends for POLICY=default
@@ -55,7 +55,7 @@ def report(seeds: tuple[int, ...], interval: int, overrides: dict[str, str]) -> 
         "",
         table(results),
         "x bound: worker-seconds / lower bound MIN x H + Q(H) / threads, Q(H) the work left at the trace's end H in a",
-        "  fluid queue drained at MIN x threads (bench/bound.py proves no policy can go under it).",
+        "  fluid queue drained at MIN x threads (dramactl/sim/bound.py proves no policy can go under it).",
         "",
     ]
     checks = verdicts(results, results[-1].policy, [t.name for t in traces if t.steady], [t.name for t in traces if t.low_rate], interval)

@@ -26,7 +26,7 @@ from dramactl.instance import WorkerUnit
 from dramactl.stats import FleetBacklog
 
 from .policies import ReferenceController, lineup, predictable
-from .simulator import RunResult, Workload, WorkerModel, _Run, simulate
+from dramactl.sim.simulator import RunResult, Workload, WorkerModel, _Run, simulate
 from .traces import Trace, standard
 
 BASELINE = 0  # lineup() order: the step baseline first

@@ -1,10 +1,10 @@
-"""The policies compared, each a fresh :class:`~bench.simulator.Controller` per run.
+"""The policies compared, each a fresh :class:`~dramactl.sim.simulator.Controller` per run.
 
 ``dramactl`` runs the real ``dramactl.policy.decide`` with settings parsed by the real
 ``dramactl.settings.parse``, and keeps history the way the scaler does: one
 ``decision.record(now, backlog)`` per tick through ``ScalerState.with_tick``, round-
 tripped through JSON like the state file, with the start-up its start jobs took.
-The HPA/KEDA controller is a model of Kubernetes' algorithm with its documented
+The HPA/KEDA controller (dramactl/sim/controllers.py) models Kubernetes' algorithm with its documented
 defaults, for comparison only. The clairvoyant reference knows every arrival and
 service time in advance.
 """
@@ -12,19 +12,17 @@ service time in advance.
 from __future__ import annotations
 
 import bisect
-import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from dramactl.instance import WorkerUnit
-from dramactl.policy import ScalingDecision, backlog_per_worker, decide
-from dramactl.settings import Settings, parse
-from dramactl.rates import measure_startup
-from dramactl.state import ScalerState, TickRecord
+from dramactl.policy import backlog_per_worker
+from dramactl.settings import parse
+from dramactl.sim.controllers import DramactlController, HpaController, StaticController
 from dramactl.stats import FleetBacklog
 
-from .simulator import Controller, Workload
+from dramactl.sim.simulator import Controller, Workload
 
 # The fleet every policy manages: the settings' own defaults (a trace may change MAX and threads).
 FLEET = {"MIN_PROCESSES": "1", "MAX_PROCESSES": "10", "WORKER_THREADS": "8"}
@@ -38,77 +36,7 @@ class PolicySpec:
     interval: float
     initial_workers: int
     make: Callable[[Workload], Controller]
-    victim: str = "least-busy"  # which instances its scale-downs stop (bench.simulator.VICTIMS): dramactl's rule
-
-
-class DramactlController:
-    """The real policy, with history persisted between ticks as the oneshot scaler does."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.state = ScalerState()
-        self.decisions: list[tuple[float, ScalingDecision]] = []
-
-    def target(self, backlog: FleetBacklog, units: Sequence[WorkerUnit], now: float) -> int:
-        history = self.state.history
-        # As scaler.tick: the instances the last tick left starting are timed by systemd's timestamps.
-        timed, still = measure_startup(units, history[-1].starting if history else (), now)
-        decision = decide(backlog, units, self.settings, history, now)
-        record = replace(decision.record(now, backlog), startup=None if timed is None else round(timed, 3), starting=still)
-        self._save(record)
-        self.decisions.append((now, decision))
-        return decision.target
-
-    def _save(self, record: TickRecord) -> None:
-        saved = json.dumps(self.state.with_tick(record).to_dict())
-        self.state = ScalerState.from_dict(json.loads(saved))
-
-    def observe_startup(self, seconds: float | None, late: Sequence[int] = ()) -> None:
-        """What scaler.tick does after its start jobs: when they all ended within its wait,
-        the record keeps how long they took; the ``late`` ones are left for the next tick
-        to time from systemd's timestamps."""
-        *kept, last = self.state.history
-        if seconds is not None:
-            last = replace(last, startup=round(max(seconds, last.startup or 0.0), 3))
-        last = replace(last, starting=tuple(sorted({*last.starting, *late})))
-        self.state = replace(self.state, history=(*kept, last))
-
-
-@dataclass
-class HpaController:
-    """Kubernetes HPA on a KEDA external metric (AverageValue target), default behaviour:
-
-    desired = ceil(total / target-per-pod) unless within the 10 % tolerance; scale-up
-    stabilization 0 s and at most max(+100 %, +4 pods) per 15 s; scale-down to the
-    highest recommendation of the last 300 s, at most -100 % per 15 s; then MIN/MAX.
-    It gets dramactl's metric (ready + due + in flight) and per-worker target, not
-    KEDA's Redis default (LLEN alone, 5 per pod), so only the control law differs.
-    """
-
-    per_pod: float
-    min_replicas: int
-    max_replicas: int
-    tolerance: float = 0.1
-    down_window: float = 300.0
-    recommendations: list[tuple[float, int]] = field(default_factory=list)
-
-    def target(self, backlog: FleetBacklog, units: Sequence[WorkerUnit], now: float) -> int:
-        current = sum(1 for u in units if u.is_up)
-        total = backlog.backlog
-        desired = current
-        if current == 0 or abs(1.0 - total / (self.per_pod * current)) > self.tolerance:
-            desired = math.ceil(total / self.per_pod)
-        self.recommendations = [(t, r) for t, r in self.recommendations if t > now - self.down_window]
-        self.recommendations.append((now, desired))
-        down = max(r for _, r in self.recommendations)
-        if desired > current:
-            wanted = desired  # scale-up window 0 s: the newest recommendation
-        elif down < current:
-            wanted = down
-        else:
-            wanted = current
-        wanted = min(wanted, max(2 * current, current + 4))
-        return max(self.min_replicas, min(self.max_replicas, wanted))
+    victim: str = "least-busy"  # which instances its scale-downs stop (dramactl.sim.simulator.VICTIMS): dramactl's rule
 
 
 @dataclass
@@ -139,14 +67,6 @@ class ClairvoyantController:
         work = backlog.backlog * self.mean + self.prefix[hi] - self.prefix[lo]
         need = math.ceil(work / (self.threads * (self.lead + self.interval)) - 1e-9)
         return max(self.min_workers, min(self.max_workers, need))
-
-
-@dataclass
-class StaticController:
-    size: int
-
-    def target(self, backlog: FleetBacklog, units: Sequence[WorkerUnit], now: float) -> int:
-        return self.size
 
 
 def predictable(blocks: Sequence[float], tolerance: float = 30.0) -> list[float]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .policies import CLAIRVOYANT, REFERENCE
-from .simulator import RunResult
+from dramactl.sim.simulator import RunResult
 
 BASELINE, HPA, STATIC = "step 180s (baseline)", "hpa/keda 15s", "static MAX"
 
@@ -102,7 +102,7 @@ def verdicts(results: Sequence[RunResult], default: str, steady: Sequence[str], 
 
     * bursty traces (neither steady nor low-rate): p95 <= 1.25 x the causal reference's
       (:class:`~bench.policies.ReferenceController`, ``python -m bench.oracle``);
-    * steady traces: worker-seconds <= 1.3 x the lower bound (bench/bound.py);
+    * steady traces: worker-seconds <= 1.3 x the lower bound (dramactl/sim/bound.py);
     * low-rate traces: p95 <= HPA's + one tick, at <= HPA's worker-seconds;
     * every trace: not dominated by HPA; actions/h <= 2 x HPA's (HPA counted as at least 4/h).
     """

@@ -26,7 +26,7 @@ import time
 
 from .policies import lineup
 from .report import summarize
-from .simulator import VICTIMS, RunResult, WorkerModel, Workload, simulate
+from dramactl.sim.simulator import VICTIMS, RunResult, WorkerModel, Workload, simulate
 from .traces import Trace
 
 SEEDS = (1, 2, 3)

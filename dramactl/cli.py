@@ -7,11 +7,12 @@ Heavy modules are imported inside the commands that need them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import click
 
@@ -185,6 +186,69 @@ def history(since: str | None, until: str | None, as_json: bool) -> None:
         echo_json([e.to_dict() for e in entries])
     else:
         click.echo(hist.render(entries))
+
+
+@contextlib.contextmanager
+def progress(length: int, label: str) -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr when it is a terminal; a no-op step otherwise."""
+    if not sys.stderr.isatty():
+        yield lambda: None
+        return
+    with click.progressbar(length=length, label=label, file=sys.stderr) as bar:
+        yield lambda: bar.update(1)
+
+
+def _replayed(since: str | None, until: str | None, sets: Sequence[str]) -> tuple:
+    """The range's rebuilt messages, the settings in force and the variants, or one line and an exit code."""
+    from . import history as hist
+    from . import replay as rp
+
+    try:
+        start, end, values, variants = rp.prepare(since, until, sets)
+        return rp.load(start, end, values), values, variants
+    except (ValueError, SettingsError) as exc:  # a time, a setting, a range with nothing to replay
+        raise CommandError(str(exc), EXIT_CONFIG) from None
+    except hist.JournalUnreadable as exc:
+        raise CommandError(str(exc), EXIT_SYSTEMD) from None
+
+
+@main.command()
+@click.option("--since", help="Start of the range (journalctl-like: -2h, '30 min ago', today, '2026-11-24 12:00').")
+@click.option("--until", help="End of the range (default: now).")
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE[,NAME=VALUE]", help="A variant to replay beside the settings in force (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+def replay(since: str | None, until: str | None, sets: tuple[str, ...], as_json: bool) -> None:
+    """Replay the recorded traffic under the settings in force, each --set variant, static MAX and HPA; changes nothing.
+
+    Example: dramactl replay --since -1h --set MAX_QUEUE_WAIT=30
+    """
+    from . import replay as rp
+
+    rebuilt, values, variants = _replayed(since, until, sets)
+    with progress(rp.runs(variants), "replaying") as step:
+        report = rp.replay(rebuilt, values, variants, step)
+    echo_json(report.to_dict()) if as_json else click.echo(rp.render(report))
+
+
+@main.command()
+@click.option("--p95", "p95", type=click.FloatRange(min=0.0, min_open=True), required=True, help="The p95 queue wait to meet, in seconds.")
+@click.option("--since", help="Start of the range (as for replay).")
+@click.option("--until", help="End of the range (default: now).")
+@click.option("--json", "as_json", is_flag=True)
+def tune(p95: float, since: str | None, until: str | None, as_json: bool) -> None:
+    """The cheapest settings that would have met a p95 wait on the recorded traffic; changes nothing.
+
+    Example: dramactl tune --p95 10 --since -1h
+    """
+    from . import tune as tn
+
+    rebuilt, values, _ = _replayed(since, until, ())
+    combos = tn.candidates(values)
+    with progress(len(combos), "tuning") as step:
+        result = tn.tune(rebuilt, values, p95, step, combos)
+    echo_json(result.to_dict()) if as_json else click.echo(tn.render(result, rebuilt))
+    if not result.met:
+        sys.exit(EXIT_FAILED)
 
 
 @main.command()

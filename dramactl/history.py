@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 KINDS = ("tick", "manual")
 REASON_CLASSES = ("up", "down", "steady", "held", "paused", "manual")
@@ -49,7 +49,7 @@ FIELDS = {
     "DRAMACTL_ORPHANED": "fetched by a worker whose heartbeat expired",
     "DRAMACTL_DEAD": "dead-lettered messages",
     "DRAMACTL_OLDEST_AGE": "seconds the oldest ready message waited (empty: nothing ready)",
-    "DRAMACTL_QUEUES": "JSON list: each queue's figures (name, ready, delayed, due, in_flight, orphaned, dead, oldest_age, backlog)",
+    "DRAMACTL_QUEUES": "JSON list: each queue's figures (name, ready, delayed, due, in_flight, orphaned, dead, oldest_age, backlog, and the worker hook's cumulative done_total and busy_seconds_total, from which `dramactl replay` rebuilds the traffic)",
     "DRAMACTL_INSTANCES": "JSON object: instances by systemd active state before the step, e.g. {\"active\": 2}",
     "DRAMACTL_ACTIONS": "JSON list of the jobs and their results: [{\"verb\": \"start\", \"unit\": \"dramatiq-worker@3.service\", \"result\": \"done\"}]",
     "DRAMACTL_STARTED": "instances started (count)",
@@ -254,6 +254,20 @@ def read(since: float | None = None, until: float | None = None) -> list[Entry]:
 
     Raises JournalUnreadable when this user cannot read the system journal.
     """
+    return list(entries(since, until))
+
+
+def entries(since: float | None = None, until: float | None = None) -> Iterator[Entry]:
+    """:func:`read`, one entry at a time (``dramactl replay`` keeps a few numbers of each, not the entries).
+
+    Raises JournalUnreadable, before the first entry, when this user cannot read the system journal.
+    """
+    check_readable()
+    return _entries(since, until)
+
+
+def check_readable() -> None:
+    """Raises JournalUnreadable, with the fix, when this user cannot read the system journal."""
     if not can_read_system_journal():
         import pwd
 
@@ -262,6 +276,9 @@ def read(since: float | None = None, until: float | None = None) -> list[Entry]:
             f"user {user} cannot read the system journal, where the tick history is; "
             "add it to the systemd-journal or adm group (then log in again), or use sudo"
         )
+
+
+def _entries(since: float | None, until: float | None) -> Iterator[Entry]:
     from systemd import journal
 
     reader = journal.Reader()  # local journals: the system one and users' (manual commands)
@@ -269,15 +286,13 @@ def read(since: float | None = None, until: float | None = None) -> list[Entry]:
         reader.add_match(DRAMACTL_KIND=kind)
     if since is not None:
         reader.seek_realtime(datetime.fromtimestamp(since))
-    entries = []
     for record in reader:
         entry = Entry.from_journal(record)
         if since is not None and entry.at < since:
             continue
         if until is not None and entry.at > until:
             break
-        entries.append(entry)
-    return entries
+        yield entry
 
 
 _RELATIVE = re.compile(r"^\s*([+-]?)\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)(?:\s+ago)?\s*$")

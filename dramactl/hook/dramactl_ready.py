@@ -722,6 +722,7 @@ class WorkReporter(Middleware):
         try:
             if self.thread is not None:
                 self.thread.join(timeout=2 * self.interval + 1)
+                self.flush(broker)  # what finished during the drain, after the loop's last flush
             if self.report_key:
                 broker.client.hdel(self.report_key, self.report_field)  # a clean stop leaves nothing behind
         except Exception:  # noqa: BLE001

@@ -69,6 +69,28 @@ def test_completions_and_busy_seconds_reach_the_probe(broker: RedisBroker, redis
     assert q.backlog == 0
 
 
+def test_messages_that_finish_while_the_worker_stops_are_counted(broker: RedisBroker, redis_server: RedisServer) -> None:
+    """A scale-down's drain: before_worker_shutdown ends the reporter's loop, then the running
+    messages finish; their completions must still reach Redis (replay rebuilds arrivals from them)."""
+    reporter = hook.WorkReporter(interval=0.2)
+    broker.add_middleware(reporter)
+    started = []
+
+    @dramatiq.actor(queue_name="w1", max_retries=0)
+    def task(i: int) -> None:
+        started.append(i)
+        time.sleep(1.0)
+
+    for i in range(4):
+        task.send(i)
+    worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)
+    worker.start()
+    wait_for(lambda: len(started) == 4)
+    worker.stop()  # the four are still running: they finish during the stop
+    q = read_one(redis_server)
+    assert q.done_total == 4 and q.busy_seconds_total >= 4 * 1.0, q
+
+
 def test_one_round_trip_per_flush_whatever_the_messages(broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer) -> None:
     reporter = hook.WorkReporter()
     calls = []

@@ -50,9 +50,11 @@ def _record(ident: str) -> None:
 
 
 @dramatiq.actor(queue_name="sys", max_retries=3, min_backoff=200, max_backoff=2000)
-def work(ident: str, seconds: float) -> None:
+def work(ident: str, seconds: float, sent: float | None = None) -> None:
     client = broker.client
     client.incr("sys:started")
+    if sent is not None:  # test_replay.py: each message's queue wait, from its send to its start
+        client.rpush("sys:waits", time.time() - sent)
     time.sleep(seconds)
     if not client.sadd("sys:processed", ident):
         client.incr("sys:duplicates")

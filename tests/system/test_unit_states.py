@@ -1,6 +1,6 @@
 """The benchmark's simulator reports its instances as the real systemd does.
 
-bench/simulator.py hands the policy one WorkerUnit per instance, as
+dramactl/sim/simulator.py hands the policy one WorkerUnit per instance, as
 ``Fleet.instances`` would list it. Here the same situations are made in a booted
 systemd (an instance starting, one active, one draining a long message after a stop,
 one killed and being restarted by systemd) and listed by the real ``Fleet``; the
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 
-from bench.simulator import _Worker
+from dramactl.sim.simulator import _Worker
 from dramactl.instance import WorkerUnit
 from dramactl.policy import is_starting
 from dramactl.rates import measure_startup

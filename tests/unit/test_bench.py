@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bench.bound import work_lower_bound
+from dramactl.sim.bound import work_lower_bound
 from bench.policies import DramactlController, lineup
 from bench.report import table
-from bench.simulator import RunResult, WorkerModel, Workload, count_flaps, simulate
+from dramactl.sim.simulator import RunResult, WorkerModel, Workload, count_flaps, simulate
 from bench.traces import Trace, big_burst, one_thread, periodic, slow_start, tiny_fast
 
 SMALL = Trace("small", 900.0, lambda t: 3.0 if 200 <= t < 500 else 0.5, 3.0, ((123.0, 150),), "test")
@@ -169,7 +169,7 @@ def test_a_stop_drains_with_the_real_rule_and_the_victim_rule_decides_what_is_cu
     """@1 runs a 5 s message, @2 a 100 s one; at t=30 one worker goes. Highest number stops
     @2: its message is cut off at G (30 s later, 59 task-seconds lost) and redelivered after
     the heartbeat timeout, from scratch; least busy stops the idle @1 and nothing is lost."""
-    from bench.simulator import GRACE, HEARTBEAT
+    from dramactl.sim.simulator import GRACE, HEARTBEAT
 
     trace = Trace("two", 40.0, lambda t: 0.0, 0.0)
     workload = Workload(trace, WorkerModel(threads=1, prefetch=1), arrivals=[0.0, 1.0], services=[5.0, 100.0], startups=[1.0] * 8, seed=1)

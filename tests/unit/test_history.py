@@ -41,6 +41,20 @@ def test_fields_carry_inputs_decision_reason_and_jobs() -> None:
     assert json.loads(f["DRAMACTL_ACTIONS"])[1] == {"verb": "start", "unit": "dramatiq-worker@3.service", "result": "failed"}
 
 
+def test_each_queues_counters_are_in_the_entry_and_replay_reads_them_back() -> None:
+    """What dramactl replay rebuilds arrivals and service times from: the hook's cumulative counters per queue."""
+    from dramactl import replay
+
+    o = grown()
+    o.queues = [QueueStats("a", ready=3, done_total=120.0, busy_seconds_total=480.5), QueueStats("b", ready=1)]
+    f = history.fields(o, "tick", 0.1)
+    queues = json.loads(f["DRAMACTL_QUEUES"])
+    assert (queues[0]["done_total"], queues[0]["busy_seconds_total"]) == (120.0, 480.5)
+    entry = history.Entry.from_journal({**f, "__REALTIME_TIMESTAMP": "1700000000000000"})
+    sample = replay.Sample.of(entry)
+    assert sample.counters == (("a", 120.0, 480.5),) and (sample.current, sample.backlog, sample.tick) == (1, 4, True)
+
+
 def test_a_recycle_is_in_the_line_and_its_own_field() -> None:
     o = Outcome(
         ScalingDecision(2, 2, "steady"),

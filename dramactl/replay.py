@@ -1,0 +1,403 @@
+"""Replay the recorded history under other settings: ``dramactl replay`` and ``dramactl tune``'s runs.
+
+The journal keeps, for every tick, each queue's backlog (ready + due + in flight +
+orphaned) and the worker hook's cumulative counters (``done_total``: messages
+completed, ``busy_seconds_total``: seconds spent on them) in ``DRAMACTL_QUEUES``, and
+the instances up before the step (``DRAMACTL_CURRENT``). Between two entries
+
+    arrivals = (done now - done before) + (backlog now - backlog before)
+
+(a counter that went down was reset: its new value is what was done since), spread
+evenly at random over the interval. The k-th message rebuilt gets the mean service
+time of the interval in which the k-th completion was counted (the queue is served
+first in, first out), drawn lognormal around it with ``SERVICE_CV`` (the hook
+reports no spread). The backlog of the first entry arrives at its start.
+
+The rebuilt messages go through :mod:`dramactl.sim.simulator` with the real policy
+(:class:`~dramactl.sim.controllers.DramactlController`), the same messages for every
+run: the settings in force, each ``--set`` variant, static MAX, HPA, and the lower
+bound of :mod:`dramactl.sim.bound`. The settings-in-force run is compared with what
+was recorded (fleet size and backlog at each recorded tick): the fit error.
+
+Pure apart from :func:`read_samples` (the journal); nothing here changes anything.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+
+from .settings import Settings, SettingsError, parse
+
+SERVICE_CV = 1.0  # the spread of service times assumed (exponential-like): the hook reports means only
+MAX_MESSAGES = 2_000_000  # a replay holds every message rebuilt in memory (~100 bytes each)
+#: The settings a replay (and ``tune``) may change: those the policy and the drain read.
+CHANGEABLE = (
+    "POLICY", "MIN_PROCESSES", "MAX_PROCESSES", "WORKER_THREADS", "CHECK_INTERVAL", "MAX_QUEUE_WAIT",
+    "TARGET_BACKLOG_PER_WORKER", "SCALE_DOWN_STABILIZATION", "MAX_SCALE_UP_STEP", "MAX_SCALE_DOWN_STEP",
+    "SCALE_UP_THRESHOLD_MULTIPLIER", "SCALE_DOWN_THRESHOLD_MULTIPLIER", "GRACEFUL_SHUTDOWN_TIMEOUT",
+)
+HPA_INTERVAL = 15.0
+
+Progress = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The few numbers of one journal entry a replay needs."""
+
+    at: float
+    tick: bool  # a tick (the timer's), not a manual change
+    current: int
+    backlog: int
+    counters: tuple[tuple[str, float, float], ...]  # (queue, done_total, busy_seconds_total) known
+    acted: bool
+
+    @classmethod
+    def of(cls, entry) -> "Sample":
+        """From a :class:`dramactl.history.Entry`; damaged per-queue figures are left out."""
+        counters = []
+        for q in entry.queues if isinstance(entry.queues, list) else ():
+            done, busy = (q.get("done_total"), q.get("busy_seconds_total")) if isinstance(q, dict) else (None, None)
+            if isinstance(done, (int, float)) and isinstance(busy, (int, float)) and done >= 0 and busy >= 0:
+                counters.append((str(q.get("name", "")), float(done), float(busy)))
+        return cls(entry.at, entry.kind == "tick", entry.current, entry.backlog, tuple(counters), bool(entry.started or entry.stopped))
+
+
+def read_samples(since: float | None, until: float | None, progress: Progress | None = None) -> list[Sample]:
+    """The samples of the journal's entries in the range (history's access rules: JournalUnreadable)."""
+    from . import history
+
+    out = []
+    for entry in history.entries(since, until):
+        out.append(Sample.of(entry))
+        if progress is not None:
+            progress()
+    return out
+
+
+class ReplayError(ValueError):
+    """The range cannot be replayed; the message says why and what to do."""
+
+
+@dataclass
+class Rebuilt:
+    """The messages rebuilt from a range, and what was recorded in it (times from its start)."""
+
+    start: float
+    duration: float
+    arrivals: list[float]
+    services: list[float]
+    initial: int  # instances up at the first entry
+    recorded: list[tuple[float, int, int]]  # (at, instances up, backlog) at each recorded tick
+    actions: int
+    mean_service: float
+    startup: tuple[float, float] = (3.0, 6.0)  # instances' start-up, drawn uniformly in this range (seconds)
+    startup_source: str = "assumed"
+
+    @property
+    def interval(self) -> float:
+        """The median spacing of the recorded ticks."""
+        gaps = [b[0] - a[0] for a, b in zip(self.recorded, self.recorded[1:])]
+        return statistics.median(gaps) if gaps else 0.0
+
+    def recorded_figures(self) -> dict:
+        """Worker-hours, actions/hour and peak of what really ran."""
+        ws = sum(a[1] * (b[0] - a[0]) for a, b in zip(self.recorded, self.recorded[1:]))
+        hours = max(self.duration, 1e-9) / 3600.0
+        return {"p95_wait": None, "worker_hours": ws / 3600.0, "actions_per_hour": self.actions / hours,
+                "peak_workers": max((r[1] for r in self.recorded), default=0)}
+
+
+def rebuild(samples: Sequence[Sample], *, seed: int = 0, cv: float = SERVICE_CV) -> Rebuilt:
+    """Arrivals and service times from the entries' counters (see the module docstring)."""
+    samples = sorted(samples, key=lambda s: s.at)
+    with_counters = [s for s in samples if s.counters]
+    if len(with_counters) < 2:
+        raise ReplayError("fewer than two entries with the worker hook's counters in this range: "
+                          "widen it with --since/--until (the workers need dramactl's hook, which `dramactl install` sets up)")
+    first = with_counters[0]
+    t0 = first.at
+    rng = random.Random(f"{seed}/replay/arrivals")
+    arrivals: list[float] = [0.0] * max(0, first.backlog)
+    done_marks: list[float] = []  # cumulative completions at the end of each interval
+    means: list[float] = []  # the mean service of the completions counted in each interval
+    prev = {name: (done, busy) for name, done, busy in first.counters}
+    prev_backlog, carry, total_done, total_busy = first.backlog, 0.0, 0.0, 0.0
+    prev_at = t0
+    for s in with_counters[1:]:
+        d_done = d_busy = 0.0
+        for name, done, busy in s.counters:
+            before = prev.get(name)
+            if before is None or done < before[0] or busy < before[1]:
+                before = (0.0, 0.0)  # a new queue, or its counters were reset
+            d_done += done - before[0]
+            d_busy += busy - before[1]
+            prev[name] = (done, busy)
+        n = d_done + (s.backlog - prev_backlog) + carry
+        count = max(0, int(math.floor(n + 0.5)))
+        carry = n - count
+        if count:
+            if len(arrivals) + count > MAX_MESSAGES:
+                raise ReplayError(f"the range holds more than {MAX_MESSAGES:,} messages, more than a replay keeps in memory: "
+                                  "narrow it with --since/--until")
+            arrivals.extend(sorted(rng.uniform(prev_at - t0, s.at - t0) for _ in range(count)))
+        if d_done > 0:
+            total_done += d_done
+            total_busy += d_busy
+            done_marks.append(total_done)
+            means.append(d_busy / d_done)
+        prev_backlog, prev_at = s.backlog, s.at
+    mean_all = total_busy / total_done if total_done > 0 else 0.0
+    if mean_all <= 0:
+        raise ReplayError("no completed message counted in this range: nothing to replay (widen it with --since/--until)")
+    srng = random.Random(f"{seed}/replay/services")
+    sigma = math.sqrt(math.log(1.0 + cv**2))
+    services = []
+    for k in range(len(arrivals)):
+        i = bisect.bisect_left(done_marks, k + 1)
+        mean = means[i] if i < len(means) else mean_all
+        mean = mean if mean > 0 else mean_all
+        services.append(srng.lognormvariate(math.log(mean) - sigma**2 / 2.0, sigma) if sigma > 0 else mean)
+    ticks = [s for s in samples if s.tick and s.at >= t0]
+    recorded = [(s.at - t0, s.current, s.backlog) for s in ticks]
+    return Rebuilt(t0, with_counters[-1].at - t0, arrivals, services, first.current, recorded,
+                   sum(1 for s in ticks[1:] if s.acted), mean_all)
+
+
+# ---- settings ----------------------------------------------------------------------
+
+
+def parse_sets(texts: Iterable[str]) -> list[dict[str, str]]:
+    """``--set NAME=VALUE[,NAME=VALUE]`` options: one variant each; SettingsError (one line) when bad."""
+    variants = []
+    for text in texts:
+        variant: dict[str, str] = {}
+        for part in text.split(","):
+            name, eq, value = part.partition("=")
+            name = name.strip().upper()
+            if not eq or not name:
+                raise SettingsError(f"--set {text}", "not NAME=VALUE", "write e.g. --set MAX_QUEUE_WAIT=30")
+            if name not in CHANGEABLE:
+                raise SettingsError(f"--set {name}", "not a setting a replay can change", "use one of " + ", ".join(CHANGEABLE))
+            variant[name] = value.strip()
+        variants.append(variant)
+    return variants
+
+
+def variant(values: Mapping[str, str], changes: Mapping[str, str]) -> Settings:
+    """The settings in force (raw ``values``) with ``changes``: SettingsError names a bad value and its fix."""
+    return parse({**values, **changes})
+
+
+def label(changes: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in changes.items())
+
+
+# ---- runs ---------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One run's figures (None: not measured for this row)."""
+
+    name: str
+    p95_wait: float | None
+    worker_hours: float
+    actions_per_hour: float | None
+    peak_workers: int | None
+    changes: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def workload(rebuilt: Rebuilt, threads: int, seed: int = 0):
+    """The rebuilt messages as a simulator workload for ``threads``-thread workers."""
+    from .sim.simulator import WorkerModel, Workload
+    from .sim.traces import Trace
+
+    model = WorkerModel(threads=threads, prefetch=2 * threads, mean_service=rebuilt.mean_service, service_cv=SERVICE_CV,
+                        startup_low=rebuilt.startup[0], startup_high=rebuilt.startup[1])
+    trace = Trace("replay", max(rebuilt.duration, 1e-6), lambda t: 0.0, 0.0)
+    startups = model.startup_delays(random.Random(f"{seed}/replay/startup"), 4096)
+    return Workload(trace, model, rebuilt.arrivals, rebuilt.services, startups, seed)
+
+
+def run_policy(rebuilt: Rebuilt, settings: Settings, name: str, *, keep_ticks: bool = False):
+    """The real policy with ``settings`` on the rebuilt messages: a RunResult."""
+    from .sim.controllers import DramactlController
+    from .sim.simulator import simulate
+
+    return simulate(
+        workload(rebuilt, settings.worker_threads), DramactlController(settings, roundtrip=False), policy=name,
+        interval=float(settings.check_interval), initial_workers=min(max(rebuilt.initial, settings.min_processes), settings.max_processes),
+        min_workers=settings.min_processes, keep_ticks=keep_ticks, grace=float(settings.graceful_shutdown_timeout),
+    )
+
+
+def row_of(result, name: str, changes: Mapping[str, str] | None = None) -> Row:
+    return Row(name, result.p95, result.worker_seconds / 3600.0, result.actions_per_hour, result.peak_workers, dict(changes or {}))
+
+
+def references(rebuilt: Rebuilt, settings: Settings) -> list:
+    """Static MAX and HPA/KEDA (15 s, its default behaviour) on the rebuilt messages."""
+    from .policy import backlog_per_worker
+    from .sim.controllers import HpaController, StaticController
+    from .sim.simulator import simulate
+
+    w = workload(rebuilt, settings.worker_threads)
+    low, high = settings.min_processes, settings.max_processes
+    grace = float(settings.graceful_shutdown_timeout)
+    static = simulate(w, StaticController(high), policy=f"static MAX ({high})", interval=float(settings.check_interval),
+                      initial_workers=high, min_workers=low, grace=grace)
+    hpa = simulate(w, HpaController(backlog_per_worker(settings), low, high), policy="hpa/keda 15s", interval=HPA_INTERVAL,
+                   initial_workers=min(max(rebuilt.initial, low), high), min_workers=low, victim="random", grace=grace)
+    return [static, hpa]
+
+
+def fit(result, recorded: Sequence[tuple[float, int, int]]) -> dict:
+    """How far the replay of the settings in force is from what was recorded, tick by tick:
+    the mean absolute error of the fleet size (instances up before each tick's step) and of
+    the backlog, beside their recorded means."""
+    ats = [t.at for t in result.ticks]
+    fleet_err, backlog_err = [], []
+    for at, current, backlog in recorded:
+        i = bisect.bisect_right(ats, at + 1e-6) - 1
+        if i < 0:
+            continue
+        t = result.ticks[i]
+        fleet_err.append(abs(t.workers - current))
+        backlog_err.append(abs(t.ready + t.in_flight - backlog))
+    n = max(1, len(fleet_err))
+    return {
+        "ticks": len(fleet_err),
+        "fleet_mae": sum(fleet_err) / n,
+        "fleet_mean": sum(r[1] for r in recorded) / max(1, len(recorded)),
+        "backlog_mae": sum(backlog_err) / n,
+        "backlog_mean": sum(r[2] for r in recorded) / max(1, len(recorded)),
+    }
+
+
+@dataclass
+class Report:
+    since: float
+    until: float
+    messages: int
+    ticks: int
+    mean_service: float
+    interval: float
+    startup: tuple[float, float]
+    startup_source: str
+    fit: dict
+    rows: list[Row]
+
+    def to_dict(self) -> dict:
+        return {**{k: v for k, v in self.__dict__.items() if k != "rows"}, "rows": [r.to_dict() for r in self.rows]}
+
+
+def replay(rebuilt: Rebuilt, values: Mapping[str, str], variants: Sequence[Mapping[str, str]], progress: Progress | None = None) -> Report:
+    """Every run of ``dramactl replay`` on the rebuilt messages; ``values`` the settings in force (raw)."""
+    tick = progress or (lambda: None)
+    in_force = variant(values, {})
+    tried = [(label(v), variant(values, v), dict(v)) for v in variants]  # every bad value before any run
+    base = run_policy(rebuilt, in_force, "settings in force", keep_ticks=True)
+    tick()
+    rows = [Row("recorded", **rebuilt.recorded_figures()), row_of(base, "settings in force")]
+    for name, settings, changes in tried:
+        rows.append(row_of(run_policy(rebuilt, settings, name), name, changes))
+        tick()
+    for result in references(rebuilt, in_force):
+        rows.append(row_of(result, result.policy))
+    tick()
+    rows.append(Row("lower bound", None, base.lower_bound / 3600.0, None, None))
+    return Report(rebuilt.start, rebuilt.start + rebuilt.duration, len(rebuilt.arrivals), len(rebuilt.recorded),
+                  rebuilt.mean_service, rebuilt.interval, rebuilt.startup, rebuilt.startup_source, fit(base, rebuilt.recorded), rows)
+
+
+def runs(variants: Sequence) -> int:
+    """How many progress steps :func:`replay` makes."""
+    return len(variants) + 2
+
+
+# ---- text ---------------------------------------------------------------------------
+
+
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def table(rows: Sequence[Row]) -> list[str]:
+    width = max([len(r.name) for r in rows] + [20])
+    lines = [f"{'RUN':<{width}}  {'P95 WAIT':>9}  {'WORKER-H':>9}  {'ACTIONS/H':>9}  {'PEAK':>4}"]
+    for r in rows:
+        p95 = "-" if r.p95_wait is None else f"{r.p95_wait:.1f}s"
+        act = "-" if r.actions_per_hour is None else f"{r.actions_per_hour:.1f}"
+        peak = "-" if r.peak_workers is None else str(r.peak_workers)
+        lines.append(f"{r.name:<{width}}  {p95:>9}  {r.worker_hours:>9.3f}  {act:>9}  {peak:>4}")
+    return lines
+
+
+def render(report: Report) -> str:
+    f = report.fit
+    return "\n".join([
+        f"replay of {_when(report.since)} .. {_when(report.until)}: {report.ticks} ticks, {report.messages} messages rebuilt, "
+        f"mean service {report.mean_service:.2f}s, ticks every {report.interval:.0f}s, "
+        f"start-up {report.startup[0]:.1f}-{report.startup[1]:.1f}s ({report.startup_source})",
+        f"fit (settings in force vs recorded, {f['ticks']} ticks): fleet size off by {f['fleet_mae']:.2f} instances on average "
+        f"(recorded mean {f['fleet_mean']:.2f}), backlog off by {f['backlog_mae']:.1f} messages (recorded mean {f['backlog_mean']:.1f})",
+        "",
+        *table(report.rows),
+        "",
+        "Nothing was changed. The lower bound: no policy keeping MIN_PROCESSES up can use fewer worker-hours.",
+    ])
+
+
+# ---- the commands' bodies (cli.py only parses options and maps errors) --------------------
+
+
+def prepare(since: str | None, until: str | None, sets: Sequence[str], environ: Mapping[str, str] | None = None):
+    """(epoch range, settings in force as raw values, the --set variants), every input checked
+    before the journal is read: ValueError for a time, SettingsError (one line) for a setting."""
+    from . import history
+    from .settings import read_sources
+
+    start, end = (history.parse_time(t) if t else None for t in (since, until))
+    values, _ = read_sources(environ)
+    variants = parse_sets(sets)
+    variant(values, {})
+    for v in variants:
+        try:
+            variant(values, v)
+        except SettingsError as exc:
+            raise SettingsError(f"--set {exc.setting}", exc.problem, exc.fix) from None
+    return start, end, values, variants
+
+
+def recorded_startup(values: Mapping[str, str]) -> tuple[float, float] | None:
+    """The range of the start-ups the scaler measured (its state file's last hour: start jobs
+    until READY=1, or systemd's timestamps), or None when it has none or cannot be read."""
+    import json
+
+    from .state import ScalerState, StateStore
+
+    try:  # read only: StateStore.load would set a damaged file aside, and replay changes nothing
+        history = ScalerState.from_dict(json.loads(StateStore(variant(values, {}).state_dir).path.read_bytes())).history
+    except Exception:  # noqa: BLE001 - absent, unreadable or damaged: the default start-up
+        return None
+    seen = [r.startup for r in history if r.startup]
+    return (min(seen), max(seen)) if seen else None
+
+
+def load(start: float | None, end: float | None, values: Mapping[str, str], progress: Progress | None = None) -> Rebuilt:
+    """The range's rebuilt messages, with the start-up the scaler recorded when it has one."""
+    rebuilt = rebuild(read_samples(start, end, progress))
+    startup = recorded_startup(values)
+    if startup is not None:
+        rebuilt.startup, rebuilt.startup_source = startup, "measured by the scaler"
+    return rebuilt

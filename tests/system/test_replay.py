@@ -1,0 +1,102 @@
+"""Replay and tune in a booted systemd: runs recorded by the real timer, rebuilt from their journal.
+
+Two bursts of one-second messages go through the real fleet (the timer grows it and
+lets it shrink back to MIN); ``dramactl replay`` then rebuilds the arrivals and
+service times from the journal's counters and replays them with the settings in
+force. Tolerance: the replayed fleet size is, on average over the recorded ticks,
+within 1 instance of the recorded one (MAX_PROCESSES is 4). ``dramactl tune`` is then
+asked for a p95 wait halfway between the settings in force's and static MAX's; the
+settings it prints, applied to a second real run of the same load, must meet that
+p95 (each message's wait from its send to its start, as the simulator counts it), within
+one tick (CHECK_INTERVAL) for the real start-ups the simulator draws at 3-6 s.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+
+from tests.system.conftest import APP_DIR, BASE_SETTINGS, PYTHON, System, wait_until
+
+pytestmark = pytest.mark.system
+
+BURST = 160
+SECONDS = 1.0
+FLEET_TOLERANCE = 1.0  # instances, mean absolute error over the recorded ticks
+TICK = float(BASE_SETTINGS["CHECK_INTERVAL"])
+
+
+def work_done(system: System) -> int:
+    return int(system.sh("redis-cli hget dramatiq:__dramactl__.work.sys done").stdout.strip() or 0)
+
+
+def nearest_rank(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100.0 * len(ordered)) - 1))]
+
+
+def record(system: System, **settings: str) -> tuple[float, float, int, float]:
+    """One recorded run under ``settings``: (since, until, the largest fleet seen, the real p95 wait of the bursts)."""
+    system.reset()
+    system.configure(**settings)
+    system.dramactl("scale-to", "1")
+    system.dramactl("resume")
+    system.send(10, SECONDS, prefix="warm")
+    wait_until(lambda: work_done(system) >= 10, 120, "the hook reported the warm-up's 10 completions")
+    since = float(system.sh("date +%s.%N").stdout)
+    system.sh("systemctl start dramactl.timer")
+    time.sleep(8)  # a few idle ticks first
+    peak, waits = 1, []
+    for n in range(2):
+        system.sh("redis-cli del sys:waits")
+        code = f"import sysapp, json, time\nfor i in range({BURST}): sysapp.work.send('b{n}-%d' % i, {SECONDS}, time.time())\nprint(json.dumps(True))"
+        system.c.python(PYTHON, code, cwd=APP_DIR)
+        deadline = time.monotonic() + 150
+        while system.redis()["count"] < 10 + (n + 1) * BURST:
+            assert time.monotonic() < deadline, f"burst {n} not processed within 150 s: {system.redis()}, {system.units()}"
+            peak = max(peak, len(system.active()))
+            time.sleep(0.5)
+        burst = [float(x) for x in system.sh("redis-cli lrange sys:waits 0 -1").stdout.split()]
+        assert len(burst) == BURST
+        waits += burst
+        wait_until(lambda: len(system.active()) <= int(settings.get("MIN_PROCESSES", BASE_SETTINGS["MIN_PROCESSES"])), 90,
+                   "the fleet shrank back to MIN after the burst")
+    system.sh("systemctl stop dramactl.timer")
+    return since, float(system.sh("date +%s.%N").stdout), peak, nearest_rank(waits, 95)
+
+
+def test_a_recorded_run_replays_its_fleet_and_tunes_settings_that_meet_the_p95_in_a_second_run(system: System) -> None:
+    since, until, peak, real_p95 = record(system)
+    env_before = system.sh("cat /etc/dramactl/dramactl.env").stdout
+    assert peak >= 2  # the recorded run did scale: a constant fleet would make the comparison empty
+
+    span = ["--since", f"@{since}", "--until", f"@{until}"]
+    report = json.loads(system.dramactl("replay", *span, "--set", "MAX_QUEUE_WAIT=5", "--json").stdout)
+    text = system.dramactl("replay", *span, "--set", "MAX_QUEUE_WAIT=5").stdout
+    print(f"\n[replay] real p95 wait of the recorded run: {real_p95:.1f}s\n$ dramactl replay --since @{since:.0f} --until @{until:.0f} --set MAX_QUEUE_WAIT=5\n{text}")
+    fit = report["fit"]
+    rows = {r["name"]: r for r in report["rows"]}
+    assert report["ticks"] >= 10 and fit["ticks"] >= 10, report
+    assert report["messages"] >= 2 * BURST * 0.95, report  # what the counters say arrived
+    assert fit["fleet_mae"] <= FLEET_TOLERANCE, fit
+    assert rows["recorded"]["peak_workers"] >= peak - 1  # the journal saw the fleet the test saw (a tick reads before its step)
+    assert {"settings in force", "MAX_QUEUE_WAIT=5", "static MAX (4)", "hpa/keda 15s", "lower bound"} <= set(rows)
+    assert rows["lower bound"]["worker_hours"] <= min(r["worker_hours"] for n, r in rows.items() if n not in ("lower bound", "recorded"))
+
+    # A p95 a fleet within MIN..MAX can meet on this range: halfway from the settings in force's to static MAX's.
+    target = f"{math.ceil((rows['static MAX (4)']['p95_wait'] + rows['settings in force']['p95_wait']) / 2)}"
+    tuned = system.dramactl("tune", "--p95", target, *span, check=False)
+    print(f"$ dramactl tune --p95 {target} --since @{since:.0f} --until @{until:.0f}\n{tuned.stdout}")
+    assert tuned.returncode == 0, tuned.stdout + tuned.stderr
+    result = json.loads(system.dramactl("tune", "--p95", target, *span, "--json").stdout)
+    assert result["met"] and result["after"]["p95_wait"] <= float(target)
+    assert all(line in tuned.stdout.splitlines() for line in result["env"])
+    assert system.sh("cat /etc/dramactl/dramactl.env").stdout == env_before  # nothing changed
+
+    applied = dict(line.split("=", 1) for line in result["env"])
+    _, _, _, tuned_p95 = record(system, **applied)
+    print(f"[replay] second real run with {applied}: p95 wait {tuned_p95:.1f}s (asked {target}s, the first run's {real_p95:.1f}s)")
+    assert tuned_p95 <= float(target) + TICK

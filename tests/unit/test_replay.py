@@ -1,0 +1,210 @@
+"""Replay and tune on synthetic histories whose answer is known; their bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from dramactl import history, replay as rp, tune as tn
+from dramactl.cli import main
+from dramactl.settings import SettingsError
+
+T0 = 1_700_000_000.0
+FLEET = {"MIN_PROCESSES": "1", "MAX_PROCESSES": "10", "WORKER_THREADS": "8", "CHECK_INTERVAL": "15"}
+
+
+def constant(rate: float, service: float, ticks: int, *, interval: float = 15.0, current: int = 2, backlog: int = 12) -> list[rp.Sample]:
+    """A steady load as the journal records it: the hook's counters grow by rate x interval
+    completions and rate x interval x service busy seconds per tick; the backlog holds."""
+    out = []
+    for i in range(ticks):
+        done = rate * interval * i
+        out.append(rp.Sample(T0 + interval * i, True, current, backlog, (("default", done, done * service),), False))
+    return out
+
+
+def entry(at: float, queues: list, current: int = 2, backlog: int = 0) -> history.Entry:
+    return history.Entry(at=at, kind="tick", command="tick", current=current, target=current, reason="", reason_class="steady",
+                         backlog=backlog, queues=queues)
+
+
+def test_a_constant_load_rebuilds_its_arrivals_and_service_time() -> None:
+    rebuilt = rp.rebuild(constant(3.0, 4.0, 241))
+    # 240 intervals of 45 arrivals, plus the 12 waiting at the first entry
+    assert len(rebuilt.arrivals) == 240 * 45 + 12
+    assert rebuilt.mean_service == pytest.approx(4.0)
+    assert rebuilt.duration == pytest.approx(3600.0)
+    assert all(0.0 <= a <= 3600.0 for a in rebuilt.arrivals) and rebuilt.arrivals == sorted(rebuilt.arrivals)
+    assert sum(rebuilt.services) / len(rebuilt.services) == pytest.approx(4.0, rel=0.05)
+
+
+def test_a_constant_load_replayed_with_the_settings_in_force_keeps_the_steady_fleet_and_barely_waits() -> None:
+    """3 msgs/s of 4 s on 8-thread workers is 12 busy threads: ceil(12 / 8) = 2 workers."""
+    rebuilt = rp.rebuild(constant(3.0, 4.0, 241), cv=0.0)
+    result = rp.run_policy(rebuilt, rp.variant(FLEET, {}), "in force", keep_ticks=True)
+    steady = [t.workers for t in result.ticks if 600 <= t.at <= 3600]
+    assert set(steady) == {math.ceil(3.0 * 4.0 / 8)}
+    assert result.p95 < 1.0
+    fit = rp.fit(result, rebuilt.recorded)
+    assert fit["ticks"] == 241 and fit["fleet_mae"] < 0.1
+
+
+def test_the_report_has_every_run_side_by_side_and_the_lower_bound_under_them_all() -> None:
+    report = rp.replay(rp.rebuild(constant(3.0, 4.0, 121)), FLEET, [{"MAX_QUEUE_WAIT": "10"}])
+    rows = {r.name: r for r in report.rows}
+    assert list(rows) == ["recorded", "settings in force", "MAX_QUEUE_WAIT=10", "static MAX (10)", "hpa/keda 15s", "lower bound"]
+    assert rows["static MAX (10)"].peak_workers == 10
+    assert rows["lower bound"].worker_hours <= min(r.worker_hours for n, r in rows.items() if n not in ("lower bound", "recorded"))
+    # the fluid demand of 12 busy threads on 8-thread workers over 30 min: 0.75 worker-hours
+    assert rows["lower bound"].worker_hours == pytest.approx(0.75, rel=0.05)
+    assert rows["recorded"].worker_hours == pytest.approx(1.0)  # 2 instances for 30 min
+    text = rp.render(report)
+    assert "fit (settings in force vs recorded, 121 ticks)" in text and "MAX_QUEUE_WAIT=10" in text
+    json.dumps(report.to_dict())
+
+
+def test_counters_read_from_journal_entries_survive_a_reset_and_damaged_values() -> None:
+    q = lambda done, busy: {"name": "default", "done_total": done, "busy_seconds_total": busy}  # noqa: E731
+    entries = [
+        entry(T0, [q(100.0, 200.0)]),
+        entry(T0 + 15, [q(130.0, 260.0)]),
+        entry(T0 + 30, [q(20.0, 40.0)]),  # Redis flushed: the counters start again
+        entry(T0 + 45, [{"name": "default", "done_total": "x", "busy_seconds_total": None}]),  # damaged: left out
+        entry(T0 + 60, [q(50.0, 100.0)]),
+    ]
+    rebuilt = rp.rebuild([rp.Sample.of(e) for e in entries])
+    assert len(rebuilt.arrivals) == 30 + 20 + 30
+    assert rebuilt.mean_service == pytest.approx(2.0)
+
+
+def test_a_range_without_the_hooks_counters_is_one_line() -> None:
+    with pytest.raises(rp.ReplayError, match="fewer than two entries with the worker hook's counters"):
+        rp.rebuild([rp.Sample.of(entry(T0, [{"name": "default"}]))])
+
+
+def test_tune_finds_settings_that_meet_the_p95_and_cost_no_more_than_those_that_also_do() -> None:
+    rebuilt = rp.rebuild(constant(3.0, 4.0, 121))
+    result = tn.tune(rebuilt, FLEET, 10.0)
+    assert result.met and result.after.p95_wait <= 10.0
+    assert result.tried == len(tn.candidates(FLEET))
+    text = tn.render(result, rebuilt)
+    assert "Nothing was changed" in text
+    for line in tn.env_lines(result.after.changes):
+        assert line in text.splitlines()
+
+
+def test_a_week_of_15_s_ticks_replays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 320 entries read one at a time from the journal reader, kept as samples, replayed (completes)."""
+    q = lambda i: [{"name": "default", "done_total": 0.75 * i, "busy_seconds_total": 3.0 * i}]  # noqa: E731
+    made = []
+
+    def entries(since, until):
+        for i in range(40_320):
+            made.append(i)
+            yield entry(T0 + 15 * i, q(i), current=1)
+
+    monkeypatch.setattr(history, "entries", entries)
+    samples = rp.read_samples(None, None)
+    assert len(samples) == len(made) == 40_320
+    rebuilt = rp.rebuild(samples)
+    assert len(rebuilt.arrivals) == pytest.approx(0.75 * 40_319, abs=2)
+    report = rp.replay(rebuilt, {**FLEET, "CHECK_INTERVAL": "180"}, [])
+    assert report.ticks == 40_320 and {r.name for r in report.rows} >= {"settings in force", "lower bound"}
+
+
+@pytest.mark.parametrize(
+    ("option", "line"),
+    [
+        ("FOO=1", "dramactl: --set FOO: not a setting a replay can change; use one of POLICY, MIN_PROCESSES"),
+        ("MAX_QUEUE_WAIT=abc", "dramactl: --set MAX_QUEUE_WAIT: 'abc' is not a number"),
+        ("MAX_QUEUE_WAIT", "dramactl: --set MAX_QUEUE_WAIT: not NAME=VALUE; write e.g. --set MAX_QUEUE_WAIT=30"),
+        ("MIN_PROCESSES=20", "dramactl: --set MIN_PROCESSES"),
+    ],
+)
+def test_a_bad_set_is_one_line_naming_it_with_exit_2_before_the_journal_is_read(option: str, line: str, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("DRAMACTL_ENV_FILE", str(tmp_path / "none.env"))
+    monkeypatch.chdir(tmp_path)
+
+    def unread(*a):
+        raise AssertionError("the journal was read")
+
+    monkeypatch.setattr(history, "entries", unread)
+    result = CliRunner().invoke(main, ["replay", "--set", option])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and result.output.startswith(line), result.output
+
+
+def test_an_unreadable_journal_is_historys_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("DRAMACTL_ENV_FILE", str(tmp_path / "none.env"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(history, "can_read_system_journal", lambda: False)
+    for args in (["replay"], ["tune", "--p95", "10"], ["history"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 3, result.output
+        assert "cannot read the system journal" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_set_name_must_be_a_setting() -> None:
+    with pytest.raises(SettingsError):
+        rp.parse_sets(["NOPE=1"])
+    assert rp.parse_sets(["max_queue_wait=30,SCALE_DOWN_STABILIZATION=60"]) == [{"MAX_QUEUE_WAIT": "30", "SCALE_DOWN_STABILIZATION": "60"}]
+
+
+def test_the_tick_path_does_not_import_the_simulator_or_replay() -> None:
+    code = "import sys, dramactl.scaler, dramactl.cli; print(sorted(m for m in sys.modules if m.startswith(('dramactl.sim', 'dramactl.replay', 'dramactl.tune'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_start_up_comes_from_the_scalers_state_file_read_only(tmp_path) -> None:
+    import time as clock
+
+    from dramactl.state import ScalerState, StateStore, TickRecord
+
+    now = clock.time()
+    state = ScalerState()
+    for k, startup in enumerate((None, 2.5, 7.0, 4.0)):
+        state = state.with_tick(TickRecord(at=now - 60 + k, backlog=0, workers=1, target=1, startup=startup))
+    store = StateStore(tmp_path)
+    store.path.write_text(json.dumps(state.to_dict()))
+    values = {**FLEET, "DRAMACTL_STATE_DIR": str(tmp_path)}
+    assert rp.recorded_startup(values) == (2.5, 7.0)
+    store.path.write_text("{damaged")
+    assert rp.recorded_startup(values) is None
+    assert store.path.read_text() == "{damaged" and [p.name for p in tmp_path.iterdir()] == ["state.json"]  # not set aside
+    rebuilt = rp.rebuild(constant(3.0, 4.0, 41))
+    rebuilt.startup = (20.0, 20.0)
+    assert rp.workload(rebuilt, 8).startups[:3] == [20.0, 20.0, 20.0]
+
+
+def test_tune_says_when_no_combination_meets_the_p95() -> None:
+    """A 600-message block on a fleet of at most 2 instances of 8 threads cannot start them all within a second."""
+    samples = constant(0.1, 4.0, 21, backlog=0)
+    samples[1] = rp.Sample(samples[1].at, True, 1, 600, samples[1].counters, False)  # 600 land at once
+    fleet = {**FLEET, "MAX_PROCESSES": "2"}
+    rebuilt = rp.rebuild(samples)
+    result = tn.tune(rebuilt, fleet, 1.0)
+    assert not result.met and result.closest.p95_wait > 1.0
+    assert tn.render(result, rebuilt).startswith(f"no combination tried ({result.tried}) meets p95 wait <= 1s")
+
+
+def test_progress_shows_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from dramactl import cli
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, shown in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        with cli.progress(3, "replaying") as step:
+            for _ in range(3):
+                step()
+        assert ("replaying" in stream.getvalue()) is shown
