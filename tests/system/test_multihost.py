@@ -460,9 +460,13 @@ def test_scale_to_beyond_the_fleets_room_is_refused_and_scale_up_capped(hosts: C
         a.dramactl("scale-to", "2")
         b.dramactl("scale-to", "3")
         assert (len(a.active()), len(b.active())) == (2, 3)
+        # C's own timer is held while its instances are compared around the refusal (a tick of
+        # C's in between may resize it by the fleet's split: that is not the refused command).
+        c.sh("systemctl stop dramactl.timer && while systemctl is-active -q dramactl.service; do sleep 0.2; done")
         before = c.active()
         refused = c.dramactl("scale-to", "4", check=False)
         still = c.active()
+        c.sh("systemctl start dramactl.timer")
         capped = c.dramactl("scale-up", "-n", "2", check=False)
         time.sleep(2 * INTERVAL)  # C's ticks (paused now) hold it; A's and B's too
         after = {h.name: len(h.active()) for h in hosts.hosts}
