@@ -12,12 +12,14 @@ import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import redis
 
 from .settings import POLICIES, Settings
 from .state import HISTORY_SECONDS, DamagedState, TickRecord, _fields, _flag, _number, _short, _tick, _whole
+
+T = TypeVar("T")
 
 log = logging.getLogger("dramactl.share")
 
@@ -399,28 +401,23 @@ def _hosts(raw: Mapping[bytes, bytes], key: str = "", now: float | None = None) 
     return sorted(hosts, key=lambda h: h.name)
 
 
-def _decision(raw: Mapping[bytes, bytes], key: str, now: float | None) -> FleetDecision | None:
-    value = raw.get(b"decision")
+def _field(raw: Mapping[bytes, bytes], key: str, name: str, parse: Callable[[bytes], T]) -> T | None:
+    """One field of the fleet's hash parsed, or None when absent or damaged (named once)."""
+    value = raw.get(name.encode())
     try:
-        return FleetDecision.parse(value, now) if value is not None else None
-    except DamagedState as exc:
-        damaged(key, "decision", str(exc))
+        return parse(value) if value is not None else None
+    except (DamagedState, ValueError) as exc:
+        damaged(key, name, str(exc))
         return None
+
+
+def _decision(raw: Mapping[bytes, bytes], key: str, now: float | None) -> FleetDecision | None:
+    return _field(raw, key, "decision", lambda v: FleetDecision.parse(v, now))
 
 
 def _silence(raw: Mapping[bytes, bytes], key: str, now: float | None) -> Silence | None:
-    value = raw.get(b"silence")
-    try:
-        return Silence.parse(value, now) if value is not None else None
-    except DamagedState as exc:
-        damaged(key, "silence", str(exc))
-        return None
+    return _field(raw, key, "silence", lambda v: Silence.parse(v, now))
 
 
 def _record(raw: Mapping[bytes, bytes], key: str) -> dict | None:
-    value = raw.get(b"settings")
-    try:
-        return parse_values(value) if value is not None else None
-    except (DamagedState, ValueError) as exc:
-        damaged(key, "settings", str(exc))
-        return None
+    return _field(raw, key, "settings", parse_values)
