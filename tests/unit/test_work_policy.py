@@ -365,3 +365,22 @@ def test_the_shrink_floor_counts_the_service_times_error_with_the_rates() -> Non
     a, b = work_rates(steady, now_steady, NOW), work_rates(tailed, now_tailed, NOW)
     assert a.load == pytest.approx(b.load, rel=0.02)
     assert b.load_high(2.0) > a.load_high(2.0) > a.load
+
+
+def test_the_mean_service_time_rests_on_enough_completions_at_low_rates() -> None:
+    """Two-minute tasks at 0.05/s: 10 minutes hold ~30 completions (an 18 % standard error
+    at cv 1), so the mean reaches back until it holds 100. The tasks completed in the last
+    10 minutes happened to be short (60 s), those before at the app's 120 s: the mean is
+    the app's, not the last few tasks' luck, and it rests on the completions it counts."""
+    history, done, busy = [], 1000.0, 120_000.0
+    for k in range(200, 0, -1):  # 50 minutes of 15 s ticks, 0.75 completions each
+        done += 0.75
+        busy += 0.75 * (60.0 if k <= 40 else 120.0)
+        history.append(TickRecord(NOW - 15 * k, 0, 6, 6, wanted=6, done=done, busy=busy, for_rate=6))
+    done += 0.75
+    busy += 0.75 * 60.0
+    rates = work_rates(history, FleetBacklog(ready=0, in_flight=6, done_total=done, busy_seconds_total=busy), NOW)
+    assert rates.completions >= 100, "reaches back past 10 minutes until 100 completions"
+    assert 90.0 < rates.service < 110.0, rates.service  # 30 of 60 s and 70 of 120 s, not the last 10 minutes' 60 s
+    fast = work_rates(worked(8.0, 4.0, workers=6, seconds=900), seen(worked(8.0, 4.0, workers=6, seconds=900), 8.0, 4.0), NOW)
+    assert 4000 < fast.completions <= 8.0 * 615, "at high rates the 10 minutes hold plenty: the window is not stretched"
