@@ -84,9 +84,23 @@ class WorkRates:
             return None
         if self.arrival <= 0:
             return high * self.service
-        rate_error = (high - self.arrival) / (sigmas * self.arrival) if sigmas > 0 else 0.0
+        return self.arrival * self.service * (1.0 + sigmas * self._load_error())
+
+    def load_low(self, sigmas: float) -> float | None:
+        """The offered load ``sigmas`` standard errors down (at least 0), the other side of
+        :meth:`load_high`; None before a rate exists."""
+        if self.arrival is None:
+            return None
+        return max(0.0, self.arrival * self.service * (1.0 - sigmas * self._load_error()))
+
+    def _load_error(self) -> float:
+        """The load's relative standard error: the rate's (a Poisson count over ``span``, at
+        least one message) and the mean service time's, in quadrature."""
+        if self.arrival is None or self.arrival <= 0:
+            return 0.0
+        rate_error = math.sqrt(max(self.arrival, 1.0 / self.span) / self.span) / self.arrival if self.span > 0 else 0.0
         service_error = math.sqrt(self.service_cv2 / self.completions) if self.completions > 0 else 0.0
-        return self.arrival * self.service * (1.0 + sigmas * math.hypot(rate_error, service_error))
+        return math.hypot(rate_error, service_error)
 
     @property
     def load(self) -> float | None:

@@ -384,3 +384,21 @@ def test_the_mean_service_time_rests_on_enough_completions_at_low_rates() -> Non
     assert 90.0 < rates.service < 110.0, rates.service  # 30 of 60 s and 70 of 120 s, not the last 10 minutes' 60 s
     fast = work_rates(worked(8.0, 4.0, workers=6, seconds=900), seen(worked(8.0, 4.0, workers=6, seconds=900), 8.0, 4.0), NOW)
     assert 4000 < fast.completions <= 8.0 * 615, "at high rates the 10 minutes hold plenty: the window is not stretched"
+
+
+def test_growth_for_the_rate_alone_needs_evidence_beyond_its_noise_while_nothing_waits() -> None:
+    """Two-minute tasks on 2-thread workers, 6 up. An estimate of 0.08/s (9.6 busy threads,
+    7 workers) resting on ~25 arrivals has a 20 % standard error: two of them down (5.8
+    busy threads) 6 workers hold, so with nothing waiting the fleet is not grown on it
+    (a fleet grown at each high reading but shrunk only two standard errors up ratchets
+    up on the noise). The same estimate with messages waiting grows it at once."""
+    s = settings(WORKER_THREADS=2)
+    history = worked(0.08, 120.0, workers=6, seconds=900)
+    assert workers_for(0.08 * 120.0, 120.0, 2, 30.0) == 7
+    calm = decide(seen(history, 0.08, 120.0, in_flight=8), running(6), s, history, NOW)
+    assert (calm.target, calm.for_rate) == (6, 7), calm.reason
+    assert "within the estimate's noise" in calm.reason, calm.reason
+    waits = decide(seen(history, 0.08, 120.0, ready=1, in_flight=12), running(6), s, history, NOW)
+    assert waits.target >= 7, waits.reason
+    prefetched = decide(seen(history, 0.08, 120.0, in_flight=14), running(6), s, history, NOW)
+    assert prefetched.target >= 7, "messages prefetched beyond the threads wait too: " + prefetched.reason
