@@ -391,7 +391,7 @@ def work_target(
     grow_for, noted = rate_growth(for_rate, current, nothing_waits, rates, NOISE_SIGMAS, lambda x: workers_for(
         x, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit))
     wanted = max(grow_for, math.ceil((load + backlogged * service / drain) / threads - 1e-9))
-    why = f"{measured} needs {for_rate}{noted}"
+    why = f"{measured} needs {for_rate}{noted if wanted < for_rate else ''}"
     if backlogged:
         why += f", {waiting} waiting drain in {drain:.0f}s with {wanted}"
     elif waiting:
