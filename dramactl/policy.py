@@ -62,7 +62,7 @@ from .calm import rate_growth, starting_hold
 from .instance import WorkerUnit
 from .queueing import queue_quantile, workers_for
 from .rates import WorkRates, learned_startup, work_rates
-from .recurring import Recurring, recurring, recurring_need  # noqa: F401 - recurring: the tests and the bench import it from here
+from .recurring import Recurring, recurring, recurring_keep, recurring_need  # noqa: F401 - recurring: the tests and the bench import it from here
 from .settings import Settings
 from .state import Recovery, TickRecord
 from .stats import FleetBacklog
@@ -413,6 +413,8 @@ def work_target(
         # better, and moving by that jitter right before it lands is an action undone by
         # the next one.
         goal = max(wanted, current if low <= current <= high else need)
+    elif (kept := recurring_keep(history, now, startup + 2.0 * interval, 2.0 * interval, load, service, settings, current)) and kept[0] > wanted:
+        why, goal = f"{why}; {kept[1]}", kept[0]  # the block's need recurs within the window: not a need that stayed low
     bounded = clamp(goal, settings)
     if current > settings.max_processes:
         return settings.max_processes, wanted, f"{why}: down to MAX_PROCESSES={settings.max_processes}", for_rate

@@ -142,11 +142,25 @@ def test_a_recurring_block_is_met_by_a_fleet_started_ahead_of_it() -> None:
 
 
 def test_a_recurring_block_due_later_than_a_start_takes_is_not_waited_for() -> None:
-    s = settings()
-    quick = blocks((480.0, 300.0, 120.0), startup=3.0)  # due in 60 s; start-up + 2 ticks 33 s: release
+    s = settings(SCALE_DOWN_STABILIZATION=20)
+    quick = blocks((480.0, 300.0, 120.0), startup=3.0)  # due in 60 s; start-up + 2 ticks 33 s, + the window 53 s: release
     assert decide(seen(quick, 0.5, 4.0), running(8), s, quick, NOW).target == 1
     slow = blocks((480.0, 300.0, 120.0), startup=30.0)  # start-up + 2 ticks 60 s: keep
     assert decide(seen(slow, 0.5, 4.0), running(8), s, slow, NOW).target == 6
+
+
+def test_a_recurring_blocks_fleet_is_kept_when_it_would_start_again_within_the_stabilization_window() -> None:
+    """SCALE_DOWN_STABILIZATION is how long a need must stay low before a shrink. A block
+    every 180 s, due in 60 s: stopped now, its fleet would be started again (33 s ahead of
+    it) 27 s from now, within the default 120 s: kept, at most what is up. Due in 240 s
+    (blocks 270 s apart), the need stays low 207 s, longer than the window: released."""
+    s = settings()
+    soon = blocks((480.0, 300.0, 120.0), startup=3.0)
+    kept = decide(seen(soon, 0.5, 4.0), running(8), s, soon, NOW)
+    assert kept.target == 6 and "due again within SCALE_DOWN_STABILIZATION=120s: kept" in kept.reason, kept.reason
+    assert decide(seen(soon, 0.5, 4.0), running(3), s, soon, NOW).target == 3, "kept, never grown by it"
+    later = blocks((570.0, 300.0, 30.0), startup=3.0)
+    assert decide(seen(later, 0.5, 4.0), running(8), s, later, NOW).target == 1
 
 
 def test_one_block_is_not_a_recurrence() -> None:
