@@ -1,6 +1,10 @@
 """``python -m bench.oracle``: how low the p95 wait of a bursty trace can go for a causal
 policy, and whether a policy ticking every CHECK_INTERVAL can come within 1.25x of it
-(issue 20's target; :func:`main`). The rest of this docstring is issue 19's oracle for
+(issue 20's target; :func:`main`); where it cannot, how long the reference must keep MAX
+after a block to meet it at that tick, and at what cost (:func:`hold_needed`). For the
+low-rate traces, the fleet a policy with foresight of the exact load needs for the
+default policy's latency goal, beside HPA/KEDA's worker-seconds (:func:`low_rate`).
+The rest of this docstring is issue 19's oracle for
 the old target (1/5 of the baseline), kept in :func:`run`: how low the p95 wait of a
 block trace can go for a policy that runs MIN_PROCESSES until the first block lands
 (it cannot know it is coming).
@@ -23,13 +27,16 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from dramactl.instance import WorkerUnit
+from dramactl.policy import WAIT_FRACTION
+from dramactl.queueing import workers_for
+from dramactl.settings import parse
 from dramactl.stats import FleetBacklog
 
 from .policies import ReferenceController, lineup, predictable
 from dramactl.sim.simulator import RunResult, Workload, WorkerModel, _Run, simulate
 from .traces import Trace, standard
 
-BASELINE = 0  # lineup() order: the step baseline first
+BASELINE, HPA = 0, 1  # lineup() order: the step baseline first, then HPA/KEDA
 
 
 @dataclass
@@ -94,6 +101,80 @@ def reference_p95(trace: Trace, seeds: Sequence[int], interval: float, blocks: S
     return statistics.fmean(out)
 
 
+@dataclass
+class _Holding(ReferenceController):
+    """The reference, keeping MAX ``after`` s since a tick last saw more messages than MIN's
+    threads hold (not only a message waiting in Redis: with MAX up, a block fits in the
+    workers' prefetch and never waits there)."""
+
+    threads: int = 8
+
+    def target(self, backlog: FleetBacklog, units: Sequence[WorkerUnit], now: float) -> int:
+        if backlog.backlog > self.low * self.threads:
+            self.last_waiting = now
+        return super().target(backlog, units, now)
+
+
+def reference_runs(trace: Trace, seeds: Sequence[int], interval: float, blocks: Sequence[float], after: float) -> list[RunResult]:
+    """:class:`_Holding` ticking every ``interval`` s, keeping MAX ``after`` s since a tick
+    last saw more work than MIN holds, one run per seed."""
+    out = []
+    for seed in seeds:
+        workload = Workload.draw(trace, WorkerModel(), seed)
+        reference = _Holding(list(blocks), 1, trace.max_workers, after=after, threads=workload.model.threads)
+        out.append(simulate(workload, reference, policy="reference", interval=interval, initial_workers=1, min_workers=1))
+    return out
+
+
+HOLDS = (90.0, 135.0, 180.0, 225.0, 270.0)  # seconds of MAX kept after a block, tried in turn
+
+
+def hold_needed(trace: Trace, seeds: Sequence[int], interval: float, limit: float) -> str:
+    """At a tick of ``interval`` s, how long the reference must keep MAX after a block (more
+    work than MIN holds) for its p95 to meet ``limit``, and what that costs (worker-seconds,
+    actions/h)."""
+    blocks = predictable(sorted({a for a, _ in trace.blocks}))
+    for after in HOLDS:
+        runs = reference_runs(trace, seeds, interval, blocks, after)
+        p95 = statistics.fmean(r.p95 for r in runs)
+        if p95 <= limit:
+            ws = statistics.fmean(r.worker_seconds for r in runs)
+            acts = statistics.fmean(r.actions_per_hour for r in runs)
+            return f"meets it keeping MAX {after:g}s after a block (p95 {p95:.1f}s, {ws:.0f} worker-s, {acts:.1f} actions/h)"
+    return f"misses it even keeping MAX {HOLDS[-1]:g}s after a block"
+
+
+class ExactLoad:
+    """Foresight of the exact load: at every tick, the fleet the trace's own rate x mean service
+    time needs for the default policy's latency goal (Erlang C: P(wait > MAX_QUEUE_WAIT/2) <= 5 %,
+    :func:`dramactl.queueing.workers_for`); MIN once the trace has ended. No estimate, no noise."""
+
+    def __init__(self, workload: Workload, wait: float, high: int) -> None:
+        self.workload, self.wait, self.high = workload, wait, high
+
+    def target(self, backlog: FleetBacklog, units: Sequence[WorkerUnit], now: float) -> int:
+        model, trace = self.workload.model, self.workload.trace
+        load = trace.rate(now) * model.mean_service if now < trace.duration else 0.0
+        return max(1, min(self.high, workers_for(load, model.mean_service, model.threads, self.wait)))
+
+
+def low_rate(trace: Trace, seeds: Sequence[int]) -> str:
+    """The exact-load reference beside HPA/KEDA on a low-rate trace (means over ``seeds``)."""
+    exact, hpa = [], []
+    for seed in seeds:
+        workload = Workload.draw(trace, WorkerModel(), seed)
+        specs = lineup(15, max_workers=trace.max_workers, threads=workload.model.threads)
+        goal = WAIT_FRACTION * parse({}).max_queue_wait
+        exact.append(simulate(workload, ExactLoad(workload, goal, trace.max_workers), policy="exact", interval=15, initial_workers=1, min_workers=1))
+        spec = specs[HPA]
+        hpa.append(simulate(workload, spec.make(workload), policy=spec.name, interval=spec.interval, initial_workers=1, min_workers=1, victim=spec.victim))
+    e_ws, h_ws = statistics.fmean(r.worker_seconds for r in exact), statistics.fmean(r.worker_seconds for r in hpa)
+    e_p95, h_p95 = statistics.fmean(r.p95 for r in exact), statistics.fmean(r.p95 for r in hpa)
+    verdict = "within HPA's" if e_ws <= h_ws else "over HPA's"
+    return (f"{trace.name:<11} exact load, sized for p95 <= {goal:g}s: p95 {e_p95:5.1f}s, {e_ws:.0f} worker-s; hpa/keda: p95 {h_p95:5.1f}s, "
+            f"{h_ws:.0f} worker-s: the exact load's fleet is {verdict}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.oracle", description=__doc__)
     parser.add_argument("--seeds", default="1,2,3")
@@ -115,6 +196,13 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "reachable" if ticking <= limit else f"NOT reachable at a {args.interval:g} s tick"
         print(f"{trace.name:<11} target p95 <= {limit:5.1f}s (1.25 x {causal:5.1f}s); the reference at {args.interval:g} s ticks: "
               f"{ticking:5.1f}s; with foresight of every later block: {foresight:5.1f}s: {verdict}")
+        if ticking > limit:
+            print(f"{'':<11} at {args.interval:g} s ticks the reference {hold_needed(trace, seeds, args.interval, limit)}")
+    print("low-rate traces: issue 20's target is p95 <= HPA's + one tick at <= HPA's worker-seconds. A reference with")
+    print("foresight of the exact load (the trace's rate and mean service time), sized for the default policy's latency goal:")
+    for trace in standard():
+        if trace.low_rate:
+            print(low_rate(trace, seeds))
     return 0
 
 

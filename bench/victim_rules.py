@@ -85,10 +85,13 @@ def run(seeds: tuple[int, ...] = SEEDS) -> list[RunResult]:
 def report(seeds: tuple[int, ...]) -> tuple[str, bool]:
     results = run(seeds)
     by = summarize(results)
-    head = f"{'trace':<12} {'policy / victim rule':<24} {'p50 s':>6} {'p95 s':>6} {'worker-s':>8} {'x bound':>7} {'act/h':>6} {'discard s':>9} {'cut':>5}"
+    head = (f"{'trace':<12} {'policy / victim rule':<24} {'p50 s':>6} {'p95 s':>6} {'worker-s':>8} {'x bound':>7} {'act/h':>6} "
+            f"{'after/h':>7} {'discard s':>9} {'cut':>5}")
     lines = [
         f"victim rules, seeds {','.join(map(str, seeds))} (means): GRACEFUL_SHUTDOWN_TIMEOUT 30 s, heartbeat timeout 60 s, MIN 1, MAX 10",
         *(f"  {t.name}: {t.about}" for t in traces()),
+        "after/h: of act/h, the stops made after a scale-down had waited for long tasks (the wait splits a scale-down:",
+        "  the idle instances at once, the busy ones when their task ends)",
         "",
         head,
         "-" * len(head),
@@ -100,7 +103,7 @@ def report(seeds: tuple[int, ...]) -> tuple[str, bool]:
         last = trace
         lines.append(
             f"{trace:<12} {policy:<24} {s.mean('p50'):>6.1f} {s.p95:>6.1f} {s.worker_seconds:>8.0f} {s.ratio:>7.2f} "
-            f"{s.actions_per_hour:>6.1f} {s.mean('discarded'):>9.0f} {s.mean('cut'):>5.1f}"
+            f"{s.actions_per_hour:>6.1f} {s.mean('deferred') * 3600.0 / s.mean('duration'):>7.1f} {s.mean('discarded'):>9.0f} {s.mean('cut'):>5.1f}"
         )
     lines.append("")
     ok = True

@@ -19,7 +19,11 @@ hook has reported some (:mod:`dramactl.rates`):
   agree, counted from the counters even when the fleet absorbed them,
   :mod:`dramactl.recurring`) is met by a fleet started ahead: from the start-up plus
   two ticks before it is due, the fleet that serves the last block within one tick
-  is started, or kept within the block's own noise;
+  is started, or kept within the block's own noise; and its fleet is not stopped while
+  the next block is due within SCALE_DOWN_STABILIZATION plus that lead;
+* growth for the arrivals alone while nothing waits needs the load two standard errors
+  down to need more (:mod:`dramactl.calm`): the evidence a shrink needs, so the fleet
+  does not ratchet up on the estimate's noise;
 * never shrink while a backlog drains (more than half a tick of the fleet's work
   waits), while an instance is starting or within the start-up of the last growth;
   shrink at once when drained, but never below the fleet for the load two standard
@@ -55,10 +59,11 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
+from .calm import rate_growth, starting_hold
 from .instance import WorkerUnit
 from .queueing import queue_quantile, workers_for
 from .rates import WorkRates, learned_startup, work_rates
-from .recurring import Recurring, recurring, recurring_need  # noqa: F401 - recurring: the tests and the bench import it from here
+from .recurring import Recurring, recurring, recurring_keep, recurring_need  # noqa: F401 - recurring: the tests and the bench import it from here
 from .settings import Settings
 from .state import Recovery, TickRecord
 from .stats import FleetBacklog
@@ -382,8 +387,12 @@ def work_target(
     noise = queue_quantile(load, current * threads, WAIT_QUANTILE) if rates.load is not None else 0
     noise = math.ceil(noise * max(1.0, (1.0 + rates.service_cv2) / 2.0))
     backlogged = max(0, waiting - noise)
-    wanted = max(for_rate, math.ceil((load + backlogged * service / drain) / threads - 1e-9))
-    why = f"{measured} needs {for_rate}"
+    # With nothing waiting (ready, or prefetched beyond the threads), growth for the rate needs evidence beyond its noise.
+    nothing_waits = not waiting and backlog.in_flight <= current * threads
+    grow_for, noted = rate_growth(for_rate, current, nothing_waits, rates, NOISE_SIGMAS, lambda x: workers_for(
+        x, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit))
+    wanted = max(grow_for, math.ceil((load + backlogged * service / drain) / threads - 1e-9))
+    why = f"{measured} needs {for_rate}{noted if wanted < for_rate else ''}"
     if backlogged:
         why += f", {waiting} waiting drain in {drain:.0f}s with {wanted}"
     elif waiting:
@@ -405,6 +414,8 @@ def work_target(
         # better, and moving by that jitter right before it lands is an action undone by
         # the next one.
         goal = max(wanted, current if low <= current <= high else need)
+    elif (kept := recurring_keep(history, now, startup + 2.0 * interval, 2.0 * interval, load, service, settings, current)) and kept[0] > wanted:
+        why, goal = f"{why}; {kept[1]}", kept[0]  # the block's need recurs within the window: not a need that stayed low
     bounded = clamp(goal, settings)
     if current > settings.max_processes:
         return settings.max_processes, wanted, f"{why}: down to MAX_PROCESSES={settings.max_processes}", for_rate
@@ -418,7 +429,7 @@ def work_target(
     if waiting * service > current * threads * interval / 2.0:
         # More than half a tick of work waits for this fleet: draining, not drained.
         return current, wanted, f"{why}: holding {current} until the backlog is drained", for_rate
-    hold = _starting_hold(history, now, starting, startup)
+    hold = starting_hold(history, now, starting, startup)
     if hold is not None:
         return current, wanted, f"{why}: holding {current}, {hold}", for_rate
     high = rates.load_high(NOISE_SIGMAS)
@@ -434,20 +445,6 @@ def work_target(
             return current, wanted, f"{why}: holding {current}", for_rate
     target, reason = _work_down(current, goal, why, settings, history, now, within_noise)
     return target, wanted, reason, for_rate
-
-
-def _starting_hold(history: Sequence[TickRecord], now: float, starting: int, startup: float) -> str | None:
-    """Why not to shrink now, or None: an instance is still starting, or the last growth
-    is younger than the start-up. An instance stopped before it has run as long as it
-    took to start paid its start-up for nothing; and the growth was decided on evidence
-    no newer than a start-up ago, so undoing it sooner acts on the same evidence twice
-    (the rent-or-buy rule: keep what cost a start-up at least as long as the start-up)."""
-    if starting:
-        return f"{starting} still starting"
-    grown = [r.at for r in history if r.target > r.workers]
-    if grown and now - grown[-1] < startup:
-        return f"started {now - grown[-1]:.0f}s ago, start-up {startup:.0f}s"
-    return None
 
 
 def _work_down(
@@ -532,7 +529,7 @@ def count_target(
     if bounded == current:
         at_max = f" (MAX_PROCESSES; {wanted} wanted)" if wanted > current else ""
         return current, wanted, f"{why}: steady at {current}{at_max}"
-    hold = _starting_hold(history, now, starting, learned_startup(history))
+    hold = starting_hold(history, now, starting, learned_startup(history))
     if hold is not None:
         return current, wanted, f"{why}: holding {current}, {hold}"
     return _stabilized_down(total, current, wanted, why, per_worker, settings, history, now)

@@ -15,7 +15,10 @@ intervals see no arrival at all: a median of per-interval rates reads 0 there wh
 messages keep coming), less the excess of the intervals in which a block landed (a
 block of messages landing at once is a backlog to drain, not a rate to staff for),
 over the intervals' span; the service time is the ratio of sums over
-:data:`SERVICE_WINDOW`, else the counters' whole lifetime (busy / done). A counter that
+:data:`SERVICE_WINDOW`, or further back until the sums hold :data:`SERVICE_COMPLETIONS`
+(the mean of a few long tasks is mostly their luck, and the service time is the app's,
+changing with a deploy rather than with the traffic), else the counters' whole lifetime
+(busy / done). A counter that
 went backwards (the key was deleted, Redis restarted) ends the intervals before it.
 The rate's standard error is that of a Poisson count over the intervals' span
 (:meth:`WorkRates.arrival_high`): how far a measured dip may be noise.
@@ -46,6 +49,7 @@ RATE_WINDOW = 120.0  # seconds of intervals whose arrivals are counted for the r
 LONG_RATE_WINDOW = 900.0  # ... or further back, up to this, until they hold MIN_ARRIVALS
 MIN_ARRIVALS = 25.0  # arrivals the rate rests on when they can be had: 20 % standard error
 SERVICE_WINDOW = 600.0  # seconds of completions whose mean is the service time
+SERVICE_COMPLETIONS = 100.0  # ... or further back until they hold this many: 10 % standard error at cv 1
 MIN_COMPLETIONS = 3  # fewer completions than this in the window: use the lifetime mean
 
 
@@ -80,9 +84,23 @@ class WorkRates:
             return None
         if self.arrival <= 0:
             return high * self.service
-        rate_error = (high - self.arrival) / (sigmas * self.arrival) if sigmas > 0 else 0.0
+        return self.arrival * self.service * (1.0 + sigmas * self._load_error())
+
+    def load_low(self, sigmas: float) -> float | None:
+        """The offered load ``sigmas`` standard errors down (at least 0), the other side of
+        :meth:`load_high`; None before a rate exists."""
+        if self.arrival is None:
+            return None
+        return max(0.0, self.arrival * self.service * (1.0 - sigmas * self._load_error()))
+
+    def _load_error(self) -> float:
+        """The load's relative standard error: the rate's (a Poisson count over ``span``, at
+        least one message) and the mean service time's, in quadrature."""
+        if self.arrival is None or self.arrival <= 0:
+            return 0.0
+        rate_error = math.sqrt(max(self.arrival, 1.0 / self.span) / self.span) / self.arrival if self.span > 0 else 0.0
         service_error = math.sqrt(self.service_cv2 / self.completions) if self.completions > 0 else 0.0
-        return self.arrival * self.service * (1.0 + sigmas * math.hypot(rate_error, service_error))
+        return math.hypot(rate_error, service_error)
 
     @property
     def load(self) -> float | None:
@@ -118,7 +136,7 @@ def work_rates(history: Sequence[TickRecord], backlog: FleetBacklog, now: float,
 
     arrival, intervals, span = _arrival_rate(pairs, now)
 
-    recent = [(b.done - a.done, b.busy - a.busy) for a, b in pairs if b.at > now - SERVICE_WINDOW]
+    recent = _service_batches(pairs, now)
     done = sum(d for d, _ in recent)
     if done >= MIN_COMPLETIONS:
         service = sum(s for _, s in recent) / done
@@ -127,6 +145,19 @@ def work_rates(history: Sequence[TickRecord], backlog: FleetBacklog, now: float,
     else:
         return None
     return WorkRates(arrival, max(service, 0.0), intervals, span, _service_cv2(recent, service), done if done >= MIN_COMPLETIONS else 0.0)
+
+
+def _service_batches(pairs: Sequence[tuple[_Point, _Point]], now: float) -> list[tuple[float, float]]:
+    """(completions, busy seconds) per interval, newest first, over :data:`SERVICE_WINDOW`
+    or further back (the whole history) until they hold :data:`SERVICE_COMPLETIONS`."""
+    out: list[tuple[float, float]] = []
+    done = 0.0
+    for a, b in reversed(pairs):
+        if b.at <= now - SERVICE_WINDOW and done >= SERVICE_COMPLETIONS:
+            break
+        out.append((b.done - a.done, b.busy - a.busy))
+        done += b.done - a.done
+    return out
 
 
 MIN_BATCHES = 8  # tick intervals with completions before the service times' variance is estimated

@@ -81,3 +81,22 @@ def recurring_need(
     need, sigma = fleet(again.messages), math.sqrt(max(again.messages, 0.0))
     when = f"due in {again.due - now:.0f}s" if again.due >= now else f"due {now - again.due:.0f}s ago"
     return need, fleet(again.messages - sigma), fleet(again.messages + sigma), f"{again.messages:.0f} msgs land every {again.period:.0f}s, {when}: {need} ready for them"
+
+
+def recurring_keep(
+    history: Sequence[TickRecord], now: float, lead: float, tolerance: float, load: float, service: float,
+    settings: Settings, current: int,
+) -> tuple[int, str] | None:
+    """(fleet, why) to keep rather than shrink below: a recurring block's fleet (at most
+    ``current``) when its next block is due within SCALE_DOWN_STABILIZATION plus ``lead``
+    (the start-up and two ticks a start ahead of it takes). SCALE_DOWN_STABILIZATION is how
+    long a need must stay low before the fleet shrinks; for a need that recurs on a known
+    schedule that is read forward: a fleet stopped now would be started again, ahead of
+    the next block, before the window has passed. None otherwise."""
+    window = settings.scale_down_stabilization
+    if window <= 0:
+        return None
+    kept = recurring_need(history, now, lead + window, tolerance, load, service, settings)
+    if kept is None:
+        return None
+    return min(current, kept[0]), f"{kept[3]}; due again within SCALE_DOWN_STABILIZATION={window:g}s: kept"

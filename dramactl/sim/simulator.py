@@ -136,6 +136,7 @@ class RunResult:
     flaps: int = 0  # actions undone by an opposite action within the next two ticks (:func:`count_flaps`)
     discarded: float = 0.0  # task-seconds cut off by scale-downs (run again from scratch)
     cut: int = 0  # messages cut off by scale-downs
+    deferred: int = 0  # ticks that stopped instances a scale-down had waited for (least-busy's wait split it)
 
     def wait_percentile(self, q: float) -> float:
         """Nearest-rank percentile of the queue waits."""
@@ -239,6 +240,7 @@ class _Run:
         self.cancelled: set[int] = set()  # completion seqs of messages cut off
         self.discarded = 0.0
         self.cut = 0
+        self.deferred = 0
         self.workload = workload
         self.controller = controller
         self.interval = interval
@@ -358,6 +360,7 @@ class _Run:
             list(by_number), count, reports, now, waiting_since=self.waiting_since,
             long_after=victim_rule.long_after(self.grace, victim_rule.mean_service(backlog.done_total, backlog.busy_seconds_total)),
         )
+        self.deferred += bool(self.waiting_since is not None and choice.numbers)
         self.waiting_since = (self.waiting_since or now) if choice.waiting else None
         return [by_number[n] for n in choice.numbers]
 
@@ -465,5 +468,5 @@ def simulate(
     bound = work_lower_bound(workload.arrivals, workload.services, workload.model.threads, min_workers, workload.trace.duration)
     return RunResult(
         workload.trace.name, policy, list(run.waits.values()), run.worker_seconds, bound, run.peak, run.actions, workload.trace.duration,
-        run.ticks, run.horizon, workload.seed, count_flaps(run.moves), run.discarded, run.cut,
+        run.ticks, run.horizon, workload.seed, count_flaps(run.moves), run.discarded, run.cut, run.deferred,
     )

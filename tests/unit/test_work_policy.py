@@ -142,11 +142,25 @@ def test_a_recurring_block_is_met_by_a_fleet_started_ahead_of_it() -> None:
 
 
 def test_a_recurring_block_due_later_than_a_start_takes_is_not_waited_for() -> None:
-    s = settings()
-    quick = blocks((480.0, 300.0, 120.0), startup=3.0)  # due in 60 s; start-up + 2 ticks 33 s: release
+    s = settings(SCALE_DOWN_STABILIZATION=20)
+    quick = blocks((480.0, 300.0, 120.0), startup=3.0)  # due in 60 s; start-up + 2 ticks 33 s, + the window 53 s: release
     assert decide(seen(quick, 0.5, 4.0), running(8), s, quick, NOW).target == 1
     slow = blocks((480.0, 300.0, 120.0), startup=30.0)  # start-up + 2 ticks 60 s: keep
     assert decide(seen(slow, 0.5, 4.0), running(8), s, slow, NOW).target == 6
+
+
+def test_a_recurring_blocks_fleet_is_kept_when_it_would_start_again_within_the_stabilization_window() -> None:
+    """SCALE_DOWN_STABILIZATION is how long a need must stay low before a shrink. A block
+    every 180 s, due in 60 s: stopped now, its fleet would be started again (33 s ahead of
+    it) 27 s from now, within the default 120 s: kept, at most what is up. Due in 240 s
+    (blocks 270 s apart), the need stays low 207 s, longer than the window: released."""
+    s = settings()
+    soon = blocks((480.0, 300.0, 120.0), startup=3.0)
+    kept = decide(seen(soon, 0.5, 4.0), running(8), s, soon, NOW)
+    assert kept.target == 6 and "due again within SCALE_DOWN_STABILIZATION=120s: kept" in kept.reason, kept.reason
+    assert decide(seen(soon, 0.5, 4.0), running(3), s, soon, NOW).target == 3, "kept, never grown by it"
+    later = blocks((570.0, 300.0, 30.0), startup=3.0)
+    assert decide(seen(later, 0.5, 4.0), running(8), s, later, NOW).target == 1
 
 
 def test_one_block_is_not_a_recurrence() -> None:
@@ -365,3 +379,40 @@ def test_the_shrink_floor_counts_the_service_times_error_with_the_rates() -> Non
     a, b = work_rates(steady, now_steady, NOW), work_rates(tailed, now_tailed, NOW)
     assert a.load == pytest.approx(b.load, rel=0.02)
     assert b.load_high(2.0) > a.load_high(2.0) > a.load
+
+
+def test_the_mean_service_time_rests_on_enough_completions_at_low_rates() -> None:
+    """Two-minute tasks at 0.05/s: 10 minutes hold ~30 completions (an 18 % standard error
+    at cv 1), so the mean reaches back until it holds 100. The tasks completed in the last
+    10 minutes happened to be short (60 s), those before at the app's 120 s: the mean is
+    the app's, not the last few tasks' luck, and it rests on the completions it counts."""
+    history, done, busy = [], 1000.0, 120_000.0
+    for k in range(200, 0, -1):  # 50 minutes of 15 s ticks, 0.75 completions each
+        done += 0.75
+        busy += 0.75 * (60.0 if k <= 40 else 120.0)
+        history.append(TickRecord(NOW - 15 * k, 0, 6, 6, wanted=6, done=done, busy=busy, for_rate=6))
+    done += 0.75
+    busy += 0.75 * 60.0
+    rates = work_rates(history, FleetBacklog(ready=0, in_flight=6, done_total=done, busy_seconds_total=busy), NOW)
+    assert rates.completions >= 100, "reaches back past 10 minutes until 100 completions"
+    assert 90.0 < rates.service < 110.0, rates.service  # 30 of 60 s and 70 of 120 s, not the last 10 minutes' 60 s
+    fast = work_rates(worked(8.0, 4.0, workers=6, seconds=900), seen(worked(8.0, 4.0, workers=6, seconds=900), 8.0, 4.0), NOW)
+    assert 4000 < fast.completions <= 8.0 * 615, "at high rates the 10 minutes hold plenty: the window is not stretched"
+
+
+def test_growth_for_the_rate_alone_needs_evidence_beyond_its_noise_while_nothing_waits() -> None:
+    """Two-minute tasks on 2-thread workers, 6 up. An estimate of 0.08/s (9.6 busy threads,
+    7 workers) resting on ~25 arrivals has a 20 % standard error: two of them down (5.8
+    busy threads) 6 workers hold, so with nothing waiting the fleet is not grown on it
+    (a fleet grown at each high reading but shrunk only two standard errors up ratchets
+    up on the noise). The same estimate with messages waiting grows it at once."""
+    s = settings(WORKER_THREADS=2)
+    history = worked(0.08, 120.0, workers=6, seconds=900)
+    assert workers_for(0.08 * 120.0, 120.0, 2, 30.0) == 7
+    calm = decide(seen(history, 0.08, 120.0, in_flight=8), running(6), s, history, NOW)
+    assert (calm.target, calm.for_rate) == (6, 7), calm.reason
+    assert "within the estimate's noise" in calm.reason, calm.reason
+    waits = decide(seen(history, 0.08, 120.0, ready=1, in_flight=12), running(6), s, history, NOW)
+    assert waits.target >= 7, waits.reason
+    prefetched = decide(seen(history, 0.08, 120.0, in_flight=14), running(6), s, history, NOW)
+    assert prefetched.target >= 7, "messages prefetched beyond the threads wait too: " + prefetched.reason
