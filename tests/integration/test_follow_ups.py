@@ -18,7 +18,7 @@ import pytest
 import redis as redis_lib
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import TimeLimit
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from tests.integration.test_hook import StoppableRedis, install_hook, server  # noqa: F401 - the fixture
@@ -267,6 +267,77 @@ def test_a_fetch_a_hung_redis_ran_after_the_client_timed_out_is_processed_by_the
             time.sleep(3)
             stranded = client.scard(acks)
             assert stranded > 0 and len(done) == 20 - stranded, (len(done), stranded)  # held by a live worker forever
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        worker.stop(timeout=5000)
+
+
+HUNG_REDIS_BOUND = 30.0  # s after SIGCONT: three 5 s sweep rounds, Dramatiq's 5 s ack retry, the backlog's own work
+
+
+@HOOKED
+def test_a_busy_worker_hands_back_or_processes_everything_it_held_when_a_hung_redis_resumes(
+    server: StoppableRedis, hooked: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live worker at full load (four threads busy, prefetch full, retries waiting in its
+    in-memory delay queue) while Redis hangs (SIGSTOP, 8 s, then SIGCONT): acks and fetches are
+    in flight. redis-py's own retries (two here, ten by default) resend each timed-out call on a
+    new connection and give up after about 3 s (a 1 s socket timeout here, 5 s by default), so
+    the hang makes acks fail with a TimeoutError and leaves fetches that Redis runs on resuming
+    for a client that is gone. The same worker (its heartbeat never expires: no one else can
+    recover its messages) must process or hand back every message within HUNG_REDIS_BOUND of
+    SIGCONT, at the hook's real 5 s sweep interval, leaving nothing in its ack sets. Plain
+    Dramatiq strands them there for as long as the worker lives."""
+    broker = RedisBroker(
+        port=server.port, socket_timeout=1, retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=1), 2), heartbeat_timeout=600_000
+    )
+    done: list[int] = []
+    consumer = dramatiq.brokers.redis._RedisConsumer
+    if not hooked and getattr(consumer, "_dramactl_timeouts", False):  # an earlier test's hook patched the class
+        for name, original in consumer._dramactl_unpatched.items():
+            monkeypatch.setattr(consumer, name, original)
+        monkeypatch.setattr(consumer, "_dramactl_timeouts", False)
+
+    @dramatiq.actor(broker=broker, queue_name="busy", max_retries=0)
+    def work(i: int) -> None:
+        time.sleep(0.2)
+        done.append(i)
+
+    module = hook(broker, hooked)
+    client = redis_lib.Redis(port=server.port)
+    acks = [f"dramatiq:__acks__.{broker.broker_id}.busy", f"dramatiq:__acks__.{broker.broker_id}.busy.DQ"]
+    for i in range(150):
+        work.send(i)
+    for i in range(150, 160):
+        work.send_with_options(args=(i,), delay=5000)  # in the delay queue's memory through the hang
+    worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)
+    worker.start()
+    assert server.proc is not None
+    try:
+        assert wait_for(lambda: len(done) >= 12 and worker.consumers["busy.DQ"].delay_queue.qsize() == 10, 10), len(done)
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        time.sleep(8)
+        os.kill(server.proc.pid, signal.SIGCONT)
+        resumed = time.monotonic()
+
+        def settled() -> bool:
+            return set(done) == set(range(160)) and sum(client.scard(k) for k in acks) == 0 and queues_empty(client, "busy")
+
+        if hooked:
+            ok = wait_for(settled, HUNG_REDIS_BOUND)
+            took = time.monotonic() - resumed
+            assert ok, (sorted(set(range(160)) - set(done)), [client.smembers(k) for k in acks])
+            maintenance = next(m for m in broker.middleware if type(m).__name__ == "Maintenance")
+            print(f"hung Redis resumed: all 160 processed and ack sets empty {took:.1f}s after SIGCONT; "
+                  f"{len(done) - 160} duplicate(s), {maintenance.handed_back} id(s) handed back by the sweep")
+            assert all(t.is_alive() for t in worker.workers) and all(t.is_alive() for t in worker.consumers.values())
+        else:
+            wait_for(settled, HUNG_REDIS_BOUND)
+            stranded = sum(client.scard(k) for k in acks)
+            assert stranded > 0, (len(set(done)), stranded)  # at a live worker, until it stops
+        assert client.zscore("dramatiq:__heartbeats__", broker.broker_id) is not None  # the same live worker throughout
+        assert module is None or len(client.zrange("dramatiq:__heartbeats__", 0, -1)) == 1
     finally:
         if server.proc is not None and server.proc.poll() is None:
             os.kill(server.proc.pid, signal.SIGCONT)
