@@ -645,3 +645,71 @@ def test_the_delay_queue_consumer_survives_a_redis_that_refuses_writes(server: S
     finally:
         admin.config_set("maxmemory", 0)
         worker.stop(timeout=5000)
+
+
+def test_a_worker_thread_deadlocked_past_its_time_limit_is_named_in_the_journal_and_the_units_status(
+    server: StoppableRedis, caplog: pytest.LogCaptureFixture, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An actor deadlocks for real (it takes a lock it already holds): Dramatiq's TimeLimit
+    raises its interrupt at 1 s, which a thread blocked in a lock never sees; the process keeps
+    heartbeating and the thread keeps its message. The hook names it once, past the time limit
+    plus its grace, in the journal and in the unit's status line (sd_notify), while the other
+    thread goes on working; once the thread comes free, it says so and the status line is
+    restored."""
+    import logging
+    import socket
+
+    address = str(tmp_path / "notify")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.settimeout(0.1)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    broker = make_broker(server)
+    lock = threading.Lock()
+    done: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name="stuck", time_limit=1000, max_retries=0)
+    def deadlock() -> None:
+        lock.acquire()
+        lock.acquire()  # held by this very thread: blocks in C, where no interrupt reaches it
+
+    @dramatiq.actor(broker=broker, queue_name="stuck")
+    def fine(i: int) -> None:
+        done.append(i)
+
+    install_hook(broker)
+    maintenance = next(m for m in broker.middleware if type(m).__name__ == "Maintenance")
+    maintenance.interval, maintenance.stuck_grace = 0.5, 2.0
+    caplog.set_level(logging.WARNING, logger="dramactl.hook")
+    statuses: list[str] = []
+
+    def status_lines() -> list[str]:
+        try:
+            while True:
+                statuses.append(listener.recv(4096).decode())
+        except (socket.timeout, BlockingIOError):
+            pass
+        return [line for s in statuses for line in s.splitlines() if line.startswith("STATUS=")]
+
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
+    worker.start()
+    try:
+        deadlock.send()
+        assert wait_for(lambda: lock.locked(), 10)
+        for i in range(20):
+            fine.send(i)
+        named = lambda: [r.getMessage() for r in caplog.records if "past its time limit" in r.getMessage()]  # noqa: E731
+        assert wait_for(lambda: named(), 10), caplog.text
+        assert len(named()) == 1 and "(deadlock)" in named()[0] and "restart this instance" in named()[0], named()
+        assert any("stuck: 1 worker thread(s)" in line for line in status_lines()), statuses
+        assert wait_for(lambda: sorted(done) == list(range(20)), 10), done  # the other thread works on
+        time.sleep(2)
+        assert len(named()) == 1  # named once, not every round
+        lock.release()  # the deadlock ends; the pending interrupt then fails the message
+        assert wait_for(lambda: "no longer stuck" in caplog.text, 10), caplog.text
+        assert wait_for(lambda: any(line.startswith("STATUS=consuming") for line in status_lines()[-1:]), 5), statuses
+    finally:
+        if lock.locked():
+            lock.release()
+        worker.stop(timeout=5000)
+        listener.close()
