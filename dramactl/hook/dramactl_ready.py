@@ -162,9 +162,17 @@ class ReadyNotifier(Middleware):
         signal.signal(signal.SIGHUP, on_hup)
 
     def _watchdog(self, worker, interval: float) -> None:
+        withheld = False
         while not self.stopping.wait(interval):
             threads = list(getattr(worker, "consumers", {}).values()) + list(getattr(worker, "workers", []))
-            if threads and all(t.is_alive() for t in threads):
+            workers = list(getattr(worker, "workers", []))
+            # Every worker thread stuck past its time limit (Maintenance.check_stuck): alive, but
+            # this process will never take another message. No ping: systemd restarts it.
+            stuck = bool(workers) and all(t.ident in STUCK["threads"] for t in workers)
+            if stuck and not withheld:
+                log.error("dramactl: every worker thread is stuck past its time limit; no longer pinging systemd's watchdog, which restarts this instance")
+            withheld = stuck
+            if threads and all(t.is_alive() for t in threads) and not stuck:
                 _notify_quietly("WATCHDOG=1")
 
     def before_worker_shutdown(self, broker, worker) -> None:
@@ -173,6 +181,7 @@ class ReadyNotifier(Middleware):
             notify("STOPPING=1\nSTATUS=draining: finishing or requeueing held messages")
 
 
+STUCK = {"threads": frozenset()}  # idents of worker threads stuck past their time limit (Maintenance.check_stuck)
 STATUS = {"consuming": "", "stuck": ""}  # the unit's STATUS= line while all is well (systemctl status shows it); stuck threads
 
 
@@ -697,6 +706,7 @@ class Maintenance(Middleware):
                 log.warning("dramactl: worker thread %d is no longer stuck on message %s", ident, mid)
         changed = current != self.stuck
         self.stuck = current
+        STUCK["threads"] = frozenset(current)
         if changed:
             STATUS["stuck"] = f"stuck: {len(current)} worker thread(s) past their time limit, not interruptible; restart this instance" if current else ""
             if current:

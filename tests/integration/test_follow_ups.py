@@ -647,15 +647,17 @@ def test_the_delay_queue_consumer_survives_a_redis_that_refuses_writes(server: S
         worker.stop(timeout=5000)
 
 
-def test_a_worker_thread_deadlocked_past_its_time_limit_is_named_in_the_journal_and_the_units_status(
+def test_worker_threads_deadlocked_past_their_time_limit_are_named_and_all_stuck_stops_the_watchdog(
     server: StoppableRedis, caplog: pytest.LogCaptureFixture, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An actor deadlocks for real (it takes a lock it already holds): Dramatiq's TimeLimit
-    raises its interrupt at 1 s, which a thread blocked in a lock never sees; the process keeps
-    heartbeating and the thread keeps its message. The hook names it once, past the time limit
-    plus its grace, in the journal and in the unit's status line (sd_notify), while the other
-    thread goes on working; once the thread comes free, it says so and the status line is
-    restored."""
+    """Actors deadlock for real (each takes a lock it already holds): Dramatiq's TimeLimit raises
+    its interrupt at 1 s, which a thread blocked in a lock never sees; the process keeps
+    heartbeating and the thread keeps its message. The hook names each stuck thread once, past
+    the time limit plus its grace, in the journal and in the unit's status line (sd_notify). With
+    one of two threads stuck the other works on and the watchdog is still pinged; with both
+    stuck the process will never take another message, so WATCHDOG=1 stops (systemd then
+    restarts the instance: tests/system/test_hardening.py shows that reaction). Once the threads
+    come free it says so, and the pings and the status line come back."""
     import logging
     import socket
 
@@ -664,14 +666,15 @@ def test_a_worker_thread_deadlocked_past_its_time_limit_is_named_in_the_journal_
     listener.bind(address)
     listener.settimeout(0.1)
     monkeypatch.setenv("NOTIFY_SOCKET", address)
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # a ping every 0.2 s
     broker = make_broker(server)
-    lock = threading.Lock()
+    locks = [threading.Lock(), threading.Lock()]
     done: list[int] = []
 
     @dramatiq.actor(broker=broker, queue_name="stuck", time_limit=1000, max_retries=0)
-    def deadlock() -> None:
-        lock.acquire()
-        lock.acquire()  # held by this very thread: blocks in C, where no interrupt reaches it
+    def deadlock(n: int) -> None:
+        locks[n].acquire()
+        locks[n].acquire()  # held by this very thread: blocks in C, where no interrupt reaches it
 
     @dramatiq.actor(broker=broker, queue_name="stuck")
     def fine(i: int) -> None:
@@ -681,35 +684,59 @@ def test_a_worker_thread_deadlocked_past_its_time_limit_is_named_in_the_journal_
     maintenance = next(m for m in broker.middleware if type(m).__name__ == "Maintenance")
     maintenance.interval, maintenance.stuck_grace = 0.5, 2.0
     caplog.set_level(logging.WARNING, logger="dramactl.hook")
-    statuses: list[str] = []
+    received: list[tuple[float, str]] = []
+    listening = threading.Event()
 
-    def status_lines() -> list[str]:
-        try:
-            while True:
-                statuses.append(listener.recv(4096).decode())
-        except (socket.timeout, BlockingIOError):
-            pass
-        return [line for s in statuses for line in s.splitlines() if line.startswith("STATUS=")]
+    def listen() -> None:  # as systemd does: read every datagram (a full socket would block the sender)
+        while not listening.is_set():
+            try:
+                data = listener.recv(4096).decode()
+            except (socket.timeout, BlockingIOError):
+                continue
+            received.extend((time.monotonic(), line) for line in data.splitlines())
 
+    def lines(since: float = 0.0) -> list[str]:
+        return [line for at, line in list(received) if at >= since]
+
+    reader = threading.Thread(target=listen, daemon=True)
+    reader.start()
+
+    named = lambda: [r.getMessage() for r in caplog.records if "past its time limit of" in r.getMessage()]  # noqa: E731
     worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
     worker.start()
     try:
-        deadlock.send()
-        assert wait_for(lambda: lock.locked(), 10)
+        deadlock.send(0)
+        assert wait_for(lambda: locks[0].locked(), 10)
         for i in range(20):
             fine.send(i)
-        named = lambda: [r.getMessage() for r in caplog.records if "past its time limit" in r.getMessage()]  # noqa: E731
-        assert wait_for(lambda: named(), 10), caplog.text
-        assert len(named()) == 1 and "(deadlock)" in named()[0] and "restart this instance" in named()[0], named()
-        assert any("stuck: 1 worker thread(s)" in line for line in status_lines()), statuses
+        assert wait_for(lambda: len(named()) == 1, 10), caplog.text
+        assert "(deadlock)" in named()[0] and "restart this instance" in named()[0], named()
+        assert wait_for(lambda: any("STATUS=stuck: 1 worker thread(s)" in line for line in lines()), 5), received
         assert wait_for(lambda: sorted(done) == list(range(20)), 10), done  # the other thread works on
+        mark = time.monotonic()
         time.sleep(2)
         assert len(named()) == 1  # named once, not every round
-        lock.release()  # the deadlock ends; the pending interrupt then fails the message
-        assert wait_for(lambda: "no longer stuck" in caplog.text, 10), caplog.text
-        assert wait_for(lambda: any(line.startswith("STATUS=consuming") for line in status_lines()[-1:]), 5), statuses
+        assert "WATCHDOG=1" in lines(mark)  # one thread stuck: the process still works
+
+        deadlock.send(1)  # the other thread deadlocks too
+        assert wait_for(lambda: len(named()) == 2, 10), caplog.text
+        assert wait_for(lambda: "every worker thread is stuck" in caplog.text, 5), caplog.text
+        time.sleep(0.5)
+        mark = time.monotonic()
+        time.sleep(2)
+        assert "WATCHDOG=1" not in lines(mark), lines(mark)  # ten pings would have come
+
+        for lock in locks:
+            lock.release()  # the deadlocks end; the pending interrupts then fail the messages
+        assert wait_for(lambda: caplog.text.count("no longer stuck") == 2, 10), caplog.text
+        mark = time.monotonic()
+        assert wait_for(lambda: "WATCHDOG=1" in lines(mark), 5), received
+        assert any(line.startswith("STATUS=consuming") for line in lines(mark - 2)), received
     finally:
-        if lock.locked():
-            lock.release()
+        for lock in locks:
+            if lock.locked():
+                lock.release()
         worker.stop(timeout=5000)
+        listening.set()
+        reader.join(2)
         listener.close()
