@@ -23,6 +23,9 @@ What it installs:
   sets that the process does not hold (a fetch a hung Redis ran after the client
   gave up; delayed messages Dramatiq dropped from memory on a connection error; an
   ack that never happened) go back to their queues through Dramatiq's requeue script.
+  Worker threads stuck in their actor past its time limit (blocked where Dramatiq's
+  interrupt cannot reach) are named in the journal and the unit's status; when every
+  worker thread is stuck, :class:`ReadyNotifier` stops pinging the watchdog.
 * Acks and nacks that time out are retried like those that lose the connection
   (:func:`_timeouts_as_connection_loss`, Bogdanp/dramatiq#894).
 * :class:`WorkReporter`: per queue, messages completed and seconds spent on them,
