@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.system import faults  # noqa: E402
 from tests.system.conftest import REPO as TEST_REPO, VENV, System, wait_until  # noqa: E402
-from tests.system.harness import Container, missing_requirements  # noqa: E402
+from tests.system.harness import Container, machine_name, missing_requirements  # noqa: E402
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     if why:
         raise SystemExit(f"bench.fault_soak: {why}")
     binds = [str(TEST_REPO)] + ([str(VENV)] if not str(VENV).startswith(str(TEST_REPO)) else [])
-    c = Container(binds, name="dramactl-soak")
+    c = Container(binds, name=machine_name("dramactl-soak"))
     try:
         c.boot()
         system = System(c)

@@ -23,6 +23,9 @@ What it installs:
   sets that the process does not hold (a fetch a hung Redis ran after the client
   gave up; delayed messages Dramatiq dropped from memory on a connection error; an
   ack that never happened) go back to their queues through Dramatiq's requeue script.
+  Worker threads stuck in their actor past its time limit (blocked where Dramatiq's
+  interrupt cannot reach) are named in the journal and the unit's status; when every
+  worker thread is stuck, :class:`ReadyNotifier` stops pinging the watchdog.
 * Acks and nacks that time out are retried like those that lose the connection
   (:func:`_timeouts_as_connection_loss`, Bogdanp/dramatiq#894).
 * :class:`WorkReporter`: per queue, messages completed and seconds spent on them,
@@ -56,6 +59,7 @@ WORK_KEY = "{namespace}:__dramactl__.work.{queue}"  # done / busy / at, read by 
 WORK_FLUSH_SECONDS = 1.0
 HOLD_ALARM_SECONDS = 60.0  # a hold this long is an error in the worker's journal ...
 HOLD_ALARM_REPEAT_SECONDS = 600.0  # ... repeated this often while it lasts
+STUCK_GRACE_SECONDS = 30.0  # a thread still in its actor this long past the actor's time limit is stuck
 SWEEP_ROUNDS = 2  # rounds in a row an id sits in the ack set, not in the process, before it is handed back
 REQUEUE_CHUNK = 500  # ids per call of Dramatiq's requeue script
 INSTANCES_KEY = "{namespace}:__dramactl__.instances.{host}"  # field "<instance>.<pid>", read by dramactl's probe
@@ -161,9 +165,17 @@ class ReadyNotifier(Middleware):
         signal.signal(signal.SIGHUP, on_hup)
 
     def _watchdog(self, worker, interval: float) -> None:
+        withheld = False
         while not self.stopping.wait(interval):
             threads = list(getattr(worker, "consumers", {}).values()) + list(getattr(worker, "workers", []))
-            if threads and all(t.is_alive() for t in threads):
+            workers = list(getattr(worker, "workers", []))
+            # Every worker thread stuck past its time limit (Maintenance.check_stuck): alive, but
+            # this process will never take another message. No ping: systemd restarts it.
+            stuck = bool(workers) and all(t.ident in STUCK["threads"] for t in workers)
+            if stuck and not withheld:
+                log.error("dramactl: every worker thread is stuck past its time limit; no longer pinging systemd's watchdog, which restarts this instance")
+            withheld = stuck
+            if threads and all(t.is_alive() for t in threads) and not stuck:
                 _notify_quietly("WATCHDOG=1")
 
     def before_worker_shutdown(self, broker, worker) -> None:
@@ -172,7 +184,8 @@ class ReadyNotifier(Middleware):
             notify("STOPPING=1\nSTATUS=draining: finishing or requeueing held messages")
 
 
-STATUS = {"consuming": ""}  # the unit's STATUS= line while all is well (systemctl status shows it)
+STUCK = {"threads": frozenset()}  # idents of worker threads stuck past their time limit (Maintenance.check_stuck)
+STATUS = {"consuming": "", "stuck": ""}  # the unit's STATUS= line while all is well (systemctl status shows it); stuck threads
 
 
 class Unfinished(MiddlewareError):
@@ -224,6 +237,7 @@ class FollowUpGuard(Middleware):
         self.local = threading.local()
         self.lock = threading.Lock()
         self.running: dict[int, object] = {}  # thread ident -> message it processes, until acked
+        self.works: dict[int, tuple[float, _Work]] = {}  # thread ident -> (monotonic start, its _Work), until acked
         self.max_pause = max_pause
         self.alarm_after = alarm_after
         self.held = 0  # holds ever (for tests and the log)
@@ -238,10 +252,16 @@ class FollowUpGuard(Middleware):
         work = getattr(self.local, "work", None)
         return work if work is not None and work.message is message else None
 
+    def in_actor(self) -> list[tuple[int, object, float]]:
+        """(thread ident, message, monotonic start) of each thread still inside its actor."""
+        with self.lock:
+            return [(ident, work.message, began) for ident, (began, work) in self.works.items() if work.phase == "actor"]
+
     def _forget(self) -> None:
         self.local.work = None
         with self.lock:
             self.running.pop(threading.get_ident(), None)
+            self.works.pop(threading.get_ident(), None)
 
     # -- hooks -----------------------------------------------------------------------
 
@@ -260,9 +280,10 @@ class FollowUpGuard(Middleware):
     def track(self, broker, message) -> None:
         """Called by :class:`_AfterHooksDone`, first in the list: the message counts as held
         by the process from before any other middleware's before-hook."""
-        self.local.work = _Work(message)
+        self.local.work = work = _Work(message)
         with self.lock:
             self.running[threading.get_ident()] = message
+            self.works[threading.get_ident()] = (time.monotonic(), work)
 
     def _release(self, message) -> None:
         """A message left unacked on purpose no longer counts against its consumer's prefetch
@@ -407,7 +428,7 @@ class FollowUpGuard(Middleware):
             work.tracking = True
             HOLDS.add(-1)
             if HOLDS.count() == 0 and STATUS["consuming"]:
-                _notify_quietly(f"STATUS={STATUS['consuming']}")
+                _notify_quietly(f"STATUS={STATUS['stuck'] or STATUS['consuming']}")
         log.warning("dramactl: message %s: follow-up(s) stored after holding it %.1fs; acking it", message.message_id, time.monotonic() - began)
 
 
@@ -442,6 +463,37 @@ class _AfterHooksDone(Middleware):
         self.guard.hooks_done(message)
 
     after_skip_message = after_process_message
+
+
+def _time_limits(broker):
+    """A function giving a message's time limit in seconds (None: unlimited), as Dramatiq's
+    TimeLimit computes it; None when the broker has no TimeLimit."""
+    import math
+
+    from dramatiq.middleware import TimeLimit
+
+    tl = next((m for m in broker.middleware if isinstance(m, TimeLimit)), None)
+    if tl is None:
+        return None
+
+    def limit_of(message) -> float | None:
+        try:
+            actor = broker.get_actor(message.actor_name)
+            ms = message.options.get("time_limit") or actor.options.get("time_limit", tl.time_limit)
+            ms = float(ms)
+        except Exception:  # noqa: BLE001 - an actor no longer declared, an odd option: no judgement
+            return None
+        return ms / 1000 if ms > 0 and math.isfinite(ms) else None
+
+    return limit_of
+
+
+def _prefetched(worker) -> int:
+    queue = getattr(worker, "work_queue", None)
+    try:
+        return queue.qsize() if queue is not None else 0
+    except Exception:  # noqa: BLE001
+        return 0
 
 
 def _disarm_interrupts(broker) -> None:
@@ -505,6 +557,8 @@ class Maintenance(Middleware):
         self.guard = guard
         self.stopping = threading.Event()
         self.suspects: dict[str, set[str]] = {}  # queue -> ids absent from the process in the last round
+        self.stuck_grace = STUCK_GRACE_SECONDS
+        self.stuck: dict[int, str] = {}  # thread ident -> message id it is stuck on (reported once)
         self.handed_back = 0  # ids requeued by the sweep, ever (tests and the log)
 
     def after_worker_boot(self, broker, worker) -> None:
@@ -620,11 +674,59 @@ class Maintenance(Middleware):
             keep.append(rid)
         return keep
 
+    # -- threads stuck past their time limit ---------------------------------------------
+
+    def check_stuck(self, broker, worker=None) -> list[str]:
+        """Worker threads still inside their actor ``stuck_grace`` seconds after the actor's
+        time limit: Dramatiq's TimeLimit raised its interrupt, which a thread blocked outside
+        Python (a deadlocked lock, a write to a full pipe, a socket with no timeout) never
+        sees. Such a thread keeps its message, and while the process heartbeats, Dramatiq
+        never hands back the messages prefetched for it. Each is named once in the journal
+        and in the unit's status line; its end is logged too. Needs no Redis. Returns the
+        ids of the messages found stuck in this call."""
+        limit_of = _time_limits(broker)
+        if limit_of is None:
+            return []  # no TimeLimit middleware: nothing says how long is too long
+        now = time.monotonic()
+        current: dict[int, str] = {}
+        found: list[str] = []
+        for ident, message, began in self.guard.in_actor() if self.guard is not None else ():
+            limit = limit_of(message)
+            if limit is None or now - began < limit + self.stuck_grace:
+                continue
+            current[ident] = message.message_id
+            if self.stuck.get(ident) != message.message_id:
+                found.append(message.message_id)
+                log.error(
+                    "dramactl: worker thread %d has run message %s (%s) for %.0fs, past its time limit of %.0fs: Dramatiq's "
+                    "interrupt cannot reach it (blocked outside Python: a deadlock, a full pipe, a call with no timeout). "
+                    "It holds that message, and the %d message(s) prefetched by this process wait; restart this instance "
+                    "(systemctl restart dramatiq-worker@%s) and they go back to their queues",
+                    ident, message.message_id, message.actor_name, now - began, limit, _prefetched(worker), os.environ.get("DRAMACTL_INSTANCE", "N"),
+                )
+        for ident, mid in self.stuck.items():
+            if current.get(ident) != mid:
+                log.warning("dramactl: worker thread %d is no longer stuck on message %s", ident, mid)
+        changed = current != self.stuck
+        self.stuck = current
+        STUCK["threads"] = frozenset(current)
+        if changed:
+            STATUS["stuck"] = f"stuck: {len(current)} worker thread(s) past their time limit, not interruptible; restart this instance" if current else ""
+            if current:
+                _notify_quietly(f"STATUS={STATUS['stuck']}")
+            elif HOLDS.count() == 0 and STATUS["consuming"]:
+                _notify_quietly(f"STATUS={STATUS['consuming']}")
+        return found
+
     def _loop(self, broker, worker) -> None:
         queues = sorted(getattr(worker, "consumers", {}) or ())
         outage = False
         quiet_until = 0.0
         while True:
+            try:
+                self.check_stuck(broker, worker)
+            except Exception:  # noqa: BLE001 - a report must never stop maintenance
+                log.warning("dramactl: could not check for stuck worker threads", exc_info=True)
             try:
                 # Right after an outage every worker's heartbeat looks stale until it
                 # dispatches again: wait two rounds before judging anyone dead, or the

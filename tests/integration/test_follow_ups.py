@@ -18,7 +18,7 @@ import pytest
 import redis as redis_lib
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import TimeLimit
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from tests.integration.test_hook import StoppableRedis, install_hook, server  # noqa: F401 - the fixture
@@ -267,6 +267,77 @@ def test_a_fetch_a_hung_redis_ran_after_the_client_timed_out_is_processed_by_the
             time.sleep(3)
             stranded = client.scard(acks)
             assert stranded > 0 and len(done) == 20 - stranded, (len(done), stranded)  # held by a live worker forever
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        worker.stop(timeout=5000)
+
+
+HUNG_REDIS_BOUND = 30.0  # s after SIGCONT: three 5 s sweep rounds, Dramatiq's 5 s ack retry, the backlog's own work
+
+
+@HOOKED
+def test_a_busy_worker_hands_back_or_processes_everything_it_held_when_a_hung_redis_resumes(
+    server: StoppableRedis, hooked: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live worker at full load (four threads busy, prefetch full, retries waiting in its
+    in-memory delay queue) while Redis hangs (SIGSTOP, 8 s, then SIGCONT): acks and fetches are
+    in flight. redis-py's own retries (two here, ten by default) resend each timed-out call on a
+    new connection and give up after about 3 s (a 1 s socket timeout here, 5 s by default), so
+    the hang makes acks fail with a TimeoutError and leaves fetches that Redis runs on resuming
+    for a client that is gone. The same worker (its heartbeat never expires: no one else can
+    recover its messages) must process or hand back every message within HUNG_REDIS_BOUND of
+    SIGCONT, at the hook's real 5 s sweep interval, leaving nothing in its ack sets. Plain
+    Dramatiq strands them there for as long as the worker lives."""
+    broker = RedisBroker(
+        port=server.port, socket_timeout=1, retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=1), 2), heartbeat_timeout=600_000
+    )
+    done: list[int] = []
+    consumer = dramatiq.brokers.redis._RedisConsumer
+    if not hooked and getattr(consumer, "_dramactl_timeouts", False):  # an earlier test's hook patched the class
+        for name, original in consumer._dramactl_unpatched.items():
+            monkeypatch.setattr(consumer, name, original)
+        monkeypatch.setattr(consumer, "_dramactl_timeouts", False)
+
+    @dramatiq.actor(broker=broker, queue_name="busy", max_retries=0)
+    def work(i: int) -> None:
+        time.sleep(0.2)
+        done.append(i)
+
+    module = hook(broker, hooked)
+    client = redis_lib.Redis(port=server.port)
+    acks = [f"dramatiq:__acks__.{broker.broker_id}.busy", f"dramatiq:__acks__.{broker.broker_id}.busy.DQ"]
+    for i in range(150):
+        work.send(i)
+    for i in range(150, 160):
+        work.send_with_options(args=(i,), delay=5000)  # in the delay queue's memory through the hang
+    worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)
+    worker.start()
+    assert server.proc is not None
+    try:
+        assert wait_for(lambda: len(done) >= 12 and worker.consumers["busy.DQ"].delay_queue.qsize() == 10, 10), len(done)
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        time.sleep(8)
+        os.kill(server.proc.pid, signal.SIGCONT)
+        resumed = time.monotonic()
+
+        def settled() -> bool:
+            return set(done) == set(range(160)) and sum(client.scard(k) for k in acks) == 0 and queues_empty(client, "busy")
+
+        if hooked:
+            ok = wait_for(settled, HUNG_REDIS_BOUND)
+            took = time.monotonic() - resumed
+            assert ok, (sorted(set(range(160)) - set(done)), [client.smembers(k) for k in acks])
+            maintenance = next(m for m in broker.middleware if type(m).__name__ == "Maintenance")
+            print(f"hung Redis resumed: all 160 processed and ack sets empty {took:.1f}s after SIGCONT; "
+                  f"{len(done) - 160} duplicate(s), {maintenance.handed_back} id(s) handed back by the sweep")
+            assert all(t.is_alive() for t in worker.workers) and all(t.is_alive() for t in worker.consumers.values())
+        else:
+            wait_for(settled, HUNG_REDIS_BOUND)
+            stranded = sum(client.scard(k) for k in acks)
+            assert stranded > 0, (len(set(done)), stranded)  # at a live worker, until it stops
+        assert client.zscore("dramatiq:__heartbeats__", broker.broker_id) is not None  # the same live worker throughout
+        assert module is None or len(client.zrange("dramatiq:__heartbeats__", 0, -1)) == 1
     finally:
         if server.proc is not None and server.proc.poll() is None:
             os.kill(server.proc.pid, signal.SIGCONT)
@@ -574,3 +645,98 @@ def test_the_delay_queue_consumer_survives_a_redis_that_refuses_writes(server: S
     finally:
         admin.config_set("maxmemory", 0)
         worker.stop(timeout=5000)
+
+
+def test_worker_threads_deadlocked_past_their_time_limit_are_named_and_all_stuck_stops_the_watchdog(
+    server: StoppableRedis, caplog: pytest.LogCaptureFixture, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Actors deadlock for real (each takes a lock it already holds): Dramatiq's TimeLimit raises
+    its interrupt at 1 s, which a thread blocked in a lock never sees; the process keeps
+    heartbeating and the thread keeps its message. The hook names each stuck thread once, past
+    the time limit plus its grace, in the journal and in the unit's status line (sd_notify). With
+    one of two threads stuck the other works on and the watchdog is still pinged; with both
+    stuck the process will never take another message, so WATCHDOG=1 stops (systemd then
+    restarts the instance: tests/system/test_hardening.py shows that reaction). Once the threads
+    come free it says so, and the pings and the status line come back."""
+    import logging
+    import socket
+
+    address = str(tmp_path / "notify")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.settimeout(0.1)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # a ping every 0.2 s
+    broker = make_broker(server)
+    locks = [threading.Lock(), threading.Lock()]
+    done: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name="stuck", time_limit=1000, max_retries=0)
+    def deadlock(n: int) -> None:
+        locks[n].acquire()
+        locks[n].acquire()  # held by this very thread: blocks in C, where no interrupt reaches it
+
+    @dramatiq.actor(broker=broker, queue_name="stuck")
+    def fine(i: int) -> None:
+        done.append(i)
+
+    install_hook(broker)
+    maintenance = next(m for m in broker.middleware if type(m).__name__ == "Maintenance")
+    maintenance.interval, maintenance.stuck_grace = 0.5, 2.0
+    caplog.set_level(logging.WARNING, logger="dramactl.hook")
+    received: list[tuple[float, str]] = []
+    listening = threading.Event()
+
+    def listen() -> None:  # as systemd does: read every datagram (a full socket would block the sender)
+        while not listening.is_set():
+            try:
+                data = listener.recv(4096).decode()
+            except (socket.timeout, BlockingIOError):
+                continue
+            received.extend((time.monotonic(), line) for line in data.splitlines())
+
+    def lines(since: float = 0.0) -> list[str]:
+        return [line for at, line in list(received) if at >= since]
+
+    reader = threading.Thread(target=listen, daemon=True)
+    reader.start()
+
+    named = lambda: [r.getMessage() for r in caplog.records if "past its time limit of" in r.getMessage()]  # noqa: E731
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
+    worker.start()
+    try:
+        deadlock.send(0)
+        assert wait_for(lambda: locks[0].locked(), 10)
+        for i in range(20):
+            fine.send(i)
+        assert wait_for(lambda: len(named()) == 1, 10), caplog.text
+        assert "(deadlock)" in named()[0] and "restart this instance" in named()[0], named()
+        assert wait_for(lambda: any("STATUS=stuck: 1 worker thread(s)" in line for line in lines()), 5), received
+        assert wait_for(lambda: sorted(done) == list(range(20)), 10), done  # the other thread works on
+        mark = time.monotonic()
+        time.sleep(2)
+        assert len(named()) == 1  # named once, not every round
+        assert "WATCHDOG=1" in lines(mark)  # one thread stuck: the process still works
+
+        deadlock.send(1)  # the other thread deadlocks too
+        assert wait_for(lambda: len(named()) == 2, 10), caplog.text
+        assert wait_for(lambda: "every worker thread is stuck" in caplog.text, 5), caplog.text
+        time.sleep(0.5)
+        mark = time.monotonic()
+        time.sleep(2)
+        assert "WATCHDOG=1" not in lines(mark), lines(mark)  # ten pings would have come
+
+        for lock in locks:
+            lock.release()  # the deadlocks end; the pending interrupts then fail the messages
+        assert wait_for(lambda: caplog.text.count("no longer stuck") == 2, 10), caplog.text
+        mark = time.monotonic()
+        assert wait_for(lambda: "WATCHDOG=1" in lines(mark), 5), received
+        assert any(line.startswith("STATUS=consuming") for line in lines(mark - 2)), received
+    finally:
+        for lock in locks:
+            if lock.locked():
+                lock.release()
+        worker.stop(timeout=5000)
+        listening.set()
+        reader.join(2)
+        listener.close()
