@@ -2,7 +2,8 @@
 
 The journal keeps, for every tick, each queue's backlog (ready + due + in flight +
 orphaned) and the worker hook's cumulative counters (``done_total``: messages
-completed, ``busy_seconds_total``: seconds spent on them) in ``DRAMACTL_QUEUES``, and
+completed, ``busy_seconds_total``: seconds spent on them, ``busy_sq_total``: the sum
+of those seconds squared) in ``DRAMACTL_QUEUES``, and
 the instances up before the step (``DRAMACTL_CURRENT``). Between two entries
 
     arrivals = (done now - done before) + (backlog now - backlog before)
@@ -14,8 +15,10 @@ queue is first in, first out, so its ready messages all came after the oldest of
 them (``oldest_age`` before the read) and the rest before; within those bounds they
 are spread at random (:func:`spread`). The k-th message rebuilt gets the mean service
 time of the interval in which the k-th completion was counted (the queue is served
-first in, first out), drawn lognormal around it with ``SERVICE_CV`` (the hook
-reports no spread). The backlog of the first entry arrives at its start.
+first in, first out), drawn lognormal around it with the coefficient of variation
+the hook's ``busy_sq_total`` (sum of squared busy seconds) gives, pooled within
+intervals, or ``SERVICE_CV`` for a history without it (an older hook). The backlog
+of the first entry arrives at its start.
 
 The rebuilt messages go through :mod:`dramactl.sim.simulator` with the real policy
 (:class:`~dramactl.sim.controllers.DramactlController`), the same messages for every
@@ -40,7 +43,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from .settings import Settings, SettingsError, parse
 
-SERVICE_CV = 1.0  # the spread of service times assumed (exponential-like): the hook reports means only
+SERVICE_CV = 1.0  # the spread of service times assumed (exponential-like) when the history has no busy_sq_total
 MAX_MESSAGES = 2_000_000  # a replay holds every message rebuilt in memory (~100 bytes each)
 #: The settings a replay (and ``tune``) may change: those the policy and the drain read.
 CHANGEABLE = (
@@ -66,6 +69,7 @@ class Sample:
     ready: int = 0  # ready messages, all queues
     oldest_age: float | None = None  # seconds the oldest ready message had waited (None: nothing ready)
     took: float = 0.0  # the tick's DRAMACTL_DURATION: the entry is written when its jobs ended
+    squares: tuple[tuple[str, float], ...] = ()  # (queue, busy_sq_total) known: a hook that counts them
 
     @property
     def probe(self) -> float:
@@ -76,15 +80,18 @@ class Sample:
     @classmethod
     def of(cls, entry) -> "Sample":
         """From a :class:`dramactl.history.Entry`; damaged per-queue figures are left out."""
-        counters = []
+        counters, squares = [], []
         for q in entry.queues if isinstance(entry.queues, list) else ():
             done, busy = (q.get("done_total"), q.get("busy_seconds_total")) if isinstance(q, dict) else (None, None)
             if isinstance(done, (int, float)) and isinstance(busy, (int, float)) and done >= 0 and busy >= 0:
                 counters.append((str(q.get("name", "")), float(done), float(busy)))
+                sq = q.get("busy_sq_total")
+                if isinstance(sq, (int, float)) and not isinstance(sq, bool) and 0 <= sq < math.inf:
+                    squares.append((str(q.get("name", "")), float(sq)))
         took = entry.duration if isinstance(entry.duration, (int, float)) and 0 <= entry.duration < 3600 else 0.0
         age = entry.oldest_age if isinstance(entry.oldest_age, (int, float)) and entry.oldest_age >= 0 else None
         return cls(entry.at, entry.kind == "tick", entry.current, entry.backlog, tuple(counters), bool(entry.started or entry.stopped),
-                   max(0, entry.ready), age, float(took))
+                   max(0, entry.ready), age, float(took), tuple(squares))
 
 
 def read_samples(since: float | None, until: float | None, progress: Progress | None = None) -> list[Sample]:
@@ -117,6 +124,8 @@ class Rebuilt:
     mean_service: float
     startup: tuple[float, float] = (3.0, 6.0)  # instances' start-up, drawn uniformly in this range (seconds)
     startup_source: str = "assumed"
+    service_cv: float = SERVICE_CV  # the spread drawn around each interval's mean
+    cv_source: str = "assumed"  # "measured" when the hook's sums of squares gave it
 
     @property
     def schedule(self) -> list[float]:
@@ -153,8 +162,9 @@ def spread(rng: random.Random, count: int, start: float, end: float, ready: int,
     return sorted(early) + [split] + sorted(rng.uniform(split, end) for _ in range(late - 1))
 
 
-def rebuild(samples: Sequence[Sample], *, seed: int = 0, cv: float = SERVICE_CV) -> Rebuilt:
-    """Arrivals and service times from the entries' counters (see the module docstring)."""
+def rebuild(samples: Sequence[Sample], *, seed: int = 0, cv: float | None = None) -> Rebuilt:
+    """Arrivals and service times from the entries' counters (see the module docstring);
+    ``cv``: the spread of service times, else measured (:func:`measured_cv`) or ``SERVICE_CV``."""
     samples = sorted(samples, key=lambda s: s.probe)
     with_counters = [s for s in samples if s.counters]
     if len(with_counters) < 2:
@@ -167,17 +177,34 @@ def rebuild(samples: Sequence[Sample], *, seed: int = 0, cv: float = SERVICE_CV)
     done_marks: list[float] = []  # cumulative completions at the end of each interval
     means: list[float] = []  # the mean service of the completions counted in each interval
     prev = {name: (done, busy) for name, done, busy in first.counters}
+    prev_sq = dict(first.squares)
+    spread_sums = [0.0, 0.0]  # within-interval variance of service times, summed; what a CV of 1 would give
     prev_backlog, carry, total_done, total_busy = first.backlog, 0.0, 0.0, 0.0
     prev_at = t0
     for s in with_counters[1:]:
-        d_done = d_busy = 0.0
+        d_done = d_busy = d_sq = 0.0
+        squares, all_squared = dict(s.squares), True
         for name, done, busy in s.counters:
             before = prev.get(name)
             if before is None or done < before[0] or busy < before[1]:
                 before = (0.0, 0.0)  # a new queue, or its counters were reset
+                prev_sq.pop(name, None)
             d_done += done - before[0]
             d_busy += busy - before[1]
             prev[name] = (done, busy)
+            sq, sq_before = squares.get(name), prev_sq.get(name, 0.0 if before == (0.0, 0.0) else None)
+            if done > before[0] and (sq is None or sq_before is None or sq < sq_before):
+                all_squared = False  # a queue's completions without their squares: this interval's spread is unknown
+            elif sq is not None and sq_before is not None:
+                d_sq += sq - sq_before
+            if sq is not None:
+                prev_sq[name] = sq
+            else:
+                prev_sq.pop(name, None)
+        if all_squared and d_done > 0:
+            squared_mean = d_busy * d_busy / d_done
+            spread_sums[0] += max(0.0, d_sq - squared_mean)
+            spread_sums[1] += squared_mean
         n = d_done + (s.backlog - prev_backlog) + carry
         count = max(0, int(math.floor(n + 0.5)))
         carry = n - count
@@ -195,6 +222,9 @@ def rebuild(samples: Sequence[Sample], *, seed: int = 0, cv: float = SERVICE_CV)
     mean_all = total_busy / total_done if total_done > 0 else 0.0
     if mean_all <= 0:
         raise ReplayError("no completed message counted in this range: nothing to replay (widen it with --since/--until)")
+    measured = math.sqrt(spread_sums[0] / spread_sums[1]) if spread_sums[1] > 0 else None
+    if cv is None:
+        cv = SERVICE_CV if measured is None else measured
     srng = random.Random(f"{seed}/replay/services")
     sigma = math.sqrt(math.log(1.0 + cv**2))
     services = []
@@ -206,7 +236,8 @@ def rebuild(samples: Sequence[Sample], *, seed: int = 0, cv: float = SERVICE_CV)
     ticks = [s for s in samples if s.tick and s.probe >= t0]
     recorded = [(s.probe - t0, s.current, s.backlog) for s in ticks]
     return Rebuilt(t0, with_counters[-1].probe - t0, arrivals, services, first.current, recorded,
-                   sum(1 for s in ticks if s.acted), mean_all)
+                   sum(1 for s in ticks if s.acted), mean_all, service_cv=cv,
+                   cv_source="measured by the hook" if measured is not None and cv == measured else "assumed")
 
 
 # ---- settings ----------------------------------------------------------------------
@@ -261,7 +292,7 @@ def workload(rebuilt: Rebuilt, threads: int, seed: int = 0):
     from .sim.simulator import WorkerModel, Workload
     from .sim.traces import Trace
 
-    model = WorkerModel(threads=threads, prefetch=2 * threads, mean_service=rebuilt.mean_service, service_cv=SERVICE_CV,
+    model = WorkerModel(threads=threads, prefetch=2 * threads, mean_service=rebuilt.mean_service, service_cv=rebuilt.service_cv,
                         startup_low=rebuilt.startup[0], startup_high=rebuilt.startup[1])
     trace = Trace("replay", max(rebuilt.duration, 1e-6), lambda t: 0.0, 0.0)
     startups = model.startup_delays(random.Random(f"{seed}/replay/startup"), 4096)
@@ -355,6 +386,8 @@ class Report:
     startup_source: str
     fit: dict
     rows: list[Row]
+    service_cv: float = SERVICE_CV
+    cv_source: str = "assumed"
 
     def to_dict(self) -> dict:
         return {**{k: v for k, v in self.__dict__.items() if k != "rows"}, "rows": [r.to_dict() for r in self.rows]}
@@ -376,7 +409,8 @@ def replay(rebuilt: Rebuilt, values: Mapping[str, str], variants: Sequence[Mappi
     tick()
     rows.append(Row("lower bound", None, base.lower_bound / 3600.0, None, None))
     return Report(rebuilt.start, rebuilt.start + rebuilt.duration, len(rebuilt.arrivals), len(rebuilt.recorded),
-                  rebuilt.mean_service, rebuilt.interval, rebuilt.startup, rebuilt.startup_source, fit(base, rebuilt.recorded), rows)
+                  rebuilt.mean_service, rebuilt.interval, rebuilt.startup, rebuilt.startup_source, fit(base, rebuilt.recorded), rows,
+                  rebuilt.service_cv, rebuilt.cv_source)
 
 
 def runs(variants: Sequence) -> int:
@@ -406,7 +440,7 @@ def render(report: Report) -> str:
     f = report.fit
     return "\n".join([
         f"replay of {_when(report.since)} .. {_when(report.until)}: {report.ticks} ticks, {report.messages} messages rebuilt, "
-        f"mean service {report.mean_service:.2f}s, ticks every {report.interval:.0f}s, "
+        f"mean service {report.mean_service:.2f}s (CV {report.service_cv:.2f}, {report.cv_source}), ticks every {report.interval:.0f}s, "
         f"start-up {report.startup[0]:.1f}-{report.startup[1]:.1f}s ({report.startup_source})",
         f"fit (settings in force vs recorded, {f['ticks']} ticks): fleet size off by {f['fleet_mae']:.2f} instances on average "
         f"(recorded mean {f['fleet_mean']:.2f}), backlog off by {f['backlog_mae']:.1f} messages (recorded mean {f['backlog_mean']:.1f})",

@@ -248,3 +248,35 @@ def test_the_settings_in_forces_run_ticks_when_the_recorded_ticks_did_and_counts
     assert rp.actions_per_hour(result) == pytest.approx(3600.0 / 64.0)
     other = rp.run_policy(rebuilt, rp.variant(fleet, {"CHECK_INTERVAL": "10"}), "10s", recorded=in_force)
     assert [t.at for t in other.ticks[:4]] == [0.0, 10.0, 20.0, 30.0]
+
+
+def test_the_spread_of_service_times_comes_from_the_hooks_sum_of_squares_when_the_history_has_it() -> None:
+    """3 msgs/s of mean 4 s with a CV of 0.5: each interval adds done x 16 x (1 + 0.25) squared seconds."""
+    samples = [rp.Sample(s.at, s.tick, s.current, s.backlog, s.counters, s.acted, squares=(("default", s.counters[0][1] * 16.0 * 1.25),))
+               for s in constant(3.0, 4.0, 41)]
+    rebuilt = rp.rebuild(samples)
+    assert rebuilt.service_cv == pytest.approx(0.5) and rebuilt.cv_source == "measured by the hook"
+    mean = sum(rebuilt.services) / len(rebuilt.services)
+    spread = math.sqrt(sum((s - mean) ** 2 for s in rebuilt.services) / len(rebuilt.services)) / mean
+    assert mean == pytest.approx(4.0, rel=0.05) and spread == pytest.approx(0.5, rel=0.15)
+    # one-second messages all alike (tests/system/test_replay.py): no spread at all
+    alike = [rp.Sample(s.at, s.tick, s.current, s.backlog, s.counters, s.acted, squares=(("default", s.counters[0][1]),))
+             for s in constant(3.0, 1.0, 41)]
+    assert rp.rebuild(alike).service_cv == pytest.approx(0.0, abs=1e-6) and set(rp.rebuild(alike).services) == {1.0}
+
+
+def test_a_history_without_the_sum_of_squares_assumes_the_stated_spread_and_says_so() -> None:
+    rebuilt = rp.rebuild(constant(3.0, 4.0, 41))
+    assert (rebuilt.service_cv, rebuilt.cv_source) == (rp.SERVICE_CV, "assumed")
+    report = rp.replay(rebuilt, FLEET, [])
+    assert f"(CV {rp.SERVICE_CV:.2f}, assumed)" in rp.render(report)
+
+
+def test_the_sum_of_squares_is_read_from_journal_entries_and_a_damaged_one_is_left_out() -> None:
+    q = lambda done, busy, sq: {"name": "default", "done_total": done, "busy_seconds_total": busy, "busy_sq_total": sq}  # noqa: E731
+    entries = [entry(T0, [q(0.0, 0.0, 0.0)]), entry(T0 + 15, [q(10.0, 20.0, 50.0)]),  # mean 2 s, E[S²] 5: CV 0.5
+               entry(T0 + 30, [q(20.0, 40.0, "x")]), entry(T0 + 45, [q(30.0, 60.0, 150.0)])]
+    samples = [rp.Sample.of(e) for e in entries]
+    assert samples[1].squares == (("default", 50.0),) and samples[2].squares == ()
+    rebuilt = rp.rebuild(samples)
+    assert rebuilt.service_cv == pytest.approx(0.5) and rebuilt.cv_source == "measured by the hook"
