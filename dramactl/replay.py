@@ -303,8 +303,12 @@ def schedule(rebuilt: Rebuilt, settings: Settings, recorded: Settings | None) ->
     """When a run ticks: at the recorded ticks' reads when it keeps the CHECK_INTERVAL they ran
     at (``recorded``: the settings in force), so that it meets the traffic at the same moments
     of the timer's period as the real scaler did (a burst just before or just after a tick
-    is a tick's difference in reaction); else every CHECK_INTERVAL from the start (empty)."""
+    is a tick's difference in reaction); else every CHECK_INTERVAL from the start (empty).
+    Not either when the recorded ticks did not come every CHECK_INTERVAL in force (give or
+    take the timer's accuracy window and the process start): it was changed since."""
     if recorded is None or settings.check_interval != recorded.check_interval:
+        return []
+    if abs(rebuilt.interval - recorded.check_interval) > max(2.0, 0.2 * recorded.check_interval):
         return []
     return rebuilt.schedule
 

@@ -248,6 +248,8 @@ def test_the_settings_in_forces_run_ticks_when_the_recorded_ticks_did_and_counts
     assert rp.actions_per_hour(result) == pytest.approx(3600.0 / 64.0)
     other = rp.run_policy(rebuilt, rp.variant(fleet, {"CHECK_INTERVAL": "10"}), "10s", recorded=in_force)
     assert [t.at for t in other.ticks[:4]] == [0.0, 10.0, 20.0, 30.0]
+    changed = rp.variant(fleet, {"CHECK_INTERVAL": "60"})  # in force now, not when these ticks were recorded
+    assert [t.at for t in rp.run_policy(rebuilt, changed, "60s", recorded=changed).ticks[:2]] == [0.0, 60.0]
 
 
 def test_the_spread_of_service_times_comes_from_the_hooks_sum_of_squares_when_the_history_has_it() -> None:
