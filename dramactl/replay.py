@@ -125,7 +125,7 @@ class Rebuilt:
     startup: tuple[float, float] = (3.0, 6.0)  # instances' start-up, drawn uniformly in this range (seconds)
     startup_source: str = "assumed"
     service_cv: float = SERVICE_CV  # the spread drawn around each interval's mean
-    cv_source: str = "assumed"  # "measured" when the hook's sums of squares gave it
+    cv_source: str = "assumed"  # "measured by the hook" when its sums of squares gave it
 
     @property
     def schedule(self) -> list[float]:
@@ -164,7 +164,8 @@ def spread(rng: random.Random, count: int, start: float, end: float, ready: int,
 
 def rebuild(samples: Sequence[Sample], *, seed: int = 0, cv: float | None = None) -> Rebuilt:
     """Arrivals and service times from the entries' counters (see the module docstring);
-    ``cv``: the spread of service times, else measured (:func:`measured_cv`) or ``SERVICE_CV``."""
+    ``cv``: the spread of service times; by default the one the hook's sums of squares give
+    (the variance within each interval, pooled), else ``SERVICE_CV``."""
     samples = sorted(samples, key=lambda s: s.probe)
     with_counters = [s for s in samples if s.counters]
     if len(with_counters) < 2:
