@@ -49,7 +49,7 @@ FIELDS = {
     "DRAMACTL_ORPHANED": "fetched by a worker whose heartbeat expired",
     "DRAMACTL_DEAD": "dead-lettered messages",
     "DRAMACTL_OLDEST_AGE": "seconds the oldest ready message waited (empty: nothing ready)",
-    "DRAMACTL_QUEUES": "JSON list: each queue's figures (name, ready, delayed, due, in_flight, orphaned, dead, oldest_age, backlog, and the worker hook's cumulative done_total and busy_seconds_total, from which `dramactl replay` rebuilds the traffic)",
+    "DRAMACTL_QUEUES": "JSON list: each queue's figures (name, ready, delayed, due, in_flight, orphaned, dead, oldest_age, backlog, and the worker hook's cumulative done_total, busy_seconds_total and busy_sq_total (the sum of squared busy seconds), from which `dramactl replay` rebuilds the traffic)",
     "DRAMACTL_INSTANCES": "JSON object: instances by systemd active state before the step, e.g. {\"active\": 2}",
     "DRAMACTL_ACTIONS": "JSON list of the jobs and their results: [{\"verb\": \"start\", \"unit\": \"dramatiq-worker@3.service\", \"result\": \"done\"}]",
     "DRAMACTL_STARTED": "instances started (count)",

@@ -17,8 +17,9 @@ ms, published by the worker hook; Dramatiq's 60 s when absent) is *orphaned*: no
 worker runs it, and it waits for Dramatiq's maintenance to requeue it.
 
 The worker hook also keeps, per queue, ``ns:__dramactl__.work.Q``: a HASH of the
-cumulative ``done`` (messages completed) and ``busy`` (seconds spent on them)
-counters; the probe returns both (one HMGET), and rates come from their deltas
+cumulative ``done`` (messages completed), ``busy`` (seconds spent on them) and
+``busy_sq`` (the sum of those seconds squared: their spread, for ``dramactl replay``)
+counters; the probe returns them (one HMGET), and rates come from their deltas
 between ticks (:mod:`dramactl.rates`).
 
 All figures of all queues are read by one Lua script, against Redis' own clock, with
@@ -59,7 +60,7 @@ DEFAULT_HEARTBEAT_TIMEOUT_MS = 60_000
 # Dead workers looked at per probe (oldest heartbeats first).
 DEAD_WORKER_LIMIT = 100
 # Values per queue in the script's reply.
-FIELDS = 10
+FIELDS = 11
 # Keys per queue the script reads.
 KEYS_PER_QUEUE = 5
 
@@ -71,7 +72,7 @@ PROBE = """
 --       acks prefix ('ns:__acks__.'), report field limit, then the queue names in KEYS order.
 -- Reply: now_ms, then per queue
 --   ready, held, delayed, due, dead, head_ts (-1: unknown), orphaned,
---   done, busy (the hook's counters as strings, '' when absent), error ('' if none);
+--   done, busy, busy_sq (the hook's counters as strings, '' when absent), error ('' if none);
 -- last, the instance reports: {error ('' if none), field, value, field, value ...}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -153,9 +154,9 @@ end
 
 -- The hook's cumulative work counters of a queue ('' when absent or not a hash).
 local function work_of(key)
-  local ok, values = pcall(redis.call, 'HMGET', key, 'done', 'busy')
-  if not ok then return '', '' end
-  return values[1] or '', values[2] or ''
+  local ok, values = pcall(redis.call, 'HMGET', key, 'done', 'busy', 'busy_sq')
+  if not ok then return '', '', '' end
+  return values[1] or '', values[2] or '', values[3] or ''
 end
 
 for i = 1, (#KEYS - 3) / 5 do
@@ -166,8 +167,7 @@ for i = 1, (#KEYS - 3) / 5 do
     or wrong_type(xq, 'zset', 'dead-letter zset')
   if err then
     for _ = 1, 7 do table.insert(out, 0) end
-    table.insert(out, '')
-    table.insert(out, '')
+    for _ = 1, 3 do table.insert(out, '') end
     table.insert(out, err)
   else
     local ready = redis.call('LLEN', list)
@@ -184,9 +184,10 @@ for i = 1, (#KEYS - 3) / 5 do
     table.insert(out, redis.call('ZCARD', xq))
     table.insert(out, head_ts)
     table.insert(out, orphaned_in(ARGV[7 + i]))
-    local done, busy = work_of(KEYS[5 * i + 3])
+    local done, busy, squares = work_of(KEYS[5 * i + 3])
     table.insert(out, done)
     table.insert(out, busy)
+    table.insert(out, squares)
     table.insert(out, '')
   end
 end
@@ -329,7 +330,7 @@ def parse_probe(queues: Sequence[str], raw: Sequence[int | bytes | str]) -> list
         if error:
             stats.append(QueueStats(name=name, error=str(error)))
             continue
-        *counts, done, busy = numbers
+        *counts, done, busy, squares = numbers
         ready, held, delayed, due, dead, head_ts, orphans = (int(v) for v in counts)
         # A dead worker's ack set may name ids already gone; only held messages count.
         orphaned = min(orphans, max(0, held - ready))
@@ -345,6 +346,7 @@ def parse_probe(queues: Sequence[str], raw: Sequence[int | bytes | str]) -> list
                 oldest_age=max(0.0, (now_ms - head_ts) / 1000.0) if head_ts >= 0 else None,
                 done_total=_counter(done, f"__dramactl__.work.{name} field done"),
                 busy_seconds_total=_counter(busy, f"__dramactl__.work.{name} field busy"),
+                busy_sq_total=_counter(squares, f"__dramactl__.work.{name} field busy_sq"),
             )
         )
     return stats

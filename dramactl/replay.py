@@ -2,22 +2,31 @@
 
 The journal keeps, for every tick, each queue's backlog (ready + due + in flight +
 orphaned) and the worker hook's cumulative counters (``done_total``: messages
-completed, ``busy_seconds_total``: seconds spent on them) in ``DRAMACTL_QUEUES``, and
+completed, ``busy_seconds_total``: seconds spent on them, ``busy_sq_total``: the sum
+of those seconds squared) in ``DRAMACTL_QUEUES``, and
 the instances up before the step (``DRAMACTL_CURRENT``). Between two entries
 
     arrivals = (done now - done before) + (backlog now - backlog before)
 
-(a counter that went down was reset: its new value is what was done since), spread
-evenly at random over the interval. The k-th message rebuilt gets the mean service
+(a counter that went down was reset: its new value is what was done since). An
+entry's figures are placed when the tick read them (its stamp less its
+``DRAMACTL_DURATION``: it acts, then writes). The read bounds when they came: the
+queue is first in, first out, so its ready messages all came after the oldest of
+them (``oldest_age`` before the read) and the rest before; within those bounds they
+are spread at random (:func:`spread`). The k-th message rebuilt gets the mean service
 time of the interval in which the k-th completion was counted (the queue is served
-first in, first out), drawn lognormal around it with ``SERVICE_CV`` (the hook
-reports no spread). The backlog of the first entry arrives at its start.
+first in, first out), drawn lognormal around it with the coefficient of variation
+the hook's ``busy_sq_total`` (sum of squared busy seconds) gives, pooled within
+intervals, or ``SERVICE_CV`` for a history without it (an older hook). The backlog
+of the first entry arrives at its start.
 
 The rebuilt messages go through :mod:`dramactl.sim.simulator` with the real policy
 (:class:`~dramactl.sim.controllers.DramactlController`), the same messages for every
 run: the settings in force, each ``--set`` variant, static MAX, HPA, and the lower
-bound of :mod:`dramactl.sim.bound`. The settings-in-force run is compared with what
-was recorded (fleet size and backlog at each recorded tick): the fit error.
+bound of :mod:`dramactl.sim.bound`. A run with the recorded CHECK_INTERVAL ticks when
+the recorded ticks read the queues (:func:`schedule`); its actions are counted in the
+range, as the recorded ones. The settings-in-force run is compared with what was
+recorded (fleet size and backlog at each recorded tick): the fit error.
 
 Pure apart from :func:`read_samples` (the journal); nothing here changes anything.
 """
@@ -34,7 +43,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from .settings import Settings, SettingsError, parse
 
-SERVICE_CV = 1.0  # the spread of service times assumed (exponential-like): the hook reports means only
+SERVICE_CV = 1.0  # the spread of service times assumed (exponential-like) when the history has no busy_sq_total
 MAX_MESSAGES = 2_000_000  # a replay holds every message rebuilt in memory (~100 bytes each)
 #: The settings a replay (and ``tune``) may change: those the policy and the drain read.
 CHANGEABLE = (
@@ -57,16 +66,32 @@ class Sample:
     backlog: int
     counters: tuple[tuple[str, float, float], ...]  # (queue, done_total, busy_seconds_total) known
     acted: bool
+    ready: int = 0  # ready messages, all queues
+    oldest_age: float | None = None  # seconds the oldest ready message had waited (None: nothing ready)
+    took: float = 0.0  # the tick's DRAMACTL_DURATION: the entry is written when its jobs ended
+    squares: tuple[tuple[str, float], ...] = ()  # (queue, busy_sq_total) known: a hook that counts them
+
+    @property
+    def probe(self) -> float:
+        """When the figures were read: a tick reads Redis first, then acts (start jobs last until
+        READY=1, stop jobs until the drain), and the journal stamps its entry at the end."""
+        return self.at - self.took
 
     @classmethod
     def of(cls, entry) -> "Sample":
         """From a :class:`dramactl.history.Entry`; damaged per-queue figures are left out."""
-        counters = []
+        counters, squares = [], []
         for q in entry.queues if isinstance(entry.queues, list) else ():
             done, busy = (q.get("done_total"), q.get("busy_seconds_total")) if isinstance(q, dict) else (None, None)
             if isinstance(done, (int, float)) and isinstance(busy, (int, float)) and done >= 0 and busy >= 0:
                 counters.append((str(q.get("name", "")), float(done), float(busy)))
-        return cls(entry.at, entry.kind == "tick", entry.current, entry.backlog, tuple(counters), bool(entry.started or entry.stopped))
+                sq = q.get("busy_sq_total")
+                if isinstance(sq, (int, float)) and not isinstance(sq, bool) and 0 <= sq < math.inf:
+                    squares.append((str(q.get("name", "")), float(sq)))
+        took = entry.duration if isinstance(entry.duration, (int, float)) and 0 <= entry.duration < 3600 else 0.0
+        age = entry.oldest_age if isinstance(entry.oldest_age, (int, float)) and entry.oldest_age >= 0 else None
+        return cls(entry.at, entry.kind == "tick", entry.current, entry.backlog, tuple(counters), bool(entry.started or entry.stopped),
+                   max(0, entry.ready), age, float(took), tuple(squares))
 
 
 def read_samples(since: float | None, until: float | None, progress: Progress | None = None) -> list[Sample]:
@@ -99,6 +124,13 @@ class Rebuilt:
     mean_service: float
     startup: tuple[float, float] = (3.0, 6.0)  # instances' start-up, drawn uniformly in this range (seconds)
     startup_source: str = "assumed"
+    service_cv: float = SERVICE_CV  # the spread drawn around each interval's mean
+    cv_source: str = "assumed"  # "measured by the hook" when its sums of squares gave it
+
+    @property
+    def schedule(self) -> list[float]:
+        """When the recorded ticks read the queues."""
+        return [r[0] for r in self.recorded]
 
     @property
     def interval(self) -> float:
@@ -114,31 +146,66 @@ class Rebuilt:
                 "peak_workers": max((r[1] for r in self.recorded), default=0)}
 
 
-def rebuild(samples: Sequence[Sample], *, seed: int = 0, cv: float = SERVICE_CV) -> Rebuilt:
-    """Arrivals and service times from the entries' counters (see the module docstring)."""
-    samples = sorted(samples, key=lambda s: s.at)
+def spread(rng: random.Random, count: int, start: float, end: float, ready: int, oldest_age: float | None) -> list[float]:
+    """When the ``count`` messages that arrived between two reads (at ``start`` and ``end``)
+    came, sorted. The read at ``end`` bounds them: the queue is served first in, first out,
+    so its ``ready`` messages all came after the oldest of them (``oldest_age`` before
+    ``end``, which is when that one came), and the others before it. Within those bounds
+    they are spread at random (a burst at one moment shows as a short span)."""
+    if count <= 0:
+        return []
+    split = end - oldest_age if oldest_age is not None else start
+    if not start < split <= end:  # nothing ready, or its oldest came before this interval: no bound inside it
+        return sorted(rng.uniform(start, end) for _ in range(count))
+    late = min(count, max(1, ready))
+    early = [rng.uniform(start, split) for _ in range(count - late)]
+    return sorted(early) + [split] + sorted(rng.uniform(split, end) for _ in range(late - 1))
+
+
+def rebuild(samples: Sequence[Sample], *, seed: int = 0, cv: float | None = None) -> Rebuilt:
+    """Arrivals and service times from the entries' counters (see the module docstring);
+    ``cv``: the spread of service times; by default the one the hook's sums of squares give
+    (the variance within each interval, pooled), else ``SERVICE_CV``."""
+    samples = sorted(samples, key=lambda s: s.probe)
     with_counters = [s for s in samples if s.counters]
     if len(with_counters) < 2:
         raise ReplayError("fewer than two entries with the worker hook's counters in this range: "
                           "widen it with --since/--until (the workers need dramactl's hook, which `dramactl install` sets up)")
     first = with_counters[0]
-    t0 = first.at
+    t0 = first.probe
     rng = random.Random(f"{seed}/replay/arrivals")
     arrivals: list[float] = [0.0] * max(0, first.backlog)
     done_marks: list[float] = []  # cumulative completions at the end of each interval
     means: list[float] = []  # the mean service of the completions counted in each interval
     prev = {name: (done, busy) for name, done, busy in first.counters}
+    prev_sq = dict(first.squares)
+    spread_sums = [0.0, 0.0]  # within-interval variance of service times, summed; what a CV of 1 would give
     prev_backlog, carry, total_done, total_busy = first.backlog, 0.0, 0.0, 0.0
     prev_at = t0
     for s in with_counters[1:]:
-        d_done = d_busy = 0.0
+        d_done = d_busy = d_sq = 0.0
+        squares, all_squared = dict(s.squares), True
         for name, done, busy in s.counters:
             before = prev.get(name)
             if before is None or done < before[0] or busy < before[1]:
                 before = (0.0, 0.0)  # a new queue, or its counters were reset
+                prev_sq.pop(name, None)
             d_done += done - before[0]
             d_busy += busy - before[1]
             prev[name] = (done, busy)
+            sq, sq_before = squares.get(name), prev_sq.get(name, 0.0 if before == (0.0, 0.0) else None)
+            if done > before[0] and (sq is None or sq_before is None or sq < sq_before):
+                all_squared = False  # a queue's completions without their squares: this interval's spread is unknown
+            elif sq is not None and sq_before is not None:
+                d_sq += sq - sq_before
+            if sq is not None:
+                prev_sq[name] = sq
+            else:
+                prev_sq.pop(name, None)
+        if all_squared and d_done > 0:
+            squared_mean = d_busy * d_busy / d_done
+            spread_sums[0] += max(0.0, d_sq - squared_mean)
+            spread_sums[1] += squared_mean
         n = d_done + (s.backlog - prev_backlog) + carry
         count = max(0, int(math.floor(n + 0.5)))
         carry = n - count
@@ -146,16 +213,19 @@ def rebuild(samples: Sequence[Sample], *, seed: int = 0, cv: float = SERVICE_CV)
             if len(arrivals) + count > MAX_MESSAGES:
                 raise ReplayError(f"the range holds more than {MAX_MESSAGES:,} messages, more than a replay keeps in memory: "
                                   "narrow it with --since/--until")
-            arrivals.extend(sorted(rng.uniform(prev_at - t0, s.at - t0) for _ in range(count)))
+            arrivals.extend(spread(rng, count, prev_at - t0, s.probe - t0, s.ready, s.oldest_age))
         if d_done > 0:
             total_done += d_done
             total_busy += d_busy
             done_marks.append(total_done)
             means.append(d_busy / d_done)
-        prev_backlog, prev_at = s.backlog, s.at
+        prev_backlog, prev_at = s.backlog, s.probe
     mean_all = total_busy / total_done if total_done > 0 else 0.0
     if mean_all <= 0:
         raise ReplayError("no completed message counted in this range: nothing to replay (widen it with --since/--until)")
+    measured = math.sqrt(spread_sums[0] / spread_sums[1]) if spread_sums[1] > 0 else None
+    if cv is None:
+        cv = SERVICE_CV if measured is None else measured
     srng = random.Random(f"{seed}/replay/services")
     sigma = math.sqrt(math.log(1.0 + cv**2))
     services = []
@@ -164,10 +234,11 @@ def rebuild(samples: Sequence[Sample], *, seed: int = 0, cv: float = SERVICE_CV)
         mean = means[i] if i < len(means) else mean_all
         mean = mean if mean > 0 else mean_all
         services.append(srng.lognormvariate(math.log(mean) - sigma**2 / 2.0, sigma) if sigma > 0 else mean)
-    ticks = [s for s in samples if s.tick and s.at >= t0]
-    recorded = [(s.at - t0, s.current, s.backlog) for s in ticks]
-    return Rebuilt(t0, with_counters[-1].at - t0, arrivals, services, first.current, recorded,
-                   sum(1 for s in ticks[1:] if s.acted), mean_all)
+    ticks = [s for s in samples if s.tick and s.probe >= t0]
+    recorded = [(s.probe - t0, s.current, s.backlog) for s in ticks]
+    return Rebuilt(t0, with_counters[-1].probe - t0, arrivals, services, first.current, recorded,
+                   sum(1 for s in ticks if s.acted), mean_all, service_cv=cv,
+                   cv_source="measured by the hook" if measured is not None and cv == measured else "assumed")
 
 
 # ---- settings ----------------------------------------------------------------------
@@ -222,27 +293,51 @@ def workload(rebuilt: Rebuilt, threads: int, seed: int = 0):
     from .sim.simulator import WorkerModel, Workload
     from .sim.traces import Trace
 
-    model = WorkerModel(threads=threads, prefetch=2 * threads, mean_service=rebuilt.mean_service, service_cv=SERVICE_CV,
+    model = WorkerModel(threads=threads, prefetch=2 * threads, mean_service=rebuilt.mean_service, service_cv=rebuilt.service_cv,
                         startup_low=rebuilt.startup[0], startup_high=rebuilt.startup[1])
     trace = Trace("replay", max(rebuilt.duration, 1e-6), lambda t: 0.0, 0.0)
     startups = model.startup_delays(random.Random(f"{seed}/replay/startup"), 4096)
     return Workload(trace, model, rebuilt.arrivals, rebuilt.services, startups, seed)
 
 
-def run_policy(rebuilt: Rebuilt, settings: Settings, name: str, *, keep_ticks: bool = False):
-    """The real policy with ``settings`` on the rebuilt messages: a RunResult."""
+def schedule(rebuilt: Rebuilt, settings: Settings, recorded: Settings | None) -> list[float]:
+    """When a run ticks: at the recorded ticks' reads when it keeps the CHECK_INTERVAL they ran
+    at (``recorded``: the settings in force), so that it meets the traffic at the same moments
+    of the timer's period as the real scaler did (a burst just before or just after a tick
+    is a tick's difference in reaction); else every CHECK_INTERVAL from the start (empty).
+    Not either when the recorded ticks did not come every CHECK_INTERVAL in force (give or
+    take the timer's accuracy window and the process start): it was changed since."""
+    if recorded is None or settings.check_interval != recorded.check_interval:
+        return []
+    if abs(rebuilt.interval - recorded.check_interval) > max(2.0, 0.2 * recorded.check_interval):
+        return []
+    return rebuilt.schedule
+
+
+def run_policy(rebuilt: Rebuilt, settings: Settings, name: str, *, recorded: Settings | None = None):
+    """The real policy with ``settings`` on the rebuilt messages: a RunResult (with its ticks);
+    ``recorded``: the settings the range ran under (see :func:`schedule`)."""
     from .sim.controllers import DramactlController
     from .sim.simulator import simulate
 
     return simulate(
         workload(rebuilt, settings.worker_threads), DramactlController(settings, roundtrip=False), policy=name,
         interval=float(settings.check_interval), initial_workers=min(max(rebuilt.initial, settings.min_processes), settings.max_processes),
-        min_workers=settings.min_processes, keep_ticks=keep_ticks, grace=float(settings.graceful_shutdown_timeout),
+        min_workers=settings.min_processes, keep_ticks=True, grace=float(settings.graceful_shutdown_timeout),
+        schedule=schedule(rebuilt, settings, recorded),
     )
 
 
+def actions_per_hour(result) -> float:
+    """Ticks that started or stopped instances, per hour of the range, as the recorded ones
+    are counted: the run goes on after the range until every message is served (its
+    worker-hours count that time), but the recorded history has no ticks there."""
+    acted = sum(1 for t in result.ticks if t.acted and t.at <= result.duration + 1e-6)
+    return acted * 3600.0 / max(result.duration, 1e-9)
+
+
 def row_of(result, name: str, changes: Mapping[str, str] | None = None) -> Row:
-    return Row(name, result.p95, result.worker_seconds / 3600.0, result.actions_per_hour, result.peak_workers, dict(changes or {}))
+    return Row(name, result.p95, result.worker_seconds / 3600.0, actions_per_hour(result), result.peak_workers, dict(changes or {}))
 
 
 def references(rebuilt: Rebuilt, settings: Settings) -> list:
@@ -255,9 +350,9 @@ def references(rebuilt: Rebuilt, settings: Settings) -> list:
     low, high = settings.min_processes, settings.max_processes
     grace = float(settings.graceful_shutdown_timeout)
     static = simulate(w, StaticController(high), policy=f"static MAX ({high})", interval=float(settings.check_interval),
-                      initial_workers=high, min_workers=low, grace=grace)
+                      initial_workers=high, min_workers=low, grace=grace, keep_ticks=True)
     hpa = simulate(w, HpaController(backlog_per_worker(settings), low, high), policy="hpa/keda 15s", interval=HPA_INTERVAL,
-                   initial_workers=min(max(rebuilt.initial, low), high), min_workers=low, victim="random", grace=grace)
+                   initial_workers=min(max(rebuilt.initial, low), high), min_workers=low, victim="random", grace=grace, keep_ticks=True)
     return [static, hpa]
 
 
@@ -296,6 +391,8 @@ class Report:
     startup_source: str
     fit: dict
     rows: list[Row]
+    service_cv: float = SERVICE_CV
+    cv_source: str = "assumed"
 
     def to_dict(self) -> dict:
         return {**{k: v for k, v in self.__dict__.items() if k != "rows"}, "rows": [r.to_dict() for r in self.rows]}
@@ -306,18 +403,19 @@ def replay(rebuilt: Rebuilt, values: Mapping[str, str], variants: Sequence[Mappi
     tick = progress or (lambda: None)
     in_force = variant(values, {})
     tried = [(label(v), variant(values, v), dict(v)) for v in variants]  # every bad value before any run
-    base = run_policy(rebuilt, in_force, "settings in force", keep_ticks=True)
+    base = run_policy(rebuilt, in_force, "settings in force", recorded=in_force)
     tick()
     rows = [Row("recorded", **rebuilt.recorded_figures()), row_of(base, "settings in force")]
     for name, settings, changes in tried:
-        rows.append(row_of(run_policy(rebuilt, settings, name), name, changes))
+        rows.append(row_of(run_policy(rebuilt, settings, name, recorded=in_force), name, changes))
         tick()
     for result in references(rebuilt, in_force):
         rows.append(row_of(result, result.policy))
     tick()
     rows.append(Row("lower bound", None, base.lower_bound / 3600.0, None, None))
     return Report(rebuilt.start, rebuilt.start + rebuilt.duration, len(rebuilt.arrivals), len(rebuilt.recorded),
-                  rebuilt.mean_service, rebuilt.interval, rebuilt.startup, rebuilt.startup_source, fit(base, rebuilt.recorded), rows)
+                  rebuilt.mean_service, rebuilt.interval, rebuilt.startup, rebuilt.startup_source, fit(base, rebuilt.recorded), rows,
+                  rebuilt.service_cv, rebuilt.cv_source)
 
 
 def runs(variants: Sequence) -> int:
@@ -347,7 +445,7 @@ def render(report: Report) -> str:
     f = report.fit
     return "\n".join([
         f"replay of {_when(report.since)} .. {_when(report.until)}: {report.ticks} ticks, {report.messages} messages rebuilt, "
-        f"mean service {report.mean_service:.2f}s, ticks every {report.interval:.0f}s, "
+        f"mean service {report.mean_service:.2f}s (CV {report.service_cv:.2f}, {report.cv_source}), ticks every {report.interval:.0f}s, "
         f"start-up {report.startup[0]:.1f}-{report.startup[1]:.1f}s ({report.startup_source})",
         f"fit (settings in force vs recorded, {f['ticks']} ticks): fleet size off by {f['fleet_mae']:.2f} instances on average "
         f"(recorded mean {f['fleet_mean']:.2f}), backlog off by {f['backlog_mae']:.1f} messages (recorded mean {f['backlog_mean']:.1f})",

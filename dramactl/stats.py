@@ -17,8 +17,10 @@ class QueueStats:
     ``oldest_age`` is the wait, in seconds, of the head ready message (None when
     nothing is ready). ``error`` says why the queue could not be read (its figures are
     then zeros). ``done_total`` and ``busy_seconds_total`` are the worker hook's
-    cumulative counters (messages completed, seconds spent on them); None while no
-    worker with the hook has reported on this queue.
+    cumulative counters (messages completed, seconds spent on them), ``busy_sq_total``
+    the sum of each message's seconds squared (their spread: ``dramactl replay``); None
+    while no worker with the hook (one that counts it, for ``busy_sq_total``) has
+    reported on this queue.
     """
 
     name: str
@@ -31,6 +33,7 @@ class QueueStats:
     orphaned: int = 0
     done_total: float | None = None
     busy_seconds_total: float | None = None
+    busy_sq_total: float | None = None
     error: str | None = None
 
     @property

@@ -56,9 +56,10 @@ def tune(rebuilt: Rebuilt, values: Mapping[str, str], p95: float, progress: Prog
     tick = progress or (lambda: None)
     combos = list(candidates(values) if tried is None else tried)
     rows = []
+    in_force = variant(values, {})
     for changes in combos:
         settings = variant(values, changes)
-        rows.append(row_of(run_policy(rebuilt, settings, label(changes) or "settings in force"), label(changes) or "settings in force", changes))
+        rows.append(row_of(run_policy(rebuilt, settings, label(changes) or "settings in force", recorded=in_force), label(changes) or "settings in force", changes))
         tick()
     before = rows[0]
     meeting = [r for r in rows if r.p95_wait is not None and r.p95_wait <= p95]

@@ -28,9 +28,10 @@ What it installs:
   worker thread is stuck, :class:`ReadyNotifier` stops pinging the watchdog.
 * Acks and nacks that time out are retried like those that lose the connection
   (:func:`_timeouts_as_connection_loss`, Bogdanp/dramatiq#894).
-* :class:`WorkReporter`: per queue, messages completed and seconds spent on them,
-  added up in memory and flushed by a background thread at most once a second in
-  one pipelined round trip (HINCRBY done, HINCRBYFLOAT busy, HSET at) into
+* :class:`WorkReporter`: per queue, messages completed, seconds spent on them and the
+  sum of those seconds squared (their spread, for ``dramactl replay``), added up in
+  memory and flushed by a background thread at most once a second in one pipelined
+  round trip (HINCRBY done, HINCRBYFLOAT busy and busy_sq, HSET at) into
   ``<ns>:__dramactl__.work.<queue>``, the cumulative counters dramactl's probe
   reads to size the fleet by work. In the same round trip it publishes this worker
   process's report (threads, busy threads, start of the oldest running task, held
@@ -55,7 +56,7 @@ log = logging.getLogger("dramactl.hook")
 
 MAINTENANCE_SECONDS = 5.0
 HEARTBEAT_KEY = "{namespace}:__dramactl__.heartbeat_timeout"  # read by dramactl's probe
-WORK_KEY = "{namespace}:__dramactl__.work.{queue}"  # done / busy / at, read by dramactl's probe
+WORK_KEY = "{namespace}:__dramactl__.work.{queue}"  # done / busy / busy_sq / at, read by dramactl's probe
 WORK_FLUSH_SECONDS = 1.0
 HOLD_ALARM_SECONDS = 60.0  # a hold this long is an error in the worker's journal ...
 HOLD_ALARM_REPEAT_SECONDS = 600.0  # ... repeated this often while it lasts
@@ -748,8 +749,8 @@ class Maintenance(Middleware):
 
 
 class WorkReporter(Middleware):
-    """Completed messages and busy seconds per queue, batched to Redis once a second,
-    and this process's report (what its threads run), in the same round trip.
+    """Completed messages, busy seconds and their squares per queue, batched to Redis once
+    a second, and this process's report (what its threads run), in the same round trip.
 
     The per-message cost is a clock read and a dict update under a lock; Redis sees
     one pipeline per flush per worker process. Counts that could not be flushed
@@ -761,7 +762,7 @@ class WorkReporter(Middleware):
         self.interval = interval
         self.local = threading.local()
         self.lock = threading.Lock()
-        self.pending: dict[str, list] = {}  # queue -> [done, busy seconds]
+        self.pending: dict[str, list] = {}  # queue -> [done, busy seconds, busy seconds squared]
         self.running: dict[int, float] = {}  # worker thread id -> epoch seconds its message began
         self.threads = 0
         self.instance = os.environ.get("DRAMACTL_INSTANCE", "")
@@ -796,10 +797,11 @@ class WorkReporter(Middleware):
                 self.running.pop(threading.get_ident(), None)
                 entry = self.pending.get(queue)
                 if entry is None:
-                    self.pending[queue] = [1, busy]
+                    self.pending[queue] = [1, busy, busy * busy]
                 else:
                     entry[0] += 1
                     entry[1] += busy
+                    entry[2] += busy * busy
         except Exception:  # noqa: BLE001 - never break the app's chain
             with self.lock:
                 self.running.pop(threading.get_ident(), None)
@@ -857,10 +859,11 @@ class WorkReporter(Middleware):
         try:
             pipe = broker.client.pipeline(transaction=False)
             at = int(time.time() * 1000)
-            for queue, (done, busy) in batch.items():
+            for queue, (done, busy, squares) in batch.items():
                 key = WORK_KEY.format(namespace=broker.namespace, queue=queue)
                 pipe.hincrby(key, "done", done)
                 pipe.hincrbyfloat(key, "busy", round(busy, 6))
+                pipe.hincrbyfloat(key, "busy_sq", round(squares, 6))
                 pipe.hset(key, "at", at)
             if self.report_key and not self.stopping.is_set():
                 pipe.hset(self.report_key, self.report_field, self.report())
@@ -868,10 +871,11 @@ class WorkReporter(Middleware):
             return True
         except Exception:  # noqa: BLE001 - Redis down: keep the counts for the next flush
             with self.lock:
-                for queue, (done, busy) in batch.items():
-                    entry = self.pending.setdefault(queue, [0, 0.0])
+                for queue, (done, busy, squares) in batch.items():
+                    entry = self.pending.setdefault(queue, [0, 0.0, 0.0])
                     entry[0] += done
                     entry[1] += busy
+                    entry[2] += squares
             return False
 
     def _loop(self, broker) -> None:

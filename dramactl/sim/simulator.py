@@ -116,6 +116,7 @@ class Tick:
     oldest_age: float | None
     workers: int
     target: int
+    acted: bool = False  # started or stopped instances
 
 
 @dataclass
@@ -229,7 +230,7 @@ class _Run:
 
     def __init__(
         self, workload: Workload, controller: Controller, interval: float, initial_workers: int,
-        victim: str = "least-busy", grace: float = GRACE, heartbeat: float = HEARTBEAT,
+        victim: str = "least-busy", grace: float = GRACE, heartbeat: float = HEARTBEAT, schedule: Sequence[float] = (),
     ) -> None:
         if victim not in VICTIMS:
             raise ValueError(f"victim rule {victim!r}: one of {', '.join(VICTIMS)}")
@@ -244,6 +245,7 @@ class _Run:
         self.workload = workload
         self.controller = controller
         self.interval = interval
+        self.schedule = deque(sorted(schedule))  # the ticks' times, when given; every interval after them
         self.arrivals = workload.arrivals
         self.services = workload.services
         self.threads = workload.model.threads
@@ -405,7 +407,7 @@ class _Run:
             self.moves.append((self.tick_count, 1 if target > len(up) else -1))
         self.count_live(now)
         if keep:
-            self.ticks.append(Tick(now, backlog.ready, self.in_flight, backlog.oldest_age, len(up), target))
+            self.ticks.append(Tick(now, backlog.ready, self.in_flight, backlog.oldest_age, len(up), target, acted))
         return ends
 
     def run(self, keep_ticks: bool) -> None:
@@ -441,7 +443,9 @@ class _Run:
                 next_arrival += 1
             else:
                 ends = self.tick(now, keep_ticks)
-                next_tick = max(next_tick + self.interval, ends)
+                while self.schedule and self.schedule[0] <= now:
+                    self.schedule.popleft()
+                next_tick = max(self.schedule.popleft() if self.schedule else next_tick + self.interval, ends)
             if self.waiting:
                 self.fetch(now)
         self.horizon = max(self.duration, self.end)
@@ -460,10 +464,13 @@ def simulate(
     victim: str = "least-busy",
     grace: float = GRACE,
     heartbeat: float = HEARTBEAT,
+    schedule: Sequence[float] = (),
 ) -> RunResult:
     """Replay ``workload`` against ``controller``; deterministic for a given workload.
-    ``victim``: which instances a scale-down stops; ``grace``: GRACEFUL_SHUTDOWN_TIMEOUT."""
-    run = _Run(workload, controller, interval, initial_workers, victim, grace, heartbeat)
+    ``victim``: which instances a scale-down stops; ``grace``: GRACEFUL_SHUTDOWN_TIMEOUT;
+    ``schedule``: when to tick (a recorded run's ticks; a tick that runs long delays the next,
+    as the timer does), then every ``interval`` after its last."""
+    run = _Run(workload, controller, interval, initial_workers, victim, grace, heartbeat, schedule)
     run.run(keep_ticks)
     bound = work_lower_bound(workload.arrivals, workload.services, workload.model.threads, min_workers, workload.trace.duration)
     return RunResult(

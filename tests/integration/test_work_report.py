@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import dramatiq
+import pytest
 import redis as redis_lib
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
@@ -66,7 +67,40 @@ def test_completions_and_busy_seconds_reach_the_probe(broker: RedisBroker, redis
         worker.stop()
     q = read_one(redis_server)
     assert q.busy_seconds_total >= 30 * 0.02, "every message's service time is counted"
+    assert q.busy_sq_total >= 30 * 0.02**2 and q.busy_sq_total >= q.busy_seconds_total**2 / q.done_total
     assert q.backlog == 0
+
+
+def test_the_spread_of_service_times_reaches_the_probe_as_a_sum_of_squares(broker: RedisBroker, redis_server: RedisServer) -> None:
+    """Four messages of 0.1 s and four of 0.5 s: sum of squares 4 x 0.01 + 4 x 0.25 = 1.04 s²
+    (the mean is 0.3 s, the coefficient of variation 2/3), in the same flush as done and busy."""
+    reporter = hook.WorkReporter(interval=0.2)
+    broker.add_middleware(reporter)
+
+    @dramatiq.actor(queue_name="w1", max_retries=0)
+    def task(seconds: float) -> None:
+        time.sleep(seconds)
+
+    for i in range(8):
+        task.send(0.1 if i % 2 else 0.5)
+    worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=100)
+    worker.start()
+    try:
+        wait_for(lambda: read_one(redis_server).done_total == 8)
+    finally:
+        worker.stop()
+    q = read_one(redis_server)
+    assert q.busy_seconds_total == pytest.approx(2.4, rel=0.1)
+    assert q.busy_sq_total == pytest.approx(1.04, rel=0.15)
+    variance = q.busy_sq_total / 8 - (q.busy_seconds_total / 8) ** 2
+    assert variance**0.5 / (q.busy_seconds_total / 8) == pytest.approx(2 / 3, rel=0.1)
+
+
+def test_a_hook_that_counts_no_squares_reads_as_unknown_spread(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """An older hook writes done and busy only: the spread is absent, not zero."""
+    redis.hset("dramatiq:__dramactl__.work.w1", mapping={"done": 10, "busy": 20.0})
+    q = read_one(redis_server)
+    assert (q.done_total, q.busy_seconds_total, q.busy_sq_total) == (10.0, 20.0, None)
 
 
 def test_messages_that_finish_while_the_worker_stops_are_counted(broker: RedisBroker, redis_server: RedisServer) -> None:

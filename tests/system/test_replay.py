@@ -3,8 +3,16 @@
 Two bursts of one-second messages go through the real fleet (the timer grows it and
 lets it shrink back to MIN); ``dramactl replay`` then rebuilds the arrivals and
 service times from the journal's counters and replays them with the settings in
-force. Tolerance: the replayed fleet size is, on average over the recorded ticks,
-within 1 instance of the recorded one (MAX_PROCESSES is 4). ``dramactl tune`` is then
+force. Tolerances, over the recorded ticks: the replayed fleet size within 0.5
+instance of the recorded one on average (MAX_PROCESSES is 4; 0.00-0.27 in four
+runs, 0.6-0.8 before the replay placed figures at the tick's read, bounded arrivals
+by the read's oldest_age and ticked at the recorded ticks' moments), the backlog
+within 15 % of its recorded mean (3-6 %; 27-29 % before), the actions within one of
+the recorded ones (equal in three runs, one fewer in one; twice as many before they
+were counted in the range only), and the p95 wait within 30 % of the real one: the
+real p95 of the same load differs from run to run by more than the replay's error
+(20.6-25.2 s in four runs, the replay 22.9-23.3 s: whether the second burst meets 3
+or 4 instances is decided by a message or two). ``dramactl tune`` is then
 asked for a p95 wait halfway between the settings in force's and static MAX's; the
 settings it prints, applied to a second real run of the same load, must meet that
 p95 (each message's wait from its send to its start, as the simulator counts it), within
@@ -25,7 +33,9 @@ pytestmark = pytest.mark.system
 
 BURST = 160
 SECONDS = 1.0
-FLEET_TOLERANCE = 1.0  # instances, mean absolute error over the recorded ticks
+FLEET_TOLERANCE = 0.5  # instances, mean absolute error over the recorded ticks
+BACKLOG_TOLERANCE = 0.15  # of the recorded mean backlog, mean absolute error over the recorded ticks
+P95_TOLERANCE = 0.30  # of the real p95 wait
 TICK = float(BASE_SETTINGS["CHECK_INTERVAL"])
 
 
@@ -82,6 +92,11 @@ def test_a_recorded_run_replays_its_fleet_and_tunes_settings_that_meet_the_p95_i
     assert report["ticks"] >= 10 and fit["ticks"] >= 10, report
     assert report["messages"] >= 2 * BURST * 0.95, report  # what the counters say arrived
     assert fit["fleet_mae"] <= FLEET_TOLERANCE, fit
+    assert fit["backlog_mae"] <= BACKLOG_TOLERANCE * fit["backlog_mean"], fit
+    hours = (report["until"] - report["since"]) / 3600.0
+    assert abs(rows["settings in force"]["actions_per_hour"] - rows["recorded"]["actions_per_hour"]) * hours <= 1.0 + 1e-6, rows
+    assert abs(rows["settings in force"]["p95_wait"] - real_p95) <= P95_TOLERANCE * real_p95, (rows["settings in force"], real_p95)
+    assert report["cv_source"] == "measured by the hook" and report["service_cv"] < 0.1, report  # the messages are all 1 s
     assert rows["recorded"]["peak_workers"] >= peak - 1  # the journal saw the fleet the test saw (a tick reads before its step)
     assert {"settings in force", "MAX_QUEUE_WAIT=5", "static MAX (4)", "hpa/keda 15s", "lower bound"} <= set(rows)
     assert rows["lower bound"]["worker_hours"] <= min(r["worker_hours"] for n, r in rows.items() if n not in ("lower bound", "recorded"))

@@ -17,8 +17,8 @@ def reply(*queues: tuple) -> list:
 
 
 def test_held_splits_into_in_flight_and_orphaned() -> None:
-    # ready, held, delayed, due, dead, head_ts, orphaned, done, busy, error
-    (q,) = parse_probe(["a"], reply((3, 10, 4, 1, 2, NOW - 2500, 4, b"", b"", b"")))
+    # ready, held, delayed, due, dead, head_ts, orphaned, done, busy, busy_sq, error
+    (q,) = parse_probe(["a"], reply((3, 10, 4, 1, 2, NOW - 2500, 4, b"", b"", b"", b"")))
     assert (q.ready, q.in_flight, q.orphaned, q.delayed, q.due, q.dead) == (3, 3, 4, 4, 1, 2)
     assert q.oldest_age == 2.5 and q.error is None
     assert q.backlog == 3 + 1 + 3 + 4, "ready + due + in flight + orphaned: held messages all count"
@@ -26,13 +26,13 @@ def test_held_splits_into_in_flight_and_orphaned() -> None:
 
 def test_orphans_never_exceed_what_is_held() -> None:
     """A dead worker's ack set can name ids already gone from the queue."""
-    (q,) = parse_probe(["a"], reply((3, 5, 0, 0, 0, -1, 9, b"", b"", b"")))
+    (q,) = parse_probe(["a"], reply((3, 5, 0, 0, 0, -1, 9, b"", b"", b"", b"")))
     assert (q.in_flight, q.orphaned, q.backlog) == (0, 2, 5)
     assert q.oldest_age is None
 
 
 def test_a_queue_error_comes_back_on_that_queue_only() -> None:
-    stats = parse_probe(["bad", "good"], reply((0,) * 7 + (b"", b"", b"dramatiq:bad is a zset, not a Dramatiq queue list"), (1, 1, 0, 0, 0, NOW, 0, b"", b"", b"")))
+    stats = parse_probe(["bad", "good"], reply((0,) * 7 + (b"", b"", b"", b"dramatiq:bad is a zset, not a Dramatiq queue list"), (1, 1, 0, 0, 0, NOW, 0, b"", b"", b"", b"")))
     assert stats[0] == QueueStats("bad", error="dramatiq:bad is a zset, not a Dramatiq queue list")
     assert stats[1].ready == 1 and stats[1].error is None
 
@@ -45,14 +45,14 @@ def test_fleet_backlog_sums_orphaned_and_keeps_totals() -> None:
 
 
 def test_work_counters_come_back_per_queue_and_sum_over_the_fleet() -> None:
-    a, b = parse_probe(["a", "b"], reply((0, 0, 0, 0, 0, -1, 0, b"120", b"6.5", b""), (0, 0, 0, 0, 0, -1, 0, b"", b"", b"")))
-    assert (a.done_total, a.busy_seconds_total) == (120.0, 6.5)
-    assert (b.done_total, b.busy_seconds_total) == (None, None), "no worker with the hook reported on b"
+    a, b = parse_probe(["a", "b"], reply((0, 0, 0, 0, 0, -1, 0, b"120", b"6.5", b"0.75", b""), (0, 0, 0, 0, 0, -1, 0, b"", b"", b"", b"")))
+    assert (a.done_total, a.busy_seconds_total, a.busy_sq_total) == (120.0, 6.5, 0.75)
+    assert (b.done_total, b.busy_seconds_total, b.busy_sq_total) == (None, None, None), "no worker with the hook reported on b"
     total = FleetBacklog.of([a, b, QueueStats("c", done_total=30.0, busy_seconds_total=1.5)])
     assert (total.done_total, total.busy_seconds_total) == (150.0, 8.0)
     assert FleetBacklog.of([b]).done_total is None
 
 
 def test_a_garbled_counter_reads_as_absent() -> None:
-    (q,) = parse_probe(["a"], reply((0, 0, 0, 0, 0, -1, 0, b"lots", b"-3", b"")))
-    assert (q.done_total, q.busy_seconds_total) == (None, None)
+    (q,) = parse_probe(["a"], reply((0, 0, 0, 0, 0, -1, 0, b"lots", b"-3", b"nan", b"")))
+    assert (q.done_total, q.busy_seconds_total, q.busy_sq_total) == (None, None, None)

@@ -46,7 +46,7 @@ def test_a_constant_load_rebuilds_its_arrivals_and_service_time() -> None:
 def test_a_constant_load_replayed_with_the_settings_in_force_keeps_the_steady_fleet_and_barely_waits() -> None:
     """3 msgs/s of 4 s on 8-thread workers is 12 busy threads: ceil(12 / 8) = 2 workers."""
     rebuilt = rp.rebuild(constant(3.0, 4.0, 241), cv=0.0)
-    result = rp.run_policy(rebuilt, rp.variant(FLEET, {}), "in force", keep_ticks=True)
+    result = rp.run_policy(rebuilt, rp.variant(FLEET, {}), "in force")
     steady = [t.workers for t in result.ticks if 600 <= t.at <= 3600]
     assert set(steady) == {math.ceil(3.0 * 4.0 / 8)}
     assert result.p95 < 1.0
@@ -208,3 +208,77 @@ def test_progress_shows_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> N
             for _ in range(3):
                 step()
         assert ("replaying" in stream.getvalue()) is shown
+
+
+def test_a_burst_is_rebuilt_when_the_read_after_it_says_it_came_not_spread_over_the_interval() -> None:
+    """100 messages sent at once 5 s before a read: the read sees 100 ready, the oldest 5 s old.
+    FIFO: every ready message came after the oldest ready one, so they all arrived in those 5 s."""
+    samples = constant(0.2, 1.0, 4, backlog=0)  # 3 messages an interval, served at once
+    samples[3] = rp.Sample(samples[3].at, True, 2, 100, samples[3].counters, False, ready=100, oldest_age=5.0)
+    rebuilt = rp.rebuild(samples)
+    assert len(rebuilt.arrivals) == 3 + 3 + 103
+    last = rebuilt.arrivals[-100:]
+    assert last[0] == pytest.approx(40.0) and last[-1] <= 45.0
+    assert all(30.0 <= a <= 40.0 for a in rebuilt.arrivals[-103:-100])  # the interval's 3 served before the burst
+
+
+def test_a_ticks_figures_are_placed_when_it_read_them_not_when_its_entry_was_written() -> None:
+    """A tick reads Redis, then waits for its jobs (here 4 s of a drain); the journal stamps the end."""
+    samples = constant(1.0, 1.0, 4, backlog=0)
+    samples[2] = rp.Sample(samples[2].at + 4.0, True, 2, 0, samples[2].counters, True, took=4.0)
+    rebuilt = rp.rebuild(samples)
+    assert [r[0] for r in rebuilt.recorded] == [0.0, 15.0, 30.0, 45.0]
+
+
+def test_the_settings_in_forces_run_ticks_when_the_recorded_ticks_did_and_counts_actions_in_the_range_only() -> None:
+    """The real timer's ticks come a little later than every CHECK_INTERVAL (its accuracy window,
+    the process start): the run with that CHECK_INTERVAL ticks at the recorded reads, a run with
+    another CHECK_INTERVAL every CHECK_INTERVAL. A burst read at the last tick: that tick starts
+    instances (in the range); the replay's scale-down after the range is not counted, as the
+    recorded history has no tick there."""
+    at = [0.0, 16.0, 32.5, 48.0]
+    samples = [rp.Sample(T0 + a, True, 1, 0, (("default", 0.0, 0.0),), False) for a in at]
+    samples.append(rp.Sample(T0 + 64.0, True, 1, 1000, (("default", 1.0, 4.0),), False, ready=999, oldest_age=1.0))
+    rebuilt = rp.rebuild(samples, cv=0.0)
+    fleet = {**FLEET, "SCALE_DOWN_STABILIZATION": "15"}
+    in_force = rp.variant(fleet, {})
+    result = rp.run_policy(rebuilt, in_force, "in force", recorded=in_force)
+    assert [t.at for t in result.ticks[:5]] == [*at, 64.0]
+    assert result.ticks[4].acted and any(t.acted for t in result.ticks[5:])  # up at the burst, down after the range
+    assert rp.actions_per_hour(result) == pytest.approx(3600.0 / 64.0)
+    other = rp.run_policy(rebuilt, rp.variant(fleet, {"CHECK_INTERVAL": "10"}), "10s", recorded=in_force)
+    assert [t.at for t in other.ticks[:4]] == [0.0, 10.0, 20.0, 30.0]
+    changed = rp.variant(fleet, {"CHECK_INTERVAL": "60"})  # in force now, not when these ticks were recorded
+    assert [t.at for t in rp.run_policy(rebuilt, changed, "60s", recorded=changed).ticks[:2]] == [0.0, 60.0]
+
+
+def test_the_spread_of_service_times_comes_from_the_hooks_sum_of_squares_when_the_history_has_it() -> None:
+    """3 msgs/s of mean 4 s with a CV of 0.5: each interval adds done x 16 x (1 + 0.25) squared seconds."""
+    samples = [rp.Sample(s.at, s.tick, s.current, s.backlog, s.counters, s.acted, squares=(("default", s.counters[0][1] * 16.0 * 1.25),))
+               for s in constant(3.0, 4.0, 41)]
+    rebuilt = rp.rebuild(samples)
+    assert rebuilt.service_cv == pytest.approx(0.5) and rebuilt.cv_source == "measured by the hook"
+    mean = sum(rebuilt.services) / len(rebuilt.services)
+    spread = math.sqrt(sum((s - mean) ** 2 for s in rebuilt.services) / len(rebuilt.services)) / mean
+    assert mean == pytest.approx(4.0, rel=0.05) and spread == pytest.approx(0.5, rel=0.15)
+    # one-second messages all alike (tests/system/test_replay.py): no spread at all
+    alike = [rp.Sample(s.at, s.tick, s.current, s.backlog, s.counters, s.acted, squares=(("default", s.counters[0][1]),))
+             for s in constant(3.0, 1.0, 41)]
+    assert rp.rebuild(alike).service_cv == pytest.approx(0.0, abs=1e-6) and set(rp.rebuild(alike).services) == {1.0}
+
+
+def test_a_history_without_the_sum_of_squares_assumes_the_stated_spread_and_says_so() -> None:
+    rebuilt = rp.rebuild(constant(3.0, 4.0, 41))
+    assert (rebuilt.service_cv, rebuilt.cv_source) == (rp.SERVICE_CV, "assumed")
+    report = rp.replay(rebuilt, FLEET, [])
+    assert f"(CV {rp.SERVICE_CV:.2f}, assumed)" in rp.render(report)
+
+
+def test_the_sum_of_squares_is_read_from_journal_entries_and_a_damaged_one_is_left_out() -> None:
+    q = lambda done, busy, sq: {"name": "default", "done_total": done, "busy_seconds_total": busy, "busy_sq_total": sq}  # noqa: E731
+    entries = [entry(T0, [q(0.0, 0.0, 0.0)]), entry(T0 + 15, [q(10.0, 20.0, 50.0)]),  # mean 2 s, E[S²] 5: CV 0.5
+               entry(T0 + 30, [q(20.0, 40.0, "x")]), entry(T0 + 45, [q(30.0, 60.0, 150.0)])]
+    samples = [rp.Sample.of(e) for e in entries]
+    assert samples[1].squares == (("default", 50.0),) and samples[2].squares == ()
+    rebuilt = rp.rebuild(samples)
+    assert rebuilt.service_cv == pytest.approx(0.5) and rebuilt.cv_source == "measured by the hook"
