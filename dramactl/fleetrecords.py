@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Sequence, TypeVar
 
 import redis
 
-from .settings import POLICIES, Settings
+from .settings import LONGEST_HOST_TTL, POLICIES, Settings
 from .state import HISTORY_SECONDS, DamagedState, TickRecord, _fields, _flag, _number, _short, _tick, _whole
 
 T = TypeVar("T")
@@ -24,7 +24,7 @@ T = TypeVar("T")
 log = logging.getLogger("dramactl.share")
 
 MOST = 100_000  # the largest count a heartbeat or decision may hold (FLEET_MAX_PROCESSES' own limit)
-LONGEST = 86_400.0  # the longest a heartbeat may last (FLEET_HOST_TTL's own limit)
+LONGEST = float(LONGEST_HOST_TTL)  # the longest a heartbeat may last (FLEET_HOST_TTL's own limit)
 SKEW = 300.0  # seconds a record's time may be ahead of Redis' clock before it is taken as damaged
 
 

@@ -34,6 +34,9 @@ HIDDEN = "***"
 T = TypeVar("T")
 
 
+LONGEST_HOST_TTL = 86_400  # FLEET_HOST_TTL's limit: the fleet takes a longer heartbeat or claim as damaged
+
+
 class SettingsError(ValueError):
     """A setting that cannot be used, with the fix, as one line."""
 
@@ -79,7 +82,7 @@ class Settings:
     # Several hosts, one fleet (dramactl.share): off unless FLEET_NAME is set.
     fleet_name: str = ""  # hosts with the same name, on the same Redis, form one fleet
     fleet_max_processes: int = 0  # the fleet-wide cap on instances; 0 = the sum of the hosts' MAX_PROCESSES
-    fleet_host_ttl: int = 0  # seconds a host's heartbeat lasts; 0 = 3 x CHECK_INTERVAL + 30
+    fleet_host_ttl: int = 0  # seconds a host's heartbeat lasts; 0 = 3 x CHECK_INTERVAL + 30, at most LONGEST_HOST_TTL
     # Memory, in bytes; 0 = off (dramactl.rollout recycles, drop-ins carry the limits).
     worker_memory_high: int = 0  # MemoryHigh= of each instance: the kernel throttles and reclaims above it
     worker_memory_max: int = 0  # MemoryMax= of each instance: the kernel's OOM killer acts above it
@@ -88,8 +91,9 @@ class Settings:
 
     @property
     def host_ttl(self) -> int:
-        """FLEET_HOST_TTL, or its default: three tick intervals plus the 30 s a tick may wait on start jobs."""
-        return self.fleet_host_ttl or 3 * self.check_interval + 30
+        """FLEET_HOST_TTL, or its default: three tick intervals plus the 30 s a tick may wait on start jobs,
+        capped at :data:`LONGEST_HOST_TTL` (a longer heartbeat or claim is taken as damaged by the fleet)."""
+        return self.fleet_host_ttl or min(3 * self.check_interval + 30, LONGEST_HOST_TTL)
 
     @property
     def redis_location(self) -> str:
@@ -247,7 +251,7 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
         prom_port_base=get.integer("DRAMATIQ_PROM_PORT_BASE", d.prom_port_base, low=1, high=65535),
         fleet_name=fleet_name,
         fleet_max_processes=get.integer("FLEET_MAX_PROCESSES", d.fleet_max_processes, low=0, high=100000),
-        fleet_host_ttl=get.integer("FLEET_HOST_TTL", d.fleet_host_ttl, low=0, high=86400),
+        fleet_host_ttl=get.integer("FLEET_HOST_TTL", d.fleet_host_ttl, low=0, high=LONGEST_HOST_TTL),
         worker_memory_high=get.size("WORKER_MEMORY_HIGH"),
         worker_memory_max=get.size("WORKER_MEMORY_MAX"),
         worker_recycle_memory=get.size("WORKER_RECYCLE_MEMORY"),
@@ -280,6 +284,12 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
             "FLEET_HOST_TTL",
             f"{s.fleet_host_ttl}s is not longer than CHECK_INTERVAL={s.check_interval}s",
             "make it longer than a tick interval (e.g. 3 x CHECK_INTERVAL + 30), or the hosts would drop out between ticks",
+        )
+    if s.fleet_name and s.host_ttl <= s.check_interval:  # FLEET_HOST_TTL unset: its default is capped
+        raise SettingsError(
+            "CHECK_INTERVAL",
+            f"{s.check_interval}s is not shorter than the longest heartbeat a fleet keeps (FLEET_HOST_TTL, at most {LONGEST_HOST_TTL}s)",
+            f"use a CHECK_INTERVAL below {LONGEST_HOST_TTL} with FLEET_NAME set, or the hosts would drop out between ticks",
         )
     if s.scale_down_stabilization > MAX_STABILIZATION:
         raise SettingsError(

@@ -189,3 +189,21 @@ def test_the_hook_is_loaded_after_every_module_of_the_app(tmp_path: Path) -> Non
     s = parse({"DRAMATIQ_COMMAND": f"{dramatiq} app.broker"})
     argv = worker_argv(s, 1)
     assert argv[argv.index("app.broker") + 1] == HOOK_MODULE
+
+
+@pytest.mark.parametrize("interval", [28790, 28791, 40000, 86399])
+def test_the_default_heartbeat_never_outlasts_what_the_fleet_accepts(interval: int) -> None:
+    """FLEET_HOST_TTL unset: 3 x CHECK_INTERVAL + 30 is capped at the longest heartbeat or claim the fleet's own
+    validation keeps (fleetrecords.LONGEST), yet still outlasts a tick interval."""
+    from dramactl.fleetrecords import LONGEST
+
+    s = parse({"FLEET_NAME": "f", "CHECK_INTERVAL": str(interval)})
+    assert s.host_ttl == min(3 * interval + 30, 86400)
+    assert interval < s.host_ttl <= LONGEST
+
+
+def test_a_check_interval_no_heartbeat_can_outlast_is_refused_in_a_fleet() -> None:
+    with pytest.raises(SettingsError) as err:
+        parse({"FLEET_NAME": "f", "CHECK_INTERVAL": "86400"})
+    assert err.value.setting == "CHECK_INTERVAL" and "FLEET_HOST_TTL" in str(err.value) and "below 86400" in str(err.value)
+    assert parse({"CHECK_INTERVAL": "86400"}).check_interval == 86400  # a single host has no heartbeat
