@@ -180,11 +180,17 @@ def _number(d: dict, key: str, where: str, *, optional: bool = False, default: o
     value = _given(d, key, where, optional, default)
     if value is _REQUIRED:
         return None if optional else default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise DamagedState(f"{where}: {_short(value)} is not a number")
-    if value < 0:
+    try:
+        number = float(value)  # a JSON integer has no bound: 10**400 has no float
+    except OverflowError:
+        raise DamagedState(f"{where}: {_short(value)} is too large to be a number") from None
+    if not math.isfinite(number):
+        raise DamagedState(f"{where}: {_short(value)} is not a number")
+    if number < 0:
         raise DamagedState(f"{where}: {value} is negative")
-    return float(value)
+    return number
 
 
 def _tick(data: object, where: str) -> TickRecord:

@@ -408,3 +408,29 @@ def test_a_damaged_claim_is_left_out_and_named(redis: redis_lib.Redis, redis_ser
         view = share.coordinate(redis, settings, FleetBacklog(ready=500), up=0, starting=0, occupying=0, name="a")
     assert view.decision.target >= 1
     assert f"ignoring damaged {share.claims_key(settings)} field bad" in caplog.text
+
+
+def test_a_heartbeat_decision_or_history_record_with_a_huge_integer_is_ignored_and_named(redis: redis_lib.Redis, redis_server: RedisServer, caplog) -> None:
+    """A JSON integer no float can hold (10**400) in a heartbeat, the decision or a history record: each is left out
+    and named once, and the tick goes on, never an OverflowError."""
+    import logging
+
+    settings = settings_for(redis_server)
+    for name in ("a", "b"):
+        share.coordinate(redis, settings, FleetBacklog(ready=10), up=0, starting=0, occupying=0, name=name)
+    key, history = share.fleet_key(settings), share.history_key(settings)
+    heartbeat = json.loads(redis.hget(key, "host:b"))
+    redis.hset(key, "host:b", json.dumps({**heartbeat, "expires": 10**400}))
+    decision = json.loads(redis.hget(key, "decision"))
+    redis.hset(key, "decision", json.dumps({**decision, "at": 10**400}))
+    record = json.loads(redis.lindex(history, 0))
+    redis.lset(history, 0, json.dumps({**record, "busy": 10**400}))
+    share._named.clear()
+    with caplog.at_level(logging.WARNING, logger="dramactl.share"):
+        _, hosts, read_decision, _ = share.read(redis, settings)
+        assert [h.name for h in hosts] == ["a"] and read_decision is None
+        view = share.coordinate(redis, settings, FleetBacklog(ready=10), up=0, starting=0, occupying=0, name="a")
+    assert view.decision.target >= 1
+    assert f"ignoring damaged {key} field host:b in Redis (expires: 1000" in caplog.text
+    assert f"ignoring damaged {key} field decision in Redis (at: 1000" in caplog.text
+    assert f"ignoring damaged {history} field" in caplog.text and "busy: 1000" in caplog.text

@@ -108,3 +108,20 @@ def test_check_writable_names_the_directory_and_the_fix(tmp_path: Path) -> None:
     message = str(err.value)
     assert message.startswith(f"state directory {blocker} is not writable by uid {os.geteuid()} (")
     assert message.endswith("); fix its owner/mode (StateDirectory= in dramactl.service)") and "\n" not in message
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400)], ids=["huge", "huge-negative"])
+def test_a_number_too_large_for_a_float_is_damaged_not_an_overflow(value: int) -> None:
+    """JSON integers have no bound: ``math.isfinite(10**400)`` raises OverflowError; _number names it instead."""
+    from dramactl.state import _number
+
+    with pytest.raises(DamagedState, match=r"^at: -?1000000000.* is too large to be a number$"):
+        _number({"at": value}, "at", "at")
+    assert _number({"at": 10**300}, "at", "at") == 1e300
+
+
+def test_a_tick_record_with_a_huge_integer_is_damaged() -> None:
+    from dramactl.state import _tick
+
+    with pytest.raises(DamagedState, match="history\\[0\\].busy: .* too large"):
+        _tick({**GOOD_TICK, "busy": 10**400}, "history[0]")
