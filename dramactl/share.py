@@ -276,8 +276,11 @@ def reserve(
     used, _, _ = following(settings, snap.record, False)
     live = snap.live(but=name)
     old = next((h for h in snap.hosts if h.name == name), None)
-    me = HostEntry(name, settings.max_processes, up, 0, max(occupying, target), 0, now, now + settings.host_ttl, paused,
-                   old.startup if old else None, host_name(), False, up, digest(fleet_values(settings)))
+    # What only the tick knows (failing, working, its share, its starting instances) is carried from the old
+    # heartbeat: a roll's renewals (dramactl.seat) must not clear a failing flag the other hosts cover for.
+    me = HostEntry(name, settings.max_processes, up, old.starting if old else 0, max(occupying, target), old.share if old else 0,
+                   now, now + settings.host_ttl, paused, old.startup if old else None, host_name(),
+                   old.failing if old else False, old.working if old else up, digest(fleet_values(settings)))
     cap = fleet_cap(used, [*live, me]) if used.fleet_max_processes else None
     allowed, claimed = claims.claim(
         client, settings, name, "manual", share=target, up=up, occupying=occupying, cap=cap, silence=snap.silence, partial=partial

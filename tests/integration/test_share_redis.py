@@ -434,3 +434,28 @@ def test_a_heartbeat_decision_or_history_record_with_a_huge_integer_is_ignored_a
     assert f"ignoring damaged {key} field host:b in Redis (expires: 1000" in caplog.text
     assert f"ignoring damaged {key} field decision in Redis (at: 1000" in caplog.text
     assert f"ignoring damaged {history} field" in caplog.text and "busy: 1000" in caplog.text
+
+
+def test_a_failing_hosts_heartbeat_stays_failing_through_a_rolls_renewals(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """reserve (a roll's Seat.room / Seat.beat, a scale-to) renews the heartbeat with the tick's own knowledge kept:
+    failing, working, share and starting, so the other hosts keep covering a failing host's share."""
+    settings = settings_for(redis_server, MIN_PROCESSES="1", POLICY="step")
+    share.coordinate(redis, settings, FleetBacklog(ready=0), up=0, starting=0, occupying=0, name="a")
+    share.coordinate(redis, settings, FleetBacklog(ready=0), up=0, starting=0, occupying=0, name="b")
+    share.settle(redis, settings, claim=1, up=1, name="a", failing=True, working=0)
+    before = next(h for h in share.read(redis, settings)[1] if h.name == "a")
+    assert before.failing and before.working == 0
+    for _ in range(2):  # a roll: room for a replacement, then a renewal
+        share.reserve(redis, settings, target=2, up=1, occupying=1, paused=False, partial=True, name="a")
+        share.reserve(redis, settings, target=1, up=1, occupying=1, paused=False, partial=True, name="a")
+    after = next(h for h in share.read(redis, settings)[1] if h.name == "a")
+    assert (after.failing, after.working, after.share, after.starting) == (True, before.working, before.share, before.starting)
+    view = share.coordinate(redis, settings, FleetBacklog(ready=0), up=0, starting=0, occupying=0, name="b")
+    assert view.fleet.failing == ("a",) and view.share == 1
+
+
+def test_reserve_on_a_host_without_a_heartbeat_writes_a_plain_one(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    settings = settings_for(redis_server)
+    share.reserve(redis, settings, target=2, up=1, occupying=1, paused=False, name="n")
+    entry = next(h for h in share.read(redis, settings)[1] if h.name == "n")
+    assert (entry.failing, entry.working, entry.share, entry.starting, entry.claim) == (False, 1, 0, 0, 2)
