@@ -20,13 +20,14 @@ from __future__ import annotations
 import glob
 import grp
 import json
+import logging
 import os
 import re
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 KINDS = ("tick", "manual")
 REASON_CLASSES = ("up", "down", "steady", "held", "paused", "manual")
@@ -63,6 +64,17 @@ FIELDS = {
 }
 
 _INT_FIELDS = ("current", "target", "wanted", "backlog", "ready", "delayed", "due", "in_flight", "orphaned", "dead", "started", "stopped")
+
+
+log = logging.getLogger("dramactl.history")
+
+
+class DamagedEntry(ValueError):
+    """A journal entry one of whose fields cannot be read: the readers skip it, naming its time and the field."""
+
+    def __init__(self, at: float, name: str, problem: str) -> None:
+        self.at, self.field = at, name
+        super().__init__(f"{name}: {problem}")
 
 
 class JournalUnreadable(PermissionError):
@@ -207,11 +219,24 @@ class Entry:
             value = record.get(f"DRAMACTL_{name.upper()}", default)
             return value.decode() if isinstance(value, bytes) else str(value)
 
+        at = 0.0
+
+        def read(name: str, convert: Callable[[str], Any], default: str) -> Any:
+            raw = get(name, default) or default
+            try:
+                return convert(raw)
+            except (ValueError, OverflowError) as exc:  # int('x'), float('1e999x'), json.loads('[')
+                raise DamagedEntry(at, f"DRAMACTL_{name.upper()}", f"{raw[:40]!r} cannot be read ({exc})") from None
+
         stamp = record.get("__REALTIME_TIMESTAMP")
-        at = stamp.timestamp() if isinstance(stamp, datetime) else int(stamp) / 1e6 if stamp else 0.0
-        ints = {n: int(get(n, "0") or 0) for n in _INT_FIELDS}
+        try:
+            at = stamp.timestamp() if isinstance(stamp, datetime) else int(stamp) / 1e6 if stamp else 0.0
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise DamagedEntry(0.0, "__REALTIME_TIMESTAMP", f"{str(stamp)[:40]!r} is not a time ({exc})") from None
+        ints = {n: read(n, int, "0") for n in _INT_FIELDS}
         wanted = ints.pop("wanted")
-        age, dur = get("oldest_age"), get("duration")
+        optional = lambda v: float(v) if v else None  # noqa: E731 - absent: None
+        age, dur = read("oldest_age", optional, ""), read("duration", optional, "")
         return cls(
             at=at,
             kind=get("kind"),
@@ -219,15 +244,15 @@ class Entry:
             reason=get("reason"),
             reason_class=get("reason_class"),
             wanted=wanted,
-            oldest_age=float(age) if age else None,
-            queues=json.loads(get("queues", "[]") or "[]"),
-            instances=json.loads(get("instances", "{}") or "{}"),
-            actions=json.loads(get("actions", "[]") or "[]"),
+            oldest_age=age,
+            queues=read("queues", json.loads, "[]"),
+            instances=read("instances", json.loads, "{}"),
+            actions=read("actions", json.loads, "[]"),
             ok=get("ok", "1") == "1",
             paused=get("paused", "0") == "1",
-            duration=float(dur) if dur else None,
-            victims=json.loads(get("victims", "[]") or "[]"),
-            waiting=json.loads(get("waiting", "[]") or "[]"),
+            duration=dur,
+            victims=read("victims", json.loads, "[]"),
+            waiting=read("waiting", json.loads, "[]"),
             message=str(record.get("MESSAGE", "")),
             **ints,
         )
@@ -286,8 +311,25 @@ def _entries(since: float | None, until: float | None) -> Iterator[Entry]:
         reader.add_match(DRAMACTL_KIND=kind)
     if since is not None:
         reader.seek_realtime(datetime.fromtimestamp(since))
-    for record in reader:
-        entry = Entry.from_journal(record)
+    yield from readable(reader, since, until)
+
+
+def readable(records: Iterable[dict], since: float | None = None, until: float | None = None) -> Iterator[Entry]:
+    """The entries of journal ``records`` in the range; a damaged one is skipped, the first of each damaged field
+    named in one line (a replay or the history goes on without it)."""
+    named: set[str] = set()
+    for record in records:
+        try:
+            entry = Entry.from_journal(record)
+        except DamagedEntry as exc:
+            if (since is not None and exc.at < since) or (until is not None and exc.at > until):
+                continue
+            if exc.field not in named:
+                named.add(exc.field)
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(exc.at)) if exc.at else "an unknown time"
+                log.warning("skipping the damaged journal entry of %s (%s); later entries damaged in %s are skipped too",
+                            when, exc, exc.field)
+            continue
         if since is not None and entry.at < since:
             continue
         if until is not None and entry.at > until:

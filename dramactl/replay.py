@@ -83,13 +83,13 @@ class Sample:
         counters, squares = [], []
         for q in entry.queues if isinstance(entry.queues, list) else ():
             done, busy = (q.get("done_total"), q.get("busy_seconds_total")) if isinstance(q, dict) else (None, None)
-            if isinstance(done, (int, float)) and isinstance(busy, (int, float)) and done >= 0 and busy >= 0:
+            if isinstance(done, (int, float)) and isinstance(busy, (int, float)) and 0 <= done < math.inf and 0 <= busy < math.inf:
                 counters.append((str(q.get("name", "")), float(done), float(busy)))
                 sq = q.get("busy_sq_total")
                 if isinstance(sq, (int, float)) and not isinstance(sq, bool) and 0 <= sq < math.inf:
                     squares.append((str(q.get("name", "")), float(sq)))
         took = entry.duration if isinstance(entry.duration, (int, float)) and 0 <= entry.duration < 3600 else 0.0
-        age = entry.oldest_age if isinstance(entry.oldest_age, (int, float)) and entry.oldest_age >= 0 else None
+        age = entry.oldest_age if isinstance(entry.oldest_age, (int, float)) and 0 <= entry.oldest_age < math.inf else None
         return cls(entry.at, entry.kind == "tick", entry.current, entry.backlog, tuple(counters), bool(entry.started or entry.stopped),
                    max(0, entry.ready), age, float(took), tuple(squares))
 
@@ -202,6 +202,8 @@ def rebuild(samples: Sequence[Sample], *, seed: int = 0, cv: float | None = None
                 prev_sq[name] = sq
             else:
                 prev_sq.pop(name, None)
+        if d_done > 0 and not (math.isfinite(d_sq) and d_sq <= d_busy * d_busy * (1.0 + 1e-9) + 1e-9):
+            all_squared = False  # squares no service times could give (their sum above the busy time's square): unknown
         if all_squared and d_done > 0:
             squared_mean = d_busy * d_busy / d_done
             spread_sums[0] += max(0.0, d_sq - squared_mean)
@@ -224,6 +226,8 @@ def rebuild(samples: Sequence[Sample], *, seed: int = 0, cv: float | None = None
     if mean_all <= 0:
         raise ReplayError("no completed message counted in this range: nothing to replay (widen it with --since/--until)")
     measured = math.sqrt(spread_sums[0] / spread_sums[1]) if spread_sums[1] > 0 else None
+    if measured is not None and not math.isfinite(measured):
+        measured = None  # sums too large to add up: the spread is unknown
     if cv is None:
         cv = SERVICE_CV if measured is None else measured
     srng = random.Random(f"{seed}/replay/services")

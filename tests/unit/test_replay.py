@@ -282,3 +282,73 @@ def test_the_sum_of_squares_is_read_from_journal_entries_and_a_damaged_one_is_le
     assert samples[1].squares == (("default", 50.0),) and samples[2].squares == ()
     rebuilt = rp.rebuild(samples)
     assert rebuilt.service_cv == pytest.approx(0.5) and rebuilt.cv_source == "measured by the hook"
+
+
+class _FakeReader:
+    """systemd.journal.Reader over records as ``journalctl -o json`` gives them (all strings)."""
+
+    records: list[dict] = []
+
+    def add_match(self, **_: str) -> None:
+        pass
+
+    def seek_realtime(self, _) -> None:
+        pass
+
+    def __iter__(self):
+        return iter(self.records)
+
+
+def _record(at: float, done: float, busy: float, **fields: str) -> dict:
+    queues = json.dumps([{"name": "default", "done_total": done, "busy_seconds_total": busy}])
+    return {"__REALTIME_TIMESTAMP": str(int(at * 1e6)), "DRAMACTL_KIND": "tick", "DRAMACTL_CURRENT": "2", "DRAMACTL_TARGET": "2",
+            "DRAMACTL_BACKLOG": "0", "DRAMACTL_QUEUES": queues, **{f"DRAMACTL_{k.upper()}": v for k, v in fields.items()}}
+
+
+def test_a_damaged_journal_entry_is_skipped_and_named_once_by_time_and_field(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """int('x'), a queues field that is not JSON, a duration no float reads: each entry is left out, the first entry
+    of each damaged field named in one line with its time; the replay goes on with the rest."""
+    import logging
+    import time
+    import types
+
+    records = [_record(T0 + 15 * i, 2.0 * i, 4.0 * i) for i in range(9)]
+    records[2]["DRAMACTL_CURRENT"] = "x"
+    records[3]["DRAMACTL_QUEUES"] = "[{"
+    records[4]["DRAMACTL_QUEUES"] = "[{"  # the same field again: skipped without another line
+    records[5]["DRAMACTL_DURATION"] = "1.5s"
+    _FakeReader.records = records
+    monkeypatch.setitem(sys.modules, "systemd", types.SimpleNamespace(journal=types.SimpleNamespace(Reader=_FakeReader)))
+    monkeypatch.setattr(history, "can_read_system_journal", lambda: True)
+    with caplog.at_level(logging.WARNING, logger="dramactl.history"):
+        samples = rp.read_samples(None, None)
+    assert [s.at for s in samples] == [T0 + 15 * i for i in (0, 1, 6, 7, 8)]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3, lines
+    for i, name in ((2, "DRAMACTL_CURRENT"), (3, "DRAMACTL_QUEUES"), (5, "DRAMACTL_DURATION")):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(T0 + 15 * i))
+        assert sum(when in line and f"({name}: " in line for line in lines) == 1, (name, lines)
+    assert rp.rebuild(samples).mean_service == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("field", ["done_total", "busy_seconds_total"])
+def test_an_infinite_counter_is_left_out_not_an_overflow_or_an_infinite_service(field: str) -> None:
+    q = lambda done, busy: {"name": "default", "done_total": done, "busy_seconds_total": busy}  # noqa: E731
+    entries = [entry(T0 + 15 * i, [q(10.0 * i, 20.0 * i)]) for i in range(5)]
+    entries[2].queues = json.loads(json.dumps([{**q(20.0, 40.0), field: "Infinity"}]).replace('"Infinity"', "Infinity"))
+    samples = [rp.Sample.of(e) for e in entries]
+    assert samples[2].counters == ()
+    rebuilt = rp.rebuild(samples)
+    assert rebuilt.mean_service == pytest.approx(2.0) and len(rebuilt.arrivals) == 40
+    assert all(math.isfinite(s) for s in rebuilt.services)
+
+
+@pytest.mark.parametrize("huge", [1.7e308, 1e300])
+def test_squares_no_service_times_could_give_leave_the_spread_unknown(huge: float) -> None:
+    """An interval's sum of squares above the square of its busy time (or too large to add up) is impossible: that
+    interval's spread is unknown, never an infinite CV or NaN service times."""
+    q = lambda done, busy, sq: {"name": "default", "done_total": done, "busy_seconds_total": busy, "busy_sq_total": sq}  # noqa: E731
+    entries = [entry(T0, [q(0.0, 0.0, 0.0)]), entry(T0 + 15, [q(10.0, 20.0, huge)])]  # ten 2 s messages: at most 400 s²
+    rebuilt = rp.rebuild([rp.Sample.of(e) for e in entries])
+    assert (rebuilt.service_cv, rebuilt.cv_source) == (rp.SERVICE_CV, "assumed")
+    assert rebuilt.services and all(math.isfinite(s) and s > 0 for s in rebuilt.services)
