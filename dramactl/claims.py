@@ -28,7 +28,7 @@ from typing import Sequence
 
 import redis
 
-from .fleetrecords import LONGEST, MOST, SKEW, FleetDecision, HostEntry, Silence, claims_key, damaged, fleet_key, history_key
+from .fleetrecords import LONGEST, MOST, SKEW, FleetDecision, HostEntry, Silence, claims_key, damaged, fleet_key, history_key, kept_types
 from .settings import Settings
 
 KEY_LIFETIME = 7 * 86400  # a fleet nobody ticks for a week is forgotten
@@ -169,7 +169,8 @@ def claim(
         repr(s0), repr(s1), int(partial), MOST, SKEW, LONGEST, KEY_LIFETIME,
     ]
     key = claims_key(settings)
-    reply = _script(client, CLAIM)(keys=[key], args=args)
+    with kept_types(client, settings):
+        reply = _script(client, CLAIM)(keys=[key], args=args)
     for bad in reply[2:]:
         damaged(key, bad.decode("utf-8", "replace") if isinstance(bad, bytes) else str(bad), "not a claim (24 bytes: claim, counted, at, expires) within range: left out of the room")
     grant, written = int(reply[0]), int(reply[1])
@@ -179,10 +180,11 @@ def claim(
 def publish(client: redis.Redis, settings: Settings, read: bytes | None, decision: FleetDecision, record: str) -> tuple[bool, bytes | None]:
     """(True, None) when ``decision`` replaced the one this host ``read``; else (False, the
     decision another host published in between: the raw value, to validate and apply)."""
-    reply = _script(client, PUBLISH)(
-        keys=[fleet_key(settings), history_key(settings)],
-        args=[read or b"", decision.to_json(), record, HISTORY_RECORDS, KEY_LIFETIME],
-    )
+    with kept_types(client, settings):
+        reply = _script(client, PUBLISH)(
+            keys=[fleet_key(settings), history_key(settings)],
+            args=[read or b"", decision.to_json(), record, HISTORY_RECORDS, KEY_LIFETIME],
+        )
     if int(reply[0]) == 1:
         return True, None
     return False, reply[1] or None

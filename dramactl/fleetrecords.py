@@ -11,12 +11,14 @@ import hashlib
 import json
 import logging
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Mapping, Sequence, TypeVar
+from functools import wraps
+from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 
 import redis
 
-from .settings import LONGEST_HOST_TTL, POLICIES, Settings
+from .settings import LONGEST_HOST_TTL, POLICIES, Settings, SettingsError
 from .state import HISTORY_SECONDS, DamagedState, TickRecord, _fields, _flag, _number, _short, _tick, _whole
 
 T = TypeVar("T")
@@ -53,6 +55,46 @@ def damaged(key: str, fld: str, problem: str) -> None:
         return
     _named.add((key, fld, problem))
     log.warning("fleet: ignoring damaged %s field %s in Redis (%s); the next write of this field replaces it", key, fld, problem)
+
+
+class WrongType(SettingsError):
+    """A fleet key that holds another kind of value than dramactl keeps there (Redis' WRONGTYPE)."""
+
+
+@contextmanager
+def kept_types(client: redis.Redis, settings: Settings) -> Iterator[None]:
+    """Redis' WRONGTYPE on one of the fleet's keys (its hash, claims HASH, history LIST) becomes one line naming
+    the key and the fix (delete it: the fleet writes it again), not a raw reply every tick."""
+    try:
+        yield
+    except redis.ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        for key, kind, what in (
+            (claims_key(settings), "hash", "claims HASH"), (history_key(settings), "list", "history LIST"), (fleet_key(settings), "hash", "fleet's HASH"),
+        ):
+            try:
+                held = client.type(key)
+            except redis.RedisError:
+                continue
+            held = held.decode() if isinstance(held, bytes) else str(held)
+            if held not in (kind, "none"):
+                raise WrongType(
+                    "FLEET_NAME", f"Redis key {key} holds a {held}, not the {what} dramactl keeps there (WRONGTYPE)",
+                    f"delete it (redis-cli DEL {key}): the fleet's next tick writes it again",
+                ) from None
+        raise
+
+
+def typed(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn(client, settings, ...)`` run under :func:`kept_types`."""
+
+    @wraps(fn)
+    def run(client: redis.Redis, settings: Settings, *args, **kwargs) -> T:
+        with kept_types(client, settings):
+            return fn(client, settings, *args, **kwargs)
+
+    return run
 
 
 def fleet_key(settings: Settings) -> str:
@@ -371,7 +413,9 @@ def read_history(client: redis.Redis | redis.client.Pipeline, settings: Settings
     """The fleet's tick records of the last hour, oldest first; damaged ones left out and named."""
     key = history_key(settings)
     items = []
-    for i, raw in enumerate(client.lrange(key, 0, -1)):
+    with kept_types(client, settings):
+        raws = client.lrange(key, 0, -1)
+    for i, raw in enumerate(raws):
         try:
             items.append(json.loads(raw))
         except ValueError as exc:
@@ -386,7 +430,8 @@ def write_history(client: redis.Redis, settings: Settings, records: Sequence[Map
     pipe.delete(key)
     if records:
         pipe.rpush(key, *[json.dumps(dict(r), separators=(",", ":")) for r in records])
-    pipe.execute()
+    with kept_types(client, settings):
+        pipe.execute()
 
 
 def _hosts(raw: Mapping[bytes, bytes], key: str = "", now: float | None = None) -> list[HostEntry]:

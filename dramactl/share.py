@@ -67,7 +67,8 @@ from .fleetplan import (  # noqa: F401  (the fleet's names, re-exported for call
 )
 from .fleetrecords import (  # noqa: F401
     FLEET_SETTINGS, LONGEST, MOST, SKEW, FleetDecision, HostEntry, Silence, _decision, _history, _hosts, _named, _record, _records, _silence,
-    claims_key, damaged, differences, digest, fleet_key, fleet_values, history_key, parse_values, read_history, write_history,
+    WrongType, claims_key, damaged, differences, digest, fleet_key, fleet_values, history_key, kept_types, parse_values, read_history, typed,
+    write_history,
 )
 from .settings import Settings
 
@@ -124,6 +125,7 @@ def read(client: redis.Redis, settings: Settings) -> tuple[float, list[HostEntry
     return snap.now, snap.hosts, snap.decision, snap.silence
 
 
+@typed
 def snapshot(client: redis.Redis, settings: Settings) -> Snapshot:
     """The fleet's hash and Redis' clock in one round trip, without writing."""
     pipe = client.pipeline(transaction=False)
@@ -147,6 +149,7 @@ def _write_record(client: redis.Redis, key: str, record: dict, settings: Setting
     return replace(settings, **won), won
 
 
+@typed
 def coordinate(
     client: redis.Redis,
     settings: Settings,
@@ -239,6 +242,7 @@ def coordinate(
     return view
 
 
+@typed
 def settle(
     client: redis.Redis, settings: Settings, *, claim: int, up: int, startup: float | None = None, name: str | None = None, failing: bool | None = None, working: int | None = None
 ) -> None:
@@ -260,6 +264,7 @@ def settle(
     pipe.execute()
 
 
+@typed
 def reserve(
     client: redis.Redis, settings: Settings, *, target: int, up: int, occupying: int, paused: bool, partial: bool = False, name: str | None = None
 ) -> int:

@@ -459,3 +459,30 @@ def test_reserve_on_a_host_without_a_heartbeat_writes_a_plain_one(redis: redis_l
     share.reserve(redis, settings, target=2, up=1, occupying=1, paused=False, name="n")
     entry = next(h for h in share.read(redis, settings)[1] if h.name == "n")
     assert (entry.failing, entry.working, entry.share, entry.starting, entry.claim) == (False, 1, 0, 0, 2)
+
+
+@pytest.mark.parametrize("which", ["claims", "history"])
+def test_a_fleet_key_of_the_wrong_type_is_one_line_naming_it_and_the_fix(redis: redis_lib.Redis, redis_server: RedisServer, which: str) -> None:
+    """The claims HASH or the history LIST holding another kind of value (WRONGTYPE): a tick (and, for the claims, a
+    settle and a roll's reserve) fails with one line naming the key and the fix, not a raw reply; once deleted, all is well."""
+    from dramactl.settings import SettingsError
+
+    settings = settings_for(redis_server)
+    tick = lambda: share.coordinate(redis, settings, FleetBacklog(ready=10), up=0, starting=0, occupying=0, name="a")  # noqa: E731
+    calls = [tick]
+    if which == "claims":
+        tick()  # a heartbeat for settle to update
+        key = share.claims_key(settings)
+        calls += [lambda: share.reserve(redis, settings, target=1, up=0, occupying=0, paused=False, name="a"),
+                  lambda: share.settle(redis, settings, claim=1, up=1, name="a")]
+    else:
+        key = share.history_key(settings)  # no decision yet: the tick reads the history to make one
+    redis.delete(key)
+    redis.set(key, "not yours")
+    for call in calls:
+        with pytest.raises(SettingsError) as err:
+            call()
+        line = str(err.value)
+        assert line.startswith(f"FLEET_NAME: Redis key {key} holds a string") and f"DEL {key}" in line and "\n" not in line, line
+    redis.delete(key)
+    assert tick().decision.target >= 1
