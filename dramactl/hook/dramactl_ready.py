@@ -770,6 +770,7 @@ class WorkReporter(Middleware):
         self.report_field = ""
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
+        self.refused: set[tuple[str, str]] = set()  # (key, field) Redis refused, named once in the journal
 
     def before_process_message(self, broker, message) -> None:
         try:
@@ -851,7 +852,11 @@ class WorkReporter(Middleware):
 
     def flush(self, broker) -> bool:
         """Send what accumulated since the last flush and this process's report (one round
-        trip, also when nothing completed: the report is a heartbeat); keep the counts on failure."""
+        trip, also when nothing completed: the report is a heartbeat). The counts are kept
+        for the next flush only when the round trip itself failed (Redis down, a timeout).
+        A command Redis refused (a damaged field, a key of the wrong type) is named once in
+        the journal and its part dropped: the pipeline's other commands were applied, and
+        sending them again would count the same work twice."""
         with self.lock:
             batch, self.pending = self.pending, {}
         if not batch and not self.report_key:
@@ -859,16 +864,18 @@ class WorkReporter(Middleware):
         try:
             pipe = broker.client.pipeline(transaction=False)
             at = int(time.time() * 1000)
+            sent: list[tuple[str, str]] = []  # (key, field) of each command, in order
             for queue, (done, busy, squares) in batch.items():
                 key = WORK_KEY.format(namespace=broker.namespace, queue=queue)
                 pipe.hincrby(key, "done", done)
                 pipe.hincrbyfloat(key, "busy", round(busy, 6))
                 pipe.hincrbyfloat(key, "busy_sq", round(squares, 6))
                 pipe.hset(key, "at", at)
+                sent += [(key, "done"), (key, "busy"), (key, "busy_sq"), (key, "at")]
             if self.report_key and not self.stopping.is_set():
                 pipe.hset(self.report_key, self.report_field, self.report())
-            pipe.execute()
-            return True
+                sent.append((self.report_key, self.report_field))
+            results = pipe.execute(raise_on_error=False)
         except Exception:  # noqa: BLE001 - Redis down: keep the counts for the next flush
             with self.lock:
                 for queue, (done, busy, squares) in batch.items():
@@ -877,6 +884,15 @@ class WorkReporter(Middleware):
                     entry[1] += busy
                     entry[2] += squares
             return False
+        for (key, field), result in zip(sent, results):
+            if isinstance(result, Exception) and (key, field) not in self.refused:
+                self.refused.add((key, field))
+                log.warning(
+                    "dramactl: Redis refused the work report's update of field %s of key %s (%s); that part is dropped, "
+                    "the rest is counted. Fix: redis-cli HDEL %s %s (or DEL %s if it is not a hash)",
+                    field, key, result, key, field, key,
+                )
+        return True
 
     def _loop(self, broker) -> None:
         failed = False

@@ -163,3 +163,33 @@ def test_redis_down_keeps_the_counts_and_never_raises(redis: redis_lib.Redis, re
     reporter.after_process_message(dead, None, result=None)
     reporter.after_skip_message(dead, object())
     reporter.after_worker_boot(object(), object())
+
+
+def test_a_damaged_field_is_named_once_and_never_counts_the_rest_twice(
+    broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis refuses HINCRBYFLOAT on ``busy_sq=garbage`` (and HSET on an instance report key
+    that is not a hash) but applies the flush's other commands: those must not be sent again,
+    or done grows with no new work and the probe reads a huge arrival rate."""
+    key = queue.work_key("dramatiq", "w4")
+    redis.hset(key, "busy_sq", "garbage")
+    reporter = hook.WorkReporter()
+    reporter.report_key, reporter.report_field = "dramatiq:__dramactl__.instances.h4", "1.123"
+    redis.set(reporter.report_key, "not a hash")
+    with caplog.at_level("WARNING", logger="dramactl.hook"):
+        for _ in range(3):
+            for _ in range(10):
+                message = dramatiq.Message(queue_name="w4", actor_name="a", args=(), kwargs={}, options={})
+                reporter.before_process_message(broker, message)
+                reporter.after_process_message(broker, message, result=None)
+            reporter.flush(broker)
+        for _ in range(3):
+            reporter.flush(broker)  # no new work
+    assert redis.hget(key, "done") == b"30", "each completion counted exactly once"
+    assert 0.0 <= float(redis.hget(key, "busy")) < 1.0
+    assert redis.hget(key, "busy_sq") == b"garbage", "the damaged field is left for the operator"
+    assert redis.get(reporter.report_key) == b"not a hash"
+    assert reporter.pending == {}
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([m for m in lines if key in m and "busy_sq" in m]) == 1, lines
+    assert len([m for m in lines if reporter.report_key in m and "1.123" in m]) == 1, lines
