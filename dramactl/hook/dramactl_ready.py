@@ -868,8 +868,8 @@ class WorkReporter(Middleware):
             for queue, (done, busy, squares) in batch.items():
                 key = WORK_KEY.format(namespace=broker.namespace, queue=queue)
                 pipe.hincrby(key, "done", done)
-                pipe.hincrbyfloat(key, "busy", round(busy, 6))
-                pipe.hincrbyfloat(key, "busy_sq", round(squares, 6))
+                pipe.hincrbyfloat(key, "busy", busy)
+                pipe.hincrbyfloat(key, "busy_sq", squares)
                 pipe.hset(key, "at", at)
                 sent += [(key, "done"), (key, "busy"), (key, "busy_sq"), (key, "at")]
             if self.report_key and not self.stopping.is_set():

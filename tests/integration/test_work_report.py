@@ -193,3 +193,22 @@ def test_a_damaged_field_is_named_once_and_never_counts_the_rest_twice(
     lines = [r.getMessage() for r in caplog.records]
     assert len([m for m in lines if key in m and "busy_sq" in m]) == 1, lines
     assert len([m for m in lines if reporter.report_key in m and "1.123" in m]) == 1, lines
+
+
+def test_the_squares_of_short_tasks_are_not_rounded_away(broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """Twenty messages of a fraction of a millisecond: each square is below 1e-6 s², which
+    rounding to six decimals erased. Sent as the float itself (redis-py writes its repr, e.g.
+    1.66e-06, and HINCRBYFLOAT accepts exponent notation), the sum arrives whole."""
+    reporter = hook.WorkReporter()
+    for _ in range(20):
+        message = dramatiq.Message(queue_name="w5", actor_name="a", args=(), kwargs={}, options={})
+        reporter.before_process_message(broker, message)
+        time.sleep(0.0002)
+        reporter.after_process_message(broker, message, result=None)
+    squares = reporter.pending["w5"][2]
+    assert 0 < squares < 1e-5
+    assert reporter.flush(broker) is True
+    q = read_one(redis_server, "w5")
+    assert q.done_total == 20
+    assert q.busy_sq_total == pytest.approx(squares, rel=1e-6)
+    assert q.busy_sq_total >= q.busy_seconds_total**2 / q.done_total * (1 - 1e-6)
