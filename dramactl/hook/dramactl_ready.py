@@ -23,7 +23,8 @@ What it installs:
   sets that the process does not hold (a fetch a hung Redis ran after the client
   gave up; delayed messages Dramatiq dropped from memory on a connection error; an
   ack that never happened) go back to their queues through Dramatiq's requeue script.
-  Worker threads stuck in their actor past its time limit (blocked where Dramatiq's
+  On a thread of its own (no Redis needed, so a hung Redis does not hold it up),
+  worker threads stuck in their actor past its time limit (blocked where Dramatiq's
   interrupt cannot reach) are named in the journal and the unit's status; when every
   worker thread is stuck, :class:`ReadyNotifier` stops pinging the watchdog.
 * Acks and nacks that time out are retried like those that lose the connection
@@ -566,6 +567,9 @@ class Maintenance(Middleware):
         if not hasattr(broker, "scripts") or not hasattr(broker, "heartbeat_timeout"):
             return  # not the Redis broker: nothing to maintain
         threading.Thread(target=self._loop, args=(broker, worker), name="dramactl-maintenance", daemon=True).start()
+        # Its own thread: the maintenance round waits on a hung Redis (redis-py's socket timeout times
+        # its retries, or for ever without one), and the stuck check, which needs no Redis, matters most then.
+        threading.Thread(target=self._stuck_loop, args=(broker, worker), name="dramactl-stuck", daemon=True).start()
 
     def before_worker_shutdown(self, broker, worker) -> None:
         self.stopping.set()
@@ -719,15 +723,20 @@ class Maintenance(Middleware):
                 _notify_quietly(f"STATUS={STATUS['consuming']}")
         return found
 
+    def _stuck_loop(self, broker, worker) -> None:
+        while True:
+            try:
+                self.check_stuck(broker, worker)
+            except Exception:  # noqa: BLE001 - a report must never stop the checks
+                log.warning("dramactl: could not check for stuck worker threads", exc_info=True)
+            if self.stopping.wait(self.interval):
+                return
+
     def _loop(self, broker, worker) -> None:
         queues = sorted(getattr(worker, "consumers", {}) or ())
         outage = False
         quiet_until = 0.0
         while True:
-            try:
-                self.check_stuck(broker, worker)
-            except Exception:  # noqa: BLE001 - a report must never stop maintenance
-                log.warning("dramactl: could not check for stuck worker threads", exc_info=True)
             try:
                 # Right after an outage every worker's heartbeat looks stale until it
                 # dispatches again: wait two rounds before judging anyone dead, or the
