@@ -836,6 +836,8 @@ class WorkReporter(Middleware):
         try:
             if self.thread is not None:
                 self.thread.join(timeout=2 * self.interval + 1)
+                if self.thread.is_alive():
+                    return  # its flush waits on a hung Redis: so would ours; the stop must not wait
                 self.flush(broker)  # what finished during the drain, after the loop's last flush
             if self.report_key:
                 broker.client.hdel(self.report_key, self.report_field)  # a clean stop leaves nothing behind

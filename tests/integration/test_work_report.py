@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
+import threading
 import time
+import types
 from pathlib import Path
 
 import dramatiq
@@ -16,6 +20,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramactl import queue
 from dramactl.settings import parse
 from tests.conftest import RedisServer
+from tests.integration.test_hook import StoppableRedis, server  # noqa: F401 - the fixture
 
 HOOK_DIR = Path(queue.__file__).resolve().parent / "hook"
 
@@ -212,3 +217,32 @@ def test_the_squares_of_short_tasks_are_not_rounded_away(broker: RedisBroker, re
     assert q.done_total == 20
     assert q.busy_sq_total == pytest.approx(squares, rel=1e-6)
     assert q.busy_sq_total >= q.busy_seconds_total**2 / q.done_total * (1 - 1e-6)
+
+
+def test_a_hung_redis_does_not_hold_up_the_workers_shutdown(server: StoppableRedis) -> None:
+    """Redis hangs (SIGSTOP) and the client has no socket timeout: the reporter's thread waits in
+    its flush. The stop must not wait with it: after the join's bound the last flush (and the
+    report's removal) are skipped, leaving the rest to the reporter's own thread, whose last
+    flush sends what finished during the drain if Redis resumes before the process exits."""
+    broker = RedisBroker(port=server.port, socket_timeout=None)
+    reporter = hook.WorkReporter(interval=0.2)
+    reporter.after_worker_boot(broker, types.SimpleNamespace(worker_threads=1))
+    assert reporter.thread is not None
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        message = dramatiq.Message(queue_name="w6", actor_name="a", args=(), kwargs={}, options={})
+        reporter.before_process_message(broker, message)
+        reporter.after_process_message(broker, message, result=None)
+        wait_for(lambda: reporter.pending == {}, 5)  # the loop's flush took the count and waits on Redis
+        reporter.before_process_message(broker, message)  # one more finishes during the drain
+        reporter.after_process_message(broker, message, result=None)
+        reporter.before_worker_shutdown(broker, None)
+        stopped = threading.Event()
+        threading.Thread(target=lambda: (reporter.after_worker_shutdown(broker, None), stopped.set()), daemon=True).start()
+        assert stopped.wait(2 * reporter.interval + 1 + 3), "the stop waited on the hung Redis"
+        assert reporter.thread.is_alive()
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    reporter.thread.join(10)
+    assert redis_lib.Redis(port=server.port).hget(queue.work_key("dramatiq", "w6"), "done") == b"2", "resumed, the reporter's own last flush sends both"
