@@ -23,7 +23,8 @@ What it installs:
   sets that the process does not hold (a fetch a hung Redis ran after the client
   gave up; delayed messages Dramatiq dropped from memory on a connection error; an
   ack that never happened) go back to their queues through Dramatiq's requeue script.
-  Worker threads stuck in their actor past its time limit (blocked where Dramatiq's
+  On a thread of its own (no Redis needed, so a hung Redis does not hold it up),
+  worker threads stuck in their actor past its time limit (blocked where Dramatiq's
   interrupt cannot reach) are named in the journal and the unit's status; when every
   worker thread is stuck, :class:`ReadyNotifier` stops pinging the watchdog.
 * Acks and nacks that time out are retried like those that lose the connection
@@ -566,6 +567,9 @@ class Maintenance(Middleware):
         if not hasattr(broker, "scripts") or not hasattr(broker, "heartbeat_timeout"):
             return  # not the Redis broker: nothing to maintain
         threading.Thread(target=self._loop, args=(broker, worker), name="dramactl-maintenance", daemon=True).start()
+        # Its own thread: the maintenance round waits on a hung Redis (redis-py's socket timeout times
+        # its retries, or for ever without one), and the stuck check, which needs no Redis, matters most then.
+        threading.Thread(target=self._stuck_loop, args=(broker, worker), name="dramactl-stuck", daemon=True).start()
 
     def before_worker_shutdown(self, broker, worker) -> None:
         self.stopping.set()
@@ -719,15 +723,20 @@ class Maintenance(Middleware):
                 _notify_quietly(f"STATUS={STATUS['consuming']}")
         return found
 
+    def _stuck_loop(self, broker, worker) -> None:
+        while True:
+            try:
+                self.check_stuck(broker, worker)
+            except Exception:  # noqa: BLE001 - a report must never stop the checks
+                log.warning("dramactl: could not check for stuck worker threads", exc_info=True)
+            if self.stopping.wait(self.interval):
+                return
+
     def _loop(self, broker, worker) -> None:
         queues = sorted(getattr(worker, "consumers", {}) or ())
         outage = False
         quiet_until = 0.0
         while True:
-            try:
-                self.check_stuck(broker, worker)
-            except Exception:  # noqa: BLE001 - a report must never stop maintenance
-                log.warning("dramactl: could not check for stuck worker threads", exc_info=True)
             try:
                 # Right after an outage every worker's heartbeat looks stale until it
                 # dispatches again: wait two rounds before judging anyone dead, or the
@@ -770,6 +779,7 @@ class WorkReporter(Middleware):
         self.report_field = ""
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
+        self.refused: set[tuple[str, str]] = set()  # (key, field) Redis refused, named once in the journal
 
     def before_process_message(self, broker, message) -> None:
         try:
@@ -826,6 +836,8 @@ class WorkReporter(Middleware):
         try:
             if self.thread is not None:
                 self.thread.join(timeout=2 * self.interval + 1)
+                if self.thread.is_alive():
+                    return  # its flush waits on a hung Redis: so would ours; the stop must not wait
                 self.flush(broker)  # what finished during the drain, after the loop's last flush
             if self.report_key:
                 broker.client.hdel(self.report_key, self.report_field)  # a clean stop leaves nothing behind
@@ -851,7 +863,11 @@ class WorkReporter(Middleware):
 
     def flush(self, broker) -> bool:
         """Send what accumulated since the last flush and this process's report (one round
-        trip, also when nothing completed: the report is a heartbeat); keep the counts on failure."""
+        trip, also when nothing completed: the report is a heartbeat). The counts are kept
+        for the next flush only when the round trip itself failed (Redis down, a timeout).
+        A command Redis refused (a damaged field, a key of the wrong type) is named once in
+        the journal and its part dropped: the pipeline's other commands were applied, and
+        sending them again would count the same work twice."""
         with self.lock:
             batch, self.pending = self.pending, {}
         if not batch and not self.report_key:
@@ -859,16 +875,18 @@ class WorkReporter(Middleware):
         try:
             pipe = broker.client.pipeline(transaction=False)
             at = int(time.time() * 1000)
+            sent: list[tuple[str, str]] = []  # (key, field) of each command, in order
             for queue, (done, busy, squares) in batch.items():
                 key = WORK_KEY.format(namespace=broker.namespace, queue=queue)
                 pipe.hincrby(key, "done", done)
-                pipe.hincrbyfloat(key, "busy", round(busy, 6))
-                pipe.hincrbyfloat(key, "busy_sq", round(squares, 6))
+                pipe.hincrbyfloat(key, "busy", busy)
+                pipe.hincrbyfloat(key, "busy_sq", squares)
                 pipe.hset(key, "at", at)
+                sent += [(key, "done"), (key, "busy"), (key, "busy_sq"), (key, "at")]
             if self.report_key and not self.stopping.is_set():
                 pipe.hset(self.report_key, self.report_field, self.report())
-            pipe.execute()
-            return True
+                sent.append((self.report_key, self.report_field))
+            results = pipe.execute(raise_on_error=False)
         except Exception:  # noqa: BLE001 - Redis down: keep the counts for the next flush
             with self.lock:
                 for queue, (done, busy, squares) in batch.items():
@@ -877,6 +895,15 @@ class WorkReporter(Middleware):
                     entry[1] += busy
                     entry[2] += squares
             return False
+        for (key, field), result in zip(sent, results):
+            if isinstance(result, Exception) and (key, field) not in self.refused:
+                self.refused.add((key, field))
+                log.warning(
+                    "dramactl: Redis refused the work report's update of field %s of key %s (%s); that part is dropped, "
+                    "the rest is counted. Fix: redis-cli HDEL %s %s (or DEL %s if it is not a hash)",
+                    field, key, result, key, field, key,
+                )
+        return True
 
     def _loop(self, broker) -> None:
         failed = False

@@ -740,3 +740,44 @@ def test_worker_threads_deadlocked_past_their_time_limit_are_named_and_all_stuck
         listening.set()
         reader.join(2)
         listener.close()
+
+
+def test_a_stuck_thread_is_named_and_the_watchdog_withheld_while_redis_hangs(
+    server: StoppableRedis, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stuck check needs no Redis, so a hung Redis must not stop it: with Dramatiq's
+    default client (redis-py's 5 s socket timeout, each call retried up to ten times) a
+    maintenance round's call to the SIGSTOPped server waits well past the check's 5 s, and with no socket timeout for
+    as long as it hangs. The one worker thread, deadlocked past its time limit, must still be
+    named and the watchdog's pings withheld (systemd then restarts the instance)."""
+    import logging
+
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # a watchdog round every 0.2 s
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    broker = RedisBroker(port=server.port)  # Dramatiq's and redis-py's defaults
+    lock = threading.Lock()
+
+    @dramatiq.actor(broker=broker, queue_name="stuckhung", time_limit=1000, max_retries=0)
+    def deadlock() -> None:
+        lock.acquire()
+        lock.acquire()
+
+    install_hook(broker)
+    maintenance = next(m for m in broker.middleware if type(m).__name__ == "Maintenance")
+    maintenance.interval, maintenance.stuck_grace = 0.5, 1.0
+    caplog.set_level(logging.WARNING, logger="dramactl.hook")
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    assert server.proc is not None
+    try:
+        deadlock.send()
+        assert wait_for(lambda: lock.locked(), 10)
+        os.kill(server.proc.pid, signal.SIGSTOP)  # before the thread is past its limit + grace
+        assert "past its time limit of" not in caplog.text
+        assert wait_for(lambda: "past its time limit of" in caplog.text, 8), caplog.text
+        assert wait_for(lambda: "every worker thread is stuck" in caplog.text, 3), caplog.text
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        if lock.locked():
+            lock.release()
+        worker.stop(timeout=5000)

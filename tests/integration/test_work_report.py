@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
+import threading
 import time
+import types
 from pathlib import Path
 
 import dramatiq
@@ -16,6 +20,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramactl import queue
 from dramactl.settings import parse
 from tests.conftest import RedisServer
+from tests.integration.test_hook import StoppableRedis, server  # noqa: F401 - the fixture
 
 HOOK_DIR = Path(queue.__file__).resolve().parent / "hook"
 
@@ -163,3 +168,81 @@ def test_redis_down_keeps_the_counts_and_never_raises(redis: redis_lib.Redis, re
     reporter.after_process_message(dead, None, result=None)
     reporter.after_skip_message(dead, object())
     reporter.after_worker_boot(object(), object())
+
+
+def test_a_damaged_field_is_named_once_and_never_counts_the_rest_twice(
+    broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis refuses HINCRBYFLOAT on ``busy_sq=garbage`` (and HSET on an instance report key
+    that is not a hash) but applies the flush's other commands: those must not be sent again,
+    or done grows with no new work and the probe reads a huge arrival rate."""
+    key = queue.work_key("dramatiq", "w4")
+    redis.hset(key, "busy_sq", "garbage")
+    reporter = hook.WorkReporter()
+    reporter.report_key, reporter.report_field = "dramatiq:__dramactl__.instances.h4", "1.123"
+    redis.set(reporter.report_key, "not a hash")
+    with caplog.at_level("WARNING", logger="dramactl.hook"):
+        for _ in range(3):
+            for _ in range(10):
+                message = dramatiq.Message(queue_name="w4", actor_name="a", args=(), kwargs={}, options={})
+                reporter.before_process_message(broker, message)
+                reporter.after_process_message(broker, message, result=None)
+            reporter.flush(broker)
+        for _ in range(3):
+            reporter.flush(broker)  # no new work
+    assert redis.hget(key, "done") == b"30", "each completion counted exactly once"
+    assert 0.0 <= float(redis.hget(key, "busy")) < 1.0
+    assert redis.hget(key, "busy_sq") == b"garbage", "the damaged field is left for the operator"
+    assert redis.get(reporter.report_key) == b"not a hash"
+    assert reporter.pending == {}
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([m for m in lines if key in m and "busy_sq" in m]) == 1, lines
+    assert len([m for m in lines if reporter.report_key in m and "1.123" in m]) == 1, lines
+
+
+def test_the_squares_of_short_tasks_are_not_rounded_away(broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """Twenty messages of a fraction of a millisecond: each square is below 1e-6 s², which
+    rounding to six decimals erased. Sent as the float itself (redis-py writes its repr, e.g.
+    1.66e-06, and HINCRBYFLOAT accepts exponent notation), the sum arrives whole."""
+    reporter = hook.WorkReporter()
+    for _ in range(20):
+        message = dramatiq.Message(queue_name="w5", actor_name="a", args=(), kwargs={}, options={})
+        reporter.before_process_message(broker, message)
+        time.sleep(0.0002)
+        reporter.after_process_message(broker, message, result=None)
+    squares = reporter.pending["w5"][2]
+    assert 0 < squares < 1e-5
+    assert reporter.flush(broker) is True
+    q = read_one(redis_server, "w5")
+    assert q.done_total == 20
+    assert q.busy_sq_total == pytest.approx(squares, rel=1e-6)
+    assert q.busy_sq_total >= q.busy_seconds_total**2 / q.done_total * (1 - 1e-6)
+
+
+def test_a_hung_redis_does_not_hold_up_the_workers_shutdown(server: StoppableRedis) -> None:
+    """Redis hangs (SIGSTOP) and the client has no socket timeout: the reporter's thread waits in
+    its flush. The stop must not wait with it: after the join's bound the last flush (and the
+    report's removal) are skipped, leaving the rest to the reporter's own thread, whose last
+    flush sends what finished during the drain if Redis resumes before the process exits."""
+    broker = RedisBroker(port=server.port, socket_timeout=None)
+    reporter = hook.WorkReporter(interval=0.2)
+    reporter.after_worker_boot(broker, types.SimpleNamespace(worker_threads=1))
+    assert reporter.thread is not None
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        message = dramatiq.Message(queue_name="w6", actor_name="a", args=(), kwargs={}, options={})
+        reporter.before_process_message(broker, message)
+        reporter.after_process_message(broker, message, result=None)
+        wait_for(lambda: reporter.pending == {}, 5)  # the loop's flush took the count and waits on Redis
+        reporter.before_process_message(broker, message)  # one more finishes during the drain
+        reporter.after_process_message(broker, message, result=None)
+        reporter.before_worker_shutdown(broker, None)
+        stopped = threading.Event()
+        threading.Thread(target=lambda: (reporter.after_worker_shutdown(broker, None), stopped.set()), daemon=True).start()
+        assert stopped.wait(2 * reporter.interval + 1 + 3), "the stop waited on the hung Redis"
+        assert reporter.thread.is_alive()
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    reporter.thread.join(10)
+    assert redis_lib.Redis(port=server.port).hget(queue.work_key("dramatiq", "w6"), "done") == b"2", "resumed, the reporter's own last flush sends both"
