@@ -462,7 +462,10 @@ def test_scale_to_beyond_the_fleets_room_is_refused_and_scale_up_capped(hosts: C
         assert (len(a.active()), len(b.active())) == (2, 3)
         # C's own timer is held while its instances are compared around the refusal (a tick of
         # C's in between may resize it by the fleet's split: that is not the refused command).
-        c.sh("systemctl stop dramactl.timer && while systemctl is-active -q dramactl.service; do sleep 0.2; done")
+        # A stop the last tick left to systemd (a drain) ends first: every unit of C settled.
+        # (A oneshot tick is "activating" while it runs, which `is-active` does not count: wait for inactive.)
+        c.sh("systemctl stop dramactl.timer && while [ \"$(systemctl show -P ActiveState dramactl.service)\" = activating ]; do sleep 0.2; done")
+        wait_until(lambda: all(s == "active/running" for s in c.units().values()), 60, "C's units settled (no start or drain in progress)")
         before = c.active()
         refused = c.dramactl("scale-to", "4", check=False)
         still = c.active()
@@ -471,7 +474,9 @@ def test_scale_to_beyond_the_fleets_room_is_refused_and_scale_up_capped(hosts: C
         time.sleep(2 * INTERVAL)  # C's ticks (paused now) hold it; A's and B's too
         after = {h.name: len(h.active()) for h in hosts.hosts}
     _, _, over = bounds(sampler, hosts, CAP)
-    assert refused.returncode == 2 and still == before, (refused.stdout, refused.stderr, before, still)
+    assert refused.returncode == 2 and still == before, (
+        refused.stdout, refused.stderr, before, still, c.units(), c.journal("dramatiq-worker@1.service")[-2000:], c.journal()[-2000:],
+    )
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dramactl: FLEET_MAX_PROCESSES: cannot scale this host to 4"), lines
     assert "room for 1" in lines[0]
