@@ -20,7 +20,8 @@ hook has reported some (:mod:`dramactl.rates`):
   :mod:`dramactl.recurring`) is met by a fleet started ahead: from the start-up plus
   two ticks before it is due, the fleet that serves the last block within one tick
   is started, or kept within the block's own noise; and its fleet is not stopped while
-  the next block is due within SCALE_DOWN_STABILIZATION plus that lead;
+  the next block is due within SCALE_DOWN_STABILIZATION (at least 300 s, HPA's and
+  KEDA's default horizon) plus that lead;
 * growth for the arrivals alone while nothing waits needs the load two standard errors
   down to need more (:mod:`dramactl.calm`): the evidence a shrink needs, so the fleet
   does not ratchet up on the estimate's noise;

@@ -83,20 +83,33 @@ def recurring_need(
     return need, fleet(again.messages - sigma), fleet(again.messages + sigma), f"{again.messages:.0f} msgs land every {again.period:.0f}s, {when}: {need} ready for them"
 
 
+# How soon a scheduled block must come again for its fleet to be kept through the gap:
+# HPA's default scale-down stabilization window and KEDA's default cooldownPeriod, the
+# horizon within which those autoscalers treat returning load as the same load. A
+# schedule (three blocks agreeing) is not noise: the load certainly returns, and a fleet
+# stopped and started again for every block makes two actions a period, 24 or more an
+# hour under this horizon, the churn those defaults exist to avoid; a block every
+# 5 minutes or more is released between blocks as they release it. The cost is the
+# block's own fleet (never more than is up) idle through the gap.
+RECURRING_KEEP = 300.0
+
+
 def recurring_keep(
     history: Sequence[TickRecord], now: float, lead: float, tolerance: float, load: float, service: float,
     settings: Settings, current: int,
 ) -> tuple[int, str] | None:
     """(fleet, why) to keep rather than shrink below: a recurring block's fleet (at most
-    ``current``) when its next block is due within SCALE_DOWN_STABILIZATION plus ``lead``
-    (the start-up and two ticks a start ahead of it takes). SCALE_DOWN_STABILIZATION is how
-    long a need must stay low before the fleet shrinks; for a need that recurs on a known
-    schedule that is read forward: a fleet stopped now would be started again, ahead of
-    the next block, before the window has passed. None otherwise."""
-    window = settings.scale_down_stabilization
-    if window <= 0:
+    ``current``) when its next block is due within the window plus ``lead`` (the start-up
+    and two ticks a start ahead of it takes). The window is SCALE_DOWN_STABILIZATION, how
+    long a need must stay low before the fleet shrinks, read forward for a need that
+    recurs on a known schedule (a fleet stopped now would be started again before the
+    window has passed), and at least :data:`RECURRING_KEEP`. SCALE_DOWN_STABILIZATION=0
+    (shrink at once) keeps nothing. None otherwise."""
+    stabilization = settings.scale_down_stabilization
+    if stabilization <= 0:
         return None
+    window = max(stabilization, RECURRING_KEEP)
     kept = recurring_need(history, now, lead + window, tolerance, load, service, settings)
     if kept is None:
         return None
-    return min(current, kept[0]), f"{kept[3]}; due again within SCALE_DOWN_STABILIZATION={window:g}s: kept"
+    return min(current, kept[0]), f"{kept[3]}; due again within {window:g}s: kept"

@@ -117,11 +117,11 @@ def test_arrivals_need_is_held_over_the_stabilization_window_within_the_rates_no
     assert capped.target == 2 and "2 sigma above the load now" in capped.reason
 
 
-def blocks(ages: tuple[float, ...], startup: float | None = None, size: int = 150) -> list[TickRecord]:
-    """0.5 msg/s of 4 s messages on 1 worker for 10 min, and ``size`` messages landing
+def blocks(ages: tuple[float, ...], startup: float | None = None, size: int = 150, seconds: float = 600) -> list[TickRecord]:
+    """0.5 msg/s of 4 s messages on 1 worker for ``seconds``, and ``size`` messages landing
     before each tick ``ages`` seconds old (seen in its backlog, drained by the next)."""
     out = []
-    for r in worked(0.5, 4.0, workers=1, seconds=600, startup=startup):
+    for r in worked(0.5, 4.0, workers=1, seconds=seconds, startup=startup):
         landed = NOW - r.at in ages
         out.append(TickRecord(r.at, size if landed else 0, 1, 5 if landed else 1, wanted=5 if landed else 1,
                               done=r.done, busy=r.busy, for_rate=1, startup=r.startup))
@@ -142,25 +142,32 @@ def test_a_recurring_block_is_met_by_a_fleet_started_ahead_of_it() -> None:
 
 
 def test_a_recurring_block_due_later_than_a_start_takes_is_not_waited_for() -> None:
-    s = settings(SCALE_DOWN_STABILIZATION=20)
-    quick = blocks((480.0, 300.0, 120.0), startup=3.0)  # due in 60 s; start-up + 2 ticks 33 s, + the window 53 s: release
+    s = settings(SCALE_DOWN_STABILIZATION=0)  # no window: only the start ahead keeps a fleet
+    quick = blocks((480.0, 300.0, 120.0), startup=3.0)  # due in 60 s; start-up + 2 ticks 33 s: release
     assert decide(seen(quick, 0.5, 4.0), running(8), s, quick, NOW).target == 1
     slow = blocks((480.0, 300.0, 120.0), startup=30.0)  # start-up + 2 ticks 60 s: keep
     assert decide(seen(slow, 0.5, 4.0), running(8), s, slow, NOW).target == 6
 
 
-def test_a_recurring_blocks_fleet_is_kept_when_it_would_start_again_within_the_stabilization_window() -> None:
-    """SCALE_DOWN_STABILIZATION is how long a need must stay low before a shrink. A block
-    every 180 s, due in 60 s: stopped now, its fleet would be started again (33 s ahead of
-    it) 27 s from now, within the default 120 s: kept, at most what is up. Due in 240 s
-    (blocks 270 s apart), the need stays low 207 s, longer than the window: released."""
+def test_a_recurring_blocks_fleet_is_kept_when_it_would_start_again_within_the_window() -> None:
+    """A block every 180 s, due in 60 s: stopped now, its fleet would be started again (33 s
+    ahead of it) 27 s from now: kept, at most what is up. The window is at least
+    RECURRING_KEEP (300 s, HPA's and KEDA's default) above the default 120 s
+    SCALE_DOWN_STABILIZATION: blocks 210 s apart, due in 195 s (longer than 120 s plus the
+    33 s lead), are kept too; blocks 420 s apart, due in 375 s (longer than 300 + 33 s),
+    are released between blocks; SCALE_DOWN_STABILIZATION=0 keeps nothing."""
     s = settings()
     soon = blocks((480.0, 300.0, 120.0), startup=3.0)
     kept = decide(seen(soon, 0.5, 4.0), running(8), s, soon, NOW)
-    assert kept.target == 6 and "due again within SCALE_DOWN_STABILIZATION=120s: kept" in kept.reason, kept.reason
+    assert kept.target == 6 and "due again within 300s: kept" in kept.reason, kept.reason
     assert decide(seen(soon, 0.5, 4.0), running(3), s, soon, NOW).target == 3, "kept, never grown by it"
-    later = blocks((570.0, 300.0, 30.0), startup=3.0)
-    assert decide(seen(later, 0.5, 4.0), running(8), s, later, NOW).target == 1
+    beyond_stabilization = blocks((435.0, 225.0, 15.0), startup=3.0)
+    kept = decide(seen(beyond_stabilization, 0.5, 4.0), running(8), s, beyond_stabilization, NOW)
+    assert kept.target == 6 and "land every 210s, due in 195s" in kept.reason, kept.reason
+    assert decide(seen(beyond_stabilization, 0.5, 4.0), running(8), settings(SCALE_DOWN_STABILIZATION=0), beyond_stabilization, NOW).target == 1
+    later = blocks((885.0, 465.0, 45.0), startup=3.0, seconds=1200)
+    released = decide(seen(later, 0.5, 4.0), running(8), s, later, NOW)
+    assert released.target == 1, released.reason
 
 
 def test_one_block_is_not_a_recurrence() -> None:
