@@ -117,6 +117,15 @@ def fleet_values(settings: Settings) -> dict:
     return {k: getattr(settings, k) for k in FLEET_SETTINGS}
 
 
+def _json_record(raw: bytes | str, what: str) -> dict:
+    """The fields of a JSON record (DamagedState naming what is wrong: not JSON, not an object)."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise DamagedState(f"not JSON ({exc})") from None
+    return _fields(data, what)
+
+
 def digest(values: Mapping) -> str:
     """A short fingerprint of fleet-wide settings, carried in each heartbeat."""
     return hashlib.blake2s(json.dumps(dict(values), sort_keys=True).encode(), digest_size=6).hexdigest()
@@ -124,7 +133,7 @@ def digest(values: Mapping) -> str:
 
 def parse_values(raw: bytes | str) -> dict:
     """The settings record, validated (DamagedState when it cannot be used)."""
-    d = _fields(json.loads(raw), "settings")
+    d = _json_record(raw, "settings")
     out = {}
     for k, (_, kind) in FLEET_SETTINGS.items():
         if k not in d:
@@ -199,10 +208,7 @@ class HostEntry:
     @classmethod
     def parse(cls, name: str, raw: bytes | str, now: float | None = None) -> "HostEntry":
         """The entry, validated like the state file: DamagedState names what is wrong."""
-        try:
-            d = _fields(json.loads(raw), "heartbeat")
-        except ValueError as exc:
-            raise DamagedState(f"not JSON ({exc})") from None
+        d = _json_record(raw, "heartbeat")
         plain = _plain(cls, name, d, now)
         if plain is not None:
             return plain
@@ -302,10 +308,7 @@ class FleetDecision:
 
     @classmethod
     def parse(cls, raw: bytes | str, now: float | None = None) -> "FleetDecision":
-        try:
-            d = _fields(json.loads(raw), "decision")
-        except ValueError as exc:
-            raise DamagedState(f"not JSON ({exc})") from None
+        d = _json_record(raw, "decision")
         names = d.get("hosts")
         failing = d.get("failing", [])
         shares = d.get("shares", {})
@@ -366,10 +369,7 @@ class Silence:
 
     @classmethod
     def parse(cls, raw: bytes | str, now: float | None = None) -> "Silence":
-        try:
-            d = _fields(json.loads(raw), "silence")
-        except ValueError as exc:
-            raise DamagedState(f"not JSON ({exc})") from None
+        d = _json_record(raw, "silence")
         start, end = _number(d, "start", "start"), _number(d, "end", "end")
         if end < start or (now is not None and end > now + SKEW):
             raise DamagedState(f"{start}..{end} is not a span before Redis' clock")
