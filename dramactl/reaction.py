@@ -62,15 +62,16 @@ def headroom(arrivals: float, running: int, ends: float, share: float = SHARE) -
     if arrivals > EXACT or running > EXACT:
         return _normal_headroom(arrivals - running * p, math.sqrt(arrivals + running * p * (1.0 - p)), share * arrivals)
     pa = [math.exp(-arrivals)]
-    while sum(pa) < 1.0 - 1e-12:
+    while len(pa) < arrivals + 12.0 * math.sqrt(arrivals) + 12.0:  # the tail beyond holds < 1e-12
         pa.append(pa[-1] * arrivals / len(pa))
     pc = [math.comb(running, j) * p**j * (1.0 - p) ** (running - j) for j in range(running + 1)]
     net: dict[int, float] = {}
     for a, wa in enumerate(pa):
         for c, wc in enumerate(pc):
             net[a - c] = net.get(a - c, 0.0) + wa * wc
-    h = 0
-    while sum(w * (d - h) for d, w in net.items() if d > h) > share * arrivals:
+    h, loss = 0, sum(w * d for d, w in net.items() if d > 0)  # E[(D - h)+]
+    while loss > share * arrivals:
+        loss -= sum(w for d, w in net.items() if d > h)  # E[(D - h - 1)+] = E[(D - h)+] - P(D > h)
         h += 1
     return h
 
