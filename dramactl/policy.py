@@ -7,7 +7,8 @@ hook has reported some (:mod:`dramactl.rates`):
 * the arrival rate λ and mean service time E[S] measured from the counters' deltas
   across ticks give the offered load a = λ·E[S] busy threads; the fleet for it is
   the smallest whose threads keep P(wait > MAX_QUEUE_WAIT/2) <= 5 % (Erlang C,
-  :mod:`dramactl.queueing`): headroom where service is slow, little where it is fast;
+  :mod:`dramactl.queueing`): headroom where service is slow, little where it is fast; or
+  the smaller fleet that reacts (:mod:`dramactl.reaction`) when messages are long;
 * plus the threads that drain what waits (waiting x E[S]) within what is left of half
   of MAX_QUEUE_WAIT after the oldest ready message's age and the start-up time
   (learned from the start jobs, or from systemd's timestamps when they outlast the
@@ -64,6 +65,7 @@ from .calm import rate_growth, starting_hold
 from .instance import WorkerUnit
 from .queueing import queue_quantile, workers_for
 from .rates import WorkRates, learned_startup, work_rates
+from .reaction import reacting
 from .recurring import Recurring, recurring, recurring_keep, recurring_need  # noqa: F401 - recurring: the tests and the bench import it from here
 from .settings import Settings
 from .state import Recovery, TickRecord
@@ -377,6 +379,8 @@ def work_target(
         measured = f"λ {rates.arrival:.2f}/s x E[S] {service:.2f}s = {load:.1f} busy threads"
     limit = max(settings.max_processes, current) + 1
     for_rate = workers_for(load, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)
+    react = reacting(backlog, rates, settings, startup, current, WAIT_FRACTION * settings.max_queue_wait)
+    static, for_rate = for_rate, for_rate if react is None else min(for_rate, react)
     drain = drain_seconds(settings, startup, backlog.oldest_age)
     # Noise, not backlog: the queue the current fleet shows 95 % of the time under the
     # measured load (Erlang C: P(Nq >= k) = C rho^k). Growing to drain that much would be
@@ -388,12 +392,15 @@ def work_target(
     noise = queue_quantile(load, current * threads, WAIT_QUANTILE) if rates.load is not None else 0
     noise = math.ceil(noise * max(1.0, (1.0 + rates.service_cv2) / 2.0))
     backlogged = max(0, waiting - noise)
-    # With nothing waiting (ready, or prefetched beyond the threads), growth for the rate needs evidence beyond its noise.
+    # With nothing waiting (ready, or prefetched beyond the threads), growth for the rate needs evidence beyond its
+    # noise; not growth to the reacting fleet, which rests on the messages present, counted.
     nothing_waits = not waiting and backlog.in_flight <= current * threads
-    grow_for, noted = rate_growth(for_rate, current, nothing_waits, rates, NOISE_SIGMAS, lambda x: workers_for(
+    grow_for, noted = (for_rate, "") if for_rate == react else rate_growth(for_rate, current, nothing_waits, rates, NOISE_SIGMAS, lambda x: workers_for(
         x, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit))
     wanted = max(grow_for, math.ceil((load + backlogged * service / drain) / threads - 1e-9))
     why = f"{measured} needs {for_rate}{noted if wanted < for_rate else ''}"
+    if for_rate < static:  # the fleet reacts within the goal: no static headroom (:mod:`dramactl.reaction`)
+        why += f" reacting ({backlog.backlog} present; {static} if it could not)"
     if backlogged:
         why += f", {waiting} waiting drain in {drain:.0f}s with {wanted}"
     elif waiting:
@@ -435,13 +442,14 @@ def work_target(
         return current, wanted, f"{why}: holding {current}, {hold}", for_rate
     high = rates.load_high(NOISE_SIGMAS)
     within_noise = None if high is None else workers_for(high, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)
-    if within_noise is not None and within_noise > goal:
+    floor = within_noise if react is None or within_noise is None else min(within_noise, react)
+    if floor is not None and floor > goal:
         # Shrink no lower than the load NOISE_SIGMAS standard errors up needs (the rate's
         # and the mean service time's errors): a smaller fleet is undone by the next
         # tick's growth whenever the load was only a dip in its own noise (about 1 time
-        # in 40 at 2 sigma, rather than 1 in 2 at the estimate).
-        why += f"; the load {NOISE_SIGMAS:g} sigma up ({high:.1f} busy threads) needs {within_noise}"
-        goal = clamp(within_noise, settings)
+        # in 40 at 2 sigma, rather than 1 in 2 at the estimate); or the reacting fleet's, if smaller.
+        why += f"; the load {NOISE_SIGMAS:g} sigma up ({high:.1f} busy threads) needs {within_noise}" + (f", reacting {floor}" if floor != within_noise else "")
+        goal = clamp(floor, settings)
         if goal >= current:
             return current, wanted, f"{why}: holding {current}", for_rate
     target, reason = _work_down(current, goal, why, settings, history, now, within_noise)

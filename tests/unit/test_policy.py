@@ -413,7 +413,7 @@ def test_reasons_are_single_lines() -> None:
         assert reason and "\n" not in reason
 
 
-@pytest.mark.parametrize("module", ["policy.py", "rates.py", "queueing.py", "recurring.py", "calm.py"])
+@pytest.mark.parametrize("module", ["policy.py", "rates.py", "queueing.py", "recurring.py", "calm.py", "reaction.py"])
 def test_policy_module_stays_pure(module: str) -> None:
     """The policy and the modules it computes with import no I/O."""
     tree = ast.parse((Path(policy.__file__).parent / module).read_text())
@@ -423,7 +423,7 @@ def test_policy_module_stays_pure(module: str) -> None:
             imported |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add("." * node.level + (node.module or ""))
-    allowed = {"__future__", "math", "statistics", "dataclasses", "typing", ".instance", ".settings", ".state", ".stats", ".queueing", ".rates", ".recurring", ".calm"}
+    allowed = {"__future__", "math", "statistics", "dataclasses", "typing", ".instance", ".settings", ".state", ".stats", ".queueing", ".rates", ".recurring", ".calm", ".reaction"}
     assert imported <= allowed
 
 

@@ -11,6 +11,7 @@ from dramactl.instance import WorkerUnit
 from dramactl.policy import ScalingDecision, decide, recurring
 from dramactl.queueing import workers_for
 from dramactl.rates import learned_startup, surges, work_rates
+from dramactl.reaction import headroom, reacting_fleet
 from dramactl.settings import Settings, parse
 from dramactl.state import ScalerState, TickRecord
 from dramactl.stats import FleetBacklog
@@ -102,11 +103,12 @@ def test_a_drained_backlog_is_released_at_once() -> None:
 def test_arrivals_need_is_held_over_the_stabilization_window_within_the_rates_noise() -> None:
     """0.1 msg/s of 40 s messages: 15 arrivals over the 150 s of history, a noisy rate. The fleet shrinks no lower than the rate two standard errors up needs
     (2, not the 1 the estimate needs); a tick in the window that needed 6 is beyond
-    that noise and does not hold it higher."""
+    that noise and does not hold it higher. (A 20 s start-up: a growth consumes past
+    the 30 s goal, so the static fleet is the need, not the reacting one.)"""
     s = settings()
 
     def window_needed(n: int) -> ScalingDecision:
-        history = worked(0.1, 40.0, workers=3, seconds=150)
+        history = worked(0.1, 40.0, workers=3, seconds=150, startup=20.0)
         r = history[-3]
         history[-3] = TickRecord(r.at, 0, 3, 3, wanted=3, done=r.done, busy=r.busy, for_rate=n)
         return decide(seen(history, 0.1, 40.0), running(3), s, history, NOW)
@@ -412,9 +414,10 @@ def test_growth_for_the_rate_alone_needs_evidence_beyond_its_noise_while_nothing
     7 workers) resting on ~25 arrivals has a 20 % standard error: two of them down (5.8
     busy threads) 6 workers hold, so with nothing waiting the fleet is not grown on it
     (a fleet grown at each high reading but shrunk only two standard errors up ratchets
-    up on the noise). The same estimate with messages waiting grows it at once."""
+    up on the noise). The same estimate with messages waiting grows it at once. (A 20 s
+    start-up: a growth consumes past the 30 s goal, so the static fleet is the need.)"""
     s = settings(WORKER_THREADS=2)
-    history = worked(0.08, 120.0, workers=6, seconds=900)
+    history = worked(0.08, 120.0, workers=6, seconds=900, startup=20.0)
     assert workers_for(0.08 * 120.0, 120.0, 2, 30.0) == 7
     calm = decide(seen(history, 0.08, 120.0, in_flight=8), running(6), s, history, NOW)
     assert (calm.target, calm.for_rate) == (6, 7), calm.reason
@@ -423,3 +426,53 @@ def test_growth_for_the_rate_alone_needs_evidence_beyond_its_noise_while_nothing
     assert waits.target >= 7, waits.reason
     prefetched = decide(seen(history, 0.08, 120.0, in_flight=14), running(6), s, history, NOW)
     assert prefetched.target >= 7, "messages prefetched beyond the threads wait too: " + prefetched.reason
+
+
+def test_long_tasks_are_sized_by_the_messages_present_when_a_growth_consumes_within_the_goal() -> None:
+    """0.06/s of two-minute tasks on 2-thread workers (7.2 busy threads): a static fleet
+    needs 6 workers for P(wait > 30 s) <= 5 %. But a growth consumes within a tick and a
+    start-up (20 s, within the 30 s goal), and a task outlasts that: the 6 messages present
+    hold 6 threads through it, and 2 free threads keep the arrivals before a growth
+    consumes, so 4 workers do, and the fleet follows the work present down to them. With
+    a 20 s start-up (a growth consumes after 35 s) only the static fleet keeps the goal;
+    messages shorter than the horizon (4 s) are gone before a growth consumes, and their
+    count now is no measure of the need: the static fleet stays their size."""
+    s = settings(WORKER_THREADS=2)
+    history = worked(0.06, 120.0, workers=6, seconds=900, backlog=6)
+    assert workers_for(0.06 * 120.0, 120.0, 2, 30.0) == 6
+    follows = decide(seen(history, 0.06, 120.0, in_flight=6), running(6), s, history, NOW)
+    assert (follows.target, follows.for_rate) == (4, 4), follows.reason
+    assert "needs 4 reacting (6 present; 6 if it could not)" in follows.reason, follows.reason
+    slow_start = worked(0.06, 120.0, workers=6, seconds=900, backlog=6, startup=20.0)
+    static = decide(seen(slow_start, 0.06, 120.0, in_flight=6), running(6), s, slow_start, NOW)
+    assert static.target == 6 and static.for_rate == 6 and "reacting" not in static.reason, static.reason
+    short = worked(1.8, 4.0, workers=4, seconds=900, backlog=2)
+    assert workers_for(1.8 * 4.0, 4.0, 2, 30.0) == 4
+    snapshot = decide(seen(short, 1.8, 4.0, in_flight=2), running(4), s, short, NOW)
+    assert snapshot.target == 4 and snapshot.for_rate == 4 and "reacting" not in snapshot.reason, snapshot.reason
+
+
+def test_a_reacting_fleet_grows_on_the_messages_present_before_any_waits() -> None:
+    """The estimate of the calm test above (0.08/s of two-minute tasks, a static fleet of
+    7 within its noise of 6): with 11 messages present on 6 workers' 12 threads, nothing
+    waits yet, but the one free thread is less than the arrivals before a growth consumes
+    need; the messages are counted, not estimated, so the fleet grows to 7 now rather than
+    when an arrival already waits behind a busy worker's long task."""
+    s = settings(WORKER_THREADS=2)
+    history = worked(0.08, 120.0, workers=6, seconds=900, backlog=11)
+    grown = decide(seen(history, 0.08, 120.0, in_flight=11), running(6), s, history, NOW)
+    assert grown.target == 7, grown.reason
+    assert "within the estimate's noise" not in grown.reason, grown.reason
+
+
+def test_the_headroom_keeps_the_goals_share_of_arrivals_from_finding_no_thread() -> None:
+    """Arrivals within the horizon less the running messages that end within it: the
+    fewest free threads that keep E[(A - C - h)+] within the share of E[A]."""
+    assert headroom(0.0, 5, 0.1) == 0
+    assert headroom(1.2, 0, 1.0) == 3  # no completions: E[(A - 2)+] = 0.10 > 0.06, E[(A - 3)+] = 0.03
+    assert headroom(1.2, 7, 20 / 120) == 3 and headroom(1.2, 7, 20 / 120, share=0.08) == 2
+    assert headroom(1.2, 0, 1.0) > headroom(1.2, 12, 0.9)  # messages ending within it free threads
+    # many arrivals: the normal approximation takes over where the exact sum stops, continuously
+    assert abs(headroom(50.0, 20, 0.5) - headroom(50.5, 20, 0.5)) <= 1
+    assert reacting_fleet(0, 0.1, 1.0, 0, 20.0, 30.0, 2) == 1  # no headroom needed, but with no worker nothing takes an arrival
+    assert reacting_fleet(0, 0.0, 120.0, 0, 20.0, 30.0, 2) == 0

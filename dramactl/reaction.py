@@ -1,0 +1,114 @@
+"""The fleet that reacts (pure): headroom for the arrivals before a growth consumes.
+
+Erlang C (:mod:`dramactl.queueing`) sizes a *static* fleet: headroom such that the
+arrivals at their measured rate rarely wait longer than the goal though no worker is
+ever added. The fleet is not static: a message that finds every thread busy shows at
+the next tick, which grows the fleet, and the growth consumes one start-up later. So
+when ``horizon`` = CHECK_INTERVAL + start-up is within the wait goal, the fleet needs
+threads for the messages present now (running, prefetched, ready, due, orphaned:
+counted, not estimated) plus headroom for what arrives before a growth consumes.
+
+The headroom keeps the goal's own share: at most 5 % of the arrivals wait past the
+goal. An arrival waits only if it finds no free thread; it is then prefetched by a busy
+worker and waits for the first of that worker's threads to end, which a growth does not
+help: past the goal with probability exp(-threads x goal / E[S]) (memoryless). So the
+share of the arrivals within the horizon allowed to find no free thread is 5 % over
+that probability, and the headroom is the fewest free threads that keep it: arrivals a
+Poisson count at the measured rate, less the running messages that end within the
+horizon (each with probability horizon / E[S]).
+
+It applies where a message outlasts the horizon on average (E[S] >= horizon): the
+messages present then still hold their threads when a growth consumes, so their count
+is the need, and a static fleet's headroom (about a standard deviation of the whole
+load) mostly idles; the reacting fleet follows the work present as it rises and falls,
+and is the need when it is the smaller. Shorter messages turn over within the horizon;
+their count now is a snapshot of a queue that empties by itself, and Erlang's static
+fleet stays their model. Nothing here names a workload: the horizon, the goal and the
+5 % are the policy's own.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .rates import WorkRates
+from .settings import Settings
+from .stats import FleetBacklog
+
+SHARE = 0.05  # of the arrivals within the horizon, at most this share find no free thread
+EXACT = 50  # more arrivals or running messages than this: the normal approximation
+
+
+def reacts_within(interval: float, startup: float, wait: float, service: float) -> float | None:
+    """The horizon (CHECK_INTERVAL + start-up) when a growth decided at the next tick
+    consumes within ``wait`` (the wait goal) and a message outlasts it on average (mean
+    ``service`` at least the horizon), else None. Shorter messages turn over within the
+    horizon: the ones present now are gone before a growth consumes, their count is a
+    snapshot of a queue that empties by itself, and the static fleet (Erlang C) is the
+    model of their need."""
+    horizon = interval + startup
+    return horizon if horizon <= wait and service >= horizon else None
+
+
+def headroom(arrivals: float, running: int, ends: float, share: float = SHARE) -> int:
+    """Free threads to keep so that at most ``share`` of the arrivals within the horizon
+    find none: the smallest h with E[(A - C - h)+] <= share x E[A], A the arrivals
+    (Poisson of mean ``arrivals``), C those of the ``running`` messages that end within
+    the horizon (each with probability ``ends``). The order within the horizon is
+    ignored."""
+    if arrivals <= 0:
+        return 0
+    p = min(1.0, max(0.0, ends))
+    if arrivals > EXACT or running > EXACT:
+        return _normal_headroom(arrivals - running * p, math.sqrt(arrivals + running * p * (1.0 - p)), share * arrivals)
+    pa = [math.exp(-arrivals)]
+    while len(pa) < arrivals + 12.0 * math.sqrt(arrivals) + 12.0:  # the tail beyond holds < 1e-12
+        pa.append(pa[-1] * arrivals / len(pa))
+    pc = [math.comb(running, j) * p**j * (1.0 - p) ** (running - j) for j in range(running + 1)]
+    net: dict[int, float] = {}
+    for a, wa in enumerate(pa):
+        for c, wc in enumerate(pc):
+            net[a - c] = net.get(a - c, 0.0) + wa * wc
+    h, loss = 0, sum(w * d for d, w in net.items() if d > 0)  # E[(D - h)+]
+    while loss > share * arrivals:
+        loss -= sum(w for d, w in net.items() if d > h)  # E[(D - h - 1)+] = E[(D - h)+] - P(D > h)
+        h += 1
+    return h
+
+
+def _normal_headroom(mean: float, sd: float, allowed: float) -> int:
+    """:func:`headroom` for many arrivals or running messages: the net count is about
+    normal, E[(D - h)+] = sd phi(z) + (mean - h)(1 - Phi(z)) at z = (h - mean) / sd."""
+    h = max(0, math.floor(mean))
+    while True:
+        z = (h - mean) / sd
+        loss = sd * math.exp(-z * z / 2.0) / math.sqrt(2.0 * math.pi) + (mean - h) * 0.5 * math.erfc(z / math.sqrt(2.0))
+        if loss <= allowed:
+            return h
+        h += 1
+
+
+def reacting_fleet(present: int, rate: float, service: float, running: int, horizon: float, wait: float, threads: int) -> int:
+    """Workers (``threads`` each) for the ``present`` messages plus the :func:`headroom`
+    for the arrivals at ``rate`` within ``horizon``, of which the running messages (mean
+    ``service`` seconds) end within it with probability horizon / service. The share of
+    arrivals allowed to find no free thread is :data:`SHARE` over the chance that such a
+    message waits past ``wait``: prefetched by a busy worker, it waits for the first of
+    that worker's threads to end, past ``wait`` with probability exp(-threads x wait /
+    service) (memoryless): for tasks that end within seconds, hardly ever."""
+    ends = horizon / service if service > 0 else 1.0
+    past = math.exp(-threads * wait / service) if service > 0 else 0.0
+    share = min(1.0, SHARE / past) if past > 0 else 1.0
+    need = math.ceil((present + headroom(rate * horizon, running, ends, share)) / max(1, threads) - 1e-9)
+    return max(need, 1) if rate > 0 else need  # with no worker, nothing takes an arrival until a growth
+
+
+def reacting(backlog: FleetBacklog, rates: WorkRates, settings: Settings, startup: float, current: int, wait: float) -> int | None:
+    """The policy's reacting fleet for this tick: the messages present (ready, due, in
+    flight, orphaned) plus the headroom, when a growth consumes within ``wait``; None
+    before a rate exists or when the horizon is longer."""
+    horizon = reacts_within(float(settings.check_interval), startup, wait, rates.service)
+    if horizon is None or rates.arrival is None:
+        return None
+    running = min(backlog.in_flight, current * settings.worker_threads)
+    return reacting_fleet(backlog.backlog, rates.arrival, rates.service, running, horizon, wait, settings.worker_threads)
