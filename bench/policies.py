@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from dramactl.instance import WorkerUnit
-from dramactl.policy import backlog_per_worker
+from dramactl.bycount import backlog_per_worker
 from dramactl.settings import parse
 from dramactl.sim.controllers import DramactlController, HpaController, StaticController
 from dramactl.stats import FleetBacklog

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Mapping, Sequence
 
 from .fleetrecords import FleetDecision, HostEntry, Silence, fleet_values
-from .policy import QUIET_SECONDS, ScalingDecision, aim, clamp
+from .limits import clamp
+from .policy import QUIET_SECONDS, ScalingDecision, aim
 from .settings import Settings
 from .state import Recovery, TickRecord
 

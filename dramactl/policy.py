@@ -32,18 +32,11 @@ hook has reported some (:mod:`dramactl.rates`):
   errors up, nor below the arrivals' fleet of any tick in SCALE_DOWN_STABILIZATION
   within that noise, nor below a recurring block's fleet while it is due.
 
-Before any counter exists (a new queue, workers without the hook) it sizes by count:
+Before any counter exists (a new queue, workers without the hook) it sizes by count
+(:mod:`dramactl.bycount`). Every sizing keeps MIN/MAX_PROCESSES, grows within
+MAX_SCALE_UP_STEP and grows when the oldest ready message waited past MAX_QUEUE_WAIT
+(:mod:`dramactl.limits`); and:
 
-* backlog = ready + due-delayed + in flight; a worker's share is
-  TARGET_BACKLOG_PER_WORKER (default WORKER_THREADS);
-* grow when the backlog is beyond what the fleet holds (its share plus snapshot
-  noise): at once on a surge, else when a second tick confirms it, in one step to
-  the fleet that holds it (about ceil(backlog / share)), within MAX_SCALE_UP_STEP
-  and MIN/MAX_PROCESSES;
-* grow when the oldest ready message waited past MAX_QUEUE_WAIT, unless instances
-  are still starting;
-* shrink only when the mean backlog over SCALE_DOWN_STABILIZATION fits a smaller
-  fleet (with square-root slack) and no tick in that window asked to grow;
 * never grow into failing instances: hold and say so;
 * the size invariant (:func:`safeguard`): never more than MAX_PROCESSES instances
   up or coming back by themselves; failed instances are reset and started again to
@@ -59,10 +52,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from .calm import rate_growth, starting_hold
+from .bycount import count_target
 from .instance import WorkerUnit
+from .limits import Sized, clamp, grow, latency_guard
 from .queueing import queue_quantile, workers_for
 from .rates import WorkRates, learned_startup, work_rates
 from .reaction import reacting
@@ -90,6 +85,7 @@ class ScalingDecision:
     reset: tuple[int, ...] = ()  # failed instances to reset-failed before acting
     recovery: Recovery = field(default=Recovery(), compare=False)  # the backoff state to remember
     for_rate: int | None = None  # workers the measured arrivals need (work-based sizing only)
+    figures: Mapping[str, object] | None = field(default=None, compare=False)  # what the sizing rested on (policyview)
 
     @property
     def delta(self) -> int:
@@ -122,10 +118,6 @@ class ScalingDecision:
             "recovery": self.recovery.__dict__,
             "for_rate": self.for_rate,
         }
-
-
-def clamp(n: int, settings: Settings) -> int:
-    return max(settings.min_processes, min(settings.max_processes, n))
 
 
 def decide(
@@ -178,8 +170,8 @@ def aim(
     if settings.policy == "step":
         target, reason = step_target(backlog, current, settings)
         return ScalingDecision(current, target, reason, wanted=target, starting=starting)
-    target, wanted, reason, for_rate = default_target(backlog, current, starting, settings, history, now)
-    return ScalingDecision(current, target, reason, wanted=wanted, starting=starting, for_rate=for_rate)
+    sized = default_target(backlog, current, starting, settings, history, now)
+    return ScalingDecision(current, sized.target, sized.reason, wanted=sized.wanted, starting=starting, for_rate=sized.for_rate, figures=sized.figures)
 
 
 BACKOFF_FIRST = 10.0  # seconds before a second reset of failed instances
@@ -276,46 +268,6 @@ def step_target(backlog: FleetBacklog, current: int, settings: Settings) -> tupl
     return current, f"step: depth {depth} within [{down:g}, {up:g}]"
 
 
-GROW_SIGMAS = 2.0  # snapshot noise (in sqrt of the fleet's share) a fleet absorbs before growing
-SLACK_SIGMAS = 1.0  # headroom over the mean load kept when shrinking (square-root staffing)
-
-
-def backlog_per_worker(settings: Settings) -> float:
-    """TARGET_BACKLOG_PER_WORKER, or WORKER_THREADS: a worker is fully used when
-    every thread holds a message, and anything beyond that is waiting."""
-    return settings.target_backlog_per_worker or float(settings.worker_threads)
-
-
-def holds(workers: int, per_worker: float) -> float:
-    """The backlog ``workers`` absorb without growing: their share plus two standard
-    deviations of snapshot noise. Messages in flight at one instant are roughly
-    Poisson, so a fleet that keeps up still shows backlogs ~2 sqrt(share) above its
-    share now and then; growing on those buys workers for noise and then flaps."""
-    share = workers * per_worker
-    return share + GROW_SIGMAS * math.sqrt(share)
-
-
-def fleet_holding(backlog: float, per_worker: float) -> int:
-    """The smallest fleet that :func:`holds` ``backlog`` (ceil(backlog / per-worker)
-    less the noise margin): how far one growth step goes."""
-    if backlog <= 0:
-        return 0
-    root = (-GROW_SIGMAS + math.sqrt(GROW_SIGMAS**2 + 4.0 * backlog)) / 2.0  # sqrt(n x per_worker)
-    n = max(0, math.ceil(root * root / per_worker) - 1)
-    while holds(n, per_worker) < backlog:
-        n += 1
-    return n
-
-
-def fleet_for_load(load: float, per_worker: float) -> int:
-    """Workers to keep for a mean backlog ``load``: the load plus sqrt(load) of slack,
-    so the fleet never runs at 100 % (where queues grow without bound) and the
-    backlog it :func:`holds` stays ~3 sigma above the load (growth on noise is rare)."""
-    if load <= 0:
-        return 0
-    return math.ceil((load + SLACK_SIGMAS * math.sqrt(load)) / per_worker - 1e-9)
-
-
 def default_target(
     backlog: FleetBacklog,
     current: int,
@@ -323,13 +275,13 @@ def default_target(
     settings: Settings,
     history: Sequence[TickRecord],
     now: float,
-) -> tuple[int, int, str, int | None]:
-    """(target, wanted, reason, for_rate): by work when the counters allow it
-    (:func:`work_target`), else by count (:func:`count_target`, ``for_rate`` None)."""
+) -> Sized:
+    """By work when the counters allow it (:func:`work_target`), else by count
+    (:func:`dramactl.bycount.count_target`, ``for_rate`` None)."""
     rates = work_rates(history, backlog, now, max_gap=4.0 * settings.check_interval)
     if rates is not None:
         return work_target(backlog, current, starting, settings, history, now, rates)
-    return (*count_target(backlog, current, starting, settings, history, now), None)
+    return count_target(backlog, current, starting, settings, history, now)
 
 
 WAIT_FRACTION = 0.5  # the fleet for the arrivals keeps P(wait > this x MAX_QUEUE_WAIT) ...
@@ -352,7 +304,7 @@ def work_target(
     history: Sequence[TickRecord],
     now: float,
     rates: WorkRates,
-) -> tuple[int, int, str, int]:
+) -> Sized:
     """Size by work: the fleet the arrivals need plus the threads that drain the queue,
     or a recurring block's fleet while it is due (:func:`recurring_need`).
 
@@ -398,6 +350,7 @@ def work_target(
     grow_for, noted = (for_rate, "") if for_rate == react else rate_growth(for_rate, current, nothing_waits, rates, NOISE_SIGMAS, lambda x: workers_for(
         x, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit))
     wanted = max(grow_for, math.ceil((load + backlogged * service / drain) / threads - 1e-9))
+    needs = {"arrivals": for_rate, "drain": wanted if backlogged else None, "latency_guard": None, "recurring": None}
     why = f"{measured} needs {for_rate}{noted if wanted < for_rate else ''}"
     if for_rate < static:  # the fleet reacts within the goal: no static headroom (:mod:`dramactl.reaction`)
         why += f" reacting ({backlog.backlog} present; {static} if it could not)"
@@ -405,14 +358,25 @@ def work_target(
         why += f", {waiting} waiting drain in {drain:.0f}s with {wanted}"
     elif waiting:
         why += f", {waiting} waiting within the queue {current} show under this load ({noise})"
-    guard = _latency_guard(backlog.oldest_age, current, starting, settings)
+    guard = latency_guard(backlog.oldest_age, current, starting, settings)
     if guard is not None:
         why += f"; {guard[1]}"
         wanted = max(wanted, guard[0])
+        needs["latency_guard"] = guard[0]
     if starting:
         why += f"; {starting} starting"
     interval = float(settings.check_interval)
     ahead = recurring_need(history, now, startup + 2.0 * interval, 2.0 * interval, load, service, settings)
+    needs["recurring"] = None if ahead is None else ahead[0]
+    figures = {
+        "by": "work",
+        "arrival_rate": None if rates.arrival is None else round(rates.arrival, 3),
+        "service_time": round(service, 3),
+        "busy_threads": round(load, 2),
+        "waiting": waiting,
+        "drain_seconds": round(drain, 1),
+        "needs": needs,
+    }
     goal = wanted
     if ahead is not None:
         need, low, high, text = ahead
@@ -426,20 +390,20 @@ def work_target(
         why, goal = f"{why}; {kept[1]}", kept[0]  # the block's need recurs within the window: not a need that stayed low
     bounded = clamp(goal, settings)
     if current > settings.max_processes:
-        return settings.max_processes, wanted, f"{why}: down to MAX_PROCESSES={settings.max_processes}", for_rate
+        return Sized(settings.max_processes, wanted, f"{why}: down to MAX_PROCESSES={settings.max_processes}", for_rate, figures)
     if bounded > current:
         # ``wanted`` stays this tick's own need: a fleet started ahead of a recurring load is no backlog.
-        target, _, reason = _grow(current, goal, bounded, why, settings)
-        return target, wanted, reason, for_rate
+        target, _, reason = grow(current, goal, bounded, why, settings)
+        return Sized(target, wanted, reason, for_rate, figures)
     if bounded == current:
         at_max = f" (MAX_PROCESSES; {goal} wanted)" if goal > current else ""
-        return current, wanted, f"{why}: steady at {current}{at_max}", for_rate
+        return Sized(current, wanted, f"{why}: steady at {current}{at_max}", for_rate, figures)
     if waiting * service > current * threads * interval / 2.0:
         # More than half a tick of work waits for this fleet: draining, not drained.
-        return current, wanted, f"{why}: holding {current} until the backlog is drained", for_rate
+        return Sized(current, wanted, f"{why}: holding {current} until the backlog is drained", for_rate, figures)
     hold = starting_hold(history, now, starting, startup)
     if hold is not None:
-        return current, wanted, f"{why}: holding {current}, {hold}", for_rate
+        return Sized(current, wanted, f"{why}: holding {current}, {hold}", for_rate, figures)
     high = rates.load_high(NOISE_SIGMAS)
     within_noise = None if high is None else workers_for(high, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)
     floor = within_noise if react is None or within_noise is None else min(within_noise, react)
@@ -451,9 +415,9 @@ def work_target(
         why += f"; the load {NOISE_SIGMAS:g} sigma up ({high:.1f} busy threads) needs {within_noise}" + (f", reacting {floor}" if floor != within_noise else "")
         goal = clamp(floor, settings)
         if goal >= current:
-            return current, wanted, f"{why}: holding {current}", for_rate
+            return Sized(current, wanted, f"{why}: holding {current}", for_rate, figures)
     target, reason = _work_down(current, goal, why, settings, history, now, within_noise)
-    return target, wanted, reason, for_rate
+    return Sized(target, wanted, reason, for_rate, figures)
 
 
 def _work_down(
@@ -487,131 +451,3 @@ def _work_down(
     return target, f"{why}: down {current} -> {target}"
 
 
-def count_target(
-    backlog: FleetBacklog,
-    current: int,
-    starting: int,
-    settings: Settings,
-    history: Sequence[TickRecord],
-    now: float,
-) -> tuple[int, int, str]:
-    """(target, wanted, reason): the count-based fallback.
-
-    Grow when the backlog is more than the fleet holds: at once for a surge (more
-    waiting than in service), else once the excess shows on a second tick; grow in
-    one step to the fleet that holds it. Grow when the oldest message waited too
-    long. Shrink only when the SCALE_DOWN_STABILIZATION window's mean backlog fits a
-    smaller fleet and no tick in it wanted to grow.
-
-    ``wanted`` is this tick's own recommendation, before limits, windows and holds;
-    above ``current`` it means "grow to this", and later windows keep at least that.
-    """
-    per_worker = backlog_per_worker(settings)
-    total = backlog.backlog
-    orphans = f", {backlog.orphaned} orphaned" if backlog.orphaned else ""
-    why = f"backlog {total} ({backlog.depth} waiting, {backlog.in_flight} in flight{orphans})"
-    defer = False
-    if total > holds(current, per_worker):
-        why += f" > {holds(current, per_worker):.0f} held by {current}"
-        surge = total > 2 * current * per_worker
-        last = _last_excess(history, now, settings)
-        defer = not surge and last is None
-        # On a second tick, size to the excess both saw: a one-tick spike does not set the size.
-        wanted = max(current, fleet_holding(total if surge or last is None else min(total, last), per_worker))
-    else:
-        wanted = min(current, fleet_for_load(total, per_worker))
-    guard = _latency_guard(backlog.oldest_age, current, starting, settings)
-    if guard is not None:
-        why += f"; {guard[1]}"
-        defer = defer and guard[0] <= current
-        wanted = max(wanted, guard[0])
-    if starting:
-        why += f"; {starting} starting"
-    bounded = clamp(wanted, settings)
-
-    if current > settings.max_processes:
-        return settings.max_processes, wanted, f"{why}: down to MAX_PROCESSES={settings.max_processes}"
-    if bounded > current and defer and current >= settings.min_processes:
-        return current, wanted, f"{why}: growing to {bounded} if it persists next tick"
-    if bounded > current:
-        return _grow(current, wanted, bounded, why, settings)
-    if bounded == current:
-        at_max = f" (MAX_PROCESSES; {wanted} wanted)" if wanted > current else ""
-        return current, wanted, f"{why}: steady at {current}{at_max}"
-    hold = starting_hold(history, now, starting, learned_startup(history))
-    if hold is not None:
-        return current, wanted, f"{why}: holding {current}, {hold}"
-    return _stabilized_down(total, current, wanted, why, per_worker, settings, history, now)
-
-
-def _grow(current: int, wanted: int, bounded: int, why: str, settings: Settings) -> tuple[int, int, str]:
-    """(target, wanted, reason) for growth to ``bounded`` (``wanted`` within MIN/MAX), one
-    step at most MAX_SCALE_UP_STEP, with the limits that applied named in the reason."""
-    limit = settings.max_scale_up_step
-    target = min(bounded, current + limit) if limit else bounded
-    notes = [f"{wanted} wanted"] if wanted != target else []
-    if limit and target < bounded:
-        notes.append(f"MAX_SCALE_UP_STEP={limit}")
-    if bounded < wanted:
-        notes.append(f"MAX_PROCESSES={settings.max_processes}")
-    if current < settings.min_processes:
-        notes.append(f"MIN_PROCESSES={settings.min_processes}")
-    return target, wanted, f"{why}: up {current} -> {target}" + (f" ({', '.join(notes)})" if notes else "")
-
-
-def _last_excess(history: Sequence[TickRecord], now: float, settings: Settings) -> int | None:
-    """The previous tick's backlog if it was recent and wanted more than it had."""
-    if not history or history[-1].at < now - 2.0 * settings.check_interval:
-        return None
-    last = history[-1]
-    return last.backlog if (last.target if last.wanted is None else last.wanted) > last.workers else None
-
-
-def _latency_guard(age: float | None, current: int, starting: int, settings: Settings) -> tuple[int, str] | None:
-    """When the oldest ready message waited past MAX_QUEUE_WAIT, want more workers in
-    proportion to the overshoot (at least one, at most double); instances still
-    starting are about to absorb it, so they suppress the extra growth."""
-    limit = settings.max_queue_wait
-    if age is None or age <= limit:
-        return None
-    what = f"oldest message waited {age:.0f}s > MAX_QUEUE_WAIT={limit:g}s"
-    if starting:
-        return current, f"{what}, waiting for {starting} starting"
-    extra = max(1, math.ceil(current * min(1.0, age / limit - 1.0)))
-    return current + extra, f"{what}: +{extra}"
-
-
-def _stabilized_down(
-    total: int,
-    current: int,
-    wanted: int,
-    why: str,
-    per_worker: float,
-    settings: Settings,
-    history: Sequence[TickRecord],
-    now: float,
-) -> tuple[int, int, str]:
-    """Shrink to what the window's mean backlog needs, never below what a tick in it
-    wanted when it asked to grow, and only when the history reaches back over the
-    whole window: after a gap or a reboot we do not know what happened in it."""
-    window = settings.scale_down_stabilization
-    floor = clamp(wanted, settings)
-    if window > 0:
-        reach = now - window - 2.0 * settings.check_interval  # tolerate a late or skipped tick
-        recent = [r for r in history if reach <= r.at < now]
-        if not recent or recent[0].at > now - window:
-            return current, wanted, f"{why}: holding {current} until {window:g}s of history (SCALE_DOWN_STABILIZATION)"
-        seen = [r for r in recent if r.at >= now - window]
-        mean = (total + sum(r.backlog for r in seen)) / (len(seen) + 1)
-        for_load = fleet_for_load(mean, per_worker)
-        asked = max([w for w, r in ((r.target if r.wanted is None else r.wanted, r) for r in seen) if w > r.workers], default=0)
-        floor = clamp(max(for_load, asked), settings)
-        detail = f"mean backlog {mean:.0f} over {window:g}s needs {for_load}"
-        if asked > for_load:
-            detail += f", a tick in it asked for {asked}"
-        if floor >= current:
-            return current, wanted, f"{why}: holding {current}, {detail}"
-        why += f"; {detail}"
-    limit = settings.max_scale_down_step
-    target = max(floor, current - limit) if limit else floor
-    return target, wanted, f"{why}: down {current} -> {target}"

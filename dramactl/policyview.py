@@ -1,21 +1,20 @@
 """The active policy's own view, for ``status`` and the dashboard: what it decides from, as fields.
 
-For ``POLICY=default`` these are the figures of the tick's reason, computed the way a tick would compute them
-now (the same pure :func:`dramactl.policy.aim` over the same backlog, instances and tick history): the measured
-arrival rate, the mean service time, the busy threads, the learned start-up, and the fleet each rule asks for
-(the arrivals, the drain of what waits, the latency guard, a recurring block). Before the workers have reported
+For ``POLICY=default`` these are the figures of the tick's reason, as the same pure :func:`dramactl.policy.aim`
+returns them over the same backlog, instances and tick history (not computed again here): the measured arrival
+rate, the mean service time, the busy threads, the learned start-up, and the fleet each rule asks for (the
+arrivals, the drain of what waits beyond the queue's noise, the latency guard, a recurring block). Before the workers have reported
 any work the policy sizes by count, and the view says so. For ``POLICY=step`` it is the step rule's thresholds
 only. Pure: no I/O; not on the tick's path.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 from . import policy
 from .instance import WorkerUnit
-from .rates import learned_startup, work_rates
+from .rates import learned_startup
 from .settings import Settings
 from .state import TickRecord
 from .stats import FleetBacklog
@@ -35,60 +34,25 @@ def step_view(current: int, backlog: FleetBacklog | None, settings: Settings) ->
 def default_view(
     backlog: FleetBacklog, units: Sequence[WorkerUnit], settings: Settings, history: Sequence[TickRecord], now: float
 ) -> dict:
-    """The default policy's inputs and each rule's fleet, as a tick at ``now`` would see them."""
+    """The default policy's inputs and each rule's fleet, as a tick at ``now`` would see them:
+    the figures :func:`dramactl.policy.aim` rested on, as it returns them."""
     up = [u for u in units if u.is_up]
     current, starting = len(up), sum(1 for u in up if policy.is_starting(u))
     decision = policy.aim(backlog, current, starting, settings, history, now)
-    startup = learned_startup(history)
-    out: dict = {
+    return {
         "name": "default",
-        "by": "count",
         "workers": current,
         "starting": starting,
-        "startup": round(startup, 2),
+        "startup": round(learned_startup(history), 2),
         "startup_learned": any(r.startup is not None for r in history),
         "arrival_rate": None,
         "service_time": None,
         "busy_threads": None,
-        "needs": {},
+        **(decision.figures or {}),
         "wanted": decision.wanted,
         "target": decision.target,
         "reason": decision.reason,
     }
-    guard = policy._latency_guard(backlog.oldest_age, current, starting, settings)
-    rates = work_rates(history, backlog, now, max_gap=4.0 * settings.check_interval)
-    if rates is None:
-        out["backlog_per_worker"] = policy.backlog_per_worker(settings)
-        out["needs"] = {"backlog": decision.wanted, "latency_guard": None if guard is None else guard[0]}
-        return out
-    threads, service = settings.worker_threads, rates.service
-    if rates.load is None:  # the first tick with counters: what runs now
-        load = float(min(backlog.in_flight, current * threads))
-    else:
-        load = rates.load
-    waiting = backlog.depth + backlog.orphaned
-    if backlog.depth:
-        waiting += max(0, backlog.in_flight - current * threads)
-    drain = policy.drain_seconds(settings, startup, backlog.oldest_age)
-    for_rate = decision.for_rate or 0
-    drained = max(for_rate, math.ceil((load + waiting * service / drain) / threads - 1e-9))
-    interval = float(settings.check_interval)
-    ahead = policy.recurring_need(history, now, startup + 2.0 * interval, 2.0 * interval, load, service, settings)
-    out.update(
-        by="work",
-        arrival_rate=None if rates.arrival is None else round(rates.arrival, 3),
-        service_time=round(service, 3),
-        busy_threads=round(load, 2),
-        waiting=waiting,
-        drain_seconds=round(drain, 1),
-        needs={
-            "arrivals": decision.for_rate,
-            "drain": drained,
-            "latency_guard": None if guard is None else guard[0],
-            "recurring": None if ahead is None else ahead[0],
-        },
-    )
-    return out
 
 
 def view(

@@ -346,7 +346,7 @@ def row_of(result, name: str, changes: Mapping[str, str] | None = None) -> Row:
 
 def references(rebuilt: Rebuilt, settings: Settings) -> list:
     """Static MAX and HPA/KEDA (15 s, its default behaviour) on the rebuilt messages."""
-    from .policy import backlog_per_worker
+    from .bycount import backlog_per_worker
     from .sim.controllers import HpaController, StaticController
     from .sim.simulator import simulate
 

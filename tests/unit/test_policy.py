@@ -11,7 +11,9 @@ import pytest
 
 from dramactl import policy
 from dramactl.instance import WorkerUnit
-from dramactl.policy import ScalingDecision, decide, fleet_for_load, fleet_holding, holds, is_starting
+from dramactl import bycount
+from dramactl.bycount import fleet_for_load, fleet_holding, holds
+from dramactl.policy import ScalingDecision, decide, is_starting
 from dramactl.settings import Settings, SettingsError, parse
 from dramactl.state import Recovery, ScalerState, TickRecord
 from dramactl.stats import FleetBacklog
@@ -139,8 +141,8 @@ def test_in_flight_and_due_count_toward_the_backlog() -> None:
 
 
 def test_per_worker_target_defaults_to_threads_and_can_be_set() -> None:
-    assert policy.backlog_per_worker(settings(WORKER_THREADS=4)) == 4
-    assert policy.backlog_per_worker(settings(WORKER_THREADS=4, TARGET_BACKLOG_PER_WORKER=20)) == 20
+    assert bycount.backlog_per_worker(settings(WORKER_THREADS=4)) == 4
+    assert bycount.backlog_per_worker(settings(WORKER_THREADS=4, TARGET_BACKLOG_PER_WORKER=20)) == 20
     busy = waiting(ready=60, in_flight=4)
     assert decide(busy, running(1), settings(WORKER_THREADS=4), calm_history(1, 2), NOW).target == 10
     assert decide(busy, running(1), settings(WORKER_THREADS=4, TARGET_BACKLOG_PER_WORKER=20), calm_history(1, 2), NOW).target == 3
@@ -413,7 +415,7 @@ def test_reasons_are_single_lines() -> None:
         assert reason and "\n" not in reason
 
 
-@pytest.mark.parametrize("module", ["policy.py", "rates.py", "queueing.py", "recurring.py", "calm.py", "reaction.py"])
+@pytest.mark.parametrize("module", ["policy.py", "rates.py", "queueing.py", "recurring.py", "calm.py", "reaction.py", "bycount.py", "limits.py"])
 def test_policy_module_stays_pure(module: str) -> None:
     """The policy and the modules it computes with import no I/O."""
     tree = ast.parse((Path(policy.__file__).parent / module).read_text())
@@ -423,7 +425,7 @@ def test_policy_module_stays_pure(module: str) -> None:
             imported |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add("." * node.level + (node.module or ""))
-    allowed = {"__future__", "math", "statistics", "dataclasses", "typing", ".instance", ".settings", ".state", ".stats", ".queueing", ".rates", ".recurring", ".calm", ".reaction"}
+    allowed = {"__future__", "math", "statistics", "dataclasses", "typing", ".instance", ".settings", ".state", ".stats", ".queueing", ".rates", ".recurring", ".calm", ".reaction", ".bycount", ".limits"}
     assert imported <= allowed
 
 

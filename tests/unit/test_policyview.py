@@ -18,8 +18,10 @@ def figures_in_reason(v: dict) -> None:
     reason = v["reason"]
     if v["arrival_rate"] is not None:
         assert f"λ {v['arrival_rate']:.2f}/s x E[S] {v['service_time']:.2f}s = {v['busy_threads']:.1f} busy threads needs {v['needs']['arrivals']}" in reason, (v, reason)
-    if v["waiting"]:
+    if v["needs"]["drain"] is not None:
         assert f"{v['waiting']} waiting drain in {v['drain_seconds']:.0f}s with {v['needs']['drain']}" in reason, (v, reason)
+    elif v["waiting"]:
+        assert f"{v['waiting']} waiting within the queue" in reason, (v, reason)  # the queue's noise: nothing to drain
     if v["needs"]["recurring"] is not None:
         assert f": {v['needs']['recurring']} ready for them" in reason, (v, reason)
     if v["needs"]["latency_guard"] is not None:
@@ -69,7 +71,7 @@ def test_a_recurring_block_shows_the_fleet_it_asks_for() -> None:
         history.append(TickRecord(NOW - 15 * (40 - k), 0, 2, 2, wanted=2, done=done, busy=done * 1.0, for_rate=1))
     backlog = FleetBacklog(done_total=done + 3, busy_seconds_total=(done + 3) * 1.0)
     v = view(backlog, running(2), settings(), history, NOW)
-    assert v["needs"] == {"arrivals": 1, "drain": 1, "latency_guard": None, "recurring": 3}, v
+    assert v["needs"] == {"arrivals": 1, "drain": None, "latency_guard": None, "recurring": 3}, v
     assert "300 msgs land every 180s, due in 30s" in v["reason"]
     figures_in_reason(v)
     assert "recurring block 3; wants 1, target 3" in describe(v)[1]

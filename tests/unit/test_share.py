@@ -461,7 +461,7 @@ def test_the_fleets_pure_part_does_no_io() -> None:
     tree = ast.parse((PACKAGE / "fleetplan.py").read_text())
     imported = {("." * n.level + (n.module or "")) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert imported <= {"__future__", "dataclasses", "typing", ".fleetrecords", ".policy", ".settings", ".state"}, imported
+    assert imported <= {"__future__", "dataclasses", "typing", ".fleetrecords", ".limits", ".policy", ".settings", ".state"}, imported
 
 
 @pytest.mark.parametrize(
