@@ -31,9 +31,9 @@ A tick that does not scale down ends the wait (the next one's limit counts afres
 **Why the wait is no shorter.** An instance the scale-down waits for keeps taking
 messages: Dramatiq's consumer fetches until SIGTERM, and pausing it (``Worker.pause``)
 would also stop the broker heartbeats its polling sends, so while a long task runs
-without an ack the broker would count the worker dead and redeliver that task. When the app's tasks outlast G on
-average the wait therefore lasts until *some* instance is idle at a tick, and the
-delay costs worker-seconds. The only way to shorten the wait is to stop a busy
+without an ack the broker would count the worker dead and redeliver that task. When
+the app's tasks outlast G on average the wait therefore lasts until *some* instance
+is idle at a tick, and the delay costs worker-seconds. The only way to shorten the wait is to stop a busy
 instance, and with tasks longer than the drain that cuts work: each way of doing it
 that was measured (stopping only after the tasks running when the wait began have
 ended; a rent-or-buy bound that waits until the surplus capacity paid, threads x
