@@ -26,7 +26,26 @@ and redoes it from scratch. Waiting a tick costs at most one instance-tick of it
 idle threads. Only busy instances wait: the idle ones of the same scale-down stop at
 once (idle capacity is never kept alive by the wait), and the wait ends after
 :data:`WAIT_LIMIT` seconds, so a stream of long tasks cannot pin the fleet forever.
-``python -m bench.victim_rules`` measured the choices (docs: notes on issue 19).
+A tick that does not scale down ends the wait (the next one's limit counts afresh).
+
+**Why the wait is no shorter.** An instance the scale-down waits for keeps taking
+messages: Dramatiq's consumer fetches until SIGTERM, and pausing it (``Worker.pause``)
+would also stop the broker heartbeats its polling sends, so while a long task runs
+without an ack the broker would count the worker dead and redeliver that task. When
+the app's tasks outlast G on average the wait therefore lasts until *some* instance
+is idle at a tick, and the delay costs worker-seconds. The only way to shorten the wait is to stop a busy
+instance, and with tasks longer than the drain that cuts work: each way of doing it
+that was measured (stopping only after the tasks running when the wait began have
+ended; a rent-or-buy bound that waits until the surplus capacity paid, threads x
+seconds waited, reaches K times the task-seconds the cut would discard; waiting only
+for tasks older than G/2; a shorter limit) moved worker-seconds toward the
+highest-number rule's by discarding work again, on the traces of
+``python -m bench.victim_rules`` and on the minutes-long tasks of the same tool,
+where a cut is almost certain. Which of the two costs matters more depends on the
+app (a redone OCR page, a repeated side effect, a message that never finishes), so
+the rule keeps the issue's priority: a long task is not cut before the limit.
+``python -m bench.victim_rules`` measured the choices (docs: policy, "What the
+benchmark measured").
 """
 
 from __future__ import annotations

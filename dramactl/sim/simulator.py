@@ -398,6 +398,8 @@ class _Run:
             if observe is not None:
                 # As scaler.tick: the jobs' duration when all ended in the wait; the late ones by timestamps next tick.
                 observe(None if late else ends - now, tuple(late))
+        if target >= len(up):
+            self.waiting_since = None  # as scaler.tick: a tick that does not wait (no scale-down) ends the wait
         for w in self.victims(up, len(up) - target, now, backlog) if target < len(up) else []:
             acted = True
             self.stop(w, now)

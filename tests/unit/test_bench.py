@@ -179,3 +179,27 @@ def test_a_stop_drains_with_the_real_rule_and_the_victim_rule_decides_what_is_cu
     assert highest.horizon == 30.0 + GRACE + HEARTBEAT + 100.0, "redelivered after the heartbeat timeout and run again from scratch"
     assert sorted(highest.waits) == [0.0, 30.0 + GRACE + HEARTBEAT - 1.0], "the wait is the one before the start that completed"
     assert (least.cut, least.discarded, least.horizon) == (0, 0.0, 101.0)
+
+
+class _ShrinkHoldShrink:
+    """Two workers until t=30, one until 1500, two (a hold) until 1600, then one."""
+
+    def target(self, backlog, units, now):
+        return 2 if now < 30 or 1500 <= now < 1600 else 1
+
+
+def test_a_tick_without_a_scale_down_ends_the_wait_as_the_real_tick_does() -> None:
+    """scaler.tick keeps ``waiting_since`` only while its ticks wait: a tick that does not
+    scale down (here the policy holds at two from 1500 to 1600) ends the wait, and the next
+    scale-down's wait counts its limit from its own first tick (1605), not from the first
+    wait's (30). Both workers run a task longer than anything here, so the wait ends only at
+    the limit: the most recent start (@2, begun at 1.0) is stopped at 1605 + WAIT_LIMIT and cut
+    off GRACE later."""
+    from dramactl.sim.simulator import GRACE
+    from dramactl.victims import WAIT_LIMIT
+
+    trace = Trace("hold", 60.0, lambda t: 0.0, 0.0)
+    workload = Workload(trace, WorkerModel(threads=1, prefetch=1), arrivals=[0.0, 1.0], services=[9000.0, 9000.0], startups=[1.0] * 8, seed=1)
+    result = simulate(workload, _ShrinkHoldShrink(), policy="t", interval=15, initial_workers=2, min_workers=1, victim="least-busy")
+    assert result.cut == 1
+    assert result.discarded == 1605.0 + WAIT_LIMIT + GRACE - 1.0
