@@ -319,9 +319,12 @@ def work_target(
     service = rates.service
     startup = learned_startup(history)
     waiting = backlog.depth + backlog.orphaned
-    if backlog.depth:
-        # Behind a ready backlog, messages prefetched beyond the threads wait too; with none
-        # ready they are the queue the arrivals' headroom is sized for, not a backlog.
+    if backlog.depth or service >= float(settings.check_interval) + startup:
+        # Behind a ready backlog, messages prefetched beyond the threads wait too; so do they
+        # behind tasks that outlast a tick and a start-up (each waits for a long task of its
+        # worker to end: no growth helps it, and every arrival until one finds no free
+        # thread). With short tasks and none ready they are the queue the arrivals'
+        # headroom is sized for, not a backlog.
         waiting += max(0, backlog.in_flight - current * threads)
     if rates.load is None:
         load = float(min(backlog.in_flight, current * threads))  # first tick with counters: what runs now
