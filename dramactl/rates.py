@@ -144,6 +144,8 @@ def work_rates(history: Sequence[TickRecord], backlog: FleetBacklog, now: float,
         service = backlog.busy_seconds_total / backlog.done_total  # the counters' lifetime
     else:
         return None
+    if not math.isfinite(service) or (arrival is not None and not math.isfinite(arrival)):
+        return None  # counters finite but so large that their rates overflow (damaged): size by count
     return WorkRates(arrival, max(service, 0.0), intervals, span, _service_cv2(recent, service), done if done >= MIN_COMPLETIONS else 0.0)
 
 

@@ -3,10 +3,7 @@ the policy misbehaves, each a test that fails on the reviewed main (d6a3ce8)."""
 
 from __future__ import annotations
 
-import math
-
 from dramactl.policy import decide
-from dramactl.reaction import reacting_fleet
 from dramactl.state import TickRecord
 from dramactl.stats import FleetBacklog
 
@@ -47,6 +44,3 @@ def test_a_damaged_but_finite_counter_is_not_a_traceback() -> None:
     decision = decide(backlog, running(2), s, history, NOW)
     assert 1 <= decision.target <= s.max_processes
 
-
-def test_the_reacting_fleet_of_an_unbounded_rate_is_no_traceback() -> None:
-    assert reacting_fleet(0, math.inf, 60.0, 8, 20.0, 30.0, 8) >= 1
