@@ -230,6 +230,9 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
         probe = queue.read_probe(settings, client)
         stats = probe.queues
         state = store.load()
+        if state.threads and state.threads != settings.worker_threads:
+            # The workers run the operator's `start P T` / `--threads T` (threads_of): size them by it.
+            settings = replace(settings, worker_threads=state.threads)
         pending = state.history[-1].starting if state.history else ()
         probed = time.monotonic()
         instances = fleet.instances(timed=pending, memory=bool(settings.worker_recycle_memory))
