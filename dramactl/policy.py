@@ -15,7 +15,8 @@ hook has reported some (:mod:`dramactl.rates`):
   tick's wait: :func:`dramactl.rates.measure_startup`); only what waits beyond the
   queue the fleet shows anyway under this load counts (Erlang C's 95th percentile,
   scaled by (1 + cv^2) / 2 for the measured service-time variability); messages
-  prefetched beyond the threads wait only behind a ready backlog;
+  prefetched beyond the threads wait behind a ready backlog, or behind tasks that
+  outlast a tick and a start-up;
 * a block of messages that lands at a regular period (three blocks, two gaps that
   agree, counted from the counters even when the fleet absorbed them,
   :mod:`dramactl.recurring`) is met by a fleet started ahead: from the start-up plus

@@ -106,9 +106,18 @@ def reacting_fleet(present: int, rate: float, service: float, running: int, hori
 def reacting(backlog: FleetBacklog, rates: WorkRates, settings: Settings, startup: float, current: int, wait: float) -> int | None:
     """The policy's reacting fleet for this tick: the messages present (ready, due, in
     flight, orphaned) plus the headroom, when a growth consumes within ``wait``; None
-    before a rate exists or when the horizon is longer."""
+    before a rate exists, when the horizon is longer, or when the arrivals within the
+    horizon are more than one worker's threads. A fleet sized by the count present
+    follows the count, and between two decisions the count moves by about the arrivals
+    within the horizon (and as many ends): when that is more than a worker, every
+    decision moves the fleet by its Poisson swing, down and back up (on 1-thread workers
+    each message is a worker), and the static fleet's headroom, which absorbs those
+    swings, is the calm model. Where fewer arrive than a worker's threads, the count
+    changes by less than a worker a decision and following it costs few actions."""
     horizon = reacts_within(float(settings.check_interval), startup, wait, rates.service)
     if horizon is None or rates.arrival is None:
         return None
+    if rates.arrival * horizon > settings.worker_threads:
+        return None  # the count moves by more than a worker between decisions (above)
     running = min(backlog.in_flight, current * settings.worker_threads)
     return reacting_fleet(backlog.backlog, rates.arrival, rates.service, running, horizon, wait, settings.worker_threads)

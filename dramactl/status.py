@@ -8,6 +8,7 @@ rest is still reported, the problem lands in ``errors`` and the source in ``unre
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from . import policyview, queue, share
 from .fleet import Fleet, FleetError
@@ -95,7 +96,8 @@ def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = N
     out["recycle_memory"] = settings.worker_recycle_memory or None
     out["limits"] = limits(settings)
     # What the active policy decides from: the default policy's measured figures, or the step rule's thresholds.
-    out["policy"] = policyview.view(backlog, units, settings, state.history, now)
+    # The policy sizes the workers by the threads they run (the operator's --threads T), as the tick does.
+    out["policy"] = policyview.view(backlog, units, replace(settings, worker_threads=out["threads"]), state.history, now)
     timer = out["timer"]
     if timer and timer.get("interval") and abs(timer["interval"] - settings.check_interval) > 0.5:
         errors.append(

@@ -1,6 +1,7 @@
-"""Review: the thread count of `scale-to N --threads T` (`start P T`) runs the workers the
-ticks start after `dramactl resume`, but the policy sizes them with WORKER_THREADS.
-Real Redis and real Dramatiq messages; this host's instances a stand-in (no systemd)."""
+"""The thread count of `scale-to N --threads T` (`start P T`) runs the workers the ticks
+start after `dramactl resume`, and the policy sizes the fleet by it, not by WORKER_THREADS
+(it did before a review found it). Real Redis and real Dramatiq messages; this host's
+instances a stand-in (no systemd)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Review of the reacting fleet (dramactl/reaction.py) and its neighbours: inputs on which
-the policy misbehaves, each a test that fails on the reviewed main (d6a3ce8)."""
+"""Long tasks and damaged counters in the work-based policy: inputs a review found the
+policy mishandled (each of these failed before its fix): messages prefetched behind long
+tasks with nothing ready, and a finite counter whose rate overflows."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Review of the reacting fleet on long-task families the bench does not ship: the
-simulator with the real policy (fails on the reviewed main, d6a3ce8)."""
+"""Long-task families the bench does not ship, through the simulator with the real policy
+(seeds 1-3, CI-sized): the calm target and the goal's share on 1- and 2-thread workers,
+where the fleet that reacts used to follow the count present up and down, and families
+that HPA dominated while messages prefetched behind long tasks were counted nowhere."""
 
 from __future__ import annotations
 
