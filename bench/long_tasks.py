@@ -18,16 +18,14 @@ the same families and targets.
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
-from dataclasses import dataclass
 from typing import Callable
 
 from dramactl.sim.simulator import RunResult, WorkerModel, Workload, simulate
 from dramactl.sim.traces import Trace
 
 from .policies import lineup
+from .report import Verdict, seeds_main
 
 SEEDS = (1, 2, 3)
 GOAL = 30.0  # MAX_QUEUE_WAIT/2 at the default MAX_QUEUE_WAIT
@@ -75,33 +73,24 @@ def runs(trace: Trace, seeds: tuple[int, ...] = SEEDS) -> dict[str, list[RunResu
     return out
 
 
-@dataclass(frozen=True)
-class Check:
-    text: str
-    passed: bool
-
-    def __str__(self) -> str:
-        return f"{'PASS' if self.passed else 'FAIL'}  {self.text}"
-
-
-def calm(name: str, r: dict[str, list[RunResult]]) -> Check:
+def calm(name: str, r: dict[str, list[RunResult]]) -> Verdict:
     mine, hpa = mean([x.actions_per_hour for x in r["dramactl"]]), mean([x.actions_per_hour for x in r["hpa/keda"]])
     limit = 2.0 * max(4.0, hpa)
-    return Check(f"{name}: {mine:.1f} actions/h <= 2x HPA's {hpa:.1f} (at least 4): {limit:.1f}", mine <= limit)
+    return Verdict(mine <= limit, f"{name}: {mine:.1f} actions/h <= 2x HPA's {hpa:.1f} (at least 4): {limit:.1f}")
 
 
-def goal_share(name: str, r: dict[str, list[RunResult]]) -> Check:
+def goal_share(name: str, r: dict[str, list[RunResult]]) -> Verdict:
     late = mean([late_share(x) for x in r["dramactl"]])
-    return Check(f"{name}: {100 * late:.2f} % of arrivals wait past {GOAL:g}s <= 5 %", late <= 0.05)
+    return Verdict(late <= 0.05, f"{name}: {100 * late:.2f} % of arrivals wait past {GOAL:g}s <= 5 %")
 
 
-def not_dominated(name: str, r: dict[str, list[RunResult]]) -> Check:
+def not_dominated(name: str, r: dict[str, list[RunResult]]) -> Verdict:
     p95, ws = mean([x.p95 for x in r["dramactl"]]), mean([x.worker_seconds for x in r["dramactl"]])
     hp95, hws = mean([x.p95 for x in r["hpa/keda"]]), mean([x.worker_seconds for x in r["hpa/keda"]])
-    return Check(f"{name}: not dominated by HPA/KEDA (p95 {p95:.1f}s vs {hp95:.1f}s, worker-s {ws:.0f} vs {hws:.0f})", p95 <= hp95 or ws <= hws)
+    return Verdict(p95 <= hp95 or ws <= hws, f"{name}: not dominated by HPA/KEDA (p95 {p95:.1f}s vs {hp95:.1f}s, worker-s {ws:.0f} vs {hws:.0f})")
 
 
-FAMILIES: list[tuple[Callable[[], Trace], tuple[Callable[[str, dict[str, list[RunResult]]], Check], ...]]] = [
+FAMILIES: list[tuple[Callable[[], Trace], tuple[Callable[[str, dict[str, list[RunResult]]], Verdict], ...]]] = [
     (lambda: long_tasks(0.5, 25.0), (calm,)),
     (lambda: long_tasks(1.0, 25.0, threads=2), (calm,)),
     (lambda: long_tasks(0.2, 30.0, max_workers=30), (goal_share,)),
@@ -113,7 +102,7 @@ FAMILIES: list[tuple[Callable[[], Trace], tuple[Callable[[str, dict[str, list[Ru
 def report(seeds: tuple[int, ...] = SEEDS) -> tuple[str, bool]:
     head = f"{'family':<14} {'policy':<10} {'p95 s':>6} {'late %':>7} {'worker-s':>9} {'act/h':>6} {'peak':>5}"
     lines = [f"long-task families, seeds {','.join(map(str, seeds))} (means); late: waited past {GOAL:g}s", "", head, "-" * len(head)]
-    checks: list[Check] = []
+    checks: list[Verdict] = []
     for make, targets in FAMILIES:
         trace = make()
         r = runs(trace, seeds)
@@ -127,14 +116,7 @@ def report(seeds: tuple[int, ...] = SEEDS) -> tuple[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.long_tasks", description=__doc__)
-    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
-    args = parser.parse_args(argv)
-    began = time.monotonic()
-    text, ok = report(tuple(int(s) for s in args.seeds.split(",")))
-    print(text)
-    print(f"\n({time.monotonic() - began:.1f}s)")
-    return 0 if ok else 1
+    return seeds_main("python -m bench.long_tasks", __doc__, report, SEEDS, argv)
 
 
 if __name__ == "__main__":

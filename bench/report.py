@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
+import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .policies import CLAIRVOYANT, REFERENCE
 from dramactl.sim.simulator import RunResult
@@ -136,3 +138,15 @@ def verdicts(results: Sequence[RunResult], default: str, steady: Sequence[str], 
             d, c = by[t, default], by[t, CLAIRVOYANT]
             out.append(Verdict(None, f"{t}: vs clairvoyant: worker-seconds {d.worker_seconds / c.worker_seconds:.2f}x ({d.ratio:.2f}x vs {c.ratio:.2f}x bound), p95 {d.p95:.1f}s vs {c.p95:.1f}s"))
     return out
+
+
+def seeds_main(prog: str, doc: str | None, report: Callable[[tuple[int, ...]], tuple[str, bool]], seeds: Sequence[int], argv: list[str] | None) -> int:
+    """A bench command over ``--seeds``: print ``report``'s text and its wall time; exit 0 when every target passed."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc)
+    parser.add_argument("--seeds", default=",".join(map(str, seeds)))
+    args = parser.parse_args(argv)
+    began = time.monotonic()
+    text, ok = report(tuple(int(s) for s in args.seeds.split(",")))
+    print(text)
+    print(f"\n({time.monotonic() - began:.1f}s)")
+    return 0 if ok else 1

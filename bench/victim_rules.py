@@ -19,13 +19,11 @@ Exit status 0 when every target passes.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
-import time
 
 from .policies import lineup
-from .report import summarize
+from .report import seeds_main, summarize
 from dramactl.sim.simulator import VICTIMS, RunResult, WorkerModel, Workload, simulate
 from .traces import Trace
 
@@ -123,14 +121,7 @@ def report(seeds: tuple[int, ...]) -> tuple[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.victim_rules", description=__doc__)
-    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
-    args = parser.parse_args(argv)
-    began = time.monotonic()
-    text, ok = report(tuple(int(s) for s in args.seeds.split(",")))
-    print(text)
-    print(f"\n({time.monotonic() - began:.1f}s)")
-    return 0 if ok else 1
+    return seeds_main("python -m bench.victim_rules", __doc__, report, SEEDS, argv)
 
 
 if __name__ == "__main__":
