@@ -1,15 +1,17 @@
 """The thread count of `scale-to N --threads T` (`start P T`) runs the workers the ticks
 start after `dramactl resume`, and the policy sizes the fleet by it, not by WORKER_THREADS
-(it did before a review found it). Real Redis and real Dramatiq messages; this host's
-instances a stand-in (no systemd)."""
+(it did before a review found it), and so does `status`'s policy view. Real Redis and real
+Dramatiq messages; this host's instances a stand-in (no systemd)."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import dramatiq
 import redis as redis_lib
 from dramatiq.brokers.redis import RedisBroker
 
-from dramactl import scaler
+from dramactl import scaler, status
 from dramactl.settings import parse
 from dramactl.state import StateStore
 from tests.integration.test_replace_in_fleet import StandIn
@@ -30,7 +32,11 @@ def test_after_resume_the_policy_sizes_workers_with_the_threads_they_run(
 
     for i in range(16):
         task.send(i)
+    here.timer = lambda: SimpleNamespace(to_dict=lambda: None)  # type: ignore[attr-defined]  # no timer in a stand-in
+    view = status.collect(settings, fleet=here)  # type: ignore[arg-type]
     outcome = scaler.tick(settings, fleet=here)  # type: ignore[arg-type]
+    assert view["threads"] == 2
+    assert view["policy"]["target"] == outcome.decision.target, (view["policy"], outcome.decision.reason)  # status shows what the tick does
     # 16 messages ready for 2 workers x 2 threads: 4 per thread. Sized as 2 x 8 threads
     # (WORKER_THREADS), 16 is within the fleet's share plus noise and main holds at 2.
     assert outcome.decision.target > 2, outcome.decision.reason
