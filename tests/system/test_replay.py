@@ -4,20 +4,23 @@ Two bursts of one-second messages go through the real fleet (the timer grows it 
 lets it shrink back to MIN); ``dramactl replay`` then rebuilds the arrivals and
 service times from the journal's counters and replays them with the settings in
 force. Tolerances, over the recorded ticks: the replayed fleet size within 0.5
-instance of the recorded one on average (MAX_PROCESSES is 4; 0.00-0.27 in four
-runs, 0.6-0.8 before the replay placed figures at the tick's read, bounded arrivals
-by the read's oldest_age and ticked at the recorded ticks' moments), the backlog
-within 15 % of its recorded mean (3-6 %; 27-29 % before), the actions within two (or
-half the recorded count) of the recorded ones (equal in three runs, one fewer in one,
-3 against 5 in a CI run: a tick acts or not on one message's timing at a threshold;
-twice as many before they were counted in the range only), and the p95 wait within 30 % of the real one: the
-real p95 of the same load differs from run to run by more than the replay's error
-(20.6-25.2 s in four runs, the replay 22.9-23.3 s: whether the second burst meets 3
-or 4 instances is decided by a message or two). ``dramactl tune`` is then
-asked for a p95 wait halfway between the settings in force's and static MAX's; the
-settings it prints, applied to a second real run of the same load, must meet that
-p95 (each message's wait from its send to its start, as the simulator counts it), within
-one tick (CHECK_INTERVAL) for the real start-ups the simulator draws at 3-6 s.
+instance of the recorded one on average (MAX_PROCESSES is 4; 0.00 in three runs
+growing one instance a tick, 0.00-0.27 in four without a step limit, 0.6-0.8 before
+the replay placed figures at the tick's read, bounded arrivals by the read's
+oldest_age and ticked at the recorded ticks' moments), the backlog within 15 % of its
+recorded mean (2-3 %; 3-6 % without a step limit; 27-29 % before), the actions within
+two (or half the recorded count) of the recorded ones (one more in one run of three,
+equal in two; 3 against 5 in a CI run: a tick acts or not on one message's timing at
+a threshold), and the p95 wait within 30 % of the real one: the real p95 of the same
+load differs from run to run by more than the replay's error (26.5-27.2 s in three
+runs, the replay 25.6-26.0 s; 20.6-25.2 s without a step limit: whether the second
+burst meets 3 or 4 instances is decided by a message or two). ``dramactl tune`` is then
+asked for a p95 wait halfway between the settings in force's and static MAX's (the recorded run grows one
+instance a tick, so the two are apart and tune must change something); the settings it prints, applied to a
+second real run of the same load, must meet that p95 (each message's wait from its send to its start, as the
+simulator counts it) within what the replay was short of the first run's real p95 (it places a read's ready
+messages between their oldest's moment and the read, so a burst comes up to a tick late) and one tick
+(CHECK_INTERVAL: a burst meets the timer at another moment of its period in the second run).
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ FLEET_TOLERANCE = 0.5  # instances, mean absolute error over the recorded ticks
 BACKLOG_TOLERANCE = 0.15  # of the recorded mean backlog, mean absolute error over the recorded ticks
 P95_TOLERANCE = 0.30  # of the real p95 wait
 TICK = float(BASE_SETTINGS["CHECK_INTERVAL"])
+# The recorded run grows one instance a tick, so static MAX's p95 is well below the settings in force's
+# and a p95 between them asks tune for a real change (with no step limit the fleet may reach MAX in one
+# tick, the two p95s meet and tune rightly changes nothing: a CI run then compared two runs of the same
+# settings, 21.9 s and 24.8 s, against a target of 18 s).
+RECORDED = {"MAX_SCALE_UP_STEP": "1"}
 
 
 def work_done(system: System) -> int:
@@ -80,7 +88,7 @@ def record(system: System, **settings: str) -> tuple[float, float, int, float]:
 
 
 def test_a_recorded_run_replays_its_fleet_and_tunes_settings_that_meet_the_p95_in_a_second_run(system: System) -> None:
-    since, until, peak, real_p95 = record(system)
+    since, until, peak, real_p95 = record(system, **RECORDED)
     env_before = system.sh("cat /etc/dramactl/dramactl.env").stdout
     assert peak >= 2  # the recorded run did scale: a constant fleet would make the comparison empty
 
@@ -103,17 +111,24 @@ def test_a_recorded_run_replays_its_fleet_and_tunes_settings_that_meet_the_p95_i
     assert {"settings in force", "MAX_QUEUE_WAIT=5", "static MAX (4)", "hpa/keda 15s", "lower bound"} <= set(rows)
     assert rows["lower bound"]["worker_hours"] <= min(r["worker_hours"] for n, r in rows.items() if n not in ("lower bound", "recorded"))
 
-    # A p95 a fleet within MIN..MAX can meet on this range: halfway from the settings in force's to static MAX's.
-    target = f"{math.ceil((rows['static MAX (4)']['p95_wait'] + rows['settings in force']['p95_wait']) / 2)}"
+    # A p95 a fleet within MIN..MAX can meet on this range, below the settings in force's: halfway to static MAX's.
+    in_force, static = rows["settings in force"]["p95_wait"], rows["static MAX (4)"]["p95_wait"]
+    assert static <= in_force - 2.0, rows  # one instance a tick: MAX comes two ticks after the first growth
+    target = f"{(static + in_force) / 2:.1f}"
     tuned = system.dramactl("tune", "--p95", target, *span, check=False)
     print(f"$ dramactl tune --p95 {target} --since @{since:.0f} --until @{until:.0f}\n{tuned.stdout}")
     assert tuned.returncode == 0, tuned.stdout + tuned.stderr
     result = json.loads(system.dramactl("tune", "--p95", target, *span, "--json").stdout)
     assert result["met"] and result["after"]["p95_wait"] <= float(target)
-    assert all(line in tuned.stdout.splitlines() for line in result["env"])
+    assert result["env"] and all(line in tuned.stdout.splitlines() for line in result["env"])  # a change: the target is below the settings in force's
     assert system.sh("cat /etc/dramactl/dramactl.env").stdout == env_before  # nothing changed
 
+    # The second run of the same load under tune's settings meets the target as far as the replay is right about
+    # this load: within what it was short of the first run's real p95, and one tick (the bursts meet the timer
+    # at another moment of its period, which moves the real p95 by up to a tick from run to run).
     applied = dict(line.split("=", 1) for line in result["env"])
-    _, _, _, tuned_p95 = record(system, **applied)
-    print(f"[replay] second real run with {applied}: p95 wait {tuned_p95:.1f}s (asked {target}s, the first run's {real_p95:.1f}s)")
-    assert tuned_p95 <= float(target) + TICK
+    _, _, _, tuned_p95 = record(system, **{**RECORDED, **applied})
+    short = max(0.0, real_p95 - in_force)
+    print(f"[replay] second real run with {applied}: p95 wait {tuned_p95:.1f}s (asked {target}s, the replay {short:.1f}s short "
+          f"of the first run's {real_p95:.1f}s)")
+    assert tuned_p95 <= float(target) + short + TICK
