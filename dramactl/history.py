@@ -50,7 +50,8 @@ FIELDS = {
     "DRAMACTL_ORPHANED": "fetched by a worker whose heartbeat expired",
     "DRAMACTL_DEAD": "dead-lettered messages",
     "DRAMACTL_OLDEST_AGE": "seconds the oldest ready message waited (empty: nothing ready)",
-    "DRAMACTL_QUEUES": "JSON list: each queue's figures (name, ready, delayed, due, in_flight, orphaned, dead, oldest_age, backlog, and the worker hook's cumulative done_total, busy_seconds_total and busy_sq_total (the sum of squared busy seconds), from which `dramactl replay` rebuilds the traffic)",
+    "DRAMACTL_NEWEST_AGE": "seconds since the newest ready message was sent, the smallest over the queues: every ready message came between it and DRAMACTL_OLDEST_AGE before the read (empty: nothing ready, or a queue's newest unknown)",
+    "DRAMACTL_QUEUES": "JSON list: each queue's figures (name, ready, delayed, due, in_flight, orphaned, dead, oldest_age, newest_age (seconds since the newest ready message, the list's tail, was sent; null when unknown), backlog, and the worker hook's cumulative done_total, busy_seconds_total and busy_sq_total (the sum of squared busy seconds), from which `dramactl replay` rebuilds the traffic)",
     "DRAMACTL_INSTANCES": "JSON object: instances by systemd active state before the step, e.g. {\"active\": 2}",
     "DRAMACTL_ACTIONS": "JSON list of the jobs and their results: [{\"verb\": \"start\", \"unit\": \"dramatiq-worker@3.service\", \"result\": \"done\"}]",
     "DRAMACTL_STARTED": "instances started (count)",
@@ -139,6 +140,7 @@ def fields(outcome: Any, command: str, duration: float | None = None) -> dict[st
             "DRAMACTL_ORPHANED": str(b.orphaned),
             "DRAMACTL_DEAD": str(b.dead),
             "DRAMACTL_OLDEST_AGE": "" if b.oldest_age is None else f"{b.oldest_age:.3f}",
+            "DRAMACTL_NEWEST_AGE": "" if b.newest_age is None else f"{b.newest_age:.3f}",
             "DRAMACTL_QUEUES": json.dumps([q.to_dict() for q in outcome.queues], sort_keys=True),
         })
     fleet = getattr(outcome, "fleet", None)
@@ -208,6 +210,7 @@ class Entry:
     message: str = ""
     victims: list = field(default_factory=list)
     waiting: list = field(default_factory=list)
+    newest_age: float | None = None  # absent from entries written before it was recorded
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -237,6 +240,7 @@ class Entry:
         wanted = ints.pop("wanted")
         optional = lambda v: float(v) if v else None  # noqa: E731 - absent: None
         age, dur = read("oldest_age", optional, ""), read("duration", optional, "")
+        newest = read("newest_age", optional, "")
         return cls(
             at=at,
             kind=get("kind"),
@@ -245,6 +249,7 @@ class Entry:
             reason_class=get("reason_class"),
             wanted=wanted,
             oldest_age=age,
+            newest_age=newest,
             queues=read("queues", json.loads, "[]"),
             instances=read("instances", json.loads, "{}"),
             actions=read("actions", json.loads, "[]"),

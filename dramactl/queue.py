@@ -11,7 +11,12 @@ Dramatiq's RedisBroker keeps, for queue ``Q`` in namespace ``ns``:
 - ``ns:__acks__.<worker>.Q``     SET of the ids that worker fetched and has not acked.
 
 Every body carries ``message_timestamp`` (ms), kept across retries, so the head
-message gives the age of the oldest waiting message. A held message whose worker's
+message gives the age of the oldest waiting message, and the tail (the one pushed
+last) the age of the newest: ``dramactl replay`` places the ready messages between the
+two. A message moved back to the list (a delayed or retried one, or one a stopping
+worker requeued) keeps its first timestamp, so the tail may be older than the head:
+its age is then not the newest's and is left out (when it is newer than the head's
+but older than a message behind it, the bound is early by its time out of the list). A held message whose worker's
 heartbeat is older than the heartbeat timeout (``ns:__dramactl__.heartbeat_timeout``,
 ms, published by the worker hook; Dramatiq's 60 s when absent) is *orphaned*: no live
 worker runs it, and it waits for Dramatiq's maintenance to requeue it.
@@ -24,7 +29,7 @@ between ticks (:mod:`dramactl.rates`).
 
 All figures of all queues are read by one Lua script, against Redis' own clock, with
 a bounded amount of work per queue whatever the queue sizes: bodies are decoded
-(cjson) only for the head message and for at most ``DUE_SAMPLE`` delayed messages.
+(cjson) only for the head and tail messages and for at most ``DUE_SAMPLE`` delayed messages.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ DEFAULT_HEARTBEAT_TIMEOUT_MS = 60_000
 # Dead workers looked at per probe (oldest heartbeats first).
 DEAD_WORKER_LIMIT = 100
 # Values per queue in the script's reply.
-FIELDS = 11
+FIELDS = 12
 # Keys per queue the script reads.
 KEYS_PER_QUEUE = 5
 
@@ -71,7 +76,8 @@ PROBE = """
 -- ARGV: exact_limit, sample, byte_budget, default_timeout_ms, dead_limit,
 --       acks prefix ('ns:__acks__.'), report field limit, then the queue names in KEYS order.
 -- Reply: now_ms, then per queue
---   ready, held, delayed, due, dead, head_ts (-1: unknown), orphaned,
+--   ready, held, delayed, due, dead, head_ts (-1: unknown), tail_ts (the newest ready
+--   message's: head_ts when one is ready, -1: unknown), orphaned,
 --   done, busy, busy_sq (the hook's counters as strings, '' when absent), error ('' if none);
 -- last, the instance reports: {error ('' if none), field, value, field, value ...}.
 local t = redis.call('TIME')
@@ -166,16 +172,21 @@ for i = 1, (#KEYS - 3) / 5 do
     or wrong_type(delayed_msgs, 'hash', 'delayed message hash')
     or wrong_type(xq, 'zset', 'dead-letter zset')
   if err then
-    for _ = 1, 7 do table.insert(out, 0) end
+    for _ = 1, 8 do table.insert(out, 0) end
     for _ = 1, 3 do table.insert(out, '') end
     table.insert(out, err)
   else
     local ready = redis.call('LLEN', list)
     local delayed = redis.call('HLEN', delayed_msgs)
-    local head_ts = -1
+    local head_ts, tail_ts = -1, -1
     if ready > 0 then
       local body = redis.call('HGET', msgs, redis.call('LINDEX', list, 0))
       if body then head_ts = timestamp_of(body) or -1 end
+      tail_ts = head_ts
+    end
+    if ready > 1 then  -- Dramatiq RPUSHes: the tail is the newest (O(1) either end)
+      local body = redis.call('HGET', msgs, redis.call('LINDEX', list, -1))
+      tail_ts = body and timestamp_of(body) or -1
     end
     table.insert(out, ready)
     table.insert(out, redis.call('HLEN', msgs))
@@ -183,6 +194,7 @@ for i = 1, (#KEYS - 3) / 5 do
     table.insert(out, count_due(delayed_msgs, delayed))
     table.insert(out, redis.call('ZCARD', xq))
     table.insert(out, head_ts)
+    table.insert(out, tail_ts)
     table.insert(out, orphaned_in(ARGV[7 + i]))
     local done, busy, squares = work_of(KEYS[5 * i + 3])
     table.insert(out, done)
@@ -331,7 +343,7 @@ def parse_probe(queues: Sequence[str], raw: Sequence[int | bytes | str]) -> list
             stats.append(QueueStats(name=name, error=str(error)))
             continue
         *counts, done, busy, squares = numbers
-        ready, held, delayed, due, dead, head_ts, orphans = (int(v) for v in counts)
+        ready, held, delayed, due, dead, head_ts, tail_ts, orphans = (int(v) for v in counts)
         # A dead worker's ack set may name ids already gone; only held messages count.
         orphaned = min(orphans, max(0, held - ready))
         stats.append(
@@ -344,12 +356,23 @@ def parse_probe(queues: Sequence[str], raw: Sequence[int | bytes | str]) -> list
                 orphaned=orphaned,
                 dead=dead,
                 oldest_age=max(0.0, (now_ms - head_ts) / 1000.0) if head_ts >= 0 else None,
+                newest_age=newest_age(head_ts, tail_ts, now_ms),
                 done_total=_counter(done, f"__dramactl__.work.{name} field done"),
                 busy_seconds_total=_counter(busy, f"__dramactl__.work.{name} field busy"),
                 busy_sq_total=_counter(squares, f"__dramactl__.work.{name} field busy_sq"),
             )
         )
     return stats
+
+
+def newest_age(head_ts: int, tail_ts: int, now_ms: int) -> float | None:
+    """Seconds since the newest ready message was sent (the tail's timestamp), or None when
+    its timestamp cannot be the newest's: unknown (-1: absent, not a number), newer than
+    Redis' clock, or older than the head's (a message moved back to the list, or a head
+    whose own timestamp is unknown). Only the read's bound is lost: nothing else changes."""
+    if head_ts < 0 or not head_ts <= tail_ts <= now_ms:
+        return None
+    return (now_ms - tail_ts) / 1000.0
 
 
 def parse_reports(raw: Sequence | bytes | str, now: float, key: str = "the instance report hash") -> tuple[dict[int, InstanceReport], tuple[str, ...]]:

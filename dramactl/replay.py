@@ -12,8 +12,9 @@ the instances up before the step (``DRAMACTL_CURRENT``). Between two entries
 entry's figures are placed when the tick read them (its stamp less its
 ``DRAMACTL_DURATION``: it acts, then writes). The read bounds when they came: the
 queue is first in, first out, so its ready messages all came after the oldest of
-them (``oldest_age`` before the read) and the rest before; within those bounds they
-are spread at random (:func:`spread`). The k-th message rebuilt gets the mean service
+them (``oldest_age`` before the read) and no later than the newest (``newest_age``,
+the list's tail; the read itself when an entry lacks it), and the rest before; within
+those bounds they are spread at random (:func:`spread`). The k-th message rebuilt gets the mean service
 time of the interval in which the k-th completion was counted (the queue is served
 first in, first out), drawn lognormal around it with the coefficient of variation
 the hook's ``busy_sq_total`` (sum of squared busy seconds) gives, pooled within
@@ -70,6 +71,7 @@ class Sample:
     oldest_age: float | None = None  # seconds the oldest ready message had waited (None: nothing ready)
     took: float = 0.0  # the tick's DRAMACTL_DURATION: the entry is written when its jobs ended
     squares: tuple[tuple[str, float], ...] = ()  # (queue, busy_sq_total) known: a hook that counts them
+    newest_age: float | None = None  # seconds since the newest ready message was sent (None: unknown, or an older entry)
 
     @property
     def probe(self) -> float:
@@ -90,8 +92,10 @@ class Sample:
                     squares.append((str(q.get("name", "")), float(sq)))
         took = entry.duration if isinstance(entry.duration, (int, float)) and 0 <= entry.duration < 3600 else 0.0
         age = entry.oldest_age if isinstance(entry.oldest_age, (int, float)) and 0 <= entry.oldest_age < math.inf else None
+        newest = getattr(entry, "newest_age", None)
+        newest = newest if isinstance(newest, (int, float)) and 0 <= newest < math.inf else None
         return cls(entry.at, entry.kind == "tick", entry.current, entry.backlog, tuple(counters), bool(entry.started or entry.stopped),
-                   max(0, entry.ready), age, float(took), tuple(squares))
+                   max(0, entry.ready), age, float(took), tuple(squares), newest)
 
 
 def read_samples(since: float | None, until: float | None, progress: Progress | None = None) -> list[Sample]:
@@ -146,20 +150,30 @@ class Rebuilt:
                 "peak_workers": max((r[1] for r in self.recorded), default=0)}
 
 
-def spread(rng: random.Random, count: int, start: float, end: float, ready: int, oldest_age: float | None) -> list[float]:
+def spread(rng: random.Random, count: int, start: float, end: float, ready: int, oldest_age: float | None,
+           newest_age: float | None = None) -> list[float]:
     """When the ``count`` messages that arrived between two reads (at ``start`` and ``end``)
     came, sorted. The read at ``end`` bounds them: the queue is served first in, first out,
     so its ``ready`` messages all came after the oldest of them (``oldest_age`` before
-    ``end``, which is when that one came), and the others before it. Within those bounds
-    they are spread at random (a burst at one moment shows as a short span)."""
+    ``end``, which is when that one came) and no later than the newest (``newest_age``
+    before ``end``, when that one came), and the others before the oldest. Within those
+    bounds they are spread at random (a burst at one moment shows at that moment). A
+    ``newest_age`` that is absent (an older entry), out of order with ``oldest_age`` or
+    outside the interval bounds nothing: the ready ones then spread up to ``end``."""
     if count <= 0:
         return []
     split = end - oldest_age if oldest_age is not None else start
     if not start < split <= end:  # nothing ready, or its oldest came before this interval: no bound inside it
         return sorted(rng.uniform(start, end) for _ in range(count))
+    top = end - newest_age if newest_age is not None else math.nan
+    bounded = split <= top <= end  # False for NaN: no newest, or not one of these ready messages
     late = min(count, max(1, ready))
     early = [rng.uniform(start, split) for _ in range(count - late)]
-    return sorted(early) + [split] + sorted(rng.uniform(split, end) for _ in range(late - 1))
+    if late == 1:
+        return sorted(early) + [split]
+    middle = [rng.uniform(split, top if bounded else end) for _ in range(late - 2)]
+    last = top if bounded else rng.uniform(split, end)  # the newest at its moment, when the read gave it
+    return sorted(early) + [split] + sorted(middle + [last])
 
 
 def rebuild(samples: Sequence[Sample], *, seed: int = 0, cv: float | None = None) -> Rebuilt:
@@ -215,7 +229,7 @@ def rebuild(samples: Sequence[Sample], *, seed: int = 0, cv: float | None = None
             if len(arrivals) + count > MAX_MESSAGES:
                 raise ReplayError(f"the range holds more than {MAX_MESSAGES:,} messages, more than a replay keeps in memory: "
                                   "narrow it with --since/--until")
-            arrivals.extend(spread(rng, count, prev_at - t0, s.probe - t0, s.ready, s.oldest_age))
+            arrivals.extend(spread(rng, count, prev_at - t0, s.probe - t0, s.ready, s.oldest_age, s.newest_age))
         if d_done > 0:
             total_done += d_done
             total_busy += d_busy

@@ -15,7 +15,10 @@ class QueueStats:
     fetched by a live worker and not yet acked; ``orphaned`` were fetched by a worker
     whose heartbeat expired (work nobody runs until Dramatiq requeues it).
     ``oldest_age`` is the wait, in seconds, of the head ready message (None when
-    nothing is ready). ``error`` says why the queue could not be read (its figures are
+    nothing is ready); ``newest_age`` the time since the newest one (the tail) was sent,
+    so every ready message came between ``oldest_age`` and ``newest_age`` before the read
+    (None when nothing is ready or the tail's timestamp is not the newest's:
+    :func:`dramactl.queue.newest_age`). ``error`` says why the queue could not be read (its figures are
     then zeros). ``done_total`` and ``busy_seconds_total`` are the worker hook's
     cumulative counters (messages completed, seconds spent on them), ``busy_sq_total``
     the sum of each message's seconds squared (their spread: ``dramactl replay``); None
@@ -35,6 +38,7 @@ class QueueStats:
     busy_seconds_total: float | None = None
     busy_sq_total: float | None = None
     error: str | None = None
+    newest_age: float | None = None
 
     @property
     def backlog(self) -> int:
@@ -47,7 +51,14 @@ class QueueStats:
 
 @dataclass(frozen=True)
 class FleetBacklog:
-    """The sum over the fleet's queues: the fleet is sized to all of them together."""
+    """The sum over the fleet's queues: the fleet is sized to all of them together.
+
+    ``oldest_age`` is the largest of the queues' and ``newest_age`` the smallest: each
+    queue's ready messages came between its own two, so all of them came between these
+    two, which bound the summed ``ready`` (the newest the latest arrival anywhere). A
+    queue with ready messages but no ``newest_age`` could have had one just before the
+    read, so then there is no such bound: None.
+    """
 
     ready: int = 0
     delayed: int = 0
@@ -58,6 +69,7 @@ class FleetBacklog:
     orphaned: int = 0
     done_total: float | None = None  # the hook's counters summed over queues; None when no queue has them
     busy_seconds_total: float | None = None
+    newest_age: float | None = None
 
     @property
     def backlog(self) -> int:
@@ -75,6 +87,8 @@ class FleetBacklog:
     def of(cls, queues: Iterable[QueueStats]) -> "FleetBacklog":
         qs = list(queues)
         ages = [q.oldest_age for q in qs if q.oldest_age is not None]
+        newest = [q.newest_age for q in qs if q.ready > 0]
+        known = [a for a in newest if a is not None]
         return cls(
             ready=sum(q.ready for q in qs),
             delayed=sum(q.delayed for q in qs),
@@ -85,6 +99,7 @@ class FleetBacklog:
             orphaned=sum(q.orphaned for q in qs),
             done_total=_sum_known(q.done_total for q in qs),
             busy_seconds_total=_sum_known(q.busy_seconds_total for q in qs),
+            newest_age=min(known) if known and len(known) == len(newest) else None,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import dramatiq
@@ -35,6 +36,69 @@ def test_ready_messages_and_oldest_age(broker: RedisBroker, redis_server: RedisS
     assert (q.ready, q.in_flight, q.delayed, q.due, q.dead) == (6, 0, 0, 0, 0)
     assert 1.0 <= q.oldest_age < 10.0, "age comes from the head (oldest) message"
     assert q.backlog == 6
+
+
+def test_the_newest_age_comes_from_the_tail_message(broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """Dramatiq RPUSHes and fetches from index 0: the tail is the newest ready message,
+    read in the same round trip (one more LINDEX and HGET, whatever the queue's length)."""
+
+    @dramatiq.actor(queue_name="q1")
+    def task(i: int) -> None: ...
+
+    task.send(0)
+    (q,) = queue.read(settings_for(redis_server))
+    assert q.ready == 1 and q.newest_age == q.oldest_age, "one ready message is the oldest and the newest"
+    for i in range(1, 200):
+        task.send(i)
+    time.sleep(1.2)
+    task.send(200)
+    time.sleep(1.2)
+    redis.config_resetstat()
+    (q,) = queue.read(settings_for(redis_server))
+    assert q.ready == 201
+    assert q.newest_age is not None and 1.1 <= q.newest_age <= q.oldest_age - 1.1, q
+    calls = commandstats(redis)
+    assert (calls.get("lindex"), calls.get("hget")) == (2, 2), calls
+
+
+def test_a_requeued_tail_is_older_than_the_head_and_gives_no_newest_age(broker: RedisBroker, redis_server: RedisServer) -> None:
+    """A stopping worker requeues what it prefetched (its consumer's requeue: Dramatiq RPUSHes it
+    back): the tail is then older than the head, and its timestamp says nothing about the newest arrival."""
+
+    @dramatiq.actor(queue_name="q1")
+    def task(i: int) -> None: ...
+
+    task.send(0)
+    time.sleep(0.05)
+    for i in range(1, 4):
+        task.send(i)
+    consumer = broker.consume("q1", prefetch=1, timeout=1000)
+    first = next(consumer)
+    assert first.args == (0,)
+    consumer.requeue([first])  # message 0 back at the tail
+    consumer.close()
+    (q,) = queue.read(settings_for(redis_server))
+    assert q.ready == 4 and q.in_flight == 0
+    assert q.oldest_age is not None and q.newest_age is None, q
+
+
+@pytest.mark.parametrize("stamp", ['"soon"', "null", "[1]", "9e15"], ids=["string", "null", "list", "future"])
+def test_a_tail_whose_timestamp_is_not_one_gives_no_newest_age_and_nothing_else_wrong(
+    broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer, stamp: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    @dramatiq.actor(queue_name="q1")
+    def task(i: int) -> None: ...
+
+    for i in range(3):
+        task.send(i)
+    time.sleep(0.05)
+    redis.hset("dramatiq:q1.msgs", "bad-tail", '{"message_timestamp": %s, "args": [%s]}' % (stamp, int(time.time() * 1000)))
+    redis.rpush("dramatiq:q1", "bad-tail")
+    (q,) = queue.read(settings_for(redis_server))
+    assert (q.ready, q.in_flight, q.delayed, q.due, q.orphaned, q.error) == (4, 0, 0, 0, 0, None)
+    assert q.oldest_age is not None and 0.0 <= q.oldest_age < 10.0
+    assert q.newest_age is None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 def test_in_flight_are_fetched_not_acked(broker: RedisBroker, redis_server: RedisServer) -> None:
@@ -98,8 +162,10 @@ def test_several_queues_in_one_round_trip_and_summed(broker: RedisBroker, redis_
     stats = queue.read(settings_for(redis_server, "a,b,empty"))
     named = by_name(stats)
     assert (named["a"].ready, named["b"].ready, named["empty"].ready) == (3, 1, 0)
-    assert named["empty"].oldest_age is None
-    assert FleetBacklog.of(stats).backlog == 4
+    assert named["empty"].oldest_age is None and named["empty"].newest_age is None
+    total = FleetBacklog.of(stats)
+    assert total.backlog == 4
+    assert total.newest_age == min(named["a"].newest_age, named["b"].newest_age), "the latest arrival anywhere"
 
 
 def test_namespace_setting_is_honoured(redis: redis_lib.Redis, redis_server: RedisServer) -> None:

@@ -55,6 +55,49 @@ def test_each_queues_counters_are_in_the_entry_and_replay_reads_them_back() -> N
     assert sample.counters == (("a", 120.0, 480.5),) and (sample.current, sample.backlog, sample.tick) == (1, 4, True)
 
 
+def ticks_of_a_burst(*, newest: bool) -> list[dict]:
+    """Four ticks' journal records, 3 s apart: the third reads a burst of 100 sent 2.5 s before it
+    (``newest``: as written now, with the newest ready message's age; else as an older dramactl wrote them)."""
+    records = []
+    for i, (ready, age) in enumerate([(0, None), (0, None), (100, 2.5), (0, None)]):
+        done = [0.0, 3.0, 6.0, 106.0][i]
+        q = QueueStats("a", ready=ready, oldest_age=age, newest_age=age, done_total=done, busy_seconds_total=done)
+        o = Outcome(ScalingDecision(2, 2, "steady"), [q], at=1_700_000_000.0 + 3 * i)
+        f = history.fields(o, "tick", 0.0)
+        if not newest:
+            del f["DRAMACTL_NEWEST_AGE"]
+            f["DRAMACTL_QUEUES"] = json.dumps([{k: v for k, v in d.items() if k != "newest_age"} for d in json.loads(f["DRAMACTL_QUEUES"])])
+        records.append({**f, "__REALTIME_TIMESTAMP": str(int((1_700_000_000.0 + 3 * i) * 1e6))})
+    return records
+
+
+def test_the_newest_ready_messages_age_is_written_and_read_back_and_bounds_the_replays_burst() -> None:
+    from dramactl import replay
+
+    records = ticks_of_a_burst(newest=True)
+    assert (records[2]["DRAMACTL_OLDEST_AGE"], records[2]["DRAMACTL_NEWEST_AGE"]) == ("2.500", "2.500")
+    assert records[0]["DRAMACTL_NEWEST_AGE"] == "" and json.loads(records[2]["DRAMACTL_QUEUES"])[0]["newest_age"] == 2.5
+    entries = list(history.readable(records))
+    assert [e.newest_age for e in entries] == [None, None, 2.5, None]
+    samples = [replay.Sample.of(e) for e in entries]
+    assert samples[2].newest_age == 2.5
+    rebuilt = replay.rebuild(samples)
+    assert rebuilt.arrivals[-100:] == [3.5] * 100, "the burst at the moment its oldest and newest were sent"
+
+
+def test_an_older_journal_without_the_newest_age_still_replays() -> None:
+    from dramactl import replay
+
+    entries = list(history.readable(ticks_of_a_burst(newest=False)))
+    assert len(entries) == 4 and [e.newest_age for e in entries] == [None] * 4 and entries[2].oldest_age == 2.5
+    rebuilt = replay.rebuild([replay.Sample.of(e) for e in entries])
+    assert len(rebuilt.arrivals) == 106
+    burst = rebuilt.arrivals[-100:]
+    assert burst[0] == 3.5 and all(3.5 <= a <= 6.0 for a in burst), "bounded by the oldest only, as before"
+    result = replay.run_policy(rebuilt, replay.variant({"MIN_PROCESSES": "1", "MAX_PROCESSES": "4"}, {}), "in force")
+    assert result.p95 is not None
+
+
 def test_a_recycle_is_in_the_line_and_its_own_field() -> None:
     o = Outcome(
         ScalingDecision(2, 2, "steady"),

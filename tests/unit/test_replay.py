@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import subprocess
 import sys
 
@@ -352,3 +353,37 @@ def test_squares_no_service_times_could_give_leave_the_spread_unknown(huge: floa
     rebuilt = rp.rebuild([rp.Sample.of(e) for e in entries])
     assert (rebuilt.service_cv, rebuilt.cv_source) == (rp.SERVICE_CV, "assumed")
     assert rebuilt.services and all(math.isfinite(s) and s > 0 for s in rebuilt.services)
+
+
+def test_a_burst_read_with_its_oldest_and_newest_at_one_moment_is_rebuilt_at_that_moment() -> None:
+    """160 messages sent at once 2.5 s before a read (ticks every 3 s): the head and the tail
+    were both sent 2.5 s before it, so every ready one came then, not spread up to the read."""
+    rng = random.Random(1)
+    at = rp.spread(rng, 165, 27.0, 30.0, 160, 2.5, 2.5)
+    assert len(at) == 165 and at == sorted(at)
+    assert at[-160:] == [27.5] * 160
+    assert all(27.0 <= a <= 27.5 for a in at[:5])  # the interval's others, before the oldest ready one
+
+
+def test_the_ready_ones_are_spread_between_the_oldest_and_the_newest_the_newest_at_its_moment() -> None:
+    at = rp.spread(random.Random(2), 50, 0.0, 15.0, 40, 10.0, 4.0)
+    late = at[-40:]
+    assert late[0] == 5.0 and late[-1] == 11.0
+    assert all(5.0 <= a <= 11.0 for a in late) and all(0.0 <= a <= 5.0 for a in at[:10])
+
+
+@pytest.mark.parametrize("newest", [None, 12.0, -1.0, math.nan, math.inf], ids=["absent", "older-than-the-oldest", "after-the-read", "nan", "inf"])
+def test_a_newest_age_out_of_order_or_outside_the_interval_spreads_as_without_it(newest: float | None) -> None:
+    without = rp.spread(random.Random(3), 30, 0.0, 15.0, 20, 10.0)
+    assert rp.spread(random.Random(3), 30, 0.0, 15.0, 20, 10.0, newest) == without
+    assert without[-20] == 5.0 and all(5.0 <= a <= 15.0 for a in without[-20:])
+    # no oldest inside the interval: the newest alone bounds nothing either
+    assert rp.spread(random.Random(4), 30, 0.0, 15.0, 20, 20.0, 2.0) == rp.spread(random.Random(4), 30, 0.0, 15.0, 20, 20.0)
+
+
+def test_a_burst_rebuilt_from_entries_with_the_newest_age_comes_at_its_moment() -> None:
+    samples = constant(0.2, 1.0, 4, backlog=0)  # 3 messages an interval, served at once
+    samples[3] = rp.Sample(samples[3].at, True, 2, 100, samples[3].counters, False, ready=100, oldest_age=5.0, newest_age=5.0)
+    rebuilt = rp.rebuild(samples)
+    assert len(rebuilt.arrivals) == 3 + 3 + 103
+    assert rebuilt.arrivals[-100:] == [40.0] * 100

@@ -273,7 +273,7 @@ def test_a_damaged_history_record_is_left_out_the_good_ones_kept(caplog: pytest.
 def test_a_damaged_work_counter_is_left_out_and_named(value: bytes, caplog: pytest.LogCaptureFixture) -> None:
     from dramactl.policy import decide
 
-    raw = [1_000_000, 2, 2, 0, 0, 0, -1, 0, value, b"7.5", b"", b""]
+    raw = [1_000_000, 2, 2, 0, 0, 0, -1, -1, 0, value, b"7.5", b"", b""]
     with caplog.at_level(logging.WARNING, logger="dramactl.queue"):
         (q,) = parse_probe(["default"], raw)
     assert q.done_total is None and q.busy_seconds_total == 7.5
