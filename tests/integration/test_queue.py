@@ -319,6 +319,37 @@ def test_huge_bodies_stop_the_sample_early(broker: RedisBroker, redis: redis_lib
     assert commandstats(redis).get("hget", 0) <= 5, "about DUE_BYTE_BUDGET bytes decoded, not all 10 bodies"
 
 
+def test_a_huge_head_or_tail_costs_its_last_bytes_not_a_decode(broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """The head's and the tail's timestamps come from the body's end, where Dramatiq's encoder
+    writes message_timestamp: a body of megabytes (an OCR page sent inline) is not decoded in
+    the Lua script that holds Redis. A body of another layout above the byte budget is not
+    decoded at all: its age is unknown, never a long block."""
+
+    @dramatiq.actor(queue_name="q1")
+    def task(blob: str) -> None: ...
+
+    blob = "x" * (4 * queue.DUE_BYTE_BUDGET)
+    task.send(blob)
+    time.sleep(1.1)
+    task.send(blob)
+    (q,) = queue.read(settings_for(redis_server))
+    assert q.ready == 2 and q.oldest_age is not None and q.newest_age is not None, q
+    assert q.oldest_age >= q.newest_age + 1.0, q
+    assert redis.hget("dramatiq:q1.msgs", redis.lindex("dramatiq:q1", 0)).endswith(b'}') and b'"message_timestamp":' in \
+        redis.hget("dramatiq:q1.msgs", redis.lindex("dramatiq:q1", 0))[-40:], "Dramatiq writes the timestamp last"
+
+    # The same huge body with its fields in another order: not read from its end, and too big to decode.
+    mid = redis.lindex("dramatiq:q1", 0)
+    other = b'{"message_timestamp":%d,"args":["%s"]}' % (int(time.time() * 1000) - 60_000, blob.encode())
+    redis.hset("dramatiq:q1.msgs", mid, other)
+    (q,) = queue.read(settings_for(redis_server))
+    assert q.ready == 2 and q.oldest_age is None and q.error is None, q
+    # Small enough, the same layout is decoded.
+    redis.hset("dramatiq:q1.msgs", mid, b'{"message_timestamp":%d,"args":["x"]}' % (int(time.time() * 1000) - 60_000))
+    (q,) = queue.read(settings_for(redis_server))
+    assert q.oldest_age is not None and 59.0 <= q.oldest_age < 70.0, q
+
+
 # -- orphaned: held by a worker whose heartbeat expired ---------------------------------
 
 
