@@ -50,7 +50,7 @@ FIELDS = {
     "DRAMACTL_ORPHANED": "fetched by a worker whose heartbeat expired",
     "DRAMACTL_DEAD": "dead-lettered messages",
     "DRAMACTL_OLDEST_AGE": "seconds the oldest ready message waited (empty: nothing ready)",
-    "DRAMACTL_NEWEST_AGE": "seconds since the newest ready message was sent, the smallest over the queues: every ready message came between it and DRAMACTL_OLDEST_AGE before the read (empty: nothing ready, or a queue's newest unknown)",
+    "DRAMACTL_NEWEST_AGE": "seconds since the newest ready message was sent, the smallest over the queues: the ready messages came between it and DRAMACTL_OLDEST_AGE before the read (about: a retry or a pipeline's step carries the time it was built) (empty: nothing ready, or a queue's newest unknown)",
     "DRAMACTL_QUEUES": "JSON list: each queue's figures (name, ready, delayed, due, in_flight, orphaned, dead, oldest_age, newest_age (seconds since the newest ready message, the list's tail, was sent; null when unknown), backlog, and the worker hook's cumulative done_total, busy_seconds_total and busy_sq_total (the sum of squared busy seconds), from which `dramactl replay` rebuilds the traffic)",
     "DRAMACTL_INSTANCES": "JSON object: instances by systemd active state before the step, e.g. {\"active\": 2}",
     "DRAMACTL_ACTIONS": "JSON list of the jobs and their results: [{\"verb\": \"start\", \"unit\": \"dramatiq-worker@3.service\", \"result\": \"done\"}]",

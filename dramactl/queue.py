@@ -13,10 +13,11 @@ Dramatiq's RedisBroker keeps, for queue ``Q`` in namespace ``ns``:
 Every body carries ``message_timestamp`` (ms), kept across retries, so the head
 message gives the age of the oldest waiting message, and the tail (the one pushed
 last) the age of the newest: ``dramactl replay`` places the ready messages between the
-two. A message moved back to the list (a delayed or retried one, or one a stopping
-worker requeued) keeps its first timestamp, so the tail may be older than the head:
-its age is then not the newest's and is left out (when it is newer than the head's
-but older than a message behind it, the bound is early by its time out of the list). A held message whose worker's
+two. The timestamp is when the message was built, not when it was pushed: a message
+moved back to the list (one a stopping worker or maintenance requeued), a retry, a
+delayed message come due, and a pipeline's next step or a group's callback (built when
+the pipeline was) all carry an earlier one. Older than the head's, the tail's age is
+left out; newer, the bound comes early (the replay's waits then run long, not short). A held message whose worker's
 heartbeat is older than the heartbeat timeout (``ns:__dramactl__.heartbeat_timeout``,
 ms, published by the worker hook; Dramatiq's 60 s when absent) is *orphaned*: no live
 worker runs it, and it waits for Dramatiq's maintenance to requeue it.

@@ -15,10 +15,11 @@ class QueueStats:
     fetched by a live worker and not yet acked; ``orphaned`` were fetched by a worker
     whose heartbeat expired (work nobody runs until Dramatiq requeues it).
     ``oldest_age`` is the wait, in seconds, of the head ready message (None when
-    nothing is ready); ``newest_age`` the time since the newest one (the tail) was sent,
-    so every ready message came between ``oldest_age`` and ``newest_age`` before the read
+    nothing is ready); ``newest_age`` the time since the newest one (the tail) was sent
     (None when nothing is ready or the tail's timestamp is not the newest's:
-    :func:`dramactl.queue.newest_age`). ``error`` says why the queue could not be read (its figures are
+    :func:`dramactl.queue.newest_age`), so the ready messages came between ``oldest_age``
+    and about ``newest_age`` before the read (a tail built before it was pushed, e.g. a
+    retry or a pipeline's step, makes that bound early). ``error`` says why the queue could not be read (its figures are
     then zeros). ``done_total`` and ``busy_seconds_total`` are the worker hook's
     cumulative counters (messages completed, seconds spent on them), ``busy_sq_total``
     the sum of each message's seconds squared (their spread: ``dramactl replay``); None
