@@ -3,7 +3,8 @@
 Tasks longer than a tick plus a start-up (lognormal, cv 1) on workers of few threads
 (prefetch 2 x threads, Dramatiq's default), where the fleet that reacts
 (:mod:`dramactl.reaction`) and the count of messages prefetched behind long tasks
-decide the size: dramactl's default policy beside HPA/KEDA's control law, seeds 1,2,3
+decide the size, and bursts of minutes of 20 s tasks, where the rate must tell a burst
+from a block landed at once (:mod:`dramactl.rates`): dramactl's default policy beside HPA/KEDA's control law, seeds 1,2,3
 (means). A review of those rules found them here; each family has a target taken from
 ``python -m bench``'s own:
 
@@ -51,6 +52,15 @@ def long_large() -> Trace:
     return Trace("long-large", 3600.0, lambda t: 5.0, 5.0, about="5/s of 60 s tasks, 8 threads", model=EIGHT_THREADS_MINUTE, max_workers=100)
 
 
+def bursts() -> Trace:
+    """2-minute bursts of 1.2/s every 10 minutes on 0.06/s, 20 s tasks on 4-thread workers: the
+    burst goes on for eight ticks, so its arrivals are a rate that rose, not a block landed at
+    once; a fleet started ahead of it (three bursts make a schedule) absorbs them in flight."""
+    return Trace("bursts-20s", 3600.0, lambda t: 1.2 if t % 600.0 < 120.0 else 0.06, 1.2,
+                 about="1.2/s for 2 min every 10 min on 0.06/s of 20 s tasks, 4 threads",
+                 model=(("mean_service", 20.0), ("threads", 4), ("prefetch", 8)), max_workers=16)
+
+
 def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
@@ -96,6 +106,7 @@ FAMILIES: list[tuple[Callable[[], Trace], tuple[Callable[[str, dict[str, list[Ru
     (lambda: long_tasks(0.2, 30.0, max_workers=30), (goal_share,)),
     (long_step, (not_dominated,)),
     (long_large, (not_dominated,)),
+    (bursts, (goal_share,)),
 ]
 
 

@@ -13,8 +13,9 @@ Smoothing: the arrival rate is the *count* of arrivals over :data:`RATE_WINDOW`,
 further back until the count holds :data:`MIN_ARRIVALS` (at low rates most tick
 intervals see no arrival at all: a median of per-interval rates reads 0 there while
 messages keep coming), less the excess of the intervals in which a block landed (a
-block of messages landing at once is a backlog to drain, not a rate to staff for),
-over the intervals' span; the service time is the ratio of sums over
+block of messages landing at once is a backlog to drain, not a rate to staff for; a
+block lands within one interval, so an excess in two intervals in a row is a rate that
+rose, and counted), over the intervals' span; the service time is the ratio of sums over
 :data:`SERVICE_WINDOW`, or further back until the sums hold :data:`SERVICE_COMPLETIONS`
 (the mean of a few long tasks is mostly their luck, and the service time is the app's,
 changing with a deploy rather than with the traffic), else the counters' whole lifetime
@@ -206,8 +207,14 @@ def _arrival_rate(pairs: Sequence[tuple[_Point, _Point]], now: float) -> tuple[f
 def _excess(pairs: Sequence[tuple[_Point, _Point]], counts: Sequence[float]) -> list[float]:
     """Per interval, the arrivals beyond what the rate before it explains when a block
     landed in it (the :func:`surges` rule), else 0: a block is a backlog to drain, not
-    a rate to staff for."""
-    out = []
+    a rate to staff for. A block lands at once, within one interval; arrivals beyond the
+    rate before them in two intervals in a row go on (a step up, a burst of minutes) and
+    are a rate, from the first of them. Otherwise the window's median before an interval
+    follows a step only once most of the window has seen it, and until then the rate
+    stays the old one, while the fleet, which holds the new arrivals in flight where
+    nothing counts them as waiting, shrinks under them."""
+    out: list[float] = []
+    surged = False  # the interval before landed a surge too
     seen: list[tuple[float, float]] = []  # (end, rate) of the intervals so far
     first = 0
     for (a, b), arrived in zip(pairs, counts):
@@ -217,7 +224,11 @@ def _excess(pairs: Sequence[tuple[_Point, _Point]], counts: Sequence[float]) -> 
         before = [rate for _, rate in seen[first:]]
         expected = median(before) * span if before else b.done - a.done
         excess = arrived - expected
-        out.append(excess if excess > SURGE_SIGMAS * math.sqrt(max(expected, 1.0)) else 0.0)
+        surge = excess > SURGE_SIGMAS * math.sqrt(max(expected, 1.0))
+        out.append(excess if surge and not surged else 0.0)
+        if surge and surged:
+            out[-2] = 0.0  # arrivals beyond the rate before, interval after interval: a rate that rose
+        surged = surge
         seen.append((b.at, arrived / span))
     return out
 

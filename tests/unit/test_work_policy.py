@@ -233,6 +233,27 @@ def test_a_block_landing_is_a_backlog_not_a_rate() -> None:
     assert rates.service == pytest.approx(4.0)
 
 
+def test_arrivals_beyond_the_rate_interval_after_interval_are_a_rate_not_a_block() -> None:
+    """A block lands at once, within one interval between ticks; arrivals far beyond the rate
+    before them in two intervals in a row are a rate that rose (a step, a burst of minutes),
+    counted from the first of them: before, every interval until the median of the window
+    before it caught up was taken for a block and the rate stayed 0.2/s through a 2-minute
+    burst of 2.4/s, absorbed in flight by the fleet, while the fleet shrank under it."""
+
+    def ticks(rates: list[float]) -> tuple[list[TickRecord], FleetBacklog]:
+        out, done = [], 1000.0
+        for k, rate in enumerate(rates):
+            done += rate * 15
+            out.append(TickRecord(NOW - 15 * (len(rates) - 1 - k), 0, 2, 2, wanted=2, done=done, busy=done * 20.0))
+        *history, last = out
+        return history, FleetBacklog(ready=0, in_flight=0, done_total=last.done, busy_seconds_total=last.busy)
+
+    stepped = work_rates(*ticks([0.2] * 40 + [2.4, 2.4]), NOW)
+    assert stepped.arrival == pytest.approx((6 * 0.2 + 2 * 2.4) / 8), "both intervals of the new rate counted"
+    landed = work_rates(*ticks([0.2] * 40 + [2.4, 0.2]), NOW)
+    assert landed.arrival == pytest.approx(0.2), "one interval's excess is a block, a backlog to drain"
+
+
 def test_counters_that_went_backwards_start_over() -> None:
     history = worked(1.0, 4.0, workers=2)
     reset = FleetBacklog(done_total=30.0, busy_seconds_total=60.0)  # Redis lost the key: 2 s each since
