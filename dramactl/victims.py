@@ -29,7 +29,8 @@ once (idle capacity is never kept alive by the wait), and the wait ends after
 A tick that does not scale down ends the wait (the next one's limit counts afresh).
 
 **Why the wait is no shorter.** An instance the scale-down waits for keeps taking
-messages: Dramatiq's consumer fetches until SIGTERM, and pausing it (``Worker.pause``)
+messages: Dramatiq's consumer fetches whenever it holds fewer than its prefetch (during a
+stop's drain too, then requeues them), and pausing it (``Worker.pause``)
 would also stop the broker heartbeats its polling sends, so while a long task runs
 without an ack the broker would count the worker dead and redeliver that task. When
 the app's tasks outlast G on average the wait therefore lasts until *some* instance
