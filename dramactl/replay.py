@@ -92,8 +92,7 @@ class Sample:
                     squares.append((str(q.get("name", "")), float(sq)))
         took = entry.duration if isinstance(entry.duration, (int, float)) and 0 <= entry.duration < 3600 else 0.0
         age = entry.oldest_age if isinstance(entry.oldest_age, (int, float)) and 0 <= entry.oldest_age < math.inf else None
-        newest = getattr(entry, "newest_age", None)
-        newest = newest if isinstance(newest, (int, float)) and 0 <= newest < math.inf else None
+        newest = entry.newest_age if isinstance(entry.newest_age, (int, float)) and 0 <= entry.newest_age < math.inf else None
         return cls(entry.at, entry.kind == "tick", entry.current, entry.backlog, tuple(counters), bool(entry.started or entry.stopped),
                    max(0, entry.ready), age, float(took), tuple(squares), newest)
 

@@ -89,7 +89,6 @@ class FleetBacklog:
         qs = list(queues)
         ages = [q.oldest_age for q in qs if q.oldest_age is not None]
         newest = [q.newest_age for q in qs if q.ready > 0]
-        known = [a for a in newest if a is not None]
         return cls(
             ready=sum(q.ready for q in qs),
             delayed=sum(q.delayed for q in qs),
@@ -100,7 +99,7 @@ class FleetBacklog:
             orphaned=sum(q.orphaned for q in qs),
             done_total=_sum_known(q.done_total for q in qs),
             busy_seconds_total=_sum_known(q.busy_seconds_total for q in qs),
-            newest_age=min(known) if known and len(known) == len(newest) else None,
+            newest_age=min(newest) if newest and None not in newest else None,
         )
 
 
