@@ -209,6 +209,7 @@ def _work_cells(work: object, up: bool) -> str:
         return f'<td class="num busy"{title}>?</td><td class="num oldest-task"{title}>?</td>'
     busy = f"{_cell(work.get('busy'))}/{_cell(work.get('threads'))}"
     held = f" +{_cell(work.get('held'))} held" if work.get("held") else ""
+    held += ' <span title="intake paused: a scale-down waits for its running tasks; it takes no new messages">paused</span>' if work.get("paused") is True else ""
     return f'<td class="num busy">{busy}</td><td class="num oldest-task">{fmt_age(work.get("oldest_age"))}{held}</td>'
 
 

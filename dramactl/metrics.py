@@ -60,9 +60,10 @@ METRICS = [(name, "gauge", text) for _, name, text in QUEUE_FIGURES] + [
     ("dramactl_instance_busy_threads", "gauge", "Worker threads of an instance running a message (the hook's report)."),
     ("dramactl_instance_oldest_task_age_seconds", "gauge", "How long the oldest message an instance runs has run (0 when idle)."),
     ("dramactl_instance_held_messages", "gauge", "Messages an instance holds unacked because Redis has not stored their retry or next step yet."),
+    ("dramactl_instance_intake_paused", "gauge", "1 while an instance takes no new messages: a scale-down waits for its running tasks."),
 ]
 #: Families left out when nothing reports them (no instance with the hook).
-OPTIONAL = {"dramactl_instance_threads", "dramactl_instance_busy_threads", "dramactl_instance_oldest_task_age_seconds", "dramactl_instance_held_messages"}
+OPTIONAL = {"dramactl_instance_threads", "dramactl_instance_busy_threads", "dramactl_instance_oldest_task_age_seconds", "dramactl_instance_held_messages", "dramactl_instance_intake_paused"}
 
 
 @dataclass
@@ -199,6 +200,7 @@ def render(snap: Snapshot) -> str:
         samples["dramactl_instance_busy_threads"].append((labels, int(work.get("busy") or 0)))
         samples["dramactl_instance_oldest_task_age_seconds"].append((labels, float(work.get("oldest_age") or 0.0)))
         samples["dramactl_instance_held_messages"].append((labels, int(work.get("held") or 0)))
+        samples["dramactl_instance_intake_paused"].append((labels, 1 if work.get("paused") is True else 0))
 
     lines = []
     for name, kind, text in METRICS:

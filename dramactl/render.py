@@ -72,7 +72,7 @@ def render_status(data: dict) -> str:
         work = u.get("work")
         if work:
             busy = f"{work['busy']}/{work['threads']}"
-            oldest = _age(work.get("oldest_age")) + (f" +{work['held']} held" if work.get("held") else "")
+            oldest = _age(work.get("oldest_age")) + (f" +{work['held']} held" if work.get("held") else "") + (" paused" if work.get("paused") else "")
         else:
             busy, oldest = "?", "?"
             if u.get("is_up"):

@@ -2,8 +2,10 @@
 
 The worker hook (``dramactl_ready.WorkReporter``) writes, every flush (1 s), one
 field per worker process into the HASH ``<ns>:__dramactl__.instances.<host>``:
-field ``<instance>.<pid>``, value JSON ``{"threads", "busy", "oldest", "held", "at"}``
-(times in epoch ms, ``oldest`` null when idle), and deletes it on a clean shutdown.
+field ``<instance>.<pid>``, value JSON ``{"threads", "busy", "oldest", "held", "at", "paused", "queued"}``
+(times in epoch ms, ``oldest`` null when idle, ``paused`` true while its intake is paused:
+:mod:`dramactl.intake`, ``queued`` the messages it fetched that wait for a free thread; both
+absent from hooks before them), and deletes it on a clean shutdown.
 The probe (:mod:`dramactl.queue`) reads this host's hash in its round trip; this
 module turns the raw fields into one :class:`~dramactl.stats.InstanceReport` per
 instance. ``<host>`` is this host's identity (/etc/machine-id), computed the same way
@@ -90,7 +92,13 @@ def parse_field(name: str, value: str) -> tuple[int, int, InstanceReport]:
         raise ValueError("oldest must be epoch ms or null")
     if busy > threads:
         raise ValueError(f"busy {busy} > threads {threads}")
-    report = InstanceReport(int(instance), threads, busy, None if oldest is None else oldest / 1000.0, held, at / 1000.0)
+    paused = data.get("paused", False)
+    if not isinstance(paused, bool):
+        raise ValueError("paused must be true or false")
+    queued = _count(data.get("queued", 0))
+    if queued is None:
+        raise ValueError("queued must be a count")
+    report = InstanceReport(int(instance), threads, busy, None if oldest is None else oldest / 1000.0, held, at / 1000.0, paused=paused, queued=queued)
     return int(instance), int(pid), report
 
 

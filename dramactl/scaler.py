@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-from . import queue, victims
+from . import intake, queue, victims
 from .fleet import Fleet, JobResult
 from .instance import WorkerUnit
 from .policy import ScalingDecision, decide, is_starting, safeguard
@@ -247,13 +247,14 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
             if not state.paused:
                 decision = safeguard(coordinated.decision, instances, settings, state.recovery, now, coordinated.floor)
         previous = state.history[-1] if state.history else None
+        long_after = victims.long_after(settings.graceful_shutdown_timeout, victims.mean_service(backlog.done_total, backlog.busy_seconds_total))
         changes = plan(
             instances,
             decision.target,
             decision.reset,
             reports=probe.instances,
             now=probe.at,
-            long_after=victims.long_after(settings.graceful_shutdown_timeout, victims.mean_service(backlog.done_total, backlog.busy_seconds_total)),
+            long_after=long_after,
             waiting_since=previous.waiting_since if previous is not None else None,
         )
         waiting_since = ((previous.waiting_since if previous is not None else None) or now) if changes.waiting else None
@@ -265,6 +266,13 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
             log.warning("%s", line)
         if dry_run:
             return outcome
+        waited = [p.number for p in changes.waiting]
+        paused = victims.to_pause(changes.waiting, long_after, victims.messages_wait(backlog.ready, probe.instances, waited))
+        # A paused instance stopped now keeps its mark until its stop has begun: unpaused before
+        # the SIGTERM reaches Dramatiq's worker, its free threads would start messages the stop cuts.
+        stopping = [n for n in changes.stop if (r := (probe.instances or {}).get(n)) is not None and r.paused]
+        if intake.needs_write(paused, probe.instances, previous is not None and previous.waiting_since is not None):
+            _pause(client, settings, [*paused, *stopping], now)
         record = replace(
             decision.record(now, backlog),
             startup=None if timed is None else round(timed, 3),
@@ -276,6 +284,8 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
         if decision.delta or decision.reset:
             acting = time.monotonic()
             outcome.started, outcome.stopped = _apply(fleet, settings, instances, changes, threads_of(settings, state), decision.reset)
+            if stopping:
+                _pause(client, settings, paused, now)
             if outcome.started and not outcome.stopped and all(j.result == "done" for j in outcome.started):
                 # Start jobs end at READY=1 (Type=notify): how long an instance takes to consume.
                 took = round(time.monotonic() - acting, 3)
@@ -304,6 +314,13 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
 
         metrics.publish(settings.metrics_textfile_dir, outcome)
     return outcome
+
+
+def _pause(client: redis.Redis, settings: Settings, numbers: Sequence[int], now: float) -> None:
+    """Mark exactly ``numbers`` as paused (intake.py); a failure is one line in the journal."""
+    problem = intake.write(client, settings.namespace, numbers, now, settings.check_interval)
+    if problem:
+        log.warning("%s", problem)
 
 
 def _recycle(fleet: Fleet, settings: Settings, instances: Sequence[WorkerUnit], outcome: Outcome, seat: Seat | None = None) -> int:

@@ -116,7 +116,9 @@ class InstanceReport:
     ``threads`` worker threads, ``busy`` of them running a message; ``oldest`` the
     epoch seconds the oldest running message began (None when idle); ``held``
     messages held back from their ack; ``at`` the epoch seconds of the newest report;
-    ``processes`` how many live processes of the instance reported.
+    ``processes`` how many live processes of the instance reported; ``paused`` its
+    intake is paused (:mod:`dramactl.intake`): it takes no new messages; ``queued``
+    messages it has fetched that wait for a free worker thread (Dramatiq's work queue).
     """
 
     instance: int
@@ -126,6 +128,8 @@ class InstanceReport:
     held: int = 0
     at: float = 0.0
     processes: int = 1
+    paused: bool = False
+    queued: int = 0
 
     @property
     def idle(self) -> bool:
@@ -146,6 +150,8 @@ class InstanceReport:
             held=self.held + other.held,
             at=max(self.at, other.at),
             processes=self.processes + other.processes,
+            paused=self.paused or other.paused,
+            queued=self.queued + other.queued,
         )
 
     def to_dict(self, now: float) -> dict:

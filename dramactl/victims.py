@@ -9,8 +9,11 @@ the instance whose stop loses least goes first, from the worker hook's reports
 1. idle instances (no message running, none held);
 2. instances with no report (a worker without the hook, or one not reporting yet):
    nothing is known to be lost;
-3. busy instances, the one whose oldest running message began most recently first
-   (the least work cut off);
+3. when a tick chooses whom to wait for (below), busy instances whose intake an earlier
+   tick's wait paused: they take no new work, and choosing another would pause a second
+   one (a manual stop, or the stop at the wait's limit, cuts work: it skips this step);
+4. other busy instances, the one whose oldest running message began most recently
+   first (the least work cut off);
 
 ties go to the highest number (the rule when nothing is reported).
 
@@ -28,25 +31,23 @@ once (idle capacity is never kept alive by the wait), and the wait ends after
 :data:`WAIT_LIMIT` seconds, so a stream of long tasks cannot pin the fleet forever.
 A tick that does not scale down ends the wait (the next one's limit counts afresh).
 
-**Why the wait is no shorter.** An instance the scale-down waits for keeps taking
-messages: Dramatiq's consumer fetches whenever it holds fewer than its prefetch (during a
-stop's drain too, then requeues them), and pausing it (``Worker.pause``)
-would also stop the broker heartbeats its polling sends, so while a long task runs
-without an ack the broker would count the worker dead and redeliver that task. When
-the app's tasks outlast G on average the wait therefore lasts until *some* instance
-is idle at a tick, and the delay costs worker-seconds. The only way to shorten the wait is to stop a busy
-instance, and with tasks longer than the drain that cuts work: each way of doing it
-that was measured (stopping only after the tasks running when the wait began have
-ended; a rent-or-buy bound that waits until the surplus capacity paid, threads x
-seconds waited, reaches K times the task-seconds the cut would discard; waiting only
-for tasks older than G/2; a shorter limit) moved worker-seconds toward the
-highest-number rule's by discarding work again, on the traces of
-``python -m bench.victim_rules`` and on the minutes-long tasks of the same tool,
-where a cut is almost certain. Which of the two costs matters more depends on the
-app (a redone OCR page, a repeated side effect, a message that never finishes), so
-the rule keeps the issue's priority: a long task is not cut before the limit.
-``python -m bench.victim_rules`` measured the choices (docs: policy, "What the
-benchmark measured").
+**The wait pauses the instance's intake** (:func:`to_pause`, :mod:`dramactl.intake`) when
+the app's tasks outlast the drain and no message waits for a thread: the tick marks each
+instance it waits for in Redis, and that instance's worker hook makes its consumers fetch
+nothing while the mark lasts (they keep calling Dramatiq's fetch script, with a count of 0,
+so the broker heartbeat goes on and its running tasks are not counted dead), so the
+instance drains to completion: the messages it already holds run, new ones go to the
+instances that stay, and once it is idle the next tick stops it as idle. Before this, an
+instance waited for kept fetching and the wait lasted until *some* instance happened to be
+idle at a tick, which cost worker-seconds (``python -m bench.victim_rules``: ocr-day 5-6 %
+over the highest-number rule's, 2-3 % with the pause). For an app whose mean task is
+shorter than G the intake is not paused: only a task older than G/2 is waited for, new ones
+are young, so the wait ends with that task whatever the instance takes meanwhile, and
+pausing would only leave its free threads idle while the queue fills. Nor while a message
+waits for a thread (:func:`messages_wait`): the paused instance's free threads would be
+withheld from it. A worker without the hook is never paused; it cannot be waited for either
+(it reports nothing). The wait still ends at the limit, so a hook that cannot reach Redis,
+or a task that never ends, cannot pin the fleet forever.
 """
 
 from __future__ import annotations
@@ -66,6 +67,21 @@ def long_after(graceful_shutdown_timeout: float, mean_service: float | None = No
     if mean_service is not None and mean_service > graceful_shutdown_timeout:
         return 0.0
     return BOUND_SHARE * graceful_shutdown_timeout
+
+
+def messages_wait(ready: int, reports: Mapping[int, InstanceReport] | None, waited: Sequence[int] = ()) -> bool:
+    """Whether a message waits for a thread of another instance than the ``waited`` ones:
+    ready in Redis, or fetched by an instance that stays and queued behind its busy
+    threads. (What a waited-for instance holds it runs itself, paused or not.)"""
+    return ready > 0 or any(r.queued for n, r in (reports or {}).items() if n not in waited)
+
+
+def to_pause(waiting: Sequence[Pick], long_after: float | None, messages_waiting: bool) -> list[int]:
+    """The instances whose intake the tick pauses: those it waits for, when every running
+    task counts as long (``long_after`` 0: the app's mean task outlasts the drain, so new
+    intake would keep the wait going) and no message waits for a thread (a paused
+    instance's free threads would be withheld from it)."""
+    return [p.number for p in waiting] if long_after == 0.0 and not messages_waiting else []
 
 
 def mean_service(done_total: float | None, busy_seconds_total: float | None) -> float | None:
@@ -101,11 +117,14 @@ class Choice:
 def _busy_why(r: InstanceReport, now: float) -> str:
     age = r.age(now)
     text = f"busy {r.busy}/{r.threads}" + ("" if age is None else f", oldest {age:.0f}s")
-    return text + (f", {r.held} held" if r.held else "")
+    return text + (f", {r.held} held" if r.held else "") + (", intake paused" if r.paused else "")
 
 
-def rank(up: Sequence[int], reports: Mapping[int, InstanceReport] | None, now: float) -> list[Pick]:
-    """The up instances, the first to stop first, each with its reason."""
+def rank(up: Sequence[int], reports: Mapping[int, InstanceReport] | None, now: float, *, prefer_paused: bool = False) -> list[Pick]:
+    """The up instances, the first to stop first, each with its reason. ``prefer_paused``
+    (a tick choosing whom to wait for): busy instances whose intake is paused come before
+    other busy ones; otherwise (a manual stop, a stop at the wait's limit: a cut) the most
+    recent start goes first whatever the pause."""
     reports = reports or {}
     if not any(n in reports for n in up):
         return [Pick(n, "highest number: no instance reports") for n in sorted(up, reverse=True)]
@@ -116,10 +135,12 @@ def rank(up: Sequence[int], reports: Mapping[int, InstanceReport] | None, now: f
             return (1, 0.0, -n)
         if r.idle:
             return (0, 0.0, -n)
+        if r.paused and prefer_paused:  # already draining to completion: take no new one
+            return (2, -(r.oldest if r.oldest is not None else now), -n)
         # Most recent start first: the larger the start time, the less work lost. Held
         # messages without a running one (a hold) count as started now.
         start = r.oldest if r.oldest is not None else now
-        return (2, -start, -n)
+        return (3, -start, -n)
 
     picks = []
     for n in sorted(up, key=key):
@@ -147,11 +168,11 @@ def choose(
     """
     if count <= 0:
         return Choice()
-    chosen = rank(up, reports, now)[:count]
     if long_after is None:
-        return Choice(stop=tuple(chosen))
+        return Choice(stop=tuple(rank(up, reports, now)[:count]))
     limit = WAIT_LIMIT if limit is None else limit
     waited = 0.0 if waiting_since is None else max(0.0, now - waiting_since)
+    chosen = rank(up, reports, now, prefer_paused=waited < limit)[:count]
     stop, waiting = [], []
     for pick in chosen:
         r = (reports or {}).get(pick.number)

@@ -36,9 +36,14 @@ What it installs:
   ``<ns>:__dramactl__.work.<queue>``, the cumulative counters dramactl's probe
   reads to size the fleet by work. In the same round trip it publishes this worker
   process's report (threads, busy threads, start of the oldest running task, held
-  messages) into ``<ns>:__dramactl__.instances.<host>``, field ``<instance>.<pid>``:
+  messages, messages fetched and waiting for a thread, whether its intake is paused) into ``<ns>:__dramactl__.instances.<host>``, field ``<instance>.<pid>``:
   what dramactl's scale-down reads to stop the least busy instance first. It never
-  raises into the app's middleware chain.
+  raises into the app's middleware chain. Also in that round trip it reads whether the
+  scaler paused this instance's intake (``<ns>:__dramactl__.pause.<host>``, field
+  ``<instance>``: a scale-down waits for its long tasks, dramactl/intake.py; read once
+  at boot too, before the consumers start); while
+  it is, the consumers fetch 0 messages (Dramatiq's fetch script still runs, so the
+  broker heartbeat goes on) and the instance drains to completion.
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ STUCK_GRACE_SECONDS = 30.0  # a thread still in its actor this long past the act
 SWEEP_ROUNDS = 2  # rounds in a row an id sits in the ack set, not in the process, before it is handed back
 REQUEUE_CHUNK = 500  # ids per call of Dramatiq's requeue script
 INSTANCES_KEY = "{namespace}:__dramactl__.instances.{host}"  # field "<instance>.<pid>", read by dramactl's probe
+PAUSE_KEY = "{namespace}:__dramactl__.pause.{host}"  # field "<instance>": its intake is paused (written by dramactl's tick)
+BOOT_READ_SECONDS = 2.0  # the boot's read of the pause waits this long at most (a hung Redis)
 
 
 class Holds:
@@ -84,6 +91,26 @@ class Holds:
 
 
 HOLDS = Holds()
+
+
+def _pausable_fetch(broker, paused: threading.Event) -> bool:
+    """Make the Redis broker's consumers fetch 0 messages while ``paused`` is set. They call
+    ``broker.do_fetch`` (RedisBroker.__getattr__ builds it per call) whenever they hold
+    fewer than their prefetch; an attribute of the same name on the broker comes first.
+    Dramatiq's dispatch script with a count of 0 pops nothing but still records the
+    heartbeat, so the messages this process runs are not taken for a dead worker's."""
+    if "do_fetch" in vars(broker):
+        return False  # already wrapped (or the app's own): leave it
+    try:
+        fetch = broker.do_fetch
+    except AttributeError:
+        return False  # not the Redis broker
+
+    def do_fetch(queue_name, prefetch):
+        return fetch(queue_name, 0 if paused.is_set() else prefetch)
+
+    broker.do_fetch = do_fetch
+    return True
 
 
 def host_identity() -> str:
@@ -777,6 +804,10 @@ class WorkReporter(Middleware):
         self.instance = os.environ.get("DRAMACTL_INSTANCE", "")
         self.report_key: str | None = None
         self.report_field = ""
+        self.pause_key: str | None = None
+        self.paused = threading.Event()  # the scaler paused this instance's intake (a scale-down waits for it)
+        self.pausable = False  # our fetch wrapper is installed (not when the app set its own do_fetch)
+        self.worker = None
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
         self.refused: set[tuple[str, str]] = set()  # (key, field) Redis refused, named once in the journal
@@ -821,6 +852,7 @@ class WorkReporter(Middleware):
             if not hasattr(broker, "client") or not hasattr(broker, "namespace"):
                 return  # not the Redis broker: nowhere to report
             self.threads = int(getattr(worker, "worker_threads", 0) or 0)
+            self.worker = worker
             if self.instance.isdigit():
                 self.report_key = INSTANCES_KEY.format(namespace=broker.namespace, host=host_identity())
                 self.report_field = f"{self.instance}.{os.getpid()}"
@@ -828,6 +860,35 @@ class WorkReporter(Middleware):
             self.thread.start()
         except Exception:  # noqa: BLE001
             log.warning("dramactl: work reporting could not start", exc_info=True)
+
+    def before_worker_boot(self, broker, worker) -> None:
+        """Before the consumers start: make their fetch pausable, and read this instance's
+        pause once, so a process that boots while its instance is paused (a restart during
+        a scale-down's wait) fetches nothing rather than a whole prefetch first."""
+        try:
+            if not self.instance.isdigit() or not hasattr(broker, "client") or not hasattr(broker, "namespace"):
+                return
+            self.pause_key = PAUSE_KEY.format(namespace=broker.namespace, host=host_identity())
+            self.pausable = _pausable_fetch(broker, self.paused)
+            if not self.pausable:
+                return
+            read: list = []
+
+            def hget() -> None:
+                try:
+                    read.append(broker.client.hget(self.pause_key, self.instance))
+                except Exception:  # noqa: BLE001 - Redis down at boot: the consumers cannot fetch either; the flush reads it
+                    pass
+
+            # On a thread of its own: the app's client may have no socket timeout, and a hung Redis
+            # must not hold up the boot (READY=1); the flush reads the mark again anyway.
+            reader = threading.Thread(target=hget, name="dramactl-pause-read", daemon=True)
+            reader.start()
+            reader.join(BOOT_READ_SECONDS)
+            if read:
+                self._set_paused(self._pause_mark(read[0]))
+        except Exception:  # noqa: BLE001
+            log.warning("dramactl: could not make the intake pausable", exc_info=True)
 
     def before_worker_shutdown(self, broker, worker) -> None:
         self.stopping.set()
@@ -845,12 +906,17 @@ class WorkReporter(Middleware):
             pass
 
     def report(self) -> str:
-        """This process's report, as JSON: threads, busy threads, oldest start (ms), held, at (ms)."""
+        """This process's report, as JSON: threads, busy threads, oldest start (ms), held, at (ms),
+        whether its intake is paused, and the messages it fetched that wait for a free thread."""
         with self.lock:
             starts = list(self.running.values())
+        try:
+            queued = int(self.worker.work_queue.qsize()) if self.worker is not None else 0
+        except Exception:  # noqa: BLE001 - a Worker without Dramatiq's work queue: nothing known
+            queued = 0
         now = time.time()
         oldest = int(min(starts) * 1000) if starts else None
-        return json.dumps({"threads": self.threads, "busy": len(starts), "oldest": oldest, "held": HOLDS.count(), "at": int(now * 1000)}, separators=(",", ":"))
+        return json.dumps({"threads": self.threads, "busy": len(starts), "oldest": oldest, "held": HOLDS.count(), "at": int(now * 1000), "paused": self.paused.is_set(), "queued": queued}, separators=(",", ":"))
 
     def _forget_earlier(self, broker) -> None:
         """At boot: drop the reports an earlier process of this instance left (a crash)."""
@@ -886,6 +952,9 @@ class WorkReporter(Middleware):
             if self.report_key and not self.stopping.is_set():
                 pipe.hset(self.report_key, self.report_field, self.report())
                 sent.append((self.report_key, self.report_field))
+                if self.pause_key and self.pausable:
+                    pipe.hget(self.pause_key, self.instance)
+                    sent.append((self.pause_key, self.instance))
             results = pipe.execute(raise_on_error=False)
         except Exception:  # noqa: BLE001 - Redis down: keep the counts for the next flush
             with self.lock:
@@ -895,8 +964,17 @@ class WorkReporter(Middleware):
                     entry[1] += busy
                     entry[2] += squares
             return False
+        if self.pause_key and sent and sent[-1][0] == self.pause_key:
+            self._set_paused(self._pause_mark(results[-1]))
         for (key, field), result in zip(sent, results):
-            if isinstance(result, Exception) and (key, field) not in self.refused:
+            if key == self.pause_key and isinstance(result, Exception) and (key, field) not in self.refused:
+                self.refused.add((key, field))
+                log.warning(
+                    "dramactl: Redis refused to read this instance's intake pause, field %s of key %s (%s); the instance "
+                    "keeps taking messages. Fix: redis-cli DEL %s (dramactl's tick writes it again when it needs it)",
+                    field, key, result, key,
+                )
+            elif isinstance(result, Exception) and (key, field) not in self.refused:
                 self.refused.add((key, field))
                 log.warning(
                     "dramactl: Redis refused the work report's update of field %s of key %s (%s); that part is dropped, "
@@ -904,6 +982,34 @@ class WorkReporter(Middleware):
                     field, key, result, key, field, key,
                 )
         return True
+
+    def _pause_mark(self, value) -> bool:
+        """Whether the mark read from Redis pauses this instance: the epoch ms dramactl's tick
+        writes. Anything else is ignored (the instance keeps taking messages) and named once."""
+        if value is None or isinstance(value, Exception):
+            return False
+        try:
+            int(value)
+        except (TypeError, ValueError):
+            if (self.pause_key, "value") not in self.refused:
+                self.refused.add((self.pause_key, "value"))
+                log.warning(
+                    "dramactl: the intake pause for this instance, field %s of key %s, is %r, not the epoch ms dramactl's "
+                    "tick writes; ignored, the instance keeps taking messages. Fix: redis-cli HDEL %s %s",
+                    self.instance, self.pause_key, value, self.pause_key, self.instance,
+                )
+            return False
+        return True
+
+    def _set_paused(self, paused: bool) -> None:
+        if paused == self.paused.is_set():
+            return
+        if paused:
+            self.paused.set()
+            log.info("dramactl: intake paused: a scale-down waits for this instance's running tasks; it takes no new messages until they end (then it is stopped) or the scale-down is called off")
+        else:
+            self.paused.clear()
+            log.info("dramactl: intake resumed: this instance takes messages again")
 
     def _loop(self, broker) -> None:
         failed = False

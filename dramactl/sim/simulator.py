@@ -10,7 +10,8 @@ then is cut off, and redelivered from scratch once the broker's heartbeat timeou
 (``heartbeat``) has passed. The task-seconds cut off are the run's *work discarded*.
 Which instances a scale-down stops is the ``victim`` rule: ``least-busy`` is
 dramactl's (:func:`dramactl.victims.choose`, fed the reports the hook would publish,
-the wait for long tasks included), ``highest`` its rule before issue 19, ``random``
+the wait for long tasks included: an instance waited for fetches nothing new, as
+:mod:`dramactl.intake` pauses it), ``highest`` its rule before issue 19, ``random``
 what Kubernetes' HPA does with equally ranked pods.
 
 Every ``interval`` seconds the policy sees what the real scaler reads: a
@@ -194,6 +195,7 @@ class _Worker:
     busy: int = 0
     held: deque[int] = field(default_factory=deque)  # fetched, waiting for a free thread
     stopping_since: float | None = None
+    paused: bool = False  # intake paused (dramactl.intake): a scale-down waits for its tasks
     gone: bool = False
     last_done: float = 0.0  # when its last started message completes
     running: dict[int, tuple[float, int]] = field(default_factory=dict)  # message -> (start, completion seq)
@@ -201,7 +203,7 @@ class _Worker:
     def report(self, threads: int, now: float) -> InstanceReport:
         """What its worker hook would publish."""
         starts = [start for start, _ in self.running.values()]
-        return InstanceReport(self.number, threads=threads, busy=len(starts), oldest=min(starts) if starts else None, at=now)
+        return InstanceReport(self.number, threads=threads, busy=len(starts), oldest=min(starts) if starts else None, at=now, paused=self.paused, queued=len(self.held))
 
     @property
     def outstanding(self) -> int:
@@ -287,7 +289,7 @@ class _Run:
     def fetch(self, now: float) -> None:
         """Hand ready messages to consuming workers below their prefetch limit."""
         while self.waiting:
-            consuming = [w for w in self.workers if w.ready and w.stopping_since is None and w.outstanding < self.prefetch]
+            consuming = [w for w in self.workers if w.ready and w.stopping_since is None and not w.paused and w.outstanding < self.prefetch]
             if not consuming:
                 return
             w = min(consuming, key=lambda w: w.outstanding)
@@ -358,12 +360,13 @@ class _Run:
             return self.victim_rng.sample(up, count)
         by_number = {w.number: w for w in up}
         reports = {w.number: w.report(self.threads, now) for w in up if w.ready}
-        choice = victim_rule.choose(
-            list(by_number), count, reports, now, waiting_since=self.waiting_since,
-            long_after=victim_rule.long_after(self.grace, victim_rule.mean_service(backlog.done_total, backlog.busy_seconds_total)),
-        )
+        long_after = victim_rule.long_after(self.grace, victim_rule.mean_service(backlog.done_total, backlog.busy_seconds_total))
+        choice = victim_rule.choose(list(by_number), count, reports, now, waiting_since=self.waiting_since, long_after=long_after)
         self.deferred += bool(self.waiting_since is not None and choice.numbers)
         self.waiting_since = (self.waiting_since or now) if choice.waiting else None
+        paused = set(victim_rule.to_pause(choice.waiting, long_after, victim_rule.messages_wait(backlog.ready, reports, [p.number for p in choice.waiting])))  # as scaler.tick
+        for w in up:
+            w.paused = w.number in paused
         return [by_number[n] for n in choice.numbers]
 
     def tick(self, now: float, keep: bool) -> float:
@@ -399,6 +402,8 @@ class _Run:
                 # As scaler.tick: the jobs' duration when all ended in the wait; the late ones by timestamps next tick.
                 observe(None if late else ends - now, tuple(late))
         if target >= len(up):
+            for w in up:
+                w.paused = False  # as scaler.tick: a tick that waits for none removes the pauses
             self.waiting_since = None  # as scaler.tick: a tick that does not wait (no scale-down) ends the wait
         for w in self.victims(up, len(up) - target, now, backlog) if target < len(up) else []:
             acted = True

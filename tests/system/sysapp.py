@@ -53,6 +53,7 @@ def _record(ident: str) -> None:
 def work(ident: str, seconds: float, sent: float | None = None) -> None:
     client = broker.client
     client.incr("sys:started")
+    client.hset("sys:ran_on", ident, os.environ.get("DRAMACTL_INSTANCE", ""))  # test_victims.py: which instance took it
     if sent is not None:  # test_replay.py: each message's queue wait, from its send to its start
         client.rpush("sys:waits", time.time() - sent)
     time.sleep(seconds)

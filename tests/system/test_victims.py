@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -164,3 +165,46 @@ def test_a_tick_waits_for_long_tasks_then_stops_the_instance_once_idle(system: S
     assert system.active() == ["dramatiq-worker@1.service"]
     assert system.redis_counter("sys:started") == 2, "no long task was cut off and started again"
     assert system.status()["last_tick"]["waiting_since"] is None
+
+
+def test_an_instance_the_scale_down_waits_for_takes_no_new_message_then_stops_idle(system: System) -> None:
+    """The app's tasks outlast the drain (mean 12 s > G 10 s), so a tick that would stop one of
+    two busy instances waits for the one whose task began last and pauses its intake
+    (dramactl/intake.py). Its task ends; though idle, it takes none of the messages waiting in
+    Redis (unpaused, its consumer would fetch them at once); the next tick stops it as idle, the
+    other instance runs them, and nothing ran twice."""
+    system.configure(POLICY="step", WORKER_THREADS="1", GRACEFUL_SHUTDOWN_TIMEOUT="10", dramatiq_queue_prefetch="1")
+    system.sh("systemctl stop dramactl.timer")  # the ticks of this test are run by hand
+    system.dramactl("scale-to", "2")
+    wait_until(lambda: len(reported(system)) == 2, 30, "both instances reporting")
+    system.send(2, 12, prefix="w")  # one each: the app's mean task becomes 12 s
+    wait_until(lambda: system.redis_counter("sys:count") == 2, 40, "the two 12 s tasks done")
+    system.send(1, LONG, prefix="a")
+    wait_until(lambda: system.redis_counter("sys:started") == 3, 20, "the first long task running")
+    system.send(1, 15, prefix="b")  # on the other instance (prefetch 1): it begins last and ends first
+    wait_until(lambda: system.redis_counter("sys:started") == 4, 20, "the second long task running")
+    ran_on = lambda ident: system.sh(f"redis-cli hget sys:ran_on {ident}").stdout.strip()  # noqa: E731
+    keep, waited = int(ran_on("a0")), int(ran_on("b0"))
+    assert keep != waited
+    wait_until(lambda: (w := reported(system)) and all(w[n]["busy"] == 1 for n in (keep, waited)), 10, "both instances reporting their task")
+    system.dramactl("resume")
+
+    out = system.dramactl("tick").stdout
+    assert "workers 2 -> 1" in out and f"scale-down waits for long tasks: @{waited} (busy 1/1" in out and "stopped" not in out, out
+    wait_until(lambda: reported(system)[waited].get("paused") is True, 10, f"@{waited} reporting its intake paused")
+    assert reported(system)[keep].get("paused") is False
+    system.send(2, 1, prefix="s")
+    wait_until(lambda: reported(system)[waited]["busy"] == 0, 25, f"@{waited}'s task done")
+    for _ in range(6):  # three seconds: an unpaused consumer fetches within its 1 s backoff
+        assert int(system.sh("redis-cli llen dramatiq:sys").stdout) == 2, f"the idle paused @{waited} took a message"
+        time.sleep(0.5)
+    journal = system.sh(f"journalctl -u dramatiq-worker@{waited}.service -g 'intake paused' -o cat").stdout
+    assert "it takes no new messages" in journal, journal
+
+    out = system.dramactl("tick").stdout
+    assert f"stop @{waited} (idle)" in out and f"stopped @{waited}:done" in out, out
+    assert system.active() == [f"dramatiq-worker@{keep}.service"]
+    assert system.sh("redis-cli --scan --pattern 'dramatiq:__dramactl__.pause.*'").stdout.strip() == "", "the tick that waits for none removes the marks"
+    wait_until(lambda: system.redis()["count"] == 6, LONG + 20, "the long task and the two short ones done")
+    assert [ran_on("s0"), ran_on("s1")] == [str(keep)] * 2
+    assert system.redis_counter("sys:started") == 6 and system.redis_counter("sys:duplicates") == 0, "nothing cut off or run twice"

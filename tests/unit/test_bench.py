@@ -203,3 +203,23 @@ def test_a_tick_without_a_scale_down_ends_the_wait_as_the_real_tick_does() -> No
     result = simulate(workload, _ShrinkHoldShrink(), policy="t", interval=15, initial_workers=2, min_workers=1, victim="least-busy")
     assert result.cut == 1
     assert result.discarded == 1605.0 + WAIT_LIMIT + GRACE - 1.0
+
+
+class _TwoUntilSixty:
+    def target(self, backlog, units, now):
+        return 2 if now < 60 else 1
+
+
+def test_an_instance_the_scale_down_waits_for_takes_no_new_message() -> None:
+    """As dramactl.intake: the app's tasks outlast the drain (mean 40 s > G, from a and b), so at
+    t=60 the scale-down waits for @2's 500 s task (the most recent start) and pauses @2's intake.
+    The 5 s message at t=70 then goes to @1 (a prefetch slot behind its two 1000 s tasks), not to
+    @2's free thread; @2 runs d to its end and is stopped idle, nothing cut."""
+    trace = Trace("pause", 100.0, lambda t: 0.0, 0.0)
+    arrivals = [0.0, 0.1, 0.2, 0.3, 51.0, 70.0]
+    services = [1000.0, 40.0, 1000.0, 40.0, 500.0, 5.0]
+    workload = Workload(trace, WorkerModel(threads=2, prefetch=3), arrivals=arrivals, services=services, startups=[1.0] * 8, seed=1)
+    result = simulate(workload, _TwoUntilSixty(), policy="t", interval=15, initial_workers=2, min_workers=1, victim="least-busy", keep_ticks=True)
+    assert (result.cut, result.discarded) == (0, 0.0)
+    assert result.waits[5] >= 900.0, "the paused @2 left the new message to @1 (unpaused, its free thread takes it at once)"
+    assert result.waits[4] == 0.0 and result.horizon == 1005.0

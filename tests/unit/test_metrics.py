@@ -105,8 +105,12 @@ def test_instance_reports_are_exported() -> None:
 
     from dramactl.stats import InstanceReport
 
-    o = replace(outcome(), reports={2: InstanceReport(2, threads=4, busy=1, oldest=1_700_000_000.25 - 90.0, held=1, at=1_700_000_000.0)})
+    o = replace(outcome(), reports={
+        2: InstanceReport(2, threads=4, busy=1, oldest=1_700_000_000.25 - 90.0, held=1, at=1_700_000_000.0),
+        3: InstanceReport(3, threads=4, busy=1, oldest=1_700_000_000.25 - 90.0, at=1_700_000_000.0, paused=True),
+    })
     s = samples(metrics.render(metrics.from_outcome(o)))
+    assert (s['dramactl_instance_intake_paused{instance="2"}'], s['dramactl_instance_intake_paused{instance="3"}']) == ("0", "1")
     assert (s['dramactl_instance_threads{instance="2"}'], s['dramactl_instance_busy_threads{instance="2"}']) == ("4", "1")
     assert s['dramactl_instance_oldest_task_age_seconds{instance="2"}'] == "90.0"
     assert s['dramactl_instance_held_messages{instance="2"}'] == "1"  # a retry Redis has not stored yet

@@ -130,6 +130,10 @@ def test_parse_reads_good_fields_and_ignores_stale_and_gone() -> None:
         ("1.100", field(at=None), "must be counts"),
         ("1.100", field(oldest="yesterday"), "oldest must be"),
         ("1.100", field(busy=5), "busy 5 > threads 4"),
+        ("1.100", field(paused="yes"), "paused must be true or false"),
+        ("1.100", field(paused=1), "paused must be true or false"),
+        ("1.100", field(queued=-1), "queued must be a count"),
+        ("1.100", field(queued="2"), "queued must be a count"),
         ("one.100", field(), "not <instance>.<pid>"),
         ("1", field(), "not <instance>.<pid>"),
         (b"1.100", b"\xff\xfe", "not JSON"),
@@ -189,6 +193,11 @@ def test_status_shows_busy_threads_and_oldest_task_and_names_instances_it_cannot
     lines = render_status(data).splitlines()
     row = next(line for line in lines if line.startswith("dramatiq-worker@1"))
     assert row.split()[-3:] == ["2/4", "95s", "-"]  # then MEMORY: not read here
+    from dataclasses import replace
+
+    data["instances"][0]["work"] = replace(busy(1, 95, count=2), paused=True).to_dict(NOW)
+    row = next(line for line in render_status(data).splitlines() if line.startswith("dramatiq-worker@1"))
+    assert row.split()[-4:] == ["2/4", "95s", "paused", "-"], "an instance whose intake is paused says so"
     assert next(line for line in lines if line.startswith("dramatiq-worker@2")).split()[-3:] == ["?", "?", "-"]
     assert any(line.startswith("cannot see inside @2: no report from the dramactl hook") for line in lines)
 
@@ -202,6 +211,59 @@ def test_when_the_app_s_mean_task_outlasts_the_drain_every_running_task_is_long(
     assert numbers(choice) == [] and [p.number for p in choice.waiting] == [1], "a task begun a second ago is waited for too"
     r = {1: idle(1), 2: InstanceReport(2, threads=4, held=2, at=NOW)}
     assert numbers(victims.choose([1, 2], 2, r, NOW, long_after=after)) == [1, 2], "holds alone are no running task: no wait"
+
+
+def test_the_intake_pause_is_read_and_a_report_without_it_is_not_paused() -> None:
+    pairs = ["1.100", field(paused=True, queued=3), "2.200", field(), "3.300", field(paused=False)]
+    found, damaged = reports.parse(pairs, NOW, alive=lambda pid: True)
+    assert damaged == [] and [found[n].paused for n in (1, 2, 3)] == [True, False, False]
+    assert [found[n].queued for n in (1, 2, 3)] == [3, 0, 0]
+    assert InstanceReport(1, paused=True).merged(InstanceReport(1)).paused, "one paused process of an instance: the instance is paused"
+    assert found[1].to_dict(NOW)["paused"] is True
+
+
+def test_a_paused_busy_instance_goes_before_other_busy_ones_and_the_tick_line_says_so() -> None:
+    """An earlier tick's wait paused it: choosing another busy one would pause a second instance."""
+    from dataclasses import replace
+
+    r = {1: busy(1, 5), 2: replace(busy(2, 200), paused=True), 3: busy(3, 20)}
+    picks = victims.rank([1, 2, 3], r, NOW, prefer_paused=True)
+    assert [p.number for p in picks] == [2, 1, 3]
+    assert picks[0].why == "busy 1/4, oldest 200s, intake paused"
+    waiting = victims.choose([1, 2, 3], 1, r, NOW, long_after=0.0).waiting
+    assert [p.number for p in waiting] == [2], "the tick keeps waiting for the paused one"
+    assert [p.number for p in victims.rank([1, 2, 3], r, NOW)] == [1, 3, 2], "a cut (manual stop) spares the paused one's older work"
+    assert numbers(victims.choose([1, 2, 3], 1, r, NOW, long_after=0.0, waiting_since=NOW - 2000)) == [1], "so does the cut at the wait's limit"
+    r[4] = idle(4)
+    assert [p.number for p in victims.rank([1, 2, 3, 4], r, NOW, prefer_paused=True)][:2] == [4, 2], "idle still goes first"
+
+
+def test_the_intake_is_paused_only_when_every_running_task_counts_as_long_and_no_message_waits() -> None:
+    """Mean task over the drain: new intake would keep the wait going, so it is paused. Otherwise
+    only an old task is waited for and new ones do not prolong the wait: no pause. Nor while a
+    message waits for a thread (ready in Redis, or queued in an instance): the paused instance's
+    free threads would be withheld from it."""
+    from dataclasses import replace
+
+    from dramactl import intake
+
+    r = {1: busy(1, 40), 2: busy(2, 50)}
+    long_choice = victims.choose([1, 2], 1, r, NOW, long_after=0.0)
+    assert not victims.messages_wait(0, r)
+    assert victims.to_pause(long_choice.waiting, 0.0, victims.messages_wait(0, r)) == [1]
+    assert victims.to_pause(long_choice.waiting, 0.0, victims.messages_wait(3, r)) == [], "messages ready in Redis"
+    queued = {**r, 2: replace(r[2], queued=2)}
+    assert victims.messages_wait(0, queued, [1]) and victims.to_pause(long_choice.waiting, 0.0, True) == [], "messages queued behind busy threads"
+    own = {**r, 1: replace(r[1], queued=2)}
+    assert not victims.messages_wait(0, own, [1]), "what the waited-for instance holds it runs itself: no reason not to pause"
+    short_choice = victims.choose([1, 2], 1, r, NOW, long_after=15.0)
+    assert [p.number for p in short_choice.waiting] == [1] and victims.to_pause(short_choice.waiting, 15.0, False) == []
+    assert victims.to_pause((), 0.0, False) == []
+    assert not intake.needs_write([], {1: busy(1, 5)}, False), "nothing to set or remove: no round trip"
+    assert intake.needs_write([1], {}, False) and intake.needs_write([], {}, True)
+    from dataclasses import replace
+
+    assert intake.needs_write([], {1: replace(busy(1, 5), paused=True)}, False), "a pause left to remove"
 
 
 def test_the_hook_and_dramactl_name_this_host_alike(tmp_path, monkeypatch) -> None:
@@ -228,3 +290,8 @@ def test_the_hook_and_dramactl_name_this_host_alike(tmp_path, monkeypatch) -> No
         monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(path if f == "/etc/machine-id" else f, *a, **k))
         assert hook_identity() == reports.host_identity(str(path)), text
     monkeypatch.setattr(builtins, "open", real_open)
+    from dramactl import intake
+
+    line = next(x for x in source.splitlines() if x.startswith("PAUSE_KEY = "))
+    hook_key = line.split('"')[1].format(namespace="ns", host="h")
+    assert hook_key == intake.pause_key("ns", "h"), "the hook reads the marks the tick writes"
