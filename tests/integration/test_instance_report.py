@@ -50,13 +50,17 @@ def test_busy_threads_oldest_start_and_holds_reach_the_probe_and_go_on_shutdown(
         wait_for(lambda: probe(redis_server).instances[7].busy == 2)
         busy = probe(redis_server).instances[7]
         assert sent - 1 <= busy.oldest <= time.time() and not busy.idle
+        assert busy.queued == 0
         hook.HOLDS.add(1)
         try:
             wait_for(lambda: probe(redis_server).instances[7].held == 1)
         finally:
             hook.HOLDS.add(-1)
+        for i in (3, 4):  # one more thread's worth and one over: fetched (prefetch 6), queued behind busy threads
+            long_task.send(i)
+        wait_for(lambda: (r := probe(redis_server).instances[7]).busy == 3 and r.queued == 1)
         release.set()
-        wait_for(lambda: probe(redis_server).instances[7].busy == 0)
+        wait_for(lambda: (r := probe(redis_server).instances[7]).busy == 0 and r.queued == 0)
         assert probe(redis_server).instances[7].oldest is None, "finished tasks leave no start behind"
         key = reports.instances_key("dramatiq")
         assert list(redis.hgetall(key)) == [f"7.{os.getpid()}".encode()], "one field per worker process, named <instance>.<pid>"

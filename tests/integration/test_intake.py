@@ -15,20 +15,12 @@ from dramatiq.brokers.redis import RedisBroker
 from dramactl import intake, queue
 from dramactl.settings import parse
 from tests.conftest import RedisServer, free_port
-from tests.integration.test_instance_report import probe
+from tests.integration.test_instance_report import probe, reporter  # noqa: F401 - reporter: the fixture (instance 7, 0.1 s flushes)
 from tests.integration.test_work_report import hook, wait_for
 
 QUEUE = "r1"  # the queue probe() reads
 LIST = f"dramatiq:{QUEUE}"  # Dramatiq's list of the queue's waiting message ids
 HEARTBEATS = "dramatiq:__heartbeats__"
-
-
-@pytest.fixture
-def reporter(broker: RedisBroker, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("DRAMACTL_INSTANCE", "7")
-    r = hook.WorkReporter(interval=0.1)
-    broker.add_middleware(r)
-    return r
 
 
 def acks(redis: redis_lib.Redis, broker: RedisBroker) -> set[str]:
@@ -233,28 +225,6 @@ def test_a_damaged_mark_is_ignored_and_named_once(broker: RedisBroker, redis: re
         worker.stop()
     named = [r.getMessage() for r in caplog.records if "not the epoch ms" in r.getMessage()]
     assert len(named) == 1 and key in named[0] and f"HDEL {key} 7" in named[0], named
-
-
-def test_messages_fetched_behind_busy_threads_are_reported_queued(broker: RedisBroker, redis_server: RedisServer, reporter) -> None:
-    """One thread (prefetch 2): one message runs, the next waits in the worker's own queue. The
-    tick does not pause an intake while such a message waits for a thread (victims.messages_wait)."""
-    release = threading.Event()
-
-    @dramatiq.actor(queue_name="r1", max_retries=0)
-    def blocked(i: int) -> None:
-        release.wait(30)
-
-    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
-    worker.start()
-    try:
-        blocked.send(1)
-        blocked.send(2)
-        wait_for(lambda: (r := probe(redis_server).instances.get(7)) is not None and (r.busy, r.queued) == (1, 1))
-        release.set()
-        wait_for(lambda: (r := probe(redis_server).instances.get(7)) is not None and (r.busy, r.queued) == (0, 0))
-    finally:
-        release.set()
-        worker.stop()
 
 
 def test_a_process_booting_while_its_instance_is_paused_fetches_nothing(broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer, reporter) -> None:
