@@ -97,6 +97,7 @@ class Outcome:
     plan: Plan = field(default_factory=Plan)  # what was started and stopped, and why those
     reports: dict[int, InstanceReport] = field(default_factory=dict)  # what each instance ran (worker hook)
     waiting_since: float | None = None  # a scale-down has waited for long tasks since (epoch seconds)
+    intake_paused: tuple[int, ...] = ()  # instances waited for whose intake the tick pauses (intake.py)
     failure: str | None = None  # why a rolling restart or recycle stopped short (rollout.py)
     recycled: str | None = None  # "recycle @3 (612 MiB > 512 MiB)": this tick replaced an instance for its memory
     recycles: int | None = None  # instances recycled, ever (dramactl_recycles_total), after a tick
@@ -132,6 +133,7 @@ class Outcome:
                 "scale-down waits for long tasks: "
                 + " ".join(str(p) for p in self.plan.waiting)
                 + f", waited {waited:.0f}s of {victims.WAIT_LIMIT:.0f}s"
+                + ("; intake paused: " + " ".join(f"@{n}" for n in self.intake_paused) if self.intake_paused else "")
             )
         if self.recycled:
             parts.append(self.recycled + (f"; {self.drained_first}" if self.drained_first else ""))
@@ -158,6 +160,7 @@ class Outcome:
             "victims": [{"instance": p.number, "why": p.why} for p in self.plan.picks],
             "waiting": [{"instance": p.number, "why": p.why} for p in self.plan.waiting],
             "waiting_since": self.waiting_since,
+            "intake_paused": list(self.intake_paused),
         }
 
     def victims_text(self) -> str | None:
@@ -258,16 +261,16 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
             waiting_since=previous.waiting_since if previous is not None else None,
         )
         waiting_since = ((previous.waiting_since if previous is not None else None) or now) if changes.waiting else None
+        waited = [p.number for p in changes.waiting]
+        paused = victims.to_pause(changes.waiting, long_after, victims.messages_wait(backlog.ready, probe.instances, waited))
         outcome = Outcome(
             decision, stats, dry_run=dry_run, paused=state.paused, instances=list(instances), fleet=coordinated, at=now,
-            plan=changes, reports=probe.instances, waiting_since=waiting_since,
+            plan=changes, reports=probe.instances, waiting_since=waiting_since, intake_paused=tuple(paused),
         )
         for line in probe.damaged:
             log.warning("%s", line)
         if dry_run:
             return outcome
-        waited = [p.number for p in changes.waiting]
-        paused = victims.to_pause(changes.waiting, long_after, victims.messages_wait(backlog.ready, probe.instances, waited))
         # A paused instance stopped now keeps its mark until its stop has begun: unpaused before
         # the SIGTERM reaches Dramatiq's worker, its free threads would start messages the stop cuts.
         stopping = [n for n in changes.stop if (r := (probe.instances or {}).get(n)) is not None and r.paused]

@@ -191,6 +191,7 @@ def test_an_instance_the_scale_down_waits_for_takes_no_new_message_then_stops_id
 
     out = system.dramactl("tick").stdout
     assert "workers 2 -> 1" in out and f"scale-down waits for long tasks: @{waited} (busy 1/1" in out and "stopped" not in out, out
+    assert f"; intake paused: @{waited}" in out, out
     wait_until(lambda: reported(system)[waited].get("paused") is True, 10, f"@{waited} reporting its intake paused")
     assert reported(system)[keep].get("paused") is False
     system.send(2, 1, prefix="s")

@@ -166,6 +166,10 @@ def test_the_tick_line_names_why_each_stopped_instance_was_chosen_and_the_wait()
     assert "scale-down waits for long tasks: @3 (busy 1/4, oldest 90s), waited 30s of 1800s" in line
     assert o.victims_text() == "@2 idle; waiting: @3 busy 1/4, oldest 90s"
     assert o.to_dict()["victims"] == [{"instance": 2, "why": "idle"}]
+    from dataclasses import replace
+
+    paused = replace(o, intake_paused=(3,))
+    assert "waited 30s of 1800s; intake paused: @3" in paused.summary() and paused.to_dict()["intake_paused"] == [3]
 
 
 def test_the_history_keeps_the_choice_and_refuses_a_damaged_one(tmp_path) -> None:
