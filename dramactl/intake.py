@@ -10,12 +10,15 @@ broker heartbeat goes on: the running tasks are not counted dead and handed out 
 
 The marks are the HASH ``<ns>:__dramactl__.pause.<host>`` (``<host>`` as in
 :mod:`dramactl.reports`): field ``<instance>``, value the epoch ms of the tick that set
-it. Each tick that waits rewrites the hash to exactly the instances it waits for and
-sets its expiry to :func:`hold_seconds` (three tick intervals and a minute); a tick that waits for none
-deletes it. So a mark never outlives the wait by more than a tick, and when the scaler
-stops ticking (``dramactl stop``, a disabled timer) every mark lapses by itself and the
-instances take messages again. Nothing here is needed for a message to be processed:
-a mark that is lost (Redis restarted) only resumes an intake early.
+it. Each tick rewrites the hash to exactly the instances it waits for and pauses
+(:func:`dramactl.victims.to_pause`), plus, until their stop jobs ran, the instances it
+stops, and sets its expiry to :func:`hold_seconds` (three tick intervals and a minute);
+a tick that pauses none deletes it, and so does a manual scale or a rolling restart
+once it has acted (``scaler.pauses_ended``: they end any wait). When the scaler stops
+ticking (the timer stopped or disabled) every mark lapses by itself and the instances
+take messages again. The hook reads its mark every second and once at boot, before the
+consumers start. Nothing here is needed for a message to be processed: a mark that is
+lost (Redis restarted) only resumes an intake early.
 """
 
 from __future__ import annotations

@@ -342,7 +342,7 @@ def restart(settings, *, batch: int = 1, fleet: Fleet | None = None, progress: P
     ``outcome.failure`` names the cause when a replacement did not start (the roll
     stopped there, the old instances still serving)."""
     from .policy import ScalingDecision
-    from .scaler import Outcome, _locked, _probe_if_readable, threads_of
+    from .scaler import Outcome, _locked, _probe_if_readable, pauses_ended, threads_of
     from .state import LOCK_WAIT
     from .worker import worker_argv
 
@@ -366,7 +366,8 @@ def restart(settings, *, batch: int = 1, fleet: Fleet | None = None, progress: P
         try:
             progress(f"rolling restart of {len(up)} instance(s), {batch} at a time: " + (" ".join(f"@{n}" for n in up) or "nothing runs"))
             # On a host of a fleet the heartbeat is renewed while the roll holds the ticks.
-            with seat.kept() if seat is not None else nullcontext():
+            # A roll ends any wait (a replacement of a paused instance takes its number: unpaused).
+            with seat.kept() if seat is not None else nullcontext(), pauses_ended(settings, probe, state):
                 rolled = roll(
                     fleet, instances, settings.max_processes, batch=batch, progress=progress,
                     reports=probe.instances if probe is not None else None, now=probe.at if probe is not None else None, seat=seat,

@@ -262,7 +262,8 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
         )
         waiting_since = ((previous.waiting_since if previous is not None else None) or now) if changes.waiting else None
         waited = [p.number for p in changes.waiting]
-        paused = victims.to_pause(changes.waiting, long_after, victims.messages_wait(backlog.ready, probe.instances, waited))
+        waits = victims.messages_wait(backlog.ready + backlog.due + backlog.orphaned, probe.instances, waited)
+        paused = victims.to_pause(changes.waiting, long_after, waits, others_stay=decision.target > 0)
         outcome = Outcome(
             decision, stats, dry_run=dry_run, paused=state.paused, instances=list(instances), fleet=coordinated, at=now,
             plan=changes, reports=probe.instances, waiting_since=waiting_since, intake_paused=tuple(paused),
@@ -271,10 +272,12 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
             log.warning("%s", line)
         if dry_run:
             return outcome
-        # A paused instance stopped now keeps its mark until its stop has begun: unpaused before
-        # the SIGTERM reaches Dramatiq's worker, its free threads would start messages the stop cuts.
-        stopping = [n for n in changes.stop if (r := (probe.instances or {}).get(n)) is not None and r.paused]
-        if intake.needs_write(paused, probe.instances, previous is not None and previous.waiting_since is not None):
+        # While marks may exist, every instance stopped now is marked until its stop has begun (a
+        # report lags its mark by a flush): unpaused before the SIGTERM reaches Dramatiq's worker,
+        # its free threads would start messages the stop cuts. Marked, it fetches nothing in its drain.
+        marks = intake.needs_write(paused, probe.instances, previous is not None and previous.waiting_since is not None)
+        stopping = list(changes.stop) if marks else []
+        if marks:
             _pause(client, settings, [*paused, *stopping], now)
         record = replace(
             decision.record(now, backlog),
@@ -317,6 +320,24 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
 
         metrics.publish(settings.metrics_textfile_dir, outcome)
     return outcome
+
+
+@contextmanager
+def pauses_ended(settings: Settings, probe: queue.Probe | None, state: ScalerState, stopping: Sequence[int] = ()) -> Iterator[None]:
+    """A manual command or a rolling restart ends any wait: the intake pauses go when it has
+    acted, so no instance (a number started again, one kept) stays paused until the next tick.
+    Those of the instances it stops are kept through their stop (see tick). Nothing is
+    written when no mark can exist (no report paused, the last tick did not wait)."""
+    waited = bool(state.history) and state.history[-1].waiting_since is not None
+    if probe is None or not intake.needs_write((), probe.instances, waited):
+        yield
+        return
+    client = queue.connect(settings)
+    _pause(client, settings, stopping, time.time())
+    try:
+        yield
+    finally:
+        _pause(client, settings, (), time.time())
 
 
 def _pause(client: redis.Redis, settings: Settings, numbers: Sequence[int], now: float) -> None:
@@ -464,7 +485,8 @@ def _resize(
             ScalingDecision(len(up), target, reason, reset=tuple(reset)), stats, paused=new_state.paused, instances=list(instances),
             plan=changes, reports=probe.instances if probe else {},
         )
-        outcome.started, outcome.stopped = _apply(fleet, settings, instances, changes, new_threads, reset)
+        with pauses_ended(settings, probe, state, changes.stop):
+            outcome.started, outcome.stopped = _apply(fleet, settings, instances, changes, new_threads, reset)
         outcome.restarted = fleet.restart(restart)
         return outcome
 

@@ -35,17 +35,18 @@ A tick that does not scale down ends the wait (the next one's limit counts afres
 the app's tasks outlast the drain and no message waits for a thread: the tick marks each
 instance it waits for in Redis, and that instance's worker hook makes its consumers fetch
 nothing while the mark lasts (they keep calling Dramatiq's fetch script, with a count of 0,
-so the broker heartbeat goes on and its running tasks are not counted dead), so the
+so the broker heartbeat goes on, and the hook's maintenance dispatches every few seconds
+anyway: its running tasks are not counted dead), so the
 instance drains to completion: the messages it already holds run, new ones go to the
 instances that stay, and once it is idle the next tick stops it as idle. Before this, an
 instance waited for kept fetching and the wait lasted until *some* instance happened to be
 idle at a tick, which cost worker-seconds (``python -m bench.victim_rules``: ocr-day 5-6 %
-over the highest-number rule's, 2-3 % with the pause). For an app whose mean task is
+over the highest-number rule's, 1.8-2.8 % with the pause). For an app whose mean task is
 shorter than G the intake is not paused: only a task older than G/2 is waited for, new ones
 are young, so the wait ends with that task whatever the instance takes meanwhile, and
-pausing would only leave its free threads idle while the queue fills. Nor while a message
-waits for a thread (:func:`messages_wait`): the paused instance's free threads would be
-withheld from it. A worker without the hook is never paused; it cannot be waited for either
+pausing would only leave its free threads idle while the queue fills. Nor while messages
+wait for a thread (:func:`messages_wait`: the fleet is saturated, and a paused instance's
+free threads would idle while they wait), nor when no instance would stay (target 0). A worker without the hook is never paused; it cannot be waited for either
 (it reports nothing). The wait still ends at the limit, so a hook that cannot reach Redis,
 or a task that never ends, cannot pin the fleet forever.
 """
@@ -70,18 +71,22 @@ def long_after(graceful_shutdown_timeout: float, mean_service: float | None = No
 
 
 def messages_wait(ready: int, reports: Mapping[int, InstanceReport] | None, waited: Sequence[int] = ()) -> bool:
-    """Whether a message waits for a thread of another instance than the ``waited`` ones:
-    ready in Redis, or fetched by an instance that stays and queued behind its busy
-    threads. (What a waited-for instance holds it runs itself, paused or not.)"""
+    """Whether messages wait for a thread: ``ready`` in Redis (the caller adds the due and
+    orphaned ones, soon ready), or fetched by an instance that stays and queued behind its
+    busy threads. Either way the fleet is saturated and the scale-down's surplus is not
+    there yet. (What a waited-for instance holds it runs itself, paused or not.)"""
     return ready > 0 or any(r.queued for n, r in (reports or {}).items() if n not in waited)
 
 
-def to_pause(waiting: Sequence[Pick], long_after: float | None, messages_waiting: bool) -> list[int]:
+def to_pause(waiting: Sequence[Pick], long_after: float | None, messages_waiting: bool, *, others_stay: bool = True) -> list[int]:
     """The instances whose intake the tick pauses: those it waits for, when every running
     task counts as long (``long_after`` 0: the app's mean task outlasts the drain, so new
-    intake would keep the wait going) and no message waits for a thread (a paused
-    instance's free threads would be withheld from it)."""
-    return [p.number for p in waiting] if long_after == 0.0 and not messages_waiting else []
+    intake would keep the wait going), no message waits for a thread (the fleet is
+    saturated: a paused instance's free threads would be idle while messages wait), and
+    some instance stays to take what arrives (``others_stay``: the target is not 0)."""
+    if long_after != 0.0 or messages_waiting or not others_stay:
+        return []
+    return [p.number for p in waiting]
 
 
 def mean_service(done_total: float | None, busy_seconds_total: float | None) -> float | None:

@@ -869,7 +869,7 @@ class WorkReporter(Middleware):
             if not self.instance.isdigit() or not hasattr(broker, "client") or not hasattr(broker, "namespace"):
                 return
             self.pause_key = PAUSE_KEY.format(namespace=broker.namespace, host=host_identity())
-            self.pausable = _pausable_fetch(broker, self.paused)
+            self.pausable = self.pausable or _pausable_fetch(broker, self.paused)
             if not self.pausable:
                 return
             read: list = []

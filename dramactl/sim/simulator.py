@@ -364,7 +364,7 @@ class _Run:
         choice = victim_rule.choose(list(by_number), count, reports, now, waiting_since=self.waiting_since, long_after=long_after)
         self.deferred += bool(self.waiting_since is not None and choice.numbers)
         self.waiting_since = (self.waiting_since or now) if choice.waiting else None
-        paused = set(victim_rule.to_pause(choice.waiting, long_after, victim_rule.messages_wait(backlog.ready, reports, [p.number for p in choice.waiting])))  # as scaler.tick
+        paused = set(victim_rule.to_pause(choice.waiting, long_after, victim_rule.messages_wait(backlog.ready, reports, [p.number for p in choice.waiting]), others_stay=count < len(up)))  # as scaler.tick
         for w in up:
             w.paused = w.number in paused
         return [by_number[n] for n in choice.numbers]

@@ -53,3 +53,21 @@ def test_a_paused_instance_the_tick_stops_keeps_its_mark_until_its_stop_began(re
     assert outcome.decision.target == 1 and [p.number for p in outcome.plan.picks] == [2], outcome.decision.reason
     assert here.marks_at_stop == [{b"2": here.marks_at_stop[0][b"2"]}], "paused through its stop job"
     assert not redis.exists(intake.pause_key(settings.namespace)), "and no mark left after it: the number may be started again"
+
+
+def test_a_manual_scale_ends_the_pauses_after_its_stops(redis: redis_lib.Redis, settings_env: dict[str, str]) -> None:
+    """`scale-to` / `scale-down` act at once and end any wait: the instances they stop stay
+    marked through their stop, and no mark is left after it (a number started again by the
+    next `scale-up` would otherwise boot paused until the next tick)."""
+    settings = parse({**settings_env, "DRAMATIQ_QUEUE_NAME": "q1", "MIN_PROCESSES": "1", "MAX_PROCESSES": "4", "CHECK_INTERVAL": "15"})
+    here = Watching(redis, settings)
+    scaler.scale_to(settings, 3, fleet=here)  # type: ignore[arg-type]
+    assert intake.write(redis, settings.namespace, [3], time.time(), settings.check_interval) is None
+    report(redis, settings.namespace, 1, busy=1, paused=False)
+    report(redis, settings.namespace, 2, busy=1, paused=False)
+    report(redis, settings.namespace, 3, busy=1, paused=True)
+    outcome = scaler.scale_to(settings, 1, fleet=here)  # type: ignore[arg-type]
+    stopped = [p.number for p in outcome.plan.picks]
+    assert len(stopped) == 2
+    assert [sorted(int(k) for k in m) for m in here.marks_at_stop] == [sorted(stopped)], "marked through their stop"
+    assert not redis.exists(intake.pause_key(settings.namespace)), "no mark left: @3 started again would not boot paused"

@@ -263,6 +263,7 @@ def test_the_intake_is_paused_only_when_every_running_task_counts_as_long_and_no
     short_choice = victims.choose([1, 2], 1, r, NOW, long_after=15.0)
     assert [p.number for p in short_choice.waiting] == [1] and victims.to_pause(short_choice.waiting, 15.0, False) == []
     assert victims.to_pause((), 0.0, False) == []
+    assert victims.to_pause(long_choice.waiting, 0.0, False, others_stay=False) == [], "target 0: nothing else would take what arrives"
     assert not intake.needs_write([], {1: busy(1, 5)}, False), "nothing to set or remove: no round trip"
     assert intake.needs_write([1], {}, False) and intake.needs_write([], {}, True)
     from dataclasses import replace
