@@ -272,13 +272,6 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
             log.warning("%s", line)
         if dry_run:
             return outcome
-        # While marks may exist, every instance stopped now is marked until its stop has begun (a
-        # report lags its mark by a flush): unpaused before the SIGTERM reaches Dramatiq's worker,
-        # its free threads would start messages the stop cuts. Marked, it fetches nothing in its drain.
-        marks = intake.needs_write(paused, probe.instances, previous is not None and previous.waiting_since is not None)
-        stopping = list(changes.stop) if marks else []
-        if marks:
-            _pause(client, settings, [*paused, *stopping], now)
         record = replace(
             decision.record(now, backlog),
             startup=None if timed is None else round(timed, 3),
@@ -287,25 +280,25 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
             waiting_since=waiting_since,
         )
         recycled = 0
-        if decision.delta or decision.reset:
-            acting = time.monotonic()
-            outcome.started, outcome.stopped = _apply(fleet, settings, instances, changes, threads_of(settings, state), decision.reset)
-            if stopping:
-                _pause(client, settings, paused, now)
-            if outcome.started and not outcome.stopped and all(j.result == "done" for j in outcome.started):
-                # Start jobs end at READY=1 (Type=notify): how long an instance takes to consume.
-                took = round(time.monotonic() - acting, 3)
-                record = replace(record, startup=max(took, record.startup or 0.0))
-            # Start jobs still pending after START_WAIT: systemd times them, read next tick.
-            late = tuple(int(j.unit.split("@")[1].split(".")[0]) for j in outcome.started if j.result == "pending")
-            record = replace(record, starting=tuple(sorted({*record.starting, *late})))
-        elif settings.worker_recycle_memory and not decision.held:
-            seat = None
-            if coordinated is not None:  # the replacement's place is claimed in the fleet first
-                from .seat import Seat
+        waited_before = previous is not None and previous.waiting_since is not None
+        with paused_through(settings, client, probe.instances, waited_before, paused, changes.stop, now):
+            if decision.delta or decision.reset:
+                acting = time.monotonic()
+                outcome.started, outcome.stopped = _apply(fleet, settings, instances, changes, threads_of(settings, state), decision.reset)
+                if outcome.started and not outcome.stopped and all(j.result == "done" for j in outcome.started):
+                    # Start jobs end at READY=1 (Type=notify): how long an instance takes to consume.
+                    took = round(time.monotonic() - acting, 3)
+                    record = replace(record, startup=max(took, record.startup or 0.0))
+                # Start jobs still pending after START_WAIT: systemd times them, read next tick.
+                late = tuple(int(j.unit.split("@")[1].split(".")[0]) for j in outcome.started if j.result == "pending")
+                record = replace(record, starting=tuple(sorted({*record.starting, *late})))
+            elif settings.worker_recycle_memory and not decision.held:
+                seat = None
+                if coordinated is not None:  # the replacement's place is claimed in the fleet first
+                    from .seat import Seat
 
-                seat = Seat(client, settings, paused=state.paused)
-            recycled = _recycle(fleet, settings, instances, outcome, seat)
+                    seat = Seat(client, settings, paused=state.paused)
+                recycled = _recycle(fleet, settings, instances, outcome, seat)
         if coordinated is not None:
             _settle(client, settings, instances, decision, outcome, record.startup, waiting=len(changes.waiting))
         outcome.duration = round(time.monotonic() - started, 3)
@@ -323,26 +316,39 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
 
 
 @contextmanager
-def pauses_ended(settings: Settings, probe: queue.Probe | None, state: ScalerState, stopping: Sequence[int] = ()) -> Iterator[None]:
-    """A manual command or a rolling restart ends any wait: the intake pauses go when it has
-    acted, so no instance (a number started again, one kept) stays paused until the next tick.
-    Those of the instances it stops are kept through their stop (see tick). Nothing is
-    written when no mark can exist (no report paused, the last tick did not wait)."""
-    waited = bool(state.history) and state.history[-1].waiting_since is not None
-    if probe is None or not intake.needs_write((), probe.instances, waited):
+def paused_through(
+    settings: Settings, client: redis.Redis | None, reports: dict[int, InstanceReport] | None, waited_before: bool,
+    paused: Sequence[int] = (), stopping: Sequence[int] = (), now: float | None = None,
+) -> Iterator[None]:
+    """The intake pauses (intake.py) around a step's jobs. Before them: exactly ``paused``,
+    and every instance the step stops, until its stop job has run (unpaused before the
+    SIGTERM reaches Dramatiq's worker, its free threads would start messages the stop cuts;
+    a report lags its mark by a flush, so all of them; marked, an instance fetches nothing
+    in its drain, which would only requeue it). After them: ``paused`` alone. Nothing is
+    written when no mark can exist and none is wanted (``waited_before``: the last tick
+    waited); when the jobs fail, the marks stay for the next tick to rewrite."""
+    if client is None or not intake.needs_write(paused, reports, waited_before):
         yield
         return
-    client = queue.connect(settings)
-    _pause(client, settings, stopping, time.time())
-    try:
-        yield
-    finally:
-        _pause(client, settings, (), time.time())
+    _pause(client, settings, [*paused, *stopping], now)
+    yield
+    if stopping:
+        _pause(client, settings, paused, now)
 
 
-def _pause(client: redis.Redis, settings: Settings, numbers: Sequence[int], now: float) -> None:
+def pauses_ended(settings: Settings, probe: queue.Probe | None, state: ScalerState, stopping: Sequence[int] = ()):
+    """A manual command or a rolling restart ends any wait: it pauses no instance, so the
+    marks go once it has acted and no number started again, or kept, stays paused until the
+    next tick (:func:`paused_through`)."""
+    waited = bool(state.history) and state.history[-1].waiting_since is not None
+    if probe is None:
+        return paused_through(settings, None, None, waited)
+    return paused_through(settings, queue.connect(settings), probe.instances, waited, (), stopping)
+
+
+def _pause(client: redis.Redis, settings: Settings, numbers: Sequence[int], now: float | None = None) -> None:
     """Mark exactly ``numbers`` as paused (intake.py); a failure is one line in the journal."""
-    problem = intake.write(client, settings.namespace, numbers, now, settings.check_interval)
+    problem = intake.write(client, settings.namespace, numbers, time.time() if now is None else now, settings.check_interval)
     if problem:
         log.warning("%s", problem)
 
