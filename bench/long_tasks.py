@@ -5,7 +5,8 @@ Tasks longer than a tick plus a start-up (lognormal, cv 1) on workers of few thr
 (:mod:`dramactl.reaction`) and the count of messages prefetched behind long tasks
 decide the size, and bursts of minutes of 20 s tasks, where the rate must tell a burst
 from a block landed at once (:mod:`dramactl.rates`): dramactl's default policy beside HPA/KEDA's control law, seeds 1,2,3
-(means). A review of those rules found them here; each family has a target taken from
+(means). A review of those rules found them here; every family is held to the calm
+target (issue 20: on every trace), and each to the one it was found on, all taken from
 ``python -m bench``'s own:
 
 * calm: actions/h <= 2 x HPA's (HPA counted as at least 4/h);
@@ -103,10 +104,10 @@ def not_dominated(name: str, r: dict[str, list[RunResult]]) -> Verdict:
 FAMILIES: list[tuple[Callable[[], Trace], tuple[Callable[[str, dict[str, list[RunResult]]], Verdict], ...]]] = [
     (lambda: long_tasks(0.5, 25.0), (calm,)),
     (lambda: long_tasks(1.0, 25.0, threads=2), (calm,)),
-    (lambda: long_tasks(0.2, 30.0, max_workers=30), (goal_share,)),
-    (long_step, (not_dominated,)),
-    (long_large, (not_dominated,)),
-    (bursts, (goal_share,)),
+    (lambda: long_tasks(0.2, 30.0, max_workers=30), (goal_share, calm)),
+    (long_step, (not_dominated, calm)),
+    (long_large, (not_dominated, calm)),
+    (bursts, (goal_share, calm)),
 ]
 
 
