@@ -36,8 +36,9 @@ What it installs:
   ``<ns>:__dramactl__.work.<queue>``, the cumulative counters dramactl's probe
   reads to size the fleet by work. In the same round trip it publishes this worker
   process's report (threads, busy threads, start of the oldest running task, held
-  messages, messages fetched and waiting for a thread, whether its intake is paused) into ``<ns>:__dramactl__.instances.<host>``, field ``<instance>.<pid>``:
-  what dramactl's scale-down reads to stop the least busy instance first. It never
+  messages, messages fetched and waiting for a thread, whether its intake is paused)
+  into ``<ns>:__dramactl__.instances.<host>``, field ``<instance>.<pid>``: what
+  dramactl's scale-down reads to stop the least busy instance first. It never
   raises into the app's middleware chain. Also in that round trip it reads whether the
   scaler paused this instance's intake (``<ns>:__dramactl__.pause.<host>``, field
   ``<instance>``: a scale-down waits for its long tasks, dramactl/intake.py; read once
