@@ -139,6 +139,7 @@ class RunResult:
     discarded: float = 0.0  # task-seconds cut off by scale-downs (run again from scratch)
     cut: int = 0  # messages cut off by scale-downs
     deferred: int = 0  # ticks that stopped instances a scale-down had waited for (least-busy's wait split it)
+    after_end: int = 0  # actions at or after the trace's end: the arrivals have stopped and the fleet drains
 
     def wait_percentile(self, q: float) -> float:
         """Nearest-rank percentile of the queue waits."""
@@ -263,6 +264,7 @@ class _Run:
         self.seq = 0
         self.started = 0
         self.actions = 0
+        self.after_end = 0
         self.moves: list[tuple[int, int]] = []  # (tick number, direction) of every tick that acted
         self.tick_count = 0
         self.live = initial_workers
@@ -410,6 +412,7 @@ class _Run:
             self.stop(w, now)
             ends = max(ends, min(w.last_done, now + self.grace, now + STOP_WAIT))
         self.actions += acted
+        self.after_end += acted and now >= self.workload.trace.duration
         if acted:
             self.moves.append((self.tick_count, 1 if target > len(up) else -1))
         self.count_live(now)
@@ -482,5 +485,5 @@ def simulate(
     bound = work_lower_bound(workload.arrivals, workload.services, workload.model.threads, min_workers, workload.trace.duration)
     return RunResult(
         workload.trace.name, policy, list(run.waits.values()), run.worker_seconds, bound, run.peak, run.actions, workload.trace.duration,
-        run.ticks, run.horizon, workload.seed, count_flaps(run.moves), run.discarded, run.cut, run.deferred,
+        run.ticks, run.horizon, workload.seed, count_flaps(run.moves), run.discarded, run.cut, run.deferred, run.after_end,
     )

@@ -181,6 +181,20 @@ def test_a_stop_drains_with_the_real_rule_and_the_victim_rule_decides_what_is_cu
     assert (least.cut, least.discarded, least.horizon) == (0, 0.0, 101.0)
 
 
+def test_the_actions_after_the_arrivals_end_are_counted_apart() -> None:
+    """``after_end`` (bench.long_tasks' end/h): of the actions, those at or after the trace's
+    end, when the arrivals have stopped and the fleet drains; the stop at t=30 is one of
+    them when the trace ends at 20 s, not when it ends at 40 s."""
+    def run(duration: float) -> RunResult:
+        trace = Trace("end", duration, lambda t: 0.0, 0.0)
+        workload = Workload(trace, WorkerModel(threads=1, prefetch=1), arrivals=[0.0, 1.0], services=[5.0, 100.0], startups=[1.0] * 8, seed=1)
+        return simulate(workload, _TwoThenOne(), policy="t", interval=15, initial_workers=2, min_workers=1, victim="least-busy")
+
+    within, after = run(40.0), run(20.0)
+    assert (within.actions, within.after_end) == (1, 0)
+    assert (after.actions, after.after_end) == (1, 1)
+
+
 class _ShrinkHoldShrink:
     """Two workers until t=30, one until 1500, two (a hold) until 1600, then one."""
 
