@@ -22,7 +22,8 @@ What it installs:
   messages from in-flight ones. And it sweeps: messages in this live worker's ack
   sets that the process does not hold (a fetch a hung Redis ran after the client
   gave up; delayed messages Dramatiq dropped from memory on a connection error; an
-  ack that never happened) go back to their queues through Dramatiq's requeue script.
+  ack that never happened; the message and the prefetched work of worker threads an
+  interrupt ended) go back to their queues through Dramatiq's requeue script.
   On a thread of its own (no Redis needed, so a hung Redis does not hold it up),
   worker threads stuck in their actor past its time limit (blocked where Dramatiq's
   interrupt cannot reach) are named in the journal and the unit's status; when every
@@ -268,6 +269,7 @@ class FollowUpGuard(Middleware):
         self.lock = threading.Lock()
         self.running: dict[int, object] = {}  # thread ident -> message it processes, until acked
         self.works: dict[int, tuple[float, _Work]] = {}  # thread ident -> (monotonic start, its _Work), until acked
+        self.threads: dict[int, threading.Thread] = {}  # thread ident -> the thread, while it runs a message
         self.max_pause = max_pause
         self.alarm_after = alarm_after
         self.held = 0  # holds ever (for tests and the log)
@@ -275,8 +277,21 @@ class FollowUpGuard(Middleware):
     # -- what the process holds (the sweep reads it) ---------------------------------
 
     def in_progress(self) -> list:
+        """The messages of worker threads that are alive. A thread an interrupt ended inside
+        ``post_process_message`` (Dramatiq catches only Exception there) left its message
+        unacked and never comes back for it: that message is no longer held by the process,
+        so the sweep hands it back."""
+        dead = []
         with self.lock:
-            return list(self.running.values())
+            for ident in [i for i, t in self.threads.items() if not t.is_alive()]:
+                del self.threads[ident]
+                self.works.pop(ident, None)
+                dead.append(self.running.pop(ident, None))
+            held = list(self.running.values())
+        for message in dead:
+            if message is not None:
+                self._release(message)  # nor does it count against its consumer's prefetch any more
+        return held
 
     def _work(self, message) -> _Work | None:
         work = getattr(self.local, "work", None)
@@ -292,6 +307,7 @@ class FollowUpGuard(Middleware):
         with self.lock:
             self.running.pop(threading.get_ident(), None)
             self.works.pop(threading.get_ident(), None)
+            self.threads.pop(threading.get_ident(), None)
 
     # -- hooks -----------------------------------------------------------------------
 
@@ -314,6 +330,7 @@ class FollowUpGuard(Middleware):
         with self.lock:
             self.running[threading.get_ident()] = message
             self.works[threading.get_ident()] = (time.monotonic(), work)
+            self.threads[threading.get_ident()] = threading.current_thread()
 
     def _release(self, message) -> None:
         """A message left unacked on purpose no longer counts against its consumer's prefetch
@@ -543,8 +560,10 @@ def _disarm_interrupts(broker) -> None:
 
 
 def _timeouts_as_connection_loss() -> None:
-    """Acks, nacks and requeues that time out, or that a full (OOM) or read-only Redis
-    refuses, are retried or swallowed by Dramatiq like those that lose the connection.
+    """Acks, nacks and requeues that time out, or that Redis refuses for a reason a working
+    Redis ends (full, read-only, no quorum of replicas: :func:`_passing`, the same rule as
+    the guard's holds), are retried or swallowed by Dramatiq like those that lose the
+    connection; refused with NOREPLICAS, an ack was dropped and its message stranded.
     redis-py's TimeoutError is not a ConnectionError, so a hung Redis made Dramatiq
     drop the ack ("You've found a bug") and the message stayed in the ack set of a
     live worker; a requeue failing that way in a consumer's ``close()`` killed the
@@ -565,7 +584,9 @@ def _timeouts_as_connection_loss() -> None:
         def call(self, message):
             try:
                 return original(self, message)
-            except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError) as exc:
+            except redis.RedisError as exc:
+                if not _passing(exc):
+                    raise
                 raise redis_broker.ConnectionClosed(exc) from None
 
         call.__doc__ = original.__doc__
@@ -618,8 +639,8 @@ class Maintenance(Middleware):
 
     def held_ids(self, worker) -> dict[str, set[str]]:
         """Per queue, the Redis ids of the messages this process really holds: fetched
-        and not yet decoded, prefetched in the work queue, delayed in memory, and in
-        progress (until acked)."""
+        and not yet decoded, prefetched in the work queue (while a worker thread lives to
+        run them), delayed in memory, and in progress (until acked, on a live thread)."""
         from dramatiq.message import Message
 
         held: dict[str, set[str]] = {}
@@ -632,6 +653,9 @@ class Maintenance(Middleware):
                 held.setdefault(queue, set()).add(rid)
 
         work_queue = getattr(worker, "work_queue", None)
+        threads = list(getattr(worker, "workers", None) or ())
+        if threads and not any(t.is_alive() for t in threads):
+            work_queue = None  # every worker thread has died (an interrupt in its ack): nothing here will run them
         if work_queue is not None:
             with work_queue.mutex:
                 items = list(work_queue.queue)
