@@ -99,6 +99,7 @@ def setup(settings: Settings | None = None, *, task_seconds: float | None = None
     _App.seconds = float(task_seconds)
     key = _key(settings)
     if _App.broker is not None and _App.key == key:
+        dramatiq.set_broker(_App.broker)  # global again, as documented, if something else was set since
         return _App.broker
     broker = build_broker(settings)
     dramatiq.set_broker(broker)
