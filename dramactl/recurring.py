@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .rates import surges
 from .settings import Settings
@@ -26,6 +26,8 @@ class Recurring:
     period: float
     due: float
     messages: float
+    landed: float = 0.0  # seconds between the first and the last interval the last block surged in (0: at once)
+    landing: float = -math.inf  # the last block goes on landing until then, as the one before it did
 
 
 # Blocks one period apart before the next one is expected: three, i.e. two gaps that
@@ -44,42 +46,66 @@ def recurring(history: Sequence[TickRecord], tolerance: float, max_gap: float = 
     median takes a few ticks to follow): the last :data:`RECURRENCES` blocks one period
     apart (more than twice ``tolerance``), their gaps agreeing within ``tolerance``,
     else None."""
-    blocks: list[tuple[float, float]] = []  # (first tick, messages)
+    blocks: list[tuple[float, float, float]] = []  # (first tick, messages, last tick)
     last = None
     for at, excess in surges(history, max_gap=max_gap):
         if last is not None and at - last <= tolerance + 1e-9:
-            blocks[-1] = (blocks[-1][0], blocks[-1][1] + excess)
+            blocks[-1] = (blocks[-1][0], blocks[-1][1] + excess, at)
         else:
-            blocks.append((at, excess))
+            blocks.append((at, excess, at))
         last = at
     if len(blocks) < RECURRENCES:
         return None
-    starts = [at for at, _ in blocks[-RECURRENCES:]]
+    starts = [at for at, _, _ in blocks[-RECURRENCES:]]
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     if max(gaps) - min(gaps) > tolerance or min(gaps) <= 2.0 * tolerance:
         return None
     period = sum(gaps) / len(gaps)
-    return Recurring(period, starts[-1] + period, blocks[-1][1])
+    first, messages, end = blocks[-1]
+    before = blocks[-2][2] - blocks[-2][0]
+    if before > end - first:
+        # The block before went on landing for longer than this one has so far (a burst of
+        # minutes): this one may still be landing, and is sized as the one before was.
+        return Recurring(period, starts[-1] + period, max(messages, blocks[-2][1]), before, first + before)
+    return Recurring(period, starts[-1] + period, messages, end - first)
 
 
 def recurring_need(
-    history: Sequence[TickRecord], now: float, lead: float, tolerance: float, load: float, service: float, settings: Settings
+    history: Sequence[TickRecord], now: float, lead: float, tolerance: float, load: float, service: float, settings: Settings,
+    rate_fleet: Callable[[float], int] | None = None,
 ) -> tuple[int, int, int, str] | None:
     """(fleet, fleets for a block one standard deviation smaller and larger, why) when a recurring load is due within ``lead`` seconds (the start-up
     plus two ticks: it may land up to a tick before the tick that sees it) or is
     late by up to ``tolerance``: the fleet that serves its last occurrence's backlog
     within one CHECK_INTERVAL on top of the arrivals (``load`` busy threads), so
-    it lands on instances already consuming."""
+    it lands on instances already consuming. A block whose arrivals went on over several
+    intervals is a rate for that span: the fleet ``rate_fleet`` sizes for that load (busy
+    threads) with its headroom, when given."""
     interval = float(settings.check_interval)
     again = recurring(history, tolerance, max_gap=4.0 * interval)
-    if again is None or not now - tolerance < again.due <= now + lead:
+    if again is None:
+        return None
+    landing = now <= again.landing + tolerance  # a block of minutes still landing, as its last occurrence did
+    if not landing and not now - tolerance < again.due <= now + lead:
         return None
 
+    # A block that landed at once is served within one interval; one whose arrivals went on
+    # over several intervals (a burst of minutes: dramactl.rates reads it as a rate that
+    # rose) came at its count over that span, a rate, and is staffed as the arrivals are
+    # (with the headroom the rate's fleet keeps): sizing it as if it all landed within one
+    # interval starts several times the fleet it needs ahead of it, stopped again once it
+    # has passed.
+    span = interval + again.landed
+
     def fleet(messages: float) -> int:
-        return math.ceil((load + max(0.0, messages) * service / interval) / settings.worker_threads - 1e-9)
+        busy = load + max(0.0, messages) * service / span
+        mean = math.ceil(busy / settings.worker_threads - 1e-9)
+        return mean if again.landed <= 0 or rate_fleet is None else max(mean, rate_fleet(busy))
 
     need, sigma = fleet(again.messages), math.sqrt(max(again.messages, 0.0))
     when = f"due in {again.due - now:.0f}s" if again.due >= now else f"due {now - again.due:.0f}s ago"
+    if landing:
+        when = f"landing for {again.landed:.0f}s, as the last did"
     return need, fleet(again.messages - sigma), fleet(again.messages + sigma), f"{again.messages:.0f} msgs land every {again.period:.0f}s, {when}: {need} ready for them"
 
 
@@ -96,7 +122,7 @@ RECURRING_KEEP = 300.0
 
 def recurring_keep(
     history: Sequence[TickRecord], now: float, lead: float, tolerance: float, load: float, service: float,
-    settings: Settings, current: int,
+    settings: Settings, current: int, rate_fleet: Callable[[float], int] | None = None,
 ) -> tuple[int, str] | None:
     """(fleet, why) to keep rather than shrink below: a recurring block's fleet (at most
     ``current``) when its next block is due within the window plus ``lead`` (the start-up
@@ -109,7 +135,7 @@ def recurring_keep(
     if stabilization <= 0:
         return None
     window = max(stabilization, RECURRING_KEEP)
-    kept = recurring_need(history, now, lead + window, tolerance, load, service, settings)
+    kept = recurring_need(history, now, lead + window, tolerance, load, service, settings, rate_fleet)
     if kept is None:
         return None
     return min(current, kept[0]), f"{kept[3]}; due again within {window:g}s: kept"

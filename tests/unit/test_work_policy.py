@@ -497,3 +497,50 @@ def test_the_headroom_keeps_the_goals_share_of_arrivals_from_finding_no_thread()
     assert abs(headroom(50.0, 20, 0.5) - headroom(50.5, 20, 0.5)) <= 1
     assert reacting_fleet(0, 0.1, 1.0, 0, 20.0, 30.0, 2) == 1  # no headroom needed, but with no worker nothing takes an arrival
     assert reacting_fleet(0, 0.0, 120.0, 0, 20.0, 30.0, 2) == 0
+
+
+def bursts_of_minutes(firsts: tuple[float, ...], seconds: float, surged: int = 4, rate: float = 3.0) -> list[TickRecord]:
+    """1 msg/s of 4 s messages on 2 workers, absorbed as they come, and ``rate`` msg/s over the
+    ``surged`` 15 s intervals from each tick ``firsts`` seconds old (a burst of minutes):
+    each of those intervals is a surge, the bursts a recurring block that lands over
+    ``(surged - 1) x 15`` s rather than at once."""
+    out, done = [], 0.0
+    for k in range(int(seconds // 15), 0, -1):
+        age = 15.0 * k
+        burst = any(0 <= first - age < 15.0 * surged for first in firsts)
+        done += (rate if burst else 1.0) * 15
+        out.append(TickRecord(NOW - age, 0, 2, 2, wanted=2, done=done, busy=done * 4.0, for_rate=1))
+    return out
+
+
+def test_a_recurring_burst_of_minutes_is_staffed_for_its_rate_not_as_a_block_landed_at_once() -> None:
+    """Bursts of 3/s on 1/s, a minute long, every 300 s, the next due in 30 s: the 120
+    messages beyond the rate came over a minute, and the fleet started ahead of the next
+    is the one their rate needs (12 busy threads: 2 workers of 8), not the 5 that would
+    serve them all within one tick (4 busy + 120 x 4 s / 15 s = 36 busy threads), stopped
+    again once the burst has passed."""
+    s = settings()
+    history = bursts_of_minutes((870.0, 570.0, 270.0), seconds=1200)
+    d = decide(seen_from(history, 15), running(1), s, history, NOW)
+    assert "land every 300s, due in" in d.reason, d.reason
+    assert d.target == 2, d.reason
+
+
+def test_a_recurring_burst_of_minutes_still_landing_keeps_its_fleet() -> None:
+    """Bursts of 5/s on 1/s a minute long every 600 s (beyond the window a block's fleet is
+    kept through): the one due now began 30 s ago, on the 4 workers its rate needs (1 + 4/s
+    of 4 s messages: 20 busy threads and headroom). The rate over the window has not
+    followed it yet (2.5/s: two workers), but the burst goes on
+    landing, as the last one did for 45 s after its first interval: its fleet is kept, not
+    stopped under it."""
+    s = settings()
+    history = bursts_of_minutes((1830.0, 1230.0, 630.0, 30.0), seconds=1950, rate=5.0)
+    d = decide(seen_from(history, 75), running(4), s, history, NOW)
+    assert "landing for 45s, as the last did" in d.reason, d.reason
+    assert d.target == 4, d.reason
+
+
+def seen_from(history: list[TickRecord], arrived: float) -> FleetBacklog:
+    """This tick's figures: ``arrived`` more messages completed since the last record."""
+    done = history[-1].done + arrived
+    return FleetBacklog(ready=0, in_flight=4, done_total=done, busy_seconds_total=done * 4.0, oldest_age=None)
