@@ -22,8 +22,8 @@ import redis as redis_lib
 from dramatiq.middleware import Middleware, TimeLimitExceeded
 from dramatiq.middleware.threading import raise_thread_exception
 
-from tests.integration.test_follow_ups import make_broker, wait_for
-from tests.integration.test_hook import StoppableRedis, install_hook, server  # noqa: F401 - the fixture
+from tests.integration.test_follow_ups import make_broker, sweeping, wait_for
+from tests.integration.test_hook import StoppableRedis, server  # noqa: F401 - the fixture
 
 
 class InterruptInAck(Middleware):
@@ -51,9 +51,7 @@ def test_the_message_of_a_worker_thread_that_died_in_its_ack_is_handed_back(serv
 
     late = InterruptInAck("job")
     broker.add_middleware(late)  # before the hook's guard, which is installed last
-    install_hook(broker)
-    maintenance = next(m for m in broker.middleware if type(m).__name__ == "Maintenance")
-    maintenance.interval = 0.3
+    maintenance = sweeping(broker, 0.3)
     worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
     worker.start()
     client = redis_lib.Redis(port=server.port)
@@ -83,9 +81,7 @@ def test_prefetched_messages_are_handed_back_when_every_worker_thread_has_died(s
 
     late = InterruptInAck("job")
     broker.add_middleware(late)
-    install_hook(broker)
-    maintenance = next(m for m in broker.middleware if type(m).__name__ == "Maintenance")
-    maintenance.interval = 0.3
+    maintenance = sweeping(broker, 0.3)
     client = redis_lib.Redis(port=server.port)
     for i in range(3):
         job.send(i)

@@ -38,6 +38,14 @@ def hook(broker: RedisBroker, hooked: bool):
     return None
 
 
+def sweeping(broker: RedisBroker, interval: float):
+    """Install the hook on ``broker`` and return its Maintenance, sweeping every ``interval`` s."""
+    install_hook(broker)
+    maintenance = next(m for m in broker.middleware if type(m).__name__ == "Maintenance")
+    maintenance.interval = interval
+    return maintenance
+
+
 def wait_for(check: Callable[[], bool], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -356,9 +364,7 @@ def test_the_sweep_leaves_messages_the_process_holds_alone(server: StoppableRedi
         release.wait(20)
         done.append(i)
 
-    install_hook(broker)
-    maintenance = next(m for m in broker.middleware if type(m).__name__ == "Maintenance")
-    maintenance.interval = 0.3
+    maintenance = sweeping(broker, 0.3)
     worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
     worker.start()
     try:
@@ -554,9 +560,7 @@ def test_after_hooks_cut_short_by_a_late_interrupt_leave_the_message_unacked(ser
     def step2(value: int) -> None:
         ran.append("step2")
 
-    install_hook(broker)
-    maintenance = next(m for m in broker.middleware if type(m).__name__ == "Maintenance")
-    maintenance.interval = 0.5
+    maintenance = sweeping(broker, 0.5)
     worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
     worker.start()
     client = redis_lib.Redis(port=server.port)

@@ -16,8 +16,8 @@ import threading
 import dramatiq
 import redis as redis_lib
 
-from tests.integration.test_follow_ups import make_broker, wait_for
-from tests.integration.test_hook import StoppableRedis, install_hook, server  # noqa: F401 - the fixture
+from tests.integration.test_follow_ups import make_broker, sweeping, wait_for
+from tests.integration.test_hook import StoppableRedis, server  # noqa: F401 - the fixture
 
 
 def test_an_ack_refused_for_want_of_replicas_is_retried_once_redis_takes_writes(server: StoppableRedis) -> None:
@@ -31,9 +31,7 @@ def test_an_ack_refused_for_want_of_replicas_is_retried_once_redis_takes_writes(
         go.wait(20)
         done.append(1)
 
-    install_hook(broker)
-    maintenance = next(m for m in broker.middleware if type(m).__name__ == "Maintenance")
-    maintenance.interval = 0.3
+    maintenance = sweeping(broker, 0.3)
     worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
     worker.start()
     admin = redis_lib.Redis(port=server.port)
