@@ -200,15 +200,22 @@ def test_a_damaged_field_is_named_once_and_never_counts_the_rest_twice(
     assert len([m for m in lines if reporter.report_key in m and "1.123" in m]) == 1, lines
 
 
-def test_the_squares_of_short_tasks_are_not_rounded_away(broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+def test_the_squares_of_short_tasks_are_not_rounded_away(
+    broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Twenty messages of a fraction of a millisecond: each square is below 1e-6 s², which
     rounding to six decimals erased. Sent as the float itself (redis-py writes its repr, e.g.
-    1.66e-06, and HINCRBYFLOAT accepts exponent notation), the sum arrives whole."""
+    1.66e-06, and HINCRBYFLOAT accepts exponent notation), the sum arrives whole. The hook's
+    clock advances 0.2 ms a reading, so a busy machine cannot stretch the tasks (a real
+    sleep of 0.2 ms took about 1 ms once under CI's load, and the premise failed)."""
+    ticks = iter(range(1, 10**6))
+    clock = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+    clock.monotonic = lambda: next(ticks) * 0.0002
+    monkeypatch.setattr(hook, "time", clock)
     reporter = hook.WorkReporter()
     for _ in range(20):
         message = dramatiq.Message(queue_name="w5", actor_name="a", args=(), kwargs={}, options={})
         reporter.before_process_message(broker, message)
-        time.sleep(0.0002)
         reporter.after_process_message(broker, message, result=None)
     squares = reporter.pending["w5"][2]
     assert 0 < squares < 1e-5
