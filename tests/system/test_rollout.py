@@ -292,12 +292,20 @@ def test_an_instance_that_leaks_is_recycled_before_memory_max_kills_it(system: S
     ticks = system.sh("journalctl --no-pager -o cat -u dramactl.service").stdout
     recycles = [line for line in ticks.splitlines() if "| recycle @" in line]
     print("\n".join(recycles))
-    assert recycles and all(" MiB > 128 MiB) | started @" in line and "| stopped @" in line for line in recycles), ticks
-    units = system.sh("systemctl show -p Id -p NRestarts -p Result 'dramatiq-worker@*.service'").stdout
-    assert "NRestarts=0" in units and not any(l.startswith("NRestarts=") and l != "NRestarts=0" for l in units.splitlines()), units
-    # Counted, and in the history's own field.
+    assert all(" MiB > 128 MiB) | started @" in line for line in recycles), ticks
+    # A replacement that does not start leaves the old instance serving, and a later tick recycles
+    # it (in the nested container systemd now and then fails a start with 219/CGROUP).
+    replaced = [line for line in recycles if "| stopped @" in line]
+    unstarted = [line for line in recycles if "| stopped @" not in line]
+    assert replaced and all(":failed" in line and "did not start" in line for line in unstarted), ticks
+    gone = {line.split("| started @", 1)[1].split(":", 1)[0] for line in unstarted}  # their NRestarts may be 1
+    units = system.sh("systemctl show -p Id -p NRestarts 'dramatiq-worker@*.service'").stdout.split("\n\n")
+    shown = [dict(line.split("=", 1) for line in u.split()) for u in units if "Id=" in u]
+    restarts = {u["Id"].split("@", 1)[1].split(".", 1)[0]: u["NRestarts"] for u in shown}
+    assert restarts and all(n == "0" for i, n in restarts.items() if i not in gone), units
+    # Counted (the replaced ones), and in the history's own field (each attempt).
     metrics = system.dramactl("metrics").stdout
-    assert f"dramactl_recycles_total {len(recycles)}" in metrics, metrics
+    assert f"dramactl_recycles_total {len(replaced)}" in metrics, metrics
     fields = system.sh("journalctl --no-pager -o json SYSLOG_IDENTIFIER=dramactl DRAMACTL_COMMAND=tick").stdout.splitlines()
     assert sum(1 for f in fields if "DRAMACTL_RECYCLE" in json.loads(f)) == len(recycles)
     status = system.dramactl("status").stdout
