@@ -59,6 +59,8 @@ START_WAIT = 30.0  # scaler.START_WAIT: how long a tick waits for its start jobs
 STOP_WAIT = 30.0  # scaler._apply: min(GRACEFUL_SHUTDOWN_TIMEOUT + 5, 30)
 GRACE = 30.0  # GRACEFUL_SHUTDOWN_TIMEOUT's default: what a stopped worker's running messages get to finish
 HEARTBEAT = 60.0  # Dramatiq's heartbeat timeout: a cut-off message is redelivered this long after
+REST = 600.0  # after the last message, ticks go on until the fleet has not acted for this long (twice HPA's 300 s
+              # scale-down window): a policy's stops after the work ends are counted, and its idle fleet until then
 VICTIMS = ("least-busy", "highest", "random")
 
 
@@ -133,7 +135,7 @@ class RunResult:
     actions: int  # ticks that started or stopped instances
     duration: float
     ticks: list[Tick] = field(default_factory=list)
-    horizon: float = 0.0  # when the last message completed (>= duration): worker-seconds run to here
+    horizon: float = 0.0  # when the last message completed or the fleet last acted (>= duration): worker-seconds run to here
     seed: int = 0
     flaps: int = 0  # actions undone by an opposite action within the next two ticks (:func:`count_flaps`)
     discarded: float = 0.0  # task-seconds cut off by scale-downs (run again from scratch)
@@ -274,6 +276,7 @@ class _Run:
         self.done = 0
         self.busy = 0.0
         self.end = 0.0
+        self.last_action = 0.0
 
     def count_live(self, now: float) -> None:
         self.worker_seconds += self.live * (now - self.last_change)
@@ -414,6 +417,8 @@ class _Run:
         self.actions += acted
         self.after_end += acted and now >= self.workload.trace.duration
         if acted:
+            self.last_action = now
+        if acted:
             self.moves.append((self.tick_count, 1 if target > len(up) else -1))
         self.count_live(now)
         if keep:
@@ -430,8 +435,8 @@ class _Run:
             t_ready = self.readiness[0][0] if self.readiness else INF
             t_timer = self.timers[0][0] if self.timers else INF
             now = min(t_arrival, t_done, t_ready, t_timer, next_tick)
-            if now > self.duration and next_arrival == n and not self.waiting and not self.in_flight:
-                break  # past the trace and every message served
+            if now > self.duration and next_arrival == n and not self.waiting and not self.in_flight and now > max(self.end, self.last_action) + REST:
+                break  # past the trace, every message served, and the fleet at rest
             if t_done == now:
                 _, seq, w, m = heapq.heappop(self.completions)
                 if seq in self.cancelled:
@@ -458,8 +463,11 @@ class _Run:
                 next_tick = max(self.schedule.popleft() if self.schedule else next_tick + self.interval, ends)
             if self.waiting:
                 self.fetch(now)
-        self.horizon = max(self.duration, self.end)
-        self.count_live(self.horizon)
+        self.horizon = max(self.duration, self.end, self.last_action)
+        if self.last_change > self.horizon:  # the ticks at rest counted past it: the fleet has not changed since
+            self.worker_seconds -= self.live * (self.last_change - self.horizon)
+        else:
+            self.count_live(self.horizon)
 
 
 def simulate(
