@@ -373,7 +373,7 @@ def work_target(
     def rate_fleet(busy: float) -> int:
         return workers_for(busy, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)
 
-    ahead = recurring_need(history, now, startup + 2.0 * interval, 2.0 * interval, load, service, settings, rate_fleet)
+    ahead = recurring_need(history, now, startup + 2.0 * interval, 2.0 * interval, load, service, settings, rate_fleet, rates.span)
     needs["recurring"] = None if ahead is None else ahead[0]
     figures = {
         "by": "work",
@@ -393,7 +393,7 @@ def work_target(
         # better, and moving by that jitter right before it lands is an action undone by
         # the next one.
         goal = max(wanted, current if low <= current <= high else need)
-    elif (kept := recurring_keep(history, now, startup + 2.0 * interval, 2.0 * interval, load, service, settings, current, rate_fleet)) and kept[0] > wanted:
+    elif (kept := recurring_keep(history, now, startup + 2.0 * interval, 2.0 * interval, load, service, settings, current, rate_fleet, rates.span)) and kept[0] > wanted:
         why, goal = f"{why}; {kept[1]}", kept[0]  # the block's need recurs within the window: not a need that stayed low
     bounded = clamp(goal, settings)
     if current > settings.max_processes:

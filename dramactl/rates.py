@@ -192,16 +192,50 @@ def _arrival_rate(pairs: Sequence[tuple[_Point, _Point]], now: float) -> tuple[f
     counts = [max(0.0, b.done - a.done + b.backlog - a.backlog) for a, b in pairs]
     excess = _excess(pairs, counts)
     arrived, span, used = 0.0, 0.0, 0
+    recent: tuple[float, float] | None = None  # (arrivals, span) of the RATE_WINDOW, once reaching further back
     for k in range(len(pairs) - 1, -1, -1):
         a, b = pairs[k]
         if b.at <= now - LONG_RATE_WINDOW - 1e-9:
             break
-        if b.at <= now - RATE_WINDOW - 1e-9 and arrived >= MIN_ARRIVALS:
-            break
+        if span > 0 and _changed((arrived, span), (counts[k] - excess[k], b.at - a.at), STEP_P):
+            break  # the intervals so far and this one before them: not one rate (it stopped, or jumped)
+        if b.at <= now - RATE_WINDOW - 1e-9:
+            if arrived >= MIN_ARRIVALS:
+                break
+            recent = recent or (arrived, span)
+            older = (arrived - recent[0] + counts[k] - excess[k], span - recent[1] + b.at - a.at)
+            if _changed(recent, older):
+                break  # what came before does not explain the window's count: the rate changed in between
         arrived += counts[k] - excess[k]
         span += b.at - a.at
         used += 1
     return (max(0.0, arrived) / span if span > 0 else None), used, span
+
+
+CHANGE_P = 0.01  # counts this improbable under one rate for both spans: the rate changed between them
+STEP_P = 0.001  # the same, for one interval against those after it (tested at every step: stricter)
+
+
+def _changed(recent: tuple[float, float], older: tuple[float, float], p: float = CHANGE_P) -> bool:
+    """Whether (arrivals, seconds) ``recent`` and ``older`` are improbable under one
+    Poisson rate: given their sum, the recent count is binomial with the recent span's
+    share (the conditional test for two Poisson rates), and either tail below
+    :data:`CHANGE_P` says the rate changed. The window reaching further back for
+    precision must not reach across that: arrivals that stopped would read as the old
+    rate for up to LONG_RATE_WINDOW, and a low rate that rose as a mix of the two."""
+    n, total = max(0, round(recent[0])), max(0, round(recent[0] + older[0]))
+    if recent[1] <= 0 or older[1] <= 0 or total == 0:
+        return False
+    share = recent[1] / (recent[1] + older[1])
+    n = min(n, total)
+
+    def at_most(k: int) -> float:  # P(X <= k), X ~ Binomial(total, share)
+        if k >= total:
+            return 1.0
+        return sum(math.exp(math.lgamma(total + 1) - math.lgamma(i + 1) - math.lgamma(total - i + 1)
+                            + i * math.log(share) + (total - i) * math.log1p(-share)) for i in range(k + 1))
+
+    return at_most(n) < p or (n > 0 and 1.0 - at_most(n - 1) < p)
 
 
 def _excess(pairs: Sequence[tuple[_Point, _Point]], counts: Sequence[float]) -> list[float]:

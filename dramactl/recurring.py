@@ -28,6 +28,7 @@ class Recurring:
     messages: float
     landed: float = 0.0  # seconds between the first and the last interval the last block surged in (0: at once)
     landing: float = -math.inf  # the last block goes on landing until then, as the one before it did
+    began: float = math.inf  # the tick that saw the last block's first surge
 
 
 # Blocks one period apart before the next one is expected: three, i.e. two gaps that
@@ -66,13 +67,13 @@ def recurring(history: Sequence[TickRecord], tolerance: float, max_gap: float = 
     if before > end - first:
         # The block before went on landing for longer than this one has so far (a burst of
         # minutes): this one may still be landing, and is sized as the one before was.
-        return Recurring(period, starts[-1] + period, max(messages, blocks[-2][1]), before, first + before)
+        return Recurring(period, starts[-1] + period, max(messages, blocks[-2][1]), before, first + before, first)
     return Recurring(period, starts[-1] + period, messages, end - first)
 
 
 def recurring_need(
     history: Sequence[TickRecord], now: float, lead: float, tolerance: float, load: float, service: float, settings: Settings,
-    rate_fleet: Callable[[float], int] | None = None,
+    rate_fleet: Callable[[float], int] | None = None, rate_span: float = 0.0,
 ) -> tuple[int, int, int, str] | None:
     """(fleet, fleets for a block one standard deviation smaller and larger, why) when a recurring load is due within ``lead`` seconds (the start-up
     plus two ticks: it may land up to a tick before the tick that sees it) or is
@@ -80,7 +81,9 @@ def recurring_need(
     within one CHECK_INTERVAL on top of the arrivals (``load`` busy threads), so
     it lands on instances already consuming. A block whose arrivals went on over several
     intervals is a rate for that span: the fleet ``rate_fleet`` sizes for that load (busy
-    threads) with its headroom, when given."""
+    threads) with its headroom, when given. While it lands, the arrival rate (over the
+    ``rate_span`` seconds before now) already counts its arrivals for the part of that
+    span it has been landing: only the rest is added on top of ``load``."""
     interval = float(settings.check_interval)
     again = recurring(history, tolerance, max_gap=4.0 * interval)
     if again is None:
@@ -96,9 +99,14 @@ def recurring_need(
     # interval starts several times the fleet it needs ahead of it, stopped again once it
     # has passed.
     span = interval + again.landed
+    # The share of the rate's span the block has been landing in (it began within the
+    # interval before the tick that saw its first surge): that much of it is in ``load``.
+    counted = 0.0
+    if landing and rate_span > 0:
+        counted = min(1.0, max(0.0, now - max(now - rate_span, again.began - interval)) / rate_span)
 
     def fleet(messages: float) -> int:
-        busy = load + max(0.0, messages) * service / span
+        busy = load + (1.0 - counted) * max(0.0, messages) * service / span
         mean = math.ceil(busy / settings.worker_threads - 1e-9)
         return mean if again.landed <= 0 or rate_fleet is None else max(mean, rate_fleet(busy))
 
@@ -122,7 +130,7 @@ RECURRING_KEEP = 300.0
 
 def recurring_keep(
     history: Sequence[TickRecord], now: float, lead: float, tolerance: float, load: float, service: float,
-    settings: Settings, current: int, rate_fleet: Callable[[float], int] | None = None,
+    settings: Settings, current: int, rate_fleet: Callable[[float], int] | None = None, rate_span: float = 0.0,
 ) -> tuple[int, str] | None:
     """(fleet, why) to keep rather than shrink below: a recurring block's fleet (at most
     ``current``) when its next block is due within the window plus ``lead`` (the start-up
@@ -135,7 +143,7 @@ def recurring_keep(
     if stabilization <= 0:
         return None
     window = max(stabilization, RECURRING_KEEP)
-    kept = recurring_need(history, now, lead + window, tolerance, load, service, settings, rate_fleet)
+    kept = recurring_need(history, now, lead + window, tolerance, load, service, settings, rate_fleet, rate_span)
     if kept is None:
         return None
     return min(current, kept[0]), f"{kept[3]}; due again within {window:g}s: kept"

@@ -249,7 +249,7 @@ def test_arrivals_beyond_the_rate_interval_after_interval_are_a_rate_not_a_block
         return history, FleetBacklog(ready=0, in_flight=0, done_total=last.done, busy_seconds_total=last.busy)
 
     stepped = work_rates(*ticks([0.2] * 40 + [2.4, 2.4]), NOW)
-    assert stepped.arrival == pytest.approx((6 * 0.2 + 2 * 2.4) / 8), "both intervals of the new rate counted"
+    assert stepped.arrival == pytest.approx(2.4), "both intervals of the new rate counted, and the rate before it not (a step)"
     landed = work_rates(*ticks([0.2] * 40 + [2.4, 0.2]), NOW)
     assert landed.arrival == pytest.approx(0.2), "one interval's excess is a block, a backlog to drain"
 
@@ -334,6 +334,28 @@ def test_the_arrival_rate_at_low_rates_is_a_count_never_zero_while_messages_arri
     d = decide(FleetBacklog(ready=0, in_flight=3, done_total=done, busy_seconds_total=done * 120.0),
                running(3), settings(WORKER_THREADS=1), history, NOW)
     assert d.for_rate >= 3, d.reason  # 1/45 s x 120 s = 2.7 busy threads: never read as no load
+
+
+def rate_after(rates_per_tick: list[float]) -> float | None:
+    """The arrival rate after 15 s tick intervals that saw these arrivals per second (none
+    waiting), the last of them ending now."""
+    history, done = [], 1000.0
+    for k, rate in enumerate(rates_per_tick):
+        history.append(TickRecord(NOW - 15 * (len(rates_per_tick) - k), 0, 3, 3, wanted=3, done=done, busy=done * 20.0, for_rate=3))
+        done += rate * 15
+    return work_rates(history, FleetBacklog(ready=0, in_flight=0, done_total=done, busy_seconds_total=done * 20.0), NOW).arrival
+
+
+def test_the_rate_window_does_not_reach_back_across_a_change_of_the_rate() -> None:
+    """The window reaches back for precision only while the earlier rate explains what the
+    last RATE_WINDOW saw: arrivals that stopped are no longer staffed for from minutes
+    before, and a low rate that rose is the new one, not a mix."""
+    stopped = [2.0] * 40 + [0.0] * 10  # 2/s, then nothing for 150 s
+    assert rate_after(stopped) == 0.0
+    rose = [0.01] * 50 + [0.1] * 8  # 0.01/s, then 0.1/s for 120 s: 12 arrivals, fewer than MIN_ARRIVALS
+    assert 0.06 <= rate_after(rose) <= 0.1  # reaching back 900 s would give 0.022
+    steady = [0.1] * 58  # the same 12 in 120 s with the same rate before: the window reaches back
+    assert rate_after(steady) == pytest.approx(0.1)
 
 
 def test_no_instance_is_stopped_while_starting_or_within_the_start_up_of_its_start() -> None:
@@ -528,16 +550,17 @@ def test_a_recurring_burst_of_minutes_is_staffed_for_its_rate_not_as_a_block_lan
 
 def test_a_recurring_burst_of_minutes_still_landing_keeps_its_fleet() -> None:
     """Bursts of 5/s on 1/s a minute long every 600 s (beyond the window a block's fleet is
-    kept through): the one due now began 30 s ago, on the 4 workers its rate needs (1 + 4/s
-    of 4 s messages: 20 busy threads and headroom). The rate over the window has not
-    followed it yet (2.5/s: two workers), but the burst goes on
-    landing, as the last one did for 45 s after its first interval: its fleet is kept, not
-    stopped under it."""
+    kept through): the one due now began 30 s ago, on 4 workers. Over the whole window the
+    rate is 2.5/s (two workers), but the rate follows the step (dramactl.rates) and the
+    burst goes on landing, as the last one did for 45 s after its first interval: the fleet
+    stays at what 1 + 4/s of 4 s messages need (20 busy threads: 3 workers of 8 threads),
+    not stopped under it, and the burst, already in the rate, is not added on top of it
+    again (26 busy threads: 4)."""
     s = settings()
     history = bursts_of_minutes((1830.0, 1230.0, 630.0, 30.0), seconds=1950, rate=5.0)
     d = decide(seen_from(history, 75), running(4), s, history, NOW)
     assert "landing for 45s, as the last did" in d.reason, d.reason
-    assert d.target == 4, d.reason
+    assert d.target == 3 and d.figures["needs"]["recurring"] == 3, d.reason
 
 
 def seen_from(history: list[TickRecord], arrived: float) -> FleetBacklog:
