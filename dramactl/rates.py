@@ -228,6 +228,10 @@ def _changed(recent: tuple[float, float], older: tuple[float, float], p: float =
         return False
     share = recent[1] / (recent[1] + older[1])
     n = min(n, total)
+    variance = total * share * (1.0 - share)
+    if variance >= 25.0:  # many arrivals: the normal approximation, with continuity correction (a tick stays cheap)
+        deviation = (abs(n - total * share) - 0.5) / math.sqrt(variance)
+        return deviation > 0 and 0.5 * math.erfc(deviation / math.sqrt(2.0)) < p
 
     def at_most(k: int) -> float:  # P(X <= k), X ~ Binomial(total, share)
         if k >= total:
