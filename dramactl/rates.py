@@ -212,8 +212,8 @@ def _arrival_rate(pairs: Sequence[tuple[_Point, _Point]], now: float) -> tuple[f
     return (max(0.0, arrived) / span if span > 0 else None), used, span
 
 
-CHANGE_P = 0.01  # counts this improbable under one rate for both spans: the rate changed between them
-STEP_P = 0.001  # the same, for one interval against those after it (tested at every step: stricter)
+CHANGE_P = 0.001  # counts this improbable under one rate for both spans: the rate changed between them
+STEP_P = 0.0001  # the same, for one interval against those after it (tested at every step: stricter)
 
 
 def _changed(recent: tuple[float, float], older: tuple[float, float], p: float = CHANGE_P) -> bool:

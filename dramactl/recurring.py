@@ -100,9 +100,11 @@ def recurring_need(
     # has passed.
     span = interval + again.landed
     # The share of the rate's span the block has been landing in (it began within the
-    # interval before the tick that saw its first surge): that much of it is in ``load``.
+    # interval before the tick that saw its first surge): that much of it is in ``load``,
+    # from the tick after that one (dramactl.rates takes a surge in one interval for a block
+    # landed at once, and leaves it out of the rate, until the next interval surges too).
     counted = 0.0
-    if landing and rate_span > 0:
+    if landing and rate_span > 0 and now - again.began >= interval - 1e-9:
         counted = min(1.0, max(0.0, now - max(now - rate_span, again.began - interval)) / rate_span)
 
     def fleet(messages: float) -> int:
