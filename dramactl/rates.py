@@ -228,16 +228,22 @@ def _changed(recent: tuple[float, float], older: tuple[float, float], p: float =
         return False
     share = recent[1] / (recent[1] + older[1])
     n = min(n, total)
+    if min(share, 1.0 - share) ** total >= p:
+        return False  # too few arrivals: not even all of them on one side would be improbable
     variance = total * share * (1.0 - share)
     if variance >= 25.0:  # many arrivals: the normal approximation, with continuity correction (a tick stays cheap)
         deviation = (abs(n - total * share) - 0.5) / math.sqrt(variance)
         return deviation > 0 and 0.5 * math.erfc(deviation / math.sqrt(2.0)) < p
 
-    def at_most(k: int) -> float:  # P(X <= k), X ~ Binomial(total, share)
+    def at_most(k: int) -> float:  # P(X <= k), X ~ Binomial(total, share), term by term
         if k >= total:
             return 1.0
-        return sum(math.exp(math.lgamma(total + 1) - math.lgamma(i + 1) - math.lgamma(total - i + 1)
-                            + i * math.log(share) + (total - i) * math.log1p(-share)) for i in range(k + 1))
+        term = cdf = (1.0 - share) ** total
+        odds = share / (1.0 - share)
+        for i in range(k):
+            term *= (total - i) / (i + 1) * odds
+            cdf += term
+        return cdf
 
     return at_most(n) < p or (n > 0 and 1.0 - at_most(n - 1) < p)
 
