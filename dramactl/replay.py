@@ -347,8 +347,9 @@ def run_policy(rebuilt: Rebuilt, settings: Settings, name: str, *, recorded: Set
 
 def actions_per_hour(result) -> float:
     """Ticks that started or stopped instances, per hour of the range, as the recorded ones
-    are counted: the run goes on after the range until every message is served (its
-    worker-hours count that time), but the recorded history has no ticks there."""
+    are counted: the run goes on after the range until every message is served and the fleet
+    rests (its worker-hours count that time, to its last action), but the recorded history has
+    no ticks there."""
     acted = sum(1 for t in result.ticks if t.acted and t.at <= result.duration + 1e-6)
     return acted * 3600.0 / max(result.duration, 1e-9)
 

@@ -29,8 +29,10 @@ it has one: how long its start jobs took when they all ended within ``START_WAIT
 else the instances still starting, which the next tick times from the units'
 timestamps (``started`` and ``since``, as systemd's InactiveExit/ActiveEnter).
 
-The run goes on past the trace's end until every message is served, so every policy
-does all the work and worker-seconds are comparable with :mod:`bench.bound`.
+The run goes on past the trace's end until every message is served and the fleet has
+not acted for :data:`REST` seconds, so every policy does all the work and its stops
+after the work are counted; worker-seconds run to the last completion or the last
+action, whichever is later, and are comparable with :mod:`bench.bound`.
 
 Simplifications: the worker holding the fewest messages fetches first (no poll
 back-off), no delayed messages, the hook's counters and reports are exact (the real
