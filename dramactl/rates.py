@@ -219,8 +219,8 @@ STEP_P = 0.0001  # the same, for one interval against those after it (tested at 
 def _changed(recent: tuple[float, float], older: tuple[float, float], p: float = CHANGE_P) -> bool:
     """Whether (arrivals, seconds) ``recent`` and ``older`` are improbable under one
     Poisson rate: given their sum, the recent count is binomial with the recent span's
-    share (the conditional test for two Poisson rates), and either tail below
-    :data:`CHANGE_P` says the rate changed. The window reaching further back for
+    share (the conditional test for two Poisson rates), and either tail below ``p``
+    says the rate changed. The window reaching further back for
     precision must not reach across that: arrivals that stopped would read as the old
     rate for up to LONG_RATE_WINDOW, and a low rate that rose as a mix of the two."""
     n, total = max(0, round(recent[0])), max(0, round(recent[0] + older[0]))

@@ -420,7 +420,6 @@ class _Run:
         self.after_end += acted and now >= self.workload.trace.duration
         if acted:
             self.last_action = now
-        if acted:
             self.moves.append((self.tick_count, 1 if target > len(up) else -1))
         self.count_live(now)
         if keep:
