@@ -197,17 +197,17 @@ def _arrival_rate(pairs: Sequence[tuple[_Point, _Point]], now: float) -> tuple[f
         a, b = pairs[k]
         if b.at <= now - LONG_RATE_WINDOW - 1e-9:
             break
-        if span > 0 and _changed((arrived, span), (counts[k] - excess[k], b.at - a.at), STEP_P):
+        came, took = counts[k] - excess[k], b.at - a.at
+        if span > 0 and _changed((arrived, span), (came, took), STEP_P):
             break  # the intervals so far and this one before them: not one rate (it stopped, or jumped)
         if b.at <= now - RATE_WINDOW - 1e-9:
             if arrived >= MIN_ARRIVALS:
                 break
             recent = recent or (arrived, span)
-            older = (arrived - recent[0] + counts[k] - excess[k], span - recent[1] + b.at - a.at)
-            if _changed(recent, older):
+            if _changed(recent, (arrived - recent[0] + came, span - recent[1] + took)):
                 break  # what came before does not explain the window's count: the rate changed in between
-        arrived += counts[k] - excess[k]
-        span += b.at - a.at
+        arrived += came
+        span += took
         used += 1
     return (max(0.0, arrived) / span if span > 0 else None), used, span
 
@@ -220,9 +220,9 @@ def _changed(recent: tuple[float, float], older: tuple[float, float], p: float =
     """Whether (arrivals, seconds) ``recent`` and ``older`` are improbable under one
     Poisson rate: given their sum, the recent count is binomial with the recent span's
     share (the conditional test for two Poisson rates), and either tail below ``p``
-    says the rate changed. The window reaching further back for
-    precision must not reach across that: arrivals that stopped would read as the old
-    rate for up to LONG_RATE_WINDOW, and a low rate that rose as a mix of the two."""
+    says the rate changed. The window reaching further back for precision must not
+    reach across that: arrivals that stopped would read as the old rate for up to
+    LONG_RATE_WINDOW, and a low rate that rose as a mix of the two."""
     n, total = max(0, round(recent[0])), max(0, round(recent[0] + older[0]))
     if recent[1] <= 0 or older[1] <= 0 or total == 0:
         return False
