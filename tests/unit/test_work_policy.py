@@ -234,24 +234,25 @@ def test_a_block_landing_is_a_backlog_not_a_rate() -> None:
     assert rates.service == pytest.approx(4.0)
 
 
+def counted(rates_per_tick: list[float]) -> tuple[list[TickRecord], FleetBacklog]:
+    """The history and the backlog now after 15 s tick intervals that saw these arrivals per
+    second (none waiting, each completed at once), the last of them ending now."""
+    history, done = [], 1000.0
+    for k, rate in enumerate(rates_per_tick):
+        history.append(TickRecord(NOW - 15 * (len(rates_per_tick) - k), 0, 3, 3, wanted=3, done=done, busy=done * 20.0, for_rate=3))
+        done += rate * 15
+    return history, FleetBacklog(ready=0, in_flight=0, done_total=done, busy_seconds_total=done * 20.0)
+
+
 def test_arrivals_beyond_the_rate_interval_after_interval_are_a_rate_not_a_block() -> None:
     """A block lands at once, within one interval between ticks; arrivals far beyond the rate
     before them in two intervals in a row are a rate that rose (a step, a burst of minutes),
     counted from the first of them: before, every interval until the median of the window
     before it caught up was taken for a block and the rate stayed 0.2/s through a 2-minute
     burst of 2.4/s, absorbed in flight by the fleet, while the fleet shrank under it."""
-
-    def ticks(rates: list[float]) -> tuple[list[TickRecord], FleetBacklog]:
-        out, done = [], 1000.0
-        for k, rate in enumerate(rates):
-            done += rate * 15
-            out.append(TickRecord(NOW - 15 * (len(rates) - 1 - k), 0, 2, 2, wanted=2, done=done, busy=done * 20.0))
-        *history, last = out
-        return history, FleetBacklog(ready=0, in_flight=0, done_total=last.done, busy_seconds_total=last.busy)
-
-    stepped = work_rates(*ticks([0.2] * 40 + [2.4, 2.4]), NOW)
+    stepped = work_rates(*counted([0.2] * 39 + [2.4, 2.4]), NOW)
     assert stepped.arrival == pytest.approx(2.4), "both intervals of the new rate counted, and the rate before it not (a step)"
-    landed = work_rates(*ticks([0.2] * 40 + [2.4, 0.2]), NOW)
+    landed = work_rates(*counted([0.2] * 39 + [2.4, 0.2]), NOW)
     assert landed.arrival == pytest.approx(0.2), "one interval's excess is a block, a backlog to drain"
 
 
@@ -338,13 +339,8 @@ def test_the_arrival_rate_at_low_rates_is_a_count_never_zero_while_messages_arri
 
 
 def rate_after(rates_per_tick: list[float]) -> float | None:
-    """The arrival rate after 15 s tick intervals that saw these arrivals per second (none
-    waiting), the last of them ending now."""
-    history, done = [], 1000.0
-    for k, rate in enumerate(rates_per_tick):
-        history.append(TickRecord(NOW - 15 * (len(rates_per_tick) - k), 0, 3, 3, wanted=3, done=done, busy=done * 20.0, for_rate=3))
-        done += rate * 15
-    return work_rates(history, FleetBacklog(ready=0, in_flight=0, done_total=done, busy_seconds_total=done * 20.0), NOW).arrival
+    """The arrival rate after these tick intervals (:func:`counted`)."""
+    return work_rates(*counted(rates_per_tick), NOW).arrival
 
 
 def test_the_rate_window_does_not_reach_back_across_a_change_of_the_rate() -> None:
