@@ -7,7 +7,8 @@ Dramatiq and the stdlib, so it can be put on the path of an app's own virtualenv
 What it installs:
 
 * :class:`ReadyNotifier`: ``READY=1`` for ``Type=notify`` once the consumers run,
-  ``WATCHDOG=1`` while every consumer and worker thread lives, ``STOPPING=1``.
+  ``WATCHDOG=1`` while every consumer and worker thread lives (and through a reload's
+  drain), ``STOPPING=1``.
 * :class:`FollowUpGuard`: no message is acked before everything its processing
   enqueued is stored in Redis: its retry, a pipeline's next step, callbacks,
   ``on_retry_exhausted``. Dramatiq logs a refused enqueue and acks the original
@@ -162,7 +163,9 @@ class ReadyNotifier(Middleware):
     this process and re-executes itself under the same main PID. The process says
     RELOADING=1 as soon as the signal arrives (so systemd keeps the reload job open
     until the new process's READY=1) and never STOPPING=1, which would put the unit in
-    ``deactivating`` with no stop job while the worker comes back.
+    ``deactivating`` with no stop job while the worker comes back; it pings the
+    watchdog through the drain, since systemd keeps it armed while the unit reloads
+    (:meth:`_watchdog`).
     """
 
     def __init__(self) -> None:
@@ -196,8 +199,22 @@ class ReadyNotifier(Middleware):
         signal.signal(signal.SIGHUP, on_hup)
 
     def _watchdog(self, worker, interval: float) -> None:
+        """WATCHDOG=1 every ``interval`` while every consumer and worker thread lives, the
+        first right after READY=1. On a stop (STOPPING=1) the pings end: systemd disarms the
+        watchdog. On a reload they go on through the drain, whatever the threads do: systemd
+        keeps the watchdog armed while the unit reloads, and a drain without pings, then a
+        new process whose first ping came ``interval`` after its READY=1, outlasted
+        WatchdogSec= (SIGABRT: the tasks in hand cut off, run again elsewhere) whenever the
+        tasks took longer to finish than the watchdog's slack. Dramatiq bounds the drain
+        (--worker-shutdown-timeout), then this process exits and pings no more."""
         withheld = False
-        while not self.stopping.wait(interval):
+        while True:
+            if self.stopping.is_set():
+                if not self.reloading:
+                    return
+                _notify_quietly("WATCHDOG=1")
+                time.sleep(interval)
+                continue
             threads = list(getattr(worker, "consumers", {}).values()) + list(getattr(worker, "workers", []))
             workers = list(getattr(worker, "workers", []))
             # Every worker thread stuck past its time limit (Maintenance.check_stuck): alive, but
@@ -208,11 +225,18 @@ class ReadyNotifier(Middleware):
             withheld = stuck
             if threads and all(t.is_alive() for t in threads) and not stuck:
                 _notify_quietly("WATCHDOG=1")
+            self.stopping.wait(interval)
 
     def before_worker_shutdown(self, broker, worker) -> None:
         self.stopping.set()
         if not self.reloading:
             notify("STOPPING=1\nSTATUS=draining: finishing or requeueing held messages")
+
+    def after_worker_shutdown(self, broker, worker) -> None:
+        if self.reloading and watchdog_interval():
+            # The drain is over and the process execs again: one last ping, so the watchdog
+            # counts only the new process's start until its first (right after READY=1).
+            _notify_quietly("WATCHDOG=1")
 
 
 STUCK = {"threads": frozenset()}  # idents of worker threads stuck past their time limit (Maintenance.check_stuck)

@@ -233,6 +233,39 @@ def test_reload_drains_and_comes_back_under_the_same_unit_never_deactivating(sys
     assert r["processed"] == 6 and r["duplicates"] == 0 and (r["ready"], r["msgs"], r["acks"]) == (0, 0, 0), r
 
 
+WATCHDOG = "/etc/systemd/system/dramatiq-worker@.service.d/60-test-watchdog.conf"
+
+
+def test_a_reload_whose_drain_outlasts_the_watchdog_is_not_killed_by_it(system: System) -> None:
+    """systemd keeps a unit's watchdog armed while it reloads: the draining process pings it
+    until it exits, and the new one right after its READY=1. With WatchdogSec=10s and two
+    8 s tasks in hand (the drain alone near the whole watchdog), the reload ends with the
+    same main process, no restart, and each message processed once."""
+    system.sh(f"mkdir -p {WATCHDOG.rsplit('/', 1)[0]} && printf '[Service]\\nWatchdogSec=10s\\n' > {WATCHDOG} && systemctl daemon-reload")
+    try:
+        system.dramactl("scale-to", "0")
+        wait_until(lambda: not pids(system), 60, "the instances to stop")
+        system.dramactl("scale-to", "1")  # started under the short watchdog
+        main = pids(system)["dramatiq-worker@1.service"]
+        assert system.sh("systemctl show -P WatchdogUSec dramatiq-worker@1").stdout.strip() == "10s"
+        since = system.sh("date +%s").stdout.strip()
+        system.send(2, 8.0)
+        wait_until(lambda: system.redis_counter("sys:started") >= 2, 15, "both threads busy")
+        out = system.sh("systemctl reload dramatiq-worker@1", check=False)
+        assert out.returncode == 0, (out.stdout, out.stderr)
+        wait_until(lambda: system.redis()["count"] >= 2, 60, "both messages processed")
+        time.sleep(12)  # longer than WatchdogSec: the new process keeps pinging
+        journal = system.sh(f"journalctl --no-pager -o cat -u dramatiq-worker@1 --since @{since}").stdout
+        assert "Watchdog timeout" not in journal, journal[-2000:]
+        assert pids(system) == {"dramatiq-worker@1.service": main}
+        assert system.sh("systemctl show -P NRestarts dramatiq-worker@1").stdout.strip() == "0"
+        r = system.redis()
+        assert r["processed"] == 2 and r["duplicates"] == 0 and (r["ready"], r["msgs"], r["acks"]) == (0, 0, 0), r
+    finally:
+        system.sh(f"rm -f {WATCHDOG} && systemctl daemon-reload")
+        system.dramactl("scale-to", "0")
+
+
 LEAK_CODE = '''\
 import time
 import dramatiq
