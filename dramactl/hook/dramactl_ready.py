@@ -372,8 +372,17 @@ class FollowUpGuard(Middleware):
 
     def after_enqueue(self, broker, message, delay) -> None:
         work = getattr(self.local, "work", None)
-        if work is not None:
-            work.pending.pop(id(message), None)
+        if work is None:
+            return
+        work.pending.pop(id(message), None)
+        if work.phase == "actor" and work.pending:
+            # The actor sent the same message again (it caught the refused send and retried it,
+            # by hand or with a retry library): that one is stored, and the copy Redis refused
+            # is not sent a second time by the hold.
+            same = (message.queue_name, message.actor_name, message.args, message.kwargs)
+            for key, (copy, _, phase) in list(work.pending.items()):
+                if phase == "actor" and (copy.queue_name, copy.actor_name, copy.args, copy.kwargs) == same:
+                    work.pending.pop(key, None)
 
     def after_process_message(self, broker, message, *, result=None, exception=None) -> None:
         work = self._work(message)

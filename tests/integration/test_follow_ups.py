@@ -431,6 +431,49 @@ def test_an_ack_that_times_out_is_retried_like_a_lost_connection(server: Stoppab
         worker.stop(timeout=5000)
 
 
+@HOOKED
+def test_a_send_the_actor_retried_itself_is_not_sent_again_by_the_hold(server: StoppableRedis, hooked: bool) -> None:
+    """Redis refuses the actor's send (the command never reaches it); the actor catches the
+    error and sends the same message again, which Redis stores. The hold must not send the
+    refused copy too: the target runs once, with the hook as without it."""
+    broker = make_broker(server)
+    ran: list[str] = []
+    real_enqueue = broker.do_enqueue
+    failures = [redis_lib.ConnectionError("Connection refused")]
+
+    def enqueue_once_refused(queue_name, *args):
+        if queue_name == "resent" and failures:
+            raise failures.pop()
+        return real_enqueue(queue_name, *args)
+
+    broker.do_enqueue = enqueue_once_refused
+
+    @dramatiq.actor(broker=broker, queue_name="resent", max_retries=0)
+    def target(name: str) -> None:
+        ran.append(name)
+
+    @dramatiq.actor(broker=broker, queue_name="sender", max_retries=0)
+    def sender() -> None:
+        for attempt in range(3):
+            try:
+                target.send("report")
+                return
+            except redis_lib.ConnectionError:
+                time.sleep(0.1)
+
+    hook(broker, hooked)
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
+    worker.start()
+    client = redis_lib.Redis(port=server.port)
+    try:
+        sender.send()
+        assert wait_for(lambda: ran == ["report"] and not failures and queues_empty(client, "sender", "resent"), 10), ran
+        time.sleep(2)  # a second copy from the hold would have run by now
+        assert ran == ["report"] and queues_empty(client, "sender", "resent")
+    finally:
+        worker.stop(timeout=5000)
+
+
 def test_time_limit_is_disarmed_once_the_actor_returns(server: StoppableRedis) -> None:
     """The guard's first after-hook removes the thread's deadline: nothing can interrupt
     Dramatiq's follow-ups once the actor is done."""
