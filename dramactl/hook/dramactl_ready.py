@@ -46,7 +46,8 @@ What it installs:
   ``<instance>``: a scale-down waits for its long tasks, dramactl/intake.py; read once
   at boot too, before the consumers start); while
   it is, the consumers fetch 0 messages (Dramatiq's fetch script still runs, so the
-  broker heartbeat goes on) and the instance drains to completion.
+  broker heartbeat goes on) and the instance drains to completion. A stop or reload
+  signal (SIGTERM, SIGHUP) pauses the intake too, at once (``_pause_on_signal``).
 """
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ class Holds:
 HOLDS = Holds()
 
 
-def _pausable_fetch(broker, paused: threading.Event) -> bool:
-    """Make the Redis broker's consumers fetch 0 messages while ``paused`` is set. They call
+def _pausable_fetch(broker, *paused: threading.Event) -> bool:
+    """Make the Redis broker's consumers fetch 0 messages while any of ``paused`` is set. They call
     ``broker.do_fetch`` (RedisBroker.__getattr__ builds it per call) whenever they hold
     fewer than their prefetch; an attribute of the same name on the broker comes first.
     Dramatiq's dispatch script with a count of 0 pops nothing but still records the
@@ -110,7 +111,7 @@ def _pausable_fetch(broker, paused: threading.Event) -> bool:
         return False  # not the Redis broker
 
     def do_fetch(queue_name, prefetch):
-        return fetch(queue_name, 0 if paused.is_set() else prefetch)
+        return fetch(queue_name, 0 if any(p.is_set() for p in paused) else prefetch)
 
     broker.do_fetch = do_fetch
     return True
@@ -864,6 +865,7 @@ class WorkReporter(Middleware):
         self.report_field = ""
         self.pause_key: str | None = None
         self.paused = threading.Event()  # the scaler paused this instance's intake (a scale-down waits for it)
+        self.leaving = threading.Event()  # SIGTERM or SIGHUP arrived: the process drains (:meth:`_pause_on_signal`)
         self.pausable = False  # our fetch wrapper is installed (not when the app set its own do_fetch)
         self.worker = None
         self.stopping = threading.Event()
@@ -927,9 +929,10 @@ class WorkReporter(Middleware):
             if not self.instance.isdigit() or not hasattr(broker, "client") or not hasattr(broker, "namespace"):
                 return
             self.pause_key = PAUSE_KEY.format(namespace=broker.namespace, host=host_identity())
-            self.pausable = self.pausable or _pausable_fetch(broker, self.paused)
+            self.pausable = self.pausable or _pausable_fetch(broker, self.paused, self.leaving)
             if not self.pausable:
                 return
+            self._pause_on_signal()
             read: list = []
 
             def hget() -> None:
@@ -948,8 +951,32 @@ class WorkReporter(Middleware):
         except Exception:  # noqa: BLE001
             log.warning("dramactl: could not make the intake pausable", exc_info=True)
 
+    def _pause_on_signal(self) -> None:
+        """SIGTERM (a stop) or SIGHUP (a reload) pauses the intake at once. Dramatiq's worker
+        process notices the signal only at its next one-second poll, then stops its worker
+        threads; until then its consumers fetch and its threads start what they fetch,
+        so an instance the scaler stopped as idle could take a task in that second and
+        have it cut off after GRACEFUL_SHUTDOWN_TIMEOUT. Chained before Dramatiq's own
+        handler (in its worker process, where one is installed; otherwise left alone)."""
+        import signal
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in ("SIGTERM", "SIGHUP"):
+            sig = getattr(signal, name, None)
+            previous = signal.getsignal(sig) if sig is not None else None
+            if not callable(previous):
+                continue  # no Dramatiq worker process here (an embedded Worker): the default stays
+
+            def on_signal(signum, frame, _previous=previous):
+                self.leaving.set()
+                _previous(signum, frame)
+
+            signal.signal(sig, on_signal)
+
     def before_worker_shutdown(self, broker, worker) -> None:
         self.stopping.set()
+        self.leaving.set()
 
     def after_worker_shutdown(self, broker, worker) -> None:
         try:

@@ -286,3 +286,40 @@ def test_a_hung_redis_does_not_hold_up_the_boot(monkeypatch: pytest.MonkeyPatch)
         if server.proc.poll() is None:
             os.kill(server.proc.pid, signal.SIGCONT)
         server.close()
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_a_stop_or_reload_signal_pauses_the_intake_at_once(
+    broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer, reporter, signame: str
+) -> None:
+    """Dramatiq's worker process notices SIGTERM (a stop: systemd's, for an instance stopped as
+    idle) or SIGHUP (a reload) only at its next one-second poll, and until its worker threads
+    stop they start whatever the consumers fetch, which the drain then cuts off if it is long.
+    The hook's handler, chained before Dramatiq's, pauses the intake when the signal arrives:
+    nothing sent after it is fetched. (Dramatiq's own handler stands in here for the one its
+    worker process installs; the process itself does not stop.)"""
+    import os
+    import signal
+
+    sig = getattr(signal, signame)
+    seen: list[int] = []
+    done: list[int] = []
+
+    @dramatiq.actor(queue_name=QUEUE, max_retries=0)
+    def quick(i: int) -> None:
+        done.append(i)
+
+    original = signal.signal(sig, lambda signum, frame: seen.append(signum))  # as Dramatiq's worker process has
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
+    worker.start()
+    try:
+        quick.send(0)
+        wait_for(lambda: done == [0])
+        os.kill(os.getpid(), sig)
+        wait_for(lambda: seen == [sig])  # Dramatiq's handler still ran
+        sent = [quick.send(i).options["redis_message_id"] for i in (1, 2, 3)]
+        time.sleep(2.0)  # 20 times the consumers' longest back-off (worker_timeout)
+        assert done == [0] and waiting(redis) == sent, f"fetched after the signal: ran {done}"
+    finally:
+        worker.stop()
+        signal.signal(sig, original)
