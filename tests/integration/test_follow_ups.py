@@ -454,7 +454,7 @@ def test_a_send_the_actor_retried_itself_is_not_sent_again_by_the_hold(server: S
 
     @dramatiq.actor(broker=broker, queue_name="sender", max_retries=0)
     def sender() -> None:
-        for attempt in range(3):
+        for _ in range(3):
             try:
                 target.send("report")
                 return
