@@ -148,6 +148,27 @@ def _notify_quietly(state: str) -> None:
         pass
 
 
+def _chain_signal(name: str, action) -> None:
+    """Run ``action`` when signal ``name`` arrives, then the handler installed before it:
+    Dramatiq's worker process has one for SIGTERM and SIGHUP (its stop and its reload).
+    Only in the main thread, and only over such a handler: an embedded Worker's process
+    keeps its default."""
+    import signal
+
+    sig = getattr(signal, name, None)
+    if sig is None or threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(sig)
+    if not callable(previous):
+        return
+
+    def handler(signum, frame):
+        action()
+        previous(signum, frame)
+
+    signal.signal(sig, handler)
+
+
 def watchdog_interval() -> float | None:
     """Half of WatchdogSec= (systemd's advice), or None when the unit has no watchdog."""
     usec = os.environ.get("WATCHDOG_USEC", "")
@@ -183,21 +204,14 @@ class ReadyNotifier(Middleware):
             threading.Thread(target=self._watchdog, args=(worker, interval), name="dramactl-watchdog", daemon=True).start()
 
     def _watch_reload(self) -> None:
-        """Chain a SIGHUP handler before Dramatiq's own (which begins the drain)."""
-        import signal
+        """Before Dramatiq's own SIGHUP handler (which begins the drain): RELOADING=1."""
 
-        if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
-            return
-        previous = signal.getsignal(signal.SIGHUP)
-
-        def on_hup(signum, frame):
+        def reloading() -> None:
             if not self.reloading:
                 self.reloading = True
                 _notify_quietly("RELOADING=1\nSTATUS=reloading: draining, then Dramatiq starts again with the code on disk")
-            if callable(previous):
-                previous(signum, frame)
 
-        signal.signal(signal.SIGHUP, on_hup)
+        _chain_signal("SIGHUP", reloading)
 
     def _watchdog(self, worker, interval: float) -> None:
         """WATCHDOG=1 every ``interval`` while every consumer and worker thread lives, the
@@ -956,23 +970,9 @@ class WorkReporter(Middleware):
         process notices the signal only at its next one-second poll, then stops its worker
         threads; until then its consumers fetch and its threads start what they fetch,
         so an instance the scaler stopped as idle could take a task in that second and
-        have it cut off after GRACEFUL_SHUTDOWN_TIMEOUT. Chained before Dramatiq's own
-        handler (in its worker process, where one is installed; otherwise left alone)."""
-        import signal
-
-        if threading.current_thread() is not threading.main_thread():
-            return
+        have it cut off after GRACEFUL_SHUTDOWN_TIMEOUT."""
         for name in ("SIGTERM", "SIGHUP"):
-            sig = getattr(signal, name, None)
-            previous = signal.getsignal(sig) if sig is not None else None
-            if not callable(previous):
-                continue  # no Dramatiq worker process here (an embedded Worker): the default stays
-
-            def on_signal(signum, frame, _previous=previous):
-                self.leaving.set()
-                _previous(signum, frame)
-
-            signal.signal(sig, on_signal)
+            _chain_signal(name, self.leaving.set)
 
     def before_worker_shutdown(self, broker, worker) -> None:
         self.stopping.set()
