@@ -47,7 +47,10 @@ What it installs:
   at boot too, before the consumers start); while
   it is, the consumers fetch 0 messages (Dramatiq's fetch script still runs, so the
   broker heartbeat goes on) and the instance drains to completion. A stop or reload
-  signal (SIGTERM, SIGHUP) pauses the intake too, at once (``_pause_on_signal``).
+  signal (SIGTERM, SIGHUP) pauses the intake too, at once (``_pause_on_signal``). Once the
+  process's mean task is a second or more, its consumers fetch only what a free thread can
+  start (:class:`FreeThreads`): a message waits in Redis for the fleet's first free thread,
+  not in the work queue of an instance whose threads all run long tasks.
 """
 
 from __future__ import annotations
@@ -97,9 +100,10 @@ class Holds:
 HOLDS = Holds()
 
 
-def _pausable_fetch(broker, *paused: threading.Event) -> bool:
-    """Make the Redis broker's consumers fetch 0 messages while any of ``paused`` is set. They call
-    ``broker.do_fetch`` (RedisBroker.__getattr__ builds it per call) whenever they hold
+def _pausable_fetch(broker, *paused: threading.Event, gate: "FreeThreads | None" = None) -> bool:
+    """Make the Redis broker's consumers fetch 0 messages while any of ``paused`` is set, and
+    otherwise through ``gate`` (only what a free thread can start, :class:`FreeThreads`). They
+    call ``broker.do_fetch`` (RedisBroker.__getattr__ builds it per call) whenever they hold
     fewer than their prefetch; an attribute of the same name on the broker comes first.
     Dramatiq's dispatch script with a count of 0 pops nothing but still records the
     heartbeat, so the messages this process runs are not taken for a dead worker's."""
@@ -111,10 +115,99 @@ def _pausable_fetch(broker, *paused: threading.Event) -> bool:
         return False  # not the Redis broker
 
     def do_fetch(queue_name, prefetch):
-        return fetch(queue_name, 0 if any(p.is_set() for p in paused) else prefetch)
+        if any(p.is_set() for p in paused):
+            return fetch(queue_name, 0)
+        if gate is not None:
+            return gate.fetch(fetch, queue_name, prefetch, paused)
+        return fetch(queue_name, prefetch)
 
     broker.do_fetch = do_fetch
     return True
+
+
+LONG_TASK_SECONDS = 1.0  # a process whose mean task is at least this long fetches only for its free threads
+
+
+class FreeThreads:
+    """Once this process's tasks are long, its consumers fetch only what a free thread can start.
+
+    Dramatiq's Redis consumer fetches whenever it holds fewer than its prefetch (2 x the
+    threads by default), so the instances' consumers race for each message: one whose
+    threads are all busy takes it as readily as an idle one (more readily: a consumer that
+    just got a message polls again at once, an idle one backs off to once a second), and
+    the message then waits in its work queue behind a running task, for long tasks minutes,
+    while another instance has idle threads. It also holds those messages through a stop's
+    drain, and hands them back only at its end. With this gate a message stays in Redis
+    until a thread is free for it, and the first free thread of the fleet takes it.
+
+    Free threads are the worker threads less what the process holds unfinished: Dramatiq's own
+    count for its consumers (fetched and not yet acked or nacked, delayed queues apart), or the
+    running tasks when more. A consumer with no free thread waits for one (an ack or nack frees
+    it) at most the worker timeout (Dramatiq's longest back-off, so the heartbeat and the
+    consumer's checks for a stop go on as before), then fetches 0 (the heartbeat) and is told to
+    come back at once, so a freed thread gets its next message one Redis round trip after its ack
+    rather than after a poll. Hence the threshold :data:`LONG_TASK_SECONDS`: from a mean task of a
+    second, that round trip is under 0.1 % of a task, and a fetch per message is at most one a
+    second per thread; below it, Dramatiq's batched prefetch is kept (a message waits behind a
+    busy thread for less than a second there). Until a task has completed the mean is unknown and
+    the prefetch is Dramatiq's. The fetches of two consumers are serialized, so together they
+    never take more than the free threads."""
+
+    def __init__(self, worker, reporter: "WorkReporter") -> None:
+        self.worker = worker
+        self.reporter = reporter
+        self.poll = max(0.01, float(getattr(worker, "worker_timeout", 1000)) / 1000.0)
+        self.freed = threading.Event()  # an ack or nack freed a thread
+        self.lock = threading.Lock()
+        self.last: dict[str, object] = {}  # queue -> the list its last fetch returned (the consumer's cache-to-be)
+
+    @property
+    def long(self) -> bool:
+        mean = self.reporter.mean_task()
+        return mean is not None and mean >= LONG_TASK_SECONDS
+
+    def held(self, caller: str) -> int:
+        """What this process holds unfinished (see the class), the consumer ``caller`` apart from the
+        list it is about to replace."""
+        held = 0
+        for name, thread in list(getattr(self.worker, "consumers", {}).items()):
+            consumer = getattr(thread, "consumer", None)
+            if name.endswith(".DQ") or consumer is None:
+                continue
+            cache = getattr(consumer, "message_cache", [])
+            held += len(getattr(consumer, "queued_message_ids", ())) + len(cache)
+            last = self.last.get(name)
+            if name != caller and last is not None and cache is not last:
+                held += len(last)  # returned by its fetch a moment ago, not in its cache yet
+        return max(held, self.reporter.busy())
+
+    def fetch(self, fetch, queue_name: str, prefetch: int, paused=()):
+        if queue_name.endswith(".DQ") or not self.long:
+            return fetch(queue_name, prefetch)
+        deadline = time.monotonic() + self.poll
+        while True:
+            self.freed.clear()
+            with self.lock:
+                free = max(0, int(getattr(self.worker, "worker_threads", 0) or 0) - self.held(queue_name))
+                if free or time.monotonic() >= deadline or any(p.is_set() for p in paused):
+                    got = fetch(queue_name, min(prefetch, free))
+                    self.last[queue_name] = got
+                    break
+            self.freed.wait(max(0.0, deadline - time.monotonic()))
+        if not free:
+            self._come_back(queue_name)
+        return got
+
+    def _come_back(self, queue_name: str) -> None:
+        """The consumer backs off after an empty fetch, up to the worker timeout: reset its
+        count of misses so it is back in :meth:`fetch` within a few milliseconds."""
+        try:
+            self.worker.consumers[queue_name].consumer.misses = 0
+        except Exception:  # noqa: BLE001 - another consumer than Dramatiq's Redis one: its own back-off
+            pass
+
+    def thread_freed(self) -> None:
+        self.freed.set()
 
 
 def host_identity() -> str:
@@ -881,6 +974,9 @@ class WorkReporter(Middleware):
         self.paused = threading.Event()  # the scaler paused this instance's intake (a scale-down waits for it)
         self.leaving = threading.Event()  # SIGTERM or SIGHUP arrived: the process drains (:meth:`_pause_on_signal`)
         self.pausable = False  # our fetch wrapper is installed (not when the app set its own do_fetch)
+        self.gate: FreeThreads | None = None  # long tasks: fetch only for free threads (with the wrapper)
+        self.done_total = 0  # this process's completed messages and their busy seconds, since boot
+        self.busy_total = 0.0
         self.worker = None
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
@@ -910,6 +1006,8 @@ class WorkReporter(Middleware):
                 queue = queue[:-3]
             with self.lock:
                 self.running.pop(threading.get_ident(), None)
+                self.done_total += 1
+                self.busy_total += busy
                 entry = self.pending.get(queue)
                 if entry is None:
                     self.pending[queue] = [1, busy, busy * busy]
@@ -920,6 +1018,21 @@ class WorkReporter(Middleware):
         except Exception:  # noqa: BLE001 - never break the app's chain
             with self.lock:
                 self.running.pop(threading.get_ident(), None)
+
+    def after_ack(self, broker, message) -> None:
+        if self.gate is not None:
+            self.gate.thread_freed()
+
+    after_nack = after_ack
+
+    def mean_task(self) -> float | None:
+        """This process's mean task in seconds since boot (None before one completed)."""
+        with self.lock:
+            return self.busy_total / self.done_total if self.done_total else None
+
+    def busy(self) -> int:
+        with self.lock:
+            return len(self.running)
 
     def after_worker_boot(self, broker, worker) -> None:
         try:
@@ -936,17 +1049,23 @@ class WorkReporter(Middleware):
             log.warning("dramactl: work reporting could not start", exc_info=True)
 
     def before_worker_boot(self, broker, worker) -> None:
-        """Before the consumers start: make their fetch pausable, and read this instance's
-        pause once, so a process that boots while its instance is paused (a restart during
-        a scale-down's wait) fetches nothing rather than a whole prefetch first."""
+        """Before the consumers start: make their fetch pausable and, for long tasks, only
+        for free threads (:class:`FreeThreads`); read this instance's pause once, so a
+        process that boots while its instance is paused (a restart during a scale-down's
+        wait) fetches nothing rather than a whole prefetch first."""
         try:
-            if not self.instance.isdigit() or not hasattr(broker, "client") or not hasattr(broker, "namespace"):
+            if not hasattr(broker, "client") or not hasattr(broker, "namespace"):
                 return
-            self.pause_key = PAUSE_KEY.format(namespace=broker.namespace, host=host_identity())
-            self.pausable = self.pausable or _pausable_fetch(broker, self.paused, self.leaving)
+            if not self.pausable:
+                gate = FreeThreads(worker, self)
+                self.pausable = _pausable_fetch(broker, self.paused, self.leaving, gate=gate)
+                self.gate = gate if self.pausable else None
             if not self.pausable:
                 return
             self._pause_on_signal()
+            if not self.instance.isdigit():
+                return
+            self.pause_key = PAUSE_KEY.format(namespace=broker.namespace, host=host_identity())
             read: list = []
 
             def hget() -> None:

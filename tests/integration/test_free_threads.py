@@ -1,0 +1,122 @@
+"""Long tasks: an instance fetches only what a free thread can start (the hook's FreeThreads).
+
+Real redis-server, real Dramatiq workers. Dramatiq's consumers race for each message,
+each fetching whenever it holds fewer than its prefetch (2 x threads), so without the
+gate an instance whose threads are all busy takes messages that then wait behind its
+running tasks while another instance idles."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import dramatiq
+import pytest
+import redis as redis_lib
+from dramatiq.brokers.redis import RedisBroker
+
+from tests.conftest import RedisServer
+from tests.integration.test_work_report import hook, wait_for
+
+QUEUE = "gate"
+
+
+def waiting(redis: redis_lib.Redis) -> int:
+    return int(redis.llen(f"dramatiq:{QUEUE}"))
+
+
+def hooked(redis_server: RedisServer) -> tuple[RedisBroker, object]:
+    broker = RedisBroker(host="127.0.0.1", port=redis_server.port)
+    reporter = hook.WorkReporter(interval=0.2)
+    broker.add_middleware(reporter)
+    return broker, reporter
+
+
+def test_an_instance_whose_threads_run_long_tasks_leaves_new_messages_to_an_idle_one(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """A (2 threads) runs two long tasks; B (2 threads) is idle. Messages sent now all run
+    on B, at once: none is fetched by A to wait behind its long tasks. (On the hook before
+    the gate A's consumer, below its prefetch of 4, took some of them.)"""
+    release = threading.Event()
+    ran: dict[int, str] = {}
+    brokers, workers = [], []
+    for name in ("A", "B"):
+        broker, _ = hooked(redis_server)
+        brokers.append(broker)
+
+        @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name="job", max_retries=0)
+        def job(i: int, seconds: float, _name: str = name) -> None:
+            ran[i] = _name
+            if seconds < 0:
+                release.wait(30)
+            else:
+                time.sleep(seconds)
+
+        brokers[-1] = (broker, job)
+    (a, job_a), (b, _) = brokers
+    try:
+        wa = dramatiq.Worker(a, worker_threads=2, worker_timeout=100)
+        wa.start()
+        workers.append(wa)
+        job_a.send(0, 1.1)
+        job_a.send(1, 1.1)
+        wait_for(lambda: len(ran) == 2 and waiting(redis) == 0)
+        wait_for(lambda: wa.consumers[QUEUE].consumer.outstanding_message_count == 0)  # both done: A's tasks are long (1.1 s)
+        job_a.send(2, -1)
+        job_a.send(3, -1)
+        wait_for(lambda: {ran.get(2), ran.get(3)} == {"A"})  # A's two threads are busy
+        wb = dramatiq.Worker(b, worker_threads=2, worker_timeout=100)
+        wb.start()
+        workers.append(wb)
+        time.sleep(0.5)
+        for i in range(4, 10):
+            job_a.send(i, 0.2)
+            time.sleep(0.3)
+        deadline = time.monotonic() + 10  # B runs them in 0.2 s each; A's long tasks last until released
+        while not all(i in ran for i in range(4, 10)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert {i: ran.get(i) for i in range(4, 10)} == {i: "B" for i in range(4, 10)}, "a message went to the instance whose threads were busy (None: it still waits there)"
+    finally:
+        release.set()
+        for w in workers:
+            w.stop()
+        for broker, _ in brokers:
+            broker.close()
+
+
+@pytest.mark.parametrize("task_seconds, fetched", [(1.1, 0), (0.01, 1)], ids=["long-tasks-fetch-for-free-threads", "short-tasks-keep-dramatiqs-prefetch"])
+def test_a_busy_process_fetches_beyond_its_threads_only_while_its_tasks_are_short(
+    redis: redis_lib.Redis, redis_server: RedisServer, task_seconds: float, fetched: int
+) -> None:
+    """One thread (prefetch 2) runs a task that blocks; two more messages are sent. A process
+    whose mean task is a second or more leaves both in Redis for another instance; one whose
+    tasks are short keeps Dramatiq's prefetch (it takes one more, as without the hook)."""
+    release = threading.Event()
+    done: list[int] = []
+    broker, reporter = hooked(redis_server)
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, max_retries=0)
+    def task(i: int, seconds: float) -> None:
+        if seconds < 0:
+            release.wait(30)
+        else:
+            time.sleep(seconds)
+        done.append(i)
+
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        task.send(0, task_seconds)
+        wait_for(lambda: done == [0] and reporter.mean_task() is not None)
+        task.send(1, -1)
+        wait_for(lambda: reporter.busy() == 1 and waiting(redis) == 0)
+        task.send(2, 0.0)
+        task.send(3, 0.0)
+        time.sleep(1.0)  # ten times the consumer's longest back-off (worker_timeout)
+        assert 2 - waiting(redis) == fetched, f"mean task {reporter.mean_task():.2f}s: fetched {2 - waiting(redis)} behind the busy thread"
+        release.set()
+        wait_for(lambda: sorted(done) == [0, 1, 2, 3])
+        assert waiting(redis) == 0
+    finally:
+        release.set()
+        worker.stop()
+        broker.close()
