@@ -140,31 +140,38 @@ class FreeThreads:
     drain, and hands them back only at its end. With this gate a message stays in Redis
     until a thread is free for it, and the first free thread of the fleet takes it.
 
-    Free threads are the worker threads less what the process holds unfinished: Dramatiq's own
-    count for its consumers (fetched and not yet acked or nacked, delayed queues apart), or the
-    running tasks when more. A consumer with no free thread waits for one (an ack or nack frees
-    it) at most the worker timeout (Dramatiq's longest back-off, so the heartbeat and the
-    consumer's checks for a stop go on as before), then fetches 0 (the heartbeat) and is told to
-    come back at once, so a freed thread gets its next message one Redis round trip after its ack
-    rather than after a poll. Hence the threshold :data:`LONG_TASK_SECONDS`: from a mean task of a
-    second, that round trip is under 0.1 % of a task, and a fetch per message is at most one a
-    second per thread; below it, Dramatiq's batched prefetch is kept (a message waits behind a
-    busy thread for less than a second there). Until a task has completed the mean is unknown and
-    the prefetch is Dramatiq's. The fetches of two consumers are serialized, so together they
-    never take more than the free threads."""
+    Free threads are the live worker threads less what the process holds unfinished:
+    Dramatiq's own count for its consumers (fetched and not yet acked or nacked, delayed
+    queues apart), or the running tasks when more, and the fetches under way. A consumer with
+    no free thread waits for one (an ack or nack frees it) at most the worker timeout
+    (Dramatiq's longest back-off, so the heartbeat and the consumer's checks for a stop go on as
+    before), then fetches 0 (the heartbeat) and is told to come back at once, so a freed thread
+    gets its next message one Redis round trip after its ack rather than after a poll. A pause
+    (the scaler's, a stop or reload signal) fetches 0 at once, also for a consumer already
+    waiting here. Hence the threshold :data:`LONG_TASK_SECONDS`: from a mean task of a second,
+    that round trip is under 0.1 % of a task, and a fetch per message is at most one a second
+    per thread; below it, Dramatiq's batched prefetch is kept (a message waits behind a busy
+    thread for less than a second there). Until a task has completed, the gate is on: a new
+    instance of a long-task app does not take a whole prefetch first. The count is taken under
+    a lock, the fetch itself outside it (reserved meanwhile), so a hung Redis holds up only the
+    consumer whose call hangs, and two consumers never take more than the free threads."""
 
     def __init__(self, worker, reporter: "WorkReporter") -> None:
         self.worker = worker
         self.reporter = reporter
         self.poll = max(0.01, float(getattr(worker, "worker_timeout", 1000)) / 1000.0)
-        self.freed = threading.Event()  # an ack or nack freed a thread
-        self.lock = threading.Lock()
+        self.changed = threading.Condition()  # an ack or nack freed a thread
+        self.reserved = 0  # messages asked for by fetches under way
         self.last: dict[str, object] = {}  # queue -> the list its last fetch returned (the consumer's cache-to-be)
 
     @property
     def long(self) -> bool:
         mean = self.reporter.mean_task()
-        return mean is not None and mean >= LONG_TASK_SECONDS
+        return mean is None or mean >= LONG_TASK_SECONDS
+
+    def threads(self) -> int:
+        live = [t for t in getattr(self.worker, "workers", None) or () if t.is_alive()]
+        return len(live) if live else int(getattr(self.worker, "worker_threads", 0) or 0)
 
     def held(self, caller: str) -> int:
         """What this process holds unfinished (see the class), the consumer ``caller`` apart from the
@@ -179,22 +186,31 @@ class FreeThreads:
             last = self.last.get(name)
             if name != caller and last is not None and cache is not last:
                 held += len(last)  # returned by its fetch a moment ago, not in its cache yet
-        return max(held, self.reporter.busy())
+        return max(held, self.reporter.busy()) + self.reserved
 
     def fetch(self, fetch, queue_name: str, prefetch: int, paused=()):
         if queue_name.endswith(".DQ") or not self.long:
             return fetch(queue_name, prefetch)
         deadline = time.monotonic() + self.poll
-        while True:
-            self.freed.clear()
-            with self.lock:
-                free = max(0, int(getattr(self.worker, "worker_threads", 0) or 0) - self.held(queue_name))
-                if free or time.monotonic() >= deadline or any(p.is_set() for p in paused):
-                    got = fetch(queue_name, min(prefetch, free))
-                    self.last[queue_name] = got
+        with self.changed:
+            while True:
+                stop = any(p.is_set() for p in paused)
+                count = 0 if stop else min(prefetch, max(0, self.threads() - self.held(queue_name)))
+                left = deadline - time.monotonic()
+                if count or stop or left <= 0:
                     break
-            self.freed.wait(max(0.0, deadline - time.monotonic()))
-        if not free:
+                self.changed.wait(left)
+            self.reserved += count
+        try:
+            got = fetch(queue_name, count)
+        except BaseException:
+            with self.changed:
+                self.reserved -= count
+            raise
+        with self.changed:
+            self.reserved -= count
+            self.last[queue_name] = got
+        if not count and not stop:
             self._come_back(queue_name)
         return got
 
@@ -207,7 +223,8 @@ class FreeThreads:
             pass
 
     def thread_freed(self) -> None:
-        self.freed.set()
+        with self.changed:
+            self.changed.notify_all()
 
 
 def host_identity() -> str:

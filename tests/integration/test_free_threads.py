@@ -120,3 +120,71 @@ def test_a_busy_process_fetches_beyond_its_threads_only_while_its_tasks_are_shor
         release.set()
         worker.stop()
         broker.close()
+
+
+def test_a_pause_stops_a_consumer_waiting_for_a_free_thread_from_fetching(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """The consumer of a busy long-task process waits in the gate for a thread; the intake is
+    paused meanwhile (the scaler's mark, or a stop or reload signal: the same event). When the
+    thread is freed, the consumer fetches nothing: the message sent before stays in Redis."""
+    release = threading.Event()
+    done: list[int] = []
+    broker, reporter = hooked(redis_server)
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, max_retries=0)
+    def task(i: int, seconds: float) -> None:
+        if seconds < 0:
+            release.wait(30)
+        else:
+            time.sleep(seconds)
+        done.append(i)
+
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=1000)
+    worker.start()
+    try:
+        task.send(0, 1.1)
+        wait_for(lambda: done == [0])
+        task.send(1, -1)
+        wait_for(lambda: reporter.busy() == 1 and waiting(redis) == 0)
+        task.send(2, 0.0)
+        time.sleep(0.3)
+        assert waiting(redis) == 1, "the busy process left the message in Redis"
+        reporter.paused.set()
+        release.set()
+        wait_for(lambda: 1 in done)
+        time.sleep(1.5)  # more than the gate's wait (worker_timeout) and the consumer's back-off
+        assert waiting(redis) == 1 and done == [0, 1], "fetched after the pause"
+        reporter.paused.clear()
+        wait_for(lambda: done == [0, 1, 2])
+    finally:
+        release.set()
+        worker.stop()
+        broker.close()
+
+
+def test_a_process_takes_no_more_than_its_threads_before_its_first_task_ends(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """Until a task has completed the mean task is unknown and the gate is on: a new instance of
+    a long-task app (here one thread, Dramatiq's prefetch 2) does not take a whole prefetch
+    first, leaving the rest to the instances that have free threads."""
+    release = threading.Event()
+    done: list[int] = []
+    broker, reporter = hooked(redis_server)
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, max_retries=0)
+    def task(i: int) -> None:
+        release.wait(30)
+        done.append(i)
+
+    for i in range(3):
+        task.send(i)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        wait_for(lambda: reporter.busy() == 1)
+        time.sleep(1.0)  # ten times the consumer's longest back-off
+        assert waiting(redis) == 2, "fetched beyond its one thread before any task ended"
+        release.set()
+        wait_for(lambda: sorted(done) == [0, 1, 2])
+    finally:
+        release.set()
+        worker.stop()
+        broker.close()
