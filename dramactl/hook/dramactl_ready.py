@@ -161,6 +161,7 @@ class FreeThreads:
         self.reporter = reporter
         self.poll = max(0.01, float(getattr(worker, "worker_timeout", 1000)) / 1000.0)
         self.changed = threading.Condition()  # an ack or nack freed a thread
+        self.waiting = 0  # consumers in :meth:`fetch` (an ack wakes them only then: no lock per message otherwise)
         self.reserved = 0  # messages asked for by fetches under way
         self.last: dict[str, object] = {}  # queue -> the list its last fetch returned (the consumer's cache-to-be)
 
@@ -193,13 +194,17 @@ class FreeThreads:
             return fetch(queue_name, prefetch)
         deadline = time.monotonic() + self.poll
         with self.changed:
-            while True:
-                stop = any(p.is_set() for p in paused)
-                count = 0 if stop else min(prefetch, max(0, self.threads() - self.held(queue_name)))
-                left = deadline - time.monotonic()
-                if count or stop or left <= 0:
-                    break
-                self.changed.wait(left)
+            self.waiting += 1  # before the count: an ack after it sees a waiter and wakes it
+            try:
+                while True:
+                    stop = any(p.is_set() for p in paused)
+                    count = 0 if stop else min(prefetch, max(0, self.threads() - self.held(queue_name)))
+                    left = deadline - time.monotonic()
+                    if count or stop or left <= 0:
+                        break
+                    self.changed.wait(left)
+            finally:
+                self.waiting -= 1
             self.reserved += count
         try:
             got = fetch(queue_name, count)
@@ -223,8 +228,9 @@ class FreeThreads:
             pass
 
     def thread_freed(self) -> None:
-        with self.changed:
-            self.changed.notify_all()
+        if self.waiting:
+            with self.changed:
+                self.changed.notify_all()
 
 
 def host_identity() -> str:

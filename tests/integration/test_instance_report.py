@@ -38,9 +38,15 @@ def test_busy_threads_oldest_start_and_holds_reach_the_probe_and_go_on_shutdown(
     def long_task(i: int) -> None:
         release.wait(30)
 
+    @dramatiq.actor(queue_name="r1", max_retries=0)
+    def quick() -> None:
+        pass
+
     worker = dramatiq.Worker(broker, worker_threads=3, worker_timeout=100)
     worker.start()
     try:
+        quick.send()  # a short mean task: the hook keeps Dramatiq's prefetch (its gate is for long tasks)
+        wait_for(lambda: reporter.mean_task() is not None)
         wait_for(lambda: 7 in probe(redis_server).instances)
         idle = probe(redis_server).instances[7]
         assert (idle.threads, idle.busy, idle.oldest, idle.held, idle.idle) == (3, 0, None, 0, True), "an idle worker reports too: the flush is a heartbeat"

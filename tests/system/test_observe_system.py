@@ -54,7 +54,8 @@ def test_prometheus_scrapes_the_ticks_textfile_through_node_exporter(system: Sys
     system.sh(f"install -d -o dramactl -g dramactl -m 0755 {METRICS_DIR}")
     system.dramactl("scale-to", "2")  # paused at 2: the figures below hold while Prometheus scrapes
     system.send(30, 30.0)
-    wait_until(lambda: system.status()["queues"][0]["in_flight"] == 8, 30, "2 workers x (2 threads + 2 prefetched) in flight")
+    # 30 s tasks: each worker fetches only for its 2 threads (the hook's gate), the rest waits in Redis.
+    wait_until(lambda: system.status()["queues"][0]["in_flight"] == 4, 30, "2 workers x 2 threads in flight")
     system.sh("systemctl start dramactl.timer")
     system.sh(
         "systemd-run --unit=obs-node-exporter -p User=prometheus /usr/bin/prometheus-node-exporter --web.listen-address=127.0.0.1:9100"
@@ -66,11 +67,11 @@ def test_prometheus_scrapes_the_ticks_textfile_through_node_exporter(system: Sys
         " --config.file=/etc/obs-prometheus/prometheus.yml --storage.tsdb.path=/var/lib/obs-prometheus --web.listen-address=127.0.0.1:9090"
     )
     try:
-        ready = wait_until(lambda: query(system, "dramactl_queue_ready_messages").get("queue_name=sys") == 22, 45, "Prometheus to see 22 ready")
+        ready = wait_until(lambda: query(system, "dramactl_queue_ready_messages").get("queue_name=sys") == 26, 45, "Prometheus to see 26 ready")
         assert ready
         textfile = system.sh(f"stat -c '%U %a' {METRICS_DIR}/dramactl.prom").stdout.split()
         assert textfile == ["dramactl", "644"]  # written by the tick itself, as its unprivileged user
-        assert query(system, "dramactl_queue_in_flight_messages") == {"queue_name=sys": 8}
+        assert query(system, "dramactl_queue_in_flight_messages") == {"queue_name=sys": 4}
         assert query(system, "dramactl_queue_dead_messages") == {"queue_name=sys": 0}
         assert query(system, 'dramactl_instances{state="active"}') == {"state=active": 2}
         assert query(system, "dramactl_target_instances") == {"": 2}
@@ -88,7 +89,7 @@ def test_prometheus_scrapes_the_ticks_textfile_through_node_exporter(system: Sys
     lines = [e for e in entries if str(e.get("MESSAGE", "")).startswith("queues ")]
     assert lines and all(e.get("DRAMACTL_KIND") == "tick" for e in lines)
     last = lines[-1]
-    assert (last["DRAMACTL_BACKLOG"], last["DRAMACTL_READY"], last["DRAMACTL_IN_FLIGHT"], last["DRAMACTL_REASON_CLASS"]) == ("30", "22", "8", "paused")
+    assert (last["DRAMACTL_BACKLOG"], last["DRAMACTL_READY"], last["DRAMACTL_IN_FLIGHT"], last["DRAMACTL_REASON_CLASS"]) == ("30", "26", "4", "paused")
     assert json.loads(last["DRAMACTL_INSTANCES"]) == {"active": 2}
 
     # dramactl history: the manual scale-to and the ticks, as root, as a systemd-journal member, not as anyone else.

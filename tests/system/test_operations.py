@@ -67,14 +67,14 @@ def test_scale_down_under_load_loses_nothing(system: System) -> None:
 
 def test_status_json_agrees_with_systemd_and_redis(system: System) -> None:
     system.dramactl("scale-to", "2")
-    system.send(8, 20.0)  # 2 workers x (2 threads + prefetch): all held in flight, stable
+    system.send(8, 20.0)  # 2 workers x 2 threads in flight (the hook fetches only for free threads), 4 ready: stable
     code = (
         "import sysapp, json\n"
         "for i in range(3): sysapp.work.send_with_options(args=('d%d' % i, 0.1), delay=600000)\n"
         "print(json.dumps(True))"
     )
     system.c.python(PYTHON, code, cwd=str(REPO / "tests/system"))
-    wait_until(lambda: system.redis()["ready"] == 0, 10, "workers to take the ready messages")
+    wait_until(lambda: system.redis()["ready"] == 4, 10, "workers to take a message per thread")
     status = system.status()
     truth = {}
     for n in (1, 2):
@@ -90,7 +90,7 @@ def test_status_json_agrees_with_systemd_and_redis(system: System) -> None:
     (q,) = status["queues"]
     assert q["name"] == "sys"
     assert (q["ready"], q["in_flight"], q["delayed"], q["dead"]) == (r["ready"], r["msgs"] - r["ready"], r["delayed"], r["dead"])
-    assert q["in_flight"] == 8 and q["delayed"] == 3 and q["due"] == 0
+    assert q["in_flight"] == 4 and q["ready"] == 4 and q["delayed"] == 3 and q["due"] == 0
     assert status["paused"] is True and status["limits"]["max"] == 4
     # The CHECK_INTERVAL drop-in replaces the shipped 180 s trigger instead of adding one.
     timers = system.sh("systemctl show -P TimersMonotonic dramactl.timer").stdout
