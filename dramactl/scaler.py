@@ -32,6 +32,20 @@ if TYPE_CHECKING:  # share is imported only with FLEET_NAME: a single host's tic
 
 log = logging.getLogger("dramactl.scaler")
 START_WAIT = 30.0  # seconds a tick waits for start jobs (READY=1); a slower one is seen as activating next tick
+STOP_WAIT_FLOOR = 5.0  # a tick waits at least this for its stop jobs (an idle Dramatiq worker exits within its one-second polls)
+
+
+def stop_wait(settings: Settings, elapsed: float | None = None) -> float:
+    """How long a tick waits for its stop jobs (the drain): GRACEFUL_SHUTDOWN_TIMEOUT + 5 s, at
+    most 30 s; within a tick that began ``elapsed`` seconds ago, also no later than a second
+    before the next tick is due. The timer does not start a tick while one runs, so a longer
+    wait would put off the next tick's reaction to whatever arrives meanwhile (and shift every
+    later tick); a drain still under way is shown as "draining" and read next tick as a unit
+    stopping. At least STOP_WAIT_FLOOR, so an idle instance's stop is reported as done."""
+    wait = min(settings.graceful_shutdown_timeout + 5.0, 30.0)
+    if elapsed is not None:
+        wait = min(wait, max(STOP_WAIT_FLOOR, float(settings.check_interval) - elapsed - 1.0))
+    return wait
 
 
 class Busy(RuntimeError):
@@ -203,15 +217,17 @@ def threads_of(settings: Settings, state: ScalerState) -> int:
 
 
 def _apply(
-    fleet: Fleet, settings: Settings, instances: Sequence[WorkerUnit], changes: Plan, threads: int, reset: Sequence[int] = ()
+    fleet: Fleet, settings: Settings, instances: Sequence[WorkerUnit], changes: Plan, threads: int, reset: Sequence[int] = (),
+    elapsed: float | None = None,
 ) -> tuple[list[JobResult], list[JobResult]]:
+    """Stop, then start, and wait for the jobs; ``elapsed``: the seconds since the tick
+    began (its stop jobs are waited for only until shortly before the next tick)."""
     if changes.picks:
         log.info("stop %s", " ".join(str(p) for p in changes.picks))
     if changes.start:
         worker_argv(settings, threads)  # a command that cannot run stops us before any change
     fleet.reset_failed(reset)
-    stop_wait = min(settings.graceful_shutdown_timeout + 5.0, 30.0)
-    stopped = fleet.stop(changes.stop, timeout=stop_wait)
+    stopped = fleet.stop(changes.stop, timeout=stop_wait(settings, elapsed))
     start_wait = START_WAIT
     started: list[JobResult] = []
     todo = list(changes.start)
@@ -284,7 +300,8 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
         with paused_through(settings, client, probe.instances, waited_before, paused, changes.stop, now):
             if decision.delta or decision.reset:
                 acting = time.monotonic()
-                outcome.started, outcome.stopped = _apply(fleet, settings, instances, changes, threads_of(settings, state), decision.reset)
+                outcome.started, outcome.stopped = _apply(
+                    fleet, settings, instances, changes, threads_of(settings, state), decision.reset, elapsed=acting - started)
                 if outcome.started and not outcome.stopped and all(j.result == "done" for j in outcome.started):
                     # Start jobs end at READY=1 (Type=notify): how long an instance takes to consume.
                     took = round(time.monotonic() - acting, 3)
@@ -362,7 +379,7 @@ def _recycle(fleet: Fleet, settings: Settings, instances: Sequence[WorkerUnit], 
     if pick is None:
         return 0
     rolled = rollout.recycle(
-        fleet, instances, pick, settings.max_processes, start_timeout=START_WAIT, stop_wait=min(settings.graceful_shutdown_timeout + 5.0, 30.0),
+        fleet, instances, pick, settings.max_processes, start_timeout=START_WAIT, stop_wait=stop_wait(settings),
         seat=seat,
     )
     outcome.recycled, outcome.failure = str(pick), rolled.failure

@@ -41,7 +41,8 @@ instance drains to completion: the messages it already holds run, new ones go to
 instances that stay, and once it is idle the next tick stops it as idle. Before this, an
 instance waited for kept fetching and the wait lasted until *some* instance happened to be
 idle at a tick, which cost worker-seconds (``python -m bench.victim_rules``: ocr-day 5-6 %
-over the highest-number rule's, 1.8-2.8 % with the pause). For an app whose mean task is
+over the highest-number rule's, 1.8-2.8 % with the pause, none once the hook fetched only for
+free threads: a waited-for instance then holds no prefetched messages). For an app whose mean task is
 shorter than G the intake is not paused: only a task older than G/2 is waited for, new ones
 are young, so the wait ends with that task whatever the instance takes meanwhile, and
 pausing would only leave its free threads idle while the queue fills. Nor while messages

@@ -2,7 +2,8 @@
 
 Messages arrive (from a :class:`~bench.traces.Trace`) into one FIFO queue (Redis).
 Workers fetch them, each holding at most ``prefetch`` unacked messages as Dramatiq's
-consumer does (2 x threads), and serve them with their threads in order. Workers are
+consumer does (2 x threads), or only as many as its threads while the mean task is
+long or unknown (the worker hook's gate), and serve them with their threads in order. Workers are
 systemd instances that take a few seconds to start consuming; a stopped worker hands
 its not-yet-started messages back and drains the rest with Dramatiq's rule: what
 finishes within GRACEFUL_SHUTDOWN_TIMEOUT (``grace``) is done; what is still running
@@ -22,7 +23,8 @@ the highest.
 
 A tick takes time, as the scaler's does: its start jobs last until the instances are
 READY (at most ``START_WAIT``), its stop jobs until the stopped instances drained
-their started messages (at most ``STOP_WAIT``); the next tick comes at the later of
+their started messages (at most ``STOP_WAIT``, and a second before the next tick is due,
+as :func:`dramactl.scaler.stop_wait`); the next tick comes at the later of
 its schedule and the end of this one (the timer does not start a running service).
 The scaler's recorded start-up reaches the controller through ``observe_startup`` when
 it has one: how long its start jobs took when they all ended within ``START_WAIT``,
@@ -34,10 +36,10 @@ not acted for :data:`REST` seconds, so every policy does all the work and its st
 after the work are counted; worker-seconds run to the last completion or the last
 action, whichever is later, and are comparable with :mod:`bench.bound`.
 
-Simplifications: the worker holding the fewest messages fetches first (no poll
-back-off), no delayed messages, the hook's counters and reports are exact (the real
-hook flushes once a second), the scaler's "start one first when none is active" is
-not modelled.
+Simplifications: the consumers' race is a fair draw among those with room (no poll
+back-off; the gate's mean task is the fleet's, the hook's its process's), no delayed
+messages, the hook's counters and reports are exact (the real hook flushes once a
+second), the scaler's "start one first when none is active" is not modelled.
 """
 
 from __future__ import annotations
@@ -58,12 +60,14 @@ from .traces import Trace
 
 INF = float("inf")
 START_WAIT = 30.0  # scaler.START_WAIT: how long a tick waits for its start jobs
-STOP_WAIT = 30.0  # scaler._apply: min(GRACEFUL_SHUTDOWN_TIMEOUT + 5, 30)
+STOP_WAIT = 30.0  # scaler.stop_wait: min(GRACEFUL_SHUTDOWN_TIMEOUT + 5, 30) ...
+STOP_WAIT_FLOOR = 5.0  # ... and no later than a second before the next tick, but at least this (scaler.STOP_WAIT_FLOOR)
 GRACE = 30.0  # GRACEFUL_SHUTDOWN_TIMEOUT's default: what a stopped worker's running messages get to finish
 HEARTBEAT = 60.0  # Dramatiq's heartbeat timeout: a cut-off message is redelivered this long after
 REST = 600.0  # after the last message, ticks go on until the fleet has not acted for this long (twice HPA's 300 s
               # scale-down window): a policy's stops after the work ends are counted, and its idle fleet until then
 VICTIMS = ("least-busy", "highest", "random")
+LONG_TASK_SECONDS = 1.0  # the worker hook's: from this mean task its consumers fetch only for free threads
 
 
 class Controller(Protocol):
@@ -243,6 +247,7 @@ class _Run:
             raise ValueError(f"victim rule {victim!r}: one of {', '.join(VICTIMS)}")
         self.victim, self.grace, self.heartbeat = victim, grace, heartbeat
         self.victim_rng = random.Random(f"{workload.seed}/{workload.trace.name}/victims")
+        self.fetch_rng = random.Random(f"{workload.seed}/{workload.trace.name}/fetch")  # which consumer's fetch comes first
         self.waiting_since: float | None = None  # least-busy: a scale-down waits for long tasks since
         self.timers: list[tuple[float, int, str, object]] = []  # drain cut-offs and redeliveries
         self.cancelled: set[int] = set()  # completion seqs of messages cut off
@@ -294,13 +299,19 @@ class _Run:
         heapq.heappush(self.completions, (now + self.services[m], self.seq, w, m))
 
     def fetch(self, now: float) -> None:
-        """Hand ready messages to consuming workers below their prefetch limit."""
+        """Hand ready messages to consuming workers as Dramatiq's consumers take them: they
+        race, each fetching whenever it holds fewer than its limit, so a fetch goes to a
+        worker drawn at random among those with room, and takes all the room it has. The
+        limit is the threads while the mean task is long (:data:`LONG_TASK_SECONDS`) or not
+        known yet (the worker hook's :class:`FreeThreads` fetches only for free threads), else
+        the prefetch."""
+        limit = self.threads if not self.done or self.busy / self.done >= LONG_TASK_SECONDS else self.prefetch
         while self.waiting:
-            consuming = [w for w in self.workers if w.ready and w.stopping_since is None and not w.paused and w.outstanding < self.prefetch]
+            consuming = [w for w in self.workers if w.ready and w.stopping_since is None and not w.paused and w.outstanding < limit]
             if not consuming:
                 return
-            w = min(consuming, key=lambda w: w.outstanding)
-            for _ in range(min(len(self.waiting), self.prefetch - w.outstanding)):  # one fetch: all it may hold
+            w = consuming[0] if len(consuming) == 1 else self.fetch_rng.choice(consuming)
+            for _ in range(min(len(self.waiting), limit - w.outstanding)):  # one fetch: all it may hold
                 m = self.waiting.popleft()
                 self.in_flight += 1
                 if w.busy < self.threads:
@@ -415,7 +426,7 @@ class _Run:
         for w in self.victims(up, len(up) - target, now, backlog) if target < len(up) else []:
             acted = True
             self.stop(w, now)
-            ends = max(ends, min(w.last_done, now + self.grace, now + STOP_WAIT))
+            ends = max(ends, min(w.last_done, now + self.grace, now + STOP_WAIT, now + max(STOP_WAIT_FLOOR, self.interval - 1.0)))
         self.actions += acted
         self.after_end += acted and now >= self.workload.trace.duration
         if acted:

@@ -71,3 +71,35 @@ def test_a_manual_scale_ends_the_pauses_after_its_stops(redis: redis_lib.Redis, 
     assert len(stopped) == 2
     assert [sorted(int(k) for k in m) for m in here.marks_at_stop] == [sorted(stopped)], "marked through their stop"
     assert not redis.exists(intake.pause_key(settings.namespace)), "no mark left: @3 started again would not boot paused"
+
+
+class Timing(StandIn):
+    """Records how long each stop job is waited for."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.stop_timeouts: list[float] = []
+
+    def stop(self, numbers: Iterable[int], timeout: float = 90.0) -> list[JobResult]:
+        numbers = tuple(numbers)
+        if numbers:
+            self.stop_timeouts.append(timeout)
+        return super().stop(numbers, timeout)
+
+
+def test_a_tick_waits_for_its_stop_jobs_only_until_shortly_before_the_next_tick(redis: redis_lib.Redis, settings_env: dict[str, str]) -> None:
+    """The timer does not start a tick while one runs: a tick that waited GRACEFUL_SHUTDOWN_TIMEOUT + 5 s
+    for a drain would put off the next one. The tick's stop jobs are waited for until a second before the
+    next tick is due; a manual scale-down (no next tick to keep) waits the whole drain."""
+    settings = parse({**settings_env, "DRAMATIQ_QUEUE_NAME": "q1", "POLICY": "step", "MIN_PROCESSES": "1", "MAX_PROCESSES": "4",
+                      "CHECK_INTERVAL": "15", "SCALE_DOWN_STABILIZATION": "0", "GRACEFUL_SHUTDOWN_TIMEOUT": "60"})
+    here = Timing(redis, settings)
+    scaler.scale_to(settings, 3, fleet=here)  # type: ignore[arg-type]
+    scaler.set_paused(settings, False)
+    scaler.scale_to(settings, 2, fleet=here)  # type: ignore[arg-type]
+    scaler.set_paused(settings, False)
+    outcome = scaler.tick(settings, fleet=here)  # type: ignore[arg-type]
+    assert outcome.decision.target == 1, outcome.decision.reason
+    manual, ticked = here.stop_timeouts
+    assert manual == 30.0, "scale-to waits the whole drain (at most 30 s)"
+    assert 5.0 <= ticked <= 14.0, f"the tick waited {ticked}s for its stop: past the next tick (15 s)"

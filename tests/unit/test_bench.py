@@ -225,15 +225,66 @@ class _TwoUntilSixty:
 
 
 def test_an_instance_the_scale_down_waits_for_takes_no_new_message() -> None:
-    """As dramactl.intake: the app's tasks outlast the drain (mean 40 s > G, from a and b), so at
-    t=60 the scale-down waits for @2's 500 s task (the most recent start) and pauses @2's intake.
-    The 5 s message at t=70 then goes to @1 (a prefetch slot behind its two 1000 s tasks), not to
-    @2's free thread; @2 runs d to its end and is stopped idle, nothing cut."""
+    """As dramactl.intake: @1 takes the two 1000 s messages (alone at first; a prefetch of 2 leaves
+    it no room for more), @2 (started by the first tick) the two 40 s ones, so the app's tasks outlast the drain (mean 40 s > G) and the
+    hook's gate has each worker fetch only for its free threads. @2 begins the 500 s message at 51;
+    at t=60 the scale-down waits for it (the most recent start) and pauses @2's intake. The 5 s
+    message at t=70 then stays in Redis (@1 has no free thread, @2 is paused) until the tick at
+    75, which lifts the pause because a message waits for a thread (:func:`victims.messages_wait`),
+    and @2's free thread takes it; @2 runs its tasks to their end and is stopped idle, nothing cut."""
     trace = Trace("pause", 100.0, lambda t: 0.0, 0.0)
-    arrivals = [0.0, 0.1, 0.2, 0.3, 51.0, 70.0]
-    services = [1000.0, 40.0, 1000.0, 40.0, 500.0, 5.0]
-    workload = Workload(trace, WorkerModel(threads=2, prefetch=3), arrivals=arrivals, services=services, startups=[1.0] * 8, seed=1)
-    result = simulate(workload, _TwoUntilSixty(), policy="t", interval=15, initial_workers=2, min_workers=1, victim="least-busy", keep_ticks=True)
+    arrivals = [0.0, 0.1, 2.0, 2.1, 51.0, 70.0]
+    services = [1000.0, 1000.0, 40.0, 40.0, 500.0, 5.0]
+    workload = Workload(trace, WorkerModel(threads=2, prefetch=2), arrivals=arrivals, services=services, startups=[1.0] * 8, seed=1)
+    result = simulate(workload, _TwoUntilSixty(), policy="t", interval=15, initial_workers=1, min_workers=1, victim="least-busy", keep_ticks=True)
     assert (result.cut, result.discarded) == (0, 0.0)
-    assert result.waits[5] >= 900.0, "the paused @2 left the new message to @1 (unpaused, its free thread takes it at once)"
-    assert result.waits[4] == 0.0 and result.horizon == 1005.0
+    assert result.waits[5] == 5.0, "the message waited in Redis for the tick that lifted the pause (not taken by the paused worker, nor fetched behind @1's busy threads)"
+    assert result.waits[4] == 0.0 and result.horizon == 1000.1
+
+
+def test_the_simulator_gates_fetches_from_the_hooks_mean_task() -> None:
+    """The simulator's consumers fetch only for free threads from the worker hook's threshold
+    (the hook cannot be imported here: its import installs it on Dramatiq's broker)."""
+    from pathlib import Path
+
+    import dramactl
+    from dramactl.sim.simulator import LONG_TASK_SECONDS
+
+    source = (Path(dramactl.__file__).with_name("hook") / "dramactl_ready.py").read_text()
+    line = next(x for x in source.splitlines() if x.startswith("LONG_TASK_SECONDS = "))
+    assert float(line.split("=")[1].split("#")[0]) == LONG_TASK_SECONDS
+
+
+class _Two:
+    def target(self, backlog, units, now):
+        return 2
+
+
+def test_a_message_waits_for_a_free_thread_in_redis_once_tasks_are_long() -> None:
+    """Two 1-thread workers with a prefetch of 2. The first message's length sets the mean task;
+    then a 100 s and a 105 s task arrive, and two 1 s messages. With long tasks (mean >=
+    LONG_TASK_SECONDS) each worker fetches only for a free thread: the 105 s task goes to the
+    other worker, and the 1 s messages wait in Redis for the first thread to be free (105, then
+    106 once the first of them is done). With short tasks the consumers fetch up to their
+    prefetch, whichever draws first, and some message waits behind a long task longer."""
+    trace = Trace("gate", 10.0, lambda t: 0.0, 0.0)
+    arrivals = [0.0, 5.0, 5.1, 7.0, 8.0]
+    waits = {}
+    for first in (2.0, 0.5):
+        services = [first, 100.0, 105.0, 1.0, 1.0]
+        workload = Workload(trace, WorkerModel(threads=1, prefetch=2), arrivals=arrivals, services=services, startups=[1.0] * 8, seed=1)
+        waits[first] = simulate(workload, _Two(), policy="t", interval=15, initial_workers=2, min_workers=1).waits
+    assert [round(w, 6) for w in waits[2.0]] == [0.0, 0.0, 0.0, 98.0, 98.0]
+    assert max(waits[0.5]) > 99.0, waits[0.5]
+
+
+def test_the_simulator_waits_for_jobs_as_the_scaler_does() -> None:
+    from dramactl import scaler
+    from dramactl.settings import parse
+    from dramactl.sim import simulator
+
+    assert (simulator.START_WAIT, simulator.STOP_WAIT_FLOOR) == (scaler.START_WAIT, scaler.STOP_WAIT_FLOOR)
+    settings = parse({"DRAMATIQ_COMMAND": "dramatiq app", "CHECK_INTERVAL": "15"})
+    assert scaler.stop_wait(settings) == simulator.STOP_WAIT == 30.0
+    assert scaler.stop_wait(settings, elapsed=0.0) == 14.0, "a second before the next tick"
+    assert scaler.stop_wait(settings, elapsed=12.0) == simulator.STOP_WAIT_FLOOR
