@@ -11,7 +11,8 @@ broker heartbeat goes on: the running tasks are not counted dead and handed out 
 The marks are the HASH ``<ns>:__dramactl__.pause.<host>`` (``<host>`` as in
 :mod:`dramactl.reports`): field ``<instance>``, value the epoch ms of the tick that set
 it. Each tick rewrites the hash to exactly the instances it waits for and pauses
-(:func:`dramactl.victims.to_pause`), plus, until their stop jobs ran, the instances it
+(:func:`dramactl.victims.to_pause`), plus, until their stop jobs ran (or the tick stopped
+waiting for them: the SIGTERM was sent, and the hook pauses on it), the instances it
 stops, and sets its expiry to :func:`hold_seconds` (three tick intervals and a minute);
 a tick that pauses none deletes it, and so does a manual scale or a rolling restart
 once it has acted (``scaler.pauses_ended``: they end any wait). When the scaler stops

@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # share is imported only with FLEET_NAME: a single host's tic
 
 log = logging.getLogger("dramactl.scaler")
 START_WAIT = 30.0  # seconds a tick waits for start jobs (READY=1); a slower one is seen as activating next tick
-STOP_WAIT_FLOOR = 5.0  # a tick waits at least this for its stop jobs (an idle Dramatiq worker exits within its one-second polls)
+STOP_WAIT_FLOOR = 10.0  # a tick waits at least this for its stop jobs: an idle Dramatiq worker exits within its one-second
+                        # polls (the drains in docs/deploys.md took 2.0-3.6 s), with room for a loaded host
 
 
 def stop_wait(settings: Settings, elapsed: float | None = None) -> float:
@@ -41,7 +42,8 @@ def stop_wait(settings: Settings, elapsed: float | None = None) -> float:
     before the next tick is due. The timer does not start a tick while one runs, so a longer
     wait would put off the next tick's reaction to whatever arrives meanwhile (and shift every
     later tick); a drain still under way is shown as "draining" and read next tick as a unit
-    stopping. At least STOP_WAIT_FLOOR, so an idle instance's stop is reported as done."""
+    stopping (not up: neither MAX nor the fleet's claim counts it, as for drains past 30 s
+    before). At least STOP_WAIT_FLOOR, so an idle instance's stop is reported as done."""
     wait = min(settings.graceful_shutdown_timeout + 5.0, 30.0)
     if elapsed is not None:
         wait = min(wait, max(STOP_WAIT_FLOOR, float(settings.check_interval) - elapsed - 1.0))
@@ -338,8 +340,8 @@ def paused_through(
     paused: Sequence[int] = (), stopping: Sequence[int] = (), now: float | None = None,
 ) -> Iterator[None]:
     """The intake pauses (intake.py) around a step's jobs. Before them: exactly ``paused``,
-    and every instance the step stops, until its stop job has run (unpaused before the
-    SIGTERM reaches Dramatiq's worker, its free threads would start messages the stop cuts;
+    and every instance the step stops, until its stop job has run or the step stopped
+    waiting for it, the SIGTERM sent either way (unpaused before the SIGTERM reaches Dramatiq's worker, its free threads would start messages the stop cuts;
     a report lags its mark by a flush, so all of them; marked, an instance fetches nothing
     in its drain, which would only requeue it). After them: ``paused`` alone. Nothing is
     written when no mark can exist and none is wanted (``waited_before``: the last tick

@@ -61,7 +61,7 @@ from .traces import Trace
 INF = float("inf")
 START_WAIT = 30.0  # scaler.START_WAIT: how long a tick waits for its start jobs
 STOP_WAIT = 30.0  # scaler.stop_wait: min(GRACEFUL_SHUTDOWN_TIMEOUT + 5, 30) ...
-STOP_WAIT_FLOOR = 5.0  # ... and no later than a second before the next tick, but at least this (scaler.STOP_WAIT_FLOOR)
+STOP_WAIT_FLOOR = 10.0  # ... and no later than a second before the next tick, but at least this (scaler.STOP_WAIT_FLOOR)
 GRACE = 30.0  # GRACEFUL_SHUTDOWN_TIMEOUT's default: what a stopped worker's running messages get to finish
 HEARTBEAT = 60.0  # Dramatiq's heartbeat timeout: a cut-off message is redelivered this long after
 REST = 600.0  # after the last message, ticks go on until the fleet has not acted for this long (twice HPA's 300 s
