@@ -106,7 +106,8 @@ def verdicts(results: Sequence[RunResult], default: str, steady: Sequence[str], 
       (:class:`~bench.policies.ReferenceController`, ``python -m bench.oracle``);
     * steady traces: worker-seconds <= 1.3 x the lower bound (dramactl/sim/bound.py);
     * low-rate traces: p95 <= HPA's + one tick, at <= HPA's worker-seconds;
-    * every trace: not dominated by HPA; actions/h <= 2 x HPA's (HPA counted as at least 4/h).
+    * every trace: not dominated by HPA; actions/h <= 2 x HPA's (HPA counted as at least 4/h);
+      no instance stopped within its start-up of being started (before its READY=1).
     """
     by = summarize(results)
     traces = list(dict.fromkeys(r.trace for r in results))
@@ -133,6 +134,11 @@ def verdicts(results: Sequence[RunResult], default: str, steady: Sequence[str], 
         d, h = by[t, default], by[t, HPA]
         limit = CALM_FACTOR * max(CALM_FLOOR, h.actions_per_hour)
         out.append(Verdict(d.actions_per_hour <= limit, f"{t}: {d.actions_per_hour:.1f} actions/h <= {CALM_FACTOR:g}x HPA's {h.actions_per_hour:.1f} (at least {CALM_FLOOR:g}): {limit:.1f}; flaps {d.flaps_per_hour:.1f}/h vs HPA's {h.flaps_per_hour:.1f}/h"))
+    for t in traces:
+        d, h = by[t, default], by[t, HPA]
+        young = sum(r.stopped_starting for r in d.runs)
+        out.append(Verdict(young == 0, f"{t}: no instance stopped within its start-up of being started: {young} "
+                                       f"(HPA's {sum(r.stopped_starting for r in h.runs)}, over {len(d.runs)} seeds)"))
     for t in traces:
         if t not in steady:
             d, c = by[t, default], by[t, CLAIRVOYANT]

@@ -148,6 +148,7 @@ class RunResult:
     cut: int = 0  # messages cut off by scale-downs
     deferred: int = 0  # ticks that stopped instances a scale-down had waited for (least-busy's wait split it)
     after_end: int = 0  # actions at or after the trace's end: the arrivals have stopped and the fleet drains
+    stopped_starting: int = 0  # instances stopped within their start-up of being started (before READY=1)
 
     def wait_percentile(self, q: float) -> float:
         """Nearest-rank percentile of the queue waits."""
@@ -274,6 +275,7 @@ class _Run:
         self.started = 0
         self.actions = 0
         self.after_end = 0
+        self.stopped_starting = 0
         self.moves: list[tuple[int, int]] = []  # (tick number, direction) of every tick that acted
         self.tick_count = 0
         self.live = initial_workers
@@ -425,6 +427,7 @@ class _Run:
             self.waiting_since = None  # as scaler.tick: a tick that does not wait (no scale-down) ends the wait
         for w in self.victims(up, len(up) - target, now, backlog) if target < len(up) else []:
             acted = True
+            self.stopped_starting += now < w.ready_at
             self.stop(w, now)
             ends = max(ends, min(w.last_done, now + self.grace, now + STOP_WAIT, now + max(STOP_WAIT_FLOOR, self.interval - 1.0)))
         self.actions += acted
@@ -506,4 +509,5 @@ def simulate(
     return RunResult(
         workload.trace.name, policy, list(run.waits.values()), run.worker_seconds, bound, run.peak, run.actions, workload.trace.duration,
         run.ticks, run.horizon, workload.seed, count_flaps(run.moves), run.discarded, run.cut, run.deferred, run.after_end,
+        run.stopped_starting,
     )

@@ -19,17 +19,19 @@ from dramactl.settings import parse
 from tests.integration.test_replace_in_fleet import StandIn
 
 
-class Watching(StandIn):
-    """Records this host's pause marks at each stop job."""
+class Recording(StandIn):
+    """Records, at each stop job, this host's pause marks and how long the job is waited for."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.marks_at_stop: list[dict] = []
+        self.stop_timeouts: list[float] = []
 
     def stop(self, numbers: Iterable[int], timeout: float = 90.0) -> list[JobResult]:
         numbers = tuple(numbers)
         if numbers:
             self.marks_at_stop.append(self.client.hgetall(intake.pause_key(self.settings.namespace)))
+            self.stop_timeouts.append(timeout)
         return super().stop(numbers, timeout)
 
 
@@ -42,7 +44,7 @@ def report(redis: redis_lib.Redis, namespace: str, number: int, busy: int, pause
 def test_a_paused_instance_the_tick_stops_keeps_its_mark_until_its_stop_began(redis: redis_lib.Redis, settings_env: dict[str, str]) -> None:
     settings = parse({**settings_env, "DRAMATIQ_QUEUE_NAME": "q1", "POLICY": "step", "MIN_PROCESSES": "1", "MAX_PROCESSES": "4",
                       "CHECK_INTERVAL": "15", "SCALE_DOWN_STABILIZATION": "0"})
-    here = Watching(redis, settings)
+    here = Recording(redis, settings)
     scaler.scale_to(settings, 2, fleet=here)  # type: ignore[arg-type]
     scaler.set_paused(settings, False)
     # @2 was waited for and paused by an earlier tick; its long task is done: idle, still paused.
@@ -60,7 +62,7 @@ def test_a_manual_scale_ends_the_pauses_after_its_stops(redis: redis_lib.Redis, 
     marked through their stop, and no mark is left after it (a number started again by the
     next `scale-up` would otherwise boot paused until the next tick)."""
     settings = parse({**settings_env, "DRAMATIQ_QUEUE_NAME": "q1", "MIN_PROCESSES": "1", "MAX_PROCESSES": "4", "CHECK_INTERVAL": "15"})
-    here = Watching(redis, settings)
+    here = Recording(redis, settings)
     scaler.scale_to(settings, 3, fleet=here)  # type: ignore[arg-type]
     assert intake.write(redis, settings.namespace, [3], time.time(), settings.check_interval) is None
     report(redis, settings.namespace, 1, busy=1, paused=False)
@@ -73,20 +75,6 @@ def test_a_manual_scale_ends_the_pauses_after_its_stops(redis: redis_lib.Redis, 
     assert not redis.exists(intake.pause_key(settings.namespace)), "no mark left: @3 started again would not boot paused"
 
 
-class Timing(StandIn):
-    """Records how long each stop job is waited for."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.stop_timeouts: list[float] = []
-
-    def stop(self, numbers: Iterable[int], timeout: float = 90.0) -> list[JobResult]:
-        numbers = tuple(numbers)
-        if numbers:
-            self.stop_timeouts.append(timeout)
-        return super().stop(numbers, timeout)
-
-
 def test_a_tick_waits_for_its_stop_jobs_only_until_shortly_before_the_next_tick(redis: redis_lib.Redis, settings_env: dict[str, str]) -> None:
     """The timer does not start a tick while one runs: a tick that waited GRACEFUL_SHUTDOWN_TIMEOUT + 5 s
     for a drain would put off the next one. The tick's stop jobs are waited for until a second before the
@@ -94,7 +82,7 @@ def test_a_tick_waits_for_its_stop_jobs_only_until_shortly_before_the_next_tick(
     at most 30 s)."""
     settings = parse({**settings_env, "DRAMATIQ_QUEUE_NAME": "q1", "POLICY": "step", "MIN_PROCESSES": "1", "MAX_PROCESSES": "4",
                       "CHECK_INTERVAL": "15", "SCALE_DOWN_STABILIZATION": "0", "GRACEFUL_SHUTDOWN_TIMEOUT": "60"})
-    here = Timing(redis, settings)
+    here = Recording(redis, settings)
     scaler.scale_to(settings, 3, fleet=here)  # type: ignore[arg-type]
     scaler.set_paused(settings, False)
     scaler.scale_to(settings, 2, fleet=here)  # type: ignore[arg-type]
