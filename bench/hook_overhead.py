@@ -9,8 +9,9 @@ set, as ``dramactl worker-exec`` sets it): its report, its read of the intake pa
 its fetch wrapper are all on. With ``--service 1`` or more the reporter's gate
 (:class:`FreeThreads`) fetches only for free threads: the cost measured is then also a
 freed thread's wait for its next message. Throughput is messages / seconds from the
-worker's start to the last completion. Prints each round, the medians, and a PASS/FAIL line against the
-budget: the median throughput with the reporter >= 99 % of the median without.
+worker's start to the last completion. Prints each round, the medians, the mean of the rounds' paired
+overheads with its 95 % interval, and a PASS/FAIL line against the budget: the median throughput with the
+reporter >= 99 % of the median without.
 """
 
 from __future__ import annotations
@@ -100,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         a, b = statistics.median(without), statistics.median(with_)
         ratio = b / a
         print(f"median: without {a:.1f} msg/s, with {b:.1f} msg/s: {ratio * 100:.2f} % ({(1 - ratio) * 100:+.2f} % overhead)")
+        if args.rounds >= 2:
+            # Each round's pair ran back to back: the overhead per round, its mean and the mean's 95 % interval
+            # (normal approximation) say how far the figure can be trusted at this machine's noise.
+            paired = [100.0 * (1.0 - w / o) for o, w in zip(without, with_)]
+            mean, half = statistics.fmean(paired), 1.96 * statistics.stdev(paired) / len(paired) ** 0.5
+            print(f"paired by round: overhead {mean:+.2f} % on average, 95 % interval {mean - half:+.2f} .. {mean + half:+.2f} %")
         ok = ratio >= BUDGET
         print(f"{'PASS' if ok else 'FAIL'}  work report overhead {(1 - ratio) * 100:.2f} % <= {(1 - BUDGET) * 100:g} % of throughput on {args.service * 1000:g} ms messages")
         return 0 if ok else 1

@@ -35,8 +35,8 @@ FLEET_SETTINGS = {
     "min_processes": ("MIN_PROCESSES", int),
     "fleet_max_processes": ("FLEET_MAX_PROCESSES", int),
     "policy": ("POLICY", str),
-    "scale_up_multiplier": ("SCALE_UP_MULTIPLIER", float),
-    "scale_down_multiplier": ("SCALE_DOWN_MULTIPLIER", float),
+    "scale_up_multiplier": ("SCALE_UP_THRESHOLD_MULTIPLIER", float),
+    "scale_down_multiplier": ("SCALE_DOWN_THRESHOLD_MULTIPLIER", float),
     "target_backlog_per_worker": ("TARGET_BACKLOG_PER_WORKER", float),
     "max_queue_wait": ("MAX_QUEUE_WAIT", float),
     "max_scale_up_step": ("MAX_SCALE_UP_STEP", int),
@@ -149,7 +149,7 @@ def parse_values(raw: bytes | str) -> dict:
     if out["fleet_max_processes"] and out["fleet_max_processes"] < out["min_processes"]:
         raise DamagedState(f"settings: FLEET_MAX_PROCESSES {out['fleet_max_processes']} below MIN_PROCESSES {out['min_processes']}")
     if out["scale_down_multiplier"] >= out["scale_up_multiplier"]:
-        raise DamagedState("settings: SCALE_DOWN_MULTIPLIER not below SCALE_UP_MULTIPLIER")
+        raise DamagedState("settings: SCALE_DOWN_THRESHOLD_MULTIPLIER not below SCALE_UP_THRESHOLD_MULTIPLIER")
     return out
 
 

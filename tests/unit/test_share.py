@@ -480,3 +480,22 @@ def test_a_plain_heartbeat_reads_back_as_written_through_the_one_pass_check(entr
     raw = entry.to_json()
     assert _plain(HostEntry, entry.name, json.loads(raw), None) == entry
     assert HostEntry.parse(entry.name, raw) == entry
+
+
+def test_the_fleet_settings_are_named_as_an_operator_sets_them() -> None:
+    """A host whose fleet-wide settings differ from the fleet's record is told which, by the name it
+    sets in dramactl.env: each name in the record's list is the one `settings.parse` reads for
+    that value (the two threshold multipliers were named SCALE_UP_MULTIPLIER and
+    SCALE_DOWN_MULTIPLIER, which no setting is)."""
+    from dramactl.fleetrecords import FLEET_SETTINGS, differences
+
+    other = {"min_processes": "2", "fleet_max_processes": "9", "policy": "default", "scale_up_multiplier": "3.5",
+             "scale_down_multiplier": "0.25", "target_backlog_per_worker": "7", "max_queue_wait": "45", "max_scale_up_step": "3",
+             "scale_down_stabilization": "90", "max_scale_down_step": "2"}
+    assert set(other) == set(FLEET_SETTINGS)
+    here = parse(SETTINGS)
+    for key, (name, _) in FLEET_SETTINGS.items():
+        assert getattr(parse({**SETTINGS, name: other[key]}), key) != getattr(here, key), f"{name} does not set {key}"
+    fleet = {k: getattr(here, k) for k in FLEET_SETTINGS}
+    mine = parse({**SETTINGS, "SCALE_UP_THRESHOLD_MULTIPLIER": "3.5"})
+    assert differences(mine, fleet) == [f"SCALE_UP_THRESHOLD_MULTIPLIER=3.5 here, {here.scale_up_multiplier} for the fleet"]
