@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from dramactl.fleetrecords import FLEET_SETTINGS, differences
 from dramactl.settings import SettingsError, parse
 from dramactl.share import FleetDecision, HostEntry, fleet_cap, plan_share, room_for, split
 from dramactl.stats import FleetBacklog
@@ -487,8 +488,6 @@ def test_the_fleet_settings_are_named_as_an_operator_sets_them() -> None:
     sets in dramactl.env: each name in the record's list is the one `settings.parse` reads for
     that value (the two threshold multipliers were named SCALE_UP_MULTIPLIER and
     SCALE_DOWN_MULTIPLIER, which no setting is)."""
-    from dramactl.fleetrecords import FLEET_SETTINGS, differences
-
     other = {"min_processes": "2", "fleet_max_processes": "9", "policy": "default", "scale_up_multiplier": "3.5",
              "scale_down_multiplier": "0.25", "target_backlog_per_worker": "7", "max_queue_wait": "45", "max_scale_up_step": "3",
              "scale_down_stabilization": "90", "max_scale_down_step": "2"}
