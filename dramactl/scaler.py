@@ -341,7 +341,8 @@ def paused_through(
 ) -> Iterator[None]:
     """The intake pauses (intake.py) around a step's jobs. Before them: exactly ``paused``,
     and every instance the step stops, until its stop job has run or the step stopped
-    waiting for it, the SIGTERM sent either way (unpaused before the SIGTERM reaches Dramatiq's worker, its free threads would start messages the stop cuts;
+    waiting for it, the SIGTERM sent either way (unpaused before the SIGTERM reaches
+    Dramatiq's worker, its free threads would start messages the stop cuts;
     a report lags its mark by a flush, so all of them; marked, an instance fetches nothing
     in its drain, which would only requeue it). After them: ``paused`` alone. Nothing is
     written when no mark can exist and none is wanted (``waited_before``: the last tick

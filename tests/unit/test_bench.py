@@ -195,13 +195,6 @@ def test_the_actions_after_the_arrivals_end_are_counted_apart() -> None:
     assert (after.actions, after.after_end) == (1, 1)
 
 
-class _UpThenDown:
-    """Two workers from the first tick until t=20, then one."""
-
-    def target(self, backlog, units, now):
-        return 2 if now < 20 else 1
-
-
 def test_an_instance_stopped_within_its_start_up_of_being_started_is_counted() -> None:
     """``stopped_starting`` (bench: "no instance stopped within its start-up of being started"):
     @2 is started at t=0; the tick waits at most 30 s for its start job, so the next tick, at
@@ -210,7 +203,7 @@ def test_an_instance_stopped_within_its_start_up_of_being_started_is_counted() -
     def run(startup: float) -> RunResult:
         trace = Trace("young", 60.0, lambda t: 0.0, 0.0)
         workload = Workload(trace, WorkerModel(threads=1, prefetch=1), arrivals=[], services=[], startups=[startup] * 8, seed=1)
-        return simulate(workload, _UpThenDown(), policy="t", interval=15, initial_workers=1, min_workers=1, victim="highest")
+        return simulate(workload, _TwoThenOne(), policy="t", interval=15, initial_workers=1, min_workers=1, victim="highest")
 
     slow, quick = run(40.0), run(5.0)
     assert (slow.actions, slow.stopped_starting) == (2, 1)

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from dramactl.fleetrecords import FLEET_SETTINGS, differences
+from dramactl.fleetrecords import FLEET_SETTINGS, differences, fleet_values
 from dramactl.settings import SettingsError, parse
 from dramactl.share import FleetDecision, HostEntry, fleet_cap, plan_share, room_for, split
 from dramactl.stats import FleetBacklog
@@ -495,6 +495,6 @@ def test_the_fleet_settings_are_named_as_an_operator_sets_them() -> None:
     here = parse(SETTINGS)
     for key, (name, _) in FLEET_SETTINGS.items():
         assert getattr(parse({**SETTINGS, name: other[key]}), key) != getattr(here, key), f"{name} does not set {key}"
-    fleet = {k: getattr(here, k) for k in FLEET_SETTINGS}
+    fleet = fleet_values(here)
     mine = parse({**SETTINGS, "SCALE_UP_THRESHOLD_MULTIPLIER": "3.5"})
     assert differences(mine, fleet) == [f"SCALE_UP_THRESHOLD_MULTIPLIER=3.5 here, {here.scale_up_multiplier} for the fleet"]
