@@ -115,8 +115,9 @@ README_SETTINGS = {"CHECK_INTERVAL": "15", "MAX_PROCESSES": "6", "WORKER_THREADS
 
 def test_readme_status_for_real(system: System) -> None:
     """docs/operations.md's "Status, for real" block: 120 two-second messages land on a fleet of one under the
-    real timer; 20 s later `dramactl status` and the last tick's journal line are printed (run with
-    -s to see them; docs/operations.md shows the output of such a run) and must have that block's shape."""
+    real timer; 20 s later, once the tick that saw them has ended, `dramactl status` and the last tick's journal
+    line are printed (run with -s to see them; docs/operations.md shows the output of such a run) and must have
+    that block's shape."""
     import re
 
     from tests.system.conftest import REPO
@@ -128,10 +129,22 @@ def test_readme_status_for_real(system: System) -> None:
     time.sleep(2)
     system.send(120, 2.0)
     time.sleep(20)
+
+    def ticks() -> list[str]:
+        return [l for l in system.c.journal("dramactl.service").splitlines() if l.startswith("queues ")]
+
+    # The tick that saw them has ended (on a loaded host it can still be running 20 s on: a CI run's was).
+    wait_until(lambda: len(ticks()) > 1, 60, "the tick after the messages landed")
     status = system.dramactl("status").stdout
-    line = [l for l in system.c.journal("dramactl.service").splitlines() if l.startswith("queues ")][-1]
+    line = ticks()[-1]
     print("\n$ dramactl status\n" + status + "\n$ journalctl -u dramactl.service -o cat | grep '^queues' | tail -1\n" + line)
+    # Every tick's lines, timed, for a failure's diagnosis.
+    journal = system.sh("journalctl --no-pager -o short-precise -u dramactl.service").stdout
+    print(journal)
     system.sh("systemctl stop dramactl.timer")
+
+    assert "Failed with result" not in journal, journal  # no tick failed (a wait alone would hide one)
+    assert re.search(r"\| workers 1 -> [2-6] \|", ticks()[1]), journal  # the first tick after they landed grew the fleet
 
     up = re.findall(r"^dramatiq-worker@\d+\.service\s+active \(running\)", status, re.M)
     assert len(up) > 1, status  # the fleet grew from one
