@@ -29,8 +29,8 @@ def test_autoscale_round_trip(system: System) -> None:
         sizes = [int(n) for n in re.findall(r"\| workers 1 -> (\d+) \|", system.c.journal("dramactl.service"))]
         return next((n for n in sizes if n > 1), 0)
 
-    expected = wait_until(grew, 2 * settings.check_interval + 8, "a tick growing the fleet from one")
-    wait_until(lambda: len(system.active()) >= expected, 8, f"{expected} running instances")
+    expected = wait_until(grew, 60, "a tick growing the fleet from one")  # its latency is printed, not asserted
+    wait_until(lambda: len(system.active()) >= expected, 30, f"{expected} running instances")
     grown = time.monotonic() - landed
     assert len(system.active()) <= settings.max_processes
 

@@ -139,7 +139,7 @@ def start_fleet(cluster: Cluster) -> None:
     """Start the timer on every host; wait until all three are registered and live in A's status."""
     for h in cluster.hosts:
         h.start_timer()
-    wait_live(cluster["a"], {h.name for h in cluster.hosts}, 2 * INTERVAL + 10)
+    wait_live(cluster["a"], {h.name for h in cluster.hosts}, 60)
 
 
 def test_three_hosts_share_one_redis(hosts: Cluster) -> None:
@@ -181,7 +181,7 @@ def test_burst_within_fleet_cap_and_each_max_then_drain_to_fleet_min(hosts: Clus
     start_fleet(hosts)
     sent = 600
     with FleetSampler(hosts) as sampler, StatusPoller(hosts["a"]) as poller:
-        wait_until(lambda: sampler.rows and sampler.total(sampler.rows[-1]) == 1 and len(sampler.rows) > 2, 2 * INTERVAL + 10, "the fleet at MIN_PROCESSES=1 before the burst")
+        wait_until(lambda: sampler.rows and sampler.total(sampler.rows[-1]) == 1 and len(sampler.rows) > 2, 60, "the fleet at MIN_PROCESSES=1 before the burst")
         landed = time.time()
         hosts.send(sent, 0.5)
         wait_until(lambda: hosts.counts()["processed"] >= sent, 150, f"all {sent} messages processed", interval=1)
@@ -194,7 +194,7 @@ def test_burst_within_fleet_cap_and_each_max_then_drain_to_fleet_min(hosts: Clus
         wait_until(settled_at_min, 6 + 6 * INTERVAL + 5 + 20, "the fleet back at ONE instance across the hosts", interval=1)
         shrunk = time.time() - done
         # Each host reports its own figures at its own tick: give every host a tick to catch up.
-        deadline = time.monotonic() + 2 * INTERVAL + 5
+        deadline = time.monotonic() + 60
         while True:
             statuses = {h.name: h.status() for h in hosts.hosts}
             if all(settled_status(s, hosts) for s in statuses.values()) or time.monotonic() > deadline:
@@ -247,8 +247,8 @@ def test_a_host_with_a_bad_config_drops_out_and_the_others_carry_on(hosts: Clust
     with FleetSampler(hosts) as sampler, StatusPoller(hosts["a"]) as poller:
         for h in hosts.hosts:
             h.start_timer()
-        wait_until(lambda: error in bad.journal(), 2 * INTERVAL + 5, "C's tick failing on MAX_PROCESSES=abc")
-        wait_live(hosts["a"], {hosts["a"].name, hosts["b"].name}, 2 * INTERVAL + 10)
+        wait_until(lambda: error in bad.journal(), 30, "C's tick failing on MAX_PROCESSES=abc")
+        wait_live(hosts["a"], {hosts["a"].name, hosts["b"].name}, 60)
         hosts.send(sent, 0.5)
         wait_until(lambda: hosts.counts()["processed"] >= sent, 120, f"all {sent} messages processed by A and B", interval=1)
         statuses = {h.name: h.status() for h in (hosts["a"], hosts["b"])}
@@ -319,7 +319,7 @@ def test_a_host_powered_off_mid_burst_is_taken_over_and_nothing_is_lost(hosts: C
         at = wait_until(taken_over, INTERVAL + TTL + SLACK + 15, f"A and B at {expected} after C's power cut", interval=0.5)
         takeover = at - killed
         after = sampler.per_host(row_at(sampler.rows, at) or sampler.rows[-1])
-        wait_until(lambda: c.name not in live_hosts(a.status()), 2 * INTERVAL + 5, "C no longer live in A's status")
+        wait_until(lambda: c.name not in live_hosts(a.status()), 30, "C no longer live in A's status")
         gone = time.time() - killed
         backlog_at_takeover = (row_at(sampler.rows, at) or {}).get("ready")
         wait_until(lambda: hosts.counts()["processed"] >= sent, 180, f"all {sent} messages processed", interval=1)
@@ -350,7 +350,7 @@ def test_a_redis_outage_holds_every_host_and_no_host_takes_the_others_share_afte
     outage = TTL + 2 * INTERVAL
     with FleetSampler(hosts) as sampler:
         hosts.send(sent, 1.0)
-        wait_until(lambda: sampler.rows and sampler.total(sampler.rows[-1]) >= CAP - 1, 3 * INTERVAL + 15, "the fleet near the cap")
+        wait_until(lambda: sampler.rows and sampler.total(sampler.rows[-1]) >= CAP - 1, 60, "the fleet near the cap")
         hosts.redis.down()
         stopped = time.time()
         try:
@@ -358,7 +358,7 @@ def test_a_redis_outage_holds_every_host_and_no_host_takes_the_others_share_afte
         finally:
             hosts.redis.up()
         back = time.time()
-        wait_live(a, {h.name for h in hosts.hosts}, 2 * INTERVAL + 10)
+        wait_live(a, {h.name for h in hosts.hosts}, 60)
         wait_until(lambda: hosts.counts()["processed"] >= sent, 240, f"all {sent} messages processed", interval=1)
 
     # A tick that had passed its Redis steps when Redis stopped may still finish acting (its
@@ -435,10 +435,10 @@ def test_two_hosts_with_one_hostname_never_pass_the_cap(hosts: Cluster) -> None:
         hosts.configure(FLEET, PER_HOST)
         for h in hosts.hosts:
             h.start_timer()
-        wait_until(lambda: len(fleet_ids(hosts["a"].status())) == 3, 2 * INTERVAL + 10, "three live hosts in A's status")
+        wait_until(lambda: len(fleet_ids(hosts["a"].status())) == 3, 60, "three live hosts in A's status")
         with FleetSampler(hosts) as sampler:
             hosts.send(400, 1.0)
-            wait_until(lambda: sampler.rows and sampler.total(sampler.rows[-1]) >= CAP - 1, 3 * INTERVAL + 20, "the fleet near its cap")
+            wait_until(lambda: sampler.rows and sampler.total(sampler.rows[-1]) >= CAP - 1, 60, "the fleet near its cap")
             time.sleep(2 * INTERVAL + SLACK)
             shown = fleet_ids(hosts["a"].status())
     finally:

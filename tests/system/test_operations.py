@@ -28,8 +28,9 @@ def test_manage_start_2_4(system: System) -> None:
         # StatusText comes from the running worker's own Worker object (the READY hook).
         text = system.sh(f"systemctl show -P StatusText dramatiq-worker@{n}").stdout
         assert "with 4 threads" in text, text
-    # Behaviour, not config: 16 slow messages; at most 2 x 4 run at once.
-    system.send(16, 4.0)
+    # Behaviour, not config: 16 slow messages; at most 2 x 4 run at once. 10 s each: the checks and the
+    # stop below must come before the first 8 end (and the drain lets them end, GRACEFUL_SHUTDOWN_TIMEOUT=20).
+    system.send(16, 10.0)
     wait_until(lambda: system.redis_counter("sys:started") >= 8, 15, "8 tasks running")
     time.sleep(1.0)
     assert system.redis_counter("sys:started") == 8

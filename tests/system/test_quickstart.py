@@ -48,9 +48,10 @@ def test_setup_from_a_fresh_clone_runs_the_autoscaled_example(fresh: tuple[Conta
     # A burst, with ticks every 5 s: the example fleet grows and drains it.
     c.run(["sh", "-c", "echo CHECK_INTERVAL=5 >> /etc/dramactl/dramactl.env"])
     c.run([dramactl, "configure"])
-    c.run([f"{clone}/manage_dramatiq.sh", "load", "120", "--seconds", "0.5"], cwd=clone)
+    # 2 s each: one 8-thread worker would take 30 s, several ticks to see the backlog even on a slow host.
+    c.run([f"{clone}/manage_dramatiq.sh", "load", "120", "--seconds", "2"], cwd=clone)
     wait_until(
-        lambda: len(json.loads(c.run([dramactl, "status", "--json"]).stdout)["instances"]) > 1, 30, "the fleet to grow"
+        lambda: len(json.loads(c.run([dramactl, "status", "--json"]).stdout)["instances"]) > 1, 60, "the fleet to grow"
     )
     wait_until(lambda: json.loads(c.run([dramactl, "status", "--json"]).stdout)["totals"]["backlog"] == 0, 120, "the burst drained")
     processed = c.run("redis-cli get dramactl:example:processed:process_email_task").stdout.strip()
