@@ -59,7 +59,7 @@ METRICS = [(name, "gauge", text) for _, name, text in QUEUE_FIGURES] + [
     ("dramactl_instance_threads", "gauge", "Worker threads of an instance, as its dramactl hook reports them (absent: no report)."),
     ("dramactl_instance_busy_threads", "gauge", "Worker threads of an instance running a message (the hook's report)."),
     ("dramactl_instance_oldest_task_age_seconds", "gauge", "How long the oldest message an instance runs has run (0 when idle)."),
-    ("dramactl_instance_held_messages", "gauge", "Messages an instance holds unacked because Redis has not stored their retry or next step yet."),
+    ("dramactl_instance_held_messages", "gauge", "Messages an instance holds unacked because Redis has not stored their follow-ups (a retry, a next step, a result) yet."),
     ("dramactl_instance_intake_paused", "gauge", "1 while an instance takes no new messages: a scale-down waits for its running tasks."),
 ]
 #: Families left out when nothing reports them (no instance with the hook).

@@ -383,11 +383,12 @@ class Unfinished(MiddlewareError):
 class _Work:
     """The message a worker thread processes, from ``before_process_message`` to its ack."""
 
-    __slots__ = ("message", "pending", "phase", "complete", "tracking", "cut_short")
+    __slots__ = ("message", "pending", "unstored", "phase", "complete", "tracking", "cut_short")
 
     def __init__(self, message) -> None:
         self.message = message
         self.pending: dict[int, tuple] = {}  # id(enqueued copy) -> (copy, delay, phase) not stored yet
+        self.unstored: list[tuple[str, object, float]] = []  # (what, a write to try again, until when): a result Redis refused
         self.phase = "actor"  # then "after": Dramatiq's after_process_message hooks run
         self.complete = False  # every after_process_message hook ran (none was cut short)
         self.tracking = True
@@ -416,6 +417,12 @@ class FollowUpGuard(Middleware):
     interrupt already on its way), nothing tells which follow-ups are missing: the
     message is left unacked (:class:`Unfinished`) and comes back through the sweep.
     An interrupt that reaches the hold itself is ignored: the hold goes on.
+
+    The Results middleware writes the actor's return value (or, for a message that
+    failed, its exception) the same way: a store Redis refused is held for too, the ack
+    waiting until it is stored or its ``result_ttl`` has passed (a caller could no
+    longer read it by then; the thread is not pinned for good by a results Redis that
+    is gone).
     """
 
     def __init__(self, max_pause: float = 10.0, alarm_after: float = HOLD_ALARM_SECONDS) -> None:
@@ -428,6 +435,8 @@ class FollowUpGuard(Middleware):
         self.max_pause = max_pause
         self.alarm_after = alarm_after
         self.held = 0  # holds ever (for tests and the log)
+        self.results = None  # the Results middleware, when the app stores results
+        self.failures_stored: set[str] = set()  # message ids whose exception the guard stored before their nack
 
     # -- what the process holds (the sweep reads it) ---------------------------------
 
@@ -466,9 +475,12 @@ class FollowUpGuard(Middleware):
 
     # -- hooks -----------------------------------------------------------------------
 
-    def after_worker_boot(self, broker, worker) -> None:
+    def before_worker_boot(self, broker, worker) -> None:
+        # Before the worker threads start: none runs a message through an unwatched hook.
         self.worker = worker
-        self._watch_group_barriers(broker)
+        self._watch_writing_hooks(broker)
+
+    def after_worker_boot(self, broker, worker) -> None:
         # Installed last; a middleware added after the hook whose after-hooks enqueue
         # would have its follow-ups judged as the actor's own.
         try:
@@ -532,31 +544,86 @@ class FollowUpGuard(Middleware):
 
     after_skip_message = after_process_message
 
-    def _watch_group_barriers(self, broker) -> None:
-        """GroupCallbacks counts a group's members down in Redis (a barrier) before it
-        enqueues the completion: when Redis refuses the count, nothing was enqueued that
-        the guard could hold. Such a member is left unacked and runs again (its count is
-        retried with it)."""
+    def _watch_writing_hooks(self, broker) -> None:
+        """After-hooks that write to Redis other than by an enqueue, which the guard would
+        not see fail (Dramatiq's ``emit_after`` logs the error and the ack goes ahead):
+
+        - Results stores the actor's return value: a store Redis refused is kept and
+          written again by the hold, before the ack (the actor does not run again);
+        - GroupCallbacks counts a group's members down (a barrier) before it enqueues the
+          completion: when Redis refuses the count, nothing was enqueued that could be
+          held, so such a member is left unacked and runs again (its count with it).
+
+        Only errors that a working Redis ends (:func:`_passing`): one that waiting cannot
+        end (a result that cannot be encoded) is left to Dramatiq, which logs it and acks."""
         try:
             from dramatiq.middleware import GroupCallbacks
+            from dramatiq.results import Results
         except ImportError:
             return
         for m in broker.middleware:
-            if not isinstance(m, GroupCallbacks) or getattr(m, "_dramactl_watched", False):
+            if getattr(m, "_dramactl_watched", False):
                 continue
-            original = m.after_process_message
+            if isinstance(m, GroupCallbacks):
+                original = m.after_process_message
 
-            def watched(broker, message, *, result=None, exception=None, _original=original):
-                try:
-                    return _original(broker, message, result=result, exception=exception)
-                except Exception:
-                    work = self._work(message)
-                    if work is not None:
-                        work.cut_short = True
-                    raise
+                def counted(broker, message, *, result=None, exception=None, _original=original):
+                    try:
+                        return _original(broker, message, result=result, exception=exception)
+                    except Exception as exc:
+                        work = self._work(message)
+                        if work is not None and _passing(exc):
+                            work.cut_short = True
+                        raise
 
-            m.after_process_message = watched
+                m.after_process_message = counted
+            elif isinstance(m, Results):
+                self.results = m
+                after_process, after_skip, after_nack = m.after_process_message, m.after_skip_message, m.after_nack
+
+                def stored(broker, message, *, result=None, exception=None, _original=after_process):
+                    self._keep_refused(broker, message, lambda: _original(broker, message, result=result, exception=exception))
+
+                def stored_none(broker, message, _original=after_skip):
+                    self._keep_refused(broker, message, lambda: _original(broker, message))
+
+                def nacked(broker, message, _original=after_nack):
+                    if message.message_id in self.failures_stored:  # before the nack (before_nack)
+                        self.failures_stored.discard(message.message_id)
+                        return None
+                    return _original(broker, message)
+
+                m.after_process_message, m.after_skip_message, m.after_nack = stored, stored_none, nacked
+            else:
+                continue
             m._dramactl_watched = True
+
+    def _keep_refused(self, broker, message, write, what: str = "the result", raises: bool = True) -> None:
+        """Run ``write`` (a Results store); when Redis refuses it for now, keep it for the
+        hold, until the result's TTL has passed. ``raises``: the error goes on to Dramatiq,
+        which logs it (from its own after-hooks); else it is logged here."""
+        try:
+            write()
+        except Exception as exc:
+            work = self._work(message)
+            if work is not None and _passing(exc):
+                ttl = _result_options(self.results, broker, message)[1]
+                work.unstored.append((f"{what} of {message.actor_name}@{message.queue_name}", write, time.monotonic() + ttl / 1000))
+            if raises:
+                raise
+            if work is None or not _passing(exc):
+                log.error("dramactl: message %s: %s could not be stored (%s: %s)", message.message_id, what, type(exc).__name__, exc)
+
+    def _store_failure(self, broker, message) -> None:
+        """A failed message's exception, stored before its nack (Results stores it after the
+        nack, where a refusal can no longer keep the message): a refused store is held for."""
+        store, ttl = _result_options(self.results, broker, message)
+        if not store:
+            return
+        exception = message._exception or Exception("unknown")  # as Results.after_nack
+        backend = self.results.backend
+        self.failures_stored.add(message.message_id)
+        self._keep_refused(broker, message, lambda: backend.store_exception(message, exception, ttl), "the exception", raises=False)
 
     def hooks_done(self, message) -> None:
         work = self._work(message)
@@ -576,10 +643,14 @@ class FollowUpGuard(Middleware):
                 message.message_id, 3 * MAINTENANCE_SECONDS,
             )
             raise Unfinished(f"message {message.message_id} left unacked: its follow-ups are unknown")
-        if work.pending:
+        if work.pending or work.unstored:
             self._hold(broker, message, work)
 
-    before_nack = before_ack
+    def before_nack(self, broker, message) -> None:
+        work = self._work(message)
+        if work is not None and work.complete and not work.cut_short and self.results is not None:
+            self._store_failure(broker, message)
+        self.before_ack(broker, message)
 
     def after_ack(self, broker, message) -> None:
         if self._work(message) is not None:
@@ -588,7 +659,7 @@ class FollowUpGuard(Middleware):
     after_nack = after_ack
 
     def _hold(self, broker, message, work: _Work) -> None:
-        """Enqueue the follow-ups again until Redis stores every one; the ack waits."""
+        """Write the follow-ups (and a refused result) again until Redis stores every one; the ack waits."""
         from dramatiq.middleware.threading import Interrupt
 
         self.held += 1
@@ -596,31 +667,19 @@ class FollowUpGuard(Middleware):
         work.tracking = False
         began = time.monotonic()
         alarm_at = began + self.alarm_after
-        pause, error = 0.5, "?"
-        names = ", ".join(sorted({f"{m.actor_name}@{m.queue_name}" for m, _, _ in work.pending.values()}))
-        log.warning("dramactl: holding message %s unacked: %d follow-up(s) (%s) not stored in Redis; retrying until Redis takes them", message.message_id, len(work.pending), names)
+        pause = 0.5
+        names = ", ".join(sorted({f"{m.actor_name}@{m.queue_name}" for m, _, _ in work.pending.values()} | {what for what, _, _ in work.unstored}))
+        log.warning(
+            "dramactl: holding message %s unacked: %d follow-up(s) (%s) not stored in Redis; retrying until Redis takes them",
+            message.message_id, len(work.pending) + len(work.unstored), names,
+        )
         # systemctl status shows it even when Redis takes nothing (the per-instance report needs Redis).
-        _notify_quietly(f"STATUS=holding {HOLDS.count()} message(s) unacked: Redis has not stored their retry or next step")
+        _notify_quietly(f"STATUS=holding {HOLDS.count()} message(s) unacked: Redis has not stored their follow-ups (a retry, a next step, a result)")
         try:
-            while work.pending:
+            while True:
                 try:
-                    for key, (follow, delay, _) in list(work.pending.items()):
-                        try:
-                            broker.enqueue(follow, delay=delay)
-                        except Exception as exc:  # noqa: BLE001 - sorted just below
-                            if not _passing(exc):
-                                # A body that cannot be encoded, a permission Redis denies: waiting
-                                # cannot store it. Dropped, as plain Dramatiq does, and said so.
-                                log.error(
-                                    "dramactl: message %s: its follow-up %s can never be stored (%s: %s); dropping that follow-up as Dramatiq does",
-                                    message.message_id, follow.actor_name, type(exc).__name__, exc,
-                                )
-                                work.pending.pop(key, None)
-                                continue
-                            error = f"{type(exc).__name__}: {exc}"
-                            break
-                        work.pending.pop(key, None)
-                    if not work.pending:
+                    error = self._write_again(broker, message, work)
+                    if error is None:
                         break
                     if time.monotonic() >= alarm_at:
                         log.error(
@@ -642,11 +701,50 @@ class FollowUpGuard(Middleware):
                 _notify_quietly(f"STATUS={STATUS['stuck'] or STATUS['consuming']}")
         log.warning("dramactl: message %s: follow-up(s) stored after holding it %.1fs; acking it", message.message_id, time.monotonic() - began)
 
+    @staticmethod
+    def _write_again(broker, message, work: _Work) -> str | None:
+        """One more try at each write not stored yet, in order; the error that stopped it
+        (one a working Redis ends), or None once every one is stored or dropped."""
+        for key, (follow, delay, _) in list(work.pending.items()):
+            error = _try_write(message, follow.actor_name, lambda: broker.enqueue(follow, delay=delay))
+            if error is not None:
+                return error
+            work.pending.pop(key, None)
+        while work.unstored:
+            what, write, until = work.unstored[0]
+            error = _try_write(message, what, write)
+            if error is not None and time.monotonic() < until:
+                return error
+            if error is not None:
+                log.error(
+                    "dramactl: message %s: dropping %s: Redis refused it until its result_ttl passed (%s); "
+                    "a caller could no longer read it",
+                    message.message_id, what, error,
+                )
+            work.unstored.pop(0)
+        return None
+
+
+def _try_write(message, what: str, write) -> str | None:
+    """``write()``; the error when Redis refused it for now, None when it was stored or can
+    never be (a body that cannot be encoded, a permission Redis denies: waiting cannot
+    store it, so it is dropped, as plain Dramatiq does, and said so)."""
+    try:
+        write()
+    except Exception as exc:  # noqa: BLE001 - sorted just below
+        if _passing(exc):
+            return f"{type(exc).__name__}: {exc}"
+        log.error(
+            "dramactl: message %s: its follow-up %s can never be stored (%s: %s); dropping that follow-up as Dramatiq does",
+            message.message_id, what, type(exc).__name__, exc,
+        )
+    return None
+
 
 def _passing(exc: Exception) -> bool:
-    """An enqueue error that a working Redis ends: down, hung, read-only after a failover,
-    full (OOM), loading, no quorum. Anything else (an unencodable body, a permission,
-    a wrong key type) would hold a thread forever."""
+    """A write error that a working Redis ends: down, hung, read-only after a failover,
+    full (OOM), loading, no quorum, a failed snapshot (MISCONF: its disk full). Anything
+    else (an unencodable body, a permission, a wrong key type) would hold a thread forever."""
     import redis
     from dramatiq.errors import BrokerConnectionError
 
@@ -656,7 +754,17 @@ def _passing(exc: Exception) -> bool:
     )
     if isinstance(exc, transient):
         return True
-    return isinstance(exc, redis.ResponseError) and str(exc).split(" ", 1)[0] in ("MASTERDOWN", "TRYAGAIN", "LOADING", "CLUSTERDOWN", "NOREPLICAS", "BUSY")
+    # redis-py prefixes an error inside a MULTI/EXEC pipeline ("Command # 1 (...) of pipeline caused error: ").
+    reply = str(exc).rpartition("caused error: ")[2]
+    return isinstance(exc, redis.ResponseError) and reply.split(" ", 1)[0] in ("MASTERDOWN", "TRYAGAIN", "LOADING", "CLUSTERDOWN", "NOREPLICAS", "BUSY", "MISCONF")
+
+
+def _result_options(results, broker, message) -> tuple[bool, int]:
+    """(store_results, result_ttl in ms) of ``message``, as the Results middleware reads them."""
+    try:
+        return results._lookup_options(broker, message)
+    except Exception:  # noqa: BLE001 - another Dramatiq's Results: store nothing of ours
+        return False, 0
 
 
 class _AfterHooksDone(Middleware):

@@ -182,6 +182,206 @@ def test_an_on_failure_callback_survives_an_outage_at_the_moment_of_enqueue(serv
 
 
 @HOOKED
+def test_a_result_redis_refused_is_stored_once_redis_is_back(server: StoppableRedis, hooked: bool) -> None:
+    """Results stores an actor's return value after it returns; Redis (broker and result
+    backend, as usually configured) is down at that moment. Plain Dramatiq logs the
+    refused store and acks once Redis is back: the caller waiting on the result never
+    gets it. The hook holds the ack and stores the result first; the actor runs once."""
+    from dramatiq.results import ResultMissing, Results
+    from dramatiq.results.backends import RedisBackend
+
+    broker = make_broker(server)
+    backend = RedisBackend(client=redis_lib.Redis(port=server.port, retry=Retry(NoBackoff(), 0)))
+    broker.add_middleware(Results(backend=backend))
+    ran: list[int] = []
+    running, go = threading.Event(), threading.Event()
+
+    @dramatiq.actor(broker=broker, queue_name="res", store_results=True)
+    def answer() -> int:
+        ran.append(1)
+        running.set()
+        go.wait(20)  # Redis goes down while it runs; it returns normally
+        return 42
+
+    hook(broker, hooked)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        message = answer.send()
+        assert running.wait(10)
+        server.stop()
+        go.set()  # answer returns; Results stores 42 into a Redis that is down
+        time.sleep(2)
+        server.start()
+        client = redis_lib.Redis(port=server.port)
+        assert wait_for(lambda: queues_empty(client, "res"), 30)  # acked, either way
+        if hooked:
+            assert message.get_result(backend=backend, block=True, timeout=10_000) == 42
+        else:
+            time.sleep(2)
+            with pytest.raises(ResultMissing):
+                message.get_result(backend=backend)  # acked without its result
+        assert ran == [1], ran  # held, not run again
+    finally:
+        go.set()
+        worker.stop(timeout=5000)
+
+
+def test_a_result_refused_inside_redis_py_s_pipeline_is_held_for_too(server: StoppableRedis) -> None:
+    """The result backend writes in a MULTI/EXEC pipeline, whose errors redis-py rewrites
+    ("Command # 1 (...) of pipeline caused error: NOREPLICAS ..."): a Redis that refuses
+    writes for want of its replica is still a refusal that passes, and the result is held."""
+    from dramatiq.results import Results
+    from dramatiq.results.backends import RedisBackend
+
+    broker = make_broker(server)
+    backend = RedisBackend(client=redis_lib.Redis(port=server.port, retry=Retry(NoBackoff(), 0)))
+    broker.add_middleware(Results(backend=backend))
+    admin = redis_lib.Redis(port=server.port)
+    ran: list[int] = []
+    running, go = threading.Event(), threading.Event()
+
+    @dramatiq.actor(broker=broker, queue_name="res", store_results=True)
+    def answer() -> int:
+        ran.append(1)
+        running.set()
+        go.wait(20)
+        return 42
+
+    hook(broker, True)
+    guard = next(m for m in broker.middleware if type(m).__name__ == "FollowUpGuard")
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        message = answer.send()
+        assert running.wait(10)
+        admin.config_set("min-replicas-to-write", 1)  # every write refused: NOREPLICAS
+        go.set()
+        assert wait_for(lambda: guard.held == 1, 10)
+        time.sleep(1.5)
+        admin.config_set("min-replicas-to-write", 0)
+        assert message.get_result(backend=backend, block=True, timeout=20_000) == 42
+        assert wait_for(lambda: queues_empty(admin, "res"), 20)
+        assert ran == [1], ran
+    finally:
+        admin.config_set("min-replicas-to-write", 0)
+        go.set()
+        worker.stop(timeout=5000)
+
+
+@HOOKED
+def test_a_failed_messages_exception_survives_a_results_redis_outage(server: StoppableRedis, hooked: bool) -> None:
+    """Results on a Redis of its own, stopped while an actor with no retries fails.
+    Dramatiq stores the exception after the nack, where a refusal is only logged: the
+    caller never learns that the message failed. The hook stores it before the nack,
+    holding the nack until the results Redis is back."""
+    from dramatiq.results import ResultFailure, ResultMissing, Results
+    from dramatiq.results.backends import RedisBackend
+
+    results_server = StoppableRedis()
+    broker = make_broker(server)
+    backend = RedisBackend(client=redis_lib.Redis(port=results_server.port, retry=Retry(NoBackoff(), 0)))
+    broker.add_middleware(Results(backend=backend))
+    ran: list[int] = []
+    running, go = threading.Event(), threading.Event()
+
+    @dramatiq.actor(broker=broker, queue_name="res", store_results=True, max_retries=0)
+    def doomed() -> None:
+        ran.append(1)
+        running.set()
+        go.wait(20)
+        raise ValueError("no")
+
+    hook(broker, hooked)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    client = redis_lib.Redis(port=server.port)
+    try:
+        message = doomed.send()
+        assert running.wait(10)
+        results_server.stop()
+        go.set()  # doomed fails, no retries: nacked, its exception stored into a Redis that is down
+        time.sleep(2)
+        results_server.start()
+        assert wait_for(lambda: client.zcard("dramatiq:res.XQ") == 1, 30)  # dead-lettered, either way
+        if hooked:
+            with pytest.raises(ResultFailure, match="ValueError"):
+                message.get_result(backend=backend, block=True, timeout=10_000)
+        else:
+            time.sleep(2)
+            with pytest.raises(ResultMissing):
+                message.get_result(backend=backend)
+        assert ran == [1], ran
+    finally:
+        go.set()
+        worker.stop(timeout=5000)
+        results_server.close()
+
+
+def test_a_result_is_held_for_no_longer_than_its_ttl(server: StoppableRedis, caplog: pytest.LogCaptureFixture) -> None:
+    """The results Redis is gone for good: a caller could read a result only within its
+    result_ttl, so the hold gives up then and acks (the thread serves the queue again)."""
+    from dramatiq.results import Results
+    from dramatiq.results.backends import RedisBackend
+
+    results_server = StoppableRedis()
+    broker = make_broker(server)
+    backend = RedisBackend(client=redis_lib.Redis(port=results_server.port, retry=Retry(NoBackoff(), 0)))
+    broker.add_middleware(Results(backend=backend))
+    ran: list[str] = []
+
+    @dramatiq.actor(broker=broker, queue_name="res", store_results=True, result_ttl=2_000)
+    def answer(name: str) -> str:
+        ran.append(name)
+        return name
+
+    hook(broker, True)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    client = redis_lib.Redis(port=server.port)
+    try:
+        results_server.stop()
+        answer.send("first")
+        answer.send("second")
+        assert wait_for(lambda: ran == ["first", "second"] and queues_empty(client, "res"), 30), ran
+        assert "dropping the result of answer@res: Redis refused it until its result_ttl passed" in caplog.text
+    finally:
+        worker.stop(timeout=5000)
+        results_server.close()
+
+
+def test_a_result_that_can_never_be_stored_is_left_to_dramatiq(server: StoppableRedis) -> None:
+    """A return value JSON cannot encode: waiting cannot store it, so the hook does not
+    hold the ack for it (it would pin the thread for good); Dramatiq logs it and acks."""
+    from dramatiq.results import ResultMissing, Results
+    from dramatiq.results.backends import RedisBackend
+
+    broker = make_broker(server)
+    backend = RedisBackend(client=redis_lib.Redis(port=server.port))
+    broker.add_middleware(Results(backend=backend))
+    ran: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name="res", store_results=True)
+    def unencodable() -> object:
+        ran.append(1)
+        return object()
+
+    hook(broker, True)
+    guard = next(m for m in broker.middleware if type(m).__name__ == "FollowUpGuard")
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        message = unencodable.send()
+        client = redis_lib.Redis(port=server.port)
+        assert wait_for(lambda: ran == [1] and queues_empty(client, "res"), 10), ran
+        with pytest.raises(ResultMissing):
+            message.get_result(backend=backend)
+        assert guard.held == 0
+    finally:
+        worker.stop(timeout=5000)
+
+
+@HOOKED
 def test_a_failing_notify_shutdown_actor_during_a_drain_in_an_outage_loses_nothing(server: StoppableRedis, hooked: bool) -> None:
     """SIGTERM's drain interrupts notify_shutdown actors with Shutdown. One failed while Redis
     was down (its retry not stored): the interrupt must not ack it. The worker is stopped
