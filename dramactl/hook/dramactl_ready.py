@@ -598,21 +598,22 @@ class FollowUpGuard(Middleware):
                 continue
             m._dramactl_watched = True
 
-    def _keep_refused(self, broker, message, write, what: str = "the result", raises: bool = True) -> None:
+    def _keep_refused(self, broker, message, write, what: str = "the result", raises: bool = True) -> bool:
         """Run ``write`` (a Results store); when Redis refuses it for now, keep it for the
-        hold, until the result's TTL has passed. ``raises``: the error goes on to Dramatiq,
-        which logs it (from its own after-hooks); else it is logged here."""
+        hold, until the result's TTL has passed. True: stored or kept. ``raises``: any error
+        goes on (to Dramatiq, which logs it from its own after-hooks)."""
         try:
             write()
+            return True
         except Exception as exc:
             work = self._work(message)
-            if work is not None and _passing(exc):
-                ttl = _result_options(self.results, broker, message)[1]
-                work.unstored.append((f"{what} of {message.actor_name}@{message.queue_name}", write, time.monotonic() + ttl / 1000))
+            kept = work is not None and _passing(exc)
+            if kept:
+                ttl = _ttl_seconds(_result_options(self.results, broker, message)[1])
+                work.unstored.append((f"{what} of {message.actor_name}@{message.queue_name}", write, time.monotonic() + ttl))
             if raises:
                 raise
-            if work is None or not _passing(exc):
-                log.error("dramactl: message %s: %s could not be stored (%s: %s)", message.message_id, what, type(exc).__name__, exc)
+            return kept
 
     def _store_failure(self, broker, message) -> None:
         """A failed message's exception, stored before its nack (Results stores it after the
@@ -622,8 +623,8 @@ class FollowUpGuard(Middleware):
             return
         exception = message._exception or Exception("unknown")  # as Results.after_nack
         backend = self.results.backend
-        self.failures_stored.add(message.message_id)
-        self._keep_refused(broker, message, lambda: backend.store_exception(message, exception, ttl), "the exception", raises=False)
+        if self._keep_refused(broker, message, lambda: backend.store_exception(message, exception, ttl), "the exception", raises=False):
+            self.failures_stored.add(message.message_id)  # else Results tries (and logs) its own store after the nack
 
     def hooks_done(self, message) -> None:
         work = self._work(message)
@@ -648,9 +649,13 @@ class FollowUpGuard(Middleware):
 
     def before_nack(self, broker, message) -> None:
         work = self._work(message)
-        if work is not None and work.complete and not work.cut_short and self.results is not None:
-            self._store_failure(broker, message)
-        self.before_ack(broker, message)
+        try:
+            if work is not None and work.complete and not work.cut_short and self.results is not None:
+                self._store_failure(broker, message)
+        except Exception:  # noqa: BLE001 - the follow-ups' hold below must run whatever the result store did
+            log.exception("dramactl: message %s: storing its exception before the nack failed", message.message_id)
+        finally:
+            self.before_ack(broker, message)
 
     def after_ack(self, broker, message) -> None:
         if self._work(message) is not None:
@@ -759,12 +764,26 @@ def _passing(exc: Exception) -> bool:
     return isinstance(exc, redis.ResponseError) and reply.split(" ", 1)[0] in ("MASTERDOWN", "TRYAGAIN", "LOADING", "CLUSTERDOWN", "NOREPLICAS", "BUSY", "MISCONF")
 
 
-def _result_options(results, broker, message) -> tuple[bool, int]:
-    """(store_results, result_ttl in ms) of ``message``, as the Results middleware reads them."""
+def _result_options(results, broker, message) -> tuple[bool, object]:
+    """(store_results, result_ttl: ms, or whatever the app set) of ``message``, as the Results middleware reads them."""
     try:
         return results._lookup_options(broker, message)
     except Exception:  # noqa: BLE001 - another Dramatiq's Results: store nothing of ours
         return False, 0
+
+
+def _ttl_seconds(ttl) -> float:
+    """A result_ttl as seconds: milliseconds, or a timedelta (redis-py's PEXPIRE takes both);
+    anything else (None) is Dramatiq's default."""
+    import datetime
+
+    from dramatiq.results.middleware import DEFAULT_RESULT_TTL
+
+    if isinstance(ttl, datetime.timedelta):
+        return ttl.total_seconds()
+    if isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
+        return ttl / 1000
+    return DEFAULT_RESULT_TTL / 1000
 
 
 class _AfterHooksDone(Middleware):

@@ -7,6 +7,7 @@ loses the follow-up (or strands the message), the hook does not.
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import threading
@@ -270,11 +271,14 @@ def test_a_result_refused_inside_redis_py_s_pipeline_is_held_for_too(server: Sto
 
 
 @HOOKED
-def test_a_failed_messages_exception_survives_a_results_redis_outage(server: StoppableRedis, hooked: bool) -> None:
+@pytest.mark.parametrize("ttl", [None, datetime.timedelta(minutes=1)], ids=["default-ttl", "timedelta-ttl"])
+def test_a_failed_messages_exception_survives_a_results_redis_outage(server: StoppableRedis, hooked: bool, ttl) -> None:
     """Results on a Redis of its own, stopped while an actor with no retries fails.
     Dramatiq stores the exception after the nack, where a refusal is only logged: the
     caller never learns that the message failed. The hook stores it before the nack,
-    holding the nack until the results Redis is back."""
+    holding the nack until the results Redis is back. A result_ttl given as a timedelta
+    (redis-py's PEXPIRE takes one, so Dramatiq does) is one too: read as milliseconds it
+    raised in the guard and the exception was lost."""
     from dramatiq.results import ResultFailure, ResultMissing, Results
     from dramatiq.results.backends import RedisBackend
 
@@ -285,7 +289,7 @@ def test_a_failed_messages_exception_survives_a_results_redis_outage(server: Sto
     ran: list[int] = []
     running, go = threading.Event(), threading.Event()
 
-    @dramatiq.actor(broker=broker, queue_name="res", store_results=True, max_retries=0)
+    @dramatiq.actor(broker=broker, queue_name="res", store_results=True, max_retries=0, **({"result_ttl": ttl} if ttl else {}))
     def doomed() -> None:
         ran.append(1)
         running.set()
