@@ -47,6 +47,33 @@ def sweeping(broker: RedisBroker, interval: float):
     return maintenance
 
 
+def with_results(server: StoppableRedis, port: int | None = None):
+    """A broker on ``server`` with Dramatiq's Results middleware and its Redis backend on
+    ``port`` (default: the broker's own server), without client-side retries; (broker, backend)."""
+    from dramatiq.results import Results
+    from dramatiq.results.backends import RedisBackend
+
+    broker = make_broker(server)
+    backend = RedisBackend(client=redis_lib.Redis(port=port or server.port, retry=Retry(NoBackoff(), 0)))
+    broker.add_middleware(Results(backend=backend))
+    return broker, backend
+
+
+def answering(broker: RedisBroker):
+    """An actor on queue "res" that stores its result, 42, once ``go`` is set; (actor, runs, running, go)."""
+    ran: list[int] = []
+    running, go = threading.Event(), threading.Event()
+
+    @dramatiq.actor(broker=broker, queue_name="res", store_results=True)
+    def answer() -> int:
+        ran.append(1)
+        running.set()
+        go.wait(20)
+        return 42
+
+    return answer, ran, running, go
+
+
 def wait_for(check: Callable[[], bool], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -188,21 +215,10 @@ def test_a_result_redis_refused_is_stored_once_redis_is_back(server: StoppableRe
     backend, as usually configured) is down at that moment. Plain Dramatiq logs the
     refused store and acks once Redis is back: the caller waiting on the result never
     gets it. The hook holds the ack and stores the result first; the actor runs once."""
-    from dramatiq.results import ResultMissing, Results
-    from dramatiq.results.backends import RedisBackend
+    from dramatiq.results import ResultMissing
 
-    broker = make_broker(server)
-    backend = RedisBackend(client=redis_lib.Redis(port=server.port, retry=Retry(NoBackoff(), 0)))
-    broker.add_middleware(Results(backend=backend))
-    ran: list[int] = []
-    running, go = threading.Event(), threading.Event()
-
-    @dramatiq.actor(broker=broker, queue_name="res", store_results=True)
-    def answer() -> int:
-        ran.append(1)
-        running.set()
-        go.wait(20)  # Redis goes down while it runs; it returns normally
-        return 42
+    broker, backend = with_results(server)
+    answer, ran, running, go = answering(broker)  # Redis goes down while it runs; it returns normally
 
     hook(broker, hooked)
     worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
@@ -232,22 +248,9 @@ def test_a_result_refused_inside_redis_py_s_pipeline_is_held_for_too(server: Sto
     """The result backend writes in a MULTI/EXEC pipeline, whose errors redis-py rewrites
     ("Command # 1 (...) of pipeline caused error: NOREPLICAS ..."): a Redis that refuses
     writes for want of its replica is still a refusal that passes, and the result is held."""
-    from dramatiq.results import Results
-    from dramatiq.results.backends import RedisBackend
-
-    broker = make_broker(server)
-    backend = RedisBackend(client=redis_lib.Redis(port=server.port, retry=Retry(NoBackoff(), 0)))
-    broker.add_middleware(Results(backend=backend))
+    broker, backend = with_results(server)
     admin = redis_lib.Redis(port=server.port)
-    ran: list[int] = []
-    running, go = threading.Event(), threading.Event()
-
-    @dramatiq.actor(broker=broker, queue_name="res", store_results=True)
-    def answer() -> int:
-        ran.append(1)
-        running.set()
-        go.wait(20)
-        return 42
+    answer, ran, running, go = answering(broker)
 
     hook(broker, True)
     guard = next(m for m in broker.middleware if type(m).__name__ == "FollowUpGuard")
@@ -279,13 +282,10 @@ def test_a_failed_messages_exception_survives_a_results_redis_outage(server: Sto
     holding the nack until the results Redis is back. A result_ttl given as a timedelta
     (redis-py's PEXPIRE takes one, so Dramatiq does) is one too: read as milliseconds it
     raised in the guard and the exception was lost."""
-    from dramatiq.results import ResultFailure, ResultMissing, Results
-    from dramatiq.results.backends import RedisBackend
+    from dramatiq.results import ResultFailure, ResultMissing
 
     results_server = StoppableRedis()
-    broker = make_broker(server)
-    backend = RedisBackend(client=redis_lib.Redis(port=results_server.port, retry=Retry(NoBackoff(), 0)))
-    broker.add_middleware(Results(backend=backend))
+    broker, backend = with_results(server, results_server.port)
     ran: list[int] = []
     running, go = threading.Event(), threading.Event()
 
@@ -325,13 +325,8 @@ def test_a_failed_messages_exception_survives_a_results_redis_outage(server: Sto
 def test_a_result_is_held_for_no_longer_than_its_ttl(server: StoppableRedis, caplog: pytest.LogCaptureFixture) -> None:
     """The results Redis is gone for good: a caller could read a result only within its
     result_ttl, so the hold gives up then and acks (the thread serves the queue again)."""
-    from dramatiq.results import Results
-    from dramatiq.results.backends import RedisBackend
-
     results_server = StoppableRedis()
-    broker = make_broker(server)
-    backend = RedisBackend(client=redis_lib.Redis(port=results_server.port, retry=Retry(NoBackoff(), 0)))
-    broker.add_middleware(Results(backend=backend))
+    broker, backend = with_results(server, results_server.port)
     ran: list[str] = []
 
     @dramatiq.actor(broker=broker, queue_name="res", store_results=True, result_ttl=2_000)
@@ -357,12 +352,9 @@ def test_a_result_is_held_for_no_longer_than_its_ttl(server: StoppableRedis, cap
 def test_a_result_that_can_never_be_stored_is_left_to_dramatiq(server: StoppableRedis) -> None:
     """A return value JSON cannot encode: waiting cannot store it, so the hook does not
     hold the ack for it (it would pin the thread for good); Dramatiq logs it and acks."""
-    from dramatiq.results import ResultMissing, Results
-    from dramatiq.results.backends import RedisBackend
+    from dramatiq.results import ResultMissing
 
-    broker = make_broker(server)
-    backend = RedisBackend(client=redis_lib.Redis(port=server.port))
-    broker.add_middleware(Results(backend=backend))
+    broker, backend = with_results(server)
     ran: list[int] = []
 
     @dramatiq.actor(broker=broker, queue_name="res", store_results=True)
