@@ -47,14 +47,14 @@ def sweeping(broker: RedisBroker, interval: float):
     return maintenance
 
 
-def with_results(server: StoppableRedis, port: int | None = None):
+def with_results(server: StoppableRedis, port: int | None = None, socket_timeout: float | None = None):
     """A broker on ``server`` with Dramatiq's Results middleware and its Redis backend on
     ``port`` (default: the broker's own server), without client-side retries; (broker, backend)."""
     from dramatiq.results import Results
     from dramatiq.results.backends import RedisBackend
 
-    broker = make_broker(server)
-    backend = RedisBackend(client=redis_lib.Redis(port=port or server.port, retry=Retry(NoBackoff(), 0)))
+    broker = make_broker(server, socket_timeout=socket_timeout)
+    backend = RedisBackend(client=redis_lib.Redis(port=port or server.port, retry=Retry(NoBackoff(), 0), socket_timeout=socket_timeout))
     broker.add_middleware(Results(backend=backend))
     return broker, backend
 
@@ -240,6 +240,33 @@ def test_a_result_redis_refused_is_stored_once_redis_is_back(server: StoppableRe
                 message.get_result(backend=backend)  # acked without its result
         assert ran == [1], ran  # held, not run again
     finally:
+        go.set()
+        worker.stop(timeout=5000)
+
+
+def test_a_result_whose_store_timed_out_on_a_hung_redis_is_stored_once_it_answers(server: StoppableRedis) -> None:
+    """Redis hangs (SIGSTOP), not stops, while the actor runs: the result's store times out on
+    the client (1 s) rather than being refused. A hung server is a passing one: the result is
+    held and stored once Redis answers (SIGCONT), and the actor runs once."""
+    broker, backend = with_results(server, socket_timeout=1)
+    answer, ran, running, go = answering(broker)
+    hook(broker, True)
+    guard = next(m for m in broker.middleware if type(m).__name__ == "FollowUpGuard")
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        message = answer.send()
+        assert running.wait(10)
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        go.set()
+        assert wait_for(lambda: guard.held == 1, 10)
+        time.sleep(3)
+        os.kill(server.proc.pid, signal.SIGCONT)
+        assert message.get_result(backend=backend, block=True, timeout=20_000) == 42
+        assert wait_for(lambda: queues_empty(redis_lib.Redis(port=server.port), "res"), 30)
+        assert ran == [1], ran
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
         go.set()
         worker.stop(timeout=5000)
 
