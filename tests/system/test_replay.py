@@ -10,11 +10,11 @@ within 15 % of its recorded mean, the actions within two (or half the recorded c
 the recorded ones, and the p95 wait within 30 % of the real one. Measured in two runs of
 bursts of 140: the fleet size off by 0.00, the backlog by 1.6-1.8 %, the p95 0.4 and 2.2 s
 short of the real 23.4 and 24.8 s (bursts of 120 read 2 or 3 instances by a few messages
-at the tick after the first growth: see BURST). Before (bursts of 160, sent at any moment, the fleet free to reach MAX in one
-tick) the real p95 of the same load varied from run to run by more than the replay's
-error (20.6-25.2 s in four runs, the replay 22.9-23.3 s): whether a burst met 3 or 4
-instances was decided by a message or two at the policy's threshold, and one run in eight
-of a first redesign replayed the fleet 0.72 instance off.
+at the tick after the first growth: see BURST). Before (bursts of 160, sent at any moment,
+the fleet free to reach MAX in one tick) the real p95 of the same load varied from run to
+run by more than the replay's error (20.6-25.2 s in four runs, the replay 22.9-23.3 s):
+whether a burst met 3 or 4 instances was decided by a message or two at the policy's
+threshold, and one run in eight of a first redesign replayed the fleet 0.72 instance off.
 
 ``dramactl tune`` is then asked for a p95 wait a quarter of the way from static MAX's to the
 settings in force's, so more than a tick below the settings in force's (the recorded run
