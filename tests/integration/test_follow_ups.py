@@ -244,11 +244,27 @@ def test_a_result_redis_refused_is_stored_once_redis_is_back(server: StoppableRe
         worker.stop(timeout=5000)
 
 
-def test_a_result_whose_store_timed_out_on_a_hung_redis_is_stored_once_it_answers(server: StoppableRedis) -> None:
-    """Redis hangs (SIGSTOP), not stops, while the actor runs: the result's store times out on
-    the client (1 s) rather than being refused. A hung server is a passing one: the result is
-    held and stored once Redis answers (SIGCONT), and the actor runs once."""
+# Redis neither stopped nor answering writes: (begin, end) of each fault, given the server and a client to it.
+REFUSING = {
+    # Hung (SIGSTOP): the store times out on the client (1 s socket timeout) rather than being refused.
+    "hung": (lambda server, admin: os.kill(server.proc.pid, signal.SIGSTOP), lambda server, admin: os.kill(server.proc.pid, signal.SIGCONT)),
+    # Every write refused for want of a replica; the result backend writes in a MULTI/EXEC pipeline, whose
+    # errors redis-py rewrites ("Command # 1 (...) of pipeline caused error: NOREPLICAS ...").
+    "noreplicas": (
+        lambda server, admin: admin.config_set("min-replicas-to-write", 1),
+        lambda server, admin: admin.config_set("min-replicas-to-write", 0),
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(REFUSING))
+def test_a_result_redis_hung_or_refusing_is_stored_once_it_answers(server: StoppableRedis, fault: str) -> None:
+    """Redis hangs (SIGSTOP) or refuses writes (NOREPLICAS) rather than stopping, while the
+    actor runs: either is one a working Redis ends, so the result is held and stored once
+    Redis answers again, and the actor runs once."""
+    begin, end = REFUSING[fault]
     broker, backend = with_results(server, socket_timeout=1)
+    admin = redis_lib.Redis(port=server.port)
     answer, ran, running, go = answering(broker)
     hook(broker, True)
     guard = next(m for m in broker.middleware if type(m).__name__ == "FollowUpGuard")
@@ -257,45 +273,16 @@ def test_a_result_whose_store_timed_out_on_a_hung_redis_is_stored_once_it_answer
     try:
         message = answer.send()
         assert running.wait(10)
-        os.kill(server.proc.pid, signal.SIGSTOP)
+        begin(server, admin)
         go.set()
         assert wait_for(lambda: guard.held == 1, 10)
         time.sleep(3)
-        os.kill(server.proc.pid, signal.SIGCONT)
+        end(server, admin)
         assert message.get_result(backend=backend, block=True, timeout=20_000) == 42
-        assert wait_for(lambda: queues_empty(redis_lib.Redis(port=server.port), "res"), 30)
+        assert wait_for(lambda: queues_empty(admin, "res"), 30)
         assert ran == [1], ran
     finally:
-        os.kill(server.proc.pid, signal.SIGCONT)
-        go.set()
-        worker.stop(timeout=5000)
-
-
-def test_a_result_refused_inside_redis_py_s_pipeline_is_held_for_too(server: StoppableRedis) -> None:
-    """The result backend writes in a MULTI/EXEC pipeline, whose errors redis-py rewrites
-    ("Command # 1 (...) of pipeline caused error: NOREPLICAS ..."): a Redis that refuses
-    writes for want of its replica is still a refusal that passes, and the result is held."""
-    broker, backend = with_results(server)
-    admin = redis_lib.Redis(port=server.port)
-    answer, ran, running, go = answering(broker)
-
-    hook(broker, True)
-    guard = next(m for m in broker.middleware if type(m).__name__ == "FollowUpGuard")
-    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
-    worker.start()
-    try:
-        message = answer.send()
-        assert running.wait(10)
-        admin.config_set("min-replicas-to-write", 1)  # every write refused: NOREPLICAS
-        go.set()
-        assert wait_for(lambda: guard.held == 1, 10)
-        time.sleep(1.5)
-        admin.config_set("min-replicas-to-write", 0)
-        assert message.get_result(backend=backend, block=True, timeout=20_000) == 42
-        assert wait_for(lambda: queues_empty(admin, "res"), 20)
-        assert ran == [1], ran
-    finally:
-        admin.config_set("min-replicas-to-write", 0)
+        end(server, admin)
         go.set()
         worker.stop(timeout=5000)
 
