@@ -161,18 +161,11 @@ class Killer(threading.Thread):
 
 
 def kill_unit(system: System, unit: str) -> bool:
-    """SIGKILL every process of ``unit`` (``systemctl kill``, and its main process's children by PID
-    as well); True when its main process is gone.
-
-    In some nested containers systemd cannot kill the whole cgroup ("Failed to kill control group
-    ..., ignoring: Input/output error"): it signals the main process, systemctl exits non-zero, and
-    Dramatiq's worker child can survive as a ghost ("Unit process N remains running after unit
-    stopped") that keeps fetching and heartbeating outside systemd's control. On a host
-    systemd kills the whole cgroup; killing the children by PID does the same here."""
+    """`systemctl kill -s KILL` ``unit``: every process in its cgroup, the worker child with the main
+    process. True when its main process is gone (a kill can race a process that is just exiting)."""
     script = (
         f"pid=$(systemctl show -P MainPID {unit}); [ \"$pid\" -gt 0 ] || exit 1; "
-        "kids=$(cat /proc/$pid/task/$pid/children 2>/dev/null); "
-        f"systemctl kill -s KILL {unit}; [ -z \"$kids\" ] || kill -KILL $kids 2>/dev/null; sleep 0.3; ! kill -0 $pid 2>/dev/null"
+        f"systemctl kill -s KILL {unit}; sleep 0.3; ! kill -0 $pid 2>/dev/null"
     )
     return system.sh(script, check=False).returncode == 0
 

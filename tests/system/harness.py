@@ -49,6 +49,42 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
+def _tracking_cgroups() -> list[Path]:
+    """This process's cgroup, as a directory, in each hierarchy systemd tracks units in: the
+    cgroup2 one, and name=systemd on a legacy or hybrid host."""
+    mounts: dict[str, tuple[str, str]] = {}  # the /proc/self/cgroup controller field -> (mount root, mount point)
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fields, (fstype, _source, options) = left.split(), right.split()[:3]
+        if fstype == "cgroup2":
+            mounts.setdefault("", (fields[3], fields[4]))
+        elif fstype == "cgroup" and "name=systemd" in options.split(","):
+            mounts.setdefault("name=systemd", (fields[3], fields[4]))
+    dirs = []
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _hid, controllers, path = line.split(":", 2)
+        if controllers in mounts:
+            root, point = mounts[controllers]
+            if root != "/" and path.startswith(root):
+                path = path[len(root):]
+            dirs.append(Path(point) / path.lstrip("/"))
+    return dirs
+
+
+def _remove_cgroup(top: Path, timeout: float = 5.0) -> None:
+    """rmdir a cgroup and the ones under it, deepest first, once their last process has gone."""
+    deadline = time.monotonic() + timeout
+    while top.exists():
+        for dirpath, _dirs, _files in os.walk(top, topdown=False):
+            try:
+                os.rmdir(dirpath)
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
+
+
 def _comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -81,6 +117,7 @@ class Container:
         # systemd inside applies /etc/hostname (the host's, through the overlay) over nspawn's -M name.
         self.hostname = hostname
         self.base: Path | None = None
+        self.cgroups: list[Path] = []
         self.nspawn: subprocess.Popen | None = None
         self.pid1: int | None = None
         self.boot_seconds: float | None = None
@@ -134,12 +171,32 @@ class Container:
         for unit in self.mask:
             (self.root / "etc/systemd/system" / unit).unlink(missing_ok=True)
             (self.root / "etc/systemd/system" / unit).symlink_to("/dev/null")
+        # A cgroup of its own. systemd-nspawn --keep-unit puts the container in <its cgroup>/payload, and
+        # every container started from one process (the multi-host tests, an xdist worker) or from one
+        # cgroup (two xdist workers) would share that one: each systemd would see the others' processes
+        # in its units' cgroups (as PID 0 on cgroup v2: "Failed to kill control group ...: Input/output
+        # error"), remove cgroups they still use (a start failing with 219/CGROUP) and share a unit's
+        # MemoryMax. nspawn enables the controllers below its cgroup; the ones above are enabled here,
+        # as nspawn did when its cgroup was the caller's.
+        for parent in _tracking_cgroups():
+            own = parent / self.base.name
+            own.mkdir()
+            self.cgroups.append(own)
+            available = parent / "cgroup.controllers"  # cgroup2 only
+            for controller in available.read_text().split() if available.exists() else []:
+                try:
+                    (parent / "cgroup.subtree_control").write_text(f"+{controller}")
+                except OSError:
+                    pass  # as nspawn: a controller the parent cannot hand down is left out
 
     def _start(self, deadline: float) -> None:
         args = ["systemd-nspawn", "-D", str(self.root), "-b", "--register=no", "--keep-unit", "-M", self.name]
         if self.private_network:
             args.append("--private-network")
         args += [f"--bind={b}" for b in self.binds]
+        # Into the container's own cgroups, then exec nspawn (so the container starts there).
+        enter = 'while [ "$1" != -- ]; do echo $$ > "$1/cgroup.procs" || exit 125; shift; done; shift; exec "$@"'
+        args = ["sh", "-c", enter, "sh", *map(str, self.cgroups), "--", *args]
         self.console = open(self.base / "console.log", "ab")
         self.nspawn = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.console, stderr=subprocess.STDOUT, start_new_session=True)
         while self.pid1 is None:
@@ -243,3 +300,6 @@ class Container:
                     subprocess.run(["umount", "-l", str(self.root)], capture_output=True)
             shutil.rmtree(self.base, ignore_errors=True)
             self.base = None
+        for own in self.cgroups:
+            _remove_cgroup(own)
+        self.cgroups = []

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -169,6 +170,27 @@ def test_three_hosts_share_one_redis(hosts: Cluster) -> None:
     env = hosts["a"].sh("cat /proc/$(systemctl show -P MainPID dramatiq-worker@1)/environ | tr '\\0' '\\n'").stdout
     assert f"REDIS_URL={REDIS_URL}" in env.splitlines()
     assert hosts.redis.client().zcard("dramatiq:__heartbeats__") >= 1, "no worker heartbeat in the shared Redis"
+
+
+def test_each_host_has_cgroups_of_its_own(hosts: Cluster) -> None:
+    """The harness itself: hosts booted at once do not share a cgroup tree, so a unit on one host never
+    holds another host's processes. (systemd-nspawn --keep-unit puts its container under the caller's
+    cgroup: the three hosts shared one, and with one unit name on two hosts systemd could not kill the
+    unit's cgroup, "Input/output error", nor start it again after a stop: "already loaded".)"""
+    a, b = hosts["a"], hosts["b"]
+    cgroups = {h.name: Path(f"/proc/{h.c.pid1}/cgroup").read_text() for h in hosts.hosts}
+    assert len(set(cgroups.values())) == 3, cgroups
+    for h in (a, b):
+        h.sh("systemd-run --unit=harness-probe sleep 300")
+    try:
+        a.sh("systemctl stop harness-probe")
+        a.sh("systemd-run --unit=harness-probe true")  # the same name again once stopped
+        log = a.journal("harness-probe.service")
+        assert "Failed to kill control group" not in log, log
+        assert b.sh("systemctl is-active harness-probe", check=False).stdout.strip() == "active"
+    finally:
+        for h in (a, b):
+            h.sh("systemctl stop harness-probe; systemctl reset-failed harness-probe", check=False)
 
 
 def test_burst_within_fleet_cap_and_each_max_then_drain_to_fleet_min(hosts: Cluster) -> None:

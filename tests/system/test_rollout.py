@@ -326,8 +326,7 @@ def test_an_instance_that_leaks_is_recycled_before_memory_max_kills_it(system: S
     recycles = [line for line in ticks.splitlines() if "| recycle @" in line]
     print("\n".join(recycles))
     assert all(" MiB > 128 MiB) | started @" in line for line in recycles), ticks
-    # A replacement that does not start leaves the old instance serving, and a later tick recycles
-    # it (in the nested container systemd now and then fails a start with 219/CGROUP).
+    # A replacement that does not start leaves the old instance serving, and a later tick recycles it.
     replaced = [line for line in recycles if "| stopped @" in line]
     unstarted = [line for line in recycles if "| stopped @" not in line]
     assert replaced and all(":failed" in line and "did not start" in line for line in unstarted), ticks
