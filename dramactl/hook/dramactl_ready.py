@@ -639,8 +639,9 @@ class FollowUpGuard(Middleware):
             self._forget()
             self._release(message)
             log.error(
-                "dramactl: message %s: Dramatiq's after-processing middleware was interrupted, so its retry or next step may "
-                "not exist; leaving it unacked: it goes back to its queue within %.0fs (stranded-message sweep)",
+                "dramactl: message %s: Dramatiq's after-processing middleware was interrupted, so its follow-ups "
+                "(a retry, a next step, a result) may not exist; leaving it unacked: it goes back to its queue within "
+                "%.0fs (stranded-message sweep)",
                 message.message_id, 3 * MAINTENANCE_SECONDS,
             )
             raise Unfinished(f"message {message.message_id} left unacked: its follow-ups are unknown")

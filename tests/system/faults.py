@@ -248,7 +248,7 @@ def hook_summary(system: System) -> str:
     text = system.sh("journalctl --no-pager -o cat -u 'dramatiq-worker@*'", check=False).stdout
     held = text.count("dramactl: holding message ")
     stored = text.count("follow-up(s) stored after holding")
-    unacked = text.count("interrupted, so its retry or next step may not exist")
+    unacked = text.count("interrupted, so its follow-ups (a retry, a next step, a result) may not exist")
     handed = sum(int(line.split("handed ", 1)[1].split(" ", 1)[0]) for line in text.splitlines() if "dramactl: handed " in line)
     return f"{held} message(s) held for their follow-ups ({stored} stored, then acked), {unacked} left unacked after an interrupt, {handed} stranded id(s) handed back by the sweep"
 
