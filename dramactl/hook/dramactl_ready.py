@@ -383,12 +383,13 @@ class Unfinished(MiddlewareError):
 class _Work:
     """The message a worker thread processes, from ``before_process_message`` to its ack."""
 
-    __slots__ = ("message", "pending", "unstored", "phase", "complete", "tracking", "cut_short")
+    __slots__ = ("message", "pending", "unstored", "dropped", "phase", "complete", "tracking", "cut_short")
 
     def __init__(self, message) -> None:
         self.message = message
         self.pending: dict[int, tuple] = {}  # id(enqueued copy) -> (copy, delay, phase) not stored yet
         self.unstored: list[tuple[str, object, float]] = []  # (what, a write to try again, until when): a result Redis refused
+        self.dropped = 0  # follow-ups a hold gave up on (never storable, or a result past its result_ttl)
         self.phase = "actor"  # then "after": Dramatiq's after_process_message hooks run
         self.complete = False  # every after_process_message hook ran (none was cut short)
         self.tracking = True
@@ -705,20 +706,27 @@ class FollowUpGuard(Middleware):
             HOLDS.add(-1)
             if HOLDS.count() == 0 and STATUS["consuming"]:
                 _notify_quietly(f"STATUS={STATUS['stuck'] or STATUS['consuming']}")
-        log.warning("dramactl: message %s: follow-up(s) stored after holding it %.1fs; acking it", message.message_id, time.monotonic() - began)
+        if work.dropped:
+            log.warning(
+                "dramactl: message %s: hold ended after %.1fs: %d follow-up(s) dropped (named above), the others stored; acking it",
+                message.message_id, time.monotonic() - began, work.dropped,
+            )
+        else:
+            log.warning("dramactl: message %s: follow-up(s) stored after holding it %.1fs; acking it", message.message_id, time.monotonic() - began)
 
     @staticmethod
     def _write_again(broker, message, work: _Work) -> str | None:
         """One more try at each write not stored yet, in order; the error that stopped it
         (one a working Redis ends), or None once every one is stored or dropped."""
         for key, (follow, delay, _) in list(work.pending.items()):
-            error = _try_write(message, follow.actor_name, lambda: broker.enqueue(follow, delay=delay))
+            stored, error = _try_write(message, follow.actor_name, lambda: broker.enqueue(follow, delay=delay))
             if error is not None:
                 return error
+            work.dropped += not stored
             work.pending.pop(key, None)
         while work.unstored:
             what, write, until = work.unstored[0]
-            error = _try_write(message, what, write)
+            stored, error = _try_write(message, what, write)
             if error is not None and time.monotonic() < until:
                 return error
             if error is not None:
@@ -727,24 +735,26 @@ class FollowUpGuard(Middleware):
                     "a caller could no longer read it",
                     message.message_id, what, error,
                 )
+            work.dropped += not stored
             work.unstored.pop(0)
         return None
 
 
-def _try_write(message, what: str, write) -> str | None:
-    """``write()``; the error when Redis refused it for now, None when it was stored or can
-    never be (a body that cannot be encoded, a permission Redis denies: waiting cannot
-    store it, so it is dropped, as plain Dramatiq does, and said so)."""
+def _try_write(message, what: str, write) -> tuple[bool, str | None]:
+    """``write()``: (True, None) once stored; (False, the error) when Redis refused it for now;
+    (False, None) when it can never be stored (a body that cannot be encoded, a permission Redis
+    denies: waiting cannot store it, so it is dropped, as plain Dramatiq does, and said so)."""
     try:
         write()
     except Exception as exc:  # noqa: BLE001 - sorted just below
         if _passing(exc):
-            return f"{type(exc).__name__}: {exc}"
+            return False, f"{type(exc).__name__}: {exc}"
         log.error(
             "dramactl: message %s: its follow-up %s can never be stored (%s: %s); dropping that follow-up as Dramatiq does",
             message.message_id, what, type(exc).__name__, exc,
         )
-    return None
+        return False, None
+    return True, None
 
 
 def _passing(exc: Exception) -> bool:

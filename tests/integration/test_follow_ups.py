@@ -358,6 +358,7 @@ def test_a_result_is_held_for_no_longer_than_its_ttl(server: StoppableRedis, cap
         answer.send("second")
         assert wait_for(lambda: ran == ["first", "second"] and queues_empty(client, "res"), 30), ran
         assert "dropping the result of answer@res: Redis refused it until its result_ttl passed" in caplog.text
+        assert "1 follow-up(s) dropped (named above)" in caplog.text and "stored after holding" not in caplog.text
     finally:
         worker.stop(timeout=5000)
         results_server.close()
