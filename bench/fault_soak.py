@@ -75,6 +75,7 @@ def main() -> None:
             (report.max_occupied <= 8, f"never above MAX: at most {report.max_occupied} up or coming back"),
             (report.below_min == 0, f"never below MIN: longest {report.below_min:.0f}s"),
             (report.orphaned_for <= 5 + 5 + 10, f"orphans redelivered within a tick of being reported: longest {report.orphaned_for:.0f}s"),
+            (report.outlived == 0, f"every unit SIGKILL took the whole unit: {report.outlived} process(es) outlived their unit"),
         ]
         for ok, what in checks:
             print(("PASS  " if ok else "FAIL  ") + what)

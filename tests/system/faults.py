@@ -101,6 +101,7 @@ class FaultReport:
     child_kills: int
     workload: str
     hook: str  # what the hook did, from the workers' journal
+    outlived: int  # processes systemd reported alive after their unit stopped, or a unit cgroup it could not kill
     leftovers: list  # when something is lost or stranded: what is left where, and the journal lines naming it
     max_occupied: int
     below_min: float  # longest stretch with fewer than MIN up or coming back (seconds)
@@ -124,6 +125,7 @@ class FaultReport:
             f"faults: {self.kills} SIGKILLs of units, {self.child_kills} of worker child processes, Redis restart, Redis hang, Redis stop; "
             f"manual scale-down: {self.scale_down}",
             f"hook: {self.hook}",
+            f"processes that outlived their unit: {self.outlived}",
             f"fleet (up or coming back) max {self.max_occupied} (MAX {hi}); longest below MIN {lo}: {self.below_min:.0f}s",
             f"orphaned messages: at most {self.max_orphaned}, longest shown {self.orphaned_for:.0f}s before redelivery",
             f"ticks during the Redis stop that exited with one line: {self.redis_down_ticks}",
@@ -243,6 +245,13 @@ def leftovers(system: System, waves: list[int], limit: int = 5) -> list[str]:
     return lines
 
 
+def outlived(system: System) -> int:
+    """systemd's lines, in the workers' journal, for a process that outlived its unit (a kill that
+    did not take the whole cgroup)."""
+    text = system.sh("journalctl --no-pager -o cat -u 'dramatiq-worker@*'", check=False).stdout
+    return text.count("Failed to kill control group") + text.count("remains running after unit stopped")
+
+
 def hook_summary(system: System) -> str:
     """What the hook did in the workers, from their journal: holds and hand-backs."""
     text = system.sh("journalctl --no-pager -o cat -u 'dramatiq-worker@*'", check=False).stdout
@@ -343,6 +352,7 @@ def run(system: System, plan: FaultPlan, wait_until: Callable[..., object], log:
         child_kills=killer.child_kills,
         workload=workload,
         hook=hook_summary(system),
+        outlived=outlived(system),
         leftovers=left,
         max_occupied=max(occupied(row) for row in rows),
         below_min=longest(rows, lambda row: occupied(row) < lo),

@@ -180,7 +180,10 @@ class Container:
         # as nspawn did when its cgroup was the caller's.
         for parent in _tracking_cgroups():
             own = parent / self.base.name
-            own.mkdir()
+            try:
+                own.mkdir()
+            except OSError as exc:
+                raise HarnessError(f"cannot make the container's cgroup {own}: {exc}") from None
             self.cgroups.append(own)
             available = parent / "cgroup.controllers"  # cgroup2 only
             for controller in available.read_text().split() if available.exists() else []:
