@@ -13,6 +13,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -65,7 +66,7 @@ def _tracking_cgroups() -> list[Path]:
         _hid, controllers, path = line.split(":", 2)
         if controllers in mounts:
             root, point = mounts[controllers]
-            if root != "/" and path.startswith(root):
+            if root != "/" and (path == root or path.startswith(root + "/")):
                 path = path[len(root):]
             dirs.append(Path(point) / path.lstrip("/"))
     return dirs
@@ -81,6 +82,7 @@ def _remove_cgroup(top: Path, timeout: float = 5.0) -> None:
             except OSError:
                 pass
         if time.monotonic() > deadline:
+            print(f"[harness] could not remove the container's cgroup {top}: processes are still in it", file=sys.stderr)
             return
         time.sleep(0.1)
 
@@ -117,7 +119,8 @@ class Container:
         # systemd inside applies /etc/hostname (the host's, through the overlay) over nspawn's -M name.
         self.hostname = hostname
         self.base: Path | None = None
-        self.cgroups: list[Path] = []
+        self.cgroups: list[Path] = []  # this boot's own cgroups (see _own_cgroups)
+        self.boots = 0
         self.nspawn: subprocess.Popen | None = None
         self.pid1: int | None = None
         self.boot_seconds: float | None = None
@@ -171,28 +174,41 @@ class Container:
         for unit in self.mask:
             (self.root / "etc/systemd/system" / unit).unlink(missing_ok=True)
             (self.root / "etc/systemd/system" / unit).symlink_to("/dev/null")
-        # A cgroup of its own. systemd-nspawn --keep-unit puts the container in <its cgroup>/payload, and
-        # every container started from one process (the multi-host tests, an xdist worker) or from one
-        # cgroup (two xdist workers) would share that one: each systemd would see the others' processes
-        # in its units' cgroups (as PID 0 on cgroup v2: "Failed to kill control group ...: Input/output
-        # error"), remove cgroups they still use (a start failing with 219/CGROUP) and share a unit's
-        # MemoryMax. nspawn enables the controllers below its cgroup; the ones above are enabled here,
-        # as nspawn did when its cgroup was the caller's.
+
+    def _own_cgroups(self) -> None:
+        """A cgroup of its own for this boot of the container, under the caller's.
+
+        systemd-nspawn --keep-unit puts the container in <its cgroup>/payload, so every container
+        started from one process (the multi-host tests, an xdist worker) or from one cgroup (two xdist
+        workers) would share that one: each systemd would see the others' processes in its units'
+        cgroups (as PID 0: "Failed to kill control group ...: Input/output error"), remove cgroups they
+        still use (a start failing with 219/CGROUP). A fresh one for each boot: nspawn enables
+        controllers in the last one's subtree_control, and cgroup v2 lets no process into a
+        non-root cgroup that hands memory or io down."""
+        for own in self.cgroups:
+            _remove_cgroup(own)
+        self.boots += 1
+        self.cgroups = []
         for parent in _tracking_cgroups():
-            own = parent / self.base.name
+            own = parent / f"{self.base.name}.{self.boots}"
             try:
                 own.mkdir()
             except OSError as exc:
                 raise HarnessError(f"cannot make the container's cgroup {own}: {exc}") from None
             self.cgroups.append(own)
+            # nspawn enables systemd's controllers below its cgroup; above it, as nspawn did when its cgroup
+            # was the caller's: in the root cgroup (the mount point), or in one with no processes of its own.
             available = parent / "cgroup.controllers"  # cgroup2 only
-            for controller in available.read_text().split() if available.exists() else []:
+            if not available.exists() or (not os.path.ismount(parent) and (parent / "cgroup.procs").read_text().strip()):
+                continue
+            for controller in set(available.read_text().split()) & {"cpu", "cpuset", "io", "memory", "pids"}:
                 try:
                     (parent / "cgroup.subtree_control").write_text(f"+{controller}")
                 except OSError:
                     pass  # as nspawn: a controller the parent cannot hand down is left out
 
     def _start(self, deadline: float) -> None:
+        self._own_cgroups()
         args = ["systemd-nspawn", "-D", str(self.root), "-b", "--register=no", "--keep-unit", "-M", self.name]
         if self.private_network:
             args.append("--private-network")
