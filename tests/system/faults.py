@@ -245,16 +245,14 @@ def leftovers(system: System, waves: list[int], limit: int = 5) -> list[str]:
     return lines
 
 
-def outlived(system: System) -> int:
-    """systemd's lines, in the workers' journal, for a process that outlived its unit (a kill that
-    did not take the whole cgroup)."""
-    text = system.sh("journalctl --no-pager -o cat -u 'dramatiq-worker@*'", check=False).stdout
+def outlived(text: str) -> int:
+    """systemd's lines, in the workers' journal ``text``, for a process that outlived its unit (a
+    kill that did not take the whole cgroup)."""
     return text.count("Failed to kill control group") + text.count("remains running after unit stopped")
 
 
-def hook_summary(system: System) -> str:
-    """What the hook did in the workers, from their journal: holds and hand-backs."""
-    text = system.sh("journalctl --no-pager -o cat -u 'dramatiq-worker@*'", check=False).stdout
+def hook_summary(text: str) -> str:
+    """What the hook did in the workers, from their journal ``text``: holds and hand-backs."""
     held = text.count("dramactl: holding message ")
     stored = text.count("follow-up(s) stored after holding")
     unacked = text.count("interrupted, so its follow-ups (a retry, a next step, a result) may not exist")
@@ -342,6 +340,7 @@ def run(system: System, plan: FaultPlan, wait_until: Callable[..., object], log:
         f"{kinds.count(0)} plain, {kinds.count(1) + kinds.count(2)} time-limited ({kinds.count(1)} failing once: "
         f"{r['failed']} failures), {kinds.count(3)} two-step pipelines"
     )
+    workers_journal = system.sh("journalctl --no-pager -o cat -u 'dramatiq-worker@*'", check=False).stdout
     return FaultReport(
         sent=sent,
         processed=r["processed"],
@@ -351,8 +350,8 @@ def run(system: System, plan: FaultPlan, wait_until: Callable[..., object], log:
         kills=killer.kills,
         child_kills=killer.child_kills,
         workload=workload,
-        hook=hook_summary(system),
-        outlived=outlived(system),
+        hook=hook_summary(workers_journal),
+        outlived=outlived(workers_journal),
         leftovers=left,
         max_occupied=max(occupied(row) for row in rows),
         below_min=longest(rows, lambda row: occupied(row) < lo),
