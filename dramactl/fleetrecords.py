@@ -121,7 +121,7 @@ def _json_record(raw: bytes | str, what: str) -> dict:
     """The fields of a JSON record (DamagedState naming what is wrong: not JSON, not an object)."""
     try:
         data = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past the parser's depth
         raise DamagedState(f"not JSON ({exc})") from None
     return _fields(data, what)
 
@@ -390,7 +390,7 @@ def _history(raw: bytes | str | None, key: str = "") -> list[TickRecord]:
         return []
     try:
         items = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         damaged(key, "history", f"not JSON ({exc})")
         return []  # the fleet starts its history again, as one host does with a damaged state file
     if not isinstance(items, list):
@@ -418,7 +418,7 @@ def read_history(client: redis.Redis | redis.client.Pipeline, settings: Settings
     for i, raw in enumerate(raws):
         try:
             items.append(json.loads(raw))
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             damaged(key, f"[{i}]", f"not JSON ({exc})")
     return [r for r in _records(items, key) if r.at >= now - HISTORY_SECONDS]
 

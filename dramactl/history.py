@@ -228,7 +228,7 @@ class Entry:
             raw = get(name, default) or default
             try:
                 return convert(raw)
-            except (ValueError, OverflowError) as exc:  # int('x'), float('1e999x'), json.loads('[')
+            except (ValueError, OverflowError, RecursionError) as exc:  # int('x'), float('1e999x'), json.loads('['), '[' * 5000
                 raise DamagedEntry(at, f"DRAMACTL_{name.upper()}", f"{raw[:40]!r} cannot be read ({exc})") from None
 
         stamp = record.get("__REALTIME_TIMESTAMP")

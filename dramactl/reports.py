@@ -80,7 +80,7 @@ def parse_field(name: str, value: str) -> tuple[int, int, InstanceReport]:
         raise ValueError("the field is not <instance>.<pid>")
     try:
         data = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
         raise ValueError("the value is not JSON") from None
     if not isinstance(data, dict):
         raise ValueError("the value is not a JSON object")

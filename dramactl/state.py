@@ -248,7 +248,7 @@ class StateStore:
             return ScalerState.from_dict(json.loads(text))
         except DamagedState as exc:
             problem = str(exc)
-        except ValueError as exc:  # not JSON, not UTF-8
+        except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested past the parser's depth
             problem = f"not JSON ({exc})"
         # A damaged file must not wedge the scaler: keep it for a post-mortem, start over.
         self._set_aside(problem)

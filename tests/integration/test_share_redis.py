@@ -230,11 +230,11 @@ def test_the_history_is_read_only_for_a_new_decision_and_kept_out_of_the_watched
     assert redis.llen(hist) == 6
     assert sum(len(k) + len(v) for k, v in redis.hgetall(key).items()) < size + 200
     share._named.clear()
-    redis.rpush(hist, "{not json", json.dumps({"at": 1e400}).replace("1e+400", "Infinity"))
+    redis.rpush(hist, "{not json", json.dumps({"at": 1e400}).replace("1e+400", "Infinity"), "[" * 100_000)
     now = share.snapshot(redis, settings).now
     with caplog.at_level(logging.WARNING, logger="dramactl.share"):
         assert len(share.read_history(redis, settings, now)) == 6
-    assert caplog.text.count(hist) == 2
+    assert caplog.text.count(hist) == 3
 
 
 # --- the claim script and one decision per half interval (1,000 hosts) -------------------------

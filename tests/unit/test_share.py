@@ -207,6 +207,7 @@ def beat(**changes: object) -> bytes:
         (beat(failing=1), "failing"),
         (beat(startup=-3), "startup"),
         (b"not json", "not JSON"),
+        (b"[" * 100_000, "not JSON"),  # nested past the parser's depth: RecursionError, not ValueError
         (b"[1, 2]", "heartbeat"),
     ],
 )
@@ -268,6 +269,7 @@ def test_a_damaged_history_record_is_left_out_the_good_ones_kept(caplog: pytest.
     assert [r.at for r in records] == [10.0, 20.0]
     assert len(caplog.records) == 1 and "history[1].backlog" in caplog.text and KEY in caplog.text
     assert share._history(b"{", KEY) == [] and share._history(b'{"a": 1}', KEY) == []
+    assert share._history(b"[" * 100_000, KEY) == []
 
 
 @pytest.mark.parametrize("value", [b"1e400", b"inf", b"-inf", b"nan", b"-3"])

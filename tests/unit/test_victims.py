@@ -137,6 +137,7 @@ def test_parse_reads_good_fields_and_ignores_stale_and_gone() -> None:
         ("one.100", field(), "not <instance>.<pid>"),
         ("1", field(), "not <instance>.<pid>"),
         (b"1.100", b"\xff\xfe", "not JSON"),
+        ("1.100", "[" * 100_000, "not JSON"),  # nested past the parser's depth
     ],
 )
 def test_a_damaged_field_is_ignored_and_named(name, value, says) -> None:
