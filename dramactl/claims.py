@@ -24,32 +24,23 @@ Imported only with FLEET_NAME set.
 from __future__ import annotations
 
 import struct
-from typing import Sequence
+from typing import Mapping, NamedTuple
 
 import redis
 
+from .reports import FIELD_LIMIT, STALE_SECONDS, instances_prefix
 from .fleetrecords import LONGEST, MOST, SKEW, FleetDecision, HostEntry, Silence, claims_key, damaged, fleet_key, history_key, kept_types
 from .settings import Settings
 
 KEY_LIFETIME = 7 * 86400  # a fleet nobody ticks for a week is forgotten
 HISTORY_RECORDS = 720  # the fleet's history LIST keeps at most this many records (an hour at two decisions per 10 s)
 
-# KEYS: the claims HASH. ARGV: me, mode ("tick": grow only into the room under the target and
-# the cap; "manual": a size by hand, under the cap only, refused or capped; "hold": a paused
-# host's own size, as it is), share (what it asks for), up, occupying, target, cap (-1: none),
-# failing (1/0), serving, ttl, silence start, silence end, partial (manual: 1 claims what
-# there is, 0 writes nothing when the room is short). Returns {grant, claim written (-1:
-# nothing written), ids of damaged claims...}.
-CLAIM = """
-local me, mode = ARGV[1], ARGV[2]
-local share, up, occupying = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local target, cap = tonumber(ARGV[6]), tonumber(ARGV[7])
-local failing, serving, ttl = ARGV[8] == '1', tonumber(ARGV[9]), tonumber(ARGV[10])
-local s0, s1 = tonumber(ARGV[11]), tonumber(ARGV[12])
-local most, skew, longest = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
--- (claim, counted, live) of a claims value, or nil when it is damaged
+# Shared by the claim and forget scripts: (claim, counted, live) of a claims value, or nil when it is
+# damaged; and how many worker processes a host runs by their own reports (dramactl.reports: the
+# worker hook rewrites its field every second and keeps the host's HASH alive REPORTS_TTL past the
+# last write), counted for a host whose claim has expired. Both need s0, s1 (the silence), most,
+# skew, longest, now, prefix (the reports HASHes' key prefix), stale (ms) and limit in scope.
+_COMMON = """
 local function read(v)
   if #v ~= 24 then return nil end
   local c, k, at, ex = struct.unpack('>IIdd', v)
@@ -59,27 +50,80 @@ local function read(v)
   if s1 > s0 and at <= s0 then ex = ex + s1 - s0 end
   return c, k, ex > now
 end
+-- The processes in a host's reports HASH whose last write is within ``stale`` ms of the newest
+-- one's (the times are that host's clock, compared only with each other); 0 when the HASH has no
+-- expiry (a hook older than REPORTS_TTL: its fields may be a dead host's) or is out of shape.
+local function running(host)
+  local key = prefix .. host
+  if redis.call('PTTL', key) <= 0 or redis.call('HLEN', key) > limit then return 0 end
+  local ats, newest = {}, nil
+  for _, v in ipairs(redis.call('HVALS', key)) do
+    local ok, d = pcall(cjson.decode, v)
+    if ok and type(d) == 'table' and type(d.at) == 'number' and d.at == d.at then
+      ats[#ats + 1] = d.at
+      if newest == nil or d.at > newest then newest = d.at end
+    end
+  end
+  local n = 0
+  for _, at in ipairs(ats) do
+    if at >= newest - stale then n = n + 1 end
+  end
+  return n
+end
+"""
+
+# KEYS: the claims HASH. ARGV: me, mode ("tick": grow only into the room under the target and
+# the cap; "manual": a size by hand, under the cap only, refused or capped; "hold": a paused
+# host's own size, under the cap only, never cut), share (what it asks for), up, occupying,
+# target, cap (-1: none), failing (1/0), serving, ttl, silence start, silence end, partial
+# (manual: 1 claims what there is, 0 writes nothing when the room is short), most, skew,
+# longest, key lifetime, the reports HASHes' prefix, stale ms, field limit. A host whose claim
+# expired while its worker processes still report (its ticks stopped: timer stopped, a config
+# broken after it started, a tick that hangs) counts with those processes, under the target and
+# against the cap. Returns {grant, claim written (-1: nothing written), processes counted for
+# hosts whose claim expired, ids of damaged claims...}.
+CLAIM = """
+local me, mode = ARGV[1], ARGV[2]
+local share, up, occupying = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local target, cap = tonumber(ARGV[6]), tonumber(ARGV[7])
+local failing, serving, ttl = ARGV[8] == '1', tonumber(ARGV[9]), tonumber(ARGV[10])
+local s0, s1 = tonumber(ARGV[11]), tonumber(ARGV[12])
+local most, skew, longest = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
+local prefix, stale, limit = ARGV[18], tonumber(ARGV[19]), tonumber(ARGV[20])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+""" + _COMMON + """
 -- Every claim (HVALS: half the reply of HGETALL), then this host's own taken out again.
-local all, counted, damaged = 0, 0, 0
+local all, counted, damaged, expired = 0, 0, 0, 0
 for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
   local c, k, live = read(v)
   if not c then
     damaged = damaged + 1
   elseif live then
     all, counted = all + c, counted + k
+  else
+    expired = expired + 1
   end
 end
 local old = redis.call('HGET', KEYS[1], me)
 if old then
   local c, k, live = read(old)
-  if c and live then all, counted = all - c, counted - k end
+  if c and live then all, counted = all - c, counted - k elseif c then expired = expired - 1 end
 end
-local out = {0, 0}
-if damaged > 0 then  -- rare: name them (the caller logs each once)
+local out, unclaimed = {0, 0, 0}, 0
+if damaged > 0 or expired > 0 then  -- rare: name the damaged (the caller logs each once), count what expired hosts run
   local flat = redis.call('HGETALL', KEYS[1])
   for i = 1, #flat, 2 do
-    if flat[i] ~= me and not read(flat[i + 1]) then out[#out + 1] = flat[i] end
+    if flat[i] ~= me then
+      local c, k, live = read(flat[i + 1])
+      if not c then
+        out[#out + 1] = flat[i]
+      elseif not live then
+        unclaimed = unclaimed + running(flat[i])
+      end
+    end
   end
+  all, counted = all + unclaimed, counted + unclaimed
 end
 local grant, claim = share, 0
 if mode == 'tick' then
@@ -88,22 +132,22 @@ if mode == 'tick' then
     if cap >= 0 then room = math.min(room, cap - all - occupying) end
     grant = up + math.max(0, math.min(share - up, room))
   end
-  claim = math.max(occupying, grant + occupying - up)
 elseif mode == 'manual' then
-  if cap >= 0 then grant = math.min(share, math.max(cap - all, math.min(up, share))) end
+  -- instances coming back (occupying - up) take their room too: they will be up beside the grant
+  if cap >= 0 then grant = math.min(share, math.max(cap - all - (occupying - up), math.min(up, share))) end
   if grant < share and ARGV[13] ~= '1' then
-    out[1], out[2] = grant, -1
+    out[1], out[2], out[3] = grant, -1, unclaimed
     return out
   end
-  claim = math.max(occupying, grant)
-else
-  claim = math.max(occupying, share + occupying - up)
+elseif share > up and cap >= 0 then  -- hold: a paused host keeps what it runs, grows only under the cap
+  grant = up + math.max(0, math.min(share - up, cap - all - occupying))
 end
+claim = math.max(occupying, grant + occupying - up)
 local mine = claim
 if failing then mine = math.min(claim, serving) end
 redis.call('HSET', KEYS[1], me, struct.pack('>IIdd', claim, mine, now, now + ttl))
 redis.call('EXPIRE', KEYS[1], ARGV[17])
-out[1], out[2] = grant, claim
+out[1], out[2], out[3] = grant, claim, unclaimed
 return out
 """
 
@@ -121,6 +165,36 @@ redis.call('HDEL', KEYS[1], 'history')
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return {1}
 """
+
+# KEYS: the fleet's HASH, the claims HASH. ARGV: silence start, silence end, most, skew, longest,
+# the reports HASHes' prefix, stale ms, field limit, then (host id, its heartbeat as read) pairs.
+# Forgets a host (its heartbeat and its claim) only if its heartbeat is still the one read, its
+# claim is not live and its worker processes do not report: a host that came back, or whose
+# workers run on without ticks, is kept. Returns the ids forgotten.
+FORGET = """
+local s0, s1 = tonumber(ARGV[1]), tonumber(ARGV[2])
+local most, skew, longest = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local prefix, stale, limit = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+""" + _COMMON + """
+local gone = {}
+for i = 9, #ARGV, 2 do
+  local id = ARGV[i]
+  if redis.call('HGET', KEYS[1], 'host:' .. id) == ARGV[i + 1] then
+    local claim = redis.call('HGET', KEYS[2], id)
+    local c, k, live = nil, nil, false
+    if claim then c, k, live = read(claim) end
+    if not live and running(id) == 0 then
+      redis.call('HDEL', KEYS[1], 'host:' .. id)
+      redis.call('HDEL', KEYS[2], id)
+      gone[#gone + 1] = id
+    end
+  end
+end
+return gone
+"""
+
 
 def _script(client: redis.Redis, source: str):
     """The script, run with EVALSHA (redis-py loads it again after a Redis restart)."""
@@ -161,20 +235,38 @@ def claim(
     serving: int = 0,
     silence: Silence | None = None,
     partial: bool = True,
-) -> tuple[int, int | None]:
-    """(what this host may run, the claim written or None when nothing was) in one atomic call."""
+) -> Claimed:
+    """What this host may run, the claim written (None when nothing was) and the processes
+    counted for hosts whose claim expired, in one atomic call."""
     s0, s1 = (silence.start, silence.end) if silence is not None else (0.0, 0.0)
     args = [
         me, mode, share, up, occupying, target, -1 if cap is None else cap, int(failing), serving, settings.host_ttl,
-        repr(s0), repr(s1), int(partial), MOST, SKEW, LONGEST, KEY_LIFETIME,
+        repr(s0), repr(s1), int(partial), MOST, SKEW, LONGEST, KEY_LIFETIME, *_reports_args(settings),
     ]
     key = claims_key(settings)
     with kept_types(client, settings):
         reply = _script(client, CLAIM)(keys=[key], args=args)
-    for bad in reply[2:]:
+    for bad in reply[3:]:
         damaged(key, bad.decode("utf-8", "replace") if isinstance(bad, bytes) else str(bad), "not a claim (24 bytes: claim, counted, at, expires) within range: left out of the room")
     grant, written = int(reply[0]), int(reply[1])
-    return grant, (written if written >= 0 else None)
+    return Claimed(grant, written if written >= 0 else None, int(reply[2]))
+
+
+class Claimed(NamedTuple):
+    """The claim script's answer: ``grant`` (what this host may run), ``written`` (its claim,
+    None when nothing was written), ``unclaimed`` (worker processes of hosts whose claim
+    expired, by their own reports, counted in the room)."""
+
+    grant: int
+    written: int | None
+    unclaimed: int = 0
+
+
+def _reports_args(settings: Settings) -> list:
+    """The claim and forget scripts' view of the instance reports: the HASHes' key prefix
+    (``<namespace>:__dramactl__.instances.``: the host id follows), how stale (ms) a field may be
+    next to the newest of its host, and the most fields a HASH may hold to be counted."""
+    return [instances_prefix(settings.namespace), int(STALE_SECONDS * 1000), FIELD_LIMIT]
 
 
 def publish(client: redis.Redis, settings: Settings, read: bytes | None, decision: FleetDecision, record: str) -> tuple[bool, bytes | None]:
@@ -190,7 +282,16 @@ def publish(client: redis.Redis, settings: Settings, read: bytes | None, decisio
     return False, reply[1] or None
 
 
-def forget(pipe: redis.client.Pipeline, settings: Settings, ids: Sequence[str]) -> None:
-    """Remove the claims of hosts forgotten (expired for FORGET_AFTER)."""
-    if ids:
-        pipe.hdel(claims_key(settings), *ids)
+def forget(client: redis.Redis, settings: Settings, heartbeats: Mapping[str, bytes], silence: Silence | None = None) -> list[str]:
+    """Remove the hosts expired for FORGET_AFTER (``heartbeats``: id -> its heartbeat as read),
+    each with its claim, unless it wrote a heartbeat since, its claim is live or its worker
+    processes still report (:data:`FORGET`); the ids removed."""
+    if not heartbeats:
+        return []
+    s0, s1 = (silence.start, silence.end) if silence is not None else (0.0, 0.0)
+    args = [repr(s0), repr(s1), MOST, SKEW, LONGEST, *_reports_args(settings)]
+    for host, raw in heartbeats.items():
+        args += [host, raw]
+    with kept_types(client, settings):
+        reply = _script(client, FORGET)(keys=[fleet_key(settings), claims_key(settings)], args=args)
+    return [r.decode("utf-8", "replace") if isinstance(r, bytes) else str(r) for r in reply]

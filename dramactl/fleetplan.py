@@ -197,14 +197,34 @@ def plan_share(
     return granted(view, me, mine), record
 
 
-def granted(view: Coordinated, me: HostEntry, mine: int) -> Coordinated:
+def unclaimed_note(unclaimed: int) -> str:
+    """The journal's words for worker processes counted by their own reports (dramactl.claims)."""
+    if not unclaimed:
+        return ""
+    return (f" ({unclaimed} worker process(es) of hosts whose heartbeat expired still report, counted in the room: "
+            "those hosts' ticks stopped while their workers run; see their dramactl.timer and journal)")
+
+
+def granted(view: Coordinated, me: HostEntry, mine: int, unclaimed: int = 0) -> Coordinated:
     """``view`` with this host's target set to ``mine`` (what it may run: the claim script's
-    grant, dramactl.claims, at most its share), and the journal line's reason for it."""
+    grant, dramactl.claims, at most its share), and the journal line's reason for it;
+    ``unclaimed``: the processes of hosts whose claim expired that the grant counted."""
     share, decision = view.share, view.fleet
     note = f" (grows {mine - me.up} now: the others' instances leave no more room under the target)" if mine < share and mine >= me.up else ""
     sick = " (this host's instances fail: it keeps its working ones, the others serve its share)" if me.name in decision.failing else ""
-    reason = f"{view.summary()}: this host's share {share}{note}{sick}; fleet: {decision.reason}"
+    reason = f"{view.summary()}: this host's share {share}{note}{sick}{unclaimed_note(unclaimed)}; fleet: {decision.reason}"
     return replace(view, decision=replace(view.decision, target=mine, reason=reason))
+
+
+def held(view: Coordinated, me: HostEntry, pinned: int, grant: int, unclaimed: int = 0) -> Coordinated:
+    """A paused host's ``view``: it keeps what it runs and grows to its own size (``pinned``)
+    only as far as the claim script's ``grant`` under the fleet's cap (after a reboot, say, the
+    others may have taken the room); the target is the grant, with why when it is short."""
+    if grant >= pinned:
+        return replace(view, decision=replace(view.decision, target=pinned))
+    reason = (f"{view.summary()}: this paused host's size {pinned}, {grant} for now: the other hosts' claims leave no more room "
+              f"under the fleet's cap{unclaimed_note(unclaimed)}")
+    return replace(view, decision=replace(view.decision, target=grant, reason=reason))
 
 
 def following(settings: Settings, record: Mapping | None, agreed: bool) -> tuple[Settings, dict, bool]:

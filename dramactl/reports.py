@@ -5,7 +5,10 @@ field per worker process into the HASH ``<ns>:__dramactl__.instances.<host>``:
 field ``<instance>.<pid>``, value JSON ``{"threads", "busy", "oldest", "held", "at", "paused", "queued"}``
 (times in epoch ms, ``oldest`` null when idle, ``paused`` true while its intake is paused:
 :mod:`dramactl.intake`, ``queued`` the messages it fetched that wait for a free thread; both
-absent from hooks before them), and deletes it on a clean shutdown.
+absent from hooks before them), and deletes it on a clean shutdown. Each flush also sets the
+HASH to expire :data:`REPORTS_TTL` later, so it exists, by Redis' clock, while a process of the
+host reports: the other hosts of a fleet count those processes when the host's ticks have
+stopped (:mod:`dramactl.claims`).
 The probe (:mod:`dramactl.queue`) reads this host's hash in its round trip; this
 module turns the raw fields into one :class:`~dramactl.stats.InstanceReport` per
 instance. ``<host>`` is this host's identity (/etc/machine-id), computed the same way
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from typing import Callable, Iterable, Sequence
 
@@ -29,8 +33,19 @@ from .stats import InstanceReport
 # The hook flushes every second: a report older than five flushes is a process that
 # no longer reports (stopped, wedged or cut off from Redis).
 STALE_SECONDS = 5.0
+# Each flush keeps the host's HASH this long (the hook's REPORTS_TTL_MS): by Redis' clock, the
+# HASH exists while a process of the host reports, which the fleet's claim script relies on.
+REPORTS_TTL = 10.0
 # Fields read per probe at most (a host runs at most MAX_PROCESSES instances, one process each).
 FIELD_LIMIT = 4096
+# A report's bounds: beyond them a value is damaged, never used (a JSON integer has no bound, and
+# 10**400 ms has no float, nor 2.999... a pid os.kill takes).
+MOST = 1_000_000_000  # threads, busy, held, queued: far above any process, exact as a float
+LATEST_MS = 2**53  # epoch ms: every integer up to it is exact as a float (the year 285,000)
+AHEAD_SECONDS = 60.0  # a report's ``at`` this far past this host's clock is damaged, not fresh for ever
+OLDEST_AHEAD_MS = 86_400_000  # ``oldest`` more than a day past the report's ``at`` is damaged
+PID_LIMIT = 4_194_304  # the kernel's PID_MAX_LIMIT: /proc/sys/kernel/pid_max is at most this, and pids are below it
+_FIELD = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})")
 
 
 MACHINE_ID = "/etc/machine-id"
@@ -48,19 +63,26 @@ def host_identity(path: str | None = None) -> str:
     return ident if len(ident) == 32 and all(c in "0123456789abcdef" for c in ident) else socket.gethostname()
 
 
+def instances_prefix(namespace: str) -> str:
+    """The start of every host's reports HASH key: the host's identity follows."""
+    return f"{namespace}:__dramactl__.instances."
+
+
 def instances_key(namespace: str, host: str | None = None) -> str:
-    return f"{namespace}:__dramactl__.instances.{host or host_identity()}"
+    return instances_prefix(namespace) + (host or host_identity())
 
 
 def process_alive(pid: int) -> bool:
     """Whether a process with this pid exists on this host (signal 0: nothing is sent)."""
+    if not 0 < pid < PID_LIMIT:  # 0 and -1 signal groups; above, os.kill raises OverflowError
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # another user's process: it exists
-    except OSError:
+    except (OSError, OverflowError, ValueError):
         return False
     return True
 
@@ -69,27 +91,31 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _count(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+def _count(value: object, most: int = MOST) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= most else None
 
 
 def parse_field(name: str, value: str) -> tuple[int, int, InstanceReport]:
     """(instance, pid, report) of one field; ValueError saying what is wrong."""
-    instance, _, pid = name.partition(".")
-    if not instance.isdigit() or not pid.isdigit():
+    m = _FIELD.fullmatch(name)
+    if m is None:
         raise ValueError("the field is not <instance>.<pid>")
+    instance, pid = m.groups()
+    if not 0 < int(pid) < PID_LIMIT:
+        raise ValueError(f"pid {pid} is not a process id (1..{PID_LIMIT - 1})")
     try:
         data = json.loads(value)
     except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
         raise ValueError("the value is not JSON") from None
     if not isinstance(data, dict):
         raise ValueError("the value is not a JSON object")
-    threads, busy, held, at = (_count(data.get(k)) for k in ("threads", "busy", "held", "at"))
+    threads, busy, held = (_count(data.get(k)) for k in ("threads", "busy", "held"))
+    at = _count(data.get("at"), LATEST_MS)
     oldest = data.get("oldest")
     if threads is None or busy is None or held is None or at is None:
-        raise ValueError("threads, busy, held and at must be counts")
-    if oldest is not None and _count(oldest) is None:
-        raise ValueError("oldest must be epoch ms or null")
+        raise ValueError(f"threads, busy, held and at must be counts (at most {MOST:,}; at, epoch ms, at most 2**53)")
+    if oldest is not None and (_count(oldest, LATEST_MS) is None or oldest > at + OLDEST_AHEAD_MS):
+        raise ValueError("oldest must be epoch ms, at most a day past at, or null")
     if busy > threads:
         raise ValueError(f"busy {busy} > threads {threads}")
     paused = data.get("paused", False)
@@ -97,7 +123,7 @@ def parse_field(name: str, value: str) -> tuple[int, int, InstanceReport]:
         raise ValueError("paused must be true or false")
     queued = _count(data.get("queued", 0))
     if queued is None:
-        raise ValueError("queued must be a count")
+        raise ValueError(f"queued must be a count (at most {MOST:,})")
     report = InstanceReport(int(instance), threads, busy, None if oldest is None else oldest / 1000.0, held, at / 1000.0, paused=paused, queued=queued)
     return int(instance), int(pid), report
 
@@ -115,6 +141,12 @@ def parse(
             number, pid, report = parse_field(name, value)
         except ValueError as exc:
             damaged.append(f"{key} field {name!r}: {exc}; ignored (the worker hook rewrites it every second; delete it with HDEL if it stays)")
+            continue
+        if report.at > now + AHEAD_SECONDS:  # fresh for ever, else: a clock set back is caught up in one flush
+            damaged.append(
+                f"{key} field {name!r}: at is {report.at - now:.0f}s ahead of this host's clock; ignored"
+                " (the worker hook rewrites it every second; delete it with HDEL if it stays)"
+            )
             continue
         if now - report.at > STALE_SECONDS or not alive(pid):
             continue

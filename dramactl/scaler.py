@@ -267,6 +267,8 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
             coordinated = _in_fleet(client, settings, backlog, instances, state, decision, write=not dry_run)
             if not state.paused:
                 decision = safeguard(coordinated.decision, instances, settings, state.recovery, now, coordinated.floor)
+            elif coordinated.decision.target < decision.target:  # its paused size has no room under the fleet's cap yet
+                decision = replace(decision, target=coordinated.decision.target, reason=coordinated.decision.reason)
         previous = state.history[-1] if state.history else None
         long_after = victims.long_after(settings.graceful_shutdown_timeout, victims.mean_service(backlog.done_total, backlog.busy_seconds_total))
         changes = plan(

@@ -63,7 +63,7 @@ import redis
 from . import claims
 from .claims import HISTORY_RECORDS, KEY_LIFETIME
 from .fleetplan import (  # noqa: F401  (the fleet's names, re-exported for callers and tests)
-    FORGET_AFTER, LISTED, Coordinated, fleet_cap, following, forgotten, granted, is_failing, plan_share, room_for, silence_before, split,
+    FORGET_AFTER, LISTED, Coordinated, fleet_cap, following, forgotten, granted, held, is_failing, plan_share, room_for, silence_before, split,
 )
 from .fleetrecords import (  # noqa: F401
     FLEET_SETTINGS, LONGEST, MOST, SKEW, FleetDecision, HostEntry, Silence, _decision, _history, _hosts, _named, _record, _records, _silence,
@@ -212,16 +212,19 @@ def coordinate(
     if write:
         cap = min(view.fleet.cap, fleet_cap(used, [me, *live]))
         if pinned is None:
-            grant, claimed = claims.claim(
+            got = claims.claim(
                 client, settings, name, "tick", share=view.share, up=up, occupying=occupying, target=view.fleet.target, cap=cap,
                 failing=failing, serving=me.serving, silence=snap.silence,
             )
-            view = granted(view, me, grant)
+            view = granted(view, me, got.grant, got.unclaimed)
         else:
-            _, claimed = claims.claim(client, settings, name, "hold", share=pinned, up=up, occupying=occupying, silence=snap.silence)
-        me = replace(me, claim=claimed if claimed is not None else me.claim, share=view.share)
+            got = claims.claim(client, settings, name, "hold", share=pinned, up=up, occupying=occupying, cap=cap, silence=snap.silence)
+            view = held(view, me, pinned, got.grant, got.unclaimed)
+        me = replace(me, claim=got.written if got.written is not None else me.claim, share=view.share)
     else:
         target = view.decision.target if pinned is None else pinned
+        if pinned is not None:
+            view = held(view, me, pinned, pinned)
         me = replace(me, claim=max(occupying, target + occupying - up), share=view.share)
     differs = tuple(differences(settings, record))
     view = replace(view, hosts=tuple(sorted([me, *live], key=lambda h: h.name)), settings=record, differs=differs)
@@ -234,11 +237,10 @@ def coordinate(
     pipe.hset(key, f"host:{name}", me.to_json())
     if snap.ended is not None:
         pipe.hset(key, "silence", snap.ended.to_json())
-    if gone:
-        pipe.hdel(key, *[f"host:{g}" for g in gone])
-        claims.forget(pipe, settings, gone)
     pipe.expire(key, KEY_LIFETIME)
     pipe.execute()
+    if gone:  # rare: checked again inside the script, so a host back meanwhile is kept
+        claims.forget(client, settings, {g: raw[f"host:{g}".encode()] for g in gone}, snap.silence)
     return view
 
 
@@ -249,13 +251,20 @@ def settle(
     """After acting: the host's claim drops to what it now runs (stops handed to systemd),
     so the others may grow into the room at their next tick; a start-up timing is kept.
     ``failing``: its start jobs failed just now, so the others take its share at once.
+    The heartbeat and the claim are written with a fresh expiry (Redis' clock): a tick that
+    waited for its jobs longer than FLEET_HOST_TTL must not leave what it started unclaimed.
     Only this host writes its heartbeat and its claim: no transaction is needed."""
     name = name or host_id()
     key = fleet_key(settings)
-    entry = HostEntry.from_json(name, client.hget(key, f"host:{name}") or b"")
+    pipe = client.pipeline(transaction=False)
+    pipe.time()
+    pipe.hget(key, f"host:{name}")
+    (seconds, micros), raw = pipe.execute()
+    entry = HostEntry.from_json(name, raw or b"")
     if entry is None:
         return
-    entry = replace(entry, claim=claim, up=up, startup=startup if startup is not None else entry.startup)
+    now = seconds + micros / 1e6
+    entry = replace(entry, claim=claim, up=up, startup=startup if startup is not None else entry.startup, at=now, expires=now + settings.host_ttl)
     if failing is not None:
         entry = replace(entry, failing=failing or entry.failing, working=working if working is not None else entry.working)
     pipe = client.pipeline(transaction=False)
@@ -287,7 +296,7 @@ def reserve(
                    now, now + settings.host_ttl, paused, old.startup if old else None, host_name(),
                    old.failing if old else False, old.working if old else up, digest(fleet_values(settings)))
     cap = fleet_cap(used, [*live, me]) if used.fleet_max_processes else None
-    allowed, claimed = claims.claim(
+    allowed, claimed, _ = claims.claim(
         client, settings, name, "manual", share=target, up=up, occupying=occupying, cap=cap, silence=snap.silence, partial=partial
     )
     if claimed is None:

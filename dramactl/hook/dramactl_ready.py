@@ -40,7 +40,9 @@ What it installs:
   process's report (threads, busy threads, start of the oldest running task, held
   messages, messages fetched and waiting for a thread, whether its intake is paused)
   into ``<ns>:__dramactl__.instances.<host>``, field ``<instance>.<pid>``: what
-  dramactl's scale-down reads to stop the least busy instance first. It never
+  dramactl's scale-down reads to stop the least busy instance first (the HASH expires
+  REPORTS_TTL_MS after the host's last flush: while it exists, the other hosts of a
+  fleet count these processes even if this host's ticks stop). It never
   raises into the app's middleware chain. Also in that round trip it reads whether the
   scaler paused this instance's intake (``<ns>:__dramactl__.pause.<host>``, field
   ``<instance>``: a scale-down waits for its long tasks, dramactl/intake.py; read once
@@ -77,6 +79,7 @@ STUCK_GRACE_SECONDS = 30.0  # a thread still in its actor this long past the act
 SWEEP_ROUNDS = 2  # rounds in a row an id sits in the ack set, not in the process, before it is handed back
 REQUEUE_CHUNK = 500  # ids per call of Dramatiq's requeue script
 INSTANCES_KEY = "{namespace}:__dramactl__.instances.{host}"  # field "<instance>.<pid>", read by dramactl's probe
+REPORTS_TTL_MS = 10_000  # each flush keeps the host's reports HASH this long: it outlives its last reporting process by this
 PAUSE_KEY = "{namespace}:__dramactl__.pause.{host}"  # field "<instance>": its intake is paused (written by dramactl's tick)
 BOOT_READ_SECONDS = 2.0  # the boot's read of the pause waits this long at most (a hung Redis)
 
@@ -1316,7 +1319,10 @@ class WorkReporter(Middleware):
                 sent += [(key, "done"), (key, "busy"), (key, "busy_sq"), (key, "at")]
             if self.report_key and not self.stopping.is_set():
                 pipe.hset(self.report_key, self.report_field, self.report())
-                sent.append((self.report_key, self.report_field))
+                # By Redis' clock, the HASH lives while a process of this host reports: the other hosts
+                # of a fleet count these processes when this host's ticks stop (dramactl.claims).
+                pipe.pexpire(self.report_key, REPORTS_TTL_MS)
+                sent += [(self.report_key, self.report_field), (self.report_key, "(expiry)")]
                 if self.pause_key and self.pausable:
                     pipe.hget(self.pause_key, self.instance)
                     sent.append((self.pause_key, self.instance))

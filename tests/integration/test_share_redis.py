@@ -486,3 +486,167 @@ def test_a_fleet_key_of_the_wrong_type_is_one_line_naming_it_and_the_fix(redis: 
         assert line.startswith(f"FLEET_NAME: Redis key {key} holds a string") and f"DEL {key}" in line and "\n" not in line, line
     redis.delete(key)
     assert tick().decision.target >= 1
+
+
+# --- hosts whose ticks stop while their workers run; a paused host back; a tick longer than the TTL ---------
+
+from dramactl import reports  # noqa: E402
+
+
+class Reporting:
+    """A host's worker processes reporting as the hook does (dramactl_ready.WorkReporter.flush):
+    one field per process, rewritten twice a second with that host's clock, the HASH set to expire
+    REPORTS_TTL after each write; ``skew`` shifts that host's clock."""
+
+    def __init__(self, server: RedisServer, settings, host: str, processes: int, skew: float = 0.0) -> None:
+        self.client = redis_lib.Redis(port=server.port)
+        self.key = reports.instances_key(settings.namespace, host)
+        self.processes, self.skew = processes, skew
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def write(self) -> None:
+        at = int((time.time() + self.skew) * 1000)
+        pipe = self.client.pipeline(transaction=False)
+        for n in range(1, self.processes + 1):
+            report = {"threads": 2, "busy": 1, "oldest": at - 1000, "held": 0, "at": at, "paused": False, "queued": 0}
+            pipe.hset(self.key, f"{n}.{1000 + n}", json.dumps(report))
+        pipe.pexpire(self.key, int(reports.REPORTS_TTL * 1000))
+        pipe.execute()
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.5):
+            self.write()
+
+    def __enter__(self) -> "Reporting":
+        self.write()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _ticks(redis: redis_lib.Redis, settings, running: dict[str, int], rounds: int, backlog: FleetBacklog) -> list[share.Coordinated]:
+    views = []
+    for _ in range(rounds):
+        for name in running:
+            view = share.coordinate(redis, settings, backlog, up=running[name], starting=0, occupying=running[name], name=name)
+            running[name] = view.decision.target
+            share.settle(redis, settings, claim=running[name], up=running[name], name=name)
+            views.append(view)
+        time.sleep(0.6)
+    return views
+
+
+def test_a_host_whose_ticks_stop_while_its_workers_run_still_counts_against_the_cap(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """a's timer stops (or its env file breaks, or its tick hangs) while its 3 workers run on: once
+    its heartbeat and claim expire, b must not take a's share on top of them (it reached 9 of a cap
+    of 6, for as long as it lasted). b counts a's processes by their reports (a's clock 2 minutes
+    off: only their own times are compared), says so, and takes the room once they stop."""
+    settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6")
+    backlog = FleetBacklog(ready=500, in_flight=0)
+    running = {"a": 0, "b": 0}
+    _ticks(redis, settings, running, 4, backlog)
+    assert running == {"a": 3, "b": 3}
+    with Reporting(redis_server, settings, "a", 3, skew=-120.0):
+        deadline = time.monotonic() + 3 * settings.host_ttl
+        b = {"b": running["b"]}
+        while time.monotonic() < deadline:
+            (view,) = _ticks(redis, settings, b, 1, backlog)
+            assert b["b"] + running["a"] <= 6, (b, view.decision.reason)
+        assert view.fleet.hosts == ("b",), "a's heartbeat expired: the decision is b's alone"
+        assert "3 worker process(es) of hosts whose heartbeat expired still report" in view.decision.reason
+        # a is not forgotten while its workers report, even once its entry is old enough.
+        raw = redis.hget(share.fleet_key(settings), "host:a")
+        assert claims.forget(redis, settings, {"a": raw}) == [] and redis.hget(share.fleet_key(settings), "host:a") == raw
+    redis.delete(reports.instances_key(settings.namespace, "a"))  # its workers stopped (or the HASH expired)
+    _ticks(redis, settings, b, 2, backlog)
+    assert b["b"] == 6, "with a's workers gone, b takes the room"
+    assert claims.forget(redis, settings, {"a": raw}) == ["a"]
+    assert redis.hget(share.fleet_key(settings), "host:a") is None and redis.hget(share.claims_key(settings), "a") is None
+
+
+def test_reports_without_an_expiry_or_out_of_shape_are_not_counted(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """A reports HASH with no expiry (a hook older than it: its fields may be a dead host's) is not
+    counted; nor are fields stale next to the newest, nor damaged ones."""
+    settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6")
+    seconds, _ = redis.time()
+    entry = share.HostEntry("a", 6, up=3, claim=3, at=seconds - 100, expires=seconds - 98)
+    redis.hset(share.fleet_key(settings), "host:a", entry.to_json())
+    redis.hset(share.claims_key(settings), "a", claims.value(entry))
+    key = reports.instances_key(settings.namespace, "a")
+    now_ms = int(time.time() * 1000)
+    redis.hset(key, mapping={
+        "1.11": json.dumps({"threads": 2, "busy": 0, "oldest": None, "held": 0, "at": now_ms, "paused": False, "queued": 0}),
+        "2.12": json.dumps({"threads": 2, "busy": 0, "oldest": None, "held": 0, "at": now_ms - 60_000, "paused": False, "queued": 0}),
+        "3.13": "[" * 5000,
+        "4.14": json.dumps({"at": "soon"}),
+    })
+    got = claims.claim(redis, settings, "b", "tick", share=6, up=0, occupying=0, target=6, cap=6)
+    assert got == claims.Claimed(6, 6, 0), "no expiry: not counted"
+    redis.pexpire(key, 10_000)
+    redis.hset(share.claims_key(settings), "b", claims.pack(0, 0, seconds, seconds + 2))
+    got = claims.claim(redis, settings, "b", "tick", share=6, up=0, occupying=0, target=6, cap=6)
+    assert got == claims.Claimed(5, 5, 1), "one fresh process counted; the stale and the damaged left out"
+
+
+def test_a_paused_host_back_after_a_reboot_grows_to_its_size_only_under_the_cap(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """a was paused at 3 (scale-to 3), rebooted and was gone longer than the TTL; b took the room.
+    Back, a's tick must not restore its 3 on top of b's 6 (it did: 9 of a cap of 6)."""
+    settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6")
+    running = {"b": 0}
+    _ticks(redis, settings, running, 3, FleetBacklog(ready=500))
+    assert running == {"b": 6}
+    view = share.coordinate(redis, settings, FleetBacklog(ready=500), up=0, starting=0, occupying=0, pinned=3, name="a")
+    assert view.decision.target == 0 and "paused host's size 3, 0 for now" in view.decision.reason, view.decision.reason
+    assert claims.unpack(redis.hget(share.claims_key(settings), "a"))[0] == 0
+    share.settle(redis, settings, claim=4, up=4, name="b")  # b shrinks: a may grow into the room, and no more
+    view = share.coordinate(redis, settings, FleetBacklog(ready=500), up=0, starting=0, occupying=0, pinned=3, name="a")
+    assert view.decision.target == 2 and claims.unpack(redis.hget(share.claims_key(settings), "a"))[0] == 2
+    share.settle(redis, settings, claim=2, up=2, name="b")
+    view = share.coordinate(redis, settings, FleetBacklog(ready=500), up=2, starting=0, occupying=2, pinned=3, name="a")
+    assert view.decision.target == 3, "with room, its own size"
+
+
+def test_a_size_by_hand_leaves_room_for_the_instances_coming_back(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """scale-to 4 on a host with 2 up and 1 in systemd's restart loop (coming back), b at 2, cap
+    6: the one coming back will be up beside what it starts, so 3 is all it may have (4 gave 7)."""
+    settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6")
+    share.coordinate(redis, settings, FleetBacklog(ready=2), up=2, starting=0, occupying=2, name="b")
+    share.settle(redis, settings, claim=2, up=2, name="b")
+    assert share.reserve(redis, settings, target=4, up=2, occupying=3, paused=True, name="a") == 3, "refused in full: nothing written"
+    assert share.reserve(redis, settings, target=4, up=2, occupying=3, paused=True, partial=True, name="a") == 3
+    assert claims.unpack(redis.hget(share.claims_key(settings), "a"))[0] == 4, "3 up and the one coming back"
+
+
+def test_a_tick_longer_than_the_ttl_settles_with_a_live_claim(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """A tick that waited for its start jobs longer than FLEET_HOST_TTL: its settle must write a
+    claim and a heartbeat that are live (it wrote the tick's old expiry: what it started went
+    unclaimed, and b grew into the same room)."""
+    settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6")
+    running = {"a": 0, "b": 0}
+    _ticks(redis, settings, running, 3, FleetBacklog(ready=500))
+    view = share.coordinate(redis, settings, FleetBacklog(ready=500), up=running["a"], starting=0, occupying=running["a"], name="a")
+    time.sleep(settings.host_ttl + 0.5)  # a's jobs take longer than its TTL
+    share.settle(redis, settings, claim=view.decision.target, up=view.decision.target, name="a")
+    seconds, micros = redis.time()
+    _, expires = claims.unpack(redis.hget(share.claims_key(settings), "a"))[2:]
+    assert expires > seconds + micros / 1e6
+    _, hosts, _, _ = share.read(redis, settings)
+    assert next(h for h in hosts if h.name == "a").expires > seconds
+    view = share.coordinate(redis, settings, FleetBacklog(ready=500), up=running["b"], starting=0, occupying=running["b"], name="b")
+    assert view.decision.target + running["a"] <= 6
+
+
+def test_forgetting_a_host_keeps_it_when_it_came_back_meanwhile(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """The forget step chooses from its read; a host whose heartbeat changed since (it came back
+    between that read and the delete) keeps its heartbeat and its claim."""
+    settings = settings_for(redis_server)
+    share.coordinate(redis, settings, FleetBacklog(ready=5), up=1, starting=0, occupying=1, name="x")
+    old = redis.hget(share.fleet_key(settings), "host:x")
+    time.sleep(0.05)
+    share.coordinate(redis, settings, FleetBacklog(ready=5), up=1, starting=0, occupying=1, name="x")  # x ticks again
+    assert claims.forget(redis, settings, {"x": old}) == []
+    assert redis.hget(share.fleet_key(settings), "host:x") is not None and redis.hget(share.claims_key(settings), "x") is not None

@@ -301,3 +301,7 @@ def test_the_hook_and_dramactl_name_this_host_alike(tmp_path, monkeypatch) -> No
     line = next(x for x in source.splitlines() if x.startswith("PAUSE_KEY = "))
     hook_key = line.split('"')[1].format(namespace="ns", host="h")
     assert hook_key == intake.pause_key("ns", "h"), "the hook reads the marks the tick writes"
+    line = next(x for x in source.splitlines() if x.startswith("INSTANCES_KEY = "))
+    assert line.split('"')[1].format(namespace="ns", host="h") == reports.instances_key("ns", "h") == reports.instances_prefix("ns") + "h"
+    line = next(x for x in source.splitlines() if x.startswith("REPORTS_TTL_MS = "))
+    assert int(line.split("=")[1].split("#")[0].replace("_", "")) == reports.REPORTS_TTL * 1000, "the fleet counts by the hook's expiry"
