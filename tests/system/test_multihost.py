@@ -358,6 +358,40 @@ def test_a_host_powered_off_mid_burst_is_taken_over_and_nothing_is_lost(hosts: C
     assert r["processed"] == sent and r["dead"] == 0, r
 
 
+def test_a_host_whose_ticks_stop_while_its_workers_run_still_counts_against_the_cap(hosts: Cluster) -> None:
+    """C's dramactl.timer stops while its workers run on (as when its env file breaks after it started:
+    the ticks stop, the workers do not). Once C's heartbeat expires, A and B must not take C's share
+    on top of C's running workers (they did: 7 of a cap of 6, for as long as it lasted): the hook's
+    reports keep C's processes counted, and the ticks say so."""
+    hosts.configure(FLEET, PER_HOST)
+    start_fleet(hosts)
+    a, b, c = hosts["a"], hosts["b"], hosts["c"]
+    with FleetSampler(hosts) as sampler:
+        hosts.send(1000, 1.0)
+        wait_until(
+            lambda: sampler.rows and sampler.total(sampler.rows[-1]) >= CAP - 1 and sampler.occupied(sampler.rows[-1], c.name) >= 1,
+            60,
+            "the fleet near the cap with C running its share",
+        )
+        c.sh("systemctl stop dramactl.timer")
+        stopped = time.time()
+        wait_until(lambda: c.name not in live_hosts(a.status()), INTERVAL + TTL + SLACK + 15, "C's heartbeat expired in A's status")
+        expired = time.time()
+        time.sleep(4 * INTERVAL + SLACK)  # A and B tick with C expired and C's workers running
+        after = [r for r in sampler.rows if r["t"] > expired]
+        left = hosts.counts()["ready"]
+    said = a.journal() + b.journal()
+    _, _, over = bounds(sampler, hosts, CAP)
+    c_running = min(sampler.occupied(r, c.name) for r in after)
+    print(
+        f"\n[multihost] C's timer stopped: expired after {expired - stopped:.1f}s; C ran at least {c_running} after that,"
+        f" A+B at most {max(sampler.occupied(r, a.name) + sampler.occupied(r, b.name) for r in after)}; {left} messages still ready"
+    )
+    assert not over, over[:10]
+    assert c_running >= 1 and left > 0, "C's workers ran on, with a backlog to grow for, all the while: the scenario held"
+    assert "worker process(es) of hosts whose heartbeat expired still report, counted in the room" in said, said[-2000:]
+
+
 def test_a_redis_outage_holds_every_host_and_no_host_takes_the_others_share_after_it(hosts: Cluster) -> None:
     """The shared Redis stops (saving its keys, as Debian's does) for longer than FLEET_HOST_TTL
     while the fleet runs near the cap. While it is down every host's tick exits with its one line
