@@ -123,7 +123,8 @@ def status(as_json: bool) -> None:
     from .render import render_status
     from .status import collect
 
-    data = collect(load_settings())
+    settings = load_settings()
+    data = guarded(lambda: collect(settings))
     if as_json:
         echo_json(data)
     else:
@@ -175,7 +176,7 @@ def history(since: str | None, until: str | None, as_json: bool) -> None:
     from . import history as hist
 
     try:
-        start, end = (hist.parse_time(t) if t else None for t in (since, until))
+        start, end = (hist.parse_time(t, option=o) if t else None for t, o in ((since, "--since"), (until, "--until")))
     except ValueError as exc:
         raise CommandError(str(exc), EXIT_CONFIG) from None
     try:
@@ -204,6 +205,9 @@ def _replayed(since: str | None, until: str | None, sets: Sequence[str]) -> tupl
     from . import replay as rp
 
     try:
+        for text, option in ((since, "--since"), (until, "--until")):
+            if text:
+                hist.parse_time(text, option=option)  # a bad time named by its option; prepare reads it again
         start, end, values, variants = rp.prepare(since, until, sets)
         return rp.load(start, end, values), values, variants
     except (ValueError, SettingsError) as exc:  # a time, a setting, a range with nothing to replay
@@ -255,12 +259,20 @@ def tune(p95: float, since: str | None, until: str | None, as_json: bool) -> Non
 def metrics() -> None:
     """The Prometheus metrics (text exposition format) of the status now and the last tick.
 
+    What can be read is printed (a source that cannot be read leaves its series out, never 0s); each problem is
+    one line on stderr and the exit code is status's: 0 all read, 2 Redis (or a queue) not, 3 only systemd not.
+
     Example: dramactl metrics | grep dramactl_queue_ready_messages
     """
     from . import metrics as prom
     from .status import collect
 
-    click.echo(prom.render(prom.from_status(collect(load_settings()))), nl=False)
+    settings = load_settings()
+    data = guarded(lambda: collect(settings))
+    click.echo(prom.render(prom.from_status(data)), nl=False)
+    for line in data["errors"]:
+        click.echo(f"dramactl: {settings_mod.redact(line, settings)}", err=True)
+    sys.exit(status_exit_code(data["unread"]))
 
 
 @main.command("scale-to")
@@ -472,11 +484,15 @@ def dashboard(host: str, port: int) -> None:
 
     Example: dramactl dashboard --port 8080   (then open http://127.0.0.1:8080)
     """
-    from .dashboard import serve
+    from .dashboard import BadHost, serve
 
+    if not 0 <= port <= 65535:
+        raise CommandError(f"--port/DASHBOARD_PORT: {port} is not a port; use one from 1 to 65535 (0: any free one)", EXIT_CONFIG)
     settings = load_settings()
     try:
         serve(settings, host=host, port=port, on_ready=lambda url: click.echo(f"dashboard on {url} (Ctrl-C stops it)", err=True))
+    except BadHost as exc:
+        raise CommandError(f"--host/DASHBOARD_HOST: {exc}; use an address such as 127.0.0.1 or 0.0.0.0, or a host name", EXIT_CONFIG) from None
     except OSError as exc:
         raise CommandError(f"cannot serve on {host}:{port} ({exc.strerror or exc}); choose another --port or DASHBOARD_PORT", EXIT_CONFIG) from None
 
@@ -508,7 +524,7 @@ def worker_exec(instance: int) -> None:
 
     values, sources = settings_mod.read_sources()
     settings = guarded(lambda: settings_mod.parse(values, sources))
-    threads = StateStore(settings.state_dir).load().threads or settings.worker_threads
+    threads = guarded(lambda: StateStore(settings.state_dir).load()).threads or settings.worker_threads
     guarded(lambda: exec_worker(settings, threads, instance, values))
 
 

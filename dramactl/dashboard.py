@@ -424,6 +424,10 @@ def make_handler(settings: Settings, collect: Collect, refresh: int, history: Hi
     return Handler
 
 
+class BadHost(ValueError):
+    """A host the socket cannot take (its name cannot be encoded: 'ünï..', an empty label)."""
+
+
 class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -451,7 +455,7 @@ def make_server(
     """A bound, not yet serving, server (port 0 picks a free one; see ``.url``).
 
     ``collect(settings) -> dict`` defaults to :func:`dramactl.status.collect`.
-    Raises OSError when the address cannot be bound.
+    Raises OSError when the address cannot be bound, BadHost when the host is no name a socket takes.
     """
     if not 0 <= int(port) <= 65535:
         raise ValueError(f"port must be from 0 to 65535, not {port}")
@@ -459,7 +463,10 @@ def make_server(
         raise ValueError(f"refresh must be >= 0 seconds, not {refresh}")
     handler = make_handler(settings, collect or default_collect, refresh, history or default_history)
     server_class = DashboardServer6 if ":" in host else DashboardServer
-    return server_class((host, int(port)), handler)
+    try:
+        return server_class((host, int(port)), handler)
+    except (TypeError, UnicodeError) as exc:  # socket.bind: "encoding of hostname failed"
+        raise BadHost(f"{host!r} is not a host name or address ({exc})") from None
 
 
 def serve(

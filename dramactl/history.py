@@ -346,9 +346,27 @@ _RELATIVE = re.compile(r"^\s*([+-]?)\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)(?:\
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_time(text: str, now: float | None = None) -> float:
-    """journalctl-like times: `now`, `today`, `yesterday`, `-2h`, `30 min ago`, `2026-11-24 12:00[:00]`, `12:00`, or epoch `@1700000000`."""
-    now = time.time() if now is None else now
+def parse_time(text: str, now: float | None = None, option: str = "") -> float:
+    """journalctl-like times: `now`, `today`, `yesterday`, `-2h`, `30 min ago`, `2026-11-24 12:00[:00]`, `12:00`, or epoch `@1700000000`.
+
+    ValueError, one line naming ``option`` (e.g. ``--since``) when given, for a time it cannot read or one
+    outside what the journal can seek to (before 1970 or after 9999)."""
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    named = f"cannot read time {shown!r}" + (f" ({option})" if option else "")
+    value = _parse_time(text, time.time() if now is None else now)
+    if value is None:
+        raise ValueError(f"{named}: use e.g. -2h, '30 min ago', today, '2026-11-24 12:00' or 12:00")
+    try:
+        datetime.fromtimestamp(value)  # what the journal's seek takes
+        readable = value >= 0
+    except (ValueError, OverflowError, OSError):
+        readable = False
+    if not readable:
+        raise ValueError(f"{named}: it is out of range; use a time from 1970 to 9999, e.g. -2h or '2026-11-24 12:00'")
+    return value
+
+
+def _parse_time(text: str, now: float) -> float | None:
     t = text.strip()
     if t == "now":
         return now
@@ -358,7 +376,10 @@ def parse_time(text: str, now: float | None = None) -> float:
     if t == "yesterday":
         return (midnight - timedelta(days=1)).timestamp()
     if t.startswith("@"):
-        return float(t[1:])
+        try:
+            return float(t[1:])
+        except ValueError:
+            return None
     m = _RELATIVE.match(t)
     if m:
         seconds = float(m.group(2)) * _UNITS[m.group(3)]
@@ -374,7 +395,7 @@ def parse_time(text: str, now: float | None = None) -> float:
             return midnight.replace(hour=clock.hour, minute=clock.minute, second=clock.second).timestamp()
         except ValueError:
             pass
-    raise ValueError(f"cannot read time {text!r}: use e.g. -2h, '30 min ago', today, '2026-11-24 12:00' or 12:00")
+    return None
 
 
 def render(entries: list[Entry]) -> str:

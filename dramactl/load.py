@@ -20,6 +20,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "low": ("generate_report_task", "low_priority"),
 }
 MIXED = "mixed"
+MIN_RATE = 0.001  # messages per second (one every 1000 s), a demo's floor: --rate 1e-300 sent one, then time.sleep overflowed
 KIND_NAMES = (*KINDS, MIXED)
 
 _WORDS = "invoice shipment order payment receipt account customer delivery update reminder".split()
@@ -62,8 +63,8 @@ def check(settings: Settings, count: int, *, rate: float | None = None, kind: st
     """Validate the arguments; returns the concrete kinds. ValueError with the fix otherwise."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise ValueError(f"count must be a whole number >= 0, not {count!r}")
-    if rate is not None and not (isinstance(rate, (int, float)) and 0 < rate < float("inf")):
-        raise ValueError(f"rate must be a positive number of messages per second, not {rate!r}")
+    if rate is not None and not (isinstance(rate, (int, float)) and MIN_RATE <= rate < float("inf")):
+        raise ValueError(f"rate (--rate) must be at least {MIN_RATE:g} messages per second, not {rate!r}")
     if seconds is not None and not (isinstance(seconds, (int, float)) and 0 <= seconds <= 3600):
         raise ValueError(f"seconds must be from 0 to 3600, not {seconds!r}")
     if isinstance(fail_times, bool) or not isinstance(fail_times, int) or fail_times < 0:

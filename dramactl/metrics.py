@@ -71,7 +71,7 @@ class Snapshot:
     """What the metrics say, from a tick's Outcome or from the status object."""
 
     queues: list[dict] = field(default_factory=list)
-    instances: dict[str, int] = field(default_factory=dict)
+    instances: dict[str, int] | None = field(default_factory=dict)  # None: systemd was not read (no series, not 0s)
     target: int | None = None
     actions: dict[str, int] = field(default_factory=dict)
     duration: float | None = None
@@ -124,14 +124,17 @@ def from_outcome(outcome: Any) -> Snapshot:
 
 
 def from_status(status: dict) -> Snapshot:
-    """``dramactl status --json``'s object (queues and instances now, the tick figures from the last tick)."""
+    """``dramactl status --json``'s object (queues and instances now, the tick figures from the last tick).
+
+    A source status could not read (``unread``) has no series: its queues are absent, and so are the
+    instance counts when systemd was not read (``dramactl_instances{state="active"} 0`` would be a claim)."""
     counts: dict[str, int] = {}
     for i in status.get("instances") or []:
         counts[i["active_state"]] = counts.get(i["active_state"], 0) + 1
     tick = status.get("last_tick") or {}
     return Snapshot(
         queues=list(status.get("queues") or []),
-        instances=counts,
+        instances=None if "systemd" in (status.get("unread") or []) else counts,
         target=tick.get("target"),
         actions=dict(status.get("scaling_actions") or {}),
         duration=tick.get("duration"),
@@ -168,7 +171,7 @@ def render(snap: Snapshot) -> str:
         for key, name, _ in QUEUE_FIGURES:
             value = q.get(key)
             samples[name].append((labels, 0.0 if value is None and key == "oldest_age" else value or 0))
-    for state in sorted(set(STATES) | set(snap.instances)):
+    for state in sorted(set(STATES) | set(snap.instances)) if snap.instances is not None else ():
         samples["dramactl_instances"].append((f'{{state="{_label(state)}"}}', snap.instances.get(state, 0)))
     if snap.target is not None:
         samples["dramactl_target_instances"].append(("", snap.target))

@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Callable, Mapping, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -198,8 +199,8 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
             raise SettingsError("DRAMATIQ_QUEUE_NAME", f"{q!r} is not a Dramatiq queue name", "use letters, digits, '.', '_' or '-'")
 
     redis_url = get.text("REDIS_URL", "")
-    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError("REDIS_URL", f"{redis_url.split(':', 1)[0]!r} is not a Redis URL", "use redis://[:password@]host:port/db")
+    if redis_url:
+        check_redis_url(redis_url)
 
     log_level = get.text("LOG_LEVEL", d.log_level).upper()
     if log_level not in LOG_LEVELS:
@@ -216,6 +217,12 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
     metrics_dir = get.text("METRICS_TEXTFILE_DIR", "")
     if metrics_dir and not os.path.isabs(metrics_dir):
         raise SettingsError("METRICS_TEXTFILE_DIR", f"{metrics_dir!r} is relative", "give an absolute path, e.g. /var/lib/prometheus/node-exporter")
+
+    systemd_state_dir = get.text("STATE_DIRECTORY", "").split(":")[0]  # systemd's StateDirectory=: it wins
+    state_dir = systemd_state_dir or get.text("DRAMACTL_STATE_DIR", "") or d.state_dir  # empty: the default
+    if not os.path.isabs(state_dir):  # a relative one would put the state wherever a command is run
+        name = "STATE_DIRECTORY" if systemd_state_dir else "DRAMACTL_STATE_DIR"
+        raise SettingsError(name, f"{_shown(state_dir)} is relative", f"give an absolute path, or leave it empty for {DEFAULT_STATE_DIR}")
 
     fleet_name = get.text("FLEET_NAME", "")
     if fleet_name and not _FLEET_NAME.match(fleet_name):
@@ -246,7 +253,7 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
         max_scale_up_step=get.integer("MAX_SCALE_UP_STEP", d.max_scale_up_step, low=0, high=1000),
         scale_down_stabilization=get.number("SCALE_DOWN_STABILIZATION", d.scale_down_stabilization, low=0.0),
         max_scale_down_step=get.integer("MAX_SCALE_DOWN_STEP", d.max_scale_down_step, low=0, high=1000),
-        state_dir=get.text("STATE_DIRECTORY", "").split(":")[0] or get.text("DRAMACTL_STATE_DIR", d.state_dir),
+        state_dir=state_dir,
         metrics_textfile_dir=metrics_dir,
         prom_port_base=get.integer("DRAMATIQ_PROM_PORT_BASE", d.prom_port_base, low=1, high=65535),
         fleet_name=fleet_name,
@@ -308,6 +315,9 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 MIN_MEMORY = 16 * 1024**2  # a limit below this cannot hold a Python worker
+MAX_MEMORY = 2**64 - 2  # systemd's MemoryHigh=/MemoryMax= take bytes below 2**64 - 1 (its "infinity"), about 16 EiB
+_URL_FIX = "use redis://host:port/db, with ':password@' before the host when Redis needs one"  # no 'redis://[:pw@]': redact() would eat it
+_SHOWN = 40  # characters of a bad value an error line echoes
 
 
 def size_text(n: int) -> str:
@@ -318,11 +328,41 @@ def size_text(n: int) -> str:
 
 
 def parse_size(raw: str) -> int | None:
-    """``512M``, ``2G``, ``1.5G``, ``536870912`` (bytes; K/M/G/T are powers of 1024, as in systemd); None when not a size."""
+    """``512M``, ``2G``, ``1.5G``, ``536870912`` (bytes; K/M/G/T are powers of 1024, as in systemd); None when not a size.
+
+    Exact (a Decimal, not a float): 400 nines is a very large size, not an overflow."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?\s*", raw, re.IGNORECASE)
     if not m:
         return None
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    return int(Decimal(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def _shown(value: object) -> str:
+    """A bad value as an error line echoes it: text quoted, cut to a few dozen characters."""
+    return _cut(repr(value) if isinstance(value, str) else str(value))
+
+
+def _cut(text: str, limit: int = _SHOWN) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_redis_url(url: str) -> None:
+    """SettingsError unless redis-py can use REDIS_URL: read as ``redis.Redis.from_url`` reads it, and a
+    connection object made from it (nothing connects), so a bad port or query option is one line, not a
+    traceback. A database path that is not a number (``/zz``), which redis-py reads as 0, is refused too.
+    No message shows the password."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError("REDIS_URL", f"{_shown(url.split(':', 1)[0])} is not a Redis URL", _URL_FIX)
+    from redis import ConnectionPool
+    from redis.exceptions import RedisError
+
+    try:
+        ConnectionPool.from_url(url).make_connection()
+    except (ValueError, TypeError, RedisError) as exc:
+        raise SettingsError("REDIS_URL", f"redis-py cannot read it ({redact(_cut(str(exc), 200))})", _URL_FIX) from None
+    db = unquote(urlsplit(url).path).replace("/", "")  # as redis-py reads the path; unix:// takes ?db=N
+    if not url.startswith("unix://") and not re.fullmatch(r"[0-9]*", db):
+        raise SettingsError("REDIS_URL", f"the path {_shown(redact(db))} is not a database number", "end it with /N, N the database (0 when left out)")
 
 
 def check_command(command: str) -> list[str]:
@@ -363,14 +403,16 @@ class _Reader:
         if raw == "":
             return default
         try:
+            if not raw.isascii() or "_" in raw:  # int() and float() take '1_0', '١٢' and '１２'; systemd and people do not
+                raise ValueError(raw)
             return kind(raw)
         except ValueError:
-            raise SettingsError(name, f"{raw!r} is not {what}", f"set it to {what} such as {default}") from None
+            raise SettingsError(name, f"{_shown(raw)} is not {what}", f"set it to {what} such as {default}") from None
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         value = self._convert(name, default, int, "a whole number")
         if not low <= value <= high:
-            raise SettingsError(name, f"{value} is out of range", f"use a whole number from {low} to {high}")
+            raise SettingsError(name, f"{_shown(value)} is out of range", f"use a whole number from {low} to {high}")
         return value
 
     def size(self, name: str) -> int:
@@ -380,9 +422,11 @@ class _Reader:
             return 0
         value = parse_size(raw)
         if value is None:
-            raise SettingsError(name, f"{raw!r} is not a size", "use bytes or K, M, G, T (powers of 1024) such as 512M or 2G; 0 or empty turns it off")
+            raise SettingsError(name, f"{_shown(raw)} is not a size", "use bytes or K, M, G, T (powers of 1024) such as 512M or 2G; 0 or empty turns it off")
         if value < MIN_MEMORY:
-            raise SettingsError(name, f"{raw} is below {size_text(MIN_MEMORY)}", "a Python worker needs more; use e.g. 512M, or 0 to turn it off")
+            raise SettingsError(name, f"{_cut(raw)} is below {size_text(MIN_MEMORY)}", "a Python worker needs more; use e.g. 512M, or 0 to turn it off")
+        if value > MAX_MEMORY:
+            raise SettingsError(name, f"{_cut(raw)} is more than systemd takes (at most 2**64 - 2 bytes, 16 EiB)", "use e.g. 512M or 2G, or 0 to turn it off")
         return value
 
     def number(self, name: str, default: float, low: float, above: bool = False) -> float:

@@ -35,7 +35,7 @@ class DamagedState(ValueError):
 
 
 class StateDirError(RuntimeError):
-    """The state directory cannot be written: a change now could not be remembered."""
+    """The state directory cannot be written (a change now could not be remembered), or its state file cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -244,6 +244,8 @@ class StateStore:
             text = self.path.read_bytes()
         except FileNotFoundError:
             return ScalerState()
+        except OSError as exc:  # the directory is a file, state.json a directory, or not readable by this user
+            raise StateDirError(self._unreadable(exc)) from None
         try:
             return ScalerState.from_dict(json.loads(text))
         except DamagedState as exc:
@@ -302,6 +304,16 @@ class StateStore:
             pass
         return (
             f"state directory {self.directory} is not writable by uid {os.geteuid()} ({why}); "
+            "fix its owner/mode (StateDirectory= in dramactl.service)"
+        )
+
+    def _unreadable(self, exc: OSError) -> str:
+        if isinstance(exc, NotADirectoryError):
+            return f"state directory {self.directory} is not a directory (a file is in its path); set DRAMACTL_STATE_DIR to a directory"
+        if isinstance(exc, IsADirectoryError):
+            return f"state file {self.path} is a directory; remove it (the next change writes a fresh state file)"
+        return (
+            f"state file {self.path} cannot be read by uid {os.geteuid()} ({exc.strerror or exc}); "
             "fix its owner/mode (StateDirectory= in dramactl.service)"
         )
 

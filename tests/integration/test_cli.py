@@ -322,3 +322,127 @@ def test_damaged_state_file_is_set_aside_and_commands_carry_on(run, settings_env
     assert res.exit_code == 0 and "Traceback" not in res.output, res.output
     assert res.stderr.startswith(f"dramactl: warning: {path} is damaged (") and "autoscaling paused" in res.stdout
     assert StateStore(state_dir).load().paused is True
+
+
+# ---- bad input from the fuzzing review: one line naming the setting or option, a non-zero exit, nothing half done ----
+
+PW = "pw-Secret-4711"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis://:{PW}@127.0.0.1:notaport/0",
+        "redis://127.0.0.1:99999/0",
+        "redis://127.0.0.1:-5/0",
+        f"redis://:{PW}@[bad/0",
+        f"redis://127.0.0.1:6379/0?socket_timeout=abc&password={PW}",
+        "redis://127.0.0.1:6379/0?db=abc",
+        "redis://127.0.0.1:6379/zz",
+    ],
+)
+@pytest.mark.parametrize("command", [["check"], ["status"], ["metrics"]])
+def test_a_redis_url_redis_py_cannot_read_is_one_line(run, command: list[str], url: str) -> None:
+    """queue.connect called redis.from_url outside redis_errors: a ~40-line ValueError traceback (and /zz was db 0)."""
+    res = run(*command, REDIS_URL=url)
+    assert res.exit_code == EXIT_CONFIG, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dramactl: REDIS_URL: "), res.output
+    assert PW not in res.output
+
+
+def test_the_redis_url_hint_is_printed_whole(run) -> None:
+    res = run("check", REDIS_URL="http://x")
+    assert res.exit_code == EXIT_CONFIG
+    assert res.output == "dramactl: REDIS_URL: 'http' is not a Redis URL; use redis://host:port/db, with ':password@' before the host when Redis needs one\n"
+
+
+def test_a_relative_state_dir_is_refused_and_nothing_is_written_here(run, tmp_path: Path) -> None:
+    """DRAMACTL_STATE_DIR=state (or empty, before) made `dramactl pause` exit 0 writing ./state.json."""
+    here = sorted(p.name for p in tmp_path.iterdir())
+    res = run("pause", DRAMACTL_STATE_DIR="state")
+    assert res.exit_code == EXIT_CONFIG
+    assert res.output == "dramactl: DRAMACTL_STATE_DIR: 'state' is relative; give an absolute path, or leave it empty for /var/lib/dramactl\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == here
+
+
+@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["metrics"], ["pause"], ["tick", "--dry-run"]])
+def test_a_state_dir_that_cannot_be_used_is_one_line(run, redis: redis_lib.Redis, tmp_path: Path, command: list[str]) -> None:
+    """A state directory that is a file, or a state.json that is a directory: NotADirectoryError/IsADirectoryError tracebacks."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    res = run(*command, DRAMACTL_STATE_DIR=str(blocker))
+    assert res.exit_code == EXIT_CONFIG, res.output
+    assert len(res.output.strip().splitlines()) == 1 and res.output.startswith(f"dramactl: state directory {blocker} "), res.output
+    (tmp_path / "s" / "state.json").mkdir(parents=True)
+    res = run(*command, DRAMACTL_STATE_DIR=str(tmp_path / "s"))
+    assert res.exit_code == EXIT_CONFIG, res.output
+    assert res.output == f"dramactl: state file {tmp_path / 's' / 'state.json'} is a directory; remove it (the next change writes a fresh state file)\n"
+
+
+@pytest.mark.parametrize("since", ["-9999999999h", "-99999999999999999h", "+99999999999999h"])
+@pytest.mark.parametrize("command", [["history"], ["replay"], ["tune", "--p95", "10"]])
+def test_a_since_outside_the_journals_range_is_one_line(run, command: list[str], since: str) -> None:
+    """datetime.fromtimestamp / seek_realtime raised ValueError, OverflowError or OSError: tracebacks."""
+    res = run(*command, "--since", since)
+    assert res.exit_code == EXIT_CONFIG, res.output
+    assert res.output == f"dramactl: cannot read time '{since}' (--since): it is out of range; use a time from 1970 to 9999, e.g. -2h or '2026-11-24 12:00'\n"
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "65536"])
+def test_a_dashboard_port_out_of_range_is_one_line(run, port: str) -> None:
+    """make_server raised ValueError and the command caught only OSError: a traceback."""
+    res = run("dashboard", DASHBOARD_PORT=port)
+    assert res.exit_code == EXIT_CONFIG
+    assert res.output == f"dramactl: --port/DASHBOARD_PORT: {port} is not a port; use one from 1 to 65535 (0: any free one)\n"
+
+
+def test_a_dashboard_host_a_socket_cannot_take_is_one_line(run) -> None:
+    res = run("dashboard", DASHBOARD_HOST="ünï..", DASHBOARD_PORT="0")
+    assert res.exit_code == EXIT_CONFIG
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    assert res.output.startswith("dramactl: --host/DASHBOARD_HOST: 'ünï..' is not a host name or address (")
+
+
+def test_load_with_a_rate_too_low_sends_nothing(run, redis: redis_lib.Redis) -> None:
+    """--rate 1e-300 enqueued one message, then time.sleep(1e300) raised OverflowError."""
+    res = run("load", "3", "--rate", "1e-300")
+    assert res.exit_code == EXIT_CONFIG
+    assert res.output == "dramactl: rate (--rate) must be at least 0.001 messages per second, not 1e-300\n"
+    assert list(redis.scan_iter("dramatiq:*")) == []
+
+
+def test_metrics_say_what_they_could_not_read_and_exit_like_status(run, redis: redis_lib.Redis) -> None:
+    """metrics exited 0 with nothing on stderr when Redis or systemd could not be read, and printed
+    dramactl_instances{state="active"} 0 though systemd was never asked. Now: what was read on stdout,
+    one stderr line per problem, exit 2 (Redis, or one of its queues) or 3 (only systemd), as `status`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.conftest import free_port
+
+    redis.rpush("dramatiq:email_processing", "a")
+    redis.hset("dramatiq:email_processing.msgs", "a", json.dumps({"message_timestamp": int(time.time() * 1000)}))
+    res = run("metrics")  # Redis read, systemd not (NO_SYSTEM_BUS)
+    assert res.exit_code == EXIT_SYSTEMD
+    families = {f.name: f for f in text_string_to_metric_families(res.stdout)}
+    assert "dramactl_instances" not in families and "dramactl_paused" in families
+    assert {s.labels["queue_name"]: s.value for s in families["dramactl_queue_ready_messages"].samples}["email_processing"] == 1
+    assert res.stderr.splitlines() == [
+        "dramactl: systemd: cannot reach systemd on the system bus ([err -2]: Could not open a bus to DBus); dramactl needs systemd as PID 1"
+    ]
+
+    redis.set("dramatiq:ocr_processing", "x")  # one queue's key of the wrong type: the others are still printed
+    res = run("metrics")
+    assert res.exit_code == EXIT_CONFIG
+    families = {f.name: f for f in text_string_to_metric_families(res.stdout)}
+    assert {s.labels["queue_name"] for s in families["dramactl_queue_ready_messages"].samples} == {"email_processing", "high_priority", "low_priority"}
+    assert "dramactl: redis: DRAMATIQ_QUEUE_NAME: queue 'ocr_processing': dramatiq:ocr_processing is a string" in res.stderr
+
+    res = run("metrics", REDIS_PORT=str(free_port()))  # Redis down
+    assert res.exit_code == EXIT_CONFIG
+    families = {f.name for f in text_string_to_metric_families(res.stdout)}
+    assert not {n for n in families if n.startswith("dramactl_queue_")} and "dramactl_instances" not in families
+    assert "dramactl_paused" in families and "dramactl_scaling_actions" in families
+    lines = res.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("dramactl: redis: REDIS_HOST: cannot reach Redis at 127.0.0.1:"), res.stderr
+    assert "Traceback" not in res.output

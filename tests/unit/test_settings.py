@@ -60,9 +60,8 @@ def test_redis_location_never_shows_the_password() -> None:
         ({"REDIS_URL": "redis://:hunter2@db:6379/1"}, "redis://***@db:6379/1"),
         ({"REDIS_URL": "rediss://app:hunter2@db:6380/0"}, "rediss://***@db:6380/0"),
         ({"REDIS_URL": "redis://:hun@ter2@db/0"}, "redis://***@db/0"),
-        ({"REDIS_URL": "redis://db:6379/0?password=hunter2&ssl_cert_reqs=none"}, "redis://db:6379/0?password=***&ssl_cert_reqs=none"),
+        ({"REDIS_URL": "rediss://db:6379/0?password=hunter2&ssl_cert_reqs=none"}, "rediss://db:6379/0?password=***&ssl_cert_reqs=none"),
         ({"REDIS_URL": "unix:///run/redis.sock?db=2&password=x"}, "unix:///run/redis.sock?db=2&password=***"),
-        ({"REDIS_URL": "redis://db/0?Password=hun%74er2"}, "redis://db/0?Password=***"),
         ({"REDIS_HOST": "db", "REDIS_PASSWORD": "hunter2"}, "db:6379/0"),
     ],
 )
@@ -82,6 +81,8 @@ def test_the_password_is_redacted_inside_any_message() -> None:
     s = parse({"REDIS_URL": "unix:///run/redis.sock?password=x"})
     assert redact("Error connecting to unix socket /run/redis.sock with x", s) == "Error connecting to unix socket /run/redis.sock with ***"
     assert redact("rediss://u:v@h/0 and redis://h/0?password=y", None) == "rediss://***@h/0 and redis://h/0?password=***"
+    # redis-py takes no 'Password=' option (REDIS_URL refuses it), but a message quoting one hides it all the same.
+    assert redact("redis://db/0?Password=hun%74er2", None) == "redis://db/0?Password=***"
 
 
 BAD = [
@@ -207,3 +208,105 @@ def test_a_check_interval_no_heartbeat_can_outlast_is_refused_in_a_fleet() -> No
         parse({"FLEET_NAME": "f", "CHECK_INTERVAL": "86400"})
     assert err.value.setting == "CHECK_INTERVAL" and "FLEET_HOST_TTL" in str(err.value) and "below 86400" in str(err.value)
     assert parse({"CHECK_INTERVAL": "86400"}).check_interval == 86400  # a single host has no heartbeat
+
+
+PW = "pw-Secret-4711"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis://:{PW}@127.0.0.1:notaport/0",
+        f"redis://:{PW}@127.0.0.1:99999/0",
+        f"redis://:{PW}@127.0.0.1:-5/0",
+        f"redis://:{PW}@[bad/0",
+        f"redis://127.0.0.1:6379/0?socket_timeout=abc&password={PW}",
+        f"redis://:{PW}@127.0.0.1:6379/0?db=abc",
+        f"redis://:{PW}@127.0.0.1:6379/0?foo=bar",
+        f"redis://:{PW}@127.0.0.1:6379/0?protocol=9",
+    ],
+    ids=["port-not-a-number", "port-above-65535", "port-negative", "bad-ipv6", "socket_timeout", "db-query", "unknown-option", "protocol"],
+)
+def test_a_redis_url_redis_py_cannot_read_is_one_line_without_the_password(url: str) -> None:
+    """redis.Redis.from_url raised ValueError (a traceback in check, status, metrics); now one line at settings load."""
+    with pytest.raises(SettingsError) as err:
+        parse({"REDIS_URL": url})
+    message = str(err.value)
+    assert err.value.setting == "REDIS_URL" and message.startswith("REDIS_URL: redis-py cannot read it (")
+    assert PW not in message and "\n" not in message and err.value.fix
+
+
+@pytest.mark.parametrize("path", ["zz", "-1", "0x1", "%7A"])
+def test_a_redis_url_whose_path_is_not_a_database_number_is_refused(path: str) -> None:
+    """redis-py reads 'redis://host/zz' as database 0, silently."""
+    with pytest.raises(SettingsError, match=r"^REDIS_URL: the path '.*' is not a database number; end it with /N"):
+        parse({"REDIS_URL": f"redis://:{PW}@127.0.0.1:6379/{path}"})
+    for url in ("redis://db", "redis://db/", "redis://db:6380/3", "redis://db/%33", "unix:///run/redis.sock?db=2"):
+        assert parse({"REDIS_URL": url}).redis_url == url
+
+
+def test_the_redis_url_fix_survives_the_redaction() -> None:
+    """The hint was 'use redis://[:password@]host:port/db', which the URL redaction turned into 'redis://***@]host'."""
+    with pytest.raises(SettingsError) as err:
+        parse({"REDIS_URL": "http://x"})
+    assert redact(str(err.value)) == str(err.value)
+    assert str(err.value) == "REDIS_URL: 'http' is not a Redis URL; use redis://host:port/db, with ':password@' before the host when Redis needs one"
+
+
+def test_an_empty_state_dir_is_the_default_and_a_relative_one_is_refused() -> None:
+    """A relative (or empty) DRAMACTL_STATE_DIR put state.json and the lock in whatever directory a command ran in."""
+    from dramactl.settings import DEFAULT_STATE_DIR
+
+    assert parse({"DRAMACTL_STATE_DIR": ""}).state_dir == DEFAULT_STATE_DIR
+    assert parse({"DRAMACTL_STATE_DIR": "  "}).state_dir == DEFAULT_STATE_DIR
+    assert parse({"STATE_DIRECTORY": ":", "DRAMACTL_STATE_DIR": ""}).state_dir == DEFAULT_STATE_DIR
+    for values, setting in [
+        ({"DRAMACTL_STATE_DIR": "state"}, "DRAMACTL_STATE_DIR"),
+        ({"DRAMACTL_STATE_DIR": "./x"}, "DRAMACTL_STATE_DIR"),
+        ({"STATE_DIRECTORY": "rel", "DRAMACTL_STATE_DIR": "/abs"}, "STATE_DIRECTORY"),
+    ]:
+        with pytest.raises(SettingsError) as err:
+            parse(values)
+        assert err.value.setting == setting and str(err.value).endswith(f"is relative; give an absolute path, or leave it empty for {DEFAULT_STATE_DIR}")
+
+
+@pytest.mark.parametrize("name", ["WORKER_MEMORY_HIGH", "WORKER_MEMORY_MAX", "WORKER_RECYCLE_MEMORY"])
+@pytest.mark.parametrize("raw", ["9" * 400, "999999999999999T", "16777216T", str(2**64 - 1), "9" * 5000 + "T"])
+def test_a_size_above_what_systemd_takes_is_one_line(name: str, raw: str) -> None:
+    """int(float('9' * 400)) raised OverflowError; 999999999999999T was written into MemoryMax=, which systemd ignores."""
+    with pytest.raises(SettingsError) as err:
+        parse({name: raw})
+    message = str(err.value)
+    assert message.startswith(f"{name}: ") and "is more than systemd takes (at most 2**64 - 2 bytes, 16 EiB)" in message
+    assert len(message) < 200, message
+
+
+def test_the_largest_sizes_systemd_takes_are_kept_exactly() -> None:
+    assert parse({"WORKER_MEMORY_MAX": str(2**64 - 2)}).worker_memory_max == 2**64 - 2
+    assert parse({"WORKER_MEMORY_MAX": "16777215T"}).worker_memory_max == 16777215 * 2**40
+    assert parse({"WORKER_MEMORY_MAX": "1.5G"}).worker_memory_max == 3 << 29
+
+
+@pytest.mark.parametrize("raw", ["1_0", "١٢", "１２", "1_000.5"])
+@pytest.mark.parametrize(("name", "what"), [("MAX_PROCESSES", "a whole number"), ("REDIS_PORT", "a whole number"), ("MAX_QUEUE_WAIT", "a number")])
+def test_numbers_with_underscores_or_non_ascii_digits_are_refused(name: str, what: str, raw: str) -> None:
+    """int() and float() read '1_0' as 10 and '١٢' or '１２' as 12; the size settings (and systemd) do not."""
+    with pytest.raises(SettingsError, match=rf"^{name}: '{raw}' is not {what}"):
+        parse({name: raw})
+
+
+@pytest.mark.parametrize(
+    ("values", "start"),
+    [
+        ({"MAX_PROCESSES": "9" * 5000}, "MAX_PROCESSES: '99999999"),
+        ({"MAX_PROCESSES": "9" * 300}, "MAX_PROCESSES: 99999999"),
+        ({"MAX_QUEUE_WAIT": "x" * 5000}, "MAX_QUEUE_WAIT: 'xxxxxxxx"),
+        ({"WORKER_MEMORY_MAX": "y" * 5000}, "WORKER_MEMORY_MAX: 'yyyyyyy"),
+        ({"DRAMACTL_STATE_DIR": "z" * 5000}, "DRAMACTL_STATE_DIR: 'zzzzzz"),
+    ],
+)
+def test_a_long_bad_value_is_cut_in_the_error_line(values: dict[str, str], start: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        parse(values)
+    message = str(err.value)
+    assert message.startswith(start) and "..." in message and len(message) < 200, message

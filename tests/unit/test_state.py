@@ -125,3 +125,38 @@ def test_a_tick_record_with_a_huge_integer_is_damaged() -> None:
 
     with pytest.raises(DamagedState, match="history\\[0\\].busy: .* too large"):
         _tick({**GOOD_TICK, "busy": 10**400}, "history[0]")
+
+
+def test_a_state_file_that_cannot_be_read_is_one_line_naming_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """load() caught only FileNotFoundError: a state directory that is a file, a state.json that is a directory or
+    one this user cannot read were tracebacks (status, metrics, every command). Now StateDirError, one line with the fix."""
+    import os
+
+    from dramactl.state import StateDirError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StateDirError) as err:
+        StateStore(blocker).load()
+    assert str(err.value) == f"state directory {blocker} is not a directory (a file is in its path); set DRAMACTL_STATE_DIR to a directory"
+
+    (tmp_path / "d" / "state.json").mkdir(parents=True)
+    with pytest.raises(StateDirError) as err:
+        StateStore(tmp_path / "d").load()
+    assert str(err.value) == f"state file {tmp_path / 'd' / 'state.json'} is a directory; remove it (the next change writes a fresh state file)"
+
+    store = StateStore(tmp_path / "e")
+    store.save(ScalerState(paused=True))
+    real = Path.read_bytes
+
+    def denied(self: Path) -> bytes:
+        if self == store.path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)  # root reads any file: a chmod would not stop this test's user
+    with pytest.raises(StateDirError) as err:
+        store.load()
+    message = str(err.value)
+    assert message == f"state file {store.path} cannot be read by uid {os.geteuid()} (Permission denied); fix its owner/mode (StateDirectory= in dramactl.service)"
+    assert store.path.exists(), "a file that cannot be read is not set aside as damaged"
