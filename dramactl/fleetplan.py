@@ -100,6 +100,8 @@ class Coordinated:
     fresh: bool  # this tick made the fleet's decision (else it applied another host's)
     settings: Mapping = field(default_factory=dict)  # the fleet's settings record in force
     differs: tuple[str, ...] = ()  # where this host's own settings differ from it
+    claimed_at: float | None = None  # Redis' clock when this tick wrote the host's claim (the state keeps it)
+    lost_at: float | None = None  # Redis' clock when the host found the fleet's records lost (growth waits a TTL)
 
     def summary(self) -> str:
         f = self.fleet
@@ -205,25 +207,45 @@ def unclaimed_note(unclaimed: int) -> str:
             "those hosts' ticks stopped while their workers run; see their dramactl.timer and journal)")
 
 
-def granted(view: Coordinated, me: HostEntry, mine: int, unclaimed: int = 0) -> Coordinated:
+def granted(view: Coordinated, me: HostEntry, mine: int, unclaimed: int = 0, lost: str = "") -> Coordinated:
     """``view`` with this host's target set to ``mine`` (what it may run: the claim script's
     grant, dramactl.claims, at most its share), and the journal line's reason for it;
-    ``unclaimed``: the processes of hosts whose claim expired that the grant counted."""
+    ``unclaimed``: the processes of hosts whose claim expired that the grant counted;
+    ``lost``: why it does not grow now (:func:`lost_note`)."""
     share, decision = view.share, view.fleet
-    note = f" (grows {mine - me.up} now: the others' instances leave no more room under the target)" if mine < share and mine >= me.up else ""
+    note = lost or (f" (grows {mine - me.up} now: the others' instances leave no more room under the target)" if mine < share and mine >= me.up else "")
     sick = " (this host's instances fail: it keeps its working ones, the others serve its share)" if me.name in decision.failing else ""
     reason = f"{view.summary()}: this host's share {share}{note}{sick}{unclaimed_note(unclaimed)}; fleet: {decision.reason}"
     return replace(view, decision=replace(view.decision, target=mine, reason=reason))
 
 
-def held(view: Coordinated, me: HostEntry, pinned: int, grant: int, unclaimed: int = 0) -> Coordinated:
+def records_lost(own: object, claimed_at: float | None, lost_at: float | None, now: float, ttl: float) -> float | None:
+    """When this host found the fleet's records lost, while that still holds its growth back
+    (else None). They are lost when its own heartbeat (``own``, None: missing) is gone though it
+    wrote one (``claimed_at``) less than FORGET_AFTER ago: only the forget step removes a heartbeat,
+    an hour after it expired, so Redis restarted empty or was flushed. Every host's claim went with
+    them; a host that grew at once could take the room of hosts that have not ticked since. So it
+    grows again once FLEET_HOST_TTL has passed (all the live hosts have claimed again by then)."""
+    if own is None and claimed_at is not None and 0 <= now - claimed_at < FORGET_AFTER and (lost_at is None or now - lost_at >= ttl):
+        lost_at = now
+    return lost_at if lost_at is not None and 0 <= now - lost_at < ttl else None
+
+
+def lost_note(lost_at: float | None, now: float, ttl: float) -> str:
+    if lost_at is None:
+        return ""
+    return (f" (the fleet's records in Redis were lost: this host's heartbeat was gone though it wrote one, as after a Redis "
+            f"restart without persistence; it grows again in {max(0.0, lost_at + ttl - now):.0f}s, once every host has claimed again)")
+
+
+def held(view: Coordinated, me: HostEntry, pinned: int, grant: int, unclaimed: int = 0, lost: str = "") -> Coordinated:
     """A paused host's ``view``: it keeps what it runs and grows to its own size (``pinned``)
     only as far as the claim script's ``grant`` under the fleet's cap (after a reboot, say, the
     others may have taken the room); the target is the grant, with why when it is short."""
     if grant >= pinned:
         return replace(view, decision=replace(view.decision, target=pinned))
-    reason = (f"{view.summary()}: this paused host's size {pinned}, {grant} for now: the other hosts' claims leave no more room "
-              f"under the fleet's cap{unclaimed_note(unclaimed)}")
+    why = lost or f": the other hosts' claims leave no more room under the fleet's cap{unclaimed_note(unclaimed)}"
+    reason = f"{view.summary()}: this paused host's size {pinned}, {grant} for now{why}"
     return replace(view, decision=replace(view.decision, target=grant, reason=reason))
 
 

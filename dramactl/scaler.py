@@ -325,6 +325,8 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
         outcome.duration = round(time.monotonic() - started, 3)
         record = replace(record, duration=outcome.duration)
         new = replace(state.with_tick(record), recovery=decision.recovery, recycles=state.recycles + recycled)
+        if coordinated is not None:
+            new = replace(new, fleet_claimed=coordinated.claimed_at, fleet_lost=coordinated.lost_at)
         new = new.counted(len(outcome.started), len(outcome.stopped))
         outcome.actions = {"up": new.actions[0], "down": new.actions[1]}
         outcome.recycles = new.recycles
@@ -414,6 +416,8 @@ def _in_fleet(
             failing=share.is_failing(instances, state.recovery, time.time()),
             working=sum(1 for u in up if not u.is_failing),
             write=write,
+            claimed_at=state.fleet_claimed,
+            lost_at=state.fleet_lost,
         )
 
 

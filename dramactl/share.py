@@ -63,7 +63,8 @@ import redis
 from . import claims
 from .claims import HISTORY_RECORDS, KEY_LIFETIME
 from .fleetplan import (  # noqa: F401  (the fleet's names, re-exported for callers and tests)
-    FORGET_AFTER, LISTED, Coordinated, fleet_cap, following, forgotten, granted, held, is_failing, plan_share, room_for, silence_before, split,
+    FORGET_AFTER, LISTED, Coordinated, fleet_cap, following, forgotten, granted, held, is_failing, lost_note, plan_share, records_lost, room_for,
+    silence_before, split,
 )
 from .fleetrecords import (  # noqa: F401
     FLEET_SETTINGS, LONGEST, MOST, SKEW, FleetDecision, HostEntry, Silence, _decision, _history, _hosts, _named, _record, _records, _silence,
@@ -165,6 +166,8 @@ def coordinate(
     failing: bool = False,
     working: int | None = None,
     write: bool = True,
+    claimed_at: float | None = None,
+    lost_at: float | None = None,
 ) -> Coordinated:
     """One fleet tick: read the fleet (one round trip), decide or reuse the fleet's decision,
     claim this host's room atomically (one script), write its heartbeat. No WATCH: nothing
@@ -176,6 +179,10 @@ def coordinate(
     host's instances fail (``is_failing``); ``working``: those up and not failing.
 
     ``write`` False (``tick --dry-run``): the same view, nothing written.
+
+    ``claimed_at``, ``lost_at``: from this host's state, when it last wrote its claim and when it
+    found the fleet's records lost (:func:`dramactl.fleetplan.records_lost`: then it does not grow
+    for FLEET_HOST_TTL); the view carries both, updated, for the state.
 
     Redis errors propagate (the caller turns them into its one line, as for the probe)
     and the host leaves its instances as they are.
@@ -203,6 +210,7 @@ def coordinate(
         startup if startup is not None else (old.startup if old else None),
         label, failing, up if working is None else working, mine,
     )
+    lost_at = records_lost(old, claimed_at, lost_at, now, settings.host_ttl)
     view, rec = plan_share(used, me, live, backlog, lambda: read_history(client, settings, now), snap.decision, now, occupying)
     if rec is not None and write:
         won, current = claims.publish(client, settings, raw.get(b"decision"), view.fleet, json.dumps(asdict(rec), separators=(",", ":")))
@@ -213,14 +221,16 @@ def coordinate(
         cap = min(view.fleet.cap, fleet_cap(used, [me, *live]))
         if pinned is None:
             got = claims.claim(
-                client, settings, name, "tick", share=view.share, up=up, occupying=occupying, target=view.fleet.target, cap=cap,
-                failing=failing, serving=me.serving, silence=snap.silence,
+                client, settings, name, "tick", share=view.share if lost_at is None else min(view.share, up), up=up, occupying=occupying,
+                target=view.fleet.target, cap=cap, failing=failing, serving=me.serving, silence=snap.silence,
             )
-            view = granted(view, me, got.grant, got.unclaimed)
+            view = granted(view, me, got.grant, got.unclaimed, lost_note(lost_at, now, settings.host_ttl))
         else:
-            got = claims.claim(client, settings, name, "hold", share=pinned, up=up, occupying=occupying, cap=cap, silence=snap.silence)
-            view = held(view, me, pinned, got.grant, got.unclaimed)
+            got = claims.claim(client, settings, name, "hold", share=pinned if lost_at is None else min(pinned, up), up=up, occupying=occupying,
+                               cap=cap, silence=snap.silence)
+            view = held(view, me, pinned, got.grant, got.unclaimed, lost_note(lost_at, now, settings.host_ttl))
         me = replace(me, claim=got.written if got.written is not None else me.claim, share=view.share)
+        view = replace(view, claimed_at=now if got.written is not None else claimed_at, lost_at=lost_at)
     else:
         target = view.decision.target if pinned is None else pinned
         if pinned is not None:

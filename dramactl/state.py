@@ -85,6 +85,8 @@ class ScalerState:
     recovery: Recovery = field(default=Recovery())
     actions: tuple[int, int] = (0, 0)  # instances started, stopped since the state began: dramactl_scaling_actions_total
     recycles: int = 0  # instances replaced for their memory (WORKER_RECYCLE_MEMORY): dramactl_recycles_total
+    fleet_claimed: float | None = None  # FLEET_NAME: Redis' clock when this host last wrote its claim
+    fleet_lost: float | None = None  # FLEET_NAME: Redis' clock when it found the fleet's records lost (fleetplan.records_lost)
 
     def counted(self, started: int, stopped: int) -> "ScalerState":
         """The counters after ``started`` starts and ``stopped`` stops."""
@@ -103,6 +105,8 @@ class ScalerState:
             "history": [asdict(r) for r in self.history],
             "actions": {"up": self.actions[0], "down": self.actions[1]},
             "recycles": self.recycles,
+            "fleet_claimed": self.fleet_claimed,
+            "fleet_lost": self.fleet_lost,
         }
 
     @classmethod
@@ -132,6 +136,8 @@ class ScalerState:
                 _whole(actions, "down", "actions.down", low=0, default=0),
             ),
             recycles=_whole(d, "recycles", "recycles", low=0, default=0),
+            fleet_claimed=_number(d, "fleet_claimed", "fleet_claimed", optional=True),
+            fleet_lost=_number(d, "fleet_lost", "fleet_lost", optional=True),
         )
 
 

@@ -650,3 +650,42 @@ def test_forgetting_a_host_keeps_it_when_it_came_back_meanwhile(redis: redis_lib
     share.coordinate(redis, settings, FleetBacklog(ready=5), up=1, starting=0, occupying=1, name="x")  # x ticks again
     assert claims.forget(redis, settings, {"x": old}) == []
     assert redis.hget(share.fleet_key(settings), "host:x") is not None and redis.hget(share.claims_key(settings), "x") is not None
+
+
+def test_after_redis_restarts_empty_no_host_grows_before_the_others_have_claimed_again(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """Redis restarts without persistence (here FLUSHALL): every heartbeat and claim is gone while a
+    and b run 3 each under a cap of 6. a's first tick after it saw no other host and took the whole
+    cap (9 in all). a finds its own heartbeat gone though it wrote one a moment ago: it holds its
+    growth for FLEET_HOST_TTL, says why, and the fleet then grows to its cap and no further."""
+    settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6")
+    backlog = FleetBacklog(ready=500)
+    running = {"a": 0, "b": 0}
+    marks: dict[str, tuple[float | None, float | None]] = {"a": (None, None), "b": (None, None)}
+
+    def tick(name: str) -> share.Coordinated:
+        claimed, lost = marks[name]  # what the host's state file keeps between ticks
+        view = share.coordinate(redis, settings, backlog, up=running[name], starting=0, occupying=running[name], name=name,
+                                claimed_at=claimed, lost_at=lost)
+        running[name] = view.decision.target
+        share.settle(redis, settings, claim=running[name], up=running[name], name=name)
+        marks[name] = (view.claimed_at, view.lost_at)
+        return view
+
+    for _ in range(3):
+        for name in running:
+            tick(name)
+        time.sleep(0.6)
+    assert running == {"a": 3, "b": 3}
+    redis.flushall()
+    view = tick("a")
+    assert running["a"] == 3 and "the fleet's records in Redis were lost" in view.decision.reason, view.decision.reason
+    tick("b")
+    assert running == {"a": 3, "b": 3}
+    deadline = time.monotonic() + settings.host_ttl + 2
+    while time.monotonic() < deadline:
+        for name in running:
+            tick(name)
+            assert sum(running.values()) <= 6, running
+        time.sleep(0.3)
+    assert marks["a"][1] is None and marks["b"][1] is None, "the hold ends after FLEET_HOST_TTL"
+    assert sum(running.values()) == 6

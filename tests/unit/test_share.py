@@ -500,3 +500,17 @@ def test_the_fleet_settings_are_named_as_an_operator_sets_them() -> None:
     fleet = fleet_values(here)
     mine = parse({**SETTINGS, "SCALE_UP_THRESHOLD_MULTIPLIER": "3.5"})
     assert differences(mine, fleet) == [f"SCALE_UP_THRESHOLD_MULTIPLIER=3.5 here, {here.scale_up_multiplier} for the fleet"]
+
+
+def test_the_fleets_records_are_lost_when_this_hosts_heartbeat_is_gone_within_the_hour() -> None:
+    from dramactl.fleetplan import FORGET_AFTER, records_lost
+
+    entry = object()
+    assert records_lost(None, 1000.0, None, 1010.0, 30.0) == 1010.0, "gone 10 s after it wrote it"
+    assert records_lost(None, 1000.0, None, 1000.0 + FORGET_AFTER - 1, 30.0) is not None, "an expired heartbeat stays an hour"
+    assert records_lost(None, 1000.0, None, 1000.0 + FORGET_AFTER + 1, 30.0) is None, "forgotten: not a loss"
+    assert records_lost(entry, 1000.0, None, 1010.0, 30.0) is None, "its heartbeat is there"
+    assert records_lost(None, None, None, 1010.0, 30.0) is None, "a host new to the fleet"
+    assert records_lost(entry, 1010.0, 1010.0, 1030.0, 30.0) == 1010.0, "the hold lasts FLEET_HOST_TTL"
+    assert records_lost(entry, 1040.0, 1010.0, 1041.0, 30.0) is None, "and ends"
+    assert records_lost(None, 1000.0, None, 999.0, 30.0) is None, "Redis' clock went back: no loss inferred"
