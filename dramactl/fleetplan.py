@@ -100,6 +100,7 @@ class Coordinated:
     fresh: bool  # this tick made the fleet's decision (else it applied another host's)
     settings: Mapping = field(default_factory=dict)  # the fleet's settings record in force
     differs: tuple[str, ...] = ()  # where this host's own settings differ from it
+    claim: int | None = None  # the claim this tick wrote for the host (None: nothing written, a dry run)
     claimed_at: float | None = None  # Redis' clock when this tick wrote the host's claim (the state keeps it)
     lost_at: float | None = None  # Redis' clock when the host found the fleet's records lost (growth waits a TTL)
 

@@ -301,7 +301,9 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
         )
         recycled = 0
         waited_before = previous is not None and previous.waiting_since is not None
-        with paused_through(settings, client, probe.instances, waited_before, paused, changes.stop, now):
+        with _seat_kept(client, settings, coordinated, state.paused) as seat, paused_through(
+            settings, client, probe.instances, waited_before, paused, changes.stop, now
+        ):
             if decision.delta or decision.reset:
                 acting = time.monotonic()
                 outcome.started, outcome.stopped = _apply(
@@ -314,12 +316,7 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
                 late = tuple(int(j.unit.split("@")[1].split(".")[0]) for j in outcome.started if j.result == "pending")
                 record = replace(record, starting=tuple(sorted({*record.starting, *late})))
             elif settings.worker_recycle_memory and not decision.held:
-                seat = None
-                if coordinated is not None:  # the replacement's place is claimed in the fleet first
-                    from .seat import Seat
-
-                    seat = Seat(client, settings, paused=state.paused)
-                recycled = _recycle(fleet, settings, instances, outcome, seat)
+                recycled = _recycle(fleet, settings, instances, outcome, seat)  # in a fleet, the replacement's place is claimed first
         if coordinated is not None:
             _settle(client, settings, instances, decision, outcome, record.startup, waiting=len(changes.waiting))
         outcome.duration = round(time.monotonic() - started, 3)
@@ -375,6 +372,23 @@ def _pause(client: redis.Redis, settings: Settings, numbers: Sequence[int], now:
     problem = intake.write(client, settings.namespace, numbers, time.time() if now is None else now, settings.check_interval)
     if problem:
         log.warning("%s", problem)
+
+
+@contextmanager
+def _seat_kept(client: redis.Redis | None, settings: Settings, coordinated: share.Coordinated | None, paused: bool) -> Iterator[Seat | None]:
+    """On a host of a fleet that wrote its claim: its seat (dramactl.seat) while the tick acts, the
+    heartbeat and claim renewed every third of FLEET_HOST_TTL, so jobs that take longer than the
+    TTL (start jobs waited for, a recycle's drain) never leave what runs here unclaimed. None
+    otherwise (one host, a dry run)."""
+    if client is None or coordinated is None or coordinated.claim is None:
+        yield None
+        return
+    from .seat import Seat
+
+    seat = Seat(client, settings, paused=paused)
+    seat.claim = coordinated.claim
+    with seat.kept():
+        yield seat
 
 
 def _recycle(fleet: Fleet, settings: Settings, instances: Sequence[WorkerUnit], outcome: Outcome, seat: Seat | None = None) -> int:

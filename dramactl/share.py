@@ -230,7 +230,7 @@ def coordinate(
                                cap=cap, silence=snap.silence)
             view = held(view, me, pinned, got.grant, got.unclaimed, lost_note(lost_at, now, settings.host_ttl))
         me = replace(me, claim=got.written if got.written is not None else me.claim, share=view.share)
-        view = replace(view, claimed_at=now if got.written is not None else claimed_at, lost_at=lost_at)
+        view = replace(view, claim=got.written, claimed_at=now if got.written is not None else claimed_at, lost_at=lost_at)
     else:
         target = view.decision.target if pinned is None else pinned
         if pinned is not None:

@@ -181,3 +181,52 @@ def test_a_fleet_that_cannot_be_asked_gives_no_room_and_the_renewal_says_so(flee
     assert rollout.next_step({1, 2}, 2, [2, 1], limit, 1, why).stop_first
     seat.beat(2)
     assert len(lines) == 1 and lines[0].startswith("fleet f: could not renew this host's heartbeat (") and "Traceback" not in lines[0], lines
+
+
+class SlowStart(StandIn):
+    """Start jobs that take ``start_seconds`` (a slow app import before READY=1); the fleet is looked at meanwhile."""
+
+    start_seconds = 0.0
+
+    def start(self, numbers: Iterable[int], timeout: float = 90.0) -> list[JobResult]:
+        numbers = tuple(numbers)
+        deadline = time.monotonic() + (self.start_seconds if numbers else 0.0)
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            self.look(f"starting {numbers}")
+        return super().start(numbers, timeout)
+
+
+def test_a_tick_whose_start_jobs_outlast_the_host_ttl_keeps_the_heartbeat_and_claim_alive(redis: redis_lib.Redis, fleet_env: dict[str, str]) -> None:
+    """FLEET_HOST_TTL=2 s; the tick grows from 2 to 4 and its start jobs take 2.5 s, while the other host keeps
+    ticking: at every look this host is live with its claim covering what it starts (the claim was written once at
+    the tick's start and expired halfway through the jobs, letting the other host take the same room)."""
+    settings = parse({**fleet_env, "FLEET_HOST_TTL": "2", "FLEET_MAX_PROCESSES": "6"})
+    here = SlowStart(redis, settings)
+    here.start_seconds, here.other = 2.5, 2
+    assert share.reserve(redis, settings, target=2, up=2, occupying=2, paused=False, name=OTHER) == 2
+    redis.rpush(f"dramatiq:{settings.queues[0]}", *[f"m{i}" for i in range(200)])  # a backlog: the tick grows
+    began = time.monotonic()
+    outcome = scaler.tick(settings, fleet=here)  # type: ignore[arg-type]
+    assert time.monotonic() - began > settings.host_ttl
+    assert outcome.started, outcome.summary()
+    starting = [s for s in here.seen if s["when"].startswith("starting")]
+    assert len(starting) > 8 and all(s["live"] for s in starting), [s for s in starting if not s["live"]]
+    # The first start alone (no instance proves the command yet), then the rest: 5 s of jobs, twice the TTL.
+    assert [j for j, _ in here.jobs] == ["start", "start"] and len(here.units) == outcome.decision.target >= 3, here.jobs
+    assert all(s["claim"] is not None and s["claim"] >= outcome.decision.target for s in starting), starting
+    never_past(here, 6)
+
+
+def test_a_recycle_whose_drain_outlasts_the_host_ttl_keeps_the_heartbeat_alive(redis: redis_lib.Redis, fleet_env: dict[str, str]) -> None:
+    """The tick's memory recycle at the fleet's cap drains first; the drain takes 2.5 s, longer than FLEET_HOST_TTL=2:
+    at every look this host is live (the tick's seat renews it, as a rolling restart's does)."""
+    settings, here = host_with_two(redis, {**fleet_env, "FLEET_HOST_TTL": "2", "FLEET_MAX_PROCESSES": "4", "WORKER_RECYCLE_MEMORY": "128M"}, stop_seconds=2.5)
+    scaler.tick(settings, fleet=here)  # type: ignore[arg-type]  # the host's heartbeat and claim as a tick writes them
+    here.jobs.clear(), here.seen.clear()
+    here.units[1] = WorkerUnit(1, "active", "running", memory=200 * MIB)
+    outcome = scaler.tick(settings, fleet=here)  # type: ignore[arg-type]
+    assert outcome.recycled is not None and "drained before its replacement" in outcome.summary(), outcome.summary()
+    assert here.jobs == [("stop", (1,)), ("start", (1,))]
+    assert len(here.seen) > 8 and all(s["live"] for s in here.seen), [s for s in here.seen if not s["live"]]
+    never_past(here, 4)
