@@ -30,7 +30,8 @@ What it installs:
   interrupt cannot reach) are named in the journal and the unit's status; when every
   worker thread is stuck, :class:`ReadyNotifier` stops pinging the watchdog.
 * Acks and nacks that time out are retried like those that lose the connection
-  (:func:`_timeouts_as_connection_loss`, Bogdanp/dramatiq#894).
+  (:func:`_timeouts_as_connection_loss`, Bogdanp/dramatiq#894); one Dramatiq gives up
+  on anyway is no longer held by the process, so the sweep hands its message back.
 * :class:`WorkReporter`: per queue, messages completed, seconds spent on them and the
   sum of those seconds squared (their spread, for ``dramactl replay``), added up in
   memory and flushed by a background thread at most once a second in one pipelined
@@ -396,7 +397,7 @@ class _Work:
         self.phase = "actor"  # then "after": Dramatiq's after_process_message hooks run
         self.complete = False  # every after_process_message hook ran (none was cut short)
         self.tracking = True
-        self.cut_short = False  # an after-hook failed without an enqueue to hold (a second run, a group barrier)
+        self.cut_short = False  # an after-hook failed without an enqueue to hold (a second run, a group barrier, an interrupt past the actor)
 
 
 class FollowUpGuard(Middleware):
@@ -419,7 +420,9 @@ class FollowUpGuard(Middleware):
     ``emit_after`` does not catch, so one landing in Retries' enqueue would skip the
     retry and ack the message. If the after-hooks were cut short anyway (an
     interrupt already on its way), nothing tells which follow-ups are missing: the
-    message is left unacked (:class:`Unfinished`) and comes back through the sweep.
+    message is left unacked (:class:`Unfinished`) and comes back through the sweep;
+    so is one whose interrupt landed after the actor returned, before that first
+    after-hook (its traceback has no frame of the actor: :func:`_outside_actor`).
     An interrupt that reaches the hold itself is ignored: the hold goes on.
 
     The Results middleware writes the actor's return value (or, for a message that
@@ -538,6 +541,12 @@ class FollowUpGuard(Middleware):
         if work.phase != "actor":
             # Dramatiq runs the after-hooks a second time only when an interrupt escaped the
             # first run: that one was cut short, and this one treats a success as a failure.
+            work.cut_short = True
+        elif _outside_actor(exception):
+            # An interrupt that landed after the actor returned (or before it began), before this
+            # hook could disarm it: it escaped Dramatiq's first run of the after-hooks before any
+            # ran, and this run takes a success for a failure (with no retry left, Retries would
+            # dead-letter it and its next step would never be stored). Cut short as above.
             work.cut_short = True
         work.phase = "after"
         _disarm_interrupts(broker)
@@ -668,6 +677,24 @@ class FollowUpGuard(Middleware):
 
     after_nack = after_ack
 
+    def ack_given_up(self, message) -> None:
+        """Dramatiq gave up on this message's ack or nack (an error that is not a connection loss,
+        nor a refusal a working Redis ends: :func:`_timeouts_as_connection_loss`). It stays in
+        this worker's ack set, and no ``after_ack`` comes: counted as held by its (live, idle)
+        thread, the sweep would never hand it back while the thread lives. No longer held, it goes
+        back within two sweep rounds and runs again. The sweep moves an id only while it is in
+        the ack set: an ack that Redis ran after all removed it, so at worst a duplicate. A later
+        ``after_ack`` of the same message finds nothing to forget."""
+        if self._work(message) is None:
+            return  # not processed on this thread (a delayed message moved by its consumer): not held
+        self._forget()
+        self.failures_stored.discard(message.message_id)  # no after_nack will
+        log.error(
+            "dramactl: message %s: Dramatiq gives up on its %s (it logs the error next); the message stays in this "
+            "worker's ack set: it goes back to its queue within %.0fs (stranded-message sweep) and runs again",
+            message.message_id, "nack" if message.failed else "ack", 3 * MAINTENANCE_SECONDS,
+        )
+
     def _hold(self, broker, message, work: _Work) -> None:
         """Write the follow-ups (and a refused result) again until Redis stores every one; the ack waits."""
         from dramatiq.middleware.threading import Interrupt
@@ -775,7 +802,34 @@ def _passing(exc: Exception) -> bool:
         return True
     # redis-py prefixes an error inside a MULTI/EXEC pipeline ("Command # 1 (...) of pipeline caused error: ").
     reply = str(exc).rpartition("caused error: ")[2]
-    return isinstance(exc, redis.ResponseError) and reply.split(" ", 1)[0] in ("MASTERDOWN", "TRYAGAIN", "LOADING", "CLUSTERDOWN", "NOREPLICAS", "BUSY", "MISCONF")
+    codes = ("MASTERDOWN", "TRYAGAIN", "LOADING", "CLUSTERDOWN", "NOREPLICAS", "BUSY", "MISCONF")
+    if reply.startswith("Error running script"):
+        # Redis < 7.0 wraps an error redis.call raises inside a script (Dramatiq's dispatch.lua: every ack,
+        # nack and requeue) in its own: "Error running script (call to f_...): @user_script:57: @user_script:
+        # 57: -READONLY You can't write ...". Its code follows the first ": -"; READONLY and OOM are not
+        # classes of their own there.
+        reply = reply.partition(": -")[2]
+        codes += ("READONLY", "OOM")
+    return isinstance(exc, redis.ResponseError) and reply.split(" ", 1)[0] in codes
+
+
+def _outside_actor(exception) -> bool:
+    """Whether ``exception`` is an interrupt (TimeLimit's, a shutdown notification) that
+    landed while no actor code ran: no frame of the actor's ``__call__`` (Dramatiq's
+    ``Actor.__call__``, or an actor class's own) on its traceback. One raised inside the
+    actor, or any other exception, is the actor's failure."""
+    from dramatiq.actor import Actor
+    from dramatiq.middleware import Interrupt
+
+    if not isinstance(exception, Interrupt) or exception.__traceback__ is None:
+        return False
+    tb = exception.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "__call__" and isinstance(frame.f_locals.get("self"), Actor):
+            return False
+        tb = tb.tb_next
+    return True
 
 
 def _result_options(results, broker, message) -> tuple[bool, object]:
@@ -875,33 +929,51 @@ def _timeouts_as_connection_loss() -> None:
     consumer thread. Upstream: Bogdanp/dramatiq#894, fix proposed in #895 (timeouts);
     drop this once a released Dramatiq has it. Fetches are left as they are: on an
     unexpected error the consumer requeues its delayed messages, on a connection
-    error it drops them (the sweep hands those back)."""
+    error it drops them (the sweep hands those back). An ack or nack that fails with any
+    other error, which Dramatiq gives up on, is told to the guard (:func:`_ack_given_up`)."""
     try:
         import redis
         from dramatiq.brokers import redis as redis_broker
+        from dramatiq.errors import BrokerConnectionError
     except ImportError:
         return
     consumer = redis_broker._RedisConsumer
     if getattr(consumer, "_dramactl_timeouts", False):
         return
 
-    def wrap(original):
+    def wrap(original, acks: bool):
         def call(self, message):
             try:
                 return original(self, message)
-            except redis.RedisError as exc:
-                if not _passing(exc):
-                    raise
-                raise redis_broker.ConnectionClosed(exc) from None
+            except Exception as exc:
+                if isinstance(exc, redis.RedisError) and _passing(exc):
+                    raise redis_broker.ConnectionClosed(exc) from None
+                if acks and not isinstance(exc, BrokerConnectionError):
+                    _ack_given_up(self, message)  # Dramatiq gives up on it: no after_ack
+                raise
 
         call.__doc__ = original.__doc__
         return call
 
     consumer._dramactl_unpatched = {"ack": consumer.ack, "nack": consumer.nack, "requeue": consumer.requeue}
-    consumer.ack = wrap(consumer.ack)
-    consumer.nack = wrap(consumer.nack)
-    consumer.requeue = wrap(consumer.requeue)
+    consumer.ack = wrap(consumer.ack, True)
+    consumer.nack = wrap(consumer.nack, True)
+    consumer.requeue = wrap(consumer.requeue, False)
     consumer._dramactl_timeouts = True
+
+
+def _ack_given_up(consumer, message) -> None:
+    """Dramatiq gives up on this ack or nack (its ``post_process_message`` retries only a
+    connection error; it logs "Unhandled error" and runs no ``after_ack``): tell the guards of
+    the consumer's broker (found by name: the consumer class is patched once per process,
+    whichever copy of this module did it)."""
+    for m in getattr(getattr(consumer, "broker", None), "middleware", ()):
+        given_up = getattr(m, "ack_given_up", None)
+        if given_up is not None:
+            try:
+                given_up(message)
+            except Exception:  # noqa: BLE001 - Dramatiq's own error must reach it unchanged
+                log.warning("dramactl: could not release message %s after its failed ack", getattr(message, "message_id", "?"), exc_info=True)
 
 
 class Maintenance(Middleware):
