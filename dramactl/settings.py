@@ -196,11 +196,20 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
         raise SettingsError("DRAMATIQ_QUEUE_NAME", "no queue named", "set it to one or more comma-separated queue names")
     for q in queues:
         if not _QUEUE_NAME.match(q):
-            raise SettingsError("DRAMATIQ_QUEUE_NAME", f"{q!r} is not a Dramatiq queue name", "use letters, digits, '.', '_' or '-'")
+            raise SettingsError("DRAMATIQ_QUEUE_NAME", f"{_shown(q)} is not a Dramatiq queue name", "use letters, digits, '.', '_' or '-'")
+    twice = sorted({q for q in queues if queues.count(q) > 1})
+    if twice:  # each would be counted once per mention: the backlog, the fleet and the metrics' series
+        raise SettingsError("DRAMATIQ_QUEUE_NAME", f"{', '.join(map(repr, twice))} named more than once", "name each queue once")
 
     redis_url = get.text("REDIS_URL", "")
     if redis_url:
         check_redis_url(redis_url)
+
+    redis_host = get.text("REDIS_HOST", d.redis_host) or d.redis_host
+    try:
+        redis_host.encode("idna")  # what the resolver is handed: a label over 63 characters cannot be
+    except UnicodeError:
+        raise SettingsError("REDIS_HOST", f"{_shown(redis_host)} is not a host name", "use a host name or address, e.g. localhost") from None
 
     log_level = get.text("LOG_LEVEL", d.log_level).upper()
     if log_level not in LOG_LEVELS:
@@ -229,7 +238,7 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
         raise SettingsError("FLEET_NAME", f"{fleet_name!r} is not a fleet name", "use up to 64 letters, digits, '.', '_' or '-'")
 
     s = Settings(
-        redis_host=get.text("REDIS_HOST", d.redis_host) or d.redis_host,
+        redis_host=redis_host,
         redis_port=get.integer("REDIS_PORT", d.redis_port, low=1, high=65535),
         redis_db=get.integer("REDIS_DB", d.redis_db, low=0, high=100000),
         redis_password=get.text("REDIS_PASSWORD", ""),

@@ -105,6 +105,8 @@ BAD = [
     ({"SCALE_DOWN_THRESHOLD_MULTIPLIER": "6", "SCALE_UP_THRESHOLD_MULTIPLIER": "4"}, "SCALE_DOWN_THRESHOLD_MULTIPLIER", "not below"),
     ({"DRAMATIQ_QUEUE_NAME": " , "}, "DRAMATIQ_QUEUE_NAME", "no queue named"),
     ({"DRAMATIQ_QUEUE_NAME": "ok,bad name"}, "DRAMATIQ_QUEUE_NAME", "not a Dramatiq queue name"),
+    ({"DRAMATIQ_QUEUE_NAME": "default,other,default"}, "DRAMATIQ_QUEUE_NAME", "'default' named more than once"),
+    ({"REDIS_HOST": "h" * 300}, "REDIS_HOST", "is not a host name"),
     ({"DRAMATIQ_COMMAND": "celery -A app worker"}, "DRAMATIQ_COMMAND", "is not the dramatiq command"),
     ({"DRAMATIQ_COMMAND": "dramatiq --threads 2"}, "DRAMATIQ_COMMAND", "names no app module"),
     ({"DRAMATIQ_COMMAND": "dramatiq 'app"}, "DRAMATIQ_COMMAND", "cannot be split"),
