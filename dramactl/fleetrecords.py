@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 import redis
 
 from .settings import LONGEST_HOST_TTL, POLICIES, Settings, SettingsError
+from .settings import parse as parse_settings
 from .state import HISTORY_SECONDS, DamagedState, TickRecord, _fields, _flag, _number, _short, _tick, _whole
 
 T = TypeVar("T")
@@ -150,7 +151,25 @@ def parse_values(raw: bytes | str) -> dict:
         raise DamagedState(f"settings: FLEET_MAX_PROCESSES {out['fleet_max_processes']} below MIN_PROCESSES {out['min_processes']}")
     if out["scale_down_multiplier"] >= out["scale_up_multiplier"]:
         raise DamagedState("settings: SCALE_DOWN_THRESHOLD_MULTIPLIER not below SCALE_UP_THRESHOLD_MULTIPLIER")
+    held_as_settings(out)
     return out
+
+
+def held_as_settings(values: Mapping) -> None:
+    """DamagedState unless each of the record's ``values`` passes the checks a host's own setting
+    of that name passes (its range, and the checks between the fleet-wide ones): the record is
+    read back through :func:`dramactl.settings.parse`, the one place those bounds are written,
+    so a host never follows a value it would refuse in its own configuration (``max_queue_wait``
+    0 divided every tick of a host that followed it)."""
+    env = {FLEET_SETTINGS[k][0]: repr(v) if isinstance(v, float) else str(v) for k, v in values.items()}
+    # MAX_PROCESSES is each host's own, not the fleet's: only MIN_PROCESSES' own range applies to the record's.
+    env["MAX_PROCESSES"] = str(max(1, values["min_processes"]))
+    try:
+        parse_settings(env)
+    except SettingsError as exc:
+        names = {name: k for k, (name, _) in FLEET_SETTINGS.items()}
+        where = f"settings.{names[exc.setting]}" if exc.setting in names else "settings"
+        raise DamagedState(f"{where}: {exc.problem} (refused as a host's own {exc.setting}: {exc.fix})") from None
 
 
 def differences(settings: Settings, fleet: Mapping) -> list[str]:

@@ -54,5 +54,8 @@ def latency_guard(age: float | None, current: int, starting: int, settings: Sett
     what = f"oldest message waited {age:.0f}s > MAX_QUEUE_WAIT={limit:g}s"
     if starting:
         return current, f"{what}, waiting for {starting} starting"
-    extra = max(1, math.ceil(current * min(1.0, age / limit - 1.0)))
+    # MAX_QUEUE_WAIT is above 0 wherever it comes from (settings.parse, the fleet's record checked as it);
+    # a limit that is not (0, NaN: settings built by hand) grows by the most, never divides by zero.
+    over = age / limit - 1.0 if limit > 0 else 1.0
+    extra = max(1, math.ceil(current * min(1.0, over)))
     return current + extra, f"{what}: +{extra}"

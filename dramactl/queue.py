@@ -28,6 +28,12 @@ cumulative ``done`` (messages completed), ``busy`` (seconds spent on them) and
 counters; the probe returns them (one HMGET), and rates come from their deltas
 between ticks (:mod:`dramactl.rates`).
 
+A value the probe cannot use is read past and named, once per probe, in :attr:`Probe.damaged`
+(status lists it, each tick logs it), never an error that fails the whole read: a heartbeat
+timeout that is not a positive, finite number of ms (Dramatiq's 60 s is used), and a head
+message whose timestamp cannot be read (the queue's oldest wait is then unknown, so the
+latency guard leaves it out).
+
 All figures of all queues are read by one Lua script, against Redis' own clock, with
 a bounded amount of work per queue whatever the queue sizes: bodies are decoded
 (cjson) only for at most ``DUE_SAMPLE`` delayed messages, and for a head or tail message whose
@@ -81,6 +87,9 @@ PROBE = """
 --   ready, held, delayed, due, dead, head_ts (-1: unknown), tail_ts (the newest ready
 --   message's: head_ts when one is ready, -1: unknown), orphaned,
 --   done, busy, busy_sq (the hook's counters as strings, '' when absent), error ('' if none);
+-- then the damaged values the probe read past: {what, key, detail, what, key, detail ...}
+--   (what: 'heartbeat_timeout' (detail: its value), 'heartbeat_timeout_type' (detail: the key's type)
+--   or 'head' (detail: '<message id>\\n<why>'));
 -- last, the instance reports: {error ('' if none), field, value, field, value ...}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -89,6 +98,13 @@ local sample = tonumber(ARGV[2])
 local byte_budget = tonumber(ARGV[3])
 local acks_prefix = ARGV[6]
 local out = {now}
+local damaged = {}
+
+-- A finite number in 0 .. 2^53 (epoch ms, a timeout), or nil: tonumber takes 'nan', 'inf', '1e400'.
+local function bounded(n)
+  if n == nil or n ~= n or n < 0 or n > 9007199254740992 then return nil end
+  return n
+end
 
 -- A body's decoded JSON object, or nil when it is not one (never an error).
 local function decode(body)
@@ -102,12 +118,22 @@ end
 -- (the message's last field, then the closing brace: a value nested in args/kwargs or a
 -- string ends otherwise), so a body of any size costs a few bytes; only a body of another
 -- layout is decoded, and not above the byte budget.
+-- Returns the timestamp, or nil and why it cannot be read.
 local function timestamp_of(body)
   local last = string.match(string.sub(body, -40), '"message_timestamp":(%d+)}$')
-  if last then return tonumber(last) end
-  if #body > byte_budget then return nil end
+  if last then
+    local ts = bounded(tonumber(last))
+    if ts then return ts end
+    return nil, 'its message_timestamp ' .. string.sub(last, 1, 24) .. ' is not epoch ms'
+  end
+  if #body > byte_budget then return nil, 'its ' .. #body .. '-byte body does not end with message_timestamp' end
   local msg = decode(body)
-  return msg and tonumber(msg.message_timestamp)
+  if not msg or #msg > 0 then return nil, 'its body is not a JSON object' end  -- #msg: an array's length
+  local raw = msg.message_timestamp
+  local ts = (type(raw) == 'number' or type(raw) == 'string') and bounded(tonumber(raw)) or nil
+  if ts then return ts end
+  if raw == nil then return nil, 'its body has no message_timestamp' end
+  return nil, 'its message_timestamp is not epoch ms'
 end
 local function is_due(body)
   local msg = decode(body)
@@ -148,12 +174,27 @@ local function wrong_type(key, want, what)
   return key .. ' is a ' .. kind .. ', not a Dramatiq ' .. what
 end
 
+-- The heartbeat timeout the hook published (ms): Dramatiq's default when absent, or when it is not
+-- a positive, finite number (NaN passed on made ZRANGEBYSCORE fail the whole probe), then named.
+local timeout = tonumber(ARGV[4])
+local timeout_kind = redis.call('TYPE', KEYS[2])['ok']
+if timeout_kind == 'string' then
+  local length = redis.call('STRLEN', KEYS[2])
+  local value = redis.call('GETRANGE', KEYS[2], 0, 39)
+  local n = length <= 40 and bounded(tonumber(value)) or nil
+  if n and n > 0 then
+    timeout = n
+  else
+    local shown = length <= 40 and value or (value .. '... (' .. length .. ' bytes)')
+    for _, v in ipairs({'heartbeat_timeout', KEYS[2], shown}) do table.insert(damaged, v) end
+  end
+elseif timeout_kind ~= 'none' then
+  for _, v in ipairs({'heartbeat_timeout_type', KEYS[2], timeout_kind}) do table.insert(damaged, v) end
+end
+
 -- Workers whose heartbeat is older than the timeout (bounded, oldest first).
 local dead_workers = {}
 if redis.call('TYPE', KEYS[1])['ok'] == 'zset' then
-  local ok, value = pcall(redis.call, 'GET', KEYS[2])
-  local timeout = ok and tonumber(value) or nil
-  if timeout == nil or timeout <= 0 then timeout = tonumber(ARGV[4]) end
   dead_workers = redis.call('ZRANGEBYSCORE', KEYS[1], 0, now - timeout, 'LIMIT', 0, tonumber(ARGV[5]))
 end
 
@@ -189,13 +230,21 @@ for i = 1, (#KEYS - 3) / 5 do
     local delayed = redis.call('HLEN', delayed_msgs)
     local head_ts, tail_ts = -1, -1
     if ready > 0 then
-      local body = redis.call('HGET', msgs, redis.call('LINDEX', list, 0))
-      if body then head_ts = timestamp_of(body) or -1 end
+      local id = redis.call('LINDEX', list, 0)
+      local body = redis.call('HGET', msgs, id)
+      if body then  -- no body: an id requeued after its ack (Dramatiq's fetch skips it), not damage
+        local ts, why = timestamp_of(body)
+        if ts then
+          head_ts = ts
+        else
+          for _, v in ipairs({'head', msgs, string.sub(id, 1, 64) .. '\\n' .. why}) do table.insert(damaged, v) end
+        end
+      end
       tail_ts = head_ts
     end
     if ready > 1 then  -- Dramatiq RPUSHes: the tail is the newest (O(1) either end)
       local body = redis.call('HGET', msgs, redis.call('LINDEX', list, -1))
-      tail_ts = body and timestamp_of(body) or -1
+      tail_ts = body and timestamp_of(body) or -1  -- unknown: only replay's bound is lost
     end
     table.insert(out, ready)
     table.insert(out, redis.call('HLEN', msgs))
@@ -212,6 +261,8 @@ for i = 1, (#KEYS - 3) / 5 do
     table.insert(out, '')
   end
 end
+
+table.insert(out, damaged)
 
 -- This host's instance reports (bounded: a host runs at most MAX_PROCESSES instances).
 local reports = {''}
@@ -276,7 +327,7 @@ class Probe:
 
     queues: list[QueueStats]
     instances: dict[int, InstanceReport] = field(default_factory=dict)
-    damaged: tuple[str, ...] = ()  # instance report fields ignored, one line each
+    damaged: tuple[str, ...] = ()  # damaged values read past (heartbeat timeout, head message, instance report fields), one line each
     at: float = 0.0  # this host's clock when read (epoch seconds): the reports' ages are against it
 
 
@@ -287,7 +338,9 @@ def read_probe(settings: Settings, client: redis.Redis | None = None, *, strict:
     with redis_errors(settings):
         raw = probe(client, settings.namespace, settings.queues)
     now = time.time()
-    result = Probe(parse_probe(settings.queues, raw), *parse_reports(raw[-1], now, reports.instances_key(settings.namespace)), at=now)
+    found, damaged = parse_reports(raw[-1], now, reports.instances_key(settings.namespace))
+    damaged = parse_damaged(raw[1 + FIELDS * len(settings.queues)]) + damaged  # after the queues, before the reports
+    result = Probe(parse_probe(settings.queues, raw), found, damaged, at=now)
     if strict:
         for q in result.queues:
             if q.error:
@@ -393,6 +446,35 @@ def parse_reports(raw: Sequence | bytes | str, now: float, key: str = "the insta
         return {}, (f"{error}; instance reports ignored (the worker hook rewrites them: delete the key)",)
     found, damaged = reports.parse(raw[1:], now, key=key)
     return found, tuple(damaged)
+
+
+def _str(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def parse_damaged(raw: Sequence | None) -> tuple[str, ...]:
+    """The probe's damaged values (``{what, key, detail, ...}``), one line each naming the key
+    and the fix: what the probe used instead, never an error that fails the whole read."""
+    if not isinstance(raw, (list, tuple)):
+        return ()
+    lines = []
+    for i in range(0, len(raw) - 2, 3):
+        what, key, detail = (_str(v) for v in raw[i : i + 3])
+        if what in ("heartbeat_timeout", "heartbeat_timeout_type"):
+            held = f"holds {detail!r}, not" if what == "heartbeat_timeout" else f"is a {detail}, not the string of"
+            lines.append(
+                f"{key} {held} a heartbeat timeout (a positive number of ms); dead workers are found with"
+                f" Dramatiq's {DEFAULT_HEARTBEAT_TIMEOUT_MS // 1000} s instead (the worker hook rewrites it every few seconds;"
+                f" delete it with redis-cli DEL {key} if it stays)"
+            )
+        elif what == "head":
+            ident, _, why = detail.rpartition("\n")
+            lines.append(
+                f"{key} message {ident!r}, the oldest ready one: {why}; its wait is unknown, so the latency guard"
+                " (MAX_QUEUE_WAIT) leaves this queue out while that message heads it (Dramatiq's encoder writes"
+                " message_timestamp last: check what enqueued it)"
+            )
+    return tuple(lines)
 
 
 def _counter(value: int | bytes | str | None, where: str = "work counter") -> float | None:

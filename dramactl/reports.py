@@ -45,7 +45,7 @@ LATEST_MS = 2**53  # epoch ms: every integer up to it is exact as a float (the y
 AHEAD_SECONDS = 60.0  # a report's ``at`` this far past this host's clock is damaged, not fresh for ever
 OLDEST_AHEAD_MS = 86_400_000  # ``oldest`` more than a day past the report's ``at`` is damaged
 PID_LIMIT = 4_194_304  # the kernel's PID_MAX_LIMIT: /proc/sys/kernel/pid_max is at most this, and pids are below it
-_FIELD = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})")
+_FIELD = re.compile(r"([0-9]+)\.([0-9]+)")
 
 
 MACHINE_ID = "/etc/machine-id"
@@ -91,6 +91,19 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def _cut(text: str, most: int = 40) -> str:
+    """``text`` short enough for a journal line."""
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def _shown(value: object) -> str:
+    """A JSON value as a journal line shows it: cut short (10**400 is 401 digits)."""
+    try:
+        return _cut(json.dumps(value) if not isinstance(value, int) or abs(value) < 10**40 else f"{str(value)[:20]}... ({len(str(abs(value)))} digits)")
+    except ValueError:  # an int past Python's digit limit for str()
+        return "a number of thousands of digits"
+
+
 def _count(value: object, most: int = MOST) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= most else None
 
@@ -101,8 +114,10 @@ def parse_field(name: str, value: str) -> tuple[int, int, InstanceReport]:
     if m is None:
         raise ValueError("the field is not <instance>.<pid>")
     instance, pid = m.groups()
-    if not 0 < int(pid) < PID_LIMIT:
-        raise ValueError(f"pid {pid} is not a process id (1..{PID_LIMIT - 1})")
+    if len(instance) > 9:
+        raise ValueError(f"instance {_cut(instance)} is not an instance number")
+    if len(pid) > 9 or not 0 < int(pid) < PID_LIMIT:
+        raise ValueError(f"pid {_cut(pid)} is not a process id (1..{PID_LIMIT - 1})")
     try:
         data = json.loads(value)
     except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
@@ -113,9 +128,10 @@ def parse_field(name: str, value: str) -> tuple[int, int, InstanceReport]:
     at = _count(data.get("at"), LATEST_MS)
     oldest = data.get("oldest")
     if threads is None or busy is None or held is None or at is None:
-        raise ValueError(f"threads, busy, held and at must be counts (at most {MOST:,}; at, epoch ms, at most 2**53)")
+        k = next(k for k, v in (("threads", threads), ("busy", busy), ("held", held), ("at", at)) if v is None)
+        raise ValueError(f"threads, busy, held and at must be counts (up to {MOST:,}; at, epoch ms, up to 2**53): {k} is {_shown(data.get(k))}")
     if oldest is not None and (_count(oldest, LATEST_MS) is None or oldest > at + OLDEST_AHEAD_MS):
-        raise ValueError("oldest must be epoch ms, at most a day past at, or null")
+        raise ValueError(f"oldest must be epoch ms, at most a day past at, or null: it is {_shown(oldest)}")
     if busy > threads:
         raise ValueError(f"busy {busy} > threads {threads}")
     paused = data.get("paused", False)
@@ -140,11 +156,11 @@ def parse(
         try:
             number, pid, report = parse_field(name, value)
         except ValueError as exc:
-            damaged.append(f"{key} field {name!r}: {exc}; ignored (the worker hook rewrites it every second; delete it with HDEL if it stays)")
+            damaged.append(f"{key} field {_cut(repr(name), 60)}: {exc}; ignored (the worker hook rewrites it every second; delete it with HDEL if it stays)")
             continue
         if report.at > now + AHEAD_SECONDS:  # fresh for ever, else: a clock set back is caught up in one flush
             damaged.append(
-                f"{key} field {name!r}: at is {report.at - now:.0f}s ahead of this host's clock; ignored"
+                f"{key} field {_cut(repr(name), 60)}: at is {report.at - now:.0f}s ahead of this host's clock; ignored"
                 " (the worker hook rewrites it every second; delete it with HDEL if it stays)"
             )
             continue

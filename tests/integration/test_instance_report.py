@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 import time
 
@@ -98,7 +99,9 @@ def test_damaged_stale_and_dead_process_fields_are_ignored_and_the_damaged_named
     key = reports.instances_key("dramatiq")
     now_ms = int(time.time() * 1000)
     good = {"threads": 4, "busy": 1, "oldest": now_ms - 5000, "held": 0, "at": now_ms}
-    dead_pid = 2**22 + 12345  # above pid_max's default: no such process
+    child = subprocess.Popen(["true"])
+    child.wait()
+    dead_pid = child.pid  # reaped: no such process (a pid no process can have, above 2**22, is damaged)
     redis.hset(key, mapping={
         f"1.{os.getpid()}": json.dumps(good),
         f"2.{os.getpid()}": json.dumps({**good, "at": now_ms - 60_000}),  # stale: stopped reporting a minute ago
@@ -120,3 +123,22 @@ def test_a_report_key_of_another_type_is_named_not_a_traceback(redis: redis_lib.
     redis.set(reports.instances_key("dramatiq"), "oops")
     p = probe(redis_server)
     assert p.instances == {} and len(p.damaged) == 1 and "is a string, not a Dramatiq instance report hash" in p.damaged[0]
+
+
+def test_numbers_beyond_a_float_or_a_pid_and_a_future_at_are_named_not_a_traceback(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """The review's values (OverflowError in status, metrics, check and every tick before): each
+    field named once, the good one beside them still read."""
+    key = reports.instances_key("dramatiq")
+    now_ms = int(time.time() * 1000)
+    good = {"threads": 8, "busy": 1, "oldest": None, "held": 0, "at": now_ms}
+    redis.hset(key, mapping={
+        "1.1": '{"threads":8,"busy":1,"oldest":null,"held":0,"at":1' + "0" * 400 + "}",
+        "2.1": '{"threads":8,"busy":1,"oldest":1' + "0" * 400 + ',"held":0,"at":%d}' % now_ms,
+        "2.99999999999999999999999": json.dumps({**good, "at": now_ms + 10**9}),  # a pid os.kill overflows on, never stale
+        "3.1": json.dumps({**good, "at": now_ms + 10**9}),  # fresh for ever, before
+        f"4.{os.getpid()}": json.dumps(good),
+    })
+    p = probe(redis_server)
+    assert sorted(p.instances) == [4]
+    assert len(p.damaged) == 4 and all(key in line and "\n" not in line for line in p.damaged), p.damaged
+    assert any("'3.1'" in line and "ahead of this host's clock" in line for line in p.damaged)

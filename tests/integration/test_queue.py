@@ -406,6 +406,83 @@ def test_heartbeat_timeout_comes_from_the_published_key(broker: RedisBroker, red
         consumer.close()
 
 
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        ("nan", "'nan'"),  # NaN reached ZRANGEBYSCORE: every probe failed, blaming REDIS_URL
+        ("-nan", "'-nan'"),
+        ("abc", "'abc'"),
+        ("-5", "'-5'"),
+        ("0", "'0'"),
+        ("inf", "'inf'"),
+        ("1e400", "'1e400'"),
+        ("9" * 1000, "(1000 bytes)"),
+        ({"x": "1"}, "is a hash, not the string of a heartbeat timeout"),
+    ],
+)
+def test_a_damaged_heartbeat_timeout_is_named_once_and_dramatiqs_default_used(
+    broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer, value, shown: str
+) -> None:
+    @dramatiq.actor(queue_name="q1")
+    def task(i: int) -> None: ...
+
+    for i in range(5):
+        task.send(i)
+    consumer = broker.consume("q1", prefetch=2, timeout=1000)
+    next(consumer)
+    key = "dramatiq:__dramactl__.heartbeat_timeout"
+    try:
+        redis.hset(key, mapping=value) if isinstance(value, dict) else redis.set(key, value)
+        stale(redis, broker, ago_ms=5_000)  # alive under Dramatiq's 60 s
+        p = queue.read_probe(settings_for(redis_server))
+        assert (p.queues[0].in_flight, p.queues[0].orphaned) == (2, 0)
+        stale(redis, broker, ago_ms=3_600_000)  # dead under it
+        p = queue.read_probe(settings_for(redis_server))
+        assert (p.queues[0].in_flight, p.queues[0].orphaned) == (0, 2)
+        (line,) = p.damaged
+        assert key in line and shown in line and f"redis-cli DEL {key}" in line and "60 s" in line and len(line) < 400, line
+        redis.delete(key)
+        redis.set(key, "1000.5")
+        assert queue.read_probe(settings_for(redis_server)).damaged == (), "a positive number is no damage"
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize(
+    "body, why",
+    [
+        ("garbage", "not a JSON object"),
+        ('["a", 1]', "not a JSON object"),
+        ('{"message_timestamp": "soon"}', "not epoch ms"),
+        ('{"message_timestamp": [1]}', "not epoch ms"),
+        ('{"message_timestamp": -5}', "not epoch ms"),
+        ('{"message_timestamp": 1e400}', "not epoch ms"),
+        ('{"args": [1]}', "no message_timestamp"),
+        ('{"message_timestamp":1' + "0" * 400 + "}", "not epoch ms"),  # read from the end: digits past a float
+        ('{"message_timestamp":1,"args":["' + "x" * (queue.DUE_BYTE_BUDGET + 1) + '"]}', "does not end with message_timestamp"),
+    ],
+    ids=["garbage", "list", "string", "array", "negative", "huge", "absent", "huge-at-end", "over-large"],
+)
+def test_a_head_message_whose_timestamp_cannot_be_read_is_named_with_its_id(
+    broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer, body: str, why: str
+) -> None:
+    """Its wait is unknown, so the latency guard leaves the queue out: said, not silent."""
+
+    @dramatiq.actor(queue_name="q1")
+    def task(i: int) -> None: ...
+
+    redis.rpush("dramatiq:q1", "bad-head")
+    redis.hset("dramatiq:q1.msgs", "bad-head", body)
+    task.send(1)
+    p = queue.read_probe(settings_for(redis_server))
+    assert p.queues[0].ready == 2 and p.queues[0].oldest_age is None and p.queues[0].error is None
+    (line,) = p.damaged
+    assert "dramatiq:q1.msgs" in line and "'bad-head'" in line and why in line and "MAX_QUEUE_WAIT" in line and len(line) < 400, line
+    redis.lpop("dramatiq:q1")
+    p = queue.read_probe(settings_for(redis_server))
+    assert p.damaged == () and p.queues[0].oldest_age is not None, "a good head: nothing named"
+
+
 def test_orphans_are_counted_per_queue(broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer) -> None:
     @dramatiq.actor(queue_name="a")
     def ta() -> None: ...

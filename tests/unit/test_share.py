@@ -502,6 +502,66 @@ def test_the_fleet_settings_are_named_as_an_operator_sets_them() -> None:
     assert differences(mine, fleet) == [f"SCALE_UP_THRESHOLD_MULTIPLIER=3.5 here, {here.scale_up_multiplier} for the fleet"]
 
 
+@pytest.mark.parametrize(
+    "changes, named",
+    [
+        ({"max_queue_wait": 0.0}, "max_queue_wait"),  # ZeroDivisionError in every tick of a host that followed it
+        ({"max_queue_wait": 0}, "max_queue_wait"),
+        ({"min_processes": 5000}, "min_processes"),
+        ({"scale_down_stabilization": 1e300}, "scale_down_stabilization"),
+        ({"scale_down_stabilization": 1801.0}, "scale_down_stabilization"),
+        ({"max_scale_up_step": 1001}, "max_scale_up_step"),
+        ({"max_scale_down_step": 100_000}, "max_scale_down_step"),
+    ],
+)
+def test_a_settings_record_value_a_host_would_refuse_is_damaged_named_and_its_own_used(
+    changes: dict, named: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The record is checked as the settings themselves (settings.parse's ranges), not more loosely:
+    the host names it once and decides with its own settings; the record is rewritten."""
+    share._named.clear()
+    mine = parse(SETTINGS)
+    raw = json.dumps({**share.fleet_values(mine), **changes}).encode()
+    with caplog.at_level(logging.WARNING, logger="dramactl.share"):
+        snap = share._snapshot({b"settings": raw}, 10.0, mine)
+        share._snapshot({b"settings": raw}, 11.0, mine)
+    assert snap.record is None
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and KEY in lines[0] and f"settings.{named}" in lines[0] and "\n" not in lines[0], lines
+    used, record, write = share.following(mine, snap.record, agreed=False)
+    assert used == mine and write and record == share.fleet_values(mine)
+
+
+# Values around each bound settings.parse sets (and beyond any): the record must take exactly what a host's own
+# setting takes, whatever settings.py's bounds become.
+PROBES = {
+    int: [0, 1, 2, 9, 10, 999, 1000, 1001, 3600, 65535, 99_999, 100_000],
+    float: [0.0, 5e-324, 1e-300, 0.001, 0.5, 1.0, 2.5, 5.0, 60.0, 1799.0, 1800.0, 1800.5, 86_400.0, 1e9, 1e300],
+    str: ["default", "step"],
+}
+
+
+def test_the_settings_record_takes_exactly_the_values_a_hosts_own_settings_take() -> None:
+    from dramactl.fleetrecords import parse_values
+    from dramactl.state import DamagedState
+
+    base = share.fleet_values(parse(SETTINGS))
+    assert parse_values(json.dumps(base)) == base
+    for key, (name, kind) in FLEET_SETTINGS.items():
+        for value in PROBES[kind]:
+            record = {**base, key: value}
+            try:
+                parse({**SETTINGS, **{FLEET_SETTINGS[k][0]: str(v) for k, v in record.items()}, "MAX_PROCESSES": str(max(1, record["min_processes"]))})
+                local = True
+            except SettingsError:
+                local = False
+            try:
+                fleet = parse_values(json.dumps(record)) == record
+            except DamagedState:
+                fleet = False
+            assert fleet == local, f"{name}={value}: the record {'takes' if fleet else 'refuses'} what a host's own setting {'takes' if local else 'refuses'}"
+
+
 def test_the_fleets_records_are_lost_when_this_hosts_heartbeat_is_gone_within_the_hour() -> None:
     from dramactl.fleetplan import FORGET_AFTER, records_lost
 

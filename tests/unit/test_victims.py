@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -138,12 +139,44 @@ def test_parse_reads_good_fields_and_ignores_stale_and_gone() -> None:
         ("1", field(), "not <instance>.<pid>"),
         (b"1.100", b"\xff\xfe", "not JSON"),
         ("1.100", "[" * 100_000, "not JSON"),  # nested past the parser's depth
+        # Beyond what a float or os.kill takes (OverflowError in status, metrics, check and every tick before).
+        ("1.100", field(at=10**400), "must be counts"),
+        ("1.100", field(at=2**53 + 1), "must be counts"),
+        ("1.100", field(oldest=10**400), "oldest must be"),
+        ("1.100", field(oldest=int((NOW + 2 * 86_400) * 1000)), "oldest must be"),
+        ("1.100", field(threads=10**400, busy=10**399), "must be counts"),
+        ("1.100", field(held=10**30), "must be counts"),
+        ("1.100", field(queued=10**30), "queued must be a count"),
+        ("2.99999999999999999999999", field(), "is not a process id"),
+        ("1.4194304", field(), "is not a process id"),
+        ("1.0", field(), "is not a process id"),  # os.kill(0, 0) signals the group: always "alive"
+        ("9" * 5000 + ".100", field(), "is not an instance number"),
+        ("\u0661.100", field(), "not <instance>.<pid>"),  # a digit to str.isdigit, not to the hook
+        ("1.100", field(at=int((NOW + 3600) * 1000)), "ahead of this host's clock"),  # else fresh for ever
     ],
 )
 def test_a_damaged_field_is_ignored_and_named(name, value, says) -> None:
     found, damaged = reports.parse([name, value, "2.100", field()], NOW, key="ns:__dramactl__.instances.h", alive=lambda pid: True)
     assert sorted(found) == [2], "the good field beside it is still read"
     assert len(damaged) == 1 and says in damaged[0] and "ns:__dramactl__.instances.h" in damaged[0] and "\n" not in damaged[0]
+
+
+def test_a_pid_no_process_can_have_is_not_alive_and_never_raises() -> None:
+    assert reports.process_alive(os.getpid())
+    for pid in (0, -1, 2**22, 29999999999999999999999, 10**400):
+        assert reports.process_alive(pid) is False, pid
+
+
+def test_damaged_numbers_are_named_with_the_real_liveness_check_never_raised() -> None:
+    """The review's fields, through the real os.kill check: each named, none raising."""
+    now = NOW
+    pairs = [
+        "1.1", field(at=10**400), "2.99999999999999999999999", field(at=int((now + 10**6) * 1000)),
+        "3.1", field(oldest=10**400), f"4.{os.getpid()}", field(),
+    ]
+    found, damaged = reports.parse(pairs, now, key="k")
+    assert sorted(found) == [4] and len(damaged) == 3, damaged
+    assert all(line.startswith("k field ") and len(line) < 300 for line in damaged)
 
 
 def test_the_probe_reply_part_with_an_error_or_nothing() -> None:
