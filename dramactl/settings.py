@@ -205,12 +205,6 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
     if redis_url:
         check_redis_url(redis_url)
 
-    redis_host = get.text("REDIS_HOST", d.redis_host) or d.redis_host
-    try:
-        redis_host.encode("idna")  # what the resolver is handed: a label over 63 characters cannot be
-    except UnicodeError:
-        raise SettingsError("REDIS_HOST", f"{_shown(redis_host)} is not a host name", "use a host name or address, e.g. localhost") from None
-
     log_level = get.text("LOG_LEVEL", d.log_level).upper()
     if log_level not in LOG_LEVELS:
         raise SettingsError("LOG_LEVEL", f"{log_level!r} is not a log level", "use one of " + ", ".join(LOG_LEVELS))
@@ -238,7 +232,7 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
         raise SettingsError("FLEET_NAME", f"{fleet_name!r} is not a fleet name", "use up to 64 letters, digits, '.', '_' or '-'")
 
     s = Settings(
-        redis_host=redis_host,
+        redis_host=get.text("REDIS_HOST", d.redis_host) or d.redis_host,
         redis_port=get.integer("REDIS_PORT", d.redis_port, low=1, high=65535),
         redis_db=get.integer("REDIS_DB", d.redis_db, low=0, high=100000),
         redis_password=get.text("REDIS_PASSWORD", ""),
@@ -319,10 +313,21 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
             f"{s.scale_down_multiplier:g} is not below SCALE_UP_THRESHOLD_MULTIPLIER={s.scale_up_multiplier:g}",
             "make it smaller than the scale-up multiplier, or the fleet would flap",
         )
+    if 0 < s.target_backlog_per_worker < MIN_BACKLOG_PER_WORKER:
+        raise SettingsError(
+            "TARGET_BACKLOG_PER_WORKER",
+            f"{s.target_backlog_per_worker:g} is below {MIN_BACKLOG_PER_WORKER:g}",
+            f"use 0 (= WORKER_THREADS) or at least {MIN_BACKLOG_PER_WORKER:g}: a backlog divided by less has no fleet size",
+        )
+    try:
+        s.redis_host.encode("idna")  # what the resolver is handed: a label over 63 characters cannot be
+    except UnicodeError:
+        raise SettingsError("REDIS_HOST", f"{_shown(s.redis_host)} is not a host name", "use a host name or address, e.g. localhost") from None
     return s
 
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+MIN_BACKLOG_PER_WORKER = 0.001  # TARGET_BACKLOG_PER_WORKER above 0: below this a backlog / it overflows a fleet size
 MIN_MEMORY = 16 * 1024**2  # a limit below this cannot hold a Python worker
 MAX_MEMORY = 2**64 - 2  # systemd's MemoryHigh=/MemoryMax= take bytes below 2**64 - 1 (its "infinity"), about 16 EiB
 _URL_FIX = "use redis://host:port/db, with ':password@' before the host when Redis needs one"  # no 'redis://[:pw@]': redact() would eat it

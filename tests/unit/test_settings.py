@@ -107,6 +107,7 @@ BAD = [
     ({"DRAMATIQ_QUEUE_NAME": "ok,bad name"}, "DRAMATIQ_QUEUE_NAME", "not a Dramatiq queue name"),
     ({"DRAMATIQ_QUEUE_NAME": "default,other,default"}, "DRAMATIQ_QUEUE_NAME", "'default' named more than once"),
     ({"REDIS_HOST": "h" * 300}, "REDIS_HOST", "is not a host name"),
+    ({"TARGET_BACKLOG_PER_WORKER": "1e-300"}, "TARGET_BACKLOG_PER_WORKER", "is below 0.001"),
     ({"DRAMATIQ_COMMAND": "celery -A app worker"}, "DRAMATIQ_COMMAND", "is not the dramatiq command"),
     ({"DRAMATIQ_COMMAND": "dramatiq --threads 2"}, "DRAMATIQ_COMMAND", "names no app module"),
     ({"DRAMATIQ_COMMAND": "dramatiq 'app"}, "DRAMATIQ_COMMAND", "cannot be split"),
