@@ -47,6 +47,17 @@ def refusing_once(broker, call: str, reply: str) -> list[str]:
     return refused
 
 
+def started(broker, hooked: bool, monkeypatch: pytest.MonkeyPatch):
+    """One worker thread on ``broker``: with the hook, its sweep every 0.3 s (returned), else plain
+    Dramatiq (None); and the worker, started."""
+    maintenance = sweeping(broker, 0.3) if hooked else None
+    if not hooked:
+        plain(broker, monkeypatch)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    return maintenance, worker
+
+
 def plain(broker, monkeypatch: pytest.MonkeyPatch) -> None:
     """Plain Dramatiq: undo the wrapping an earlier test's hook left on the consumer class."""
     consumer = dramatiq.brokers.redis._RedisConsumer
@@ -73,12 +84,7 @@ def test_an_ack_dramatiq_gives_up_on_is_handed_back_and_runs_again(server: Stopp
         if call == "do_nack":
             raise ValueError("fails: dead-lettered, no retry left")
 
-    if hooked:
-        maintenance = sweeping(broker, 0.3)
-    else:
-        plain(broker, monkeypatch)
-    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
-    worker.start()
+    maintenance, worker = started(broker, hooked, monkeypatch)
     client = redis_lib.Redis(port=server.port)
     acks = f"dramatiq:__acks__.{broker.broker_id}.gaveup"
     dead = 1 if call == "do_nack" else 0
@@ -115,12 +121,7 @@ def test_an_ack_refused_inside_dramatiqs_script_by_redis_6_is_retried(server: St
     def job() -> None:
         runs.append(1)
 
-    if hooked:
-        maintenance = sweeping(broker, 0.3)
-    else:
-        plain(broker, monkeypatch)
-    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
-    worker.start()
+    maintenance, worker = started(broker, hooked, monkeypatch)
     client = redis_lib.Redis(port=server.port)
     acks = f"dramatiq:__acks__.{broker.broker_id}.ro6"
     try:

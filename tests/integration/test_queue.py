@@ -382,7 +382,12 @@ def test_messages_of_a_dead_worker_are_orphaned_not_in_flight(broker: RedisBroke
         other.close()
 
 
-def test_heartbeat_timeout_comes_from_the_published_key(broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+HEARTBEAT_TIMEOUT_KEY = "dramatiq:__dramactl__.heartbeat_timeout"
+
+
+def two_in_flight(broker: RedisBroker):
+    """Five messages on q1, two of them fetched by a consumer (in its ack set): the consumer, to close."""
+
     @dramatiq.actor(queue_name="q1")
     def task(i: int) -> None: ...
 
@@ -390,7 +395,12 @@ def test_heartbeat_timeout_comes_from_the_published_key(broker: RedisBroker, red
         task.send(i)
     consumer = broker.consume("q1", prefetch=2, timeout=1000)
     next(consumer)
-    key = "dramatiq:__dramactl__.heartbeat_timeout"
+    return consumer
+
+
+def test_heartbeat_timeout_comes_from_the_published_key(broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    consumer = two_in_flight(broker)
+    key = HEARTBEAT_TIMEOUT_KEY
     try:
         stale(redis, broker, ago_ms=5_000)  # 5 s without a heartbeat: alive under Dramatiq's 60 s
         assert queue.read(settings_for(redis_server))[0].orphaned == 0
@@ -423,14 +433,8 @@ def test_heartbeat_timeout_comes_from_the_published_key(broker: RedisBroker, red
 def test_a_damaged_heartbeat_timeout_is_named_once_and_dramatiqs_default_used(
     broker: RedisBroker, redis: redis_lib.Redis, redis_server: RedisServer, value, shown: str
 ) -> None:
-    @dramatiq.actor(queue_name="q1")
-    def task(i: int) -> None: ...
-
-    for i in range(5):
-        task.send(i)
-    consumer = broker.consume("q1", prefetch=2, timeout=1000)
-    next(consumer)
-    key = "dramatiq:__dramactl__.heartbeat_timeout"
+    consumer = two_in_flight(broker)
+    key = HEARTBEAT_TIMEOUT_KEY
     try:
         redis.hset(key, mapping=value) if isinstance(value, dict) else redis.set(key, value)
         stale(redis, broker, ago_ms=5_000)  # alive under Dramatiq's 60 s
