@@ -26,6 +26,7 @@ from .stats import FleetBacklog
 
 GROW_SIGMAS = 2.0  # snapshot noise (in sqrt of the fleet's share) a fleet absorbs before growing
 SLACK_SIGMAS = 1.0  # headroom over the mean load kept when shrinking (square-root staffing)
+LARGEST = 10**9  # a fleet size no MAX_PROCESSES reaches: what a tiny TARGET_BACKLOG_PER_WORKER asks for
 
 
 def backlog_per_worker(settings: Settings) -> float:
@@ -49,7 +50,10 @@ def fleet_holding(backlog: float, per_worker: float) -> int:
     if backlog <= 0:
         return 0
     root = (-GROW_SIGMAS + math.sqrt(GROW_SIGMAS**2 + 4.0 * backlog)) / 2.0  # sqrt(n x per_worker)
-    n = max(0, math.ceil(root * root / per_worker) - 1)
+    estimate = root * root / per_worker
+    if not estimate < LARGEST:  # a tiny TARGET_BACKLOG_PER_WORKER: no MAX_PROCESSES allows it (the caller clamps)
+        return LARGEST
+    n = max(0, math.ceil(estimate) - 1)
     while holds(n, per_worker) < backlog:
         n += 1
     return n
@@ -61,7 +65,8 @@ def fleet_for_load(load: float, per_worker: float) -> int:
     backlog it :func:`holds` stays ~3 sigma above the load (growth on noise is rare)."""
     if load <= 0:
         return 0
-    return math.ceil((load + SLACK_SIGMAS * math.sqrt(load)) / per_worker - 1e-9)
+    estimate = (load + SLACK_SIGMAS * math.sqrt(load)) / per_worker - 1e-9
+    return LARGEST if not estimate < LARGEST else math.ceil(estimate)
 
 
 def count_target(

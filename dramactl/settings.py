@@ -197,9 +197,7 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
     for q in queues:
         if not _QUEUE_NAME.match(q):
             raise SettingsError("DRAMATIQ_QUEUE_NAME", f"{_shown(q)} is not a Dramatiq queue name", "use letters, digits, '.', '_' or '-'")
-    twice = sorted({q for q in queues if queues.count(q) > 1})
-    if twice:  # each would be counted once per mention: the backlog, the fleet and the metrics' series
-        raise SettingsError("DRAMATIQ_QUEUE_NAME", f"{', '.join(map(repr, twice))} named more than once", "name each queue once")
+    queues = tuple(dict.fromkeys(queues))  # a queue named twice is read once (its backlog was counted per mention)
 
     redis_url = get.text("REDIS_URL", "")
     if redis_url:
@@ -313,21 +311,15 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
             f"{s.scale_down_multiplier:g} is not below SCALE_UP_THRESHOLD_MULTIPLIER={s.scale_up_multiplier:g}",
             "make it smaller than the scale-up multiplier, or the fleet would flap",
         )
-    if 0 < s.target_backlog_per_worker < MIN_BACKLOG_PER_WORKER:
-        raise SettingsError(
-            "TARGET_BACKLOG_PER_WORKER",
-            f"{s.target_backlog_per_worker:g} is below {MIN_BACKLOG_PER_WORKER:g}",
-            f"use 0 (= WORKER_THREADS) or at least {MIN_BACKLOG_PER_WORKER:g}: a backlog divided by less has no fleet size",
-        )
     try:
-        s.redis_host.encode("idna")  # what the resolver is handed: a label over 63 characters cannot be
+        if not s.redis_url:  # REDIS_URL, when set, names the host: REDIS_HOST is not used
+            s.redis_host.encode("idna")  # what the resolver is handed: a label over 63 characters cannot be
     except UnicodeError:
         raise SettingsError("REDIS_HOST", f"{_shown(s.redis_host)} is not a host name", "use a host name or address, e.g. localhost") from None
     return s
 
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-MIN_BACKLOG_PER_WORKER = 0.001  # TARGET_BACKLOG_PER_WORKER above 0: below this a backlog / it overflows a fleet size
 MIN_MEMORY = 16 * 1024**2  # a limit below this cannot hold a Python worker
 MAX_MEMORY = 2**64 - 2  # systemd's MemoryHigh=/MemoryMax= take bytes below 2**64 - 1 (its "infinity"), about 16 EiB
 _URL_FIX = "use redis://host:port/db, with ':password@' before the host when Redis needs one"  # no 'redis://[:pw@]': redact() would eat it
@@ -363,8 +355,7 @@ def _cut(text: str, limit: int = _SHOWN) -> str:
 def check_redis_url(url: str) -> None:
     """SettingsError unless redis-py can use REDIS_URL: read as ``redis.Redis.from_url`` reads it, and a
     connection object made from it (nothing connects), so a bad port or query option is one line, not a
-    traceback. A database path that is not a number (``/zz``), which redis-py reads as 0, is refused too.
-    No message shows the password."""
+    traceback. No message shows the password."""
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise SettingsError("REDIS_URL", f"{_shown(url.split(':', 1)[0])} is not a Redis URL", _URL_FIX)
     from redis import ConnectionPool
@@ -374,9 +365,6 @@ def check_redis_url(url: str) -> None:
         ConnectionPool.from_url(url).make_connection()
     except (ValueError, TypeError, RedisError) as exc:
         raise SettingsError("REDIS_URL", f"redis-py cannot read it ({redact(_cut(str(exc), 200))})", _URL_FIX) from None
-    db = unquote(urlsplit(url).path).replace("/", "")  # as redis-py reads the path; unix:// takes ?db=N
-    if not url.startswith("unix://") and not re.fullmatch(r"[0-9]*", db):
-        raise SettingsError("REDIS_URL", f"the path {_shown(redact(db))} is not a database number", "end it with /N, N the database (0 when left out)")
 
 
 def check_command(command: str) -> list[str]:

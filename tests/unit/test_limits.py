@@ -20,3 +20,17 @@ def test_the_latency_guard_never_divides_by_zero_nor_overflows(limit: float, age
     if got is not None:
         target, reason = got
         assert 5 <= target <= 8 and "MAX_QUEUE_WAIT" in reason
+
+
+def test_a_tiny_backlog_per_worker_asks_for_the_most_never_overflows() -> None:
+    """TARGET_BACKLOG_PER_WORKER=1e-300 is a setting (0 or more): a backlog divided by it overflowed the fleet
+    size (math.ceil of infinity). It asks for the most, which MAX_PROCESSES then clamps."""
+    from dramactl import bycount
+    from dramactl.policy import decide
+    from dramactl.settings import parse
+    from dramactl.stats import FleetBacklog
+
+    assert bycount.fleet_holding(1e9, 1e-300) == bycount.LARGEST
+    assert bycount.fleet_for_load(1e9, 1e-300) == bycount.LARGEST
+    settings = parse({"TARGET_BACKLOG_PER_WORKER": "1e-300", "MAX_PROCESSES": "8"})
+    assert decide(FleetBacklog(ready=10**9), [], settings, (), 100.0).target <= 8

@@ -26,6 +26,8 @@ def test_own_command_defaults_to_dramatiqs_default_queue() -> None:
 
 def test_queue_list_is_split_and_trimmed() -> None:
     assert parse({"DRAMATIQ_QUEUE_NAME": " a, b.x ,c-1,"}).queues == ("a", "b.x", "c-1")
+    assert parse({"DRAMATIQ_QUEUE_NAME": "a,b,a"}).queues == ("a", "b"), "a queue named twice is read once"
+    assert parse({"REDIS_URL": "redis://db:6379/0", "REDIS_HOST": "h" * 300}).redis_url, "REDIS_HOST is not used beside REDIS_URL"
 
 
 def test_values_are_parsed() -> None:
@@ -105,9 +107,7 @@ BAD = [
     ({"SCALE_DOWN_THRESHOLD_MULTIPLIER": "6", "SCALE_UP_THRESHOLD_MULTIPLIER": "4"}, "SCALE_DOWN_THRESHOLD_MULTIPLIER", "not below"),
     ({"DRAMATIQ_QUEUE_NAME": " , "}, "DRAMATIQ_QUEUE_NAME", "no queue named"),
     ({"DRAMATIQ_QUEUE_NAME": "ok,bad name"}, "DRAMATIQ_QUEUE_NAME", "not a Dramatiq queue name"),
-    ({"DRAMATIQ_QUEUE_NAME": "default,other,default"}, "DRAMATIQ_QUEUE_NAME", "'default' named more than once"),
     ({"REDIS_HOST": "h" * 300}, "REDIS_HOST", "is not a host name"),
-    ({"TARGET_BACKLOG_PER_WORKER": "1e-300"}, "TARGET_BACKLOG_PER_WORKER", "is below 0.001"),
     ({"DRAMATIQ_COMMAND": "celery -A app worker"}, "DRAMATIQ_COMMAND", "is not the dramatiq command"),
     ({"DRAMATIQ_COMMAND": "dramatiq --threads 2"}, "DRAMATIQ_COMMAND", "names no app module"),
     ({"DRAMATIQ_COMMAND": "dramatiq 'app"}, "DRAMATIQ_COMMAND", "cannot be split"),
@@ -239,12 +239,10 @@ def test_a_redis_url_redis_py_cannot_read_is_one_line_without_the_password(url: 
     assert PW not in message and "\n" not in message and err.value.fix
 
 
-@pytest.mark.parametrize("path", ["zz", "-1", "0x1", "%7A"])
-def test_a_redis_url_whose_path_is_not_a_database_number_is_refused(path: str) -> None:
-    """redis-py reads 'redis://host/zz' as database 0, silently."""
-    with pytest.raises(SettingsError, match=r"^REDIS_URL: the path '.*' is not a database number; end it with /N"):
-        parse({"REDIS_URL": f"redis://:{PW}@127.0.0.1:6379/{path}"})
-    for url in ("redis://db", "redis://db/", "redis://db:6380/3", "redis://db/%33", "unix:///run/redis.sock?db=2"):
+def test_redis_urls_redis_py_reads_are_kept_as_they_are() -> None:
+    """What redis-py (and so Dramatiq's broker) reads is taken, a path that is not a number too: both read it
+    as database 0, so the fleet and its workers agree; refusing it would stop a fleet that works at an upgrade."""
+    for url in ("redis://db", "redis://db/", "redis://db:6380/3", "redis://db/%33", "unix:///run/redis.sock?db=2", "redis://db/zz"):
         assert parse({"REDIS_URL": url}).redis_url == url
 
 
