@@ -36,10 +36,11 @@ KEY_LIFETIME = 7 * 86400  # a fleet nobody ticks for a week is forgotten
 HISTORY_RECORDS = 720  # the fleet's history LIST keeps at most this many records (an hour at two decisions per 10 s)
 
 # Shared by the claim and forget scripts: (claim, counted, live) of a claims value, or nil when it is
-# damaged; and how many worker processes a host runs by their own reports (dramactl.reports: the
-# worker hook rewrites its field every second and keeps the host's HASH alive REPORTS_TTL past the
-# last write), counted for a host whose claim has expired. Both need s0, s1 (the silence), most,
-# skew, longest, now, prefix (the reports HASHes' key prefix), stale (ms) and limit in scope.
+# damaged; and how many worker processes of this fleet a host runs by their own reports
+# (dramactl.reports: the worker hook rewrites its field every second and keeps the host's HASH alive
+# REPORTS_TTL past the last write), counted for a host whose claim has expired. Both need s0, s1
+# (the silence), most, skew, longest, now, prefix (the reports HASHes' key prefix), stale (ms),
+# limit and fleet (FLEET_NAME) in scope.
 _COMMON = """
 local function read(v)
   if #v ~= 24 then return nil end
@@ -50,25 +51,28 @@ local function read(v)
   if s1 > s0 and at <= s0 then ex = ex + s1 - s0 end
   return c, k, ex > now
 end
--- The processes in a host's reports HASH whose last write is within ``stale`` ms of the newest
--- one's (the times are that host's clock, compared only with each other); 0 when the HASH has no
--- expiry (a hook older than REPORTS_TTL: its fields may be a dead host's) or is out of shape.
+-- The worker processes of this fleet (their report's "fleet" is ``fleet``) in a host's reports
+-- HASH that write together: the most fields whose last writes lie within ``stale`` ms of each
+-- other (the times are that host's clock, compared only with each other; a field left by a dead
+-- process, or one far off, is not in the live processes' group). 0 when the HASH has no expiry (a
+-- hook older than REPORTS_TTL: its fields may be a dead host's) or is out of shape.
 local function running(host)
   local key = prefix .. host
   if redis.call('PTTL', key) <= 0 or redis.call('HLEN', key) > limit then return 0 end
-  local ats, newest = {}, nil
+  local ats = {}
   for _, v in ipairs(redis.call('HVALS', key)) do
     local ok, d = pcall(cjson.decode, v)
-    if ok and type(d) == 'table' and type(d.at) == 'number' and d.at == d.at then
+    if ok and type(d) == 'table' and d.fleet == fleet and type(d.at) == 'number' and d.at == d.at and d.at > -math.huge and d.at < math.huge then
       ats[#ats + 1] = d.at
-      if newest == nil or d.at > newest then newest = d.at end
     end
   end
-  local n = 0
-  for _, at in ipairs(ats) do
-    if at >= newest - stale then n = n + 1 end
+  table.sort(ats)
+  local best, first = 0, 1
+  for last = 1, #ats do
+    while ats[last] - ats[first] > stale do first = first + 1 end
+    if last - first + 1 > best then best = last - first + 1 end
   end
-  return n
+  return best
 end
 """
 
@@ -77,11 +81,14 @@ end
 # host's own size, under the cap only, never cut), share (what it asks for), up, occupying,
 # target, cap (-1: none), failing (1/0), serving, ttl, silence start, silence end, partial
 # (manual: 1 claims what there is, 0 writes nothing when the room is short), most, skew,
-# longest, key lifetime, the reports HASHes' prefix, stale ms, field limit. A host whose claim
-# expired while its worker processes still report (its ticks stopped: timer stopped, a config
-# broken after it started, a tick that hangs) counts with those processes, under the target and
-# against the cap. Returns {grant, claim written (-1: nothing written), processes counted for
-# hosts whose claim expired, ids of damaged claims...}.
+# longest, key lifetime, the reports HASHes' prefix, stale ms, field limit, FLEET_NAME,
+# FLEET_MAX_PROCESSES (-1: not set). A host whose claim expired while its worker processes of this
+# fleet still report (its ticks stopped: timer stopped, a config broken after it started, a tick
+# that hangs) counts with those processes against FLEET_MAX_PROCESSES: they hold the resource that
+# cap guards. (They are not counted under the target, nor against the default cap, the live hosts'
+# MAX_PROCESSES added up: both leave that host's own capacity out, and its processes run on it.)
+# Returns {grant, claim written (-1: nothing written), processes counted for hosts whose claim
+# expired, ids of damaged claims...}.
 CLAIM = """
 local me, mode = ARGV[1], ARGV[2]
 local share, up, occupying = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -89,7 +96,8 @@ local target, cap = tonumber(ARGV[6]), tonumber(ARGV[7])
 local failing, serving, ttl = ARGV[8] == '1', tonumber(ARGV[9]), tonumber(ARGV[10])
 local s0, s1 = tonumber(ARGV[11]), tonumber(ARGV[12])
 local most, skew, longest = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
-local prefix, stale, limit = ARGV[18], tonumber(ARGV[19]), tonumber(ARGV[20])
+local prefix, stale, limit, fleet = ARGV[18], tonumber(ARGV[19]), tonumber(ARGV[20]), ARGV[21]
+local fleet_max = tonumber(ARGV[22])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 """ + _COMMON + """
@@ -118,29 +126,34 @@ if damaged > 0 or expired > 0 then  -- rare: name the damaged (the caller logs e
       local c, k, live = read(flat[i + 1])
       if not c then
         out[#out + 1] = flat[i]
-      elseif not live then
+      elseif not live and fleet_max >= 0 then
         unclaimed = unclaimed + running(flat[i])
       end
     end
   end
-  all, counted = all + unclaimed, counted + unclaimed
+end
+-- The room under the cap for growth beside ``held`` instances of this host (occupying, or those coming back).
+local function under_cap(held)
+  local room = math.huge
+  if cap >= 0 then room = cap - all - held end
+  if fleet_max >= 0 then room = math.min(room, fleet_max - all - unclaimed - held) end
+  return room
 end
 local grant, claim = share, 0
 if mode == 'tick' then
   if share > up then
-    local room = target - counted - occupying
-    if cap >= 0 then room = math.min(room, cap - all - occupying) end
+    local room = math.min(target - counted - occupying, under_cap(occupying))
     grant = up + math.max(0, math.min(share - up, room))
   end
 elseif mode == 'manual' then
   -- instances coming back (occupying - up) take their room too: they will be up beside the grant
-  if cap >= 0 then grant = math.min(share, math.max(cap - all - (occupying - up), math.min(up, share))) end
+  grant = math.min(share, math.max(under_cap(occupying - up), math.min(up, share)))
   if grant < share and ARGV[13] ~= '1' then
     out[1], out[2], out[3] = grant, -1, unclaimed
     return out
   end
-elseif share > up and cap >= 0 then  -- hold: a paused host keeps what it runs, grows only under the cap
-  grant = up + math.max(0, math.min(share - up, cap - all - occupying))
+elseif share > up then  -- hold: a paused host keeps what it runs, grows only under the cap
+  grant = up + math.max(0, math.min(share - up, under_cap(occupying)))
 end
 claim = math.max(occupying, grant + occupying - up)
 local mine = claim
@@ -167,19 +180,20 @@ return {1}
 """
 
 # KEYS: the fleet's HASH, the claims HASH. ARGV: silence start, silence end, most, skew, longest,
-# the reports HASHes' prefix, stale ms, field limit, then (host id, its heartbeat as read) pairs.
+# the reports HASHes' prefix, stale ms, field limit, FLEET_NAME, then (host id, its heartbeat as
+# read) pairs.
 # Forgets a host (its heartbeat and its claim) only if its heartbeat is still the one read, its
 # claim is not live and its worker processes do not report: a host that came back, or whose
 # workers run on without ticks, is kept. Returns the ids forgotten.
 FORGET = """
 local s0, s1 = tonumber(ARGV[1]), tonumber(ARGV[2])
 local most, skew, longest = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local prefix, stale, limit = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+local prefix, stale, limit, fleet = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 """ + _COMMON + """
 local gone = {}
-for i = 9, #ARGV, 2 do
+for i = 10, #ARGV, 2 do
   local id = ARGV[i]
   if redis.call('HGET', KEYS[1], 'host:' .. id) == ARGV[i + 1] then
     local claim = redis.call('HGET', KEYS[2], id)
@@ -235,6 +249,7 @@ def claim(
     serving: int = 0,
     silence: Silence | None = None,
     partial: bool = True,
+    fleet_max: int | None = None,
 ) -> Claimed:
     """What this host may run, the claim written (None when nothing was) and the processes
     counted for hosts whose claim expired, in one atomic call."""
@@ -242,6 +257,7 @@ def claim(
     args = [
         me, mode, share, up, occupying, target, -1 if cap is None else cap, int(failing), serving, settings.host_ttl,
         repr(s0), repr(s1), int(partial), MOST, SKEW, LONGEST, KEY_LIFETIME, *_reports_args(settings),
+        fleet_max or -1,
     ]
     key = claims_key(settings)
     with kept_types(client, settings):
@@ -264,9 +280,10 @@ class Claimed(NamedTuple):
 
 def _reports_args(settings: Settings) -> list:
     """The claim and forget scripts' view of the instance reports: the HASHes' key prefix
-    (``<namespace>:__dramactl__.instances.``: the host id follows), how stale (ms) a field may be
-    next to the newest of its host, and the most fields a HASH may hold to be counted."""
-    return [instances_prefix(settings.namespace), int(STALE_SECONDS * 1000), FIELD_LIMIT]
+    (``<namespace>:__dramactl__.instances.``: the host id follows), how far apart (ms) the writes
+    of one host's live processes may be, the most fields a HASH may hold to be counted, and the
+    fleet whose processes count (the ``fleet`` each report carries: its worker's FLEET_NAME)."""
+    return [instances_prefix(settings.namespace), int(STALE_SECONDS * 1000), FIELD_LIMIT, settings.fleet_name]
 
 
 def publish(client: redis.Redis, settings: Settings, read: bytes | None, decision: FleetDecision, record: str) -> tuple[bool, bytes | None]:

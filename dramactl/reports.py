@@ -2,13 +2,13 @@
 
 The worker hook (``dramactl_ready.WorkReporter``) writes, every flush (1 s), one
 field per worker process into the HASH ``<ns>:__dramactl__.instances.<host>``:
-field ``<instance>.<pid>``, value JSON ``{"threads", "busy", "oldest", "held", "at", "paused", "queued"}``
+field ``<instance>.<pid>``, value JSON ``{"threads", "busy", "oldest", "held", "at", "paused", "queued", "fleet"}``
 (times in epoch ms, ``oldest`` null when idle, ``paused`` true while its intake is paused:
 :mod:`dramactl.intake`, ``queued`` the messages it fetched that wait for a free thread; both
 absent from hooks before them), and deletes it on a clean shutdown. Each flush also sets the
 HASH to expire :data:`REPORTS_TTL` later, so it exists, by Redis' clock, while a process of the
-host reports: the other hosts of a fleet count those processes when the host's ticks have
-stopped (:mod:`dramactl.claims`).
+host reports: the other hosts of a fleet count those processes (``fleet``: the FLEET_NAME the
+worker was started with) when the host's ticks have stopped (:mod:`dramactl.claims`).
 The probe (:mod:`dramactl.queue`) reads this host's hash in its round trip; this
 module turns the raw fields into one :class:`~dramactl.stats.InstanceReport` per
 instance. ``<host>`` is this host's identity (/etc/machine-id), computed the same way

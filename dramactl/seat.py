@@ -77,14 +77,22 @@ class Seat:
         return allowed, f"FLEET_MAX_PROCESSES reached: fleet {fleet}'s other hosts claim the rest"
 
     def beat(self, running: int | None = None) -> None:
-        """Renew the heartbeat with the current claim; ``running``: the claim drops (or rises) to that first."""
+        """Renew the heartbeat with the current claim; ``running``: the claim drops (or rises) to that first.
+        A rise asks the fleet for the room (the claim script); a renewal or a drop rewrites the host's
+        own heartbeat and claim with a fresh expiry and nothing else (:func:`dramactl.share.settle`:
+        what is up and, on a failing host, what counts under the target stay as the tick wrote them),
+        and writes nothing once the heartbeat is gone (Redis restarted empty: the next tick holds)."""
         with self._lock:
+            rises = running is not None and (self.claim is None or running > self.claim)
             if running is not None:
                 self.claim = running
             if self.claim is None:
                 return
             try:
-                self._reserve(self.claim, self.claim)
+                if rises:
+                    self._reserve(self.claim, self.claim)
+                else:
+                    share.settle(self.client, self.settings, claim=self.claim, up=None, name=self.name)
             except ERRORS as exc:
                 log.warning("fleet %s: could not renew this host's heartbeat (%s)", self.settings.fleet_name, exc)
                 self.report(f"fleet {self.settings.fleet_name}: could not renew this host's heartbeat ({exc}); trying again")

@@ -222,12 +222,12 @@ def coordinate(
         if pinned is None:
             got = claims.claim(
                 client, settings, name, "tick", share=view.share if lost_at is None else min(view.share, up), up=up, occupying=occupying,
-                target=view.fleet.target, cap=cap, failing=failing, serving=me.serving, silence=snap.silence,
+                target=view.fleet.target, cap=cap, failing=failing, serving=me.serving, silence=snap.silence, fleet_max=used.fleet_max_processes,
             )
             view = granted(view, me, got.grant, got.unclaimed, lost_note(lost_at, now, settings.host_ttl))
         else:
             got = claims.claim(client, settings, name, "hold", share=pinned if lost_at is None else min(pinned, up), up=up, occupying=occupying,
-                               cap=cap, silence=snap.silence)
+                               cap=cap, silence=snap.silence, fleet_max=used.fleet_max_processes)
             view = held(view, me, pinned, got.grant, got.unclaimed, lost_note(lost_at, now, settings.host_ttl))
         me = replace(me, claim=got.written if got.written is not None else me.claim, share=view.share)
         view = replace(view, claim=got.written, claimed_at=now if got.written is not None else claimed_at, lost_at=lost_at)
@@ -256,13 +256,18 @@ def coordinate(
 
 @typed
 def settle(
-    client: redis.Redis, settings: Settings, *, claim: int, up: int, startup: float | None = None, name: str | None = None, failing: bool | None = None, working: int | None = None
+    client: redis.Redis, settings: Settings, *, claim: int, up: int | None, startup: float | None = None, name: str | None = None, failing: bool | None = None,
+    working: int | None = None,
 ) -> None:
     """After acting: the host's claim drops to what it now runs (stops handed to systemd),
     so the others may grow into the room at their next tick; a start-up timing is kept.
     ``failing``: its start jobs failed just now, so the others take its share at once.
     The heartbeat and the claim are written with a fresh expiry (Redis' clock): a tick that
     waited for its jobs longer than FLEET_HOST_TTL must not leave what it started unclaimed.
+    ``up`` None: as the heartbeat says (a renewal while the host acts, dramactl.seat: the
+    claim is kept or lowered, the rest, its counted instances when failing, as it was).
+    A heartbeat that is gone is not written again: the fleet's records were lost (Redis
+    restarted empty), and the host's next tick holds its growth (``records_lost``).
     Only this host writes its heartbeat and its claim: no transaction is needed."""
     name = name or host_id()
     key = fleet_key(settings)
@@ -274,7 +279,8 @@ def settle(
     if entry is None:
         return
     now = seconds + micros / 1e6
-    entry = replace(entry, claim=claim, up=up, startup=startup if startup is not None else entry.startup, at=now, expires=now + settings.host_ttl)
+    entry = replace(entry, claim=claim, up=entry.up if up is None else up, startup=startup if startup is not None else entry.startup, at=now,
+                    expires=now + settings.host_ttl)
     if failing is not None:
         entry = replace(entry, failing=failing or entry.failing, working=working if working is not None else entry.working)
     pipe = client.pipeline(transaction=False)
@@ -307,7 +313,8 @@ def reserve(
                    old.failing if old else False, old.working if old else up, digest(fleet_values(settings)))
     cap = fleet_cap(used, [*live, me]) if used.fleet_max_processes else None
     allowed, claimed, _ = claims.claim(
-        client, settings, name, "manual", share=target, up=up, occupying=occupying, cap=cap, silence=snap.silence, partial=partial
+        client, settings, name, "manual", share=target, up=up, occupying=occupying, cap=cap, silence=snap.silence, partial=partial,
+        fleet_max=used.fleet_max_processes,
     )
     if claimed is None:
         return allowed

@@ -1204,6 +1204,7 @@ class WorkReporter(Middleware):
         self.running: dict[int, float] = {}  # worker thread id -> epoch seconds its message began
         self.threads = 0
         self.instance = os.environ.get("DRAMACTL_INSTANCE", "")
+        self.fleet = os.environ.get("FLEET_NAME", "")  # from dramactl.env (the unit's EnvironmentFile): the fleet counts its own
         self.report_key: str | None = None
         self.report_field = ""
         self.pause_key: str | None = None
@@ -1356,7 +1357,7 @@ class WorkReporter(Middleware):
             queued = 0
         now = time.time()
         oldest = int(min(starts) * 1000) if starts else None
-        return json.dumps({"threads": self.threads, "busy": len(starts), "oldest": oldest, "held": HOLDS.count(), "at": int(now * 1000), "paused": self.paused.is_set(), "queued": queued}, separators=(",", ":"))
+        return json.dumps({"threads": self.threads, "busy": len(starts), "oldest": oldest, "held": HOLDS.count(), "at": int(now * 1000), "paused": self.paused.is_set(), "queued": queued, "fleet": self.fleet}, separators=(",", ":"))
 
     def _forget_earlier(self, broker) -> None:
         """At boot: drop the reports an earlier process of this instance left (a crash)."""

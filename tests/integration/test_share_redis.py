@@ -498,10 +498,11 @@ class Reporting:
     one field per process, rewritten twice a second with that host's clock, the HASH set to expire
     REPORTS_TTL after each write; ``skew`` shifts that host's clock."""
 
-    def __init__(self, server: RedisServer, settings, host: str, processes: int, skew: float = 0.0) -> None:
+    def __init__(self, server: RedisServer, settings, host: str, processes: int, skew: float = 0.0, fleet: str | None = None) -> None:
         self.client = redis_lib.Redis(port=server.port)
         self.key = reports.instances_key(settings.namespace, host)
         self.processes, self.skew = processes, skew
+        self.fleet = settings.fleet_name if fleet is None else fleet  # the FLEET_NAME the workers were started with
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -509,7 +510,7 @@ class Reporting:
         at = int((time.time() + self.skew) * 1000)
         pipe = self.client.pipeline(transaction=False)
         for n in range(1, self.processes + 1):
-            report = {"threads": 2, "busy": 1, "oldest": at - 1000, "held": 0, "at": at, "paused": False, "queued": 0}
+            report = {"threads": 2, "busy": 1, "oldest": at - 1000, "held": 0, "at": at, "paused": False, "queued": 0, "fleet": self.fleet}
             pipe.hset(self.key, f"{n}.{1000 + n}", json.dumps(report))
         pipe.pexpire(self.key, int(reports.REPORTS_TTL * 1000))
         pipe.execute()
@@ -578,18 +579,31 @@ def test_reports_without_an_expiry_or_out_of_shape_are_not_counted(redis: redis_
     redis.hset(share.claims_key(settings), "a", claims.value(entry))
     key = reports.instances_key(settings.namespace, "a")
     now_ms = int(time.time() * 1000)
+
+    def field(at: float, fleet: str = "t") -> str:
+        return json.dumps({"threads": 2, "busy": 0, "oldest": None, "held": 0, "at": at, "paused": False, "queued": 0, "fleet": fleet})
+
     redis.hset(key, mapping={
-        "1.11": json.dumps({"threads": 2, "busy": 0, "oldest": None, "held": 0, "at": now_ms, "paused": False, "queued": 0}),
-        "2.12": json.dumps({"threads": 2, "busy": 0, "oldest": None, "held": 0, "at": now_ms - 60_000, "paused": False, "queued": 0}),
+        "1.11": field(now_ms),
+        "2.12": field(now_ms - 60_000),  # a process that died a minute ago
         "3.13": "[" * 5000,
-        "4.14": json.dumps({"at": "soon"}),
+        "4.14": json.dumps({"at": "soon", "fleet": "t"}),
+        "5.15": field(now_ms + 30_000),  # a field far from the others (a clock stepped): not the live ones' group
+        "6.16": field(now_ms, fleet="other"),  # a worker of another fleet
+        "7.17": json.dumps({"threads": 2, "busy": 0, "oldest": None, "held": 0, "at": now_ms, "paused": False, "queued": 0}),  # an older hook
+        "8.18": '{"at": 1e400, "fleet": "t"}',
     })
-    got = claims.claim(redis, settings, "b", "tick", share=6, up=0, occupying=0, target=6, cap=6)
+    got = claims.claim(redis, settings, "b", "tick", share=6, up=0, occupying=0, target=6, cap=6, fleet_max=6)
     assert got == claims.Claimed(6, 6, 0), "no expiry: not counted"
     redis.pexpire(key, 10_000)
     redis.hset(share.claims_key(settings), "b", claims.pack(0, 0, seconds, seconds + 2))
+    got = claims.claim(redis, settings, "b", "tick", share=6, up=0, occupying=0, target=6, cap=6, fleet_max=6)
+    assert got == claims.Claimed(5, 5, 1), "one live process of this fleet counted; the stale, far, foreign and damaged left out"
+    redis.hset(key, "9.19", field(now_ms - 2_000))
+    got = claims.claim(redis, settings, "b", "tick", share=6, up=0, occupying=0, target=6, cap=6, fleet_max=6)
+    assert got == claims.Claimed(4, 4, 2), "two that write within 5 s of each other"
     got = claims.claim(redis, settings, "b", "tick", share=6, up=0, occupying=0, target=6, cap=6)
-    assert got == claims.Claimed(5, 5, 1), "one fresh process counted; the stale and the damaged left out"
+    assert got == claims.Claimed(6, 6, 0), "without FLEET_MAX_PROCESSES: the default cap leaves a's own capacity out, so its processes are not counted"
 
 
 def test_a_paused_host_back_after_a_reboot_grows_to_its_size_only_under_the_cap(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
@@ -689,3 +703,28 @@ def test_after_redis_restarts_empty_no_host_grows_before_the_others_have_claimed
         time.sleep(0.3)
     assert marks["a"][1] is None and marks["b"][1] is None, "the hold ends after FLEET_HOST_TTL"
     assert sum(running.values()) == 6
+
+
+def test_a_renewal_while_the_host_acts_keeps_what_its_tick_wrote_and_never_recreates_a_lost_heartbeat(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """The tick's seat (dramactl.seat) renews the host's heartbeat and claim while it acts. A renewal went through
+    the manual claim: a failing host's claim then counted in full under the target (3 for its 1 working instance)
+    and its heartbeat said 3 up; and after Redis restarted empty mid-tick it wrote the heartbeat again, so the
+    host's next tick missed the lost-records hold and took the whole cap (9 of 6)."""
+    from dramactl.seat import Seat
+
+    settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6")
+    view = share.coordinate(redis, settings, FleetBacklog(ready=5), up=3, starting=0, occupying=3, failing=True, working=1, name="a")
+    assert claims.unpack(redis.hget(share.claims_key(settings), "a"))[:2] == (3, 1)
+    seat = Seat(redis, settings, paused=False, name="a")
+    seat.claim = view.claim
+    time.sleep(0.05)
+    seat.beat()
+    claim, counted, at, expires = claims.unpack(redis.hget(share.claims_key(settings), "a"))
+    assert (claim, counted) == (3, 1) and expires > at, "renewed, its counted instances as the tick wrote them"
+    entry = next(h for h in share.snapshot(redis, settings).hosts if h.name == "a")
+    assert (entry.up, entry.failing, entry.working) == (3, True, 1)
+    redis.flushall()  # Redis restarts empty while the host acts
+    seat.beat()
+    assert redis.hget(share.fleet_key(settings), "host:a") is None and redis.hget(share.claims_key(settings), "a") is None
+    view = share.coordinate(redis, settings, FleetBacklog(ready=500), up=3, starting=0, occupying=3, name="a", claimed_at=view.claimed_at)
+    assert view.decision.target == 3 and view.lost_at is not None, "the next tick holds its growth"
