@@ -323,7 +323,7 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
         record = replace(record, duration=outcome.duration)
         new = replace(state.with_tick(record), recovery=decision.recovery, recycles=state.recycles + recycled)
         if coordinated is not None:
-            new = replace(new, fleet_claimed=coordinated.claimed_at, fleet_lost=coordinated.lost_at)
+            new = replace(new, fleet_claimed=coordinated.claimed_at, fleet_lost=coordinated.lost_at, fleet_in=settings.fleet_name)
         new = new.counted(len(outcome.started), len(outcome.stopped))
         outcome.actions = {"up": new.actions[0], "down": new.actions[1]}
         outcome.recycles = new.recycles
@@ -430,8 +430,9 @@ def _in_fleet(
             failing=share.is_failing(instances, state.recovery, time.time()),
             working=sum(1 for u in up if not u.is_failing),
             write=write,
-            claimed_at=state.fleet_claimed,
-            lost_at=state.fleet_lost,
+            # Written in another fleet (FLEET_NAME changed): this one never had this host's heartbeat to lose.
+            claimed_at=state.fleet_claimed if state.fleet_in == settings.fleet_name else None,
+            lost_at=state.fleet_lost if state.fleet_in == settings.fleet_name else None,
         )
 
 

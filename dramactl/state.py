@@ -87,6 +87,7 @@ class ScalerState:
     recycles: int = 0  # instances replaced for their memory (WORKER_RECYCLE_MEMORY): dramactl_recycles_total
     fleet_claimed: float | None = None  # FLEET_NAME: Redis' clock when this host last wrote its claim
     fleet_lost: float | None = None  # FLEET_NAME: Redis' clock when it found the fleet's records lost (fleetplan.records_lost)
+    fleet_in: str | None = None  # the FLEET_NAME those two were written in (a host moved to another fleet starts afresh)
 
     def counted(self, started: int, stopped: int) -> "ScalerState":
         """The counters after ``started`` starts and ``stopped`` stops."""
@@ -107,6 +108,7 @@ class ScalerState:
             "recycles": self.recycles,
             "fleet_claimed": self.fleet_claimed,
             "fleet_lost": self.fleet_lost,
+            "fleet_in": self.fleet_in,
         }
 
     @classmethod
@@ -138,10 +140,18 @@ class ScalerState:
             recycles=_whole(d, "recycles", "recycles", low=0, default=0),
             fleet_claimed=_number(d, "fleet_claimed", "fleet_claimed", optional=True),
             fleet_lost=_number(d, "fleet_lost", "fleet_lost", optional=True),
+            fleet_in=_text(d, "fleet_in", "fleet_in"),
         )
 
 
 _REQUIRED = object()
+
+
+def _text(d: dict, key: str, where: str) -> str | None:
+    value = d.get(key)
+    if value is not None and not isinstance(value, str):
+        raise DamagedState(f"{where}: {_short(value)} is not text")
+    return value
 
 
 def _fields(data: object, where: str) -> dict:

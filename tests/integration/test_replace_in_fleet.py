@@ -9,6 +9,7 @@ real Redis around each job. The same steps against a real systemd: tests/system/
 
 from __future__ import annotations
 
+from dataclasses import replace
 import time
 from typing import Iterable
 
@@ -230,3 +231,25 @@ def test_a_recycle_whose_drain_outlasts_the_host_ttl_keeps_the_heartbeat_alive(r
     assert here.jobs == [("stop", (1,)), ("start", (1,))]
     assert len(here.seen) > 8 and all(s["live"] for s in here.seen), [s for s in here.seen if not s["live"]]
     never_past(here, 4)
+
+
+def test_the_tick_holds_growth_after_redis_lost_the_fleets_records_and_not_after_a_move_to_another_fleet(
+    redis: redis_lib.Redis, fleet_env: dict[str, str]
+) -> None:
+    """The state file keeps when the host last wrote its claim, and in which fleet. Its heartbeat gone from that
+    fleet within the hour (FLUSHALL: Redis restarted empty), the tick keeps what runs and says why; its FLEET_NAME
+    changed, the new fleet never had its heartbeat, and the tick grows as a new host would (it said the records
+    were lost, and held growth for a TTL)."""
+    settings = parse({**fleet_env, "FLEET_MAX_PROCESSES": "8", "MAX_SCALE_UP_STEP": "1"})  # one more a tick: a hold shows
+    here = StandIn(redis, settings)
+    redis.rpush(f"dramatiq:{settings.queues[0]}", *[f"m{i}" for i in range(200)])
+    first = scaler.tick(settings, fleet=here)  # type: ignore[arg-type]
+    assert first.decision.target >= 1 and len(here.units) == first.decision.target
+    redis.delete(share.fleet_key(settings), share.claims_key(settings))  # Redis restarted empty (the queue kept, for the test)
+    held = scaler.tick(settings, fleet=here)  # type: ignore[arg-type]
+    assert held.decision.target == len(here.units) == first.decision.target, held.summary()
+    assert "the fleet's records in Redis were lost" in held.decision.reason, held.decision.reason
+    moved = replace(settings, fleet_name="g")
+    grew = scaler.tick(moved, fleet=here)  # type: ignore[arg-type]
+    assert "records in Redis were lost" not in grew.decision.reason, grew.decision.reason
+    assert grew.decision.target > first.decision.target, grew.summary()

@@ -60,7 +60,7 @@ def test_valid_fields_load_and_unknown_names_are_ignored() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["[]", "null", '{"history": 5}', '{"history": [{"at": "x", "backlog": 1, "workers": 1, "target": 1}]}', '{"recovery": "x"}', '{"size": -3}', '{"threads": "abc"}', "{not json", "\xff\xfe", "[" * 100_000],
+    ["[]", "null", '{"history": 5}', '{"history": [{"at": "x", "backlog": 1, "workers": 1, "target": 1}]}', '{"recovery": "x"}', '{"size": -3}', '{"threads": "abc"}', "{not json", "\xff\xfe", "[" * 100_000, '{"fleet_in": 5}', '{"fleet_claimed": -1}'],
 )
 def test_a_damaged_file_is_set_aside_with_one_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str) -> None:
     store = StateStore(tmp_path)
