@@ -28,6 +28,7 @@ import re
 import socket
 from typing import Callable, Iterable, Sequence
 
+from .settings import cut
 from .stats import InstanceReport
 
 # The hook flushes every second: a report older than five flushes is a process that
@@ -91,15 +92,10 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _cut(text: str, most: int = 40) -> str:
-    """``text`` short enough for a journal line."""
-    return text if len(text) <= most else text[: most - 3] + "..."
-
-
 def _shown(value: object) -> str:
     """A JSON value as a journal line shows it: cut short (10**400 is 401 digits)."""
     try:
-        return _cut(json.dumps(value) if not isinstance(value, int) or abs(value) < 10**40 else f"{str(value)[:20]}... ({len(str(abs(value)))} digits)")
+        return cut(json.dumps(value) if not isinstance(value, int) or abs(value) < 10**40 else f"{str(value)[:20]}... ({len(str(abs(value)))} digits)")
     except ValueError:  # an int past Python's digit limit for str()
         return "a number of thousands of digits"
 
@@ -115,9 +111,9 @@ def parse_field(name: str, value: str) -> tuple[int, int, InstanceReport]:
         raise ValueError("the field is not <instance>.<pid>")
     instance, pid = m.groups()
     if len(instance) > 9:
-        raise ValueError(f"instance {_cut(instance)} is not an instance number")
+        raise ValueError(f"instance {cut(instance)} is not an instance number")
     if len(pid) > 9 or not 0 < int(pid) < PID_LIMIT:
-        raise ValueError(f"pid {_cut(pid)} is not a process id (1..{PID_LIMIT - 1})")
+        raise ValueError(f"pid {cut(pid)} is not a process id (1..{PID_LIMIT - 1})")
     try:
         data = json.loads(value)
     except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
@@ -156,11 +152,11 @@ def parse(
         try:
             number, pid, report = parse_field(name, value)
         except ValueError as exc:
-            damaged.append(f"{key} field {_cut(repr(name), 60)}: {exc}; ignored (the worker hook rewrites it every second; delete it with HDEL if it stays)")
+            damaged.append(f"{key} field {cut(repr(name), 60)}: {exc}; ignored (the worker hook rewrites it every second; delete it with HDEL if it stays)")
             continue
         if report.at > now + AHEAD_SECONDS:  # fresh for ever, else: a clock set back is caught up in one flush
             damaged.append(
-                f"{key} field {_cut(repr(name), 60)}: at is {report.at - now:.0f}s ahead of this host's clock; ignored"
+                f"{key} field {cut(repr(name), 60)}: at is {report.at - now:.0f}s ahead of this host's clock; ignored"
                 " (the worker hook rewrites it every second; delete it with HDEL if it stays)"
             )
             continue

@@ -418,6 +418,7 @@ def _in_fleet(
     from . import share
 
     up = [u for u in instances if u.is_up]
+    same = state.fleet_in == settings.fleet_name  # written in another fleet (FLEET_NAME changed): it never had this host's heartbeat to lose
     with queue.redis_errors(settings):
         return share.coordinate(
             client,
@@ -430,9 +431,8 @@ def _in_fleet(
             failing=share.is_failing(instances, state.recovery, time.time()),
             working=sum(1 for u in up if not u.is_failing),
             write=write,
-            # Written in another fleet (FLEET_NAME changed): this one never had this host's heartbeat to lose.
-            claimed_at=state.fleet_claimed if state.fleet_in == settings.fleet_name else None,
-            lost_at=state.fleet_lost if state.fleet_in == settings.fleet_name else None,
+            claimed_at=state.fleet_claimed if same else None,
+            lost_at=state.fleet_lost if same else None,
         )
 
 

@@ -345,10 +345,11 @@ def parse_size(raw: str) -> int | None:
 
 def _shown(value: object) -> str:
     """A bad value as an error line echoes it: text quoted, cut to a few dozen characters."""
-    return _cut(repr(value) if isinstance(value, str) else str(value))
+    return cut(repr(value) if isinstance(value, str) else str(value))
 
 
-def _cut(text: str, limit: int = _SHOWN) -> str:
+def cut(text: str, limit: int = _SHOWN) -> str:
+    """``text`` short enough for one error or journal line (settings, reports, the state file use it)."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -364,7 +365,7 @@ def check_redis_url(url: str) -> None:
     try:
         ConnectionPool.from_url(url).make_connection()
     except (ValueError, TypeError, RedisError) as exc:
-        raise SettingsError("REDIS_URL", f"redis-py cannot read it ({redact(_cut(str(exc), 200))})", _URL_FIX) from None
+        raise SettingsError("REDIS_URL", f"redis-py cannot read it ({redact(cut(str(exc), 200))})", _URL_FIX) from None
 
 
 def check_command(command: str) -> list[str]:
@@ -426,9 +427,9 @@ class _Reader:
         if value is None:
             raise SettingsError(name, f"{_shown(raw)} is not a size", "use bytes or K, M, G, T (powers of 1024) such as 512M or 2G; 0 or empty turns it off")
         if value < MIN_MEMORY:
-            raise SettingsError(name, f"{_cut(raw)} is below {size_text(MIN_MEMORY)}", "a Python worker needs more; use e.g. 512M, or 0 to turn it off")
+            raise SettingsError(name, f"{cut(raw)} is below {size_text(MIN_MEMORY)}", "a Python worker needs more; use e.g. 512M, or 0 to turn it off")
         if value > MAX_MEMORY:
-            raise SettingsError(name, f"{_cut(raw)} is more than systemd takes (at most 2**64 - 2 bytes, 16 EiB)", "use e.g. 512M or 2G, or 0 to turn it off")
+            raise SettingsError(name, f"{cut(raw)} is more than systemd takes (at most 2**64 - 2 bytes, 16 EiB)", "use e.g. 512M or 2G, or 0 to turn it off")
         return value
 
     def number(self, name: str, default: float, low: float, above: bool = False) -> float:

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
+from .settings import cut
+
 STATE_FILE = "state.json"
 LOCK_FILE = "tick.lock"
 HISTORY_SECONDS = 3600.0
@@ -161,8 +163,7 @@ def _fields(data: object, where: str) -> dict:
 
 
 def _short(value: object) -> str:
-    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return cut(json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value))
 
 
 def _flag(d: dict, key: str, where: str) -> bool:
