@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -89,6 +90,16 @@ class SharedRedis:
         if self.proc is None or self.proc.poll() is not None:
             self.start()
 
+    def hang(self) -> None:
+        """A hung server, not a stopped one: SIGSTOP. Connections are still accepted and what
+        clients send is buffered, unanswered; it runs once the server is resumed."""
+        assert self.proc is not None and self.proc.poll() is None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             return "\n".join((self.dir / "redis.log").read_text(errors="replace").splitlines()[-lines:])  # type: ignore[operator]
@@ -96,6 +107,7 @@ class SharedRedis:
             return ""
 
     def stop(self) -> None:
+        self.resume()  # a hung server would never see its SIGTERM
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
