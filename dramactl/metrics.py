@@ -221,9 +221,9 @@ def write_textfile(directory: str | os.PathLike[str], text: str) -> Path:
     # node_exporter reads *.prom only: the temporary name never matches.
     fd, tmp = tempfile.mkstemp(prefix=".dramactl.", suffix=".tmp", dir=directory)
     try:
+        os.fchmod(fd, 0o644)  # on the open file: never a path another user could swap for a link
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:
         os.unlink(tmp)

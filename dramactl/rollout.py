@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from .fleet import Fleet, FleetError, JobResult
 from .instance import WorkerUnit
+from .state import read_regular, write_in_state_dir
 from .stats import InstanceReport
 
 if TYPE_CHECKING:  # seat (and share) only with FLEET_NAME
@@ -282,13 +283,7 @@ def recycle(
 def mark(state_dir: str, instances: Sequence[int], command: str = "restart") -> Path:
     """Write the marker (under the tick lock): this process rolls these instances."""
     path = Path(state_dir) / MARKER
-    tmp = path.with_name(f".{MARKER}.{os.getpid()}")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "since": time.time(), "instances": list(instances), "command": command}))
-    os.chmod(tmp, 0o644)
-    if os.geteuid() == 0:
-        st = path.parent.stat()
-        os.chown(tmp, st.st_uid, st.st_gid)
-    os.replace(tmp, path)
+    write_in_state_dir(path, json.dumps({"pid": os.getpid(), "since": time.time(), "instances": list(instances), "command": command}))
     return path
 
 
@@ -304,7 +299,7 @@ def in_progress(state_dir: str) -> str | None:
 
     A marker that cannot be read, or whose process is gone (killed mid-roll), is no roll."""
     try:
-        data = json.loads((Path(state_dir) / MARKER).read_text())
+        data = json.loads(read_regular(Path(state_dir) / MARKER))
         pid, since, count = int(data["pid"]), float(data["since"]), len(data["instances"])
     except (OSError, ValueError, KeyError, TypeError):
         return None

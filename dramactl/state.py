@@ -9,10 +9,12 @@ carries on with a fresh state: the history is only a hint.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import math
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -258,7 +260,7 @@ class StateStore:
     def load(self) -> ScalerState:
         """The saved state; a fresh one when there is none or the file is damaged (then set aside)."""
         try:
-            text = self.path.read_bytes()
+            text = read_regular(self.path)
         except FileNotFoundError:
             return ScalerState()
         except OSError as exc:  # the directory is a file, state.json a directory, or not readable by this user
@@ -286,16 +288,7 @@ class StateStore:
 
     def save(self, state: ScalerState) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".state.", dir=self.directory)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(state.to_dict(), f)
-            os.chmod(tmp, 0o644)  # workers read the thread count from here
-            self._match_directory_owner(tmp)
-            os.replace(tmp, self.path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_in_state_dir(self.path, json.dumps(state.to_dict()))  # 0644: workers read the thread count from here
 
     def check_writable(self) -> None:
         """StateDirError unless this process can create (and remove) a file in the directory.
@@ -325,6 +318,8 @@ class StateStore:
         )
 
     def _unreadable(self, exc: OSError) -> str:
+        if exc.errno in (errno.ELOOP, errno.EINVAL):
+            return f"state file {self.path} is a symbolic link or not a regular file; remove it (the next change writes a fresh state file)"
         if isinstance(exc, NotADirectoryError):
             return f"state directory {self.directory} is not a directory (a file is in its path); set DRAMACTL_STATE_DIR to a directory"
         if isinstance(exc, IsADirectoryError):
@@ -333,12 +328,6 @@ class StateStore:
             f"state file {self.path} cannot be read by uid {os.geteuid()} ({exc.strerror or exc}); "
             "fix its owner/mode (StateDirectory= in dramactl.service)"
         )
-
-    def _match_directory_owner(self, path: str) -> None:
-        """When root writes (manual command), keep the file the scaler user's."""
-        if os.geteuid() == 0:
-            st = self.directory.stat()
-            os.chown(path, st.st_uid, st.st_gid)
 
     @property
     def lock_path(self) -> Path:
@@ -353,13 +342,12 @@ class StateStore:
         """
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
+            fd = _open_lock(self.lock_path)
         except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EINVAL):
+                raise StateDirError(f"{self.lock_path} is a symbolic link or not a regular file; remove it (the next tick creates it again)") from None
             raise StateDirError(self._unwritable(exc)) from None
         try:
-            if os.geteuid() == 0:
-                st = self.directory.stat()
-                os.fchown(fd, st.st_uid, st.st_gid)
             if wait is True:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             else:
@@ -367,6 +355,73 @@ class StateStore:
             yield
         finally:
             os.close(fd)
+
+
+# The state directory belongs to the scaler's user, and root's manual commands write in it too.
+# So nothing here follows a link or changes a file by its path: that user could put a link to
+# /etc/passwd in the path's place between root's steps, and root would write or chown the target.
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file; OSError (ELOOP) for a link, and for
+    anything else that is not a file (a FIFO would block the reader)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+def write_in_state_dir(path: Path, text: str, mode: int = 0o644) -> None:
+    """Replace ``path`` atomically with ``text``: a new file made by this process (mkstemp,
+    O_EXCL), its mode and, for root, its owner (the directory's) set on the open file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        if os.geteuid() == 0:  # a manual command: keep the file the scaler user's
+            st = os.stat(path.parent)
+            os.fchown(fd, st.st_uid, st.st_gid)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _open_lock(path: Path) -> int:
+    """The tick lock's descriptor, mode 0600: another user (a worker's) that could open it could
+    hold the lock and stop every tick. Created here (O_EXCL) it is given the directory's owner
+    when root creates it; an existing one is never followed as a link, must be a regular file,
+    and is narrowed to 0600 if its owner (the scaler user) opened it wider before."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        fd = os.open(path, flags | os.O_NONBLOCK)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", str(path))
+            if st.st_mode & 0o077 and st.st_uid == os.stat(path.parent).st_uid and st.st_nlink == 1:
+                os.fchmod(fd, 0o600)  # a lock an earlier release made 0644
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    if os.geteuid() == 0:
+        st = os.stat(path.parent)
+        os.fchown(fd, st.st_uid, st.st_gid)
+    return fd
 
 
 def _user(uid: int) -> str:

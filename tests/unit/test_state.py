@@ -147,14 +147,16 @@ def test_a_state_file_that_cannot_be_read_is_one_line_naming_the_path(tmp_path: 
 
     store = StateStore(tmp_path / "e")
     store.save(ScalerState(paused=True))
-    real = Path.read_bytes
+    import dramactl.state
 
-    def denied(self: Path) -> bytes:
-        if self == store.path:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self)
+    real = dramactl.state.read_regular
 
-    monkeypatch.setattr(Path, "read_bytes", denied)  # root reads any file: a chmod would not stop this test's user
+    def denied(path: Path) -> bytes:
+        if path == store.path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(dramactl.state, "read_regular", denied)  # root reads any file: a chmod would not stop this test's user
     with pytest.raises(StateDirError) as err:
         store.load()
     message = str(err.value)
