@@ -358,14 +358,26 @@ def check_redis_url(url: str) -> None:
     connection object made from it (nothing connects), so a bad port or query option is one line, not a
     traceback. No message shows the password."""
     if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError("REDIS_URL", f"{_shown(url.split(':', 1)[0])} is not a Redis URL", _URL_FIX)
+        scheme = url.split(":", 1)[0]
+        shown = _shown(scheme) if "@" not in scheme and "/" not in scheme else "it"  # 'pw@host' would show the password
+        raise SettingsError("REDIS_URL", f"{shown} is not a Redis URL", _URL_FIX)
+    rest = url.split("://", 1)[1]
+    userinfo = rest[: rest.rindex("@")] if "@" in rest else ""
+    if any(c in userinfo for c in "/?#"):
+        # urlsplit ends the host part at the first of them: the password's tail would be read as
+        # the host, its head as the port, and redis-py's error would quote it.
+        raise SettingsError("REDIS_URL", "its user or password holds '/', '?' or '#', which end a URL's host part", "percent-encode them in the URL (%2F, %3F, %23)")
     from redis import ConnectionPool
     from redis.exceptions import RedisError
 
     try:
         ConnectionPool.from_url(url).make_connection()
     except (ValueError, TypeError, RedisError) as exc:
-        raise SettingsError("REDIS_URL", f"redis-py cannot read it ({redact(cut(str(exc), 200))})", _URL_FIX) from None
+        message = redact(str(exc))
+        for secret in {userinfo, *userinfo.split(":", 1)}:
+            if len(secret) >= 3:
+                message = message.replace(secret, HIDDEN)
+        raise SettingsError("REDIS_URL", f"redis-py cannot read it ({cut(message, 200)})", _URL_FIX) from None
 
 
 def check_command(command: str) -> list[str]:

@@ -239,6 +239,26 @@ def test_a_redis_url_redis_py_cannot_read_is_one_line_without_the_password(url: 
     assert PW not in message and "\n" not in message and err.value.fix
 
 
+@pytest.mark.parametrize("secret", ["s3cr3tA/xyz", "s3cr3tA#xyz", "s3cr3tA?xyz", "s3cr3tA/b64+/=="])
+@pytest.mark.parametrize("user", ["", "app"])
+def test_a_password_that_ends_the_urls_host_part_is_named_and_never_shown(secret: str, user: str) -> None:
+    """'/', '?' or '#' in a password (base64 holds '/') end a URL's host part: redis-py read the
+    password's head as the port and its error quoted it (`Port could not be cast to integer value as
+    's3cr3tA'`), into every tick's journal line and the workers'."""
+    with pytest.raises(SettingsError) as err:
+        parse({"REDIS_URL": f"redis://{user}:{secret}@127.0.0.1:6379/0"})
+    assert str(err.value) == (
+        "REDIS_URL: its user or password holds '/', '?' or '#', which end a URL's host part; percent-encode them in the URL (%2F, %3F, %23)"
+    )
+    assert "s3cr3t" not in str(err.value)
+
+
+def test_a_url_without_a_scheme_is_not_echoed_when_it_holds_a_password() -> None:
+    with pytest.raises(SettingsError) as err:
+        parse({"REDIS_URL": "s3cr3tL@127.0.0.1:16399"})
+    assert str(err.value) == "REDIS_URL: it is not a Redis URL; use redis://host:port/db, with ':password@' before the host when Redis needs one"
+
+
 def test_redis_urls_redis_py_reads_are_kept_as_they_are() -> None:
     """What redis-py (and so Dramatiq's broker) reads is taken, a path that is not a number too: both read it
     as database 0, so the fleet and its workers agree; refusing it would stop a fleet that works at an upgrade."""
