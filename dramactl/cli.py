@@ -390,6 +390,11 @@ def check() -> None:
     argv = guarded(lambda: worker_argv(settings, settings.worker_threads))
     guarded(lambda: check_reach(settings, only_existing_users=True))
     click.echo(f"settings ok (from {', '.join(settings.sources) or 'environment only'})")
+    for note in settings_mod.unread_settings():
+        click.echo(f"note: {note}")
+    exposed = settings_mod.exposed_password()
+    if exposed:
+        click.echo(f"dramactl: warning: {exposed}", err=True)
     click.echo(f"redis ok at {settings.redis_location}: " + ", ".join(f"{q.name}={q.backlog}" for q in stats))
     click.echo("worker command: " + " ".join(argv))
     if settings.fleet_name:

@@ -1,7 +1,12 @@
 """Operator settings: names, defaults, parsing and validation.
 
 Sources, first match wins: the process environment, then ``./.env``, then
-``/etc/dramactl/dramactl.env`` (or the file named by ``DRAMACTL_ENV_FILE``).
+``/etc/dramactl/dramactl.env`` (or the file named by ``DRAMACTL_ENV_FILE``). Root's
+commands skip ``./.env`` where the system file exists: they act on the fleet the units run
+with that file, and an app directory's ``.env`` (REDIS_HOST, say) would have had them act
+elsewhere, or send REDIS_PASSWORD to another host. The system file's DRAMACTL_STATE_DIR is
+not read: ``dramactl.service`` keeps its state in its StateDirectory=, so it split the
+tick's lock and state from the manual commands' (``check`` says so).
 Every problem becomes one :class:`SettingsError` naming the setting and the fix,
 raised before anything touches the fleet, so a bad config never stops workers.
 """
@@ -11,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import stat
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -141,23 +147,71 @@ def redact(text: str, settings: "Settings | None" = None) -> str:
     return text
 
 
+NOT_IN_SYSTEM_FILE = "DRAMACTL_STATE_DIR"  # the units cannot follow it (module docstring)
+
+
 def read_sources(
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    euid: int | None = None,
 ) -> tuple[dict[str, str], tuple[str, ...]]:
-    """Merge environment > ./.env > system env file; returns values and the files read."""
+    """Merge environment > ./.env > system env file; returns values and the files read.
+    Root skips ./.env where the system file exists (module docstring)."""
     env = dict(os.environ if environ is None else environ)
     system_file = Path(env.get("DRAMACTL_ENV_FILE") or DEFAULT_ENV_FILE)
     local_file = (cwd or Path.cwd()) / ".env"
     merged: dict[str, str] = {}
     read: list[str] = []
-    for path in (system_file, local_file):
-        values = _read_env_file(path)
-        if values is not None:
-            merged.update(values)
-            read.append(str(path))
+    system = _read_env_file(system_file)
+    if system is not None:
+        system.pop(NOT_IN_SYSTEM_FILE, None)
+        merged.update(system)
+        read.append(str(system_file))
+    if system is None or (os.geteuid() if euid is None else euid) != 0:
+        local = _read_env_file(local_file)
+        if local is not None:
+            merged.update(local)
+            read.append(str(local_file))
     merged.update(env)
     return merged, tuple(reversed(read))
+
+
+def exposed_password(environ: Mapping[str, str] | None = None) -> str | None:
+    """A warning when the system env file holds a Redis password and every user can read it
+    (``dramactl install`` and the .deb make it 0640 root:dramactl; an edit or a copy may not)."""
+    env = dict(os.environ if environ is None else environ)
+    system_file = Path(env.get("DRAMACTL_ENV_FILE") or DEFAULT_ENV_FILE)
+    values = _read_env_file(system_file)
+    if not values:
+        return None
+    url = values.get("REDIS_URL", "")
+    if not (values.get("REDIS_PASSWORD") or _URL_USERINFO.search(url) or _PASSWORD_PARAM.search(url)):
+        return None
+    try:
+        mode = stat.S_IMODE(os.stat(system_file).st_mode)
+    except OSError:
+        return None
+    if not mode & 0o004:
+        return None
+    return f"{system_file} holds the Redis password and every user can read it (mode {mode:04o}); chmod 0640 it and chgrp it to dramactl"
+
+
+def unread_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = None, euid: int | None = None) -> list[str]:
+    """What :func:`read_sources` left out, for ``check`` to say: a ./.env root skipped, and a
+    DRAMACTL_STATE_DIR in the system file."""
+    env = dict(os.environ if environ is None else environ)
+    system_file = Path(env.get("DRAMACTL_ENV_FILE") or DEFAULT_ENV_FILE)
+    local_file = (cwd or Path.cwd()) / ".env"
+    system = _read_env_file(system_file)
+    notes = []
+    if system is not None and (os.geteuid() if euid is None else euid) == 0 and _read_env_file(local_file) is not None:
+        notes.append(f"{local_file} not read: root's commands use {system_file}, the file the units read")
+    if system is not None and system.get(NOT_IN_SYSTEM_FILE):
+        notes.append(
+            f"{NOT_IN_SYSTEM_FILE} in {system_file} not read: dramactl.service keeps its state and lock in its StateDirectory= "
+            f"({DEFAULT_STATE_DIR}), and every command must use the same; remove it there"
+        )
+    return notes
 
 
 def _read_env_file(path: Path) -> dict[str, str] | None:
@@ -173,9 +227,9 @@ def _read_env_file(path: Path) -> dict[str, str] | None:
     return {k: v for k, v in dotenv_values(stream=StringIO(text)).items() if v is not None}
 
 
-def load(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
+def load(environ: Mapping[str, str] | None = None, cwd: Path | None = None, euid: int | None = None) -> Settings:
     """Read and validate the settings; raises :class:`SettingsError` on the first problem."""
-    values, sources = read_sources(environ, cwd)
+    values, sources = read_sources(environ, cwd, euid)
     return parse(values, sources)
 
 

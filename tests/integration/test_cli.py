@@ -276,6 +276,27 @@ def test_check_reaches_redis_and_shows_the_worker_command(run, redis: redis_lib.
     assert re.search(r"worker command: (\S+ -m |\S+/)dramatiq app\.tasks dramactl_ready --processes 1 --threads 3 --worker-shutdown-timeout 30000", res.output)
 
 
+def test_check_names_what_it_did_not_read_and_a_password_every_user_can_read(run, redis: redis_lib.Redis, tmp_path: Path) -> None:
+    """Root's commands skip ./.env beside an installed file and never read DRAMACTL_STATE_DIR from
+    it (tests/unit/test_settings.py); `check` says so, and warns when that file holds the Redis
+    password with mode 0644."""
+    import os
+
+    system = tmp_path / "dramactl.env"
+    system.write_text("DRAMACTL_STATE_DIR=/srv/dstate\nREDIS_URL=redis://:pw-in-file@127.0.0.1:1/0\n")
+    os.chmod(system, 0o644)
+    (tmp_path / ".env").write_text("MAX_PROCESSES=3\n")  # run() runs in tmp_path
+    url = f"redis://127.0.0.1:{redis.connection_pool.connection_kwargs['port']}/0"  # the environment's wins over the file's
+    res = run("check", DRAMATIQ_COMMAND="dramatiq app.tasks", DRAMACTL_ENV_FILE=str(system), REDIS_URL=url)
+    assert res.exit_code == 0, res.output
+    assert f"note: {tmp_path / '.env'} not read: root's commands use {system}, the file the units read" in res.output
+    assert f"note: DRAMACTL_STATE_DIR in {system} not read" in res.output
+    assert f"dramactl: warning: {system} holds the Redis password and every user can read it (mode 0644); chmod 0640 it and chgrp it to dramactl" in res.output
+    assert "pw-in-file" not in res.output
+    os.chmod(system, 0o640)
+    assert "warning" not in run("check", DRAMATIQ_COMMAND="dramatiq app.tasks", DRAMACTL_ENV_FILE=str(system), REDIS_URL=url).output
+
+
 def test_debug_log_level_reaches_the_worker(run, redis: redis_lib.Redis) -> None:
     res = run("check", DRAMATIQ_COMMAND="dramatiq app.tasks", LOG_LEVEL="debug")
     assert res.exit_code == 0 and res.output.rstrip().endswith("--verbose"), res.output

@@ -136,9 +136,46 @@ def test_environment_beats_dotenv_beats_system_file(tmp_path: Path) -> None:
     system = tmp_path / "dramactl.env"
     system.write_text("MIN_PROCESSES=2\nMAX_PROCESSES=7\nCHECK_INTERVAL=30\n")
     (tmp_path / ".env").write_text("MAX_PROCESSES=8\nCHECK_INTERVAL=20\n")
-    s = load({"DRAMACTL_ENV_FILE": str(system), "CHECK_INTERVAL": "10"}, cwd=tmp_path)
+    s = load({"DRAMACTL_ENV_FILE": str(system), "CHECK_INTERVAL": "10"}, cwd=tmp_path, euid=1000)
     assert (s.min_processes, s.max_processes, s.check_interval) == (2, 8, 10)
     assert s.sources == (str(tmp_path / ".env"), str(system))
+
+
+def test_roots_commands_read_the_installed_file_not_a_directorys_dotenv(tmp_path: Path) -> None:
+    """Root's `dramactl status` run in an app directory read its .env over the installed file: it
+    showed another Redis than the fleet's, and a REDIS_HOST there had root send REDIS_PASSWORD
+    to that host (a review caught `HELLO 3 AUTH default <password>` on a listener)."""
+    from dramactl.settings import unread_settings
+
+    system = tmp_path / "dramactl.env"
+    system.write_text("REDIS_HOST=redis.internal\nREDIS_PASSWORD=s3cr3t-pw\n")
+    (tmp_path / ".env").write_text("REDIS_HOST=127.0.0.2\n")
+    environ = {"DRAMACTL_ENV_FILE": str(system)}
+    s = load(environ, cwd=tmp_path, euid=0)
+    assert (s.redis_host, s.sources) == ("redis.internal", (str(system),))
+    assert unread_settings(environ, cwd=tmp_path, euid=0) == [f"{tmp_path / '.env'} not read: root's commands use {system}, the file the units read"]
+    # another user (a worker's worker-exec in its app directory, a developer) reads it as before
+    assert load(environ, cwd=tmp_path, euid=1000).redis_host == "127.0.0.2"
+    assert unread_settings(environ, cwd=tmp_path, euid=1000) == []
+    # and root reads it where nothing is installed (a checkout)
+    assert load({"DRAMACTL_ENV_FILE": str(tmp_path / "absent.env")}, cwd=tmp_path, euid=0).redis_host == "127.0.0.2"
+
+
+def test_a_state_dir_in_the_installed_file_is_not_read_and_check_says_so(tmp_path: Path) -> None:
+    """dramactl.service keeps its state in StateDirectory= (STATE_DIRECTORY wins), so a
+    DRAMACTL_STATE_DIR in the installed file gave root's commands and the workers another lock
+    and state than the ticks': a tick ran mid-roll, and ignored a `scale-to`'s pause."""
+    from dramactl.settings import DEFAULT_STATE_DIR, unread_settings
+
+    system = tmp_path / "dramactl.env"
+    system.write_text("DRAMACTL_STATE_DIR=/srv/dstate\n")
+    environ = {"DRAMACTL_ENV_FILE": str(system)}
+    assert load(environ, cwd=tmp_path, euid=0).state_dir == DEFAULT_STATE_DIR
+    assert unread_settings(environ, cwd=tmp_path, euid=0) == [
+        f"DRAMACTL_STATE_DIR in {system} not read: dramactl.service keeps its state and lock in its StateDirectory= "
+        f"({DEFAULT_STATE_DIR}), and every command must use the same; remove it there"
+    ]
+    assert load({**environ, "DRAMACTL_STATE_DIR": "/tmp/x"}, cwd=tmp_path, euid=0).state_dir == "/tmp/x"  # a run outside the units
 
 
 def test_unreadable_or_missing_files_are_skipped(tmp_path: Path) -> None:
