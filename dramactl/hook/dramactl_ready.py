@@ -6,7 +6,8 @@ Dramatiq and the stdlib, so it can be put on the path of an app's own virtualenv
 
 What it installs:
 
-* :class:`ReadyNotifier`: ``READY=1`` for ``Type=notify`` once the consumers run,
+* :class:`ReadyNotifier`: ``READY=1`` for ``Type=notify`` once the consumers run and
+  the broker's Redis answers,
   ``WATCHDOG=1`` while every consumer and worker thread lives (and through a reload's
   drain), ``STOPPING=1``.
 * :class:`FollowUpGuard`: no message is acked before everything its processing
@@ -296,7 +297,7 @@ def watchdog_interval() -> float | None:
 
 
 class ReadyNotifier(Middleware):
-    """READY=1 once the worker threads and consumers run; WATCHDOG=1 while they all
+    """READY=1 once the worker threads and consumers run and Redis answers; WATCHDOG=1 while they all
     live (a dead consumer thread means a worker that no longer takes messages, and
     systemd restarts it); STOPPING=1 on shutdown.
 
@@ -318,6 +319,36 @@ class ReadyNotifier(Middleware):
         queues = ",".join(sorted(getattr(worker, "consumers", None) or broker.get_declared_queues()))
         STATUS["consuming"] = f"consuming {queues} with {worker.worker_threads} threads"
         self._watch_reload()
+        client = getattr(broker, "client", None)
+        if client is None or not callable(getattr(client, "ping", None)):  # not Redis' broker: nothing to ask
+            self._ready(worker)
+            return
+        # Off the boot's thread: a hung Redis must not hold up the boot (nor a stop during it).
+        threading.Thread(target=self._ready_once_reachable, args=(client, worker), name="dramactl-ready", daemon=True).start()
+
+    def _ready_once_reachable(self, client, worker) -> None:
+        """READY=1 once the broker's Redis answers. Dramatiq's consumers retry a connection
+        error for ever, so a process that cannot reach Redis (a wrong REDIS_* in a deploy,
+        Redis down at boot) looked ready and consumed nothing: a rolling restart replaced a
+        healthy fleet with it and said so with exit 0. Until Redis answers it stays
+        activating, says why in its status line, and systemd's TimeoutStartSec= fails the
+        start if it never does (the roll then stops, the instances not replaced serving)."""
+        said = ""
+        while not self.stopping.is_set():
+            try:
+                client.ping()
+            except Exception as exc:  # noqa: BLE001 - any failure to answer: not ready yet
+                why = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+                if why != said:
+                    said = why
+                    log.warning("dramactl: Redis does not answer (%s); READY=1 waits for it (TimeoutStartSec= fails the start if it never does)", why)
+                    _notify_quietly(f"STATUS=waiting for Redis before READY=1: {why}")
+                self.stopping.wait(1.0)
+                continue
+            self._ready(worker)
+            return
+
+    def _ready(self, worker) -> None:
         notify(f"READY=1\nSTATUS={STATUS['consuming']}")
         interval = watchdog_interval()
         if interval:

@@ -25,9 +25,10 @@ APP_CODE = '''\
 import os, time
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
+PORT = 6379
 {broken}
 VERSION = "{version}"
-broker = RedisBroker(host="localhost", port=6379)
+broker = RedisBroker(host="localhost", port=PORT)
 dramatiq.set_broker(broker)
 
 
@@ -171,8 +172,10 @@ START_LIMIT = "/etc/systemd/system/dramatiq-worker@.service.d/60-test-start-time
     [
         ("import module_that_is_not_installed", "dramatiq-worker@4 did not start (exit status 2 (the app cannot be imported), failed;"),
         ("time.sleep(3600)", "dramatiq-worker@4 did not start (no READY=1 within TimeoutStartSec=6s, "),
+        # Dramatiq's consumers retry a connection error for ever: the hook's READY=1 waits for Redis to answer.
+        ("PORT = 6390  # a wrong port: nothing listens there", "dramatiq-worker@4 did not start (no READY=1 within TimeoutStartSec=6s, "),
     ],
-    ids=["does-not-import", "never-ready"],
+    ids=["does-not-import", "never-ready", "cannot-reach-redis"],
 )
 def test_deploy_of_code_that_does_not_start_stops_with_the_old_instances_serving(system: System, broken: str, cause: str) -> None:
     deploy(system, "v1")
