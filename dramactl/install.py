@@ -261,7 +261,8 @@ def install(settings: Settings, *, root: str = "/", users: bool = True, reload: 
     env_file = base / DEFAULT_ENV_FILE.lstrip("/")
     if not env_file.exists():
         local = Path.cwd() / ".env"
-        source = local if local.is_file() else data_path("env", "dramactl.env")
+        # Not through a link: root would copy its target (/etc/shadow, say) into a file the dramactl group reads.
+        source = local if local.is_file() and not local.is_symlink() else data_path("env", "dramactl.env")
         # 0640 root:dramactl from the first byte: it may hold REDIS_PASSWORD.
         _write(env_file, source.read_text(), 0o640, group_id(base, "dramactl") if users else None)
         report.did(f"created {env_file} from {source}")

@@ -51,6 +51,25 @@ def test_install_creates_the_env_file_0640_root_dramactl_in_one_step(tmp_path: P
     assert stat.S_IMODE(unit.stat().st_mode) == 0o644
 
 
+def test_install_copies_a_dotenv_but_never_through_a_link(tmp_path: Path, as_root, monkeypatch) -> None:
+    """The first install copies ./.env into the env file the dramactl group reads; a ./.env that is
+    a link (to /etc/shadow, say) had root copy its target there."""
+    monkeypatch.chdir(tmp_path)
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$y$secret-hash:19000:0:99999:7:::\n")
+    (tmp_path / ".env").symlink_to(secret)
+    root = tmp_path / "root"
+    install_mod.install(settings_mod.parse({}), root=str(root), users=True, reload=False)
+    env_file = root / "etc/dramactl/dramactl.env"
+    assert env_file.read_text() == install_mod.data_path("env", "dramactl.env").read_text()
+
+    (tmp_path / ".env").unlink()
+    (tmp_path / ".env").write_text("MAX_PROCESSES=3\n")
+    env_file.unlink()
+    install_mod.install(settings_mod.parse({}), root=str(root), users=True, reload=False)
+    assert env_file.read_text() == "MAX_PROCESSES=3\n"
+
+
 def complete(script: Path, *words: str) -> list[str]:
     """What real bash offers after sourcing ``script``, for the command line ``words`` (the last one being typed)."""
     bin_dir = Path(sys.executable).parent  # the dramactl the completion calls back
