@@ -12,12 +12,30 @@ Served by the standard library (``http.server``), so it adds no dependency:
 Both come from :func:`dramactl.status.collect` on every request. When it cannot reach
 Redis or systemd, or raises, the page still renders and shows why. It binds to
 127.0.0.1 by default: it changes nothing, but it shows queue names and unit states.
+
+It answers only requests whose ``Host`` header names this dashboard (:func:`host_allowed`),
+so a page of another site that rebinds its own name to 127.0.0.1 (DNS rebinding) gets a
+403, never the status. Allowed, with any port or none (an ssh tunnel's local port differs):
+
+- ``localhost``, and any IP address (``127.0.0.1``, ``[::1]``, the bound address, the
+  address a browser was given): a browser sends an address only when it was asked for
+  that address, and rebinding needs a name it resolves;
+- the ``--host``/``DASHBOARD_HOST`` value it was started with, when that is a name;
+- bound to every interface (``0.0.0.0``, ``::``) or to another address than loopback, the
+  machine's host name and fully qualified name too (``socket.gethostname``, ``getfqdn``).
+
+Any other name (a DNS alias, a reverse proxy passing its public name) is refused; open the
+dashboard by one of those, or have the proxy send ``Host: 127.0.0.1``. Names compare case-
+insensitively, a trailing dot ignored. A request with no Host header (HTTP/1.0: not a
+browser's) is answered; one with two is refused.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import re
 import socket
 import time
 import traceback
@@ -372,6 +390,58 @@ SECURITY_HEADERS = {
 }
 
 
+_HOST_HEADER = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[^\s:\[\]/@]+))(?::[0-9]*)?$")
+LOCAL_NAMES = frozenset({"localhost"})
+
+
+def _name(text: str) -> str:
+    return text.strip().lower().removesuffix(".")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def allowed_names(host: str, bound: str) -> frozenset[str]:
+    """The names (besides any IP address) a Host header may give, for a server started with ``host`` and bound to
+    the address ``bound``: localhost, ``host`` when it is a name and, bound to every interface or to an address
+    that is not loopback, the machine's host name and fully qualified name (see the module's docstring)."""
+    names = set(LOCAL_NAMES)
+    if host and not _is_ip(host):
+        names.add(_name(host))
+    try:
+        address = ipaddress.ip_address(bound.split("%", 1)[0])
+        loopback = address.is_loopback or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback)
+    except ValueError:
+        loopback = False
+    if not loopback:
+        for lookup in (socket.gethostname, socket.getfqdn):
+            try:
+                names.add(_name(lookup()))
+            except OSError:
+                pass
+    names.discard("")
+    return frozenset(names)
+
+
+def host_allowed(header: str | None, names: frozenset[str] | set[str]) -> bool:
+    """Whether a request's Host header names this dashboard (pure): any IP address (IPv6 in brackets), or one of
+    ``names`` (:func:`allowed_names`), with any port or none; no header at all is allowed (not a browser)."""
+    if header is None:
+        return True
+    m = _HOST_HEADER.match(header.strip())
+    if not m:
+        return False
+    if m.group("v6") is not None:
+        return ":" in m.group("v6") and _is_ip(m.group("v6"))
+    name = _name(m.group("name"))
+    return name in names or (_is_ip(name) and ipaddress.ip_address(name).version == 4)
+
+
 def make_handler(settings: Settings, collect: Collect, refresh: int, history: History = default_history) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "dramactl-dashboard"
@@ -384,6 +454,13 @@ def make_handler(settings: Settings, collect: Collect, refresh: int, history: Hi
             self._respond(send_body=False)
 
         def _respond(self, send_body: bool) -> None:
+            hosts = self.headers.get_all("Host") or []
+            names = getattr(self.server, "allowed_hosts", LOCAL_NAMES)
+            if len(hosts) > 1 or not host_allowed(hosts[0] if hosts else None, names):
+                logger.warning("refused a request for Host %r: not a name of this dashboard (DNS rebinding guard)", ", ".join(hosts)[:200])
+                msg = b"forbidden: the Host header names no address or name of this dashboard; open it by its address, localhost or DASHBOARD_HOST\n"
+                self._send(HTTPStatus.FORBIDDEN, msg, "text/plain; charset=utf-8", send_body)
+                return
             path = self.path.split("?", 1)[0].split("#", 1)[0]
             try:
                 if path in ("/", "/index.html"):
@@ -430,6 +507,7 @@ class BadHost(ValueError):
 
 class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True
+    allowed_hosts: frozenset[str] = LOCAL_NAMES  # make_server sets them from the host it binds (allowed_names)
 
     @property
     def url(self) -> str:
@@ -464,9 +542,11 @@ def make_server(
     handler = make_handler(settings, collect or default_collect, refresh, history or default_history)
     server_class = DashboardServer6 if ":" in host else DashboardServer
     try:
-        return server_class((host, int(port)), handler)
+        server = server_class((host, int(port)), handler)
     except (TypeError, UnicodeError) as exc:  # socket.bind: "encoding of hostname failed"
         raise BadHost(f"{host!r} is not a host name or address ({exc})") from None
+    server.allowed_hosts = allowed_names(host, str(server.server_address[0]))
+    return server
 
 
 def serve(

@@ -13,6 +13,11 @@ command typed in a terminal still prints its line.
 
 ``systemd.journal`` is imported only when writing or reading: the rest of the tick
 does not pay for it.
+
+Any local user can send a journal entry with ``DRAMACTL_KIND=tick`` (``systemd-cat``,
+python-systemd), a worker's app included, so the readers take only the entries whose
+trusted fields (set by journald from the sender's credentials, never by the sender)
+show dramactl wrote them: see :func:`from_dramactl`.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Iterator
 
 KINDS = ("tick", "manual")
+#: Who writes the history (see :func:`from_dramactl`): the timer's unit, its user, and root.
+TICK_UNIT = "dramactl.service"
+SCALER_USER = "dramactl"
 REASON_CLASSES = ("up", "down", "steady", "held", "paused", "manual")
 JOURNAL_GROUPS = ("systemd-journal", "adm", "wheel")
 
@@ -308,15 +316,54 @@ def check_readable() -> None:
         )
 
 
+def writer_uids() -> frozenset[int]:
+    """The users whose entries are dramactl's wherever they ran: root (the manual commands, ``dramactl tick`` by
+    hand) and the scaler user ``dramactl`` when it exists (the ticks; its manual commands, as polkit lets it)."""
+    import pwd
+
+    uids = {0}
+    try:
+        uids.add(pwd.getpwnam(SCALER_USER).pw_uid)
+    except KeyError:  # not installed here (a development checkout): root only
+        pass
+    return frozenset(uids)
+
+
+def from_dramactl(record: dict, uids: Iterable[int]) -> bool:
+    """True when a journal record was written by dramactl, by its trusted fields alone (pure).
+
+    journald sets the fields that start with ``_`` from the sending process (``_UID`` from the socket's
+    credentials, ``_SYSTEMD_UNIT`` from its cgroup) and drops any a sender passes: a worker's app, or any
+    local user, can write ``DRAMACTL_KIND=tick`` but not these. Taken: an entry whose ``_UID`` is one of
+    ``uids`` (:func:`writer_uids`: root, the scaler user), or whose ``_SYSTEMD_UNIT`` is dramactl.service
+    (the timer's tick, whichever user a drop-in runs it as: only root defines system units, and a user's
+    own units are under user@UID.service). Anything else, a record without the fields included, is not."""
+    uid = record.get("_UID")
+    if isinstance(uid, bytes):
+        uid = uid.decode("ascii", "replace")
+    try:
+        if uid is not None and int(uid) in uids:
+            return True
+    except (ValueError, TypeError):
+        pass
+    unit = record.get("_SYSTEMD_UNIT")
+    if isinstance(unit, bytes):
+        unit = unit.decode("utf-8", "replace")
+    return unit == TICK_UNIT
+
+
 def _entries(since: float | None, until: float | None) -> Iterator[Entry]:
     from systemd import journal
 
-    reader = journal.Reader()  # local journals: the system one and users' (manual commands)
+    # Reader() opens this machine's journals only (LOCAL_ONLY, its default: the system one and users'), not
+    # another machine's kept here (a container's linked journal, systemd-journal-remote's), whose root is _UID=0.
+    reader = journal.Reader()
     for kind in KINDS:
         reader.add_match(DRAMACTL_KIND=kind)
     if since is not None:
         reader.seek_realtime(datetime.fromtimestamp(since))
-    yield from readable(reader, since, until)
+    uids = writer_uids()
+    yield from readable((record for record in reader if from_dramactl(record, uids)), since, until)
 
 
 def readable(records: Iterable[dict], since: float | None = None, until: float | None = None) -> Iterator[Entry]:
@@ -399,18 +446,23 @@ def _parse_time(text: str, now: float) -> float | None:
 
 
 def render(entries: list[Entry]) -> str:
-    """The text of `dramactl history`: one line per entry, oldest first (pure)."""
+    """The text of `dramactl history`: one line per entry, oldest first (pure).
+
+    Every string of an entry is shown :func:`dramactl.render.printable`: a reason can quote Redis (a queue's
+    name, a host's label), and no control character in it reaches the terminal."""
+    from .render import printable, printable_lines
+
     if not entries:
         return "no ticks or manual changes in this range"
     lines = [f"{'TIME':<19} {'KIND':<10} {'BACKLOG':>7} {'READY':>6} {'FLIGHT':>6} {'OLDEST':>7}  {'WORKERS':<8} {'CLASS':<7} {'SECS':>5}  REASON | ACTIONS"]
     for e in entries:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
-        kind = e.kind if e.kind == "tick" else e.command
+        kind = printable(e.kind if e.kind == "tick" else e.command)
         age = "-" if e.oldest_age is None else f"{e.oldest_age:.0f}s"
         secs = "-" if e.duration is None else f"{e.duration:.2f}"
         acts = " ".join(f"{a['verb']} @{a['unit'].split('@')[1].split('.')[0]}:{a['result']}" for a in e.actions if "@" in a.get("unit", ""))
-        reason = e.reason + (f" | {acts}" if acts else "")
+        reason = printable(e.reason + (f" | {acts}" if acts else ""))
         lines.append(
-            f"{when:<19} {kind:<10} {e.backlog:>7} {e.ready:>6} {e.in_flight:>6} {age:>7}  {f'{e.current} -> {e.target}':<8} {e.reason_class:<7} {secs:>5}  {reason}"
+            f"{when:<19} {kind:<10} {e.backlog:>7} {e.ready:>6} {e.in_flight:>6} {age:>7}  {f'{e.current} -> {e.target}':<8} {printable(e.reason_class):<7} {secs:>5}  {reason}"
         )
-    return "\n".join(lines)
+    return printable_lines(lines)

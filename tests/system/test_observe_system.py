@@ -111,6 +111,54 @@ def test_prometheus_scrapes_the_ticks_textfile_through_node_exporter(system: Sys
     ]
 
 
+FORGE = """
+import json, sys
+from systemd import journal
+reason = sys.argv[1]
+fields = {"DRAMACTL_KIND": "tick", "DRAMACTL_COMMAND": "tick", "DRAMACTL_CURRENT": "1", "DRAMACTL_TARGET": "9", "DRAMACTL_WANTED": "9",
+          "DRAMACTL_REASON": reason, "DRAMACTL_REASON_CLASS": "up", "DRAMACTL_BACKLOG": "999", "DRAMACTL_READY": "999",
+          "DRAMACTL_QUEUES": "[]", "DRAMACTL_INSTANCES": "{}", "DRAMACTL_ACTIONS": "[]", "DRAMACTL_STARTED": "8", "DRAMACTL_STOPPED": "0",
+          "DRAMACTL_OK": "1", "DRAMACTL_PAUSED": "0", "SYSLOG_IDENTIFIER": "dramactl",
+          # journald's trusted fields, as a forger would try them: it drops what a sender passes under their names
+          "_UID": "0", "_SYSTEMD_UNIT": "dramactl.service"}
+journal.send("queues forged | workers 1 -> 9 | " + reason, **fields)
+print(json.dumps(True))
+"""
+
+
+def test_history_reads_only_the_entries_dramactl_wrote_not_a_local_users_forged_tick(system: System) -> None:
+    """Any local user (a worker's app) can send a journal entry with DRAMACTL_KIND=tick; the history, replay, tune and
+    the dashboard's chart take only those journald's trusted fields show dramactl wrote: root's commands, the timer's ticks."""
+    system.dramactl("scale-to", "1")  # root's manual command
+    system.sh("systemctl start dramactl.service")  # one tick, as the timer runs it: user dramactl, in dramactl.service
+    reason = "FORGED by the app \x1b]0;pwned\x07"
+    system.c.run([PYTHON, "-c", FORGE, reason], user="dramatiq")  # the workers' user, as their app would
+
+    # The forged entry is in the journal, with the fields a tick has, where root and the systemd-journal group read it.
+    def text(value: object) -> str:  # journalctl -o json gives a value with control characters as a list of bytes
+        return bytes(value).decode() if isinstance(value, list) else str(value)
+
+    def forged() -> list[dict]:
+        out = system.sh("journalctl --no-pager -o json DRAMACTL_KIND=tick", check=False).stdout
+        return [e for e in map(json.loads, out.splitlines()) if "FORGED" in text(e.get("DRAMACTL_REASON"))]
+
+    entry = wait_until(forged, 10, "the forged entry to reach the journal")[0]
+    dramatiq_uid = system.sh("id -u dramatiq").stdout.strip()
+    assert entry["_UID"] == dramatiq_uid and entry.get("_SYSTEMD_UNIT") != "dramactl.service"  # journald's own, not the sender's
+    assert text(entry["DRAMACTL_REASON"]) == reason
+
+    hist = json.loads(system.dramactl("history", "--json").stdout)
+    assert [e for e in hist if "FORGED" in e["reason"]] == []
+    assert [e["command"] for e in hist if e["kind"] == "manual"] == ["scale-to"]
+    ticks = [e for e in hist if e["kind"] == "tick"]
+    assert len(ticks) == 1 and (ticks[0]["current"], ticks[0]["reason_class"]) == (1, "paused")
+    tick = [json.loads(line) for line in system.sh("journalctl --no-pager -o json -u dramactl.service DRAMACTL_KIND=tick").stdout.splitlines()]
+    assert [e["_UID"] for e in tick] == [system.sh("id -u dramactl").stdout.strip()]  # the real tick: the dramactl user's
+    system.sh("id obsreader >/dev/null 2>&1 || useradd --system -G systemd-journal obsreader")
+    shown = system.dramactl("history", user="obsreader").stdout  # a systemd-journal member's text
+    assert "FORGED" not in shown and "\x1b" not in shown and "scale-to" in shown and "paused" in shown
+
+
 def messages_total(body: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith("dramatiq_messages_total{"))
 

@@ -174,3 +174,82 @@ def test_a_manual_command_that_could_not_read_redis_leaves_the_figures_out() -> 
     assert f["MESSAGE"] == "workers 2 -> 1 | manual; autoscaling paused | stopped @2:done"
     assert not any(k in f for k in ("DRAMACTL_BACKLOG", "DRAMACTL_READY", "DRAMACTL_QUEUES"))
     assert (f["DRAMACTL_KIND"], f["DRAMACTL_STOPPED"]) == ("manual", "1")
+
+
+# ---- who wrote an entry: only dramactl's are history ----------------------------------------
+
+SCALER_UID, WORKER_UID = 998, 997
+
+
+def journal_record(at: float, reason: str, **trusted: str) -> dict:
+    """A record as ``journalctl -o json`` gives it (all strings): a tick's fields and journald's trusted ones."""
+    return {**history.fields(grown(), "tick", 0.1), "DRAMACTL_REASON": reason, "__REALTIME_TIMESTAMP": str(int(at * 1e6)), **trusted}
+
+
+class FakeReader:
+    """systemd.journal.Reader over every record, whatever was matched: the filter must not rely on the matches."""
+
+    records: list[dict] = []
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.matches: list[dict] = []
+
+    def add_match(self, **kwargs: str) -> None:
+        self.matches.append(kwargs)
+
+    def seek_realtime(self, _) -> None:
+        pass
+
+    def __iter__(self):
+        return iter(self.records)
+
+
+def test_only_entries_journald_says_dramactl_wrote_are_read_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anyone can send DRAMACTL_KIND=tick; only journald's trusted fields (_UID from the socket's credentials,
+    _SYSTEMD_UNIT from the sender's cgroup) say who did: root, the scaler user, or dramactl.service."""
+    import types
+
+    FakeReader.records = [
+        journal_record(1000, "timer's tick", _UID=str(SCALER_UID), _SYSTEMD_UNIT="dramactl.service"),
+        journal_record(1001, "root's scale-to", _UID="0", _SYSTEMD_UNIT="session-3.scope"),
+        journal_record(1002, "forged by the app", _UID=str(WORKER_UID), _SYSTEMD_UNIT="dramatiq-worker@1.service"),
+        journal_record(1003, "forged, no trusted fields"),
+        journal_record(1004, "forged by a user unit named like ours", _UID="1000", _SYSTEMD_UNIT="user@1000.service",
+                       _SYSTEMD_USER_UNIT="dramactl.service"),
+        journal_record(1005, "the scaler user's manual command", _UID=str(SCALER_UID), _SYSTEMD_UNIT="session-4.scope"),
+        journal_record(1006, "a drop-in's User= on the timer's unit", _UID="1234", _SYSTEMD_UNIT="dramactl.service"),
+        journal_record(1007, "forged, untrusted look-alikes", UID="0", SYSTEMD_UNIT="dramactl.service", _UID=str(WORKER_UID)),
+    ]
+    monkeypatch.setitem(sys.modules, "systemd", types.SimpleNamespace(journal=types.SimpleNamespace(Reader=FakeReader)))
+    monkeypatch.setattr(history, "can_read_system_journal", lambda: True)
+    monkeypatch.setattr(history, "writer_uids", lambda: frozenset({0, SCALER_UID}), raising=False)
+    read = history.read()
+    assert [e.reason for e in read] == [
+        "timer's tick", "root's scale-to", "the scaler user's manual command", "a drop-in's User= on the timer's unit"
+    ]
+
+
+def test_the_trusted_fields_are_read_as_the_reader_and_journalctl_give_them() -> None:
+    uids = frozenset({0, SCALER_UID})
+    assert history.from_dramactl({"_UID": 0}, uids) and history.from_dramactl({"_UID": SCALER_UID}, uids)  # Reader: int
+    assert history.from_dramactl({"_UID": b"0"}, uids) and history.from_dramactl({"_SYSTEMD_UNIT": b"dramactl.service"}, uids)
+    assert not history.from_dramactl({"_UID": WORKER_UID, "_SYSTEMD_UNIT": "dramatiq-worker@2.service"}, uids)
+    assert not history.from_dramactl({"_UID": "x", "_SYSTEMD_UNIT": ["dramactl.service", "x"]}, uids)
+    assert not history.from_dramactl({}, uids)
+    assert 0 in history.writer_uids()
+
+
+def test_history_text_shows_control_characters_from_the_journal_escaped() -> None:
+    """A reason quotes Redis (a queue's name, a host's label): no ESC, BEL, CR or newline of it reaches the terminal."""
+    title = "\x1b]0;pwned\x07"
+    record = journal_record(1000, f"backlog 3 in q{title}\r\x1b[2Kfake line\nsecond\u202e", _UID="0")
+    record["DRAMACTL_ACTIONS"] = json.dumps([{"verb": f"start{title}", "unit": "dramatiq-worker@2.service", "result": f"done{title}"}])
+    record["DRAMACTL_REASON_CLASS"] = f"up{title}"
+    manual = {**record, "DRAMACTL_KIND": "manual", "DRAMACTL_COMMAND": f"scale-to{title}"}
+    text = history.render([history.Entry.from_journal(record), history.Entry.from_journal(manual)])
+    assert [c for line in text.split("\n") for c in line if not c.isprintable()] == []
+    lines = text.split("\n")
+    assert len(lines) == 3  # the header and one line per entry: the reason's newline is shown, not obeyed
+    assert "backlog 3 in q\\x1b]0;pwned\\x07\\r\\x1b[2Kfake line\\nsecond\\u202e" in lines[1]
+    assert "start\\x1b]0;pwned\\x07 @2:done\\x1b]0;pwned\\x07" in lines[1] and "up\\x1b]0;pwned\\x07" in lines[1]
+    assert lines[2].split()[2] == "scale-to\\x1b]0;pwned\\x07"

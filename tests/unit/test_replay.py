@@ -302,7 +302,8 @@ class _FakeReader:
 
 def _record(at: float, done: float, busy: float, **fields: str) -> dict:
     queues = json.dumps([{"name": "default", "done_total": done, "busy_seconds_total": busy}])
-    return {"__REALTIME_TIMESTAMP": str(int(at * 1e6)), "DRAMACTL_KIND": "tick", "DRAMACTL_CURRENT": "2", "DRAMACTL_TARGET": "2",
+    # _SYSTEMD_UNIT: journald's trusted field on a timer's tick (history.from_dramactl reads no other entry)
+    return {"__REALTIME_TIMESTAMP": str(int(at * 1e6)), "_SYSTEMD_UNIT": "dramactl.service", "DRAMACTL_KIND": "tick", "DRAMACTL_CURRENT": "2", "DRAMACTL_TARGET": "2",
             "DRAMACTL_BACKLOG": "0", "DRAMACTL_QUEUES": queues, **{f"DRAMACTL_{k.upper()}": v for k, v in fields.items()}}
 
 
