@@ -90,13 +90,14 @@ def finish(outcome: Any, as_json: bool) -> None:
     Under systemd stdout is the journal: the text line is not echoed a second time.
     """
     from . import history
+    from .render import printable
 
     if not outcome.dry_run:
         history.send(history.fields(outcome, click.get_current_context().info_name or "tick", outcome.duration))
     if as_json:
         echo_json(outcome.to_dict())
     elif outcome.dry_run or not history.stdout_is_journal():
-        click.echo(outcome.summary())
+        click.echo(printable(outcome.summary()))  # stop reasons can quote what the hook reported through Redis
     if not outcome.ok:
         sys.exit(EXIT_FAILED)
 
@@ -322,25 +323,51 @@ def scale_down(count: int, as_json: bool, wait: float) -> None:
 
 
 @main.command()
-@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Instances replaced at a time.")
+@click.option("--batch", default="1", show_default=True, metavar="K", help="Instances replaced at a time (1 to MAX_PROCESSES).")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON (progress still goes to stderr).")
-@wait_option
-def restart(batch: int, as_json: bool, wait: float) -> None:
+@click.option(
+    "--wait", default=str(LOCK_WAIT), show_default=True, metavar="SECONDS", help="How long to wait for a running tick or manual change; then exit 4."
+)
+def restart(batch: str, as_json: bool, wait: str) -> None:
     """Rolling restart: every instance replaced by one running the code and settings on disk now.
 
     Each replacement starts first (when MAX_PROCESSES leaves room) and consumes
     (READY=1) before the old instance drains; autoscaling is held meanwhile. A
-    replacement that does not start stops the roll, the old instances still serving.
+    replacement that does not start stops the roll: the instances not yet replaced
+    keep serving; at MAX_PROCESSES the instance drained first to make room for it is
+    not running until a tick starts it again (the line says which).
 
     Example: dramactl restart --batch 2
     """
     from .rollout import restart as run
 
+    # Each bad value is one line and exit 2, as for --batch above MAX_PROCESSES (not click's usage block).
+    seconds = _restart_wait(wait)
     settings = load_settings()
-    outcome = guarded(lambda: run(settings, batch=batch, wait=wait, progress=lambda line: click.echo(line, err=True)))
+    count = _restart_batch(batch, settings.max_processes)
+    outcome = guarded(lambda: run(settings, batch=count, wait=seconds, progress=lambda line: click.echo(line, err=True)))
     if outcome.failure:
-        click.echo(f"dramactl: rolling restart stopped: {outcome.failure}; the instances not yet replaced keep serving", err=True)
+        click.echo(f"dramactl: rolling restart stopped: {outcome.failure}", err=True)
     finish(outcome, as_json)
+
+
+def _restart_batch(text: str, max_processes: int) -> int:
+    """--batch K as a whole number; rollout.restart refuses one outside 1 to MAX_PROCESSES, in the same form."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise CommandError(f"--batch: {settings_mod.cut(repr(text))} is not a whole number; use 1 to MAX_PROCESSES={max_processes}", EXIT_CONFIG) from None
+
+
+def _restart_wait(text: str) -> float:
+    """--wait SECONDS: a number of seconds, 0 or more (inf: as long as it takes)."""
+    try:
+        seconds = float(text.strip())
+    except ValueError:
+        raise CommandError(f"--wait: {settings_mod.cut(repr(text))} is not a number of seconds; use 0 or more", EXIT_CONFIG) from None
+    if seconds != seconds or seconds < 0:  # NaN compares false with everything: it would wait for ever
+        raise CommandError(f"--wait: {settings_mod.cut(text.strip())} is out of range; use 0 seconds or more", EXIT_CONFIG)
+    return seconds
 
 
 def _set_paused(paused: bool, message: str, wait: float) -> None:

@@ -13,9 +13,13 @@ runs the code and settings on disk now) and by the tick's memory recycle
 3. only then stop the old one: SIGTERM, Dramatiq finishes or requeues what it holds.
 
 A replacement that does not start (the new code fails to import: exit 2; no READY=1
-within TimeoutStartSec) ends the roll before any old instance is stopped for it: the
-old ones keep serving, and the cause is one line. The planning is pure
+within TimeoutStartSec) ends the roll: started first, no old instance was stopped for it
+and the old ones keep serving; at MAX_PROCESSES (or the fleet's cap) its old instance was
+drained first to make room, so that one is not running any more (:attr:`Rolled.lost`,
+:func:`lost_text`). The cause is one line. The planning is pure
 (:func:`bound`, :func:`next_step`, :func:`drain_order`); the fleet is driven through ``fleet.py``.
+
+When the tick recycles, and when not, is dramactl/recycle.py's; the step is :func:`recycle`.
 
 While ``dramactl restart`` runs it holds the tick lock, so ticks change nothing; it
 also leaves a marker (``rollout.json`` in the state directory) so that a skipped tick
@@ -38,6 +42,7 @@ from .state import read_regular, write_in_state_dir
 from .stats import InstanceReport
 
 if TYPE_CHECKING:  # seat (and share) only with FLEET_NAME
+    from .recycle import Recycle
     from .seat import Seat
 
 MARKER = "rollout.json"
@@ -109,6 +114,7 @@ class Rolled:
     replaced: list[tuple[int, int]] = field(default_factory=list)  # (old, new)
     failure: str | None = None
     drained_first: list[tuple[int, str]] = field(default_factory=list)  # (old instance, why it drained before its replacement)
+    lost: list[tuple[int, str]] = field(default_factory=list)  # drained first, and its replacement did not start: gone (why it drained)
 
     def drained_text(self) -> list[str]:
         """'@2 drained before its replacement (MAX_PROCESSES reached)', one per such step."""
@@ -156,7 +162,9 @@ def replace_step(
             if job.result == "pending" and "TimeoutStartSec" not in why:
                 why = f"no READY=1 within {start_timeout:g}s"
             causes.append(f"dramatiq-worker@{n} did not start ({why}; journalctl -u dramatiq-worker@{n})")
-            # Not left to Restart= nor to the tick's recovery: the fleet stays as it was before the step.
+            # Not left to Restart= nor to the tick's recovery: stopped and reset now. Started first, the
+            # fleet stays as it was before the step; drained first (stop_first), its old instance is gone
+            # too (``rolled.lost``), and the caller says so (lost_text).
             # It never consumed, so it holds no message: no drain needed (SIGKILL where allowed, i.e. as root).
             try:
                 fleet.kill([n])
@@ -171,6 +179,8 @@ def replace_step(
         # Replacements that did start stand in for as many old instances; the rest keep serving.
         if good and not step.stop_first:
             drain(step.stop[: len(good)])
+        if step.stop_first and not good:
+            rolled.lost += [(n, step.why or AT_MAX) for n in step.stop]
         rolled.replaced += list(zip(step.stop, (_number(j) for j in good)))
         rolled.failure = "; ".join(causes)
         return rolled
@@ -231,52 +241,49 @@ def _limit(seat: "Seat | None", running: int, max_processes: int, wanted: int) -
     return bound(max_processes, allowed, why)
 
 
-# -- memory recycling (the tick) ---------------------------------------------------
-
-@dataclass(frozen=True)
-class Recycle:
-    """An instance whose memory passed WORKER_RECYCLE_MEMORY."""
-
-    number: int
-    memory: int
-    limit: int
-
-    def __str__(self) -> str:
-        from .settings import size_text
-
-        return f"recycle @{self.number} ({size_text(self.memory)} > {size_text(self.limit)})"
-
-
-def over_memory(instances: Sequence[WorkerUnit], limit: int) -> Recycle | None:
-    """The running instance furthest past ``limit`` (bytes), if any (pure). One a tick;
-    none while any instance fails (growing or churning the fleet then only adds failures)."""
-    if not limit or any(u.is_failing for u in instances):
-        return None
-    over = [u for u in instances if u.active_state == "active" and not u.job and u.memory is not None and u.memory > limit]
-    if not over:
-        return None
-    worst = max(over, key=lambda u: (u.memory, u.number))
-    return Recycle(worst.number, worst.memory or 0, limit)
-
+# -- the replace step of a memory recycle (the tick; when: dramactl/recycle.py) --------
 
 def recycle(
-    fleet: Fleet, instances: Sequence[WorkerUnit], pick: Recycle, max_processes: int, *, start_timeout: float, stop_wait: float, seat: "Seat | None" = None
+    fleet: Fleet, instances: Sequence[WorkerUnit], pick: Recycle, max_processes: int, *, stop_wait: float,
+    start_timeout: float | None = None, seat: "Seat | None" = None,
 ) -> Rolled:
     """Replace one instance (the tick): its replacement starts and consumes, then it drains.
 
-    The tick waits ``stop_wait`` for the drain and leaves the rest to systemd; at
-    MAX_PROCESSES (or, with a ``seat``, at the fleet's FLEET_MAX_PROCESSES beside the other
-    hosts' claims) the old instance drains first and the tick waits for all of it, as
-    its number is reused."""
+    The replacement gets the unit's own TimeoutStartSec (+5 s, at most an hour), as a rolling
+    restart's do, unless ``start_timeout``. The tick waits ``stop_wait`` for the drain and leaves
+    the rest to systemd; at MAX_PROCESSES (or, with a ``seat``, at the fleet's FLEET_MAX_PROCESSES
+    beside the other hosts' claims) the old instance drains first and the tick waits for all of
+    it, as its number is reused."""
     taken = {u.number for u in instances if u.occupies or u.is_stopping or u.is_failed}
     running = sum(1 for u in instances if u.occupies)
     limit, why = _limit(seat, running, max_processes, 1)
     step = next_step(taken, running, [pick.number], limit, 1, why)
+    unit_start, unit_stop = fleet.timeouts(pick.number)
+    if start_timeout is None:
+        start_timeout = _seconds(unit_start, START_TIMEOUT_CAP) + 5.0
     stop_timeout = stop_wait
     if step.stop_first:
-        stop_timeout = _seconds(fleet.timeouts(pick.number)[1], START_TIMEOUT_CAP) + 5.0
+        stop_timeout = _seconds(unit_stop, START_TIMEOUT_CAP) + 5.0
     return replace_step(fleet, step, start_timeout=start_timeout, stop_timeout=stop_timeout)
 
+
+def lost_text(rolled: Rolled, paused_without_size: bool) -> tuple[str, str]:
+    """What a step that drained first and whose replacement did not start left (``rolled.lost``), and what
+    brings the instance back, as two phrases. The tick's policy starts what the fleet needs (a manual
+    size while paused included) and resets a start that fails with backoff (policy.safeguard); paused
+    without a manual size, a tick holds what runs, so nothing does."""
+    names = " ".join(f"@{n}" for n, _ in rolled.lost)
+    why = rolled.lost[-1][1]
+    one = len(rolled.lost) == 1
+    what = (
+        f"{names} {'was' if one else 'were'} drained first to make room ({why}) and {'its replacement' if one else 'their replacements'}"
+        f" did not start: {names} {'is' if one else 'are'} not running"
+    )
+    if paused_without_size:
+        then = f"autoscaling is paused with no manual size, so no tick starts {'it' if one else 'them'} again: `dramactl scale-up` or `dramactl resume` does"
+    else:
+        then = "the next tick starts what the fleet needs again, and resets a start that fails, with backoff"
+    return what, then
 
 # -- the marker a skipped tick reads ------------------------------------------------
 
@@ -335,7 +342,8 @@ def restart(settings, *, batch: int = 1, fleet: Fleet | None = None, progress: P
     """``dramactl restart``: roll every instance under the tick lock; an Outcome for the journal.
 
     ``outcome.failure`` names the cause when a replacement did not start (the roll
-    stopped there, the old instances still serving)."""
+    stopped there) and what that left: the instances not yet replaced still serving, and
+    an instance drained first to make room (at MAX_PROCESSES) not running (:func:`after_failure`)."""
     from .policy import ScalingDecision
     from .scaler import Outcome, _locked, _probe_if_readable, pauses_ended, threads_of
     from .state import LOCK_WAIT
@@ -382,5 +390,17 @@ def restart(settings, *, batch: int = 1, fleet: Fleet | None = None, progress: P
         outcome = Outcome(ScalingDecision(len(up), len(up), reason), stats, paused=state.paused, instances=list(instances))
         outcome.started, outcome.stopped = rolled.started, rolled.stopped
         outcome.duration = round(elapsed, 3)
-        outcome.failure = rolled.failure
+        outcome.failure = None if rolled.failure is None else f"{rolled.failure}; {after_failure(rolled, up, state.paused and state.size is None)}"
         return outcome
+
+
+def after_failure(rolled: Rolled, up: Sequence[int], paused_without_size: bool) -> str:
+    """What a roll that stopped at a replacement that did not start left, for its one line (pure):
+    the instances not yet replaced keep serving; one drained first to make room is not running."""
+    done = {old for old, _ in rolled.replaced}
+    gone = {n for n, _ in rolled.lost}
+    waiting = [n for n in up if n not in done and n not in gone]
+    if not rolled.lost:
+        return "the instances not yet replaced keep serving"
+    what, then = lost_text(rolled, paused_without_size)
+    return "; ".join([what, *(["the instances not yet replaced keep serving"] if waiting else []), then])

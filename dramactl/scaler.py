@@ -159,7 +159,9 @@ class Outcome:
         if self.failure:
             parts.append(self.failure)
         if d.held or not self.ok:
-            parts.append("see journalctl -u 'dramatiq-worker@*'; dramactl resets failed instances by itself, with backoff")
+            # A recycle's failure says itself what follows (its replacement is already reset; recycles wait).
+            recycle = self.recycled is not None and not d.held
+            parts.append("see journalctl -u 'dramatiq-worker@*'" + ("" if recycle else "; dramactl resets failed instances by itself, with backoff"))
         return " | ".join(parts)
 
     def to_dict(self) -> dict:
@@ -316,7 +318,8 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
                 late = tuple(int(j.unit.split("@")[1].split(".")[0]) for j in outcome.started if j.result == "pending")
                 record = replace(record, starting=tuple(sorted({*record.starting, *late})))
             elif settings.worker_recycle_memory and not decision.held:
-                recycled = _recycle(fleet, settings, instances, outcome, seat)  # in a fleet, the replacement's place is claimed first
+                recycled = _recycle(  # in a fleet, the replacement's place is claimed first
+                    fleet, settings, instances, outcome, seat, paused_without_size=state.paused and state.size is None)
         if coordinated is not None:
             _settle(client, settings, instances, decision, outcome, record.startup, waiting=len(changes.waiting))
         outcome.duration = round(time.monotonic() - started, 3)
@@ -391,22 +394,14 @@ def _seat_kept(client: redis.Redis | None, settings: Settings, coordinated: shar
         yield seat
 
 
-def _recycle(fleet: Fleet, settings: Settings, instances: Sequence[WorkerUnit], outcome: Outcome, seat: Seat | None = None) -> int:
-    """WORKER_RECYCLE_MEMORY: replace the instance furthest past it (rollout.py); 1 when one was replaced.
-    ``seat``: on a host of a fleet, the replacement's place is claimed in the fleet first."""
-    from . import rollout
+def _recycle(
+    fleet: Fleet, settings: Settings, instances: Sequence[WorkerUnit], outcome: Outcome, seat: Seat | None = None,
+    paused_without_size: bool = False,
+) -> int:
+    """WORKER_RECYCLE_MEMORY: dramactl/recycle.py decides and replaces (rollout.py's step)."""
+    from . import recycle
 
-    pick = rollout.over_memory(instances, settings.worker_recycle_memory)
-    if pick is None:
-        return 0
-    rolled = rollout.recycle(
-        fleet, instances, pick, settings.max_processes, start_timeout=START_WAIT, stop_wait=stop_wait(settings),
-        seat=seat,
-    )
-    outcome.recycled, outcome.failure = str(pick), rolled.failure
-    outcome.drained_first = "; ".join(rolled.drained_text()) or None
-    outcome.started, outcome.stopped = rolled.started, rolled.stopped
-    return 1 if rolled.replaced else 0
+    return recycle.step(fleet, settings, instances, outcome, seat, paused_without_size, stop_wait=stop_wait(settings))
 
 
 def _in_fleet(

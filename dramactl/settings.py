@@ -94,6 +94,7 @@ class Settings:
     worker_memory_high: int = 0  # MemoryHigh= of each instance: the kernel throttles and reclaims above it
     worker_memory_max: int = 0  # MemoryMax= of each instance: the kernel's OOM killer acts above it
     worker_recycle_memory: int = 0  # a tick replaces (start, then drain) an instance whose MemoryCurrent passed it
+    worker_recycle_min_age: int = 300  # seconds: nor one younger than this (or 3 x CHECK_INTERVAL): dramactl/recycle.py
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -317,6 +318,7 @@ def parse(values: Mapping[str, str], sources: tuple[str, ...] = ()) -> Settings:
         worker_memory_high=get.size("WORKER_MEMORY_HIGH"),
         worker_memory_max=get.size("WORKER_MEMORY_MAX"),
         worker_recycle_memory=get.size("WORKER_RECYCLE_MEMORY"),
+        worker_recycle_min_age=get.integer("WORKER_RECYCLE_MIN_AGE", d.worker_recycle_min_age, low=0, high=7 * 86400),
         sources=sources,
     )
     if s.worker_memory_max and s.worker_memory_high > s.worker_memory_max:

@@ -304,7 +304,9 @@ def test_an_instance_that_leaks_is_recycled_before_memory_max_kills_it(system: S
     memory_accounting(system)
     system.sh(f"mkdir -p {APP} && cat > {APP}/rollapp.py <<'EOF'\n{LEAK_CODE}EOF")
     system.configure(
-        DRAMATIQ_COMMAND="dramatiq rollapp", WORKER_DIRECTORY=APP, WORKER_MEMORY_MAX="384M", WORKER_RECYCLE_MEMORY="128M"
+        DRAMATIQ_COMMAND="dramatiq rollapp", WORKER_DIRECTORY=APP, WORKER_MEMORY_MAX="384M", WORKER_RECYCLE_MEMORY="128M",
+        # A leak this fast (below) needs recycling sooner than the default 5 minutes after a start: 3 ticks (9 s).
+        WORKER_RECYCLE_MIN_AGE="0",
     )
     assert system.sh("systemctl show -P MemoryMax dramatiq-worker@1").stdout.strip() == str(384 << 20)
     system.dramactl("scale-to", "1")
