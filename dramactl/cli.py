@@ -90,13 +90,14 @@ def finish(outcome: Any, as_json: bool) -> None:
     Under systemd stdout is the journal: the text line is not echoed a second time.
     """
     from . import history
-    from .render import printable
 
     if not outcome.dry_run:
         history.send(history.fields(outcome, click.get_current_context().info_name or "tick", outcome.duration))
     if as_json:
         echo_json(outcome.to_dict())
     elif outcome.dry_run or not history.stdout_is_journal():
+        from .render import printable  # not on a timer's tick: its line goes to the journal alone
+
         click.echo(printable(outcome.summary()))  # stop reasons can quote what the hook reported through Redis
     if not outcome.ok:
         sys.exit(EXIT_FAILED)
