@@ -383,11 +383,11 @@ def write_in_state_dir(path: Path, text: str, mode: int = 0o644) -> None:
     O_EXCL), its mode and, for root, its owner (the directory's) set on the open file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.fchmod(fd, mode)
-        if os.geteuid() == 0:  # a manual command: keep the file the scaler user's
-            st = os.stat(path.parent)
-            os.fchown(fd, st.st_uid, st.st_gid)
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w") as f:  # closes the descriptor whatever fails below
+            os.fchmod(f.fileno(), mode)
+            if os.geteuid() == 0:  # a manual command: keep the file the scaler user's
+                st = os.stat(path.parent)
+                os.fchown(f.fileno(), st.st_uid, st.st_gid)
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
