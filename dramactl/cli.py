@@ -232,26 +232,51 @@ def replay(since: str | None, until: str | None, sets: tuple[str, ...], as_json:
 
     rebuilt, values, variants = _replayed(since, until, sets)
     with progress(rp.runs(variants), "replaying") as step:
-        report = rp.replay(rebuilt, values, variants, step)
+        report = _runs(lambda: rp.replay(rebuilt, values, variants, step))
     echo_json(report.to_dict()) if as_json else click.echo(rp.render(report))
 
 
+def _runs(fn: Callable[[], Any]) -> Any:
+    """The replay's runs: a range too short or too long to replay, or a run that does not end, is one line, exit 2."""
+    from .replay import ReplayError
+
+    try:
+        return fn()
+    except ReplayError as exc:
+        raise CommandError(str(exc), EXIT_CONFIG) from None
+
+
+def _p95(text: str) -> float:
+    """--p95 SECONDS: a finite number above 0 (nan and inf are floats, not waits), or one line and exit 2."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise CommandError(f"--p95 {shown!r}: not a finite number of seconds above 0; give the p95 queue wait to meet, e.g. --p95 10", EXIT_CONFIG)
+    return value
+
+
 @main.command()
-@click.option("--p95", "p95", type=click.FloatRange(min=0.0, min_open=True), required=True, help="The p95 queue wait to meet, in seconds.")
+@click.option("--p95", "p95_text", required=True, metavar="SECONDS", help="The p95 queue wait to meet, in seconds.")
 @click.option("--since", help="Start of the range (as for replay).")
 @click.option("--until", help="End of the range (default: now).")
 @click.option("--json", "as_json", is_flag=True)
-def tune(p95: float, since: str | None, until: str | None, as_json: bool) -> None:
+def tune(p95_text: str, since: str | None, until: str | None, as_json: bool) -> None:
     """The cheapest settings that would have met a p95 wait on the recorded traffic; changes nothing.
 
     Example: dramactl tune --p95 10 --since -1h
     """
     from . import tune as tn
 
+    p95 = _p95(p95_text)
     rebuilt, values, _ = _replayed(since, until, ())
     combos = tn.candidates(values)
     with progress(len(combos), "tuning") as step:
-        result = tn.tune(rebuilt, values, p95, step, combos)
+        result = _runs(lambda: tn.tune(rebuilt, values, p95, step, combos))
     echo_json(result.to_dict()) if as_json else click.echo(tn.render(result, rebuilt))
     if not result.met:
         sys.exit(EXIT_FAILED)

@@ -73,6 +73,15 @@ FIELDS = {
 }
 
 _INT_FIELDS = ("current", "target", "wanted", "backlog", "ready", "delayed", "due", "in_flight", "orphaned", "dead", "started", "stopped")
+#: The integer fields that count instances (the rest count messages, ``wanted`` instances the policy asked for).
+_INSTANCE_FIELDS = ("current", "target", "started", "stopped")
+#: The largest count of instances an entry can hold: a thousand times MAX_PROCESSES' limit (1000); the simulator
+#: numbers instances below a million.
+MAX_INSTANCES = 1_000_000
+#: The largest count of messages (or ``wanted``) an entry can hold: the largest integer a float holds exactly
+#: (2**53), so every figure computed from it (a replay's sums and rates) is finite and exact. Redis' list
+#: lengths fit far below it in any memory.
+MAX_COUNT = 2**53
 
 
 log = logging.getLogger("dramactl.history")
@@ -244,7 +253,18 @@ class Entry:
             at = stamp.timestamp() if isinstance(stamp, datetime) else int(stamp) / 1e6 if stamp else 0.0
         except (ValueError, TypeError, OverflowError) as exc:
             raise DamagedEntry(0.0, "__REALTIME_TIMESTAMP", f"{str(stamp)[:40]!r} is not a time ({exc})") from None
-        ints = {n: read(n, int, "0") for n in _INT_FIELDS}
+        def count(name: str) -> int:
+            """An integer field: a count, never negative, never more than MAX_INSTANCES / MAX_COUNT (a damaged
+            or forged value such as a 400-digit number: no figure computed from it would fit a float)."""
+            value = read(name, int, "0")
+            high = MAX_INSTANCES if name in _INSTANCE_FIELDS else MAX_COUNT
+            if not 0 <= value <= high:
+                raw = get(name)
+                shown = raw if len(raw) <= 40 else raw[:37] + "..."
+                raise DamagedEntry(at, f"DRAMACTL_{name.upper()}", f"{shown!r} is not a count from 0 to {high:,}")
+            return value
+
+        ints = {n: count(n) for n in _INT_FIELDS}
         wanted = ints.pop("wanted")
         optional = lambda v: float(v) if v else None  # noqa: E731 - absent: None
         age, dur = read("oldest_age", optional, ""), read("duration", optional, "")

@@ -2,8 +2,10 @@
 
 It replays the rebuilt messages (:mod:`dramactl.replay`) under every combination of
 the knobs below (the fleet's MIN..MAX stays as configured; MIN_PROCESSES is tried
-from MIN up) and keeps, among those whose p95 wait is at most the target, the one
-with the fewest worker-hours (then the fewest actions). It prints the env lines to
+from MIN up; under ``POLICY=step``, which reads neither MAX_QUEUE_WAIT nor
+SCALE_DOWN_STABILIZATION, MIN_PROCESSES alone) and keeps, among those whose p95 wait
+is at most the target, the one with the fewest worker-hours over one common period
+(:func:`dramactl.replay.charge`; then the fewest actions). It prints the env lines to
 apply and the figures before and after; it changes nothing.
 """
 
@@ -13,7 +15,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from .replay import Progress, Rebuilt, Row, _when, label, row_of, run_policy, table, variant
+from .replay import Progress, Ran, Rebuilt, Row, _when, charge, check_span, label, run_policy, table, variant
 
 WAITS = ("5", "10", "20", "30", "60", "120")  # MAX_QUEUE_WAIT
 WINDOWS = ("30", "60", "120", "300")  # SCALE_DOWN_STABILIZATION
@@ -21,11 +23,14 @@ EXTRA_MIN = 2  # MIN_PROCESSES tried: MIN .. MIN + 2 and MAX
 
 
 def candidates(values: Mapping[str, str]) -> list[dict[str, str]]:
-    """The combinations tried (the settings in force first)."""
+    """The combinations tried (the settings in force first); under POLICY=step MIN_PROCESSES alone (the step
+    policy reads neither MAX_QUEUE_WAIT nor SCALE_DOWN_STABILIZATION: their combinations would be the same run)."""
     settings = variant(values, {})
     low, high = settings.min_processes, settings.max_processes
     mins = [str(n) for n in sorted({*range(low, min(high, low + EXTRA_MIN) + 1), high})]  # MIN=MAX: static MAX
     out = [{}]
+    if settings.policy == "step":
+        return out + [{"MIN_PROCESSES": least} for least in mins]
     for least, wait, window in itertools.product(mins, WAITS, WINDOWS):
         if least == str(high) and (wait, window) != (WAITS[-1], WINDOWS[-1]):
             continue  # MIN=MAX: a static fleet, whatever the other knobs say
@@ -53,14 +58,19 @@ class Tuned:
 
 def tune(rebuilt: Rebuilt, values: Mapping[str, str], p95: float, progress: Progress | None = None,
          tried: Sequence[Mapping[str, str]] | None = None) -> Tuned:
+    """Every combination's run; ReplayError (one line) for a range too short or too long to replay, or a run
+    that does not end (:mod:`dramactl.replay`). Worker-hours over one common period (:func:`charge`)."""
     tick = progress or (lambda: None)
     combos = list(candidates(values) if tried is None else tried)
-    rows = []
+    runs = []
     in_force = variant(values, {})
-    for changes in combos:
-        settings = variant(values, changes)
-        rows.append(row_of(run_policy(rebuilt, settings, label(changes) or "settings in force", recorded=in_force), label(changes) or "settings in force", changes))
+    every = [variant(values, changes) for changes in combos]
+    check_span(rebuilt, in_force, every)
+    for changes, settings in zip(combos, every):
+        name = label(changes) or "settings in force"
+        runs.append(Ran.of(run_policy(rebuilt, settings, name, recorded=in_force), name, changes))
         tick()
+    rows = charge(runs)
     before = rows[0]
     meeting = [r for r in rows if r.p95_wait is not None and r.p95_wait <= p95]
     after = min(meeting, key=lambda r: (round(r.worker_hours, 6), r.actions_per_hour or 0.0)) if meeting else None

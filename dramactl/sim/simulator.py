@@ -70,6 +70,10 @@ VICTIMS = ("least-busy", "highest", "random")
 LONG_TASK_SECONDS = 1.0  # the worker hook's: from this mean task its consumers fetch only for free threads
 
 
+class TooLong(RuntimeError):
+    """A run bounded by ``max_ticks`` (:func:`simulate`) reached it before it ended."""
+
+
 class Controller(Protocol):
     """A policy's per-run state machine: one call per tick, returns the wanted fleet size."""
 
@@ -243,7 +247,9 @@ class _Run:
     def __init__(
         self, workload: Workload, controller: Controller, interval: float, initial_workers: int,
         victim: str = "least-busy", grace: float = GRACE, heartbeat: float = HEARTBEAT, schedule: Sequence[float] = (),
+        max_ticks: int | None = None,
     ) -> None:
+        self.max_ticks = max_ticks  # None: no bound (the bench's traces end)
         if victim not in VICTIMS:
             raise ValueError(f"victim rule {victim!r}: one of {', '.join(VICTIMS)}")
         self.victim, self.grace, self.heartbeat = victim, grace, heartbeat
@@ -391,6 +397,8 @@ class _Run:
 
     def tick(self, now: float, keep: bool) -> float:
         """One tick at ``now``; returns when it ends (its start or stop jobs done)."""
+        if self.max_ticks is not None and self.tick_count >= self.max_ticks:
+            raise TooLong(f"{self.tick_count} ticks by {now:.0f}s, the run's bound, before every message was served and the fleet rested")
         backlog = FleetBacklog(
             ready=len(self.waiting),
             in_flight=self.in_flight,
@@ -498,12 +506,14 @@ def simulate(
     grace: float = GRACE,
     heartbeat: float = HEARTBEAT,
     schedule: Sequence[float] = (),
+    max_ticks: int | None = None,
 ) -> RunResult:
     """Replay ``workload`` against ``controller``; deterministic for a given workload.
     ``victim``: which instances a scale-down stops; ``grace``: GRACEFUL_SHUTDOWN_TIMEOUT;
     ``schedule``: when to tick (a recorded run's ticks; a tick that runs long delays the next,
-    as the timer does), then every ``interval`` after its last."""
-    run = _Run(workload, controller, interval, initial_workers, victim, grace, heartbeat, schedule)
+    as the timer does), then every ``interval`` after its last; ``max_ticks``: TooLong when
+    the run would tick more often than that (a guard for ``dramactl replay``; None: none)."""
+    run = _Run(workload, controller, interval, initial_workers, victim, grace, heartbeat, schedule, max_ticks)
     run.run(keep_ticks)
     bound = work_lower_bound(workload.arrivals, workload.services, workload.model.threads, min_workers, workload.trace.duration)
     return RunResult(

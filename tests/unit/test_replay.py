@@ -187,6 +187,9 @@ def test_tune_says_when_no_combination_meets_the_p95() -> None:
     """A 600-message block on a fleet of at most 2 instances of 8 threads cannot start them all within a second."""
     samples = constant(0.1, 4.0, 21, backlog=0)
     samples[1] = rp.Sample(samples[1].at, True, 1, 600, samples[1].counters, False)  # 600 land at once
+    # ... and are served by the next read: the hook counts them (a backlog that fell without them was a purge)
+    samples[2:] = [rp.Sample(s.at, True, s.current, s.backlog, (("default", s.counters[0][1] + 600, s.counters[0][2] + 2400),), False)
+                   for s in samples[2:]]
     fleet = {**FLEET, "MAX_PROCESSES": "2"}
     rebuilt = rp.rebuild(samples)
     result = tn.tune(rebuilt, fleet, 1.0)
