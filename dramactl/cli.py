@@ -103,7 +103,21 @@ def finish(outcome: Any, as_json: bool) -> None:
         sys.exit(EXIT_FAILED)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; a command's bad option or argument is one line and exit 2 (click prints a
+    usage block of four lines), as a bad setting is."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            if exc.ctx is None or exc.ctx.command is self:  # the group's own: click's message as it is
+                raise
+            where = exc.ctx.command_path
+            raise CommandError(f"{exc.format_message().rstrip('.')}; see '{where} --help'", EXIT_CONFIG) from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dramactl")
 def main() -> None:
     """Run Dramatiq workers as systemd units and size the fleet to the queue.
