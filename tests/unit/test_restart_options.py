@@ -39,7 +39,7 @@ def test_a_bad_batch_or_wait_is_one_line_and_exit_2(args: list[str], line: str, 
         (["scale-to", "2", "--wait", "-1"], "dramactl: Invalid value for '--wait': -1.0 is not in the range x>=0; see 'dramactl scale-to --help'"),
         (["scale-up", "-n", "0"], "dramactl: Invalid value for '-n': 0 is not in the range x>=1; see 'dramactl scale-up --help'"),
         (["scale-to"], "dramactl: Missing argument 'COUNT'; see 'dramactl scale-to --help'"),
-        (["status", "--bogus"], "dramactl: No such option '--bogus'; see 'dramactl status --help'"),
+        (["status", "--bogus"], "--bogus"),
     ],
 )
 def test_any_commands_bad_option_or_argument_is_one_line_and_exit_2(args: list[str], line: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,6 +48,10 @@ def test_any_commands_bad_option_or_argument_is_one_line_and_exit_2(args: list[s
     env = {"DRAMACTL_ENV_FILE": str(tmp_path / "none.env"), "DRAMACTL_STATE_DIR": str(tmp_path / "state")}
     res = CliRunner().invoke(main, args, env=env, catch_exceptions=False, prog_name="dramactl")
     assert res.exit_code == EXIT_CONFIG == 2
-    assert res.output.splitlines() == [line]
+    if line.startswith("dramactl: "):
+        assert res.output.splitlines() == [line]
+    else:  # click's own words for an unknown option differ between versions (Debian's: "No such option: --bogus")
+        [only] = res.output.splitlines()
+        assert only.startswith("dramactl: No such option") and line in only and only.endswith("; see 'dramactl status --help'"), only
     assert not (tmp_path / "state").exists()
     assert CliRunner().invoke(main, ["scale-to", "--help"]).exit_code == 0
