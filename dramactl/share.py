@@ -46,8 +46,9 @@ Manual sizes (scale-to, scale-up/down) on a host of a fleet claim their room fir
 No host is special and there is no daemon: a host that stops ticking expires after
 FLEET_HOST_TTL (its claim with it) and the next decision shares the fleet among the others.
 When Redis cannot be reached the tick stops before this step, as on one host. When it is
-back, the first host to tick records the silence (:class:`Silence`) and the heartbeats and
-claims written before it get its length added: an outage does not make the hosts that come
+back, the first host to write its heartbeat (a tick, the settle of a tick that waited through
+it, a size by hand) records the silence (:class:`Silence`) and the heartbeats and claims written
+before it get its length added: an outage does not make the hosts that come
 back first take the shares of those that tick a little later, nor delete their entries.
 """
 
@@ -244,9 +245,7 @@ def coordinate(
     if not write:
         return view
     pipe = client.pipeline(transaction=False)
-    pipe.hset(key, f"host:{name}", me.to_json())
-    if snap.ended is not None:
-        pipe.hset(key, "silence", snap.ended.to_json())
+    pipe.hset(key, mapping=_heartbeat(name, me, snap.ended))
     pipe.expire(key, KEY_LIFETIME)
     pipe.execute()
     if gone:  # rare: checked again inside the script, so a host back meanwhile is kept
@@ -273,20 +272,33 @@ def settle(
     key = fleet_key(settings)
     pipe = client.pipeline(transaction=False)
     pipe.time()
-    pipe.hget(key, f"host:{name}")
+    pipe.hgetall(key)
     (seconds, micros), raw = pipe.execute()
-    entry = HostEntry.from_json(name, raw or b"")
+    entry = HostEntry.from_json(name, raw.get(f"host:{name}".encode()) or b"")
     if entry is None:
         return
     now = seconds + micros / 1e6
+    ended = silence_before(_hosts(raw, key, now), now, settings.host_ttl)
     entry = replace(entry, claim=claim, up=entry.up if up is None else up, startup=startup if startup is not None else entry.startup, at=now,
                     expires=now + settings.host_ttl)
     if failing is not None:
         entry = replace(entry, failing=failing or entry.failing, working=working if working is not None else entry.working)
     pipe = client.pipeline(transaction=False)
-    pipe.hset(key, f"host:{name}", entry.to_json())
+    pipe.hset(key, mapping=_heartbeat(name, entry, ended))
     pipe.hset(claims_key(settings), name, claims.value(entry))
     pipe.execute()
+
+
+def _heartbeat(name: str, entry: HostEntry, ended: Silence | None) -> dict[str, str]:
+    """The fields one HSET writes for this host's heartbeat: with the silence it ends, when no
+    host wrote one for longer than FLEET_HOST_TTL. Whatever writes a host's first heartbeat after
+    an outage (a tick, the settle of a tick that waited on a start job through it, a size by hand)
+    records the silence, in the same command, so no host reads the fresh heartbeat without it and
+    takes the heartbeats and claims written before the outage for expired."""
+    fields = {f"host:{name}": entry.to_json()}
+    if ended is not None:
+        fields["silence"] = ended.to_json()
+    return fields
 
 
 @typed
@@ -319,7 +331,7 @@ def reserve(
     if claimed is None:
         return allowed
     pipe = client.pipeline(transaction=False)
-    pipe.hset(key, f"host:{name}", replace(me, claim=claimed).to_json())
+    pipe.hset(key, mapping=_heartbeat(name, replace(me, claim=claimed), snap.ended))
     pipe.expire(key, KEY_LIFETIME)
     pipe.execute()
     return allowed

@@ -728,3 +728,40 @@ def test_a_renewal_while_the_host_acts_keeps_what_its_tick_wrote_and_never_recre
     assert redis.hget(share.fleet_key(settings), "host:a") is None and redis.hget(share.claims_key(settings), "a") is None
     view = share.coordinate(redis, settings, FleetBacklog(ready=500), up=3, starting=0, occupying=3, name="a", claimed_at=view.claimed_at)
     assert view.decision.target == 3 and view.lost_at is not None, "the next tick holds its growth"
+
+
+def test_a_host_whose_first_write_after_a_long_outage_is_a_settle_records_the_silence(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """a, b and c run 2 each at the cap of 6 when Redis goes for longer than FLEET_HOST_TTL. c's tick
+    was waiting for a start job (its worker's READY=1 waits for Redis): when Redis is back, c's first
+    write is that tick's settle, a fresh heartbeat. The silence must be recorded then, or b's next
+    tick finds c's heartbeat fresh, a's expired and a's claim with it, decides for b and c alone and
+    grows to 3 beside a's 2 (7 of 6: seen in the booted fleet)."""
+    settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6")
+    backlog = FleetBacklog(ready=500, in_flight=0)
+    running = {"a": 0, "b": 0, "c": 0}
+    _ticks(redis, settings, running, 3, backlog)
+    assert running == {"a": 2, "b": 2, "c": 2}
+    time.sleep(settings.host_ttl + 1)  # Redis unreachable for every host
+    share.settle(redis, settings, claim=2, up=2, name="c")
+    for name in ("b", "a", "c"):
+        view = share.coordinate(redis, settings, backlog, up=running[name], starting=0, occupying=running[name], name=name)
+        running[name] = view.decision.target
+        assert view.fleet.hosts == ("a", "b", "c"), (name, view.fleet)
+        assert sum(running.values()) <= 6, (running, view.decision.reason)
+
+
+def test_the_claim_of_the_last_tick_before_a_long_outage_still_counts_when_it_is_back(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """A tick's claim is written by the claim script a moment after the Redis clock its heartbeat
+    carries, so the last tick before an outage leaves a claim newer than the newest heartbeat, where
+    the silence starts. It is stretched like the others: after the outage a size by hand on a new
+    host finds no room beside a's and c's 3 under the cap of 6."""
+    settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6")
+    backlog = FleetBacklog(ready=500, in_flight=0)
+    running = {"a": 0, "c": 0}
+    _ticks(redis, settings, running, 3, backlog)
+    assert running == {"a": 3, "c": 3}
+    for name in ("a", "c"):  # steady ticks: nothing to act on, so no settle after the claim
+        share.coordinate(redis, settings, backlog, up=3, starting=0, occupying=3, name=name)
+    time.sleep(settings.host_ttl + 1)
+    got = share.reserve(redis, settings, target=3, up=0, occupying=0, paused=False, partial=True, name="b")
+    assert got == 0, "b was granted room that a's or c's claim holds"
