@@ -112,13 +112,6 @@ def choose(instances: Sequence[WorkerUnit], limit: int, now: float, least_age: f
     return Recycle(worst.number, worst.memory or 0, limit), young
 
 
-def over_memory(instances: Sequence[WorkerUnit], limit: int, now: float | None = None, least_age: float = 0.0) -> Recycle | None:
-    """The instance a tick recycles (:func:`choose`); without ``now``, whatever its age."""
-    if now is None:
-        return choose(instances, limit, 0.0, 0.0)[0]
-    return choose(instances, limit, now, least_age)[0]
-
-
 def young_text(young: Sequence[Young], limit: int, least_age: float) -> str | None:
     """One phrase for the tick line naming the instances over WORKER_RECYCLE_MEMORY right after their
     start (their footprint), the setting and the fix; None when there are none (pure)."""

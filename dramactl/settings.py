@@ -158,9 +158,7 @@ def read_sources(
 ) -> tuple[dict[str, str], tuple[str, ...]]:
     """Merge environment > ./.env > system env file; returns values and the files read.
     Root skips ./.env where the system file exists (module docstring)."""
-    env = dict(os.environ if environ is None else environ)
-    system_file = Path(env.get("DRAMACTL_ENV_FILE") or DEFAULT_ENV_FILE)
-    local_file = (cwd or Path.cwd()) / ".env"
+    env, system_file, local_file = _env_files(environ, cwd)
     merged: dict[str, str] = {}
     read: list[str] = []
     system = _read_env_file(system_file)
@@ -168,7 +166,7 @@ def read_sources(
         system.pop(NOT_IN_SYSTEM_FILE, None)
         merged.update(system)
         read.append(str(system_file))
-    if system is None or (os.geteuid() if euid is None else euid) != 0:
+    if system is None or not _is_root(euid):
         local = _read_env_file(local_file)
         if local is not None:
             merged.update(local)
@@ -177,11 +175,20 @@ def read_sources(
     return merged, tuple(reversed(read))
 
 
+def _env_files(environ: Mapping[str, str] | None, cwd: Path | None) -> tuple[dict[str, str], Path, Path]:
+    """(the environment, the system env file, ./.env) as every reader of the settings finds them."""
+    env = dict(os.environ if environ is None else environ)
+    return env, Path(env.get("DRAMACTL_ENV_FILE") or DEFAULT_ENV_FILE), (cwd or Path.cwd()) / ".env"
+
+
+def _is_root(euid: int | None) -> bool:
+    return (os.geteuid() if euid is None else euid) == 0
+
+
 def exposed_password(environ: Mapping[str, str] | None = None) -> str | None:
     """A warning when the system env file holds a Redis password and every user can read it
     (``dramactl install`` and the .deb make it 0640 root:dramactl; an edit or a copy may not)."""
-    env = dict(os.environ if environ is None else environ)
-    system_file = Path(env.get("DRAMACTL_ENV_FILE") or DEFAULT_ENV_FILE)
+    _, system_file, _ = _env_files(environ, None)
     values = _read_env_file(system_file)
     if not values:
         return None
@@ -200,12 +207,10 @@ def exposed_password(environ: Mapping[str, str] | None = None) -> str | None:
 def unread_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = None, euid: int | None = None) -> list[str]:
     """What :func:`read_sources` left out, for ``check`` to say: a ./.env root skipped, and a
     DRAMACTL_STATE_DIR in the system file."""
-    env = dict(os.environ if environ is None else environ)
-    system_file = Path(env.get("DRAMACTL_ENV_FILE") or DEFAULT_ENV_FILE)
-    local_file = (cwd or Path.cwd()) / ".env"
+    _, system_file, local_file = _env_files(environ, cwd)
     system = _read_env_file(system_file)
     notes = []
-    if system is not None and (os.geteuid() if euid is None else euid) == 0 and _read_env_file(local_file) is not None:
+    if system is not None and _is_root(euid) and _read_env_file(local_file) is not None:
         notes.append(f"{local_file} not read: root's commands use {system_file}, the file the units read")
     if system is not None and system.get(NOT_IN_SYSTEM_FILE):
         notes.append(

@@ -68,19 +68,24 @@ def mem(n: int, mib: int, state: str = "active", sub: str = "running", job: str 
     return WorkerUnit(number=n, active_state=state, sub_state=sub, job=job, memory=mib << 20)
 
 
+def over_memory(instances: list[WorkerUnit], limit: int) -> recycle.Recycle | None:
+    """The instance a tick recycles, whatever its age."""
+    return recycle.choose(instances, limit, 0.0, 0.0)[0]
+
+
 def test_recycle_picks_the_instance_furthest_past_the_limit_one_a_tick() -> None:
-    pick = recycle.over_memory([mem(1, 300), mem(2, 612), mem(3, 100)], 512 << 20)
+    pick = over_memory([mem(1, 300), mem(2, 612), mem(3, 100)], 512 << 20)
     assert pick == recycle.Recycle(2, 612 << 20, 512 << 20)
     assert str(pick) == "recycle @2 (612 MiB > 512 MiB)"
 
 
 def test_no_recycle_below_the_limit_while_failing_or_unread() -> None:
-    assert recycle.over_memory([mem(1, 300), mem(2, 500)], 512 << 20) is None
-    assert recycle.over_memory([mem(1, 700), WorkerUnit(2, "failed", "failed")], 512 << 20) is None
-    assert recycle.over_memory([mem(1, 700), WorkerUnit(2, "activating", "auto-restart")], 512 << 20) is None
-    assert recycle.over_memory([WorkerUnit(1, "active", "running")], 512 << 20) is None  # memory not read
-    assert recycle.over_memory([mem(1, 700, "deactivating", "stop-sigterm", "stop")], 512 << 20) is None
-    assert recycle.over_memory([mem(1, 700)], 0) is None
+    assert over_memory([mem(1, 300), mem(2, 500)], 512 << 20) is None
+    assert over_memory([mem(1, 700), WorkerUnit(2, "failed", "failed")], 512 << 20) is None
+    assert over_memory([mem(1, 700), WorkerUnit(2, "activating", "auto-restart")], 512 << 20) is None
+    assert over_memory([WorkerUnit(1, "active", "running")], 512 << 20) is None  # memory not read
+    assert over_memory([mem(1, 700, "deactivating", "stop-sigterm", "stop")], 512 << 20) is None
+    assert over_memory([mem(1, 700)], 0) is None
 
 
 def test_the_fleets_room_bounds_a_step_below_max_processes() -> None:
@@ -139,8 +144,8 @@ def test_an_instance_over_the_limit_within_the_minimum_age_is_not_recycled_and_n
     # An old one over the limit is recycled beside a young one worse than it; one of unknown age counts as old.
     pick, young = recycle.choose([aged(1, 200, 10), aged(2, 100, 301), aged(3, 80, None)], limit, NOW, 300)
     assert pick == recycle.Recycle(2, 100 << 20, limit) and [y.number for y in young] == [1]
-    assert recycle.over_memory([aged(1, 200, 10)], limit) == recycle.Recycle(1, 200 << 20, limit)  # without a clock: any age
-    assert recycle.over_memory([aged(1, 200, 10)], limit, NOW, 300) is None
+    assert over_memory([aged(1, 200, 10)], limit) == recycle.Recycle(1, 200 << 20, limit)  # without a clock: any age
+    assert recycle.choose([aged(1, 200, 10)], limit, NOW, 300)[0] is None
 
 
 def test_a_failed_recycle_holds_the_next_for_the_minimum_age(tmp_path) -> None:
