@@ -444,6 +444,67 @@ def test_a_redis_outage_holds_every_host_and_no_host_takes_the_others_share_afte
     assert r["processed"] == sent and r["dead"] == 0, r
 
 
+def test_a_tick_that_waited_through_an_outage_for_a_start_job_records_the_silence(hosts: Cluster) -> None:
+    """C's tick starts an instance whose app takes 4 s to start, and the shared Redis stops then, for
+    longer than FLEET_HOST_TTL: that worker's READY=1 waits for Redis, so C's tick waits through the
+    outage for its start job. A's and B's ticks come later than it (their timers are held for the
+    outage and until C's next tick), and their workers hang (SIGSTOP) meanwhile, so their own
+    reports, which expired with the outage, are not back either: C's settle, then C's next tick, are
+    the first writes after it. The settle must record the silence, or C's next tick finds A's and
+    B's heartbeats and claims expired, takes the fleet alone and grows past the cap beside their
+    instances (CI once saw 7 of 6 when a tick came before the workers' reports were back). The fleet
+    stays within the cap and every message is processed."""
+    hosts.configure(FLEET, {**PER_HOST, "c": {**PER_HOST["c"], "SYSAPP_START_DELAY": "4"}})
+    start_fleet(hosts)
+    a, b, c = hosts["a"], hosts["b"], hosts["c"]
+    sent = 500
+    length = TTL + 2 * INTERVAL
+
+    def starting_on_c_alone() -> bool:
+        """C starting an instance, A and B at their shares of 2 with no job: only C's tick waits."""
+        row = sampler.latest()
+        views = row and row["hosts"]
+        return bool(
+            views and views[c.name] and "start" in views[c.name]["jobs"].values()
+            and all(views[h.name] and not views[h.name]["jobs"] and sampler.occupied(row, h.name) == 2 for h in (a, b))
+        )
+
+    with FleetSampler(hosts) as sampler:
+        hosts.send(sent, 1.0)
+        wait_until(starting_on_c_alone, 60, "C starting an instance, A and B at 2 each")
+        ticks = c.journal().count(" on this host")  # C's tick lines so far: the waiting tick's comes at its end
+        for h in (a, b):
+            h.sh("systemctl stop dramactl.timer")
+        hosts.redis.down()
+        stopped = time.time()
+        try:
+            for h in (a, b):
+                h.sh("systemctl kill -s STOP 'dramatiq-worker@*.service'")
+            time.sleep(length)
+        finally:
+            hosts.redis.up()
+        back = time.time()
+        try:
+            wait_until(lambda: c.journal().count(" on this host") >= ticks + 2, 40, "C's waiting tick, then its next one, done")
+        finally:
+            for h in (a, b):
+                h.sh("systemctl kill -s CONT 'dramatiq-worker@*.service'")
+                h.start_timer()
+        wait_live(a, {h.name for h in hosts.hosts}, 60)
+        wait_until(lambda: hosts.counts()["processed"] >= sent, 240, f"all {sent} messages processed", interval=1)
+
+    waited = [r for r in sampler.rows if stopped + 1 <= r["t"] <= back and "start" in (r["hosts"][c.name] or {"jobs": {}})["jobs"].values()]
+    _, _, over = bounds(sampler, hosts, CAP)
+    r = hosts.counts()
+    print(f"\n[multihost] C's start job waited through {len(waited)} samples of a {length}s outage; fleet peak"
+          f" {max(sampler.total(row) for row in sampler.rows)} (cap {CAP}); processed {r['processed']}/{sent}, duplicates {r['duplicates']}")
+    assert len(waited) >= length - 4, f"C's start job was pending in only {len(waited)} samples of the outage"
+    assert not over, over[:10]
+    for h in hosts.hosts:
+        assert "Traceback" not in h.journal(), h.name
+    assert r["processed"] == sent and r["dead"] == 0, r
+
+
 # --- issue 18: hosts that fail, collide, disagree -------------------------------------------------
 
 
