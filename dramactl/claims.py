@@ -36,9 +36,10 @@ KEY_LIFETIME = 7 * 86400  # a fleet nobody ticks for a week is forgotten
 HISTORY_RECORDS = 720  # the fleet's history LIST keeps at most this many records (an hour at two decisions per 10 s)
 
 # Shared by the claim and forget scripts: (claim, counted, live) of a claims value, or nil when it is
-# damaged (a claim written before the silence s0..s1 ended gets its length added: the silence starts
-# at the newest heartbeat, and a tick's claim is written a moment after the clock its heartbeat
-# carries, or without a heartbeat when Redis went between the two); and how many worker processes of this fleet a host runs by their own reports
+# damaged (a claim written before the silence s0..s1 ended gets the part of it after the claim was
+# written added: the silence starts at the newest heartbeat, and a tick's claim is written a moment
+# after the clock its heartbeat carries, or without a heartbeat when Redis went between the two, or
+# while a hung Redis resumed); and how many worker processes of this fleet a host runs by their own reports
 # (dramactl.reports: the worker hook rewrites its field every second and keeps the host's HASH alive
 # REPORTS_TTL past the last write), counted for a host whose claim has expired. Both need s0, s1
 # (the silence), most, skew, longest, now, prefix (the reports HASHes' key prefix), stale (ms),
@@ -50,7 +51,7 @@ local function read(v)
   if not (ex == ex and at == at) or ex == math.huge or at < 0 or c > most or k > c or at > now + skew or ex < at or ex - at > longest then
     return nil
   end
-  if s1 > s0 and at < s1 then ex = ex + s1 - s0 end
+  if s1 > s0 and at < s1 then ex = ex + s1 - math.max(at, s0) end
   return c, k, ex > now
 end
 -- The worker processes of this fleet (their report's "fleet" is ``fleet``) in a host's reports
@@ -60,7 +61,8 @@ end
 -- hook older than REPORTS_TTL: its fields may be a dead host's) or is out of shape.
 local function running(host)
   local key = prefix .. host
-  if redis.call('PTTL', key) <= 0 or redis.call('HLEN', key) > limit then return 0 end
+  -- another kind of value there is that host's own probe's to name (its one line): not counted here
+  if redis.call('TYPE', key).ok ~= 'hash' or redis.call('PTTL', key) <= 0 or redis.call('HLEN', key) > limit then return 0 end
   local ats = {}
   for _, v in ipairs(redis.call('HVALS', key)) do
     local ok, d = pcall(cjson.decode, v)

@@ -765,3 +765,37 @@ def test_the_claim_of_the_last_tick_before_a_long_outage_still_counts_when_it_is
     time.sleep(settings.host_ttl + 1)
     got = share.reserve(redis, settings, target=3, up=0, occupying=0, paused=False, partial=True, name="b")
     assert got == 0, "b was granted room that a's or c's claim holds"
+
+
+def test_a_claim_written_during_a_silence_is_stretched_only_by_the_rest_of_it(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """A claim script sent to a hung Redis runs when it resumes, inside the silence the next tick
+    records; that host then dies. Its claim gets the part of the silence after it was written, not
+    the whole silence: otherwise it holds room (and the fleet below MIN) for the hang's length after
+    its host's heartbeat expired."""
+    settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6", FLEET_HOST_TTL="3")
+    seconds, micros = redis.time()
+    now = seconds + micros / 1e6
+    silence = share.Silence(now - 20, now - 5)
+    redis.hset(share.claims_key(settings), "c", claims.pack(3, 3, now - 10, now - 7))  # written 5 s before the silence ended
+    got = claims.claim(redis, settings, "a", "tick", share=6, up=0, occupying=0, target=6, cap=6, silence=silence, fleet_max=6)
+    assert got.grant == 6, "c's claim expired 2 s ago, counting the silence after it was written"
+    redis.hset(share.claims_key(settings), "c", claims.pack(3, 3, now - 10, now - 3))
+    got = claims.claim(redis, settings, "b", "tick", share=6, up=0, occupying=0, target=6, cap=6, silence=silence, fleet_max=6)
+    assert got.grant == 0, "a's 6 are claimed, and c's 3 count for 2 s more"
+
+
+def test_a_reports_key_of_another_type_for_an_expired_host_is_not_counted_and_ticks_go_on(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """Another kind of value where an expired host's worker reports belong (the claim script counts
+    that host's processes there): the other hosts' ticks go on (HLEN on it failed every tick with
+    WRONGTYPE), counting none there; that host's own probe names its key."""
+    settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6")
+    backlog = FleetBacklog(ready=500, in_flight=0)
+    running = {"a": 0, "b": 0}
+    _ticks(redis, settings, running, 4, backlog)
+    assert running == {"a": 3, "b": 3}
+    redis.set(reports.instances_key(settings.namespace, "b"), "x", ex=600)
+    a = {"a": running["a"]}
+    deadline = time.monotonic() + 3 * settings.host_ttl
+    while time.monotonic() < deadline and a["a"] < 6:  # b's ticks stopped: its heartbeat and claim expire
+        (view,) = _ticks(redis, settings, a, 1, backlog)
+    assert view.fleet.hosts == ("a",) and a["a"] == 6, (a, view.decision.reason)
