@@ -320,14 +320,15 @@ def in_progress(state_dir: str) -> str | None:
     return f"rolling restart of {count} instance(s) in progress since {when} (pid {pid}); autoscaling resumes when it ends"
 
 
-def _seat(settings, paused: bool, progress: Progress) -> "Seat | None":
+def _seat(settings, state, progress: Progress) -> "Seat | None":
     """This host's seat in its fleet (FLEET_NAME), or None on one host."""
     if not settings.fleet_name:
         return None
     from .queue import connect
+    from .scaler import fleet_marks
     from .seat import Seat
 
-    return Seat(connect(settings), settings, paused=paused, report=progress)
+    return Seat(connect(settings), settings, paused=state.paused, report=progress, marks=fleet_marks(settings, state))
 
 
 def _number(job: JobResult) -> int:
@@ -363,7 +364,7 @@ def restart(settings, *, batch: int = 1, fleet: Fleet | None = None, progress: P
         instances = fleet.instances()
         up = [u.number for u in instances if u.is_up]
         mark(settings.state_dir, up)
-        seat = _seat(settings, state.paused, progress)
+        seat = _seat(settings, state, progress)
         if seat is not None:
             seat.beat(sum(1 for u in instances if u.occupies))
         try:

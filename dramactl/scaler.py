@@ -388,7 +388,7 @@ def _seat_kept(client: redis.Redis | None, settings: Settings, coordinated: shar
         return
     from .seat import Seat
 
-    seat = Seat(client, settings, paused=paused)
+    seat = Seat(client, settings, paused=paused, marks=(coordinated.claimed_at, coordinated.lost_at))
     seat.claim = coordinated.claim
     with seat.kept():
         yield seat
@@ -413,7 +413,7 @@ def _in_fleet(
     from . import share
 
     up = [u for u in instances if u.is_up]
-    same = state.fleet_in == settings.fleet_name  # written in another fleet (FLEET_NAME changed): it never had this host's heartbeat to lose
+    claimed_at, lost_at = fleet_marks(settings, state)
     with queue.redis_errors(settings):
         return share.coordinate(
             client,
@@ -426,9 +426,18 @@ def _in_fleet(
             failing=share.is_failing(instances, state.recovery, time.time()),
             working=sum(1 for u in up if not u.is_failing),
             write=write,
-            claimed_at=state.fleet_claimed if same else None,
-            lost_at=state.fleet_lost if same else None,
+            claimed_at=claimed_at,
+            lost_at=lost_at,
         )
+
+
+def fleet_marks(settings: Settings, state: ScalerState) -> tuple[float | None, float | None]:
+    """(when this host last wrote its claim, when it found the fleet's records lost) from its state,
+    for dramactl.fleetplan.records_lost; none for a state written in another fleet (FLEET_NAME
+    changed): it never had this host's heartbeat to lose."""
+    if state.fleet_in != settings.fleet_name:
+        return None, None
+    return state.fleet_claimed, state.fleet_lost
 
 
 def _settle(
@@ -507,7 +516,7 @@ def _resize(
             worker_argv(settings, new_threads)
         capped = ""
         if settings.fleet_name and target > len(up):
-            target, capped = _fleet_room(settings, target, len(up), sum(1 for u in instances if u.occupies), paused, exact)
+            target, capped = _fleet_room(settings, target, len(up), sum(1 for u in instances if u.occupies), paused, exact, fleet_marks(settings, state))
         # The operator asked for this size: it is kept across reboots while paused, and
         # failed instances are reset now (an explicit command overrides the backoff).
         reset = [u.number for u in instances if u.is_failed]
@@ -533,15 +542,19 @@ def _resize(
         return outcome
 
 
-def _fleet_room(settings: Settings, target: int, up: int, occupying: int, paused: bool, exact: bool) -> tuple[int, str]:
+def _fleet_room(
+    settings: Settings, target: int, up: int, occupying: int, paused: bool, exact: bool, marks: tuple[float | None, float | None] = (None, None),
+) -> tuple[int, str]:
     """(the size this host of a fleet may grow to, a note for the journal line when capped),
     its claim written to the fleet first. Redis must answer: growth the fleet cannot count
-    could pass its cap (shrinking needs no Redis)."""
+    could pass its cap (shrinking needs no Redis); nor must the fleet's records be lost
+    (share.RecordsLost, one line). ``marks``: :func:`fleet_marks`."""
     from . import share
 
     with queue.redis_errors(settings):
         client = queue.connect(settings)
-        allowed = share.reserve(client, settings, target=target, up=up, occupying=occupying, paused=paused, partial=not exact)
+        allowed = share.reserve(client, settings, target=target, up=up, occupying=occupying, paused=paused, partial=not exact,
+                                claimed_at=marks[0], lost_at=marks[1])
     if allowed >= target:
         return target, ""
     if exact:

@@ -51,15 +51,18 @@ class Seat:
         paused: bool,
         name: str | None = None,
         report: Callable[[str], None] = lambda line: None,
+        marks: tuple[float | None, float | None] = (None, None),
     ) -> None:
         self.client, self.settings, self.paused, self.name = client, settings, paused, name
+        self.marks = marks  # (claimed_at, lost_at) from the host's state: no room is claimed while the fleet's records are lost
         self.report = report
         self.claim: int | None = None
         self._lock = threading.Lock()  # the thread's renewals and the steps' claims write one after the other
 
     def _reserve(self, target: int, up: int) -> int:
         return share.reserve(
-            self.client, self.settings, target=target, up=up, occupying=up, paused=self.paused, partial=True, name=self.name
+            self.client, self.settings, target=target, up=up, occupying=up, paused=self.paused, partial=True, name=self.name,
+            claimed_at=self.marks[0], lost_at=self.marks[1],
         )
 
     def room(self, running: int, wanted: int) -> tuple[int, str]:

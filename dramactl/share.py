@@ -72,7 +72,7 @@ from .fleetrecords import (  # noqa: F401
     WrongType, claims_key, damaged, differences, digest, fleet_key, fleet_values, history_key, kept_types, parse_values, read_history, typed,
     write_history,
 )
-from .settings import Settings
+from .settings import Settings, SettingsError
 
 MACHINE_ID = "/etc/machine-id"
 
@@ -301,16 +301,27 @@ def _heartbeat(name: str, entry: HostEntry, ended: Silence | None) -> dict[str, 
     return fields
 
 
+class RecordsLost(SettingsError):
+    """Growth asked for while the fleet's records in Redis are lost (:func:`dramactl.fleetplan.records_lost`)."""
+
+
 @typed
 def reserve(
-    client: redis.Redis, settings: Settings, *, target: int, up: int, occupying: int, paused: bool, partial: bool = False, name: str | None = None
+    client: redis.Redis, settings: Settings, *, target: int, up: int, occupying: int, paused: bool, partial: bool = False, name: str | None = None,
+    claimed_at: float | None = None, lost_at: float | None = None,
 ) -> int:
     """A manual size on this host of a fleet (scale-to, scale-up/down): the most it may run
     under FLEET_MAX_PROCESSES given the other live hosts' claims (``target``, or less), with
     this host's claim for it written (atomically, by the claim script) before it acts, so no
     other host grows into the same room. When the room is short, ``partial`` False writes
     nothing (the caller refuses); True claims what there is (the caller caps). Shrinking
-    needs no room."""
+    needs no room.
+
+    ``claimed_at``, ``lost_at``: from this host's state, as for :func:`coordinate`. While the
+    fleet's records are lost (Redis restarted empty: this host's heartbeat is gone though it
+    claimed a moment ago, and every other host's claim with it) it raises :class:`RecordsLost`
+    and writes nothing: a claim now would find no other host's, and a heartbeat written now
+    would hide the loss from this host's next tick, which holds its growth for FLEET_HOST_TTL."""
     name = name or host_id()
     key = fleet_key(settings)
     snap = snapshot(client, settings)
@@ -318,6 +329,14 @@ def reserve(
     used, _, _ = following(settings, snap.record, False)
     live = snap.live(but=name)
     old = next((h for h in snap.hosts if h.name == name), None)
+    lost = records_lost(old, claimed_at, lost_at, now, settings.host_ttl)
+    if lost is not None:
+        raise RecordsLost(
+            "FLEET_NAME",
+            f"fleet {settings.fleet_name}'s records in Redis were lost (this host's heartbeat is gone though it wrote one, as after a Redis restart"
+            " without persistence): no host of it grows until every host has claimed again",
+            f"try again in {max(1.0, lost + settings.host_ttl - now):.0f}s",
+        )
     # What only the tick knows (failing, working, its share, its starting instances) is carried from the old
     # heartbeat: a roll's renewals (dramactl.seat) must not clear a failing flag the other hosts cover for.
     me = HostEntry(name, settings.max_processes, up, old.starting if old else 0, max(occupying, target), old.share if old else 0,

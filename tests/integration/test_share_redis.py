@@ -799,3 +799,42 @@ def test_a_reports_key_of_another_type_for_an_expired_host_is_not_counted_and_ti
     while time.monotonic() < deadline and a["a"] < 6:  # b's ticks stopped: its heartbeat and claim expire
         (view,) = _ticks(redis, settings, a, 1, backlog)
     assert view.fleet.hosts == ("a",) and a["a"] == 6, (a, view.decision.reason)
+
+
+def test_after_redis_restarts_empty_a_roll_or_a_size_by_hand_claims_no_room_and_the_next_tick_still_holds(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """Redis restarts without persistence while a and b run 3 each under a cap of 6. a's first write
+    after it is not a tick but a rolling restart's claim (or a scale-to): it found no claim of b's and
+    was granted a replacement beside b's 3, and the heartbeat it wrote hid the loss from a's next
+    tick, which took the whole cap (9 of 6). Now neither claims room while the records are lost (the
+    roll drains first, scale-to says why in one line), and a's next tick holds its growth."""
+    from dramactl.seat import Seat
+
+    settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6")
+    backlog = FleetBacklog(ready=500)
+    running = {"a": 0, "b": 0}
+    marks: dict[str, tuple[float | None, float | None]] = {"a": (None, None), "b": (None, None)}
+
+    def tick(name: str) -> share.Coordinated:
+        claimed, lost = marks[name]
+        view = share.coordinate(redis, settings, backlog, up=running[name], starting=0, occupying=running[name], name=name,
+                                claimed_at=claimed, lost_at=lost)
+        running[name] = view.decision.target
+        share.settle(redis, settings, claim=running[name], up=running[name], name=name)
+        marks[name] = (view.claimed_at, view.lost_at)
+        return view
+
+    for _ in range(3):
+        for name in running:
+            tick(name)
+        time.sleep(0.6)
+    assert running == {"a": 3, "b": 3}
+    redis.flushall()
+    seat = Seat(redis, settings, paused=False, name="a", marks=marks["a"])
+    seat.beat(3)
+    allowed, why = seat.room(3, 1)
+    assert allowed == 3 and "records in Redis were lost" in why, (allowed, why)
+    with pytest.raises(share.RecordsLost, match=r"^FLEET_NAME: fleet t's records in Redis were lost .*; try again in \d+s$"):
+        share.reserve(redis, settings, target=6, up=3, occupying=3, paused=False, name="a", claimed_at=marks["a"][0], lost_at=marks["a"][1])
+    assert redis.hget(share.fleet_key(settings), "host:a") is None and redis.hget(share.claims_key(settings), "a") is None
+    view = tick("a")
+    assert running["a"] == 3 and "the fleet's records in Redis were lost" in view.decision.reason, view.decision.reason
