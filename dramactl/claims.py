@@ -23,6 +23,7 @@ Imported only with FLEET_NAME set.
 
 from __future__ import annotations
 
+import json
 import struct
 from typing import Mapping, NamedTuple
 
@@ -36,13 +37,13 @@ KEY_LIFETIME = 7 * 86400  # a fleet nobody ticks for a week is forgotten
 HISTORY_RECORDS = 720  # the fleet's history LIST keeps at most this many records (an hour at two decisions per 10 s)
 
 # Shared by the claim and forget scripts: (claim, counted, live) of a claims value, or nil when it is
-# damaged (a claim written before the silence s0..s1 ended gets the part of it after the claim was
-# written added: the silence starts at the newest heartbeat, and a tick's claim is written a moment
-# after the clock its heartbeat carries, or without a heartbeat when Redis went between the two, or
-# while a hung Redis resumed); and how many worker processes of this fleet a host runs by their own reports
+# damaged (a claim written before a silence ended gets the part of it after the claim was written
+# added, for each silence kept, as dramactl.fleetrecords.Silence.extra: the silence starts at the
+# newest heartbeat, and a tick's claim is written a moment after the clock its heartbeat carries, or
+# without a heartbeat when Redis went between the two, or while a hung Redis resumed); and how many worker processes of this fleet a host runs by their own reports
 # (dramactl.reports: the worker hook rewrites its field every second and keeps the host's HASH alive
-# REPORTS_TTL past the last write), counted for a host whose claim has expired. Both need s0, s1
-# (the silence), most, skew, longest, now, prefix (the reports HASHes' key prefix), stale (ms),
+# REPORTS_TTL past the last write), counted for a host whose claim has expired. Both need spans
+# (the silences, {{start, end}, ...}, oldest first), last (the last one's end), most, skew, longest, now, prefix (the reports HASHes' key prefix), stale (ms),
 # limit and fleet (FLEET_NAME) in scope.
 _COMMON = """
 local function read(v)
@@ -51,7 +52,11 @@ local function read(v)
   if not (ex == ex and at == at) or ex == math.huge or at < 0 or c > most or k > c or at > now + skew or ex < at or ex - at > longest then
     return nil
   end
-  if s1 > s0 and at < s1 then ex = ex + s1 - math.max(at, s0) end
+  if at < last then  -- written before the last silence ended (rare): the spans are in order
+    for _, span in ipairs(spans) do
+      if at < span[2] then ex = ex + span[2] - math.max(at, span[1]) end
+    end
+  end
   return c, k, ex > now
 end
 -- The worker processes of this fleet (their report's "fleet" is ``fleet``) in a host's reports
@@ -83,7 +88,7 @@ end
 # KEYS: the claims HASH. ARGV: me, mode ("tick": grow only into the room under the target and
 # the cap; "manual": a size by hand, under the cap only, refused or capped; "hold": a paused
 # host's own size, under the cap only, never cut), share (what it asks for), up, occupying,
-# target, cap (-1: none), failing (1/0), serving, ttl, silence start, silence end, partial
+# target, cap (-1: none), failing (1/0), serving, ttl, the silences (JSON [[start, end], ...]), '', partial
 # (manual: 1 claims what there is, 0 writes nothing when the room is short), most, skew,
 # longest, key lifetime, the reports HASHes' prefix, stale ms, field limit, FLEET_NAME,
 # FLEET_MAX_PROCESSES (-1: not set). A host whose claim expired while its worker processes of this
@@ -98,7 +103,8 @@ local me, mode = ARGV[1], ARGV[2]
 local share, up, occupying = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local target, cap = tonumber(ARGV[6]), tonumber(ARGV[7])
 local failing, serving, ttl = ARGV[8] == '1', tonumber(ARGV[9]), tonumber(ARGV[10])
-local s0, s1 = tonumber(ARGV[11]), tonumber(ARGV[12])
+local spans = cjson.decode(ARGV[11])
+local last = #spans > 0 and spans[#spans][2] or -math.huge
 local most, skew, longest = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
 local prefix, stale, limit, fleet = ARGV[18], tonumber(ARGV[19]), tonumber(ARGV[20]), ARGV[21]
 local fleet_max = tonumber(ARGV[22])
@@ -183,14 +189,15 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 return {1}
 """
 
-# KEYS: the fleet's HASH, the claims HASH. ARGV: silence start, silence end, most, skew, longest,
+# KEYS: the fleet's HASH, the claims HASH. ARGV: the silences (JSON [[start, end], ...]), '', most, skew, longest,
 # the reports HASHes' prefix, stale ms, field limit, FLEET_NAME, then (host id, its heartbeat as
 # read) pairs.
 # Forgets a host (its heartbeat and its claim) only if its heartbeat is still the one read, its
 # claim is not live and its worker processes do not report: a host that came back, or whose
 # workers run on without ticks, is kept. Returns the ids forgotten.
 FORGET = """
-local s0, s1 = tonumber(ARGV[1]), tonumber(ARGV[2])
+local spans = cjson.decode(ARGV[1])
+local last = #spans > 0 and spans[#spans][2] or -math.huge
 local most, skew, longest = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local prefix, stale, limit, fleet = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
 local t = redis.call('TIME')
@@ -257,10 +264,9 @@ def claim(
 ) -> Claimed:
     """What this host may run, the claim written (None when nothing was) and the processes
     counted for hosts whose claim expired, in one atomic call."""
-    s0, s1 = (silence.start, silence.end) if silence is not None else (0.0, 0.0)
     args = [
         me, mode, share, up, occupying, target, -1 if cap is None else cap, int(failing), serving, settings.host_ttl,
-        repr(s0), repr(s1), int(partial), MOST, SKEW, LONGEST, KEY_LIFETIME, *_reports_args(settings),
+        _spans(silence), "", int(partial), MOST, SKEW, LONGEST, KEY_LIFETIME, *_reports_args(settings),
         fleet_max or -1,
     ]
     key = claims_key(settings)
@@ -280,6 +286,11 @@ class Claimed(NamedTuple):
     grant: int
     written: int | None
     unclaimed: int = 0
+
+
+def _spans(silence: Silence | None) -> str:
+    """The silences for the scripts: a JSON list of [start, end] (full precision, as Python writes floats)."""
+    return json.dumps([list(span) for span in silence.spans()] if silence is not None else [])
 
 
 def _reports_args(settings: Settings) -> list:
@@ -309,8 +320,7 @@ def forget(client: redis.Redis, settings: Settings, heartbeats: Mapping[str, byt
     processes still report (:data:`FORGET`); the ids removed."""
     if not heartbeats:
         return []
-    s0, s1 = (silence.start, silence.end) if silence is not None else (0.0, 0.0)
-    args = [repr(s0), repr(s1), MOST, SKEW, LONGEST, *_reports_args(settings)]
+    args = [_spans(silence), "", MOST, SKEW, LONGEST, *_reports_args(settings)]
     for host, raw in heartbeats.items():
         args += [host, raw]
     with kept_types(client, settings):

@@ -51,11 +51,22 @@ def fleet_cap(settings: Settings, hosts: Sequence[HostEntry]) -> int:
 
 
 
-def silence_before(hosts: Sequence[HostEntry], now: float, ttl: float) -> Silence | None:
-    """The silence this tick ends, when no host (this one included) wrote a heartbeat
-    for longer than ``ttl``; else None."""
+def silence_gap(settings: Settings) -> float:
+    """How long no host of a fleet may have written a heartbeat before that is a silence (pure):
+    halfway between CHECK_INTERVAL, the most a live host goes without one (a tick that acts longer
+    renews it every third of FLEET_HOST_TTL), and FLEET_HOST_TTL. An outage a little shorter than
+    the TTL still expires the heartbeats written up to an interval before the newest one."""
+    return (settings.check_interval + settings.host_ttl) / 2
+
+
+def silence_before(hosts: Sequence[HostEntry], now: float, gap: float, kept: Silence | None = None) -> Silence | None:
+    """The silence this write ends, when no host (this one included) wrote a heartbeat for longer
+    than ``gap`` (:func:`silence_gap`); else None. ``kept``: the silences recorded before, kept
+    behind it (:meth:`Silence.after`)."""
     newest = max((h.at for h in hosts), default=None)
-    return Silence(newest, now) if newest is not None and now - newest > ttl else None
+    if newest is None or now - newest <= gap:
+        return None
+    return kept.after(newest, now) if kept is not None else Silence(newest, now)
 
 
 def forgotten(h: HostEntry, now: float, silence: Silence | None) -> bool:

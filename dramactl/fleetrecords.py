@@ -216,9 +216,9 @@ class HostEntry:
         return self.up if self.working is None else min(self.working, self.up)
 
     def live(self, now: float, silence: "Silence | None" = None) -> bool:
-        """Its heartbeat has not expired; one written before a fleet-wide ``silence``
-        gets the silence's length added (nobody could tick then)."""
-        extra = silence.end - silence.start if silence is not None and self.at <= silence.start else 0.0
+        """Its heartbeat has not expired; one written before a fleet-wide ``silence`` ends
+        gets the silence's length after it added (nobody could tick then): :meth:`Silence.extra`."""
+        extra = silence.extra(self.at) if silence is not None else 0.0
         return self.expires + extra > now
 
     def to_json(self) -> str:
@@ -374,17 +374,41 @@ class FleetDecision:
             return None
 
 
+SILENCES_KEPT = 8  # the silences a fleet keeps: a host that has not written since the oldest is long expired
+
+
 @dataclass(frozen=True)
 class Silence:
-    """A span in which no host of the fleet wrote a heartbeat for longer than
-    FLEET_HOST_TTL: Redis was unreachable for all of them, or the whole fleet was
-    stopped. From the newest heartbeat before it to the first tick after it."""
+    """A span in which no host of the fleet wrote a heartbeat for longer than a live host goes
+    without one (:func:`dramactl.fleetplan.silence_gap`): Redis was unreachable for all of them,
+    or the whole fleet was stopped. From the newest heartbeat before it to the first write after
+    it. ``earlier``: the silences before it, oldest first, as (start, end) spans that end before
+    it starts (two outages in a row: a host that has written since neither is stretched by both)."""
 
     start: float
     end: float
+    earlier: tuple[tuple[float, float], ...] = ()
+
+    def spans(self) -> tuple[tuple[float, float], ...]:
+        """Every silence kept, oldest first."""
+        return (*self.earlier, (self.start, self.end))
+
+    def extra(self, at: float) -> float:
+        """What a heartbeat or claim written at ``at`` gets added: the part of each silence after it
+        was written (the claim script's ``read`` does the same)."""
+        return sum(e - max(at, s) for s, e in self.spans() if at < e)
+
+    def after(self, start: float, end: float) -> "Silence":
+        """A new silence ``start``..``end`` that ends this one's run: this one and its earlier kept
+        behind it (the most recent SILENCES_KEPT in all), the ones it overlaps dropped."""
+        kept = tuple((s, e) for s, e in self.spans() if e <= start)[-(SILENCES_KEPT - 1):]
+        return Silence(start, end, kept)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        d: dict = {"start": self.start, "end": self.end}
+        if self.earlier:
+            d["earlier"] = [list(span) for span in self.earlier]
+        return json.dumps(d)
 
     @classmethod
     def parse(cls, raw: bytes | str, now: float | None = None) -> "Silence":
@@ -392,7 +416,18 @@ class Silence:
         start, end = _number(d, "start", "start"), _number(d, "end", "end")
         if end < start or (now is not None and end > now + SKEW):
             raise DamagedState(f"{start}..{end} is not a span before Redis' clock")
-        return cls(start, end)
+        earlier = d.get("earlier", [])
+        if not isinstance(earlier, list) or len(earlier) >= SILENCES_KEPT:
+            raise DamagedState(f"earlier is not a list of at most {SILENCES_KEPT - 1} spans")
+        spans = []
+        for span in earlier:
+            if not (isinstance(span, list) and len(span) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in span)):
+                raise DamagedState(f"earlier holds {str(span)[:40]}, not a [start, end] span")
+            spans.append((float(span[0]), float(span[1])))
+        bounds = [x for span in spans for x in span] + [start]
+        if not all(math.isfinite(x) for x in bounds) or any(b < a for a, b in zip(bounds, bounds[1:])):
+            raise DamagedState("earlier's spans are not in order, apart, before this one")
+        return cls(start, end, tuple(spans))
 
     @classmethod
     def from_json(cls, raw: bytes | str | None, now: float | None = None) -> "Silence | None":

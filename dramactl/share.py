@@ -47,8 +47,9 @@ No host is special and there is no daemon: a host that stops ticking expires aft
 FLEET_HOST_TTL (its claim with it) and the next decision shares the fleet among the others.
 When Redis cannot be reached the tick stops before this step, as on one host. When it is
 back, the first host to write its heartbeat (a tick, the settle of a tick that waited through
-it, a size by hand) records the silence (:class:`Silence`) and the heartbeats and claims written
-before it get its length added: an outage does not make the hosts that come
+it, a size by hand) records the silence (:class:`Silence`: no heartbeat for longer than a live
+host goes without one, :func:`silence_gap`), kept with the few before it, and the heartbeats and
+claims written before each get its length after them added: an outage does not make the hosts that come
 back first take the shares of those that tick a little later, nor delete their entries.
 """
 
@@ -65,7 +66,7 @@ from . import claims
 from .claims import HISTORY_RECORDS, KEY_LIFETIME
 from .fleetplan import (  # noqa: F401  (the fleet's names, re-exported for callers and tests)
     FORGET_AFTER, LISTED, Coordinated, fleet_cap, following, forgotten, granted, held, is_failing, lost_note, plan_share, records_lost, room_for,
-    silence_before, split,
+    silence_before, silence_gap, split,
 )
 from .fleetrecords import (  # noqa: F401
     FLEET_SETTINGS, LONGEST, MOST, SKEW, FleetDecision, HostEntry, Silence, _decision, _history, _hosts, _named, _record, _records, _silence,
@@ -106,7 +107,7 @@ class Snapshot:
     hosts: list[HostEntry]
     decision: FleetDecision | None
     silence: Silence | None
-    ended: Silence | None  # the silence this read ends (no heartbeat for longer than the TTL)
+    ended: Silence | None  # the silence this read ends (no heartbeat for longer than fleetplan.silence_gap)
     record: dict | None
 
     def live(self, but: str = "") -> list[HostEntry]:
@@ -116,8 +117,9 @@ class Snapshot:
 def _snapshot(raw: Mapping[bytes, bytes], now: float, settings: Settings) -> Snapshot:
     key = fleet_key(settings)
     hosts = _hosts(raw, key, now)
-    ended = silence_before(hosts, now, settings.host_ttl)
-    return Snapshot(now, hosts, _decision(raw, key, now), ended or _silence(raw, key, now), ended, _record(raw, key))
+    kept = _silence(raw, key, now)
+    ended = silence_before(hosts, now, silence_gap(settings), kept)
+    return Snapshot(now, hosts, _decision(raw, key, now), ended or kept, ended, _record(raw, key))
 
 
 def read(client: redis.Redis, settings: Settings) -> tuple[float, list[HostEntry], FleetDecision | None, Silence | None]:
@@ -272,13 +274,16 @@ def settle(
     key = fleet_key(settings)
     pipe = client.pipeline(transaction=False)
     pipe.time()
-    pipe.hgetall(key)
+    pipe.hget(key, f"host:{name}")
     (seconds, micros), raw = pipe.execute()
-    entry = HostEntry.from_json(name, raw.get(f"host:{name}".encode()) or b"")
+    entry = HostEntry.from_json(name, raw or b"")
     if entry is None:
         return
     now = seconds + micros / 1e6
-    ended = silence_before(_hosts(raw, key, now), now, settings.host_ttl)
+    ended = None
+    if now - entry.at > silence_gap(settings):  # rare (its tick waited through an outage): the newest heartbeat may be as old
+        fleet = client.hgetall(key)
+        ended = silence_before(_hosts(fleet, key, now), now, silence_gap(settings), _silence(fleet, key, now))
     entry = replace(entry, claim=claim, up=entry.up if up is None else up, startup=startup if startup is not None else entry.startup, at=now,
                     expires=now + settings.host_ttl)
     if failing is not None:
@@ -291,9 +296,9 @@ def settle(
 
 def _heartbeat(name: str, entry: HostEntry, ended: Silence | None) -> dict[str, str]:
     """The fields one HSET writes for this host's heartbeat: with the silence it ends, when no
-    host wrote one for longer than FLEET_HOST_TTL. Whatever writes a host's first heartbeat after
-    an outage (a tick, the settle of a tick that waited on a start job through it, a size by hand)
-    records the silence, in the same command, so no host reads the fresh heartbeat without it and
+    host wrote one for longer than a live host goes without one (:func:`silence_gap`). Whatever
+    writes a host's first heartbeat after an outage (a tick, the settle of a tick that waited on a
+    start job through it, a size by hand) records the silence, in the same command, so no host reads the fresh heartbeat without it and
     takes the heartbeats and claims written before the outage for expired."""
     fields = {f"host:{name}": entry.to_json()}
     if ended is not None:

@@ -838,3 +838,50 @@ def test_after_redis_restarts_empty_a_roll_or_a_size_by_hand_claims_no_room_and_
     assert redis.hget(share.fleet_key(settings), "host:a") is None and redis.hget(share.claims_key(settings), "a") is None
     view = tick("a")
     assert running["a"] == 3 and "the fleet's records in Redis were lost" in view.decision.reason, view.decision.reason
+
+
+def _tick_settled(redis: redis_lib.Redis, settings, running: dict[str, int], name: str, backlog: FleetBacklog) -> share.Coordinated:
+    view = share.coordinate(redis, settings, backlog, up=running[name], starting=0, occupying=running[name], name=name)
+    running[name] = view.decision.target
+    share.settle(redis, settings, claim=running[name], up=running[name], name=name)
+    return view
+
+
+def test_an_outage_a_little_shorter_than_the_ttl_is_a_silence_too(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """b ticks, a and c an interval later, then Redis is unreachable for 3 s of a FLEET_HOST_TTL of 4:
+    b's heartbeat expired during it though no heartbeat is older than the TTL. The newest one is
+    older than a live host goes without one (halfway from CHECK_INTERVAL to the TTL), so the first
+    tick after it records the silence, and b stays live: a does not grow into b's share (7 of 6)."""
+    settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6", FLEET_HOST_TTL="4", CHECK_INTERVAL="1")
+    backlog = FleetBacklog(ready=500, in_flight=0)
+    running = {"a": 0, "b": 0, "c": 0}
+    _ticks(redis, settings, running, 3, backlog)
+    assert running == {"a": 2, "b": 2, "c": 2}
+    _tick_settled(redis, settings, running, "b", backlog)
+    time.sleep(1.0)
+    for name in ("a", "c"):
+        _tick_settled(redis, settings, running, name, backlog)
+    time.sleep(3.0)  # nobody can write: 3 s < FLEET_HOST_TTL, and b's heartbeat expires meanwhile
+    view = _tick_settled(redis, settings, running, "a", backlog)
+    assert view.fleet.hosts == ("a", "b", "c") and sum(running.values()) <= 6, (running, view.decision.reason)
+
+
+def test_two_outages_in_a_row_stretch_the_hosts_that_wrote_before_both(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """Two outages longer than FLEET_HOST_TTL with Redis back for a moment between them, in which only
+    a ticked: the second silence must not replace the first, or b and c, which wrote before both,
+    are stretched by the second alone and judged dead, and a grows into their shares (10 of 6)."""
+    settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6", FLEET_HOST_TTL="3")
+    backlog = FleetBacklog(ready=500, in_flight=0)
+    running = {"a": 0, "b": 0, "c": 0}
+    _ticks(redis, settings, running, 3, backlog)
+    assert running == {"a": 2, "b": 2, "c": 2}
+    time.sleep(4.0)
+    first = _tick_settled(redis, settings, running, "a", backlog)
+    assert first.fleet.hosts == ("a", "b", "c"), first.fleet
+    time.sleep(4.3)
+    view = _tick_settled(redis, settings, running, "a", backlog)
+    assert view.fleet.hosts == ("a", "b", "c") and sum(running.values()) <= 6, (running, view.decision.reason)
+    silence = share.Silence.parse(redis.hget(share.fleet_key(settings), "silence"))
+    assert len(silence.spans()) == 2, silence
+    # b and c, silent since before both, expire a TTL after the second silence like hosts that died.
+    assert not any(h.live(silence.end + 3.0 + 0.1, silence) for h in share.read(redis, settings)[1] if h.name != "a")

@@ -250,7 +250,18 @@ def test_a_damaged_decision_is_ignored_named_and_decided_anew(changes: dict, nam
     assert view.fresh and 0 <= view.fleet.target <= view.fleet.cap <= 6 and record is not None
 
 
-@pytest.mark.parametrize("raw", [b'{"start": NaN, "end": 5}', b'{"start": 50, "end": 10}', b'{"start": 10, "end": 1e400}', b'"x"'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"start": NaN, "end": 5}', b'{"start": 50, "end": 10}', b'{"start": 10, "end": 1e400}', b'"x"',
+        b'{"start": 50, "end": 60, "earlier": "x"}', b'{"start": 50, "end": 60, "earlier": [[1, 2, 3]]}',
+        b'{"start": 50, "end": 60, "earlier": [[1, NaN]]}', b'{"start": 50, "end": 60, "earlier": [[1, true]]}',
+        b'{"start": 50, "end": 60, "earlier": [[10, 55]]}',  # overlaps the last one
+        b'{"start": 50, "end": 60, "earlier": [[20, 30], [10, 15]]}',  # out of order
+        b'{"start": 50, "end": 60, "earlier": [[30, 20]]}',
+        b'{"start": 90, "end": 95, "earlier": [' + b", ".join(b"[%d, %d]" % (i * 10, i * 10 + 5) for i in range(8)) + b"]}",  # too many
+    ],
+)
 def test_a_damaged_silence_is_ignored_and_named(raw: bytes, caplog: pytest.LogCaptureFixture) -> None:
     share._named.clear()
     with caplog.at_level(logging.WARNING, logger="dramactl.share"):
@@ -574,3 +585,26 @@ def test_the_fleets_records_are_lost_when_this_hosts_heartbeat_is_gone_within_th
     assert records_lost(entry, 1010.0, 1010.0, 1030.0, 30.0) == 1010.0, "the hold lasts FLEET_HOST_TTL"
     assert records_lost(entry, 1040.0, 1010.0, 1041.0, 30.0) is None, "and ends"
     assert records_lost(None, 1000.0, None, 999.0, 30.0) is None, "Redis' clock went back: no loss inferred"
+
+
+def test_silences_in_a_row_each_stretch_what_was_written_before_them_and_a_few_are_kept() -> None:
+    """A heartbeat or claim gets, for each silence kept, the part of it after it was written; a new
+    silence keeps the earlier ones behind it (a handful: SILENCES_KEPT), and its JSON reads back."""
+    from dramactl.fleetrecords import SILENCES_KEPT
+    from dramactl.share import Silence, silence_before
+
+    one = Silence(100.0, 160.0)
+    two = one.after(170.0, 200.0)
+    assert two == Silence(170.0, 200.0, ((100.0, 160.0),)) and Silence.parse(two.to_json()) == two
+    assert two.extra(90.0) == 60.0 + 30.0 and two.extra(130.0) == 30.0 + 30.0 and two.extra(165.0) == 30.0 and two.extra(200.0) == 0.0
+    assert Silence.parse(one.to_json()) == one and "earlier" not in one.to_json()  # the form older hosts read
+    many = one
+    for i in range(1, 12):
+        many = many.after(100.0 + 100 * i, 150.0 + 100 * i)
+    assert len(many.spans()) == SILENCES_KEPT and many.spans()[-1] == (1200.0, 1250.0) and Silence.parse(many.to_json()) == many
+    # The gap: halfway from CHECK_INTERVAL to FLEET_HOST_TTL; a new silence keeps the one recorded before.
+    from dataclasses import replace
+
+    a = replace(host("a", up=1), at=100.0, expires=110.0)
+    assert silence_before([a], 104.0, 4.0) is None and silence_before([a], 104.5, 4.0, one) == Silence(100.0, 104.5)
+    assert silence_before([a], 180.0, 4.0, Silence(50.0, 90.0)) == Silence(100.0, 180.0, ((50.0, 90.0),))
