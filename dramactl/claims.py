@@ -88,7 +88,8 @@ end
 # KEYS: the claims HASH. ARGV: me, mode ("tick": grow only into the room under the target and
 # the cap; "manual": a size by hand, under the cap only, refused or capped; "hold": a paused
 # host's own size, under the cap only, never cut), share (what it asks for), up, occupying,
-# target, cap (-1: none), failing (1/0), serving, ttl, the silences (JSON [[start, end], ...]), '', partial
+# target, cap (-1: none), failing (1/0), serving, ttl, the silences (JSON [[start, end], ...]), the
+# deadline ('' for none: no growth is granted when the script runs after it), partial
 # (manual: 1 claims what there is, 0 writes nothing when the room is short), most, skew,
 # longest, key lifetime, the reports HASHes' prefix, stale ms, field limit, FLEET_NAME,
 # FLEET_MAX_PROCESSES (-1: not set). A host whose claim expired while its worker processes of this
@@ -105,6 +106,7 @@ local target, cap = tonumber(ARGV[6]), tonumber(ARGV[7])
 local failing, serving, ttl = ARGV[8] == '1', tonumber(ARGV[9]), tonumber(ARGV[10])
 local spans = cjson.decode(ARGV[11])
 local last = #spans > 0 and spans[#spans][2] or -math.huge
+local deadline = tonumber(ARGV[12])
 local most, skew, longest = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
 local prefix, stale, limit, fleet = ARGV[18], tonumber(ARGV[19]), tonumber(ARGV[20]), ARGV[21]
 local fleet_max = tonumber(ARGV[22])
@@ -149,6 +151,9 @@ local function under_cap(held)
   if fleet_max >= 0 then room = math.min(room, fleet_max - all - unclaimed - held) end
   return room
 end
+-- A script run long after the view it was sent with was read (a hung Redis resumed it) would grow
+-- beside claims that view stretched and it does not: no growth then, shrinking and the claim as asked.
+if deadline and now > deadline and share > up then share = up end
 local grant, claim = share, 0
 if mode == 'tick' then
   if share > up then
@@ -261,12 +266,15 @@ def claim(
     silence: Silence | None = None,
     partial: bool = True,
     fleet_max: int | None = None,
+    deadline: float | None = None,
 ) -> Claimed:
     """What this host may run, the claim written (None when nothing was) and the processes
-    counted for hosts whose claim expired, in one atomic call."""
+    counted for hosts whose claim expired, in one atomic call. ``deadline`` (Redis' clock): when
+    the script runs after it, no growth is granted (the ``silence`` it was given is from a read
+    made before a hung Redis resumed it: the claims it did not stretch may look expired)."""
     args = [
         me, mode, share, up, occupying, target, -1 if cap is None else cap, int(failing), serving, settings.host_ttl,
-        _spans(silence), "", int(partial), MOST, SKEW, LONGEST, KEY_LIFETIME, *_reports_args(settings),
+        _spans(silence), "" if deadline is None else repr(deadline), int(partial), MOST, SKEW, LONGEST, KEY_LIFETIME, *_reports_args(settings),
         fleet_max or -1,
     ]
     key = claims_key(settings)

@@ -226,11 +226,12 @@ def coordinate(
             got = claims.claim(
                 client, settings, name, "tick", share=view.share if lost_at is None else min(view.share, up), up=up, occupying=occupying,
                 target=view.fleet.target, cap=cap, failing=failing, serving=me.serving, silence=snap.silence, fleet_max=used.fleet_max_processes,
+                deadline=now + silence_gap(settings),
             )
             view = granted(view, me, got.grant, got.unclaimed, lost_note(lost_at, now, settings.host_ttl))
         else:
             got = claims.claim(client, settings, name, "hold", share=pinned if lost_at is None else min(pinned, up), up=up, occupying=occupying,
-                               cap=cap, silence=snap.silence, fleet_max=used.fleet_max_processes)
+                               cap=cap, silence=snap.silence, fleet_max=used.fleet_max_processes, deadline=now + silence_gap(settings))
             view = held(view, me, pinned, got.grant, got.unclaimed, lost_note(lost_at, now, settings.host_ttl))
         me = replace(me, claim=got.written if got.written is not None else me.claim, share=view.share)
         view = replace(view, claim=got.written, claimed_at=now if got.written is not None else claimed_at, lost_at=lost_at)
@@ -350,7 +351,7 @@ def reserve(
     cap = fleet_cap(used, [*live, me]) if used.fleet_max_processes else None
     allowed, claimed, _ = claims.claim(
         client, settings, name, "manual", share=target, up=up, occupying=occupying, cap=cap, silence=snap.silence, partial=partial,
-        fleet_max=used.fleet_max_processes,
+        fleet_max=used.fleet_max_processes, deadline=now + silence_gap(settings),
     )
     if claimed is None:
         return allowed

@@ -885,3 +885,38 @@ def test_two_outages_in_a_row_stretch_the_hosts_that_wrote_before_both(redis: re
     assert len(silence.spans()) == 2, silence
     # b and c, silent since before both, expire a TTL after the second silence like hosts that died.
     assert not any(h.live(silence.end + 3.0 + 0.1, silence) for h in share.read(redis, settings)[1] if h.name != "a")
+
+
+def test_a_claim_a_hung_redis_runs_long_after_the_ticks_read_grants_no_growth(redis: redis_lib.Redis, redis_server: RedisServer, monkeypatch) -> None:
+    """Redis hangs (SIGSTOP) between a new host's read of the fleet and its claim script, for longer
+    than FLEET_HOST_TTL (here shorter than the client's wait, so the tick gets the answer): the
+    script runs on resume with the read's view, in which b's and c's claims were live and nothing
+    was stretched; by then they look expired. It grants no growth (a was granted its 2 beside b's
+    and c's 3: 8 of 6), and a's next tick, which records the silence, leaves the fleet at its cap."""
+    import os
+    import signal
+
+    settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6", FLEET_HOST_TTL="3", CHECK_INTERVAL="2")
+    backlog = FleetBacklog(ready=500, in_flight=0)
+    running = {"b": 0, "c": 0}
+    _ticks(redis, settings, running, 3, backlog)
+    assert running == {"b": 3, "c": 3}
+    time.sleep(1.1)  # past half a CHECK_INTERVAL: a's tick decides anew
+    claim = claims.claim
+    timer = threading.Timer(4.0, os.kill, (redis_server.proc.pid, signal.SIGCONT))
+
+    def hung(*args, **kwargs):
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        timer.start()
+        return claim(*args, **kwargs)
+
+    monkeypatch.setattr(claims, "claim", hung)
+    try:
+        view = share.coordinate(redis, settings, backlog, up=0, starting=0, occupying=0, name="a")
+    finally:
+        timer.join()
+    monkeypatch.setattr(claims, "claim", claim)
+    assert view.decision.target == 0 and claims.unpack(redis.hget(share.claims_key(settings), "a"))[0] == 0, view.decision.reason
+    running["a"] = 0
+    view = _tick_settled(redis, settings, running, "a", backlog)
+    assert view.fleet.hosts == ("a", "b", "c") and sum(running.values()) <= 6, (running, view.decision.reason)
