@@ -77,9 +77,9 @@ local function running(host)
   end
   table.sort(ats)
   local best, first = 0, 1
-  for last = 1, #ats do
-    while ats[last] - ats[first] > stale do first = first + 1 end
-    if last - first + 1 > best then best = last - first + 1 end
+  for i = 1, #ats do
+    while ats[i] - ats[first] > stale do first = first + 1 end
+    if i - first + 1 > best then best = i - first + 1 end
   end
   return best
 end
@@ -98,7 +98,7 @@ end
 # cap guards. (They are not counted under the target, nor against the default cap, the live hosts'
 # MAX_PROCESSES added up: both leave that host's own capacity out, and its processes run on it.)
 # Returns {grant, claim written (-1: nothing written), processes counted for hosts whose claim
-# expired, ids of damaged claims...}.
+# expired, 1 when it ran past the deadline (else 0), ids of damaged claims...}.
 CLAIM = """
 local me, mode = ARGV[1], ARGV[2]
 local share, up, occupying = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -130,7 +130,7 @@ if old then
   local c, k, live = read(old)
   if c and live then all, counted = all - c, counted - k elseif c then expired = expired - 1 end
 end
-local out, unclaimed = {0, 0, 0}, 0
+local out, unclaimed = {0, 0, 0, 0}, 0
 if damaged > 0 or expired > 0 then  -- rare: name the damaged (the caller logs each once), count what expired hosts run
   local flat = redis.call('HGETALL', KEYS[1])
   for i = 1, #flat, 2 do
@@ -153,7 +153,8 @@ local function under_cap(held)
 end
 -- A script run long after the view it was sent with was read (a hung Redis resumed it) would grow
 -- beside claims that view stretched and it does not: no growth then, shrinking and the claim as asked.
-if deadline and now > deadline and share > up then share = up end
+local asked = share
+if deadline and now > deadline and share > up then share, out[4] = up, 1 end
 local grant, claim = share, 0
 if mode == 'tick' then
   if share > up then
@@ -163,7 +164,7 @@ if mode == 'tick' then
 elseif mode == 'manual' then
   -- instances coming back (occupying - up) take their room too: they will be up beside the grant
   grant = math.min(share, math.max(under_cap(occupying - up), math.min(up, share)))
-  if grant < share and ARGV[13] ~= '1' then
+  if grant < asked and ARGV[13] ~= '1' then
     out[1], out[2], out[3] = grant, -1, unclaimed
     return out
   end
@@ -280,20 +281,22 @@ def claim(
     key = claims_key(settings)
     with kept_types(client, settings):
         reply = _script(client, CLAIM)(keys=[key], args=args)
-    for bad in reply[3:]:
+    for bad in reply[4:]:
         damaged(key, bad.decode("utf-8", "replace") if isinstance(bad, bytes) else str(bad), "not a claim (24 bytes: claim, counted, at, expires) within range: left out of the room")
     grant, written = int(reply[0]), int(reply[1])
-    return Claimed(grant, written if written >= 0 else None, int(reply[2]))
+    return Claimed(grant, written if written >= 0 else None, int(reply[2]), bool(int(reply[3])))
 
 
 class Claimed(NamedTuple):
     """The claim script's answer: ``grant`` (what this host may run), ``written`` (its claim,
     None when nothing was written), ``unclaimed`` (worker processes of hosts whose claim
-    expired, by their own reports, counted in the room)."""
+    expired, by their own reports, counted in the room), ``late`` (it ran past its deadline:
+    no growth was granted)."""
 
     grant: int
     written: int | None
     unclaimed: int = 0
+    late: bool = False
 
 
 def _spans(silence: Silence | None) -> str:

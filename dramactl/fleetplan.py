@@ -51,12 +51,21 @@ def fleet_cap(settings: Settings, hosts: Sequence[HostEntry]) -> int:
 
 
 
+TICK_SLACK = 2.0  # seconds a live host's heartbeats may lie further apart than CHECK_INTERVAL (the timer's 1 s accuracy, start-up)
+
+
 def silence_gap(settings: Settings) -> float:
-    """How long no host of a fleet may have written a heartbeat before that is a silence (pure):
-    halfway between CHECK_INTERVAL, the most a live host goes without one (a tick that acts longer
-    renews it every third of FLEET_HOST_TTL), and FLEET_HOST_TTL. An outage a little shorter than
-    the TTL still expires the heartbeats written up to an interval before the newest one."""
-    return (settings.check_interval + settings.host_ttl) / 2
+    """How long no host of a fleet may have written a heartbeat before that is a silence (pure).
+
+    A live host writes one every CHECK_INTERVAL, give or take TICK_SLACK (a tick that acts longer
+    renews it every third of FLEET_HOST_TTL); an outage longer than FLEET_HOST_TTL - CHECK_INTERVAL
+    can expire the heartbeat of a host that wrote an interval before the newest one. So: halfway
+    from the interval to the TTL, at most TTL - CHECK_INTERVAL, at least CHECK_INTERVAL + TICK_SLACK
+    (a shorter gap would call a late tick a silence and keep dead hosts live), at most the TTL.
+    With the default TTL (3 x CHECK_INTERVAL + 30) that is 2 x CHECK_INTERVAL + 15; a TTL below
+    2 x CHECK_INTERVAL + TICK_SLACK leaves outages between the two unseen (docs/fleet.md)."""
+    interval, ttl = settings.check_interval, settings.host_ttl
+    return min(ttl, max(interval + TICK_SLACK, min((interval + ttl) / 2, ttl - interval)))
 
 
 def silence_before(hosts: Sequence[HostEntry], now: float, gap: float, kept: Silence | None = None) -> Silence | None:

@@ -374,7 +374,7 @@ class FleetDecision:
             return None
 
 
-SILENCES_KEPT = 8  # the silences a fleet keeps: a host that has not written since the oldest is long expired
+SILENCES_KEPT = 8  # the silences a fleet keeps (a few outages in a row; each stretches what was written before it)
 
 
 @dataclass(frozen=True)
@@ -423,7 +423,10 @@ class Silence:
         for span in earlier:
             if not (isinstance(span, list) and len(span) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in span)):
                 raise DamagedState(f"earlier holds {str(span)[:40]}, not a [start, end] span")
-            spans.append((float(span[0]), float(span[1])))
+            try:
+                spans.append((float(span[0]), float(span[1])))
+            except OverflowError:  # a JSON integer past a float's range
+                raise DamagedState("earlier holds a number past a float's range") from None
         bounds = [x for span in spans for x in span] + [start]
         if not all(math.isfinite(x) for x in bounds) or any(b < a for a, b in zip(bounds, bounds[1:])):
             raise DamagedState("earlier's spans are not in order, apart, before this one")

@@ -83,8 +83,9 @@ class Seat:
         """Renew the heartbeat with the current claim; ``running``: the claim drops (or rises) to that first.
         A rise asks the fleet for the room (the claim script); a renewal or a drop rewrites the host's
         own heartbeat and claim with a fresh expiry and nothing else (:func:`dramactl.share.settle`:
-        what is up and, on a failing host, what counts under the target stay as the tick wrote them),
-        and writes nothing once the heartbeat is gone (Redis restarted empty: the next tick holds)."""
+        what is up and, on a failing host, what counts under the target stay as the tick wrote them).
+        Once the heartbeat is gone (Redis restarted empty) only the claim of what runs is written:
+        the next tick must find the heartbeat gone to hold its growth."""
         with self._lock:
             rises = running is not None and (self.claim is None or running > self.claim)
             if running is not None:

@@ -228,11 +228,11 @@ def coordinate(
                 target=view.fleet.target, cap=cap, failing=failing, serving=me.serving, silence=snap.silence, fleet_max=used.fleet_max_processes,
                 deadline=now + silence_gap(settings),
             )
-            view = granted(view, me, got.grant, got.unclaimed, lost_note(lost_at, now, settings.host_ttl))
+            view = granted(view, me, got.grant, got.unclaimed, lost_note(lost_at, now, settings.host_ttl) or late_note(got.late))
         else:
             got = claims.claim(client, settings, name, "hold", share=pinned if lost_at is None else min(pinned, up), up=up, occupying=occupying,
                                cap=cap, silence=snap.silence, fleet_max=used.fleet_max_processes, deadline=now + silence_gap(settings))
-            view = held(view, me, pinned, got.grant, got.unclaimed, lost_note(lost_at, now, settings.host_ttl))
+            view = held(view, me, pinned, got.grant, got.unclaimed, lost_note(lost_at, now, settings.host_ttl) or late_note(got.late))
         me = replace(me, claim=got.written if got.written is not None else me.claim, share=view.share)
         view = replace(view, claim=got.written, claimed_at=now if got.written is not None else claimed_at, lost_at=lost_at)
     else:
@@ -269,7 +269,8 @@ def settle(
     ``up`` None: as the heartbeat says (a renewal while the host acts, dramactl.seat: the
     claim is kept or lowered, the rest, its counted instances when failing, as it was).
     A heartbeat that is gone is not written again: the fleet's records were lost (Redis
-    restarted empty), and the host's next tick holds its growth (``records_lost``).
+    restarted empty), and the host's next tick holds its growth (``records_lost``); its claim
+    is, so the other hosts count what runs here meanwhile.
     Only this host writes its heartbeat and its claim: no transaction is needed."""
     name = name or host_id()
     key = fleet_key(settings)
@@ -277,10 +278,11 @@ def settle(
     pipe.time()
     pipe.hget(key, f"host:{name}")
     (seconds, micros), raw = pipe.execute()
-    entry = HostEntry.from_json(name, raw or b"")
-    if entry is None:
-        return
     now = seconds + micros / 1e6
+    entry = HostEntry.from_json(name, raw or b"")
+    if entry is None:  # the fleet's records were lost: what runs here stays counted, the heartbeat stays gone
+        client.hset(claims_key(settings), name, claims.pack(claim, claim, now, now + settings.host_ttl))
+        return
     ended = None
     if now - entry.at > silence_gap(settings):  # rare (its tick waited through an outage): the newest heartbeat may be as old
         fleet = client.hgetall(key)
@@ -293,6 +295,11 @@ def settle(
     pipe.hset(key, mapping=_heartbeat(name, entry, ended))
     pipe.hset(claims_key(settings), name, claims.value(entry))
     pipe.execute()
+
+
+def late_note(late: bool) -> str:
+    """Why a tick whose claim Redis ran past its deadline does not grow (its journal line)."""
+    return " (Redis ran this host's claim long after the tick read the fleet: it hung meanwhile; no growth until the next tick)" if late else ""
 
 
 def _heartbeat(name: str, entry: HostEntry, ended: Silence | None) -> dict[str, str]:
@@ -308,7 +315,11 @@ def _heartbeat(name: str, entry: HostEntry, ended: Silence | None) -> dict[str, 
 
 
 class RecordsLost(SettingsError):
-    """Growth asked for while the fleet's records in Redis are lost (:func:`dramactl.fleetplan.records_lost`)."""
+    """Room asked for while the fleet's records in Redis are lost (:func:`dramactl.fleetplan.records_lost`)."""
+
+
+class ClaimedLate(SettingsError):
+    """Room asked for by a claim script that Redis ran past its deadline (it hung meanwhile)."""
 
 
 @typed
@@ -325,9 +336,10 @@ def reserve(
 
     ``claimed_at``, ``lost_at``: from this host's state, as for :func:`coordinate`. While the
     fleet's records are lost (Redis restarted empty: this host's heartbeat is gone though it
-    claimed a moment ago, and every other host's claim with it) it raises :class:`RecordsLost`
-    and writes nothing: a claim now would find no other host's, and a heartbeat written now
-    would hide the loss from this host's next tick, which holds its growth for FLEET_HOST_TTL."""
+    claimed a moment ago, and every other host's claim with it) only what it runs is claimed
+    (the others count it), no heartbeat is written (it would hide the loss from this host's next
+    tick, which holds its growth for FLEET_HOST_TTL), and growth raises :class:`RecordsLost`.
+    A claim Redis ran past its deadline (it hung) grants no growth: :class:`ClaimedLate`."""
     name = name or host_id()
     key = fleet_key(settings)
     snap = snapshot(client, settings)
@@ -337,6 +349,9 @@ def reserve(
     old = next((h for h in snap.hosts if h.name == name), None)
     lost = records_lost(old, claimed_at, lost_at, now, settings.host_ttl)
     if lost is not None:
+        client.hset(claims_key(settings), name, claims.pack(occupying, occupying, now, now + settings.host_ttl))
+        if target <= up:
+            return target
         raise RecordsLost(
             "FLEET_NAME",
             f"fleet {settings.fleet_name}'s records in Redis were lost (this host's heartbeat is gone though it wrote one, as after a Redis restart"
@@ -349,17 +364,21 @@ def reserve(
                    now, now + settings.host_ttl, paused, old.startup if old else None, host_name(),
                    old.failing if old else False, old.working if old else up, digest(fleet_values(settings)))
     cap = fleet_cap(used, [*live, me]) if used.fleet_max_processes else None
-    allowed, claimed, _ = claims.claim(
+    got = claims.claim(
         client, settings, name, "manual", share=target, up=up, occupying=occupying, cap=cap, silence=snap.silence, partial=partial,
         fleet_max=used.fleet_max_processes, deadline=now + silence_gap(settings),
     )
-    if claimed is None:
-        return allowed
+    if got.late and got.grant < target:
+        raise ClaimedLate(
+            "REDIS_URL", "Redis ran this host's claim long after it read the fleet (it hung meanwhile): no room claimed", "try again",
+        )
+    if got.written is None:
+        return got.grant
     pipe = client.pipeline(transaction=False)
-    pipe.hset(key, mapping=_heartbeat(name, replace(me, claim=claimed), snap.ended))
+    pipe.hset(key, mapping=_heartbeat(name, replace(me, claim=got.written), snap.ended))
     pipe.expire(key, KEY_LIFETIME)
     pipe.execute()
-    return allowed
+    return got.grant
 
 
 def view(settings: Settings, client: redis.Redis) -> dict:

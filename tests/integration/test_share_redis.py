@@ -725,7 +725,9 @@ def test_a_renewal_while_the_host_acts_keeps_what_its_tick_wrote_and_never_recre
     assert (entry.up, entry.failing, entry.working) == (3, True, 1)
     redis.flushall()  # Redis restarts empty while the host acts
     seat.beat()
-    assert redis.hget(share.fleet_key(settings), "host:a") is None and redis.hget(share.claims_key(settings), "a") is None
+    # The heartbeat is not recreated (the next tick must see the loss); what runs stays claimed (the others count it).
+    assert redis.hget(share.fleet_key(settings), "host:a") is None
+    assert claims.unpack(redis.hget(share.claims_key(settings), "a"))[:2] == (3, 3)
     view = share.coordinate(redis, settings, FleetBacklog(ready=500), up=3, starting=0, occupying=3, name="a", claimed_at=view.claimed_at)
     assert view.decision.target == 3 and view.lost_at is not None, "the next tick holds its growth"
 
@@ -806,7 +808,8 @@ def test_after_redis_restarts_empty_a_roll_or_a_size_by_hand_claims_no_room_and_
     after it is not a tick but a rolling restart's claim (or a scale-to): it found no claim of b's and
     was granted a replacement beside b's 3, and the heartbeat it wrote hid the loss from a's next
     tick, which took the whole cap (9 of 6). Now neither claims room while the records are lost (the
-    roll drains first, scale-to says why in one line), and a's next tick holds its growth."""
+    roll drains first, scale-to says why in one line), what a runs stays claimed, and a's next tick
+    holds its growth."""
     from dramactl.seat import Seat
 
     settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6")
@@ -835,7 +838,11 @@ def test_after_redis_restarts_empty_a_roll_or_a_size_by_hand_claims_no_room_and_
     assert allowed == 3 and "records in Redis were lost" in why, (allowed, why)
     with pytest.raises(share.RecordsLost, match=r"^FLEET_NAME: fleet t's records in Redis were lost .*; try again in \d+s$"):
         share.reserve(redis, settings, target=6, up=3, occupying=3, paused=False, name="a", claimed_at=marks["a"][0], lost_at=marks["a"][1])
-    assert redis.hget(share.fleet_key(settings), "host:a") is None and redis.hget(share.claims_key(settings), "a") is None
+    # What a runs stays claimed (the others count it), its heartbeat stays gone (its next tick sees the loss).
+    assert redis.hget(share.fleet_key(settings), "host:a") is None and claims.unpack(redis.hget(share.claims_key(settings), "a"))[0] == 3
+    redis.delete(share.claims_key(settings))
+    seat.beat()  # a renewal during the roll keeps the claim of what runs
+    assert redis.hget(share.fleet_key(settings), "host:a") is None and claims.unpack(redis.hget(share.claims_key(settings), "a"))[0] == 3
     view = tick("a")
     assert running["a"] == 3 and "the fleet's records in Redis were lost" in view.decision.reason, view.decision.reason
 
@@ -920,3 +927,22 @@ def test_a_claim_a_hung_redis_runs_long_after_the_ticks_read_grants_no_growth(re
     running["a"] = 0
     view = _tick_settled(redis, settings, running, "a", backlog)
     assert view.fleet.hosts == ("a", "b", "c") and sum(running.values()) <= 6, (running, view.decision.reason)
+
+
+def test_a_size_by_hand_whose_claim_redis_runs_late_writes_nothing_and_says_why(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """The claim script past its deadline (a hung Redis resumed it): a scale-to (nothing claimed
+    unless all of it fits) writes nothing; a tick or a scale-up claims what runs, with no growth;
+    the answer says it was late."""
+    settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6")
+    seconds, _ = redis.time()
+    late = seconds - 1.0
+    got = claims.claim(redis, settings, "a", "manual", share=4, up=2, occupying=2, cap=6, partial=False, deadline=late, fleet_max=6)
+    assert got == claims.Claimed(2, None, 0, True) and redis.hget(share.claims_key(settings), "a") is None
+    got = claims.claim(redis, settings, "a", "manual", share=4, up=2, occupying=2, cap=6, partial=True, deadline=late, fleet_max=6)
+    assert got == claims.Claimed(2, 2, 0, True)
+    got = claims.claim(redis, settings, "a", "tick", share=4, up=2, occupying=2, target=6, cap=6, deadline=late, fleet_max=6)
+    assert got == claims.Claimed(2, 2, 0, True)
+    got = claims.claim(redis, settings, "a", "tick", share=1, up=2, occupying=2, target=6, cap=6, deadline=late, fleet_max=6)
+    assert got.grant == 1 and not got.late, "shrinking is never held back"
+    got = claims.claim(redis, settings, "a", "tick", share=4, up=2, occupying=2, target=6, cap=6, deadline=seconds + 60.0, fleet_max=6)
+    assert got == claims.Claimed(4, 4, 0, False)

@@ -259,6 +259,7 @@ def test_a_damaged_decision_is_ignored_named_and_decided_anew(changes: dict, nam
         b'{"start": 50, "end": 60, "earlier": [[10, 55]]}',  # overlaps the last one
         b'{"start": 50, "end": 60, "earlier": [[20, 30], [10, 15]]}',  # out of order
         b'{"start": 50, "end": 60, "earlier": [[30, 20]]}',
+        b'{"start": 50, "end": 60, "earlier": [[1, 1' + b"0" * 400 + b']]}',  # past a float's range
         b'{"start": 90, "end": 95, "earlier": [' + b", ".join(b"[%d, %d]" % (i * 10, i * 10 + 5) for i in range(8)) + b"]}",  # too many
     ],
 )
@@ -608,3 +609,18 @@ def test_silences_in_a_row_each_stretch_what_was_written_before_them_and_a_few_a
     a = replace(host("a", up=1), at=100.0, expires=110.0)
     assert silence_before([a], 104.0, 4.0) is None and silence_before([a], 104.5, 4.0, one) == Silence(100.0, 104.5)
     assert silence_before([a], 180.0, 4.0, Silence(50.0, 90.0)) == Silence(100.0, 180.0, ((50.0, 90.0),))
+
+
+def test_the_silence_gap_lies_between_a_late_tick_and_an_expiring_heartbeat() -> None:
+    """Halfway from CHECK_INTERVAL to FLEET_HOST_TTL, at most TTL - CHECK_INTERVAL (an outage that
+    long can expire a live host's heartbeat), at least CHECK_INTERVAL + TICK_SLACK (a late tick is
+    not a silence), at most the TTL."""
+    from dramactl.fleetplan import silence_gap
+
+    def gap(interval: int, ttl: int | None = None) -> float:
+        return silence_gap(parse({**SETTINGS, "CHECK_INTERVAL": str(interval), **({"FLEET_HOST_TTL": str(ttl)} if ttl else {})}))
+
+    assert gap(180) == 375.0  # the default TTL, 570: 2 x 180 + 15
+    assert gap(60, 150) == 90.0  # TTL - CHECK_INTERVAL
+    assert gap(3, 10) == 6.5
+    assert gap(2, 3) == 3.0 and gap(1, 2) == 2.0  # too little margin: the TTL, as before
