@@ -200,7 +200,9 @@ return {1}
 # read) pairs.
 # Forgets a host (its heartbeat and its claim) only if its heartbeat is still the one read, its
 # claim is not live and its worker processes do not report: a host that came back, or whose
-# workers run on without ticks, is kept. Returns the ids forgotten.
+# workers run on without ticks, is kept. Returns the ids forgotten. (A claim without a heartbeat is
+# written only while the fleet's records are lost, by a host that claimed less than FORGET_AFTER
+# ago: its next tick writes the heartbeat again; share.settle, share.reserve.)
 FORGET = """
 local spans = cjson.decode(ARGV[1])
 local last = #spans > 0 and spans[#spans][2] or -math.huge

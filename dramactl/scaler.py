@@ -321,7 +321,7 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
                 recycled = _recycle(  # in a fleet, the replacement's place is claimed first
                     fleet, settings, instances, outcome, seat, paused_without_size=state.paused and state.size is None)
         if coordinated is not None:
-            _settle(client, settings, instances, decision, outcome, record.startup, waiting=len(changes.waiting))
+            _settle(client, settings, instances, decision, outcome, record.startup, waiting=len(changes.waiting), claimed_at=coordinated.claimed_at)
         outcome.duration = round(time.monotonic() - started, 3)
         record = replace(record, duration=outcome.duration)
         new = replace(state.with_tick(record), recovery=decision.recovery, recycles=state.recycles + recycled)
@@ -441,12 +441,14 @@ def fleet_marks(settings: Settings, state: ScalerState) -> tuple[float | None, f
 
 
 def _settle(
-    client: redis.Redis, settings: Settings, instances: Sequence[WorkerUnit], decision: ScalingDecision, outcome: Outcome, startup: float | None, waiting: int = 0
+    client: redis.Redis, settings: Settings, instances: Sequence[WorkerUnit], decision: ScalingDecision, outcome: Outcome, startup: float | None,
+    waiting: int = 0, claimed_at: float | None = None,
 ) -> None:
     """After acting, the claim drops to what this host now runs (its stops are with
     systemd; ``waiting``: instances a scale-down waits for still run), so the other hosts
     can grow into the room at their next tick. Best effort: when Redis went away
-    meanwhile, the claim expires with the heartbeat."""
+    meanwhile, the claim expires with the heartbeat. ``claimed_at``: when this tick claimed
+    (share.settle: what runs stays claimed if the fleet's records were lost meanwhile)."""
     import redis
 
     from . import share
@@ -459,7 +461,7 @@ def _settle(
         # A start that failed just now: this host reports failing at once, so the others take
         # its share at their next tick rather than one tick later.
         share.settle(
-            client, settings, claim=up + coming, up=up, startup=startup, failing=failed_starts > 0, working=working
+            client, settings, claim=up + coming, up=up, startup=startup, failing=failed_starts > 0, working=working, claimed_at=claimed_at,
         )
     except (OSError, redis.RedisError, SettingsError) as exc:
         log.warning("fleet %s: could not update this host's claim after acting (%s); it expires with the heartbeat", settings.fleet_name, exc)

@@ -96,7 +96,7 @@ class Seat:
                 if rises:
                     self._reserve(self.claim, self.claim)
                 else:
-                    share.settle(self.client, self.settings, claim=self.claim, up=None, name=self.name)
+                    share.settle(self.client, self.settings, claim=self.claim, up=None, name=self.name, claimed_at=self.marks[0])
             except ERRORS as exc:
                 log.warning("fleet %s: could not renew this host's heartbeat (%s)", self.settings.fleet_name, exc)
                 self.report(f"fleet {self.settings.fleet_name}: could not renew this host's heartbeat ({exc}); trying again")

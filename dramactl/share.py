@@ -259,7 +259,7 @@ def coordinate(
 @typed
 def settle(
     client: redis.Redis, settings: Settings, *, claim: int, up: int | None, startup: float | None = None, name: str | None = None, failing: bool | None = None,
-    working: int | None = None,
+    working: int | None = None, claimed_at: float | None = None,
 ) -> None:
     """After acting: the host's claim drops to what it now runs (stops handed to systemd),
     so the others may grow into the room at their next tick; a start-up timing is kept.
@@ -269,8 +269,9 @@ def settle(
     ``up`` None: as the heartbeat says (a renewal while the host acts, dramactl.seat: the
     claim is kept or lowered, the rest, its counted instances when failing, as it was).
     A heartbeat that is gone is not written again: the fleet's records were lost (Redis
-    restarted empty), and the host's next tick holds its growth (``records_lost``); its claim
-    is, so the other hosts count what runs here meanwhile.
+    restarted empty), and the host's next tick holds its growth (``records_lost``). Its claim
+    is, when this host claimed less than FORGET_AFTER ago (``claimed_at``, Redis' clock: the
+    records were lost, not this host forgotten), so the other hosts count what runs here.
     Only this host writes its heartbeat and its claim: no transaction is needed."""
     name = name or host_id()
     key = fleet_key(settings)
@@ -280,8 +281,9 @@ def settle(
     (seconds, micros), raw = pipe.execute()
     now = seconds + micros / 1e6
     entry = HostEntry.from_json(name, raw or b"")
-    if entry is None:  # the fleet's records were lost: what runs here stays counted, the heartbeat stays gone
-        client.hset(claims_key(settings), name, claims.pack(claim, claim, now, now + settings.host_ttl))
+    if entry is None:
+        if records_lost(None, claimed_at, None, now, settings.host_ttl) is not None:  # what runs here stays counted, the heartbeat gone
+            _claim_only(client, settings, name, claim, min(claim, working) if failing and working is not None else claim, now)
         return
     ended = None
     if now - entry.at > silence_gap(settings):  # rare (its tick waited through an outage): the newest heartbeat may be as old
@@ -294,6 +296,14 @@ def settle(
     pipe = client.pipeline(transaction=False)
     pipe.hset(key, mapping=_heartbeat(name, entry, ended))
     pipe.hset(claims_key(settings), name, claims.value(entry))
+    pipe.execute()
+
+
+def _claim_only(client: redis.Redis, settings: Settings, name: str, claim: int, counted: int, now: float) -> None:
+    """This host's claim without its heartbeat, while the fleet's records are lost (Redis' clock ``now``)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(claims_key(settings), name, claims.pack(claim, counted, now, now + settings.host_ttl))
+    pipe.expire(claims_key(settings), KEY_LIFETIME)
     pipe.execute()
 
 
@@ -349,7 +359,7 @@ def reserve(
     old = next((h for h in snap.hosts if h.name == name), None)
     lost = records_lost(old, claimed_at, lost_at, now, settings.host_ttl)
     if lost is not None:
-        client.hset(claims_key(settings), name, claims.pack(occupying, occupying, now, now + settings.host_ttl))
+        _claim_only(client, settings, name, occupying, occupying, now)
         if target <= up:
             return target
         raise RecordsLost(

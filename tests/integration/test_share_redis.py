@@ -666,24 +666,16 @@ def test_forgetting_a_host_keeps_it_when_it_came_back_meanwhile(redis: redis_lib
     assert redis.hget(share.fleet_key(settings), "host:x") is not None and redis.hget(share.claims_key(settings), "x") is not None
 
 
-def test_after_redis_restarts_empty_no_host_grows_before_the_others_have_claimed_again(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
-    """Redis restarts without persistence (here FLUSHALL): every heartbeat and claim is gone while a
-    and b run 3 each under a cap of 6. a's first tick after it saw no other host and took the whole
-    cap (9 in all). a finds its own heartbeat gone though it wrote one a moment ago: it holds its
-    growth for FLEET_HOST_TTL, says why, and the fleet then grows to its cap and no further."""
+def _two_hosts_at_3_then_redis_empty(redis: redis_lib.Redis, redis_server: RedisServer):
+    """a and b run 3 each under a cap of 6 (ticks with their state's marks), then Redis restarts
+    without persistence (FLUSHALL): (settings, running, marks, tick)."""
     settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6")
     backlog = FleetBacklog(ready=500)
     running = {"a": 0, "b": 0}
     marks: dict[str, tuple[float | None, float | None]] = {"a": (None, None), "b": (None, None)}
 
     def tick(name: str) -> share.Coordinated:
-        claimed, lost = marks[name]  # what the host's state file keeps between ticks
-        view = share.coordinate(redis, settings, backlog, up=running[name], starting=0, occupying=running[name], name=name,
-                                claimed_at=claimed, lost_at=lost)
-        running[name] = view.decision.target
-        share.settle(redis, settings, claim=running[name], up=running[name], name=name)
-        marks[name] = (view.claimed_at, view.lost_at)
-        return view
+        return _marked_tick(redis, settings, backlog, running, marks, name)
 
     for _ in range(3):
         for name in running:
@@ -691,6 +683,29 @@ def test_after_redis_restarts_empty_no_host_grows_before_the_others_have_claimed
         time.sleep(0.6)
     assert running == {"a": 3, "b": 3}
     redis.flushall()
+    return settings, running, marks, tick
+
+
+def _marked_tick(
+    redis: redis_lib.Redis, settings, backlog: FleetBacklog, running: dict[str, int], marks: dict[str, tuple[float | None, float | None]], name: str,
+) -> share.Coordinated:
+    """One host's tick and settle, with what its state file keeps between ticks (``marks``: when it
+    last claimed, when it found the fleet's records lost)."""
+    claimed, lost = marks[name]
+    view = share.coordinate(redis, settings, backlog, up=running[name], starting=0, occupying=running[name], name=name,
+                            claimed_at=claimed, lost_at=lost)
+    running[name] = view.decision.target
+    share.settle(redis, settings, claim=running[name], up=running[name], name=name)
+    marks[name] = (view.claimed_at, view.lost_at)
+    return view
+
+
+def test_after_redis_restarts_empty_no_host_grows_before_the_others_have_claimed_again(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """Redis restarts without persistence (here FLUSHALL): every heartbeat and claim is gone while a
+    and b run 3 each under a cap of 6. a's first tick after it saw no other host and took the whole
+    cap (9 in all). a finds its own heartbeat gone though it wrote one a moment ago: it holds its
+    growth for FLEET_HOST_TTL, says why, and the fleet then grows to its cap and no further."""
+    settings, running, marks, tick = _two_hosts_at_3_then_redis_empty(redis, redis_server)
     view = tick("a")
     assert running["a"] == 3 and "the fleet's records in Redis were lost" in view.decision.reason, view.decision.reason
     tick("b")
@@ -715,7 +730,7 @@ def test_a_renewal_while_the_host_acts_keeps_what_its_tick_wrote_and_never_recre
     settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6")
     view = share.coordinate(redis, settings, FleetBacklog(ready=5), up=3, starting=0, occupying=3, failing=True, working=1, name="a")
     assert claims.unpack(redis.hget(share.claims_key(settings), "a"))[:2] == (3, 1)
-    seat = Seat(redis, settings, paused=False, name="a")
+    seat = Seat(redis, settings, paused=False, name="a", marks=(view.claimed_at, view.lost_at))  # as the tick's seat (scaler._seat_kept)
     seat.claim = view.claim
     time.sleep(0.05)
     seat.beat()
@@ -727,7 +742,15 @@ def test_a_renewal_while_the_host_acts_keeps_what_its_tick_wrote_and_never_recre
     seat.beat()
     # The heartbeat is not recreated (the next tick must see the loss); what runs stays claimed (the others count it).
     assert redis.hget(share.fleet_key(settings), "host:a") is None
-    assert claims.unpack(redis.hget(share.claims_key(settings), "a"))[:2] == (3, 3)
+    assert claims.unpack(redis.hget(share.claims_key(settings), "a"))[:2] == (3, 3) and redis.ttl(share.claims_key(settings)) > 0
+    # A host forgotten (its heartbeat and claim removed an hour after they expired) whose settle comes late
+    # (its tick hung): no claim comes back without a heartbeat, which nothing would ever remove.
+    redis.flushall()
+    share.settle(redis, settings, claim=3, up=3, name="a", claimed_at=view.claimed_at - share.FORGET_AFTER - 1)
+    assert redis.hget(share.claims_key(settings), "a") is None
+    share.settle(redis, settings, claim=3, up=3, name="a", failing=True, working=1, claimed_at=view.claimed_at)
+    assert claims.unpack(redis.hget(share.claims_key(settings), "a"))[:2] == (3, 1), "a failing host counts its working ones"
+    redis.flushall()
     view = share.coordinate(redis, settings, FleetBacklog(ready=500), up=3, starting=0, occupying=3, name="a", claimed_at=view.claimed_at)
     assert view.decision.target == 3 and view.lost_at is not None, "the next tick holds its growth"
 
@@ -812,26 +835,7 @@ def test_after_redis_restarts_empty_a_roll_or_a_size_by_hand_claims_no_room_and_
     holds its growth."""
     from dramactl.seat import Seat
 
-    settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6")
-    backlog = FleetBacklog(ready=500)
-    running = {"a": 0, "b": 0}
-    marks: dict[str, tuple[float | None, float | None]] = {"a": (None, None), "b": (None, None)}
-
-    def tick(name: str) -> share.Coordinated:
-        claimed, lost = marks[name]
-        view = share.coordinate(redis, settings, backlog, up=running[name], starting=0, occupying=running[name], name=name,
-                                claimed_at=claimed, lost_at=lost)
-        running[name] = view.decision.target
-        share.settle(redis, settings, claim=running[name], up=running[name], name=name)
-        marks[name] = (view.claimed_at, view.lost_at)
-        return view
-
-    for _ in range(3):
-        for name in running:
-            tick(name)
-        time.sleep(0.6)
-    assert running == {"a": 3, "b": 3}
-    redis.flushall()
+    settings, running, marks, tick = _two_hosts_at_3_then_redis_empty(redis, redis_server)
     seat = Seat(redis, settings, paused=False, name="a", marks=marks["a"])
     seat.beat(3)
     allowed, why = seat.room(3, 1)

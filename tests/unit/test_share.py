@@ -623,4 +623,5 @@ def test_the_silence_gap_lies_between_a_late_tick_and_an_expiring_heartbeat() ->
     assert gap(180) == 375.0  # the default TTL, 570: 2 x 180 + 15
     assert gap(60, 150) == 90.0  # TTL - CHECK_INTERVAL
     assert gap(3, 10) == 6.5
-    assert gap(2, 3) == 3.0 and gap(1, 2) == 2.0  # too little margin: the TTL, as before
+    assert gap(60, 100) == 62.0  # less margin than a late tick needs: CHECK_INTERVAL + TICK_SLACK
+    assert gap(2, 3) == 3.0 and gap(1, 2) == 2.0  # less still: the TTL
