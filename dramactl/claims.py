@@ -40,11 +40,12 @@ HISTORY_RECORDS = 720  # the fleet's history LIST keeps at most this many record
 # damaged (a claim written before a silence ended gets the part of it after the claim was written
 # added, for each silence kept, as dramactl.fleetrecords.Silence.extra: the silence starts at the
 # newest heartbeat, and a tick's claim is written a moment after the clock its heartbeat carries, or
-# without a heartbeat when Redis went between the two, or while a hung Redis resumed); and how many worker processes of this fleet a host runs by their own reports
-# (dramactl.reports: the worker hook rewrites its field every second and keeps the host's HASH alive
-# REPORTS_TTL past the last write), counted for a host whose claim has expired. Both need spans
-# (the silences, {{start, end}, ...}, oldest first), last (the last one's end), most, skew, longest, now, prefix (the reports HASHes' key prefix), stale (ms),
-# limit and fleet (FLEET_NAME) in scope.
+# without a heartbeat when Redis went between the two, or while a hung Redis resumed); and how many
+# worker processes of this fleet a host runs by their own reports (dramactl.reports: the worker hook
+# rewrites its field every second and keeps the host's HASH alive REPORTS_TTL past the last write),
+# counted for a host whose claim has expired. Both need spans (the silences, {{start, end}, ...},
+# oldest first), last (the last one's end), most, skew, longest, now, prefix (the reports HASHes'
+# key prefix), stale (ms), limit and fleet (FLEET_NAME) in scope.
 _COMMON = """
 local function read(v)
   if #v ~= 24 then return nil end
@@ -195,9 +196,9 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 return {1}
 """
 
-# KEYS: the fleet's HASH, the claims HASH. ARGV: the silences (JSON [[start, end], ...]), '', most, skew, longest,
-# the reports HASHes' prefix, stale ms, field limit, FLEET_NAME, then (host id, its heartbeat as
-# read) pairs.
+# KEYS: the fleet's HASH, the claims HASH. ARGV: the silences (JSON [[start, end], ...]), '', most,
+# skew, longest, the reports HASHes' prefix, stale ms, field limit, FLEET_NAME, then (host id, its
+# heartbeat as read) pairs.
 # Forgets a host (its heartbeat and its claim) only if its heartbeat is still the one read, its
 # claim is not live and its worker processes do not report: a host that came back, or whose
 # workers run on without ticks, is kept. Returns the ids forgotten. (A claim without a heartbeat is

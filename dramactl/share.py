@@ -316,8 +316,9 @@ def _heartbeat(name: str, entry: HostEntry, ended: Silence | None) -> dict[str, 
     """The fields one HSET writes for this host's heartbeat: with the silence it ends, when no
     host wrote one for longer than a live host goes without one (:func:`silence_gap`). Whatever
     writes a host's first heartbeat after an outage (a tick, the settle of a tick that waited on a
-    start job through it, a size by hand) records the silence, in the same command, so no host reads the fresh heartbeat without it and
-    takes the heartbeats and claims written before the outage for expired."""
+    start job through it, a size by hand) records the silence, in the same command, so no host
+    reads the fresh heartbeat without it and takes the heartbeats and claims written before the
+    outage for expired."""
     fields = {f"host:{name}": entry.to_json()}
     if ended is not None:
         fields["silence"] = ended.to_json()
