@@ -101,13 +101,15 @@ class Sample:
     @classmethod
     def of(cls, entry) -> "Sample":
         """From a :class:`dramactl.history.Entry`; damaged per-queue figures are left out (:func:`counter`)."""
+        from .history import MAX_COUNT
+
         counters, squares, unread, backlogs = [], [], [], []
         for q in entry.queues if isinstance(entry.queues, list) else ():
             if not isinstance(q, dict):
                 continue
             if q.get("error"):
                 unread.append(str(q.get("name", "")))
-            elif (backlog := counter(q.get("backlog"))) is not None and backlog <= 2**53:
+            elif (backlog := counter(q.get("backlog"))) is not None and backlog <= MAX_COUNT:
                 backlogs.append((str(q.get("name", "")), int(backlog)))
             done, busy = counter(q.get("done_total")), counter(q.get("busy_seconds_total"))
             if done is not None and busy is not None:

@@ -222,16 +222,17 @@ def coordinate(
             view, _ = plan_share(used, me, live, backlog, (), other, now, occupying, reuse=True)
     if write:
         cap = min(view.fleet.cap, fleet_cap(used, [me, *live]))
+        deadline = now + silence_gap(settings)  # past it, the claim script grants no growth (a hung Redis ran it late)
         if pinned is None:
             got = claims.claim(
                 client, settings, name, "tick", share=view.share if lost_at is None else min(view.share, up), up=up, occupying=occupying,
                 target=view.fleet.target, cap=cap, failing=failing, serving=me.serving, silence=snap.silence, fleet_max=used.fleet_max_processes,
-                deadline=now + silence_gap(settings),
+                deadline=deadline,
             )
             view = granted(view, me, got.grant, got.unclaimed, lost_note(lost_at, now, settings.host_ttl) or late_note(got.late))
         else:
             got = claims.claim(client, settings, name, "hold", share=pinned if lost_at is None else min(pinned, up), up=up, occupying=occupying,
-                               cap=cap, silence=snap.silence, fleet_max=used.fleet_max_processes, deadline=now + silence_gap(settings))
+                               cap=cap, silence=snap.silence, fleet_max=used.fleet_max_processes, deadline=deadline)
             view = held(view, me, pinned, got.grant, got.unclaimed, lost_note(lost_at, now, settings.host_ttl) or late_note(got.late))
         me = replace(me, claim=got.written if got.written is not None else me.claim, share=view.share)
         view = replace(view, claim=got.written, claimed_at=now if got.written is not None else claimed_at, lost_at=lost_at)
@@ -287,8 +288,7 @@ def settle(
         return
     ended = None
     if now - entry.at > silence_gap(settings):  # rare (its tick waited through an outage): the newest heartbeat may be as old
-        fleet = client.hgetall(key)
-        ended = silence_before(_hosts(fleet, key, now), now, silence_gap(settings), _silence(fleet, key, now))
+        ended = _snapshot(client.hgetall(key), now, settings).ended
     entry = replace(entry, claim=claim, up=entry.up if up is None else up, startup=startup if startup is not None else entry.startup, at=now,
                     expires=now + settings.host_ttl)
     if failing is not None:
