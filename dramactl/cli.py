@@ -465,7 +465,12 @@ def check() -> None:
     click.echo(f"redis ok at {settings.redis_location}: " + ", ".join(f"{q.name}={q.backlog}" for q in stats))
     click.echo("worker command: " + " ".join(argv))
     if settings.fleet_name:
+        from .fleetplan import short_ttl
+
         click.echo(guarded(lambda: _fleet_check(settings)))
+        warning = short_ttl(settings)
+        if warning:
+            click.echo(f"dramactl: warning: {warning}", err=True)
 
 
 def _fleet_check(settings: Settings) -> str:

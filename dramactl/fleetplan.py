@@ -68,6 +68,21 @@ def silence_gap(settings: Settings) -> float:
     return min(ttl, max(interval + TICK_SLACK, min((interval + ttl) / 2, ttl - interval)))
 
 
+def short_ttl(settings: Settings) -> str | None:
+    """``check``'s warning when FLEET_HOST_TTL leaves outages unseen (pure): below
+    2 x CHECK_INTERVAL + TICK_SLACK an outage longer than TTL - CHECK_INTERVAL can expire a live
+    host's heartbeat, yet is shorter than the :func:`silence_gap` that records it."""
+    interval, ttl, gap = settings.check_interval, settings.host_ttl, silence_gap(settings)
+    if gap <= ttl - interval:
+        return None
+    least = 2 * interval + TICK_SLACK
+    return (
+        f"FLEET_HOST_TTL={ttl}s is below 2 x CHECK_INTERVAL + {TICK_SLACK:g}s ({least:g}s): a Redis outage of {ttl - interval}s"
+        f" to {gap:g}s can expire the heartbeat of a host that still runs its instances without being recorded, and the host"
+        f" back first may then take its share past the fleet's cap; set FLEET_HOST_TTL to at least {least:g}, or unset it"
+    )
+
+
 def silence_before(hosts: Sequence[HostEntry], now: float, gap: float, kept: Silence | None = None) -> Silence | None:
     """The silence this write ends, when no host (this one included) wrote a heartbeat for longer
     than ``gap`` (:func:`silence_gap`); else None. ``kept``: the silences recorded before, kept

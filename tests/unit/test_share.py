@@ -625,3 +625,21 @@ def test_the_silence_gap_lies_between_a_late_tick_and_an_expiring_heartbeat() ->
     assert gap(3, 10) == 6.5
     assert gap(60, 100) == 62.0  # less margin than a late tick needs: CHECK_INTERVAL + TICK_SLACK
     assert gap(2, 3) == 3.0 and gap(1, 2) == 2.0  # less still: the TTL
+
+
+def test_check_warns_of_a_ttl_that_leaves_outages_unseen() -> None:
+    """Below 2 x CHECK_INTERVAL + TICK_SLACK, an outage can expire a live host's heartbeat and
+    still be shorter than the silence gap (docs/fleet.md): `check` says so, naming the least TTL."""
+    from dramactl.fleetplan import short_ttl
+
+    def warning(interval: int, ttl: int | None = None) -> str | None:
+        return short_ttl(parse({**SETTINGS, "CHECK_INTERVAL": str(interval), **({"FLEET_HOST_TTL": str(ttl)} if ttl else {})}))
+
+    assert warning(15) is None and warning(180) is None  # the default TTL
+    assert warning(60, 122) is None and warning(60, 150) is None  # room between a late tick and an expiring heartbeat
+    assert warning(60, 100) == (
+        "FLEET_HOST_TTL=100s is below 2 x CHECK_INTERVAL + 2s (122s): a Redis outage of 40s to 62s can expire the heartbeat"
+        " of a host that still runs its instances without being recorded, and the host back first may then take its share"
+        " past the fleet's cap; set FLEET_HOST_TTL to at least 122, or unset it"
+    )
+    assert warning(2, 3) is not None and warning(3, 10) is None
