@@ -13,21 +13,30 @@ and HPA/KEDA's control law with each victim rule:
 
 Target (issue 19): least-busy discards <= 1/10 of highest-number's task-seconds on
 each trace, and is no worse on p95 wait, worker-seconds and scaling actions (means
-over the seeds; "no worse": within 2 %, the seeds' noise on these columns being larger).
-Exit status 0 when every target passes.
+over the seeds; "no worse": within 2 %). Exit status 0 when every target passes.
+
+Seeds 1-24 by default. Each rule sends the fleet down its own path, so from one seed
+to the next a rule's actions/h differ from another's by one or two an hour even where
+no stop waited (on minutes, hpa/keda: a paired standard deviation of 0.9/h against a
+2 % margin of 0.2/h). The standard error of the mean of n seeds is that over sqrt(n):
+it comes down to the margin at about 24 seeds, and on three it is 0.5/h, so a
+three-seed verdict on that column is a coin toss (of the eight sets 1,2,3 ... 22,23,24,
+7,8,9 and 10,11,12 fail it and six pass). Each "no worse" line prints the paired
+difference's mean and standard error over the seeds run.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 
 from .policies import lineup
-from .report import seeds_main, summarize
+from .report import Summary, seeds_main, summarize
 from dramactl.sim.simulator import VICTIMS, RunResult, WorkerModel, Workload, simulate
 from .traces import Trace
 
-SEEDS = (1, 2, 3)
+SEEDS = tuple(range(1, 25))  # see the docstring: the noise of a rule's path between seeds
 # dramactl's default policy with random victims on ocr-batches never finished (over 3 min of wall
 # time on one seed, against ~5 s for the other rules): the same long tasks cut off again and again,
 # the livelock issue 19 describes. HPA/KEDA's control law shrinks slowly enough to compare all three.
@@ -115,9 +124,19 @@ def report(seeds: tuple[int, ...]) -> tuple[str, bool]:
             for label, attr in (("p95 wait", "p95"), ("worker-seconds", "worker_seconds"), ("actions/h", "actions_per_hour")):
                 a, b = least.mean(attr), highest.mean(attr)
                 passed = a <= b * TOLERANCE + 1e-9
-                lines.append(f"{'PASS' if passed else 'FAIL'}  {t} {policy}: {label} {a:.1f} no worse than highest-number's {b:.1f} (within 2 %)")
+                mean, error = paired(least, highest, attr)
+                lines.append(f"{'PASS' if passed else 'FAIL'}  {t} {policy}: {label} {a:.1f} no worse than highest-number's {b:.1f} "
+                             f"(margin 2 %: {b * (TOLERANCE - 1):.1f}; per seed {mean:+.1f} +- {error:.1f} s.e.)")
                 ok &= passed
     return "\n".join(lines), ok
+
+
+def paired(a: Summary, b: Summary, attr: str) -> tuple[float, float]:
+    """The mean of ``a``'s minus ``b``'s ``attr`` seed by seed (both ran the same workloads, in
+    the same order), and its standard error (0 on one seed)."""
+    differences = [getattr(x, attr) - getattr(y, attr) for x, y in zip(a.runs, b.runs, strict=True)]
+    error = statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else 0.0
+    return statistics.fmean(differences), error
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -303,3 +303,21 @@ def test_the_simulator_waits_for_jobs_as_the_scaler_does() -> None:
     assert scaler.stop_wait(settings) == simulator.STOP_WAIT == 30.0
     assert scaler.stop_wait(settings, elapsed=0.0) == 14.0, "a second before the next tick"
     assert scaler.stop_wait(settings, elapsed=12.0) == simulator.STOP_WAIT_FLOOR == 10.0
+
+
+def test_victim_rules_pairs_the_seeds_and_gives_the_differences_standard_error() -> None:
+    """Each "no worse" line of bench.victim_rules says the seed-by-seed difference and its noise;
+    runs of unequal seeds are refused rather than paired wrongly."""
+    from types import SimpleNamespace
+
+    from bench.report import Summary
+    from bench.victim_rules import paired
+
+    def summary(*values: float) -> Summary:
+        return Summary("t", "p", tuple(SimpleNamespace(actions_per_hour=v) for v in values))  # type: ignore[arg-type]
+
+    mean, error = paired(summary(10.0, 12.0, 8.0), summary(9.0, 12.0, 10.0), "actions_per_hour")
+    assert mean == pytest.approx(-1 / 3) and error == pytest.approx(1.0 / 3**0.5 * (7 / 3) ** 0.5)
+    assert paired(summary(3.0), summary(1.0), "actions_per_hour") == (2.0, 0.0)
+    with pytest.raises(ValueError):
+        paired(summary(1.0, 2.0), summary(1.0), "actions_per_hour")
