@@ -143,7 +143,7 @@ def fields(outcome: Any, command: str, duration: float | None = None) -> dict[st
         "DRAMACTL_PAUSED": "1" if outcome.paused else "0",
     }
     chosen = getattr(outcome, "plan", None)  # why each stopped instance was chosen; the ones waited for
-    out["DRAMACTL_VICTIMS"] = json.dumps([{"instance": p.number, "why": p.why} for p in getattr(chosen, "picks", ())])
+    out["DRAMACTL_VICTIMS"] = json.dumps([{"instance": p.number, "why": p.why, "chosen": p.kind} for p in getattr(chosen, "picks", ())])
     out["DRAMACTL_WAITING"] = json.dumps([{"instance": p.number, "why": p.why} for p in getattr(chosen, "waiting", ())])
     if getattr(outcome, "recycled", None):
         out["DRAMACTL_RECYCLE"] = outcome.recycled.removeprefix("recycle ").replace("(", "").replace(")", "")

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .victims import KINDS
+
 TEXTFILE_NAME = "dramactl.prom"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: systemd's ActiveState values: each is exported, 0 included, so a state that empties reads 0, not absent.
@@ -44,6 +46,8 @@ METRICS = [(name, "gauge", text) for _, name, text in QUEUE_FIGURES] + [
     ("dramactl_instances", "gauge", "Worker instances (dramatiq-worker@N.service) by systemd active state."),
     ("dramactl_target_instances", "gauge", "Fleet size the last tick decided."),
     ("dramactl_scaling_actions_total", "counter", "Worker instances started (direction=up) or stopped (direction=down) by ticks and manual commands."),
+    ("dramactl_scale_down_stops_total", "counter", "Worker instances scale-downs stopped, by what each ran when chosen: idle, busy (no idle one was left), unreported (no hook report)."),
+    ("dramactl_scale_down_waiting_since_timestamp_seconds", "gauge", "When the scale-down the last tick made began to wait for long tasks (Unix time; absent when none waits)."),
     ("dramactl_recycles_total", "counter", "Worker instances replaced because their memory passed WORKER_RECYCLE_MEMORY."),
     ("dramactl_instance_memory_bytes", "gauge", "Memory of each running worker instance (systemd's MemoryCurrent), when read."),
     ("dramactl_tick_duration_seconds", "gauge", "How long the last tick took: read, decide, act."),
@@ -63,7 +67,7 @@ METRICS = [(name, "gauge", text) for _, name, text in QUEUE_FIGURES] + [
     ("dramactl_instance_intake_paused", "gauge", "1 while an instance takes no new messages: a scale-down waits for its running tasks."),
 ]
 #: Families left out when nothing reports them (no instance with the hook).
-OPTIONAL = {"dramactl_instance_threads", "dramactl_instance_busy_threads", "dramactl_instance_oldest_task_age_seconds", "dramactl_instance_held_messages", "dramactl_instance_intake_paused"}
+OPTIONAL = {"dramactl_scale_down_waiting_since_timestamp_seconds", "dramactl_instance_threads", "dramactl_instance_busy_threads", "dramactl_instance_oldest_task_age_seconds", "dramactl_instance_held_messages", "dramactl_instance_intake_paused"}
 
 
 @dataclass
@@ -74,6 +78,8 @@ class Snapshot:
     instances: dict[str, int] | None = field(default_factory=dict)  # None: systemd was not read (no series, not 0s)
     target: int | None = None
     actions: dict[str, int] = field(default_factory=dict)
+    stopped_by: dict[str, int] = field(default_factory=dict)  # victims.KINDS -> count
+    waiting_since: float | None = None  # the last tick's scale-down waits for long tasks since (epoch seconds)
     duration: float | None = None
     last_tick: float | None = None
     paused: bool = False
@@ -113,6 +119,8 @@ def from_outcome(outcome: Any) -> Snapshot:
         instances=counts,
         target=outcome.decision.target,
         actions=dict(outcome.actions),
+        stopped_by=dict(getattr(outcome, "stopped_by", None) or {}),
+        waiting_since=getattr(outcome, "waiting_since", None),
         duration=outcome.duration,
         last_tick=outcome.at,
         paused=outcome.paused,
@@ -137,6 +145,8 @@ def from_status(status: dict) -> Snapshot:
         instances=None if "systemd" in (status.get("unread") or []) else counts,
         target=tick.get("target"),
         actions=dict(status.get("scaling_actions") or {}),
+        stopped_by=dict(status.get("scale_down_stops") or {}),
+        waiting_since=tick.get("waiting_since"),
         duration=tick.get("duration"),
         last_tick=tick.get("at"),
         paused=bool(status.get("paused")),
@@ -177,6 +187,10 @@ def render(snap: Snapshot) -> str:
         samples["dramactl_target_instances"].append(("", snap.target))
     for direction in DIRECTIONS:
         samples["dramactl_scaling_actions_total"].append((f'{{direction="{direction}"}}', int(snap.actions.get(direction, 0))))
+    for kind in KINDS:
+        samples["dramactl_scale_down_stops_total"].append((f'{{chosen="{kind}"}}', int(snap.stopped_by.get(kind, 0))))
+    if isinstance(snap.waiting_since, (int, float)):
+        samples["dramactl_scale_down_waiting_since_timestamp_seconds"].append(("", float(snap.waiting_since)))
     if snap.recycles is not None:
         samples["dramactl_recycles_total"].append(("", int(snap.recycles)))
     for number, value in sorted(snap.memory.items()):

@@ -108,7 +108,7 @@ def render_status(data: dict) -> str:
     if blind:
         lines.append(
             f"cannot see inside {' '.join(blind)}: no report from the dramactl hook (the app does not load dramactl_ready, or it is starting);"
-            " a scale-down stops them by highest number"
+            " a scale-down stops them after the idle instances and before the busy ones (by highest number when none reports)"
         )
     lines.append("")
     fleet = data.get("fleet")

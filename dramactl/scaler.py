@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from . import intake, queue, victims
 from .fleet import Fleet, JobResult
-from .instance import WorkerUnit
+from .instance import WorkerUnit, unit_name
 from .policy import ScalingDecision, decide, is_starting, safeguard
 from .rates import measure_startup
 from .settings import Settings, SettingsError
@@ -110,6 +110,7 @@ class Outcome:
     at: float | None = None  # when the tick ran (epoch seconds)
     duration: float | None = None  # seconds the tick took
     actions: dict[str, int] = field(default_factory=dict)  # instances started ("up") / stopped ("down"), ever
+    stopped_by: dict[str, int] = field(default_factory=dict)  # scale-downs' stops by what they ran when chosen (victims.KINDS), ever
     plan: Plan = field(default_factory=Plan)  # what was started and stopped, and why those
     reports: dict[int, InstanceReport] = field(default_factory=dict)  # what each instance ran (worker hook)
     waiting_since: float | None = None  # a scale-down has waited for long tasks since (epoch seconds)
@@ -175,7 +176,7 @@ class Outcome:
             "dry_run": self.dry_run,
             "paused": self.paused,
             "fleet": None if self.fleet is None else self.fleet.to_dict(),
-            "victims": [{"instance": p.number, "why": p.why} for p in self.plan.picks],
+            "victims": [{"instance": p.number, "why": p.why, "chosen": p.kind} for p in self.plan.picks],
             "waiting": [{"instance": p.number, "why": p.why} for p in self.plan.waiting],
             "waiting_since": self.waiting_since,
             "intake_paused": list(self.intake_paused),
@@ -327,8 +328,10 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
         new = replace(state.with_tick(record), recovery=decision.recovery, recycles=state.recycles + recycled)
         if coordinated is not None:
             new = replace(new, fleet_claimed=coordinated.claimed_at, fleet_lost=coordinated.lost_at, fleet_in=settings.fleet_name)
-        new = new.counted(len(outcome.started), len(outcome.stopped))
+        stopped = {j.unit for j in outcome.stopped}
+        new = new.counted(len(outcome.started), len(outcome.stopped), [p for p in outcome.plan.picks if unit_name(p.number) in stopped])
         outcome.actions = {"up": new.actions[0], "down": new.actions[1]}
+        outcome.stopped_by = new.stops_by_kind()
         outcome.recycles = new.recycles
         store.save(new)
     if settings.metrics_textfile_dir:
@@ -525,7 +528,7 @@ def _resize(
         # The operator asked for this size now: the least busy instances stop, with no wait.
         changes = plan(instances, target, reset, reports=probe.instances if probe else None, now=probe.at if probe else time.time())
         new_state = replace(state, paused=paused, threads=threads or state.threads, size=target if paused else None, recovery=Recovery())
-        new_state = new_state.counted(len(changes.start), len(changes.stop))
+        new_state = new_state.counted(len(changes.start), len(changes.stop), changes.picks)
         # Instances that stay restart to take a new thread count.
         restart = [n for n in up if n not in changes.stop] if new_threads != threads_of(settings, state) else []
         store.save(new_state)  # before any start: instances read the thread count from it
@@ -538,6 +541,7 @@ def _resize(
             ScalingDecision(len(up), target, reason, reset=tuple(reset)), stats, paused=new_state.paused, instances=list(instances),
             plan=changes, reports=probe.instances if probe else {},
         )
+        outcome.actions, outcome.stopped_by = {"up": new_state.actions[0], "down": new_state.actions[1]}, new_state.stops_by_kind()
         with pauses_ended(settings, probe, state, changes.stop):
             outcome.started, outcome.stopped = _apply(fleet, settings, instances, changes, new_threads, reset)
         outcome.restarted = fleet.restart(restart)

@@ -21,9 +21,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from .settings import cut
+from .victims import KINDS, Pick
 
 STATE_FILE = "state.json"
 LOCK_FILE = "tick.lock"
@@ -89,13 +90,20 @@ class ScalerState:
     recovery: Recovery = field(default=Recovery())
     actions: tuple[int, int] = (0, 0)  # instances started, stopped since the state began: dramactl_scaling_actions_total
     recycles: int = 0  # instances replaced for their memory (WORKER_RECYCLE_MEMORY): dramactl_recycles_total
+    stopped_by: tuple[int, ...] = (0,) * len(KINDS)  # instances scale-downs stopped, by victims.KINDS: dramactl_scale_down_stops_total
     fleet_claimed: float | None = None  # FLEET_NAME: Redis' clock when this host last wrote its claim
     fleet_lost: float | None = None  # FLEET_NAME: Redis' clock when it found the fleet's records lost (fleetplan.records_lost)
     fleet_in: str | None = None  # the FLEET_NAME those two were written in (a host moved to another fleet starts afresh)
 
-    def counted(self, started: int, stopped: int) -> "ScalerState":
-        """The counters after ``started`` starts and ``stopped`` stops."""
-        return replace(self, actions=(self.actions[0] + started, self.actions[1] + stopped))
+    def counted(self, started: int, stopped: int, picks: Iterable[Pick] = ()) -> "ScalerState":
+        """The counters after ``started`` starts and ``stopped`` stops, ``picks`` those of a
+        scale-down's stops (what each ran when chosen)."""
+        kinds = [p.kind for p in picks]
+        by = tuple(n + kinds.count(kind) for n, kind in zip(self.stopped_by, KINDS))
+        return replace(self, actions=(self.actions[0] + started, self.actions[1] + stopped), stopped_by=by)
+
+    def stops_by_kind(self) -> dict[str, int]:
+        return dict(zip(KINDS, self.stopped_by))
 
     def with_tick(self, record: TickRecord, keep_seconds: float = HISTORY_SECONDS) -> "ScalerState":
         kept = tuple(r for r in self.history if r.at >= record.at - keep_seconds)
@@ -110,6 +118,7 @@ class ScalerState:
             "history": [asdict(r) for r in self.history],
             "actions": {"up": self.actions[0], "down": self.actions[1]},
             "recycles": self.recycles,
+            "stopped_by": self.stops_by_kind(),
             "fleet_claimed": self.fleet_claimed,
             "fleet_lost": self.fleet_lost,
             "fleet_in": self.fleet_in,
@@ -124,6 +133,7 @@ class ScalerState:
         d = _fields(data, "the file")
         rec = _fields(d.get("recovery", {}), "recovery")
         actions = _fields(d.get("actions", {}), "actions")
+        stopped_by = _fields(d.get("stopped_by", {}), "stopped_by")
         history = d.get("history", [])
         if not isinstance(history, list):
             raise DamagedState(f"history: {history!r} is not a list")
@@ -142,6 +152,7 @@ class ScalerState:
                 _whole(actions, "down", "actions.down", low=0, default=0),
             ),
             recycles=_whole(d, "recycles", "recycles", low=0, default=0),
+            stopped_by=tuple(_whole(stopped_by, kind, f"stopped_by.{kind}", low=0, default=0) for kind in KINDS),
             fleet_claimed=_number(d, "fleet_claimed", "fleet_claimed", optional=True),
             fleet_lost=_number(d, "fleet_lost", "fleet_lost", optional=True),
             fleet_in=_text(d, "fleet_in", "fleet_in"),

@@ -89,6 +89,7 @@ def collect(settings: Settings, *, systemd: bool = True, fleet: Fleet | None = N
     out["threads"] = state.threads or settings.worker_threads
     out["last_tick"] = state.history[-1].__dict__ if state.history else None
     out["scaling_actions"] = {"up": state.actions[0], "down": state.actions[1]}
+    out["scale_down_stops"] = state.stops_by_kind()
     out["recycles"] = state.recycles
     from .rollout import in_progress
 

@@ -54,11 +54,12 @@ or a task that never ends, cannot pin the fleet forever.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 from .stats import InstanceReport
 
+KINDS = ("idle", "busy", "unreported")  # what a stopped instance ran when chosen: dramactl_scale_down_stops_total{chosen=...}
 BOUND_SHARE = 0.5  # of GRACEFUL_SHUTDOWN_TIMEOUT: a task older than this is a long task (short-task apps)
 WAIT_LIMIT = 1800.0  # seconds a scale-down waits for long tasks at most, then proceeds
 
@@ -103,6 +104,7 @@ class Pick:
 
     number: int
     why: str
+    kind: str = "unreported"  # of KINDS: idle, busy, or no report to tell
 
     def __str__(self) -> str:
         return f"@{self.number} ({self.why})"
@@ -133,7 +135,7 @@ def rank(up: Sequence[int], reports: Mapping[int, InstanceReport] | None, now: f
     recent start goes first whatever the pause."""
     reports = reports or {}
     if not any(n in reports for n in up):
-        return [Pick(n, "highest number: no instance reports") for n in sorted(up, reverse=True)]
+        return [Pick(n, "highest number: no instance reports", "unreported") for n in sorted(up, reverse=True)]
 
     def key(n: int) -> tuple:
         r = reports.get(n)
@@ -151,8 +153,10 @@ def rank(up: Sequence[int], reports: Mapping[int, InstanceReport] | None, now: f
     picks = []
     for n in sorted(up, key=key):
         r = reports.get(n)
-        why = "no report: cannot see inside" if r is None else "idle" if r.idle else _busy_why(r, now)
-        picks.append(Pick(n, why))
+        if r is None:
+            picks.append(Pick(n, "no report: cannot see inside", "unreported"))
+        else:
+            picks.append(Pick(n, "idle", "idle") if r.idle else Pick(n, _busy_why(r, now), "busy"))
     return picks
 
 
@@ -187,6 +191,6 @@ def choose(
             if waited < limit:
                 waiting.append(pick)
                 continue
-            pick = Pick(pick.number, f"{pick.why}; waited {waited:.0f}s, the limit")
+            pick = replace(pick, why=f"{pick.why}; waited {waited:.0f}s, the limit")
         stop.append(pick)
     return Choice(stop=tuple(stop), waiting=tuple(waiting))

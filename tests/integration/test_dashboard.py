@@ -213,6 +213,24 @@ def test_errors_and_hostile_values_are_shown_escaped_never_a_traceback(scene, re
     assert tables.tables["instances"]["dramatiq-worker@1.service"] == ["dramatiq-worker@1.service", "failed (failed)", "—", "—", "4", "—", "—", "—"]
 
 
+def test_the_instance_table_shows_each_instances_busy_threads_and_oldest_task() -> None:
+    """Issue 19: per instance, busy threads of total and the age of its oldest running task, from the
+    hook's report as `status --json` carries it; "?" for an up instance without a report."""
+    def unit(number: int, work: dict | None) -> dict:
+        return {"number": number, "name": f"dramatiq-worker@{number}.service", "active_state": "active", "sub_state": "running",
+                "pid": 100 + number, "uptime": 600.0, "restarts": 0, "is_up": True, "work": work}
+
+    instances = [
+        unit(1, {"threads": 4, "busy": 2, "oldest": 1.0, "oldest_age": 90.0, "held": 1, "paused": True}),
+        unit(2, None),
+        unit(3, {"threads": 4, "busy": 0, "oldest": None, "oldest_age": None, "held": 0, "paused": False}),
+    ]
+    rows = parse(dashboard.render_page({"queues": [], "instances": instances, "errors": []}, refresh=0)).tables["instances"]
+    assert rows["dramatiq-worker@1.service"][5:7] == ["2/4", "1 m 30 s +1 held paused"]
+    assert rows["dramatiq-worker@2.service"][5:7] == ["?", "?"]
+    assert rows["dramatiq-worker@3.service"][5:7] == ["0/4", "—"]
+
+
 def chromium(*args: str, user_dir: Path) -> subprocess.CompletedProcess:
     argv = [
         "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

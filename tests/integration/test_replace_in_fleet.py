@@ -1,6 +1,7 @@
 """Replace-then-drain on a host of a shared fleet, against a real Redis: the replacement's place is
 claimed in the fleet before it starts (or the old instance drains first when the fleet is at
-FLEET_MAX_PROCESSES), and a rolling restart keeps the host's heartbeat alive however long it runs.
+FLEET_MAX_PROCESSES), and a rolling restart keeps the host's heartbeat alive however long it runs;
+a host whose share shrinks stops its least busy instances (issue 19).
 
 systemd's side is a stand-in (:class:`StandIn`: units appear and disappear when asked, a stop may
 take time); what is checked is what the real tick, ``dramactl restart`` and share.py write to the
@@ -253,3 +254,32 @@ def test_the_tick_holds_growth_after_redis_lost_the_fleets_records_and_not_after
     grew = scaler.tick(moved, fleet=here)  # type: ignore[arg-type]
     assert "records in Redis were lost" not in grew.decision.reason, grew.decision.reason
     assert grew.decision.target > first.decision.target, grew.summary()
+
+
+def test_a_host_whose_share_shrinks_stops_its_least_busy_instances(redis: redis_lib.Redis, fleet_env: dict[str, str]) -> None:
+    """Issue 19 in a fleet: the fleet's target falls to MIN and this host's share from 3 to 1. Its tick
+    stops the idle @2, then the busy @1 whose task began most recently, and keeps @3 and its older task
+    (the highest numbers, the rule without reports, would have cut it)."""
+    import json
+    import os
+    import re
+
+    from dramactl import reports
+
+    settings = parse({**fleet_env, "SCALE_DOWN_STABILIZATION": "0", "GRACEFUL_SHUTDOWN_TIMEOUT": "30"})
+    here = StandIn(redis, settings)
+    scaler.scale_to(settings, 3, fleet=here)  # type: ignore[arg-type]
+    scaler.set_paused(settings, False)
+    assert share.reserve(redis, settings, target=1, up=1, occupying=1, paused=False, name=OTHER) == 1
+    here.jobs.clear()
+    now = time.time()
+    for number, oldest in ((1, now - 2.0), (2, None), (3, now - 10.0)):  # tasks of 2 s and 10 s: neither long (G/2 = 15 s)
+        value = {"threads": 1, "busy": int(oldest is not None), "oldest": None if oldest is None else int(oldest * 1000), "held": 0, "at": int(now * 1000)}
+        redis.hset(reports.instances_key(settings.namespace), f"{number}.{os.getpid()}", json.dumps(value))
+    outcome = scaler.tick(settings, fleet=here)  # type: ignore[arg-type]
+    assert outcome.fleet is not None and outcome.fleet.share == 1, outcome.summary()
+    assert [p.number for p in outcome.plan.picks] == [2, 1], outcome.summary()
+    assert sorted(here.units) == [3]
+    assert outcome.stopped_by == {"idle": 1, "busy": 1, "unreported": 0}
+    assert [v["chosen"] for v in outcome.to_dict()["victims"]] == ["idle", "busy"]
+    assert re.search(r"\| stop @2 \(idle\) @1 \(busy 1/1, oldest [23]s\) \|", outcome.summary()), outcome.summary()

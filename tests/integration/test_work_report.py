@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import signal
 import sys
@@ -152,6 +153,17 @@ def test_one_round_trip_per_flush_whatever_the_messages(broker: RedisBroker, red
     assert redis.hget(queue.work_key("dramatiq", "w1"), "done") == b"200", "the delay queue's messages count for their queue"
     assert redis.hget(queue.work_key("dramatiq", "w2"), "done") == b"100"
     assert reporter.flush(broker) is True and len(calls) == 1, "nothing new: no round trip"
+    # An instance of the fleet (DRAMACTL_INSTANCE set: after_worker_boot names its report) sends its
+    # report in the same round trip as the counts (issue 19: no extra Redis cost per message).
+    reporter.report_key = hook.INSTANCES_KEY.format(namespace=broker.namespace, host=hook.host_identity())
+    reporter.report_field, reporter.threads = "3.1", 4
+    for _ in range(100):
+        message = dramatiq.Message(queue_name="w1", actor_name="a", args=(), kwargs={}, options={})
+        reporter.before_process_message(broker, message)
+        reporter.after_process_message(broker, message, result=None)
+    assert reporter.flush(broker) is True and len(calls) == 2
+    assert redis.hget(queue.work_key("dramatiq", "w1"), "done") == b"300"
+    assert json.loads(redis.hget(reporter.report_key, "3.1"))["threads"] == 4
 
 
 def test_redis_down_keeps_the_counts_and_never_raises(redis: redis_lib.Redis, redis_server: RedisServer) -> None:

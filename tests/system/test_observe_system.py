@@ -77,6 +77,7 @@ def test_prometheus_scrapes_the_ticks_textfile_through_node_exporter(system: Sys
         assert query(system, "dramactl_target_instances") == {"": 2}
         assert query(system, "dramactl_paused") == {"": 1}
         assert query(system, "dramactl_scaling_actions_total") == {"direction=down": 0, "direction=up": 2}
+        assert query(system, "dramactl_scale_down_stops_total") == {"chosen=idle": 0, "chosen=busy": 0, "chosen=unreported": 0}
         assert query(system, "dramactl_queue_oldest_message_age_seconds")["queue_name=sys"] > 0
         assert query(system, "dramactl_tick_duration_seconds")[""] > 0
         assert query(system, "dramactl_last_tick_timestamp_seconds")[""] > began

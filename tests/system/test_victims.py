@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -42,7 +43,7 @@ def test_scale_down_stops_the_idle_instance_and_the_long_tasks_finish_once(syste
     assert "stop @2 (idle)" in out and "stopped @2:done" in out, out
     assert system.active() == ["dramatiq-worker@1.service", "dramatiq-worker@3.service"]
     entry = json.loads(system.sh("journalctl -o json -n 1 SYSLOG_IDENTIFIER=dramactl DRAMACTL_COMMAND=scale-down").stdout)
-    assert json.loads(entry["DRAMACTL_VICTIMS"]) == [{"instance": 2, "why": "idle"}], entry
+    assert json.loads(entry["DRAMACTL_VICTIMS"]) == [{"instance": 2, "why": "idle", "chosen": "idle"}], entry
 
     wait_until(lambda: system.redis()["count"] == 2, LONG + 20, "both long tasks finished")
     r = system.redis()
@@ -127,7 +128,7 @@ def test_scale_down_spares_the_example_apps_ocr_tasks_from_the_readme_tour(syste
         assert system.active() == ["dramatiq-worker@1.service", "dramatiq-worker@3.service"]
         entry = json.loads(system.sh("journalctl -o json -n 1 SYSLOG_IDENTIFIER=dramactl DRAMACTL_COMMAND=scale-down").stdout)
         assert "stop @2 (idle)" in entry["MESSAGE"], entry
-        assert json.loads(entry["DRAMACTL_VICTIMS"]) == [{"instance": 2, "why": "idle"}], entry
+        assert json.loads(entry["DRAMACTL_VICTIMS"]) == [{"instance": 2, "why": "idle", "chosen": "idle"}], entry
 
         wait_until(lambda: ocr_record(system)["processed"] == 2, OCR_SECONDS + 20, "both OCR tasks finished")
         record = ocr_record(system)
@@ -156,7 +157,11 @@ def test_a_tick_waits_for_long_tasks_then_stops_the_instance_once_idle(system: S
     assert len(system.active()) == 2
     entry = json.loads(system.sh("journalctl -o json -n 1 SYSLOG_IDENTIFIER=dramactl DRAMACTL_COMMAND=tick").stdout)
     assert json.loads(entry["DRAMACTL_VICTIMS"]) == [] and len(json.loads(entry["DRAMACTL_WAITING"])) == 1, entry
-    assert system.status()["last_tick"]["waiting_since"] is not None
+    since = system.status()["last_tick"]["waiting_since"]
+    assert since is not None
+    metrics = system.dramactl("metrics").stdout
+    assert f"dramactl_scale_down_waiting_since_timestamp_seconds {since!r}" in metrics, metrics
+    idle_stops = int(re.search(r'dramactl_scale_down_stops_total\{chosen="idle"\} (\d+)', metrics).group(1))
 
     wait_until(lambda: system.redis()["count"] == 2, LONG + 20, "both long tasks finished")
     wait_until(lambda: all(x["busy"] == 0 for x in reported(system).values()), 10, "both instances reporting idle")
@@ -165,6 +170,9 @@ def test_a_tick_waits_for_long_tasks_then_stops_the_instance_once_idle(system: S
     assert system.active() == ["dramatiq-worker@1.service"]
     assert system.redis_counter("sys:started") == 2, "no long task was cut off and started again"
     assert system.status()["last_tick"]["waiting_since"] is None
+    metrics = system.dramactl("metrics").stdout
+    assert "dramactl_scale_down_waiting_since" not in metrics, metrics
+    assert f'dramactl_scale_down_stops_total{{chosen="idle"}} {idle_stops + 1}' in metrics, metrics
 
 
 def test_an_instance_the_scale_down_waits_for_takes_no_new_message_then_stops_idle(system: System) -> None:

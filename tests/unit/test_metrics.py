@@ -20,6 +20,7 @@ def outcome() -> Outcome:
         at=1_700_000_000.25,
         duration=0.2,
         actions={"up": 7, "down": 4},
+        stopped_by={"idle": 3, "busy": 1, "unreported": 0},
         paused=True,
         recycles=2,
     )
@@ -40,6 +41,7 @@ def test_render_names_units_labels_and_values() -> None:
     assert s['dramactl_instances{state="active"}'] == "1" and s['dramactl_instances{state="failed"}'] == "0"
     assert s["dramactl_target_instances"] == "3"
     assert (s['dramactl_scaling_actions_total{direction="up"}'], s['dramactl_scaling_actions_total{direction="down"}']) == ("7", "4")
+    assert [s[f'dramactl_scale_down_stops_total{{chosen="{k}"}}'] for k in ("idle", "busy", "unreported")] == ["3", "1", "0"]
     assert (s["dramactl_tick_duration_seconds"], s["dramactl_last_tick_timestamp_seconds"], s["dramactl_paused"]) == ("0.2", "1700000000.25", "1")
     assert s["dramactl_recycles_total"] == "2" and s['dramactl_instance_memory_bytes{instance="1"}'] == str(612 * 2**20)
     assert 'dramactl_instance_memory_bytes{instance="2"}' not in s  # not read: left out, not 0
@@ -130,6 +132,7 @@ def test_status_and_outcome_give_the_same_text() -> None:
         "instances": [u.to_dict() for u in o.instances],
         "last_tick": {"at": o.at, "target": 3, "duration": 0.2},
         "scaling_actions": {"up": 7, "down": 4},
+        "scale_down_stops": {"idle": 3, "busy": 1, "unreported": 0},
         "recycles": 2,
         "paused": True,
     }
@@ -147,3 +150,15 @@ def test_textfile_is_replaced_whole_readable_by_node_exporter(tmp_path) -> None:
 def test_an_unwritable_directory_is_logged_not_raised(tmp_path, caplog) -> None:
     metrics.publish(str(tmp_path / "missing"), outcome())
     assert "METRICS_TEXTFILE_DIR: cannot write" in caplog.text
+
+
+def test_a_scale_down_waiting_for_long_tasks_shows_since_when() -> None:
+    """While the last tick's scale-down waits for long tasks (issue 19), the metrics say since when, from
+    the tick's Outcome and from status alike; no wait, no series (0 would read as 1970)."""
+    o = outcome()
+    assert "dramactl_scale_down_waiting_since" not in metrics.render(metrics.from_outcome(o))
+    o.waiting_since = 1_699_999_000.5
+    text = metrics.render(metrics.from_outcome(o))
+    assert samples(text)["dramactl_scale_down_waiting_since_timestamp_seconds"] == "1699999000.5"
+    status = {"last_tick": {"at": o.at, "target": 3, "waiting_since": 1_699_999_000.5}}
+    assert samples(metrics.render(metrics.from_status(status)))["dramactl_scale_down_waiting_since_timestamp_seconds"] == "1699999000.5"

@@ -36,6 +36,9 @@ GOOD_TICK = {"at": 100.0, "backlog": 3, "workers": 1, "target": 2, "oldest_age":
         ('{"threads": 4096}', "threads: 4096 is out of range 1..1024"),
         ('{"threads": true}', "threads: true is not a whole number"),
         ('{"paused": "no"}', 'paused: "no" is not true or false'),
+        ('{"stopped_by": [1, 2]}', "stopped_by: [1, 2] is not an object"),
+        ('{"stopped_by": {"idle": -1}}', "stopped_by.idle: -1 is out of range"),
+        ('{"stopped_by": {"busy": "3"}}', 'stopped_by.busy: "3" is not a whole number'),
         ('{"history": [{"at": 1, "backlog": 1, "workers": 1, "target": 1, "starting": [0]}]}', "history[0].starting: [0] is not a list of instance numbers"),
         ('{"history": [{"at": 1, "backlog": 1, "workers": 1, "target": 1, "starting": "2"}]}', 'history[0].starting: "2" is not a list of instance numbers'),
     ],
@@ -162,3 +165,15 @@ def test_a_state_file_that_cannot_be_read_is_one_line_naming_the_path(tmp_path: 
     message = str(err.value)
     assert message == f"state file {store.path} cannot be read by uid {os.geteuid()} (Permission denied); fix its owner/mode (StateDirectory= in dramactl.service)"
     assert store.path.exists(), "a file that cannot be read is not set aside as damaged"
+
+
+def test_scale_down_stops_are_counted_by_what_they_ran_when_chosen() -> None:
+    """dramactl_scale_down_stops_total{chosen=...}: each stop of a scale-down counted as idle, busy or
+    unreported, kept across ticks in the state file (older files start at 0)."""
+    from dramactl.victims import Pick
+
+    state = ScalerState().counted(1, 3, [Pick(2, "idle", "idle"), Pick(4, "busy 1/4, oldest 3s", "busy"), Pick(3, "idle", "idle")])
+    state = state.counted(0, 1, [Pick(5, "no report: cannot see inside", "unreported")]).counted(0, 1)  # a stop of no scale-down: actions only
+    assert state.actions == (1, 5) and state.stops_by_kind() == {"idle": 2, "busy": 1, "unreported": 1}
+    assert ScalerState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
+    assert ScalerState.from_dict({"actions": {"up": 1, "down": 2}}).stops_by_kind() == {"idle": 0, "busy": 0, "unreported": 0}

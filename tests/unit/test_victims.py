@@ -199,7 +199,7 @@ def test_the_tick_line_names_why_each_stopped_instance_was_chosen_and_the_wait()
     assert "stop @2 (idle)" in line and "stopped @2:done" in line
     assert "scale-down waits for long tasks: @3 (busy 1/4, oldest 90s), waited 30s of 1800s" in line
     assert o.victims_text() == "@2 idle; waiting: @3 busy 1/4, oldest 90s"
-    assert o.to_dict()["victims"] == [{"instance": 2, "why": "idle"}]
+    assert o.to_dict()["victims"] == [{"instance": 2, "why": "idle", "chosen": "idle"}]
     from dataclasses import replace
 
     paused = replace(o, intake_paused=(3,))
