@@ -527,7 +527,7 @@ def _resize(
         reset = [u.number for u in instances if u.is_failed]
         # The operator asked for this size now: the least busy instances stop, with no wait.
         changes = plan(instances, target, reset, reports=probe.instances if probe else None, now=probe.at if probe else time.time())
-        new_state = replace(state, paused=paused, threads=threads or state.threads, size=target if paused else None, recovery=Recovery())
+        new_state = replace(state, paused=paused, threads=threads or state.threads, size=target if paused else None, recovery=Recovery()).wait_ended()
         new_state = new_state.counted(len(changes.start), len(changes.stop), changes.picks)
         # Instances that stay restart to take a new thread count.
         restart = [n for n in up if n not in changes.stop] if new_threads != threads_of(settings, state) else []

@@ -102,6 +102,13 @@ class ScalerState:
         by = tuple(n + kinds.count(kind) for n, kind in zip(self.stopped_by, KINDS))
         return replace(self, actions=(self.actions[0] + started, self.actions[1] + stopped), stopped_by=by)
 
+    def wait_ended(self) -> "ScalerState":
+        """Without the last tick's scale-down wait for long tasks: a manual command or a rolling
+        restart ends it (scaler.pauses_ended), so a later wait counts its limit afresh."""
+        if not self.history or self.history[-1].waiting_since is None:
+            return self
+        return replace(self, history=self.history[:-1] + (replace(self.history[-1], waiting_since=None),))
+
     def stops_by_kind(self) -> dict[str, int]:
         return dict(zip(KINDS, self.stopped_by))
 

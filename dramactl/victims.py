@@ -29,7 +29,8 @@ and redoes it from scratch. Waiting a tick costs at most one instance-tick of it
 idle threads. Only busy instances wait: the idle ones of the same scale-down stop at
 once (idle capacity is never kept alive by the wait), and the wait ends after
 :data:`WAIT_LIMIT` seconds, so a stream of long tasks cannot pin the fleet forever.
-A tick that does not scale down ends the wait (the next one's limit counts afresh).
+A tick that does not scale down ends the wait, as do a manual scale and a rolling restart
+(the next one's limit counts afresh).
 
 **The wait pauses the instance's intake** (:func:`to_pause`, :mod:`dramactl.intake`) when
 the app's tasks outlast the drain and no message waits for a thread: the tick marks each

@@ -70,7 +70,7 @@ def test_a_manual_scale_ends_the_pauses_after_its_stops(redis: redis_lib.Redis, 
     report(redis, settings.namespace, 3, busy=1, paused=True)
     outcome = scaler.scale_to(settings, 1, fleet=here)  # type: ignore[arg-type]
     stopped = [p.number for p in outcome.plan.picks]
-    assert len(stopped) == 2
+    assert stopped == [3, 2], "no wait, and all three began alike: ties go to the highest number"
     assert [sorted(int(k) for k in m) for m in here.marks_at_stop] == [sorted(stopped)], "marked through their stop"
     assert not redis.exists(intake.pause_key(settings.namespace)), "no mark left: @3 started again would not boot paused"
 
@@ -92,3 +92,32 @@ def test_a_tick_waits_for_its_stop_jobs_only_until_shortly_before_the_next_tick(
     manual, ticked = here.stop_timeouts
     assert manual == 30.0, "scale-to waits as before (at most 30 s)"
     assert 10.0 <= ticked <= 14.0, f"the tick waited {ticked}s for its stop: past the next tick (15 s)"
+
+
+def test_a_manual_scale_ends_the_ticks_wait_so_the_next_wait_counts_its_limit_afresh(redis: redis_lib.Redis, settings_env: dict[str, str]) -> None:
+    """A tick's scale-down waits for two long tasks; `scale-to` then acts at once and ends that wait: the
+    state's last tick no longer says since when it waited (status, metrics), and a later wait starts anew
+    rather than reaching victims.WAIT_LIMIT early."""
+    from dramactl.state import StateStore
+
+    settings = parse({**settings_env, "DRAMATIQ_QUEUE_NAME": "q1", "POLICY": "step", "MIN_PROCESSES": "1", "MAX_PROCESSES": "4",
+                      "CHECK_INTERVAL": "15", "SCALE_DOWN_STABILIZATION": "0"})
+    here = Recording(redis, settings)
+    scaler.scale_to(settings, 2, fleet=here)  # type: ignore[arg-type]
+    scaler.set_paused(settings, False)
+    report(redis, settings.namespace, 1, busy=1, paused=False)
+    report(redis, settings.namespace, 2, busy=1, paused=False)
+    outcome = scaler.tick(settings, fleet=here)  # type: ignore[arg-type]
+    assert outcome.plan.waiting and not outcome.stopped and outcome.waiting_since is not None, outcome.summary()
+    assert StateStore(settings.state_dir).load().history[-1].waiting_since == outcome.waiting_since
+    scaler.scale_to(settings, 2, fleet=here)  # type: ignore[arg-type]
+    assert StateStore(settings.state_dir).load().history[-1].waiting_since is None
+    # A rolling restart ends it too.
+    from dramactl import rollout
+
+    scaler.set_paused(settings, False)
+    report(redis, settings.namespace, 1, busy=1, paused=False)
+    report(redis, settings.namespace, 2, busy=1, paused=False)
+    assert scaler.tick(settings, fleet=here).waiting_since is not None  # type: ignore[arg-type]
+    rollout.restart(settings, fleet=here)  # type: ignore[arg-type]
+    assert StateStore(settings.state_dir).load().history[-1].waiting_since is None

@@ -177,3 +177,9 @@ def test_scale_down_stops_are_counted_by_what_they_ran_when_chosen() -> None:
     assert state.actions == (1, 5) and state.stops_by_kind() == {"idle": 2, "busy": 1, "unreported": 1}
     assert ScalerState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
     assert ScalerState.from_dict({"actions": {"up": 1, "down": 2}}).stops_by_kind() == {"idle": 0, "busy": 0, "unreported": 0}
+
+
+def test_a_manual_command_ends_the_last_ticks_wait() -> None:
+    waiting = ScalerState(history=(TickRecord(90.0, 0, 2, 2), TickRecord(100.0, 0, 2, 1, waiting_since=95.0)))
+    assert waiting.wait_ended().history == (TickRecord(90.0, 0, 2, 2), TickRecord(100.0, 0, 2, 1))
+    assert ScalerState().wait_ended() == ScalerState() and waiting.wait_ended().wait_ended() == waiting.wait_ended()
