@@ -11,7 +11,7 @@ from typing import Callable, Mapping, Sequence
 from .fleetrecords import FleetDecision, HostEntry, Silence, fleet_values
 from .limits import clamp
 from .policy import QUIET_SECONDS, ScalingDecision, aim
-from .settings import Settings
+from .settings import LONGEST_HOST_TTL, Settings
 from .state import Recovery, TickRecord
 
 FORGET_AFTER = 3600.0  # an expired host stays listed (status shows it down) this long, then is removed
@@ -76,10 +76,14 @@ def short_ttl(settings: Settings) -> str | None:
     if gap <= ttl - interval:
         return None
     least = 2 * interval + TICK_SLACK
+    if least > LONGEST_HOST_TTL:
+        fix = f"no FLEET_HOST_TTL is that long (at most {LONGEST_HOST_TTL}s): set CHECK_INTERVAL to at most {(LONGEST_HOST_TTL - TICK_SLACK) // 2:g}"
+    else:
+        fix = f"set FLEET_HOST_TTL to at least {least:g}, or unset it"
     return (
         f"FLEET_HOST_TTL={ttl}s is below 2 x CHECK_INTERVAL + {TICK_SLACK:g}s ({least:g}s): a Redis outage of {ttl - interval}s"
         f" to {gap:g}s can expire the heartbeat of a host that still runs its instances without being recorded, and the host"
-        f" back first may then take its share past the fleet's cap; set FLEET_HOST_TTL to at least {least:g}, or unset it"
+        f" back first may then take its share past the fleet's cap; {fix}"
     )
 
 

@@ -66,7 +66,7 @@ FIELDS = {
     "DRAMACTL_STOPPED": "instances stopped (count)",
     "DRAMACTL_OK": "1 when every job ended done (or still draining), else 0",
     "DRAMACTL_PAUSED": "1 when autoscaling is paused",
-    "DRAMACTL_VICTIMS": "JSON list: each instance stopped and why it was chosen, e.g. [{\"instance\": 3, \"why\": \"idle\"}] ([] when none)",
+    "DRAMACTL_VICTIMS": "JSON list: each instance stopped and why it was chosen, e.g. [{\"instance\": 3, \"why\": \"idle\", \"chosen\": \"idle\"}] (chosen: idle, busy or unreported; [] when none)",
     "DRAMACTL_WAITING": "JSON list: instances a scale-down waits for, with the long task each runs ([] when none)",
     "DRAMACTL_RECYCLE": "the instance a tick replaced for its memory, e.g. `@3 612 MiB > 512 MiB` (WORKER_RECYCLE_MEMORY); absent otherwise",
     "DRAMACTL_DURATION": "seconds the tick took from taking the lock to saving its state (reading, deciding, acting; not the process start), ticks only",

@@ -378,7 +378,7 @@ def restart(settings, *, batch: int = 1, fleet: Fleet | None = None, progress: P
                 )
         finally:
             unmark(settings.state_dir)
-        store.save(state.counted(len(rolled.started), len(rolled.stopped)).wait_ended())
+        store.save(state.counted(sum(j.ok for j in rolled.started), sum(j.ok for j in rolled.stopped)).wait_ended())  # as scaler._counted
         elapsed = time.monotonic() - began
         if rolled.failure:
             reason = f"rolling restart stopped after {len(rolled.replaced)} of {len(up)} instance(s)"

@@ -328,10 +328,7 @@ def tick(settings: Settings, *, dry_run: bool = False, fleet: Fleet | None = Non
         new = replace(state.with_tick(record), recovery=decision.recovery, recycles=state.recycles + recycled)
         if coordinated is not None:
             new = replace(new, fleet_claimed=coordinated.claimed_at, fleet_lost=coordinated.lost_at, fleet_in=settings.fleet_name)
-        stopped = {j.unit for j in outcome.stopped}
-        new = new.counted(len(outcome.started), len(outcome.stopped), [p for p in outcome.plan.picks if unit_name(p.number) in stopped])
-        outcome.actions = {"up": new.actions[0], "down": new.actions[1]}
-        outcome.stopped_by = new.stops_by_kind()
+        new = _counted(new, outcome)
         outcome.recycles = new.recycles
         store.save(new)
     if settings.metrics_textfile_dir:
@@ -528,7 +525,6 @@ def _resize(
         # The operator asked for this size now: the least busy instances stop, with no wait.
         changes = plan(instances, target, reset, reports=probe.instances if probe else None, now=probe.at if probe else time.time())
         new_state = replace(state, paused=paused, threads=threads or state.threads, size=target if paused else None, recovery=Recovery()).wait_ended()
-        new_state = new_state.counted(len(changes.start), len(changes.stop), changes.picks)
         # Instances that stay restart to take a new thread count.
         restart = [n for n in up if n not in changes.stop] if new_threads != threads_of(settings, state) else []
         store.save(new_state)  # before any start: instances read the thread count from it
@@ -541,11 +537,22 @@ def _resize(
             ScalingDecision(len(up), target, reason, reset=tuple(reset)), stats, paused=new_state.paused, instances=list(instances),
             plan=changes, reports=probe.instances if probe else {},
         )
-        outcome.actions, outcome.stopped_by = {"up": new_state.actions[0], "down": new_state.actions[1]}, new_state.stops_by_kind()
         with pauses_ended(settings, probe, state, changes.stop):
             outcome.started, outcome.stopped = _apply(fleet, settings, instances, changes, new_threads, reset)
+        store.save(_counted(new_state, outcome))
         outcome.restarted = fleet.restart(restart)
         return outcome
+
+
+def _counted(state: ScalerState, outcome: Outcome) -> ScalerState:
+    """``state`` with the counters after ``outcome``'s jobs, put in ``outcome`` too: the jobs that went
+    through (done, or pending: still draining or starting). A failed or canceled job changed nothing,
+    and the next tick chooses its instance again: counted then, once, if it goes through."""
+    stopped = {j.unit for j in outcome.stopped if j.ok}
+    new = state.counted(sum(j.ok for j in outcome.started), len(stopped), [p for p in outcome.plan.picks if unit_name(p.number) in stopped])
+    outcome.actions = {"up": new.actions[0], "down": new.actions[1]}
+    outcome.stopped_by = new.stops_by_kind()
+    return new
 
 
 def _fleet_room(

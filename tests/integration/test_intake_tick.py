@@ -121,3 +121,37 @@ def test_a_manual_scale_ends_the_ticks_wait_so_the_next_wait_counts_its_limit_af
     assert scaler.tick(settings, fleet=here).waiting_since is not None  # type: ignore[arg-type]
     rollout.restart(settings, fleet=here)  # type: ignore[arg-type]
     assert StateStore(settings.state_dir).load().history[-1].waiting_since is None
+
+
+def test_a_stop_whose_job_failed_is_not_counted_and_one_that_went_through_is_counted_once(redis: redis_lib.Redis, settings_env: dict[str, str]) -> None:
+    """dramactl_scale_down_stops_total and dramactl_scaling_actions_total count the jobs that went through: a
+    stop systemd refused (the unit keeps running, the next tick picks it again) counts nothing, in a tick
+    and in `scale-to` alike; the stop that then goes through counts once."""
+    from dramactl.instance import unit_name
+    from dramactl.state import StateStore
+
+    class Refusing(Recording):
+        refuse = True
+
+        def stop(self, numbers: Iterable[int], timeout: float = 90.0) -> list[JobResult]:
+            if self.refuse:
+                return [JobResult(unit_name(n), "stop", "failed") for n in numbers]
+            return super().stop(numbers, timeout)
+
+    settings = parse({**settings_env, "DRAMATIQ_QUEUE_NAME": "q1", "POLICY": "step", "MIN_PROCESSES": "1", "MAX_PROCESSES": "4",
+                      "CHECK_INTERVAL": "15", "SCALE_DOWN_STABILIZATION": "0"})
+    here = Refusing(redis, settings)
+    scaler.scale_to(settings, 2, fleet=here)  # type: ignore[arg-type]
+    scaler.set_paused(settings, False)
+    report(redis, settings.namespace, 1, busy=0, paused=False)
+    report(redis, settings.namespace, 2, busy=0, paused=False)
+    counts = lambda: (StateStore(settings.state_dir).load().stops_by_kind()["idle"], StateStore(settings.state_dir).load().actions)  # noqa: E731
+    for _ in range(2):
+        outcome = scaler.tick(settings, fleet=here)  # type: ignore[arg-type]
+        assert [j.result for j in outcome.stopped] == ["failed"] and sorted(here.units) == [1, 2]
+        assert counts() == (0, (2, 0)) and outcome.stopped_by["idle"] == 0
+    assert [j.result for j in scaler.scale_to(settings, 1, fleet=here).stopped] == ["failed"]  # type: ignore[arg-type]
+    assert counts() == (0, (2, 0))
+    here.refuse = False
+    outcome = scaler.scale_to(settings, 1, fleet=here)  # type: ignore[arg-type]
+    assert sorted(here.units) == [1] and counts() == (1, (2, 1)) and outcome.stopped_by["idle"] == 1

@@ -643,3 +643,5 @@ def test_check_warns_of_a_ttl_that_leaves_outages_unseen() -> None:
         " past the fleet's cap; set FLEET_HOST_TTL to at least 122, or unset it"
     )
     assert warning(2, 3) is not None and warning(3, 10) is None
+    assert warning(43199) is None  # the default TTL, capped at 86400 s, is still long enough
+    assert warning(50000).endswith("no FLEET_HOST_TTL is that long (at most 86400s): set CHECK_INTERVAL to at most 43199")
