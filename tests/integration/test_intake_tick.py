@@ -94,19 +94,26 @@ def test_a_tick_waits_for_its_stop_jobs_only_until_shortly_before_the_next_tick(
     assert 10.0 <= ticked <= 14.0, f"the tick waited {ticked}s for its stop: past the next tick (15 s)"
 
 
+def two_reporting(redis: redis_lib.Redis, settings_env: dict[str, str], busy: int, fleet: type[Recording] = Recording) -> tuple:
+    """Two instances up, autoscaling on (step policy, no scale-down window, MIN 1), each reporting ``busy``
+    threads of one busy since 100 s ago: with nothing queued, the next tick scales down by one."""
+    settings = parse({**settings_env, "DRAMATIQ_QUEUE_NAME": "q1", "POLICY": "step", "MIN_PROCESSES": "1", "MAX_PROCESSES": "4",
+                      "CHECK_INTERVAL": "15", "SCALE_DOWN_STABILIZATION": "0"})
+    here = fleet(redis, settings)
+    scaler.scale_to(settings, 2, fleet=here)  # type: ignore[arg-type]
+    scaler.set_paused(settings, False)
+    report(redis, settings.namespace, 1, busy=busy, paused=False)
+    report(redis, settings.namespace, 2, busy=busy, paused=False)
+    return settings, here
+
+
 def test_a_manual_scale_ends_the_ticks_wait_so_the_next_wait_counts_its_limit_afresh(redis: redis_lib.Redis, settings_env: dict[str, str]) -> None:
     """A tick's scale-down waits for two long tasks; `scale-to` then acts at once and ends that wait: the
     state's last tick no longer says since when it waited (status, metrics), and a later wait starts anew
     rather than reaching victims.WAIT_LIMIT early."""
     from dramactl.state import StateStore
 
-    settings = parse({**settings_env, "DRAMATIQ_QUEUE_NAME": "q1", "POLICY": "step", "MIN_PROCESSES": "1", "MAX_PROCESSES": "4",
-                      "CHECK_INTERVAL": "15", "SCALE_DOWN_STABILIZATION": "0"})
-    here = Recording(redis, settings)
-    scaler.scale_to(settings, 2, fleet=here)  # type: ignore[arg-type]
-    scaler.set_paused(settings, False)
-    report(redis, settings.namespace, 1, busy=1, paused=False)
-    report(redis, settings.namespace, 2, busy=1, paused=False)
+    settings, here = two_reporting(redis, settings_env, busy=1)
     outcome = scaler.tick(settings, fleet=here)  # type: ignore[arg-type]
     assert outcome.plan.waiting and not outcome.stopped and outcome.waiting_since is not None, outcome.summary()
     assert StateStore(settings.state_dir).load().history[-1].waiting_since == outcome.waiting_since
@@ -138,13 +145,7 @@ def test_a_stop_whose_job_failed_is_not_counted_and_one_that_went_through_is_cou
                 return [JobResult(unit_name(n), "stop", "failed") for n in numbers]
             return super().stop(numbers, timeout)
 
-    settings = parse({**settings_env, "DRAMATIQ_QUEUE_NAME": "q1", "POLICY": "step", "MIN_PROCESSES": "1", "MAX_PROCESSES": "4",
-                      "CHECK_INTERVAL": "15", "SCALE_DOWN_STABILIZATION": "0"})
-    here = Refusing(redis, settings)
-    scaler.scale_to(settings, 2, fleet=here)  # type: ignore[arg-type]
-    scaler.set_paused(settings, False)
-    report(redis, settings.namespace, 1, busy=0, paused=False)
-    report(redis, settings.namespace, 2, busy=0, paused=False)
+    settings, here = two_reporting(redis, settings_env, busy=0, fleet=Refusing)
     counts = lambda: (StateStore(settings.state_dir).load().stops_by_kind()["idle"], StateStore(settings.state_dir).load().actions)  # noqa: E731
     for _ in range(2):
         outcome = scaler.tick(settings, fleet=here)  # type: ignore[arg-type]
