@@ -43,7 +43,7 @@ def test_unwritable_state_directory_stops_the_tick_before_any_change(system: Sys
         assert "queues ready=" not in journal  # no tick got as far as deciding
     finally:
         system.sh(f"systemctl stop dramactl.timer; rm -f {NO_STATE_DIRECTORY}; systemctl daemon-reload")
-        system.sh("chown dramactl:dramactl /var/lib/dramactl; chmod 0755 /var/lib/dramactl")
+        system.sh("chown -R dramactl:dramactl /var/lib/dramactl; chmod 0755 /var/lib/dramactl")  # -R as StateDirectory= does: root's scale-to made the files
     # Restored: the next tick grows the fleet and remembers it.
     system.sh("systemctl start dramactl.timer")
     wait_until(lambda: len(system.active()) > 1, 30, "the fleet growing once the directory is writable")
