@@ -335,6 +335,27 @@ class StateStore:
             "fix its owner/mode (StateDirectory= in dramactl.service)"
         )
 
+    def _lock_refused(self, exc: OSError) -> str | None:
+        """The line for a tick lock that exists but this user may not open (another user's,
+        0600: a command run as root before the directory was the scaler's), else None: the
+        directory's own message names the wrong thing there, as the directory is writable."""
+        if not isinstance(exc, PermissionError):
+            return None
+        try:
+            lock, top = os.lstat(self.lock_path), os.stat(self.directory)
+        except OSError:
+            return None  # no lock yet: creating it failed, the directory is the problem
+        if lock.st_uid == os.geteuid():
+            return None
+        try:
+            self.check_writable()
+        except StateDirError:
+            return None  # the directory is not writable either: that is the fix to name first
+        return (
+            f"tick lock {self.lock_path} cannot be opened by uid {os.geteuid()} ({exc.strerror}; owner {_user(lock.st_uid)}, "
+            f"mode {lock.st_mode & 0o7777:04o}); give it the directory's owner ({_user(top.st_uid)}) or remove it (the next tick creates it again)"
+        )
+
     def _unreadable(self, exc: OSError) -> str:
         if exc.errno in (errno.ELOOP, errno.EINVAL):
             return f"state file {self.path} is a symbolic link or not a regular file; remove it (the next change writes a fresh state file)"
@@ -364,7 +385,7 @@ class StateStore:
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.EINVAL):
                 raise StateDirError(f"{self.lock_path} is a symbolic link or not a regular file; remove it (the next tick creates it again)") from None
-            raise StateDirError(self._unwritable(exc)) from None
+            raise StateDirError(self._lock_refused(exc) or self._unwritable(exc)) from None
         try:
             if wait is True:
                 fcntl.flock(fd, fcntl.LOCK_EX)

@@ -49,6 +49,33 @@ def test_unwritable_state_directory_stops_the_tick_before_any_change(system: Sys
     wait_until(lambda: len(system.active()) > 1, 30, "the fleet growing once the directory is writable")
 
 
+def test_a_root_owned_tick_lock_is_named_and_the_fleet_comes_back_once_it_is_given_back(system: System) -> None:
+    """The directory is dramactl's, so StateDirectory= leaves its files alone: a tick.lock left
+    root's 0600 (a partial chown) made every tick say the *directory* was not writable. The
+    real timer's ticks now name the lock and its owner, change nothing, and grow the fleet
+    once the lock is given back as the line says."""
+    system.dramactl("scale-to", "1")
+    system.dramactl("resume")
+    system.send(40, 5.0)  # 40 x 5 s on 2 threads: the policy would grow to MAX at once
+    uid = system.sh("id -u dramactl").stdout.strip()
+    system.sh("chown dramactl:dramactl /var/lib/dramactl && chown root:root /var/lib/dramactl/tick.lock && chmod 0600 /var/lib/dramactl/tick.lock")
+    try:
+        system.sh("systemctl start dramactl.timer")
+        wait_until(lambda: system.c.journal("dramactl.service").count("cannot be opened") >= 2, 30, "two ticks refusing")
+        assert system.active() == ["dramatiq-worker@1.service"]
+        journal = system.c.journal("dramactl.service")
+        lines = {l for l in journal.splitlines() if l.startswith("dramactl: tick lock")}
+        assert lines == {
+            f"dramactl: tick lock /var/lib/dramactl/tick.lock cannot be opened by uid {uid} (Permission denied; owner root, mode 0600); "
+            "give it the directory's owner (dramactl) or remove it (the next tick creates it again)"
+        }, journal[-2000:]
+        assert "is not writable" not in journal and "Traceback" not in journal, journal[-2000:]
+    finally:
+        system.sh("systemctl stop dramactl.timer; chown dramactl:dramactl /var/lib/dramactl/tick.lock")
+    system.sh("systemctl start dramactl.timer")
+    wait_until(lambda: len(system.active()) > 1, 30, "the fleet growing once the lock is the directory owner's")
+
+
 def test_manual_commands_journal_line_reads_the_queue_or_leaves_it_out(system: System) -> None:
     """scale-up/-down print Outcome.summary(): the queue figures come from one probe of the real
     Redis; when Redis cannot be reached the scale still happens and the figures are left out."""

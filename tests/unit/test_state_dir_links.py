@@ -149,3 +149,79 @@ def test_a_link_or_fifo_in_place_of_the_state_file_is_one_line_and_never_blocks(
     (scaler_dir / rollout.MARKER).unlink(missing_ok=True)
     os.mkfifo(scaler_dir / rollout.MARKER)
     assert rollout.in_progress(str(scaler_dir)) is None
+
+
+def test_a_tick_lock_another_user_owns_is_named_not_the_directory(scaler_dir: Path) -> None:
+    """A command run as root before the directory was the scaler's (or a partial chown) left
+    tick.lock root's, 0600, in a directory the scaler's user may write: every tick failed
+    saying the directory is not writable. The line names the lock, its owner and the fix."""
+    lock = scaler_dir / "tick.lock"
+    os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_RDONLY, 0o600))  # root's, as root's scale-to left it
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the scaler's user ticks
+        try:
+            os.close(read)
+            os.setgid(SCALER_UID)
+            os.setuid(SCALER_UID)
+            StateStore(scaler_dir).check_writable()  # the directory itself is writable
+            try:
+                with StateStore(scaler_dir).lock():
+                    os.write(write, b"locked")
+            except StateDirError as exc:
+                os.write(write, str(exc).encode())
+            os._exit(0)
+        except BaseException as exc:
+            os.write(write, repr(exc).encode())
+            os._exit(2)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        message = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, message
+    assert message == (
+        f"tick lock {lock} cannot be opened by uid {SCALER_UID} (Permission denied; owner root, mode 0600); "
+        "give it the directory's owner (nobody) or remove it (the next tick creates it again)"
+    )
+    # Given to the directory's owner, as the line says: the tick takes it.
+    os.chown(lock, SCALER_UID, SCALER_UID)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(SCALER_UID)
+            os.setuid(SCALER_UID)
+            with StateStore(scaler_dir).lock():
+                os._exit(0)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_tick_lock_in_an_unwritable_directory_names_the_directory(scaler_dir: Path) -> None:
+    """Both root's (a fresh host where root's command made the directory): the directory is
+    what to fix first, and the line says so, as before."""
+    os.chown(scaler_dir, 0, 0)
+    os.close(os.open(scaler_dir / "tick.lock", os.O_CREAT | os.O_EXCL | os.O_RDONLY, 0o600))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read)
+            os.setgid(SCALER_UID)
+            os.setuid(SCALER_UID)
+            try:
+                with StateStore(scaler_dir).lock():
+                    os.write(write, b"locked")
+            except StateDirError as exc:
+                os.write(write, str(exc).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        message = f.read().decode()
+    os.waitpid(pid, 0)
+    assert message == (
+        f"state directory {scaler_dir} is not writable by uid {SCALER_UID} (Permission denied; owner root, mode 0755); "
+        "fix its owner/mode (StateDirectory= in dramactl.service)"
+    )
