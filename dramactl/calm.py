@@ -1,5 +1,6 @@
-"""Two calm rules of the work-based policy (pure): act on evidence beyond the noise, and
-keep what cost a start-up until it has paid for it.
+"""Three calm rules of the work-based policy (pure): act on evidence beyond the noise,
+keep what cost a start-up until it has paid for it, and keep a fleet for backlogs that
+keep coming back.
 
 * :func:`rate_growth`: growth for the measured arrivals alone, while nothing waits,
   needs the evidence a shrink needs. The policy shrinks no lower than the fleet for the
@@ -14,6 +15,11 @@ keep what cost a start-up until it has paid for it.
   beyond the threads), and then the fleet grows for the estimate and the drain at once.
 * :func:`starting_hold`: no shrink while an instance is starting, nor within the
   start-up of the last growth (rent-or-buy).
+* :func:`returning_backlog`: a backlog is drained and its fleet released at once, as a
+  measured fact rather than noise; but a backlog that comes back within the horizon
+  (HPA's and KEDA's 300 s) is load that recurs, and releasing its fleet after each one
+  makes two actions a backlog (a job every minute: 120 an hour). Once two backlogs
+  came within the horizon, the fleet is kept at the highest need among them.
 """
 
 from __future__ import annotations
@@ -54,3 +60,35 @@ def starting_hold(history: Sequence[TickRecord], now: float, starting: int, star
     if grown and now - grown[-1] < startup:
         return f"started {now - grown[-1]:.0f}s ago, start-up {startup:.0f}s"
     return None
+
+
+def returning_backlog(history: Sequence[TickRecord], now: float, horizon: float, guard_age: float) -> tuple[int, int] | None:
+    """(backlogs, the highest fleet one needed) in the ``horizon`` seconds before ``now`` when
+    at least two backlogs came in that time, else None: a single backlog is released as soon
+    as it is drained. A backlog is a run of ticks whose need (``wanted``) exceeded the
+    arrivals' fleet (``for_rate``), counted once at its peak, ended by a tick that needed no
+    more. The highest, as HPA keeps its highest recommendation over its window: backlogs
+    that keep coming back on a rising load need more each time, and keeping less than the
+    last one needed releases part of the fleet after every backlog.
+
+    Two kinds of tick count for nothing, neither ending a run nor adding to one: ticks with
+    no ``for_rate`` (sized by count, paused, a manual size), and ticks whose oldest ready
+    message waited past ``guard_age`` (MAX_QUEUE_WAIT: the latency guard fired). The guard's
+    need is the fleet up plus a step, not a need of the messages: one old message (a retry,
+    a delayed message come due) every few minutes would otherwise raise the kept fleet by a
+    step each time, up to MAX."""
+    peaks: list[int] = []
+    run: int | None = None
+    for r in history:
+        if r.at < now - horizon or r.at >= now or r.for_rate is None or r.wanted is None:
+            continue
+        if r.oldest_age is not None and r.oldest_age > guard_age:
+            continue
+        if r.wanted > r.for_rate:
+            run = r.wanted if run is None else max(run, r.wanted)
+        elif run is not None:
+            peaks.append(run)
+            run = None
+    if run is not None:
+        peaks.append(run)
+    return (len(peaks), max(peaks)) if len(peaks) >= 2 else None

@@ -31,7 +31,10 @@ hook has reported some (:mod:`dramactl.rates`):
   waits), while an instance is starting or within the start-up of the last growth;
   shrink at once when drained, but never below the fleet for the load two standard
   errors up, nor below the arrivals' fleet of any tick in SCALE_DOWN_STABILIZATION
-  within that noise, nor below a recurring block's fleet while it is due.
+  within that noise, nor below a recurring block's fleet while it is due, nor, once two
+  backlogs came within SCALE_DOWN_STABILIZATION or 300 s (whichever is longer), below
+  the largest fleet they needed (a backlog that keeps coming back is recurring load,
+  :mod:`dramactl.calm`).
 
 Before any counter exists (a new queue, workers without the hook) it sizes by count
 (:mod:`dramactl.bycount`). Every sizing keeps MIN/MAX_PROCESSES, grows within
@@ -55,14 +58,14 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
-from .calm import rate_growth, starting_hold
+from .calm import rate_growth, returning_backlog, starting_hold
 from .bycount import count_target
 from .instance import WorkerUnit
 from .limits import Sized, clamp, grow, latency_guard
 from .queueing import queue_quantile, workers_for
 from .rates import WorkRates, learned_startup, work_rates
 from .reaction import reacting
-from .recurring import Recurring, recurring, recurring_keep, recurring_need  # noqa: F401 - recurring: the tests and the bench import it from here
+from .recurring import RECURRING_KEEP, Recurring, recurring, recurring_keep, recurring_need  # noqa: F401 - recurring: the tests and the bench import it from here
 from .settings import Settings
 from .state import Recovery, TickRecord
 from .stats import FleetBacklog
@@ -423,18 +426,25 @@ def work_target(
         goal = clamp(floor, settings)
         if goal >= current:
             return Sized(current, wanted, f"{why}: holding {current}", for_rate, figures)
-    target, reason = _work_down(current, goal, why, settings, history, now, within_noise)
+    # Backlogs that come back keep their fleet where a drained one would be released within a
+    # tick or two (tasks shorter than a tick and a start-up); with longer tasks the fleet
+    # follows the messages present, and a message waiting for a thread is the next arrival.
+    returning = service < interval + startup
+    target, reason = _work_down(current, goal, why, settings, history, now, within_noise, returning)
     return Sized(target, wanted, reason, for_rate, figures)
 
 
 def _work_down(
     current: int, wanted: int, why: str, settings: Settings, history: Sequence[TickRecord], now: float,
-    within_noise: int | None = None,
+    within_noise: int | None = None, returning: bool = True,
 ) -> tuple[int, str]:
     """Down to ``wanted``, but not below the arrivals' fleet of a tick in the window (the
     whole window in the history) unless the rate now is below it beyond its noise:
     ``within_noise`` is the fleet for the load :data:`NOISE_SIGMAS` standard errors up.
-    A measured decline is followed; a dip within the rate's noise is not."""
+    A measured decline is followed; a dip within the rate's noise is not. With
+    ``returning``, nor, once two backlogs came within the window or :data:`RECURRING_KEEP`
+    (whichever is longer), below the largest fleet they needed
+    (:func:`dramactl.calm.returning_backlog`)."""
     window = settings.scale_down_stabilization
     floor = clamp(wanted, settings)
     if window > 0:
@@ -451,6 +461,11 @@ def _work_down(
             why += f"; arrivals needed {held} within {window:g}s"
         if held > floor:
             floor = clamp(held, settings)
+        horizon = max(window, RECURRING_KEEP)
+        again = returning_backlog(history, now, horizon, settings.max_queue_wait) if returning else None
+        if again is not None and again[1] > floor:
+            why += f"; {again[0]} backlogs within {horizon:g}s, the largest needing {again[1]}"
+            floor = clamp(again[1], settings)
     if floor >= current:
         return current, f"{why}: holding {current}"
     step = settings.max_scale_down_step

@@ -598,3 +598,59 @@ def seen_from(history: list[TickRecord], arrived: float) -> FleetBacklog:
     """This tick's figures: ``arrived`` more messages completed since the last record."""
     done = history[-1].done + arrived
     return FleetBacklog(ready=0, in_flight=4, done_total=done, busy_seconds_total=done * 4.0, oldest_age=None)
+
+
+def test_a_backlog_that_comes_back_within_the_horizon_keeps_its_fleet() -> None:
+    """A job every minute (150 messages, 4 s each, on 0.5/s): each backlog grows the fleet
+    to 5 and is drained within a tick. Releasing the fleet after each one made two
+    actions a job, 120 an hour (a family kept out of the repo). Two backlogs within 300 s
+    keep the fleet; one is released at once; two that left the horizon keep nothing."""
+    s = settings()
+    twice = blocks((60.0, 120.0))
+    d = decide(seen(twice, 0.5, 4.0, in_flight=3), running(5), s, twice, NOW)
+    assert d.target == 5 and "2 backlogs within 300s, the largest needing 5: holding 5" in d.reason, d.reason
+    once = blocks((120.0,))
+    d = decide(seen(once, 0.5, 4.0, in_flight=3), running(5), s, once, NOW)
+    assert d.target == 1 and "backlogs within" not in d.reason, d.reason
+    gone = blocks((315.0, 375.0))
+    d = decide(seen(gone, 0.5, 4.0, in_flight=3), running(5), s, gone, NOW)
+    assert d.target == 1 and "backlogs within" not in d.reason, d.reason
+    # SCALE_DOWN_STABILIZATION=0 (shrink at once) keeps nothing, as for the arrivals' fleet.
+    d = decide(seen(twice, 0.5, 4.0, in_flight=3), running(5), settings(SCALE_DOWN_STABILIZATION=0), twice, NOW)
+    assert d.target == 1, d.reason
+
+
+def test_the_fleet_kept_for_returning_backlogs_is_the_highest_they_needed() -> None:
+    """Peaks 9, 4 and 6 within the horizon: 9 is kept (HPA keeps its highest recommendation);
+    a tick that needed no more than the arrivals' fleet ends a run; one backlog keeps
+    nothing; ticks with no arrivals' fleet (by count, paused, a manual size) count for
+    nothing, neither ending a run nor adding to one."""
+    from dramactl.calm import returning_backlog
+
+    def tick(ago: float, wanted: int, for_rate: int | None = 2, age: float | None = None) -> TickRecord:
+        return TickRecord(NOW - ago, 0, 2, 2, wanted=wanted, for_rate=for_rate, oldest_age=age)
+
+    history = [tick(400, 12), tick(285, 9), tick(270, 2), tick(255, 4), tick(240, 2), tick(225, 5), tick(210, 6), tick(195, 2)]
+    assert returning_backlog(history, NOW, 300.0, 60.0) == (3, 9)  # 12, 400 s ago, is beyond the horizon
+    assert returning_backlog(history[5:], NOW, 300.0, 60.0) is None  # 5-6: one backlog
+    assert returning_backlog(history[:3], NOW, 300.0, 60.0) is None  # one backlog
+    assert returning_backlog([tick(30, 8), tick(15, 8)], NOW, 300.0, 60.0) is None  # one run of two ticks: one backlog
+    assert returning_backlog([tick(45, 8), tick(30, 2), tick(15, 8)], NOW - 20, 300.0, 60.0) is None  # at or after now: not history
+    assert returning_backlog([tick(45, 8), tick(30, 2), tick(15, 3)], NOW, 300.0, 60.0) == (2, 8)
+    assert returning_backlog([tick(45, 8), tick(30, 9, None), tick(15, 3)], NOW, 300.0, 60.0) is None  # one backlog across a paused tick
+
+
+def test_the_latency_guard_firing_again_and_again_keeps_no_fleet() -> None:
+    """The guard wants the fleet up plus a step whenever the oldest ready message waited
+    past MAX_QUEUE_WAIT: one old message (a retry, a delayed one come due) every two
+    minutes on a load that needs 1 worker. Counted as backlogs, each firing would start
+    from the fleet the last one kept and raise it by a step (1, 2, 3, 5, 8, 10 in a
+    review's replay); the guard's ticks count for nothing, and the fleet goes back to 1."""
+    s = settings()
+    history = []
+    for k, r in enumerate(worked(0.5, 4.0, workers=3, seconds=300)):
+        guard = k % 8 == 3
+        history.append(TickRecord(r.at, 1 if guard else 0, 3, 3, oldest_age=90.0 if guard else None, wanted=4 if guard else 1,
+                                  done=r.done, busy=r.busy, for_rate=1))
+    d = decide(seen(history, 0.5, 4.0, in_flight=2), running(3), s, history, NOW)
+    assert d.target == 1 and "backlogs within" not in d.reason, d.reason
