@@ -15,6 +15,20 @@ pytestmark = pytest.mark.system
 NO_STATE_DIRECTORY = "/etc/systemd/system/dramactl.service.d/90-test-no-state-directory.conf"
 
 
+def refusing_ticks(system: System, marker: str, count: int, line: str) -> None:
+    """Start the real timer and wait for ``count`` ticks saying ``marker``: the fleet is left
+    as it was, ``line`` is the only line dramactl wrote, and every tick exited 2 before
+    deciding anything."""
+    system.sh("systemctl start dramactl.timer")
+    wait_until(lambda: system.c.journal("dramactl.service").count(marker) >= count, 30, f"{count} ticks refusing")
+    assert system.active() == ["dramatiq-worker@1.service"]
+    journal = system.c.journal("dramactl.service")
+    lines = {l for l in journal.splitlines() if l.startswith("dramactl: ")}
+    assert lines == {line}, lines
+    assert "status=2/INVALIDARGUMENT" in journal and "Traceback" not in journal, journal[-2000:]
+    assert "queues ready=" not in journal  # no tick got as far as deciding
+
+
 def test_unwritable_state_directory_stops_the_tick_before_any_change(system: System) -> None:
     """/var/lib/dramactl owned by root, 0755: the real timer's ticks, which run as dramactl, see a
     backlog that would grow the fleet, change nothing and say why in one journal line, exit 2.
@@ -30,17 +44,9 @@ def test_unwritable_state_directory_stops_the_tick_before_any_change(system: Sys
     uid = system.sh("id -u dramactl").stdout.strip()
     system.sh("chown root:root /var/lib/dramactl && chmod 0755 /var/lib/dramactl")
     try:
-        system.sh("systemctl start dramactl.timer")
-        wait_until(lambda: system.c.journal("dramactl.service").count("is not writable") >= 3, 30, "three ticks refusing")
-        assert system.active() == ["dramatiq-worker@1.service"]
-        journal = system.c.journal("dramactl.service")
-        lines = [l for l in journal.splitlines() if l.startswith("dramactl: ")]
-        assert set(lines) == {
-            f"dramactl: state directory /var/lib/dramactl is not writable by uid {uid} (Permission denied; owner root, mode 0755); "
-            "fix its owner/mode (StateDirectory= in dramactl.service)"
-        }, lines
-        assert "status=2/INVALIDARGUMENT" in journal and "Traceback" not in journal, journal[-2000:]
-        assert "queues ready=" not in journal  # no tick got as far as deciding
+        refusing_ticks(system, "is not writable", 3,
+                       f"dramactl: state directory /var/lib/dramactl is not writable by uid {uid} (Permission denied; owner root, mode 0755); "
+                       "fix its owner/mode (StateDirectory= in dramactl.service)")
     finally:
         system.sh(f"systemctl stop dramactl.timer; rm -f {NO_STATE_DIRECTORY}; systemctl daemon-reload")
         system.sh("chown -R dramactl:dramactl /var/lib/dramactl; chmod 0755 /var/lib/dramactl")  # -R as StateDirectory= does: root's scale-to made the files
@@ -60,16 +66,9 @@ def test_a_root_owned_tick_lock_is_named_and_the_fleet_comes_back_once_it_is_giv
     uid = system.sh("id -u dramactl").stdout.strip()
     system.sh("chown dramactl:dramactl /var/lib/dramactl && chown root:root /var/lib/dramactl/tick.lock && chmod 0600 /var/lib/dramactl/tick.lock")
     try:
-        system.sh("systemctl start dramactl.timer")
-        wait_until(lambda: system.c.journal("dramactl.service").count("cannot be opened") >= 2, 30, "two ticks refusing")
-        assert system.active() == ["dramatiq-worker@1.service"]
-        journal = system.c.journal("dramactl.service")
-        lines = {l for l in journal.splitlines() if l.startswith("dramactl: tick lock")}
-        assert lines == {
-            f"dramactl: tick lock /var/lib/dramactl/tick.lock cannot be opened by uid {uid} (Permission denied; owner root, mode 0600); "
-            "give it the directory's owner (dramactl) or remove it (the next tick creates it again)"
-        }, journal[-2000:]
-        assert "is not writable" not in journal and "Traceback" not in journal, journal[-2000:]
+        refusing_ticks(system, "cannot be opened", 2,
+                       f"dramactl: tick lock /var/lib/dramactl/tick.lock cannot be opened by uid {uid} (Permission denied; owner root, mode 0600); "
+                       "give it the directory's owner (dramactl) or remove it (the next tick creates it again)")
     finally:
         system.sh("systemctl stop dramactl.timer; chown dramactl:dramactl /var/lib/dramactl/tick.lock")
     system.sh("systemctl start dramactl.timer")
