@@ -15,6 +15,15 @@ pytestmark = pytest.mark.system
 NO_STATE_DIRECTORY = "/etc/systemd/system/dramactl.service.d/90-test-no-state-directory.conf"
 
 
+def one_instance_and_a_backlog(system: System) -> str:
+    """One instance, autoscaling on, and 40 x 5 s on its 2 threads: the policy would grow
+    to MAX at once. The scaler user's uid."""
+    system.dramactl("scale-to", "1")
+    system.dramactl("resume")
+    system.send(40, 5.0)
+    return system.sh("id -u dramactl").stdout.strip()
+
+
 def refusing_ticks(system: System, marker: str, count: int, line: str) -> None:
     """Start the real timer and wait for ``count`` ticks saying ``marker``: the fleet is left
     as it was, ``line`` is the only line dramactl wrote, and every tick exited 2 before
@@ -36,12 +45,9 @@ def test_unwritable_state_directory_stops_the_tick_before_any_change(system: Sys
     The shipped unit's StateDirectory= makes systemd give the directory back to dramactl on
     every start, so the test drops it (as a unit written without it would) and keeps the
     directory visible with ReadWritePaths= (ProtectSystem=strict would make it read-only)."""
-    system.dramactl("scale-to", "1")
-    system.dramactl("resume")
     system.sh(f"mkdir -p {NO_STATE_DIRECTORY.rsplit('/', 1)[0]} && printf '[Service]\\nStateDirectory=\\nReadWritePaths=/var/lib/dramactl\\n' > {NO_STATE_DIRECTORY}")
     system.sh("systemctl daemon-reload")
-    system.send(40, 5.0)  # 40 x 5 s on 2 threads: the policy would grow to MAX at once
-    uid = system.sh("id -u dramactl").stdout.strip()
+    uid = one_instance_and_a_backlog(system)
     system.sh("chown root:root /var/lib/dramactl && chmod 0755 /var/lib/dramactl")
     try:
         refusing_ticks(system, "is not writable", 3,
@@ -60,10 +66,7 @@ def test_a_root_owned_tick_lock_is_named_and_the_fleet_comes_back_once_it_is_giv
     root's 0600 (a partial chown) made every tick say the *directory* was not writable. The
     real timer's ticks now name the lock and its owner, change nothing, and grow the fleet
     once the lock is given back as the line says."""
-    system.dramactl("scale-to", "1")
-    system.dramactl("resume")
-    system.send(40, 5.0)  # 40 x 5 s on 2 threads: the policy would grow to MAX at once
-    uid = system.sh("id -u dramactl").stdout.strip()
+    uid = one_instance_and_a_backlog(system)
     system.sh("chown dramactl:dramactl /var/lib/dramactl && chown root:root /var/lib/dramactl/tick.lock && chmod 0600 /var/lib/dramactl/tick.lock")
     try:
         refusing_ticks(system, "cannot be opened", 2,
