@@ -16,10 +16,11 @@ keep coming back.
 * :func:`starting_hold`: no shrink while an instance is starting, nor within the
   start-up of the last growth (rent-or-buy).
 * :func:`returning_backlog`: a backlog is drained and its fleet released at once, as a
-  measured fact rather than noise; but a backlog that comes back within the horizon
-  (HPA's and KEDA's 300 s) is load that recurs, and releasing its fleet after each one
-  makes two actions a backlog (a job every minute: 120 an hour). Once two backlogs
-  came within the horizon, the fleet is kept at the highest need among them.
+  measured fact rather than noise; but a backlog that comes back within
+  SCALE_DOWN_STABILIZATION is a need that did not stay low for the window, and
+  releasing its fleet after each one makes two actions a backlog (a job every minute:
+  120 an hour). Once two backlogs came within the window, the fleet is kept at the
+  highest need among them.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def starting_hold(history: Sequence[TickRecord], now: float, starting: int, star
 
 
 def returning_backlog(history: Sequence[TickRecord], now: float, horizon: float, guard_age: float) -> tuple[int, int] | None:
-    """(backlogs, the highest fleet one needed) in the ``horizon`` seconds before ``now`` when
-    at least two backlogs came in that time, else None: a single backlog is released as soon
+    """(backlogs, the highest fleet one needed) in the ``horizon`` seconds before ``now``
+    (SCALE_DOWN_STABILIZATION) when at least two came in that time, else None: a single backlog is released as soon
     as it is drained. A backlog is a run of ticks whose need (``wanted``) exceeded the
     arrivals' fleet (``for_rate``), counted once at its peak, ended by a tick that needed no
     more. The highest, as HPA keeps its highest recommendation over its window: backlogs

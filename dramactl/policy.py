@@ -32,8 +32,8 @@ hook has reported some (:mod:`dramactl.rates`):
   shrink at once when drained, but never below the fleet for the load two standard
   errors up, nor below the arrivals' fleet of any tick in SCALE_DOWN_STABILIZATION
   within that noise, nor below a recurring block's fleet while it is due, nor, once two
-  backlogs came within SCALE_DOWN_STABILIZATION or 300 s (whichever is longer), below
-  the largest fleet they needed (a backlog that keeps coming back is recurring load,
+  backlogs came within SCALE_DOWN_STABILIZATION, below the largest fleet they needed (a
+  backlog that comes back within the window is a need that did not stay low,
   :mod:`dramactl.calm`).
 
 Before any counter exists (a new queue, workers without the hook) it sizes by count
@@ -65,7 +65,7 @@ from .limits import Sized, clamp, grow, latency_guard
 from .queueing import queue_quantile, workers_for
 from .rates import WorkRates, learned_startup, work_rates
 from .reaction import reacting
-from .recurring import RECURRING_KEEP, Recurring, recurring, recurring_keep, recurring_need  # noqa: F401 - recurring: the tests and the bench import it from here
+from .recurring import Recurring, recurring, recurring_keep, recurring_need  # noqa: F401 - recurring: the tests and the bench import it from here
 from .settings import Settings
 from .state import Recovery, TickRecord
 from .stats import FleetBacklog
@@ -442,9 +442,8 @@ def _work_down(
     whole window in the history) unless the rate now is below it beyond its noise:
     ``within_noise`` is the fleet for the load :data:`NOISE_SIGMAS` standard errors up.
     A measured decline is followed; a dip within the rate's noise is not. With
-    ``returning``, nor, once two backlogs came within the window or :data:`RECURRING_KEEP`
-    (whichever is longer), below the largest fleet they needed
-    (:func:`dramactl.calm.returning_backlog`)."""
+    ``returning``, nor, once two backlogs came within the window, below the largest fleet
+    they needed (:func:`dramactl.calm.returning_backlog`)."""
     window = settings.scale_down_stabilization
     floor = clamp(wanted, settings)
     if window > 0:
@@ -461,10 +460,10 @@ def _work_down(
             why += f"; arrivals needed {held} within {window:g}s"
         if held > floor:
             floor = clamp(held, settings)
-        horizon = max(window, RECURRING_KEEP)
-        again = returning_backlog(history, now, horizon, settings.max_queue_wait) if returning else None
+        # A need that came back within the window did not stay low for the window.
+        again = returning_backlog(history, now, window, settings.max_queue_wait) if returning else None
         if again is not None and again[1] > floor:
-            why += f"; {again[0]} backlogs within {horizon:g}s, the largest needing {again[1]}"
+            why += f"; {again[0]} backlogs within {window:g}s, the largest needing {again[1]}"
             floor = clamp(again[1], settings)
     if floor >= current:
         return current, f"{why}: holding {current}"

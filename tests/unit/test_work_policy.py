@@ -600,24 +600,27 @@ def seen_from(history: list[TickRecord], arrived: float) -> FleetBacklog:
     return FleetBacklog(ready=0, in_flight=4, done_total=done, busy_seconds_total=done * 4.0, oldest_age=None)
 
 
-def test_a_backlog_that_comes_back_within_the_horizon_keeps_its_fleet() -> None:
+def test_a_backlog_that_comes_back_within_the_window_keeps_its_fleet() -> None:
     """A job every minute (150 messages, 4 s each, on 0.5/s): each backlog grows the fleet
     to 5 and is drained within a tick. Releasing the fleet after each one made two
-    actions a job, 120 an hour (a family kept out of the repo). Two backlogs within 300 s
-    keep the fleet; one is released at once; two that left the horizon keep nothing."""
+    actions a job, 120 an hour (a family kept out of the repo). Two backlogs within
+    SCALE_DOWN_STABILIZATION (120 s) keep the fleet; one is released at once; two that
+    left the window keep nothing, nor does a window of 0 (shrink at once)."""
     s = settings()
     twice = blocks((60.0, 120.0))
     d = decide(seen(twice, 0.5, 4.0, in_flight=3), running(5), s, twice, NOW)
-    assert d.target == 5 and "2 backlogs within 300s, the largest needing 5: holding 5" in d.reason, d.reason
+    assert d.target == 5 and "2 backlogs within 120s, the largest needing 5: holding 5" in d.reason, d.reason
     once = blocks((120.0,))
     d = decide(seen(once, 0.5, 4.0, in_flight=3), running(5), s, once, NOW)
     assert d.target == 1 and "backlogs within" not in d.reason, d.reason
-    gone = blocks((315.0, 375.0))
+    gone = blocks((135.0, 195.0))
     d = decide(seen(gone, 0.5, 4.0, in_flight=3), running(5), s, gone, NOW)
     assert d.target == 1 and "backlogs within" not in d.reason, d.reason
-    # SCALE_DOWN_STABILIZATION=0 (shrink at once) keeps nothing, as for the arrivals' fleet.
     d = decide(seen(twice, 0.5, 4.0, in_flight=3), running(5), settings(SCALE_DOWN_STABILIZATION=0), twice, NOW)
     assert d.target == 1, d.reason
+    # A longer window keeps backlogs further apart: 300 s, HPA's default.
+    d = decide(seen(gone, 0.5, 4.0, in_flight=3), running(5), settings(SCALE_DOWN_STABILIZATION=300), gone, NOW)
+    assert d.target == 5 and "2 backlogs within 300s" in d.reason, d.reason
 
 
 def test_the_fleet_kept_for_returning_backlogs_is_the_highest_they_needed() -> None:
