@@ -63,10 +63,10 @@ def starting_hold(history: Sequence[TickRecord], now: float, starting: int, star
     return None
 
 
-def returning_backlog(history: Sequence[TickRecord], now: float, horizon: float, guard_age: float) -> tuple[int, int] | None:
-    """(backlogs, the highest fleet one needed) in the ``horizon`` seconds before ``now``
-    (SCALE_DOWN_STABILIZATION) when at least two came in that time, else None: a single backlog is released as soon
-    as it is drained. A backlog is a run of ticks whose need (``wanted``) exceeded the
+def returning_backlog(history: Sequence[TickRecord], now: float, window: float, guard_age: float) -> tuple[int, int] | None:
+    """(backlogs, the highest fleet one needed) in the ``window`` seconds before ``now``
+    (SCALE_DOWN_STABILIZATION) when at least two came in that time, else None: a single
+    backlog is released as soon as it is drained. A backlog is a run of ticks whose need (``wanted``) exceeded the
     arrivals' fleet (``for_rate``), counted once at its peak, ended by a tick that needed no
     more. The highest, as HPA keeps its highest recommendation over its window: backlogs
     that keep coming back on a rising load need more each time, and keeping less than the
@@ -81,7 +81,7 @@ def returning_backlog(history: Sequence[TickRecord], now: float, horizon: float,
     peaks: list[int] = []
     run: int | None = None
     for r in history:
-        if r.at < now - horizon or r.at >= now or r.for_rate is None or r.wanted is None:
+        if r.at < now - window or r.at >= now or r.for_rate is None or r.wanted is None:
             continue
         if r.oldest_age is not None and r.oldest_age > guard_age:
             continue

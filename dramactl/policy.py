@@ -436,7 +436,7 @@ def work_target(
 
 def _work_down(
     current: int, wanted: int, why: str, settings: Settings, history: Sequence[TickRecord], now: float,
-    within_noise: int | None = None, returning: bool = True,
+    within_noise: int | None, returning: bool,
 ) -> tuple[int, str]:
     """Down to ``wanted``, but not below the arrivals' fleet of a tick in the window (the
     whole window in the history) unless the rate now is below it beyond its noise:
