@@ -419,7 +419,7 @@ def parse_probe(queues: Sequence[str], raw: Sequence[int | bytes | str]) -> list
                 dead=dead,
                 oldest_age=max(0.0, (now_ms - head_ts) / 1000.0) if head_ts >= 0 else None,
                 newest_age=newest_age(head_ts, tail_ts, now_ms),
-                done_total=_counter(done, f"__dramactl__.work.{name} field done"),
+                done_total=_counter(done, f"__dramactl__.work.{name} field done", HINCRBY_MAX),
                 busy_seconds_total=_counter(busy, f"__dramactl__.work.{name} field busy"),
                 busy_sq_total=_counter(squares, f"__dramactl__.work.{name} field busy_sq"),
             )
@@ -477,9 +477,14 @@ def parse_damaged(raw: Sequence | None) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def _counter(value: int | bytes | str | None, where: str = "work counter") -> float | None:
+HINCRBY_MAX = 2**63 - 1  # Redis' HINCRBY refuses to go past a signed 64-bit integer
+
+
+def _counter(value: int | bytes | str | None, where: str = "work counter", most: float = math.inf) -> float | None:
     """A work counter from the reply: None when absent or not a finite, non-negative
-    number (``1e400``, ``inf``, ``nan``, ``-3``: named in the journal and left out)."""
+    number (``1e400``, ``inf``, ``nan``, ``-3``: named in the journal and left out), or
+    above ``most`` (the hook's ``done`` is a HINCRBY counter: ``1e300`` was written by
+    something else)."""
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     if value is None or value == "":
@@ -488,7 +493,7 @@ def _counter(value: int | bytes | str | None, where: str = "work counter") -> fl
         number = float(value)
     except ValueError:
         number = math.nan
-    if math.isfinite(number) and number >= 0:
+    if math.isfinite(number) and 0 <= number <= most:
         return number
     log.warning("ignoring damaged %s in Redis (%r is not a finite count); rates start again from the next good value", where, value[:40] if isinstance(value, str) else value)
     return None

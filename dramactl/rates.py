@@ -171,12 +171,15 @@ def _service_cv2(batches: Sequence[tuple[float, float]], mean: float) -> float:
     interval k's mean m_k = busy_k / done_k has variance sigma^2 / done_k, so
     sum done_k (m_k - mean)^2 / (intervals - 1) estimates sigma^2. The counters hold
     sums only; this is how far apart single messages are without any more of them.
-    1 (exponential, what Erlang C assumes) until :data:`MIN_BATCHES` intervals."""
+    1 (exponential, what Erlang C assumes) until :data:`MIN_BATCHES` intervals, and when
+    damaged counters (finite, but absurd) put it out of a float's range."""
     used = [(d, b) for d, b in batches if d >= 1]
-    if len(used) < MIN_BATCHES or mean <= 0:
+    if len(used) < MIN_BATCHES or not mean * mean > 0.0:
         return 1.0
-    variance = sum(d * (b / d - mean) ** 2 for d, b in used) / (len(used) - 1)
-    return variance / (mean * mean)
+    # x * x, not x ** 2: counters damaged into huge finite values give inf, not OverflowError.
+    variance = sum(d * ((b / d - mean) * (b / d - mean)) for d, b in used) / (len(used) - 1)
+    ratio = variance / (mean * mean)
+    return ratio if math.isfinite(ratio) else 1.0
 
 
 def _arrival_rate(pairs: Sequence[tuple[_Point, _Point]], now: float) -> tuple[float | None, int, float]:

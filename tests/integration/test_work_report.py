@@ -109,6 +109,20 @@ def test_a_hook_that_counts_no_squares_reads_as_unknown_spread(redis: redis_lib.
     assert (q.done_total, q.busy_seconds_total, q.busy_sq_total) == (10.0, 20.0, None)
 
 
+@pytest.mark.parametrize("field, value", [("done", "1e300"), ("done", str(2**63)), ("busy", "inf"), ("done", "-3")])
+def test_a_work_counter_no_hook_could_have_written_is_named_and_left_out(
+    redis: redis_lib.Redis, redis_server: RedisServer, caplog: pytest.LogCaptureFixture, field: str, value: str
+) -> None:
+    """``done`` is a HINCRBY counter, so Redis never holds it past 2**63 - 1: 1e300 there was
+    written by something else (it made the policy's service-time spread divide by an
+    underflowed 0, a traceback every tick). Named and left out, like inf or a negative."""
+    redis.hset("dramatiq:__dramactl__.work.w1", mapping={"done": 10, "busy": 20.0, field: value})
+    with caplog.at_level("WARNING", logger="dramactl"):
+        q = read_one(redis_server)
+    assert (q.done_total if field == "done" else q.busy_seconds_total) is None
+    assert f"ignoring damaged __dramactl__.work.w1 field {field} in Redis ({value!r} is not a finite count)" in caplog.text, caplog.text
+
+
 def test_messages_that_finish_while_the_worker_stops_are_counted(broker: RedisBroker, redis_server: RedisServer) -> None:
     """A scale-down's drain: before_worker_shutdown ends the reporter's loop, then the running
     messages finish; their completions must still reach Redis (replay rebuilds arrivals from them)."""

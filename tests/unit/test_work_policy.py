@@ -264,6 +264,20 @@ def test_counters_that_went_backwards_start_over() -> None:
     assert work_rates(history, FleetBacklog(), NOW) is None, "no counters now: size by count"
 
 
+@pytest.mark.parametrize("field", ["done", "busy"])
+def test_counters_damaged_into_huge_finite_values_size_the_fleet_without_a_traceback(field: str) -> None:
+    """A counter jumps to 1e300 (finite, so it passes the probe when it is ``busy``, a float
+    counter): the spread of service times divided by an underflowed 0 (``done``) or squared
+    past a float's range (``busy``), and every tick failed with a traceback."""
+    s = settings()
+    history = worked(1.0, 4.0, workers=2)
+    last = replace(history[-1], **{field: 1e300})
+    history[-1] = last
+    now = FleetBacklog(ready=0, in_flight=2, done_total=last.done + 15, busy_seconds_total=last.busy + 60)
+    d = decide(now, running(2), s, history, NOW)
+    assert 1 <= d.target <= 10, d.reason
+
+
 def test_start_up_is_learned_from_the_scalers_start_jobs() -> None:
     history = [TickRecord(NOW - 60, 0, 1, 2, startup=28.0), TickRecord(NOW - 30, 0, 2, 2)]
     assert learned_startup(history, 5.0) == 28.0
