@@ -1,6 +1,6 @@
-"""Three calm rules of the work-based policy (pure): act on evidence beyond the noise,
-keep what cost a start-up until it has paid for it, and keep a fleet for backlogs that
-keep coming back.
+"""Four calm rules of the work-based policy (pure): act on evidence beyond the noise,
+keep what cost a start-up until it has paid for it, keep a fleet for backlogs that
+keep coming back, and do not shrink under a load that is measurably rising to it.
 
 * :func:`rate_growth`: growth for the measured arrivals alone, while nothing waits,
   needs the evidence a shrink needs. The policy shrinks no lower than the fleet for the
@@ -21,6 +21,15 @@ keep coming back.
   releasing its fleet after each one makes two actions a backlog (a job every minute:
   120 an hour). Once two backlogs came within the window, the fleet is kept at the
   highest need among them.
+* :func:`rising_floor`: on a rising load the arrival rate, a count over a window, is
+  the rate of the window's middle, and the arrivals are ahead of it: the fleet sized for
+  it falls behind, a backlog builds, its drain grows the fleet past the rate's need,
+  and a shrink back to that need is undone by the next backlog (steep ramps: 10 such
+  flaps an hour where HPA had 0 to 0.3). When the rate rises beyond its noise (its slope
+  :data:`~dramactl.policy.NOISE_SIGMAS` standard errors above 0), a shrink stops at the
+  fleet for the rate the slope reaches SCALE_DOWN_STABILIZATION from now (a need back
+  within the window did not stay low), no further ahead than the span the slope was fit
+  over. It never starts anything, and a rate that stops rising lets the fleet go.
 """
 
 from __future__ import annotations
@@ -93,3 +102,21 @@ def returning_backlog(history: Sequence[TickRecord], now: float, window: float, 
     if run is not None:
         peaks.append(run)
     return (len(peaks), max(peaks)) if len(peaks) >= 2 else None
+
+
+def rising_floor(rates: WorkRates, sigmas: float, window: float, fleet: Callable[[float], int]) -> tuple[int, str] | None:
+    """(the fleet, a note for the tick line) for the arrival rate a measured rise reaches
+    ``window`` seconds from now (SCALE_DOWN_STABILIZATION: a need back within it did not
+    stay low), but no further ahead than the span the slope was fit over
+    (``rates.trend_span``: a line is not extended beyond it); None when the rate does not
+    rise beyond ``sigmas`` standard errors of its slope (:attr:`WorkRates.trend`) or the
+    window is 0. The rate is a count over ``rates.span`` seconds, so it is the rate of
+    half a span ago, and the rise is followed from there (``fleet``: workers for a load
+    in busy threads)."""
+    if rates.arrival is None or rates.trend_span <= 0 or window <= 0 or rates.trend - sigmas * rates.trend_error <= 0:
+        return None
+    ahead = rates.span / 2.0 + min(window, rates.trend_span)
+    reached = rates.arrival + rates.trend * ahead
+    need = fleet(reached * rates.service)
+    return need, (f"arrivals rising {rates.trend * 60.0:.2f}/s a minute over {rates.trend_span:.0f}s "
+                  f"({sigmas:g} sigma: {sigmas * rates.trend_error * 60.0:.2f}), {reached:.2f}/s {ahead:.0f}s on needs {need}")

@@ -290,7 +290,8 @@ def policy_cards(view: dict) -> list[tuple[str, str, str]]:
         ("busy", "Busy threads", "—" if not _is_num(view.get("busy_threads")) else f"{view['busy_threads']:.1f}"),
         ("startup", "Start-up", startup),
         ("needs", "Fleet asked for", f"arrivals {_num(needs.get('arrivals'))} · drain {_num(needs.get('drain'))} · "
-                                     f"guard {_num(needs.get('latency_guard'))} · block {_num(needs.get('recurring'))}"),
+                                     f"guard {_num(needs.get('latency_guard'))} · block {_num(needs.get('recurring'))} · "
+                                     f"rising {_num(needs.get('rising'))}"),
         target,
     ]
 

@@ -34,7 +34,10 @@ hook has reported some (:mod:`dramactl.rates`):
   within that noise, nor below a recurring block's fleet while it is due, nor, once two
   backlogs came within SCALE_DOWN_STABILIZATION, below the largest fleet they needed (a
   backlog that comes back within the window is a need that did not stay low,
-  :mod:`dramactl.calm`).
+  :mod:`dramactl.calm`), nor, while the arrival rate rises beyond its noise, below the
+  fleet for the rate its slope reaches within SCALE_DOWN_STABILIZATION (no further ahead
+  than the span it was measured over: a shrink under a rising load is undone by its next
+  backlog).
 
 Before any counter exists (a new queue, workers without the hook) it sizes by count
 (:mod:`dramactl.bycount`). Every sizing keeps MIN/MAX_PROCESSES, grows within
@@ -58,7 +61,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
-from .calm import rate_growth, returning_backlog, starting_hold
+from .calm import rate_growth, returning_backlog, rising_floor, starting_hold
 from .bycount import count_target
 from .instance import WorkerUnit
 from .limits import Sized, clamp, grow, latency_guard
@@ -378,6 +381,8 @@ def work_target(
 
     ahead = recurring_need(history, now, startup + 2.0 * interval, 2.0 * interval, load, service, settings, rate_fleet, rates.span)
     needs["recurring"] = None if ahead is None else ahead[0]
+    rise = rising_floor(rates, NOISE_SIGMAS, settings.scale_down_stabilization, rate_fleet)
+    needs["rising"] = None if rise is None else rise[0]
     figures = {
         "by": "work",
         "arrival_rate": None if rates.arrival is None else round(rates.arrival, 3),
@@ -424,6 +429,14 @@ def work_target(
         # in 40 at 2 sigma, rather than 1 in 2 at the estimate); or the reacting fleet's, if smaller.
         why += f"; the load {NOISE_SIGMAS:g} sigma up ({high:.1f} busy threads) needs {within_noise}" + (f", reacting {floor}" if floor != within_noise else "")
         goal = clamp(floor, settings)
+        if goal >= current:
+            return Sized(current, wanted, f"{why}: holding {current}", for_rate, figures)
+    # A shrink under a load rising to the fleet is undone by its next backlog (:func:`dramactl.calm.rising_floor`);
+    # where the fleet reacts to the messages present, no higher than the reacting fleet, as the noise floor.
+    rising = None if rise is None else rise[0] if react is None else min(rise[0], react)
+    if rise is not None and rising is not None and rising > goal:
+        why += f"; {rise[1]}" + (f", reacting {rising}" if rising != rise[0] else "")
+        goal = clamp(rising, settings)
         if goal >= current:
             return Sized(current, wanted, f"{why}: holding {current}", for_rate, figures)
     # Backlogs that come back keep their fleet where a drained one would be released within a

@@ -94,7 +94,8 @@ def describe(v: dict) -> list[str]:
     lines = [f"policy default, by work: arrivals {rate} x E[S] {v['service_time']:.2f}s = {v['busy_threads']:.1f} busy threads; {startup}"]
     lines.append(
         f"  needs: arrivals {_n(needs.get('arrivals'))}, drain {_n(needs.get('drain'))} ({v['waiting']} waiting, in {v['drain_seconds']:g}s), "
-        f"latency guard {_n(needs.get('latency_guard'))}, recurring block {_n(needs.get('recurring'))}; wants {_n(v['wanted'])}, target {v['target']}"
+        f"latency guard {_n(needs.get('latency_guard'))}, recurring block {_n(needs.get('recurring'))}, rising load {_n(needs.get('rising'))}; "
+        f"wants {_n(v['wanted'])}, target {v['target']}"
     )
     if v.get("note"):
         lines.append(f"  ({v['note']})")

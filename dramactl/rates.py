@@ -24,6 +24,12 @@ went backwards (the key was deleted, Redis restarted) ends the intervals before 
 The rate's standard error is that of a Poisson count over the intervals' span
 (:meth:`WorkRates.arrival_high`): how far a measured dip may be noise.
 
+Trend: the same intervals' counts over :data:`TREND_WINDOW`, back to the rate's last
+step, fit a line by weighted least squares (:func:`_trend`): how fast the arrival rate
+rises or falls, with its standard error (Poisson's, widened by the counts' own
+dispersion when arrivals come in clusters). A count over a window is the rate at
+the window's middle; on a rising load the arrivals are already ahead of it.
+
 Blocks: :func:`surges` finds the intervals in which far more arrived than the rate
 before them explains (a block landed, whether or not the fleet absorbed it before a
 tick saw it); the policy looks for blocks that recur at a regular period.
@@ -66,6 +72,9 @@ class WorkRates:
     span: float = 0.0
     service_cv2: float = 1.0  # squared coefficient of variation of service times (batch means; 1 until measured)
     completions: float = 0.0  # messages the mean service time rests on
+    trend: float = 0.0  # the arrival rate's slope, messages/s per second (:func:`_trend`); 0 until measured
+    trend_error: float = 0.0  # its standard error
+    trend_span: float = 0.0  # the seconds of intervals it was fit over
 
     def arrival_high(self, sigmas: float) -> float | None:
         """The arrival rate ``sigmas`` standard errors up: counts in ``span`` seconds are
@@ -135,7 +144,11 @@ def work_rates(history: Sequence[TickRecord], backlog: FleetBacklog, now: float,
     points = points[start:]
     pairs = [(a, b) for a, b in zip(points, points[1:]) if 0 < b.at - a.at <= max_gap]
 
-    arrival, intervals, span = _arrival_rate(pairs, now)
+    arrivals = _arrivals(pairs)
+    arrival, intervals, span = _arrival_rate(pairs, arrivals, now)
+    trend = _trend(pairs, arrivals, now)
+    if not all(math.isfinite(x) for x in trend):
+        trend = (0.0, 0.0, 0.0)  # counters so large their squares overflow (damaged): no trend
 
     recent = _service_batches(pairs, now)
     done = sum(d for d, _ in recent)
@@ -147,7 +160,7 @@ def work_rates(history: Sequence[TickRecord], backlog: FleetBacklog, now: float,
         return None
     if not math.isfinite(service) or (arrival is not None and not math.isfinite(arrival)):
         return None  # counters finite but so large that their rates overflow (damaged): size by count
-    return WorkRates(arrival, max(service, 0.0), intervals, span, _service_cv2(recent, service), done if done >= MIN_COMPLETIONS else 0.0)
+    return WorkRates(arrival, max(service, 0.0), intervals, span, _service_cv2(recent, service), done if done >= MIN_COMPLETIONS else 0.0, *trend)
 
 
 def _service_batches(pairs: Sequence[tuple[_Point, _Point]], now: float) -> list[tuple[float, float]]:
@@ -182,28 +195,34 @@ def _service_cv2(batches: Sequence[tuple[float, float]], mean: float) -> float:
     return ratio if math.isfinite(ratio) else 1.0
 
 
-def _arrival_rate(pairs: Sequence[tuple[_Point, _Point]], now: float) -> tuple[float | None, int, float]:
-    """(rate, intervals, span): arrivals counted over the intervals of the last
-    :data:`RATE_WINDOW`, reaching further back (up to :data:`LONG_RATE_WINDOW`) until
-    they hold :data:`MIN_ARRIVALS`, less what blocks brought (:func:`_excess`), per
-    second of the intervals' span. A count over a window is never 0 while messages
+def _arrivals(pairs: Sequence[tuple[_Point, _Point]]) -> list[tuple[float, float]]:
+    """Per interval: (arrivals less what a block brought, seconds). What came in was either
+    completed or is still there: Δdone + Δbacklog."""
+    counts = [max(0.0, b.done - a.done + b.backlog - a.backlog) for a, b in pairs]
+    return [(c - e, b.at - a.at) for c, e, (a, b) in zip(counts, _excess(pairs, counts), pairs)]
+
+
+def _arrival_rate(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tuple[float, float]], now: float) -> tuple[float | None, int, float]:
+    """(rate, intervals, span): ``arrivals`` (per interval of ``pairs``: its count less
+    what a block brought (:func:`_excess`), and its seconds) counted over the intervals
+    of the last :data:`RATE_WINDOW`, reaching further back (up to
+    :data:`LONG_RATE_WINDOW`) until they hold :data:`MIN_ARRIVALS`, per second of the
+    intervals' span. A count over a window is never 0 while messages
     arrive, and its Poisson standard error sqrt(n) / span is known
     (:meth:`WorkRates.arrival_high`); a median over short intervals is 0 whenever
     fewer than one arrival per interval is the rule."""
     if not pairs:
         return None, 0, 0.0
-    counts = [max(0.0, b.done - a.done + b.backlog - a.backlog) for a, b in pairs]
-    excess = _excess(pairs, counts)
     arrived, span, used = 0.0, 0.0, 0
     recent: tuple[float, float] | None = None  # (arrivals, span) of the RATE_WINDOW, once reaching further back
     for k in range(len(pairs) - 1, -1, -1):
-        a, b = pairs[k]
-        if b.at <= now - LONG_RATE_WINDOW - 1e-9:
+        end = pairs[k][1].at
+        if end <= now - LONG_RATE_WINDOW - 1e-9:
             break
-        came, took = counts[k] - excess[k], b.at - a.at
+        came, took = arrivals[k]
         if span > 0 and _changed((arrived, span), (came, took), STEP_P):
             break  # the intervals so far and this one before them: not one rate (it stopped, or jumped)
-        if b.at <= now - RATE_WINDOW - 1e-9:
+        if end <= now - RATE_WINDOW - 1e-9:
             if arrived >= MIN_ARRIVALS:
                 break
             recent = recent or (arrived, span)
@@ -213,6 +232,50 @@ def _arrival_rate(pairs: Sequence[tuple[_Point, _Point]], now: float) -> tuple[f
         span += took
         used += 1
     return (max(0.0, arrived) / span if span > 0 else None), used, span
+
+
+TREND_WINDOW = 300.0  # seconds of intervals a trend is fit over: 20 ticks at 15 s (a slope's error falls as span^-1.5)
+MIN_TREND_INTERVALS = 4  # fewer intervals since the rate's last step: no trend
+
+
+def _trend(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tuple[float, float]], now: float) -> tuple[float, float, float]:
+    """(slope, its standard error, span): the arrival rate's change per second, a line
+    fit by weighted least squares to ``arrivals`` per interval over the last
+    :data:`TREND_WINDOW`, back to the rate's last step (:data:`STEP_P`, as
+    :func:`_arrival_rate`: a step is not a slope, and a line through one would read it as
+    a rise for the whole window); (0, 0, 0) on fewer than :data:`MIN_TREND_INTERVALS`.
+
+    Interval k (``d_k`` seconds around ``x_k``, ``c_k`` arrivals) has the rate
+    c_k / d_k with variance rate / d_k (Poisson), so weights d_k: slope =
+    sum (x_k - x̄) (c_k - d_k r) / Sxx, Sxx = sum d_k (x_k - x̄)^2, its variance r / Sxx,
+    r the intervals' mean rate, times the counts' dispersion beyond Poisson's (the
+    residuals' Pearson chi-square over intervals - 2, at least 1)."""
+    rows: list[tuple[float, float, float]] = []  # (middle, seconds, arrivals)
+    arrived = span = 0.0
+    for k in range(len(pairs) - 1, -1, -1):
+        a, b = pairs[k]
+        if b.at <= now - TREND_WINDOW - 1e-9:
+            break
+        came, took = arrivals[k]
+        if span > 0 and _changed((arrived, span), (came, took), STEP_P):
+            break
+        rows.append(((a.at + b.at) / 2.0, took, came))
+        arrived += came
+        span += took
+    if len(rows) < MIN_TREND_INTERVALS or span <= 0:
+        return 0.0, 0.0, 0.0
+    middle = sum(x * d for x, d, _ in rows) / span
+    rate = max(0.0, arrived) / span
+    sxx = sum(d * (x - middle) ** 2 for x, d, _ in rows)
+    if sxx <= 0:
+        return 0.0, 0.0, 0.0
+    slope = sum((x - middle) * (c - d * rate) for x, d, c in rows) / sxx
+    # Arrivals in clusters (a producer sending ten at a time) vary more than Poisson counts:
+    # the residuals' Pearson chi-square per degree of freedom scales the variance (quasi-
+    # Poisson), never below Poisson's.
+    fitted = [(c, max(d * (rate + slope * (x - middle)), d / span)) for x, d, c in rows]
+    dispersion = max(1.0, sum((c - f) ** 2 / f for c, f in fitted) / (len(rows) - 2))
+    return slope, math.sqrt(dispersion * max(rate, 1.0 / span) / sxx), span
 
 
 CHANGE_P = 0.001  # counts this improbable under one rate for both spans: the rate changed between them

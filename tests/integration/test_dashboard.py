@@ -282,9 +282,9 @@ def test_cards_show_the_active_policys_own_view(scene, monkeypatch):
 
 def test_work_cards_show_the_measured_figures() -> None:
     view = {"name": "default", "by": "work", "arrival_rate": 0.52, "service_time": 2.0, "busy_threads": 1.04, "startup": 3.1,
-            "startup_learned": True, "needs": {"arrivals": 2, "drain": 5, "latency_guard": None, "recurring": None}, "wanted": 5, "target": 5}
+            "startup_learned": True, "needs": {"arrivals": 2, "drain": 5, "latency_guard": None, "recurring": None, "rising": 6}, "wanted": 5, "target": 5}
     html = dashboard.render_summary({"policy": view})
     for card in ("<dt>Arrivals</dt><dd>0.52/s</dd>", "<dt>Service time</dt><dd>2.00 s</dd>", "<dt>Busy threads</dt><dd>1.0</dd>",
-                 "<dt>Start-up</dt><dd>3.1 s learned</dd>", "<dt>Fleet asked for</dt><dd>arrivals 2 · drain 5 · guard — · block —</dd>",
+                 "<dt>Start-up</dt><dd>3.1 s learned</dd>", "<dt>Fleet asked for</dt><dd>arrivals 2 · drain 5 · guard — · block — · rising 6</dd>",
                  "<dt>Policy wants</dt><dd>5 · target 5</dd>"):
         assert card in html, html

@@ -182,7 +182,7 @@ def test_readme_status_for_real(system: System) -> None:
     assert "limits: min 1 max 6  policy default  threads/worker 2\n" in status, status
     # The default policy's own view (the workers report work through the hook), never the step rule's thresholds.
     assert re.search(r"^policy default, by work: arrivals \S+ x E\[S\] 2\.\d\ds = \d+\.\d busy threads; start-up [\d.]+s \(learned\)$", status, re.M), status
-    assert re.search(r"^  needs: arrivals \d+, drain \d+ \(\d+ waiting, in \d+s\), latency guard \S+, recurring block \S+; wants \d+, target \d+$", status, re.M), status
+    assert re.search(r"^  needs: arrivals \d+, drain \d+ \(\d+ waiting, in \d+s\), latency guard \S+, recurring block \S+, rising load \S+; wants \d+, target \d+$", status, re.M), status
     assert "step" not in status and "threshold" not in status
     assert "autoscaling: on" in status and re.search(r"^timer: active, every 15s, last ", status, re.M), status
     assert re.match(r"queues ready=\d+ delayed=0 due=0 in_flight=\d+ orphaned=0 dead=0 oldest=\S+ \| workers \d -> \d \| \S", line), line

@@ -71,10 +71,10 @@ def test_a_recurring_block_shows_the_fleet_it_asks_for() -> None:
         history.append(TickRecord(NOW - 15 * (40 - k), 0, 2, 2, wanted=2, done=done, busy=done * 1.0, for_rate=1))
     backlog = FleetBacklog(done_total=done + 3, busy_seconds_total=(done + 3) * 1.0)
     v = view(backlog, running(2), settings(), history, NOW)
-    assert v["needs"] == {"arrivals": 1, "drain": None, "latency_guard": None, "recurring": 3}, v
+    assert v["needs"] == {"arrivals": 1, "drain": None, "latency_guard": None, "recurring": 3, "rising": None}, v
     assert "300 msgs land every 180s, due in 30s" in v["reason"]
     figures_in_reason(v)
-    assert "recurring block 3; wants 1, target 3" in describe(v)[1]
+    assert "recurring block 3, rising load -; wants 1, target 3" in describe(v)[1]
 
 
 def test_before_any_work_is_reported_it_says_it_sizes_by_count() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import replace
 
 import pytest
@@ -369,21 +370,21 @@ def test_the_rate_window_does_not_reach_back_across_a_change_of_the_rate() -> No
     assert rate_after(steady) == pytest.approx(0.1)
 
 
+def poisson(rng: random.Random, mu: float) -> int:
+    """A Poisson draw (Knuth's; the normal approximation from a mean of 50)."""
+    if mu >= 50:
+        return max(0, round(rng.gauss(mu, mu ** 0.5)))
+    k, p, floor = 0, 1.0, math.exp(-mu)
+    while (p := p * rng.random()) >= floor:
+        k += 1
+    return k
+
+
 def test_a_steady_poisson_load_seldom_cuts_the_rate_window() -> None:
     """The change test's false alarms: on steady Poisson arrivals from 0.02/s to 18/s
     (1000 seeded histories of 60 intervals each), the window is cut short of where it
     would reach without the test in under 1 % of ticks."""
-    import random
-
-    from dramactl.rates import MIN_ARRIVALS, RATE_WINDOW, _arrival_rate, _Point
-
-    def poisson(rng: random.Random, mu: float) -> int:
-        if mu >= 50:
-            return max(0, round(rng.gauss(mu, mu ** 0.5)))
-        k, p, floor = 0, 1.0, math.exp(-mu)
-        while (p := p * rng.random()) >= floor:
-            k += 1
-        return k
+    from dramactl.rates import MIN_ARRIVALS, RATE_WINDOW, _arrival_rate, _arrivals, _Point
 
     for rate in (0.02, 0.05, 0.2, 2.0, 18.0):
         rng, cut = random.Random(f"steady/{rate}"), 0
@@ -393,7 +394,7 @@ def test_a_steady_poisson_load_seldom_cuts_the_rate_window() -> None:
                 points.append(_Point(15.0 * k, done, 0.0, 0))
                 done += poisson(rng, rate * 15)
             pairs = list(zip(points, points[1:]))
-            _, used, _ = _arrival_rate(pairs, 900.0)
+            _, used, _ = _arrival_rate(pairs, _arrivals(pairs), 900.0)
             arrived, reach = 0.0, 0
             for a, b in reversed(pairs):
                 if b.at <= 900.0 - RATE_WINDOW - 1e-9 and arrived >= MIN_ARRIVALS:
