@@ -433,8 +433,7 @@ def work_target(
             return Sized(current, wanted, f"{why}: holding {current}", for_rate, figures)
     # A shrink under a load rising to the fleet is undone by its next backlog (:func:`dramactl.calm.rising_floor`);
     # where the fleet reacts to the messages present, no higher than the reacting fleet, as the noise floor.
-    rising = None if rise is None else rise[0] if react is None else min(rise[0], react)
-    if rise is not None and rising is not None and rising > goal:
+    if rise is not None and (rising := rise[0] if react is None else min(rise[0], react)) > goal:
         why += f"; {rise[1]}" + (f", reacting {rising}" if rising != rise[0] else "")
         goal = clamp(rising, settings)
         if goal >= current:

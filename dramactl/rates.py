@@ -147,8 +147,6 @@ def work_rates(history: Sequence[TickRecord], backlog: FleetBacklog, now: float,
     arrivals = _arrivals(pairs)
     arrival, intervals, span = _arrival_rate(pairs, arrivals, now)
     trend = _trend(pairs, arrivals, now)
-    if not all(math.isfinite(x) for x in trend):
-        trend = (0.0, 0.0, 0.0)  # counters so large their squares overflow (damaged): no trend
 
     recent = _service_batches(pairs, now)
     done = sum(d for d, _ in recent)
@@ -243,7 +241,8 @@ def _trend(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tuple[floa
     fit by weighted least squares to ``arrivals`` per interval over the last
     :data:`TREND_WINDOW`, back to the rate's last step (:data:`STEP_P`, as
     :func:`_arrival_rate`: a step is not a slope, and a line through one would read it as
-    a rise for the whole window); (0, 0, 0) on fewer than :data:`MIN_TREND_INTERVALS`.
+    a rise for the whole window); (0, 0, 0) on fewer than :data:`MIN_TREND_INTERVALS`, or
+    when counters damaged into huge finite values put it out of a float's range.
 
     Interval k (``d_k`` seconds around ``x_k``, ``c_k`` arrivals) has the rate
     c_k / d_k with variance rate / d_k (Poisson), so weights d_k: slope =
@@ -274,8 +273,9 @@ def _trend(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tuple[floa
     # the residuals' Pearson chi-square per degree of freedom scales the variance (quasi-
     # Poisson), never below Poisson's.
     fitted = [(c, max(d * (rate + slope * (x - middle)), d / span)) for x, d, c in rows]
-    dispersion = max(1.0, sum((c - f) ** 2 / f for c, f in fitted) / (len(rows) - 2))
-    return slope, math.sqrt(dispersion * max(rate, 1.0 / span) / sxx), span
+    dispersion = max(1.0, sum((c - f) * (c - f) / f for c, f in fitted) / (len(rows) - 2))
+    trend = (slope, math.sqrt(dispersion * max(rate, 1.0 / span) / sxx), span)
+    return trend if all(math.isfinite(x) for x in trend) else (0.0, 0.0, 0.0)  # damaged counters: no trend
 
 
 CHANGE_P = 0.001  # counts this improbable under one rate for both spans: the rate changed between them
