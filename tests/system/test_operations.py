@@ -99,6 +99,26 @@ def test_status_json_agrees_with_systemd_and_redis(system: System) -> None:
     assert status["timer"]["interval"] == 3.0
 
 
+UNIT_STARTING = "7d4958e842da4a758f6c1cdc7b36dcc5"  # systemd's catalog: a unit's start job began
+
+
+def test_timer_ticks_every_check_interval(system: System) -> None:
+    """OnUnitActiveSec counts from the last tick's start, so the timer's AccuracySec slack
+    adds to every interval: with AccuracySec=1s the CHECK_INTERVAL=3 timer ticked every 4 s."""
+    system.dramactl("scale-to", "1")  # paused: the ticks only hold
+    system.sh("systemctl start dramactl.timer")
+
+    def starts() -> list[float]:
+        lines = system.sh("journalctl -o json -u dramactl.service").stdout.splitlines()
+        return [int(e["__MONOTONIC_TIMESTAMP"]) / 1e6 for e in map(json.loads, lines) if e.get("MESSAGE_ID") == UNIT_STARTING]
+
+    wait_until(lambda: len(starts()) >= 6, 40, "six ticks")
+    system.sh("systemctl stop dramactl.timer")
+    ticks = starts()
+    gaps = sorted(b - a for a, b in zip(ticks[1:], ticks[2:]))  # after OnActiveSec's first tick
+    assert 3.0 <= gaps[len(gaps) // 2] < 3.5, gaps
+
+
 def test_tick_with_redis_down_changes_nothing(system: System) -> None:
     system.dramactl("scale-to", "2")
     system.dramactl("resume")
