@@ -70,7 +70,7 @@ from .rates import WorkRates, learned_startup, work_rates
 from .reaction import reacting
 from .recurring import Recurring, recurring, recurring_keep, recurring_need  # noqa: F401 - recurring: the tests and the bench import it from here
 from .settings import Settings
-from .state import Recovery, TickRecord
+from .state import WINDOW_EDGE, Recovery, TickRecord
 from .stats import FleetBacklog
 
 
@@ -461,9 +461,9 @@ def _work_down(
     if window > 0:
         reach = now - window - 2.0 * settings.check_interval
         recent = [r for r in history if reach <= r.at < now]
-        if not recent or recent[0].at > now - window:
+        if not recent or recent[0].at > now - window + WINDOW_EDGE:
             return current, f"{why}: holding {current} until {window:g}s of history (SCALE_DOWN_STABILIZATION)"
-        rated = [r.for_rate for r in recent if r.at >= now - window and r.for_rate is not None]
+        rated = [r.for_rate for r in recent if r.at >= now - window - WINDOW_EDGE and r.for_rate is not None]
         held = max(rated, default=0)
         if within_noise is not None and held > max(within_noise, floor):
             why += f"; arrivals needed {held} within {window:g}s, {within_noise} at {NOISE_SIGMAS:g} sigma above the load now"

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .instance import WorkerUnit
-from .state import TickRecord
+from .state import WINDOW_EDGE, TickRecord
 from .stats import FleetBacklog
 
 
@@ -215,12 +215,12 @@ def _arrival_rate(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tup
     recent: tuple[float, float] | None = None  # (arrivals, span) of the RATE_WINDOW, once reaching further back
     for k in range(len(pairs) - 1, -1, -1):
         end = pairs[k][1].at
-        if end <= now - LONG_RATE_WINDOW - 1e-9:
+        if end <= now - LONG_RATE_WINDOW + WINDOW_EDGE:
             break
         came, took = arrivals[k]
         if span > 0 and _changed((arrived, span), (came, took), STEP_P):
             break  # the intervals so far and this one before them: not one rate (it stopped, or jumped)
-        if end <= now - RATE_WINDOW - 1e-9:
+        if end <= now - RATE_WINDOW + WINDOW_EDGE:
             if arrived >= MIN_ARRIVALS:
                 break
             recent = recent or (arrived, span)
@@ -253,7 +253,7 @@ def _trend(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tuple[floa
     arrived = span = 0.0
     for k in range(len(pairs) - 1, -1, -1):
         a, b = pairs[k]
-        if b.at <= now - TREND_WINDOW - 1e-9:
+        if b.at <= now - TREND_WINDOW + WINDOW_EDGE:
             break
         came, took = arrivals[k]
         if span > 0 and _changed((arrived, span), (came, took), STEP_P):

@@ -33,6 +33,11 @@ LOCK_WAIT = 30.0  # seconds a manual change waits for the lock by default (`--wa
 LOCK_POLL = 0.05
 MAX_THREADS = 1024  # threads per worker, as WORKER_THREADS and --threads allow
 MAX_SIZE = 1000  # a manual size, as MAX_PROCESSES allows
+# Seconds by which a window's edge is read loosely. The timer starts each tick 10-25 ms
+# after its interval (more on a loaded host), so the tick a window back is that much older
+# than the window: it still counts as in a window of ticks, and the interval ending there
+# as out of a window of intervals, as with ticks exactly an interval apart (the simulator's).
+WINDOW_EDGE = 1.0
 
 
 class DamagedState(ValueError):

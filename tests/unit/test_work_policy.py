@@ -380,11 +380,42 @@ def poisson(rng: random.Random, mu: float) -> int:
     return k
 
 
+def test_a_hosts_ticks_and_the_simulators_count_the_same_windows() -> None:
+    """The timer starts each tick 10-25 ms after its interval, so on a host (an epoch clock) the
+    tick a window back is that much older than the window; the simulator's ticks are exactly
+    15 s apart on a clock from 0. All count 8 intervals (120 s) for the rate, 20 for the
+    trend, and the tick a SCALE_DOWN_STABILIZATION back in the window. Before
+    state.WINDOW_EDGE the simulator counted 9 and 21 intervals, and a host's window left
+    that tick out."""
+    s = parse({"MIN_PROCESSES": "1", "MAX_PROCESSES": "10", "WORKER_THREADS": "8", "CHECK_INTERVAL": "15"})
+    for clock, every in ((900.0, 15.0), (NOW, 15.0), (NOW, 15.02)):
+        def ticks(rates: list[float]) -> tuple[list[TickRecord], FleetBacklog]:
+            """Ticks ``every`` s apart up to ``clock`` that saw these arrivals per second, each completed at once."""
+            history, done = [], 1000.0
+            for k, rate in enumerate(rates):
+                history.append(TickRecord(clock - every * (len(rates) - k), 0, 2, 2, wanted=2, done=done, busy=done * 4.0))
+                done += rate * every
+            return history, FleetBacklog(ready=0, in_flight=0, done_total=done, busy_seconds_total=done * 4.0)
+
+        rates = work_rates(*ticks([2.0] * 40), clock)
+        assert (rates.intervals, rates.span) == (8, pytest.approx(8 * every)), (clock, every)
+        rising = work_rates(*ticks([2.0 + 0.1 * k for k in range(24)]), clock)
+        assert rising.trend_span == pytest.approx(20 * every), (clock, every)
+        # Without the hook's counters: a tick that asked to grow 4 -> 6 holds 6 for the window,
+        # and the tick 120 s back is in it; 135 s back it is not.
+        for back, kept in ((8, 6), (9, 1)):
+            calm = [TickRecord(clock - every * k, 0, 6, 6, wanted=6) for k in range(20, 0, -1)]
+            calm[-back] = replace(calm[-back], workers=4)
+            d = decide(FleetBacklog(ready=0, in_flight=0), running(6), s, calm, clock)
+            assert d.target == kept, (clock, every, back, d.reason)
+
+
 def test_a_steady_poisson_load_seldom_cuts_the_rate_window() -> None:
     """The change test's false alarms: on steady Poisson arrivals from 0.02/s to 18/s
     (1000 seeded histories of 60 intervals each), the window is cut short of where it
     would reach without the test in under 1 % of ticks."""
     from dramactl.rates import MIN_ARRIVALS, RATE_WINDOW, _arrival_rate, _arrivals, _Point
+    from dramactl.state import WINDOW_EDGE
 
     for rate in (0.02, 0.05, 0.2, 2.0, 18.0):
         rng, cut = random.Random(f"steady/{rate}"), 0
@@ -397,7 +428,7 @@ def test_a_steady_poisson_load_seldom_cuts_the_rate_window() -> None:
             _, used, _ = _arrival_rate(pairs, _arrivals(pairs), 900.0)
             arrived, reach = 0.0, 0
             for a, b in reversed(pairs):
-                if b.at <= 900.0 - RATE_WINDOW - 1e-9 and arrived >= MIN_ARRIVALS:
+                if b.at <= 900.0 - RATE_WINDOW + WINDOW_EDGE and arrived >= MIN_ARRIVALS:
                     break
                 arrived, reach = arrived + b.done - a.done, reach + 1
             cut += used < reach
