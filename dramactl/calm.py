@@ -37,7 +37,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from .rates import WorkRates
-from .state import WINDOW_EDGE, TickRecord
+from .state import TickRecord
 
 
 def rate_growth(
@@ -90,7 +90,7 @@ def returning_backlog(history: Sequence[TickRecord], now: float, window: float, 
     peaks: list[int] = []
     run: int | None = None
     for r in history:
-        if r.at < now - window - WINDOW_EDGE or r.at >= now or r.for_rate is None or r.wanted is None:
+        if r.at < now - window or r.at >= now or r.for_rate is None or r.wanted is None:
             continue
         if r.oldest_age is not None and r.oldest_age > guard_age:
             continue

@@ -51,7 +51,7 @@ def fleet_cap(settings: Settings, hosts: Sequence[HostEntry]) -> int:
 
 
 
-TICK_SLACK = 2.0  # seconds a live host's heartbeats may lie further apart than CHECK_INTERVAL (the timer's 1 s accuracy, start-up)
+TICK_SLACK = 2.0  # seconds a live host's heartbeats may lie further apart than CHECK_INTERVAL (the service's start, the tick's own reads)
 
 
 def silence_gap(settings: Settings) -> float:

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .instance import WorkerUnit
-from .state import WINDOW_EDGE, TickRecord
+from .state import TickRecord
 from .stats import FleetBacklog
 
 
@@ -208,19 +208,23 @@ def _arrival_rate(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tup
     intervals' span. A count over a window is never 0 while messages
     arrive, and its Poisson standard error sqrt(n) / span is known
     (:meth:`WorkRates.arrival_high`); a median over short intervals is 0 whenever
-    fewer than one arrival per interval is the rule."""
+    fewer than one arrival per interval is the rule.
+
+    An interval is in a window when most of it is (its middle): a host's ticks, a little
+    more than an interval apart, and the simulator's, exactly one, give the same
+    intervals. By their ends, the simulator's edge fell on one and kept it (135 s)."""
     if not pairs:
         return None, 0, 0.0
     arrived, span, used = 0.0, 0.0, 0
     recent: tuple[float, float] | None = None  # (arrivals, span) of the RATE_WINDOW, once reaching further back
     for k in range(len(pairs) - 1, -1, -1):
-        end = pairs[k][1].at
-        if end <= now - LONG_RATE_WINDOW + WINDOW_EDGE:
+        middle = (pairs[k][0].at + pairs[k][1].at) / 2.0
+        if middle <= now - LONG_RATE_WINDOW:
             break
         came, took = arrivals[k]
         if span > 0 and _changed((arrived, span), (came, took), STEP_P):
             break  # the intervals so far and this one before them: not one rate (it stopped, or jumped)
-        if end <= now - RATE_WINDOW + WINDOW_EDGE:
+        if middle <= now - RATE_WINDOW:
             if arrived >= MIN_ARRIVALS:
                 break
             recent = recent or (arrived, span)
@@ -253,8 +257,8 @@ def _trend(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tuple[floa
     arrived = span = 0.0
     for k in range(len(pairs) - 1, -1, -1):
         a, b = pairs[k]
-        if b.at <= now - TREND_WINDOW + WINDOW_EDGE:
-            break
+        if (a.at + b.at) / 2.0 <= now - TREND_WINDOW:
+            break  # an interval is in a window when most of it is, as for the rate
         came, took = arrivals[k]
         if span > 0 and _changed((arrived, span), (came, took), STEP_P):
             break
@@ -294,6 +298,12 @@ def _changed(recent: tuple[float, float], older: tuple[float, float], p: float =
         return False
     share = recent[1] / (recent[1] + older[1])
     n = min(n, total)
+    if share > 0.5:
+        # The same two-sided test on the older count (Binomial(total, 1 - share)): the terms below
+        # start at (1 - share) ** total, which underflowed to 0 for a long recent span against one
+        # interval (20 of them at 1.6/s: 0.05 ** 504), and every term after it stayed 0, so steady
+        # arrivals read as a change. From the likelier end the first term is at least e ** -70.
+        n, share = total - n, 1.0 - share
     if min(share, 1.0 - share) ** total >= p:
         return False  # too few arrivals: not even all of them on one side would be improbable
     variance = total * share * (1.0 - share)

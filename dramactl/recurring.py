@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from .rates import surges
 from .settings import Settings
-from .state import TickRecord
+from .state import TickRecord, window_edge
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,14 @@ def recurring(history: Sequence[TickRecord], tolerance: float, max_gap: float = 
     ``tolerance`` of the one before are one block, as when a rate steps up and its
     median takes a few ticks to follow): the last :data:`RECURRENCES` blocks one period
     apart (more than twice ``tolerance``), their gaps agreeing within ``tolerance``,
-    else None."""
+    else None. Gaps are whole ticks: each comparison reaches :func:`~dramactl.state.window_edge`
+    past its bound (``tolerance`` is two ticks), so that a host's ticks, a little more than an
+    interval apart, read as the simulator's, exactly one."""
+    edge = window_edge(tolerance / 2.0)
     blocks: list[tuple[float, float, float]] = []  # (first tick, messages, last tick)
     last = None
     for at, excess in surges(history, max_gap=max_gap):
-        if last is not None and at - last <= tolerance + 1e-9:
+        if last is not None and at - last <= tolerance + edge:
             blocks[-1] = (blocks[-1][0], blocks[-1][1] + excess, at)
         else:
             blocks.append((at, excess, at))
@@ -59,7 +62,7 @@ def recurring(history: Sequence[TickRecord], tolerance: float, max_gap: float = 
         return None
     starts = [at for at, _, _ in blocks[-RECURRENCES:]]
     gaps = [b - a for a, b in zip(starts, starts[1:])]
-    if max(gaps) - min(gaps) > tolerance or min(gaps) <= 2.0 * tolerance:
+    if max(gaps) - min(gaps) > tolerance + edge or min(gaps) <= 2.0 * tolerance + edge:
         return None
     period = sum(gaps) / len(gaps)
     first, messages, end = blocks[-1]

@@ -33,11 +33,18 @@ LOCK_WAIT = 30.0  # seconds a manual change waits for the lock by default (`--wa
 LOCK_POLL = 0.05
 MAX_THREADS = 1024  # threads per worker, as WORKER_THREADS and --threads allow
 MAX_SIZE = 1000  # a manual size, as MAX_PROCESSES allows
-# Seconds by which a window's edge is read loosely. The timer starts each tick 10-25 ms
-# after its interval (more on a loaded host), so the tick a window back is that much older
-# than the window: it still counts as in a window of ticks, and the interval ending there
-# as out of a window of intervals, as with ticks exactly an interval apart (the simulator's).
+# Seconds a window of ticks reaches past its edge. The timer starts each tick 10-25 ms after
+# its interval (more on a loaded host), so the tick a window back is that much older than the
+# window; with the reach it is in, as with ticks exactly an interval apart (the simulator's).
 WINDOW_EDGE = 1.0
+
+
+def window_edge(interval: float) -> float:
+    """How far a window of ticks ``interval`` seconds apart reaches past its edge:
+    :data:`WINDOW_EDGE`, and at most half an interval, so that the reach never lands on
+    the tick before (at CHECK_INTERVAL=1 a 1 s reach would hold a tick a second older than
+    the window in the simulator and not on a host)."""
+    return min(WINDOW_EDGE, interval / 2.0)
 
 
 class DamagedState(ValueError):

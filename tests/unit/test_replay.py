@@ -235,8 +235,8 @@ def test_a_ticks_figures_are_placed_when_it_read_them_not_when_its_entry_was_wri
 
 
 def test_the_settings_in_forces_run_ticks_when_the_recorded_ticks_did_and_counts_actions_in_the_range_only() -> None:
-    """The real timer's ticks come a little later than every CHECK_INTERVAL (its accuracy window,
-    the process start): the run with that CHECK_INTERVAL ticks at the recorded reads, a run with
+    """The real timer's ticks come a little later than every CHECK_INTERVAL (the service's start,
+    the process's): the run with that CHECK_INTERVAL ticks at the recorded reads, a run with
     another CHECK_INTERVAL every CHECK_INTERVAL. A burst read at the last tick: that tick starts
     instances (in the range); the replay's scale-down after the range is not counted, as the
     recorded history has no tick there."""

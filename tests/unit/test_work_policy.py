@@ -380,34 +380,82 @@ def poisson(rng: random.Random, mu: float) -> int:
     return k
 
 
-def test_a_hosts_ticks_and_the_simulators_count_the_same_windows() -> None:
-    """The timer starts each tick 10-25 ms after its interval, so on a host (an epoch clock) the
-    tick a window back is that much older than the window; the simulator's ticks are exactly
-    15 s apart on a clock from 0. All count 8 intervals (120 s) for the rate, 20 for the
-    trend, and the tick a SCALE_DOWN_STABILIZATION back in the window. Before
-    state.WINDOW_EDGE the simulator counted 9 and 21 intervals, and a host's window left
-    that tick out."""
-    s = parse({"MIN_PROCESSES": "1", "MAX_PROCESSES": "10", "WORKER_THREADS": "8", "CHECK_INTERVAL": "15"})
-    for clock, every in ((900.0, 15.0), (NOW, 15.0), (NOW, 15.02)):
-        def ticks(rates: list[float]) -> tuple[list[TickRecord], FleetBacklog]:
-            """Ticks ``every`` s apart up to ``clock`` that saw these arrivals per second, each completed at once."""
-            history, done = [], 1000.0
-            for k, rate in enumerate(rates):
-                history.append(TickRecord(clock - every * (len(rates) - k), 0, 2, 2, wanted=2, done=done, busy=done * 4.0))
-                done += rate * every
-            return history, FleetBacklog(ready=0, in_flight=0, done_total=done, busy_seconds_total=done * 4.0)
+def ticks_of(clock: float, every: float, rates: list[float], landed: tuple[int, ...] = (), workers: int = 2) -> tuple[list[TickRecord], FleetBacklog]:
+    """Ticks ``every`` s apart up to ``clock`` that saw these arrivals per second of 4 s
+    messages, each completed at once, and 150 messages landing before the ticks ``landed``
+    ticks back (seen in that tick's backlog, which grew the fleet to 5)."""
+    history, done = [], 1000.0
+    for k, rate in enumerate(rates):
+        block = len(rates) - k in landed
+        history.append(TickRecord(clock - every * (len(rates) - k), 150 if block else 0, workers, 5 if block else workers,
+                                  wanted=5 if block else workers, done=done, busy=done * 4.0, for_rate=1))
+        done += rate * every
+    return history, FleetBacklog(ready=0, in_flight=0, done_total=done, busy_seconds_total=done * 4.0)
 
-        rates = work_rates(*ticks([2.0] * 40), clock)
-        assert (rates.intervals, rates.span) == (8, pytest.approx(8 * every)), (clock, every)
-        rising = work_rates(*ticks([2.0 + 0.1 * k for k in range(24)]), clock)
-        assert rising.trend_span == pytest.approx(20 * every), (clock, every)
-        # Without the hook's counters: a tick that asked to grow 4 -> 6 holds 6 for the window,
-        # and the tick 120 s back is in it; 135 s back it is not.
-        for back, kept in ((8, 6), (9, 1)):
-            calm = [TickRecord(clock - every * k, 0, 6, 6, wanted=6) for k in range(20, 0, -1)]
-            calm[-back] = replace(calm[-back], workers=4)
-            d = decide(FleetBacklog(ready=0, in_flight=0), running(6), s, calm, clock)
-            assert d.target == kept, (clock, every, back, d.reason)
+
+@pytest.mark.parametrize("clock, every", [(900.0, 15.0), (NOW, 15.0), (NOW, 15.02)], ids=["simulator", "host-exact", "host"])
+def test_a_hosts_ticks_and_the_simulators_count_the_same_windows(clock: float, every: float) -> None:
+    """The timer starts each tick 10-25 ms after its interval, so on a host (an epoch clock)
+    the tick a window back is that much older than the window; the simulator's ticks are
+    exactly 15 s apart on a clock from 0. All count 8 intervals (120 s) for the rate and 20
+    for the trend (an interval is in when its middle is), and hold the tick a
+    SCALE_DOWN_STABILIZATION back in every scale-down window (a tick is in up to
+    state.window_edge past it). Before, the simulator counted 9 and 21 intervals (the
+    1e-9 guard kept the one ending on the edge), and a host's windows left that tick out."""
+    s = parse({"MIN_PROCESSES": "1", "MAX_PROCESSES": "10", "WORKER_THREADS": "8", "CHECK_INTERVAL": "15"})
+    rates = work_rates(*ticks_of(clock, every, [2.0] * 40), clock)
+    assert (rates.intervals, rates.span) == (8, pytest.approx(8 * every))
+    assert work_rates(*ticks_of(clock, every, [2.0 + 0.1 * k for k in range(24)]), clock).trend_span == pytest.approx(20 * every)
+    for back, held in ((8, True), (9, False)):
+        # Without the hook's counters: a tick that asked to grow 4 -> 6 holds 6 for the window.
+        calm = [TickRecord(clock - every * k, 0, 6, 6, wanted=6) for k in range(20, 0, -1)]
+        calm[-back] = replace(calm[-back], workers=4)
+        d = decide(FleetBacklog(ready=0, in_flight=0), running(6), s, calm, clock)
+        assert d.target == (6 if held else 1), (back, d.reason)
+        # With them: the fleet a tick's arrivals needed is held within the window (here cut to the noise's).
+        history, now = ticks_of(clock, every, [2.0] * 40, workers=6)
+        history[-back] = replace(history[-back], for_rate=6)
+        d = decide(now, running(6), s, history, clock)
+        assert ("arrivals needed 6 within 120s" in d.reason) == held, (back, d.reason)
+        # Backlogs that came back within the window keep the fleet they needed.
+        history, now = ticks_of(clock, every, [0.5] * 40, landed=(4, back), workers=1)
+        d = decide(now, running(5), s, history, clock)
+        assert ("2 backlogs within 120s" in d.reason) == held, (back, d.reason)
+    # A block every 4 ticks is not recurring (a period of at most two tolerances); every 5 is.
+    assert recurring(ticks_of(clock, every, [0.5] * 40, landed=(2, 6, 10, 14))[0], 2.0 * 15.0) is None
+    again = recurring(ticks_of(clock, every, [0.5] * 40, landed=(2, 7, 12, 17))[0], 2.0 * 15.0)
+    assert again is not None and again.period == pytest.approx(5 * every)
+
+
+@pytest.mark.parametrize("clock, every", [(900.0, 1.0), (NOW, 1.015)], ids=["simulator", "host"])
+def test_at_a_one_second_tick_a_window_holds_no_tick_older_than_it(clock: float, every: float) -> None:
+    """CHECK_INTERVAL=1, SCALE_DOWN_STABILIZATION=6: the tick 6 s back is in, 7 s back is
+    not, on both clocks (a whole second's reach would hold the 7 s one in the simulator);
+    the rate counts 120 s to the nearest tick (by the intervals' ends, 119 s on both)."""
+    s = parse({"MIN_PROCESSES": "1", "MAX_PROCESSES": "10", "WORKER_THREADS": "8", "CHECK_INTERVAL": "1",
+               "SCALE_DOWN_STABILIZATION": "6"})
+    for back, kept in ((6, 6), (7, 1)):
+        calm = [TickRecord(clock - every * k, 0, 6, 6, wanted=6) for k in range(20, 0, -1)]
+        calm[-back] = replace(calm[-back], workers=4)
+        d = decide(FleetBacklog(ready=0, in_flight=0), running(6), s, calm, clock)
+        assert d.target == kept, (back, d.reason)
+    assert work_rates(*ticks_of(clock, every, [2.0] * 400), clock).span == pytest.approx(120.0, abs=every / 2)  # to the nearest tick
+
+
+def test_a_long_steady_span_against_the_interval_before_it_is_no_change() -> None:
+    """The step test's binomial terms started at (1 - share) ** total: 20 intervals at 1.6/s
+    against the one before, (1/21) ** 504, underflowed to 0, every term after it stayed 0,
+    and steady arrivals read as a change. The trend was fit over 165-270 s, not 300, on
+    steady loads of 0.9-1.8/s at 15 s ticks; at 3 s ticks the rate's window fell to 45-117 s
+    on 1.7-5.9/s. The test now runs from the likelier end."""
+    from dramactl.rates import STEP_P, _changed
+
+    assert not _changed((480.0, 300.0), (24.0, 15.0), STEP_P)
+    assert _changed((480.0, 300.0), (0.0, 15.0), STEP_P) and _changed((480.0, 300.0), (80.0, 15.0), STEP_P)
+    assert _changed((0.0, 300.0), (24.0, 15.0), STEP_P)
+    for every, rate in ((15.0, 0.9), (15.0, 1.6), (3.0, 1.7), (3.0, 5.9)):
+        steady = work_rates(*ticks_of(NOW, every, [rate] * int(900 // every)), NOW)
+        assert (steady.span, steady.trend_span) == (pytest.approx(120.0), pytest.approx(300.0)), (every, rate)
 
 
 def test_a_steady_poisson_load_seldom_cuts_the_rate_window() -> None:
