@@ -301,7 +301,7 @@ def _changed(recent: tuple[float, float], older: tuple[float, float], p: float =
     if share > 0.5:
         # The same two-sided test on the older count (Binomial(total, 1 - share)): the terms below
         # start at (1 - share) ** total, which underflowed to 0 for a long recent span against one
-        # interval (20 of them at 1.6/s: 0.05 ** 504), and every term after it stayed 0, so steady
+        # interval (20 of them at 1.6/s: (1/21) ** 504), and every term after it stayed 0, so steady
         # arrivals read as a change. From the likelier end the first term is at least e ** -70.
         n, share = total - n, 1.0 - share
     if min(share, 1.0 - share) ** total >= p:
