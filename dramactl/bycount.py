@@ -21,7 +21,7 @@ from .calm import starting_hold
 from .limits import Sized, clamp, grow, latency_guard
 from .rates import learned_startup
 from .settings import Settings
-from .state import TickRecord, window_edge
+from .state import TickRecord, stabilization_window
 from .stats import FleetBacklog
 
 GROW_SIGMAS = 2.0  # snapshot noise (in sqrt of the fleet's share) a fleet absorbs before growing
@@ -152,12 +152,9 @@ def _stabilized_down(
     window = settings.scale_down_stabilization
     floor = clamp(wanted, settings)
     if window > 0:
-        reach = now - window - 2.0 * settings.check_interval  # tolerate a late or skipped tick
-        recent = [r for r in history if reach <= r.at < now]
-        edge = window_edge(settings.check_interval)
-        if not recent or recent[0].at > now - window + edge:
+        seen = stabilization_window(history, now, window, settings.check_interval)
+        if seen is None:
             return current, wanted, f"{why}: holding {current} until {window:g}s of history (SCALE_DOWN_STABILIZATION)"
-        seen = [r for r in recent if r.at >= now - window - edge]
         mean = (total + sum(r.backlog for r in seen)) / (len(seen) + 1)
         for_load = fleet_for_load(mean, per_worker)
         asked = max([w for w, r in ((r.target if r.wanted is None else r.wanted, r) for r in seen) if w > r.workers], default=0)

@@ -70,7 +70,7 @@ from .rates import WorkRates, learned_startup, work_rates
 from .reaction import reacting
 from .recurring import Recurring, recurring, recurring_keep, recurring_need  # noqa: F401 - recurring: the tests and the bench import it from here
 from .settings import Settings
-from .state import Recovery, TickRecord, window_edge
+from .state import Recovery, TickRecord, stabilization_window, window_edge
 from .stats import FleetBacklog
 
 
@@ -459,12 +459,10 @@ def _work_down(
     window = settings.scale_down_stabilization
     floor = clamp(wanted, settings)
     if window > 0:
-        reach = now - window - 2.0 * settings.check_interval
-        recent = [r for r in history if reach <= r.at < now]
-        edge = window_edge(settings.check_interval)
-        if not recent or recent[0].at > now - window + edge:
+        seen = stabilization_window(history, now, window, settings.check_interval)
+        if seen is None:
             return current, f"{why}: holding {current} until {window:g}s of history (SCALE_DOWN_STABILIZATION)"
-        rated = [r.for_rate for r in recent if r.at >= now - window - edge and r.for_rate is not None]
+        rated = [r.for_rate for r in seen if r.for_rate is not None]
         held = max(rated, default=0)
         if within_noise is not None and held > max(within_noise, floor):
             why += f"; arrivals needed {held} within {window:g}s, {within_noise} at {NOISE_SIGMAS:g} sigma above the load now"
@@ -474,7 +472,7 @@ def _work_down(
         if held > floor:
             floor = clamp(held, settings)
         # A need that came back within the window did not stay low for the window.
-        again = returning_backlog(history, now, window + edge, settings.max_queue_wait) if returning else None
+        again = returning_backlog(history, now, window + window_edge(settings.check_interval), settings.max_queue_wait) if returning else None
         if again is not None and again[1] > floor:
             why += f"; {again[0]} backlogs within {window:g}s, the largest needing {again[1]}"
             floor = clamp(again[1], settings)

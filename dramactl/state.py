@@ -21,7 +21,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from .settings import cut
 from .victims import KINDS, Pick
@@ -74,6 +74,18 @@ class TickRecord:
     victims: str | None = None  # why each instance this tick stopped (or waited for) was chosen: '@3 idle; @2 busy 1/4, oldest 3s'
     waiting_since: float | None = None  # a scale-down has waited for long tasks since (epoch seconds): the wait's limit counts from it
 
+
+def stabilization_window(history: Sequence[TickRecord], now: float, window: float, interval: float) -> list[TickRecord] | None:
+    """The ticks of the last ``window`` seconds before ``now`` (reaching :func:`window_edge`
+    past its edge), or None when the history does not reach back over the whole window
+    (after a gap or a reboot nothing is known of it). A tick up to two intervals older
+    than the window counts for the reach: a late or skipped tick leaves the window known."""
+    reach = now - window - 2.0 * interval
+    recent = [r for r in history if reach <= r.at < now]
+    edge = window_edge(interval)
+    if not recent or recent[0].at > now - window + edge:
+        return None
+    return [r for r in recent if r.at >= now - window - edge]
 
 
 @dataclass(frozen=True)

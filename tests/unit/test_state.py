@@ -183,3 +183,20 @@ def test_a_manual_command_ends_the_last_ticks_wait() -> None:
     waiting = ScalerState(history=(TickRecord(90.0, 0, 2, 2), TickRecord(100.0, 0, 2, 1, waiting_since=95.0)))
     assert waiting.wait_ended().history == (TickRecord(90.0, 0, 2, 2), TickRecord(100.0, 0, 2, 1))
     assert ScalerState().wait_ended() == ScalerState() and waiting.wait_ended().wait_ended() == waiting.wait_ended()
+
+
+@pytest.mark.parametrize(("clock", "every"), [(0.0, 15.0), (1.7e9, 15.0), (1.7e9, 15.02)])
+def test_a_stabilization_window_holds_its_ticks_and_is_unknown_after_a_gap(clock: float, every: float) -> None:
+    """The one window both scale-down rules read (by work and by count): the ticks of the
+    last 120 s, the one a window back included on a host's clock as on the simulator's,
+    and None when the history does not reach back over the window."""
+    from dramactl.state import stabilization_window
+
+    now = clock + 20 * every
+    ticks = [TickRecord(at=clock + k * every, backlog=k, workers=1, target=1) for k in range(20)]
+    seen = stabilization_window(ticks, now, 120.0, 15.0)
+    assert seen is not None
+    assert [r.backlog for r in seen] == list(range(12, 20))  # 8 ticks: 120 s back, reached past its edge
+    assert stabilization_window(ticks[-7:], now, 120.0, 15.0) is None  # 105 s of history: the window is not known
+    assert stabilization_window(ticks[:10], now, 120.0, 15.0) is None  # a gap: nothing in the last 150 s
+    assert stabilization_window(ticks, now, 120.0, 15.0) == stabilization_window([*ticks, TickRecord(at=now, backlog=99, workers=1, target=1)], now, 120.0, 15.0)
