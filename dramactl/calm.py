@@ -30,6 +30,10 @@ keep coming back, and do not shrink under a load that is measurably rising to it
   fleet for the rate the slope reaches SCALE_DOWN_STABILIZATION from now (a need back
   within the window did not stay low), no further ahead than the span the slope was fit
   over. It never starts anything, and a rate that stops rising lets the fleet go.
+  Its mirror, :func:`load_high_now`: when the rate falls beyond its noise, the load two
+  standard errors up that a shrink stops at is taken at the rate now, which the slope puts
+  below the count's (the rate of half a span ago), so the fleet follows a measured decline
+  instead of lagging it by half a window.
 """
 
 from __future__ import annotations
@@ -120,3 +124,18 @@ def rising_floor(rates: WorkRates, sigmas: float, window: float, fleet: Callable
     need = fleet(reached * rates.service)
     return need, (f"arrivals rising {rates.trend * 60.0:.2f}/s a minute over {rates.trend_span:.0f}s "
                   f"({sigmas:g} sigma: {sigmas * rates.trend_error * 60.0:.2f}), {reached:.2f}/s {ahead:.0f}s on needs {need}")
+
+
+def load_high_now(rates: WorkRates, sigmas: float) -> tuple[float | None, str]:
+    """(the load ``sigmas`` standard errors up that a shrink stops at, a note for the tick
+    line): :meth:`WorkRates.load_high`, whose rate is a count over ``rates.span`` seconds
+    and so the rate of half a span ago. When the rate falls beyond its noise (its slope
+    ``sigmas`` standard errors below 0, the mirror of :func:`rising_floor`'s rise), the rate
+    now is the count's less the slope over half the span (no further back than the slope
+    was fit over), and the bound is taken there, with the same relative error. A dip within
+    the noise changes nothing; None before a rate exists."""
+    high = rates.load_high(sigmas)
+    if high is None or not rates.arrival or rates.trend_span <= 0 or rates.trend + sigmas * rates.trend_error >= 0:
+        return high, ""
+    now = max(0.0, rates.arrival + rates.trend * min(rates.span / 2.0, rates.trend_span))
+    return high * now / rates.arrival, f"arrivals falling {-rates.trend * 60.0:.2f}/s a minute over {rates.trend_span:.0f}s, {now:.2f}/s now: "

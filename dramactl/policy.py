@@ -30,9 +30,10 @@ hook has reported some (:mod:`dramactl.rates`):
 * never shrink while a backlog drains (more than half a tick of the fleet's work
   waits), while an instance is starting or within the start-up of the last growth;
   shrink at once when drained, but never below the fleet for the load two standard
-  errors up, nor below the arrivals' fleet of any tick in SCALE_DOWN_STABILIZATION
-  within that noise, nor below a recurring block's fleet while it is due, nor, once two
-  backlogs came within SCALE_DOWN_STABILIZATION, below the largest fleet they needed (a
+  errors up (at the rate now, where the rate falls beyond its noise), nor below the
+  arrivals' fleet of any tick in SCALE_DOWN_STABILIZATION within that noise, nor below a
+  recurring block's fleet while it is due, nor, once two backlogs came within
+  SCALE_DOWN_STABILIZATION, below the largest fleet they needed (a
   backlog that comes back within the window is a need that did not stay low,
   :mod:`dramactl.calm`), nor, while the arrival rate rises beyond its noise, below the
   fleet for the rate its slope reaches within SCALE_DOWN_STABILIZATION (no further ahead
@@ -61,7 +62,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
-from .calm import rate_growth, returning_backlog, rising_floor, starting_hold
+from .calm import load_high_now, rate_growth, returning_backlog, rising_floor, starting_hold
 from .bycount import count_target
 from .instance import WorkerUnit
 from .limits import Sized, clamp, grow, latency_guard
@@ -419,7 +420,7 @@ def work_target(
     hold = starting_hold(history, now, starting, startup)
     if hold is not None:
         return Sized(current, wanted, f"{why}: holding {current}, {hold}", for_rate, figures)
-    high = rates.load_high(NOISE_SIGMAS)
+    high, falling = load_high_now(rates, NOISE_SIGMAS)
     within_noise = None if high is None else workers_for(high, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)
     floor = within_noise if react is None or within_noise is None else min(within_noise, react)
     if floor is not None and floor > goal:
@@ -427,7 +428,7 @@ def work_target(
         # and the mean service time's errors): a smaller fleet is undone by the next
         # tick's growth whenever the load was only a dip in its own noise (about 1 time
         # in 40 at 2 sigma, rather than 1 in 2 at the estimate); or the reacting fleet's, if smaller.
-        why += f"; the load {NOISE_SIGMAS:g} sigma up ({high:.1f} busy threads) needs {within_noise}" + (f", reacting {floor}" if floor != within_noise else "")
+        why += f"; {falling}the load {NOISE_SIGMAS:g} sigma up ({high:.1f} busy threads) needs {within_noise}" + (f", reacting {floor}" if floor != within_noise else "")
         goal = clamp(floor, settings)
         if goal >= current:
             return Sized(current, wanted, f"{why}: holding {current}", for_rate, figures)

@@ -16,6 +16,7 @@ import pytest
 from bench.long_tasks import calm, runs
 from bench.traces import ramp
 from dramactl.instance import WorkerUnit
+from dramactl.calm import load_high_now
 from dramactl.policy import decide
 from dramactl.rates import _arrivals, _Point, _trend, work_rates
 from dramactl.settings import parse
@@ -134,3 +135,24 @@ def test_a_steep_ramp_keeps_the_calm_target_without_flapping() -> None:
     check = calm("steep-ramp", r)
     assert check.passed, check
     assert sum(x.flaps for x in r["dramactl"]) <= 6, [x.flaps for x in r["dramactl"]]
+
+
+def test_a_falling_load_is_followed_at_the_rate_now_and_a_flat_one_keeps_its_noise_floor() -> None:
+    """The mirror of the rising floor (:func:`dramactl.calm.load_high_now`): the rate is a
+    count over 120 s, the rate of a minute ago. Falling 0.4/s a minute (beyond its noise),
+    the rate now is 0.4/s below the count's 8.05/s, and the shrink stops at the fleet for
+    that load two standard errors up (17) rather than the count's (18, where a flat 8.05/s
+    stops). A step is no slope: its noise floor is the count's."""
+    settings = parse({"MAX_PROCESSES": "30", "WORKER_THREADS": "2"})
+    units = [WorkerUnit(n, "active", "running") for n in range(1, 21)]
+    falling = counted([10.0 - 0.1 * k for k in range(24)], workers=20)
+    flat = counted([8.05] * 24, workers=20)
+    assert work_rates(*falling, NOW).arrival == pytest.approx(work_rates(*flat, NOW).arrival)
+    assert decide(falling[1], units, settings, falling[0], NOW).target == 17
+    held = decide(flat[1], units, settings, flat[0], NOW)
+    assert held.target == 18 and "2 sigma up" in held.reason
+    stepped = work_rates(*counted([6.0] * 12 + [2.0] * 12), NOW)
+    assert load_high_now(stepped, 2.0) == (stepped.load_high(2.0), "")
+    rates = work_rates(*falling, NOW)
+    high, note = load_high_now(rates, 2.0)
+    assert high == pytest.approx(rates.load_high(2.0) * 7.65 / 8.05) and "falling 0.40/s a minute" in note
