@@ -70,9 +70,11 @@ def starting_hold(history: Sequence[TickRecord], now: float, starting: int, star
     (the rent-or-buy rule: keep what cost a start-up at least as long as the start-up)."""
     if starting:
         return f"{starting} still starting"
-    grown = [r.at for r in history if r.target > r.workers]
-    if grown and now - grown[-1] < startup:
-        return f"started {now - grown[-1]:.0f}s ago, start-up {startup:.0f}s"
+    # Ticks before now only, as every window reads them: after the clock stepped back, a growth
+    # recorded "in the future" would hold every shrink until the clock caught up with it.
+    grown = max((r.at for r in history if r.target > r.workers and r.at < now), default=None)
+    if grown is not None and now - grown < startup:
+        return f"started {now - grown:.0f}s ago, start-up {startup:.0f}s"
     return None
 
 

@@ -219,8 +219,8 @@ def _arrival_rate(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tup
     recent: tuple[float, float] | None = None  # (arrivals, span) of the RATE_WINDOW, once reaching further back
     for k in range(len(pairs) - 1, -1, -1):
         middle = (pairs[k][0].at + pairs[k][1].at) / 2.0
-        if middle <= now - LONG_RATE_WINDOW:
-            break
+        if middle <= now - LONG_RATE_WINDOW and (used or pairs[k][1].at < now):
+            break  # (the interval that ends now always counts: at CHECK_INTERVAL >= 1800 its middle is that far back)
         came, took = arrivals[k]
         if span > 0 and _changed((arrived, span), (came, took), STEP_P):
             break  # the intervals so far and this one before them: not one rate (it stopped, or jumped)

@@ -45,3 +45,15 @@ def test_a_damaged_but_finite_counter_is_not_a_traceback() -> None:
     decision = decide(backlog, running(2), s, history, NOW)
     assert 1 <= decision.target <= s.max_processes
 
+
+
+def test_a_damaged_busy_counter_while_a_backlog_waits_is_not_a_traceback() -> None:
+    """A busy counter damaged into a huge finite value (1.7e308 passes queue._counter) with
+    4000 messages ready: the rate and the mean service time are each finite, but the load
+    (their product) and the drain overflow to inf, and math.ceil(inf) raised OverflowError.
+    The drain's fleet is now at most one worker past the limit: the tick grows to MAX."""
+    s = settings()
+    history = [TickRecord(NOW - 15 * k, 200 * (20 - k), 2, 2, wanted=2, done=float(k <= 1) + float(k <= 2) + float(k <= 3), busy=1.0, for_rate=2)
+               for k in range(20, 0, -1)]
+    backlog = FleetBacklog(ready=4000, done_total=3.0, busy_seconds_total=1.7e308, oldest_age=10.0)
+    assert decide(backlog, running(2), s, history, NOW).target == s.max_processes

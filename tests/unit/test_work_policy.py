@@ -751,3 +751,41 @@ def test_the_latency_guard_firing_again_and_again_keeps_no_fleet() -> None:
                                   done=r.done, busy=r.busy, for_rate=1))
     d = decide(seen(history, 0.5, 4.0, in_flight=2), running(3), s, history, NOW)
     assert d.target == 1 and "backlogs within" not in d.reason, d.reason
+
+
+def test_a_growth_recorded_before_the_clock_stepped_back_holds_no_shrink() -> None:
+    """The host's clock stepped back 10 minutes (an NTP step, a VM restored) after a tick
+    that grew the fleet: that record's time is after now. Every window reads only the ticks
+    before now; the start-up hold took the last growth in list order and held every shrink
+    ("started -585s ago") until the clock caught up with it."""
+    s = settings()
+    history = [TickRecord(NOW + 600 - 15 * k, 0, 2, 2, wanted=2, done=100.0 * (40 - k), busy=10.0 * (40 - k), for_rate=2) for k in range(40, 0, -1)]
+    history.append(TickRecord(NOW + 600, 400, 2, 6, wanted=6, done=4000.0, busy=400.0, for_rate=2))
+    history += [TickRecord(NOW - 15 * k, 0, 6, 6, wanted=1, done=4000.0, busy=400.0, for_rate=1) for k in range(30, 0, -1)]
+    decision = decide(FleetBacklog(done_total=4000.0, busy_seconds_total=400.0), running(6), s, history, NOW)
+    assert decision.target == 1 and "started" not in decision.reason, decision.reason
+
+
+@pytest.mark.parametrize("interval", [900, 1800, 3600])
+def test_at_a_check_interval_of_half_an_hour_or_more_the_rate_is_still_measured(interval: int) -> None:
+    """CHECK_INTERVAL may be up to a day. From 1800 s the newest interval's middle lies
+    LONG_RATE_WINDOW (900 s) back or more, and the rate took no interval at all: the fleet
+    was sized from the snapshot of what ran at the tick (2 busy: 3 workers for a steady 5
+    busy threads). The newest interval always counts."""
+    s = settings(MAX_PROCESSES=20, WORKER_THREADS=1, CHECK_INTERVAL=interval)
+    history = []
+    for k in range(10, 0, -1):
+        done = 0.5 * (1e6 - interval * k)
+        history.append(TickRecord(NOW - interval * k, 5, 6, 6, wanted=6, done=done, busy=done * 10.0, for_rate=6))
+    backlog = FleetBacklog(in_flight=2, done_total=0.5 * 1e6, busy_seconds_total=0.5 * 1e6 * 10.0)
+    assert work_rates(history, backlog, NOW, max_gap=4.0 * interval).arrival == pytest.approx(0.5, rel=0.01)
+    assert decide(backlog, running(6), s, history, NOW).target == 6
+
+
+def test_an_interval_from_before_a_stopped_timer_is_no_rate_now() -> None:
+    """The exception above is for the interval that ends now: after the timer stood still
+    for an hour (the gap is too long an interval to use), the last interval before it says
+    nothing of the rate now."""
+    history = [TickRecord(NOW - 3600 - 15 * k, 0, 2, 2, wanted=2, done=100.0 * (10 - k), busy=400.0 * (10 - k)) for k in range(10, 0, -1)]
+    backlog = FleetBacklog(done_total=1000.0, busy_seconds_total=4000.0)
+    assert work_rates(history, backlog, NOW, max_gap=60.0).arrival is None
