@@ -321,3 +321,23 @@ def test_victim_rules_pairs_the_seeds_and_gives_the_differences_standard_error()
     assert paired(summary(3.0), summary(1.0), "actions_per_hour") == (2.0, 0.0)
     with pytest.raises(ValueError):
         paired(summary(1.0, 2.0), summary(1.0), "actions_per_hour")
+
+
+@pytest.mark.parametrize(("item", "named"), [
+    ("WORKER_THREADS=4", "--set WORKER_THREADS: the trace sets"),
+    ("MAX_PROCESSES=20", "--set MAX_PROCESSES: the trace sets"),
+    ("MAX_QUEUE_WAIT=abc", "--set MAX_QUEUE_WAIT: 'abc' is not a number"),
+    ("SCALE_DOWN_STABILIZATION", "write NAME=VALUE"),
+])
+def test_bench_set_takes_only_the_policys_settings_and_names_a_bad_one(item: str, named: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--set WORKER_THREADS=4`` reached dramactl's policy but not the simulated workers,
+    which kept the trace's 8 threads: the policy sized 4-thread workers (ramp's p95 1135 s
+    instead of 0.4 s), a figure of nothing real. The fleet's shape is the trace's; a bad
+    item is one line and exit 2, before any run."""
+    from bench.__main__ import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--seeds", "1", "--set", item])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert named in err[-1] and "Traceback" not in "".join(err)
