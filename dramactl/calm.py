@@ -31,9 +31,10 @@ keep coming back, and do not shrink under a load that is measurably rising to it
   within the window did not stay low), no further ahead than the span the slope was fit
   over. It never starts anything, and a rate that stops rising lets the fleet go.
   Its mirror, :func:`load_high_now`: when the rate falls beyond its noise, the load two
-  standard errors up that a shrink stops at is taken at the rate now, which the slope puts
-  below the count's (the rate of half a span ago), so the fleet follows a measured decline
-  instead of lagging it by half a window.
+  standard errors up that a shrink stops at is taken at the rate now, which the least fall
+  the slope's error allows puts below the count's (the rate of half a span ago), and never
+  below the load's estimate, so the fleet follows a measured decline instead of lagging it
+  by half a window.
 """
 
 from __future__ import annotations
@@ -133,11 +134,18 @@ def load_high_now(rates: WorkRates, sigmas: float) -> tuple[float | None, str]:
     line): :meth:`WorkRates.load_high`, whose rate is a count over ``rates.span`` seconds
     and so the rate of half a span ago. When the rate falls beyond its noise (its slope
     ``sigmas`` standard errors below 0, the mirror of :func:`rising_floor`'s rise), the rate
-    now is the count's less the slope over half the span (no further back than the slope
-    was fit over), and the bound is taken there, with the same relative error. A dip within
-    the noise changes nothing; None before a rate exists."""
+    now is lower: by the least fall the slope's error allows at ``sigmas`` (the slope plus
+    ``sigmas`` of its errors), over half the span (no further back than the slope was fit
+    over); the bound is taken there, with the same relative error, and never below the
+    load's estimate (a step the step test missed reads as a slope for a while, and a
+    floor under the estimate would be no noise floor). A dip within the noise changes
+    nothing; None before a rate exists."""
     high = rates.load_high(sigmas)
-    if high is None or not rates.arrival or rates.trend_span <= 0 or rates.trend + sigmas * rates.trend_error >= 0:
+    least = rates.trend + sigmas * rates.trend_error
+    if high is None or not rates.arrival or rates.load is None or rates.trend_span <= 0 or least >= 0:
         return high, ""
-    now = max(0.0, rates.arrival + rates.trend * min(rates.span / 2.0, rates.trend_span))
-    return high * now / rates.arrival, f"arrivals falling {-rates.trend * 60.0:.2f}/s a minute over {rates.trend_span:.0f}s, {now:.2f}/s now: "
+    now = max(0.0, rates.arrival + least * min(rates.span / 2.0, rates.trend_span))
+    lowered = max(rates.load, high * now / rates.arrival)
+    if lowered >= high:
+        return high, ""
+    return lowered, f"arrivals falling at least {-least * 60.0:.2f}/s a minute over {rates.trend_span:.0f}s, {now:.2f}/s now: "

@@ -433,6 +433,9 @@ def work_target(
         goal = clamp(floor, settings)
         if goal >= current:
             return Sized(current, wanted, f"{why}: holding {current}", for_rate, figures)
+    elif falling and (counted := rates.load_high(NOISE_SIGMAS)) is not None and (
+            at_count := workers_for(counted, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)) > goal:
+        why += f"; {falling}the load {NOISE_SIGMAS:g} sigma up ({high:.1f} busy threads) needs {within_noise}, not {at_count}"
     # A shrink under a load rising to the fleet is undone by its next backlog (:func:`dramactl.calm.rising_floor`);
     # where the fleet reacts to the messages present, no higher than the reacting fleet, as the noise floor.
     if rise is not None and (rising := rise[0] if react is None else min(rise[0], react)) > goal:

@@ -139,20 +139,35 @@ def test_a_steep_ramp_keeps_the_calm_target_without_flapping() -> None:
 
 def test_a_falling_load_is_followed_at_the_rate_now_and_a_flat_one_keeps_its_noise_floor() -> None:
     """The mirror of the rising floor (:func:`dramactl.calm.load_high_now`): the rate is a
-    count over 120 s, the rate of a minute ago. Falling 0.4/s a minute (beyond its noise),
-    the rate now is 0.4/s below the count's 8.05/s, and the shrink stops at the fleet for
-    that load two standard errors up (17) rather than the count's (18, where a flat 8.05/s
-    stops). A step is no slope: its noise floor is the count's."""
+    count over 120 s, the rate of a minute ago. Falling 0.8/s a minute (beyond its noise),
+    the rate now is below the count's 8/s by at least the least fall the slope's error
+    allows, over that minute: the shrink stops at the fleet for that load two standard
+    errors up, here the estimate's own (17, never lower), where a flat 8/s stops at 18;
+    the tick line says so. A step is no slope: its noise floor is the count's."""
     settings = parse({"MAX_PROCESSES": "30", "WORKER_THREADS": "2"})
     units = [WorkerUnit(n, "active", "running") for n in range(1, 21)]
-    falling = counted([10.0 - 0.1 * k for k in range(24)], workers=20)
-    flat = counted([8.05] * 24, workers=20)
+    falling = counted([8.0 + 0.2 * 19.5 - 0.2 * k for k in range(24)], workers=20)
+    flat = counted([8.0] * 24, workers=20)
     assert work_rates(*falling, NOW).arrival == pytest.approx(work_rates(*flat, NOW).arrival)
-    assert decide(falling[1], units, settings, falling[0], NOW).target == 17
+    followed = decide(falling[1], units, settings, falling[0], NOW)
+    assert followed.target == 17 and "arrivals falling at least" in followed.reason and "needs 17, not 18" in followed.reason, followed.reason
     held = decide(flat[1], units, settings, flat[0], NOW)
-    assert held.target == 18 and "2 sigma up" in held.reason
+    assert held.target == 18 and "2 sigma up" in held.reason, held.reason
     stepped = work_rates(*counted([6.0] * 12 + [2.0] * 12), NOW)
     assert load_high_now(stepped, 2.0) == (stepped.load_high(2.0), "")
-    rates = work_rates(*falling, NOW)
-    high, note = load_high_now(rates, 2.0)
-    assert high == pytest.approx(rates.load_high(2.0) * 7.65 / 8.05) and "falling 0.40/s a minute" in note
+
+
+def test_a_step_down_the_step_test_missed_reads_as_a_fall_but_never_below_the_estimate() -> None:
+    """8/s then 6/s, a step of a quarter, which the step test (at 1 in 10000) does not cut:
+    the trend, fit over 300 s, reads it as a slope for a while, where the rate window after
+    the step is already flat. The bound taken at the rate now would fall below the load's
+    own estimate (23.3 busy threads under 24.0: a "2 sigma up" fleet smaller than the
+    estimate's); it stops there, so the fleet goes to the estimate's need (13), not below."""
+    settings = parse({"MAX_PROCESSES": "30", "WORKER_THREADS": "2"})
+    units = [WorkerUnit(n, "active", "running") for n in range(1, 21)]
+    history, backlog = counted([8.0] * 14 + [6.0] * 10, workers=20)
+    rates = work_rates(history, backlog, NOW)
+    assert rates.arrival == pytest.approx(6.0) and rates.trend < 0
+    assert load_high_now(rates, 2.0)[0] >= rates.load
+    decision = decide(backlog, units, settings, history, NOW)
+    assert decision.target == decision.for_rate == 13, decision.reason
