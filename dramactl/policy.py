@@ -360,8 +360,9 @@ def work_target(
     nothing_waits = not waiting and backlog.in_flight <= current * threads
     grow_for, noted = (for_rate, "") if for_rate == react else rate_growth(for_rate, current, nothing_waits, rates, NOISE_SIGMAS, lambda x: workers_for(
         x, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit))
-    # At most one worker past the limit: a damaged but finite counter can make the load overflow to inf.
-    wanted = max(grow_for, math.ceil(min(float(limit), (load + backlogged * service / drain) / threads) - 1e-9))
+    drained = (load + backlogged * service / drain) / threads
+    # A damaged but finite counter can make the load overflow to inf: then one worker past the limit.
+    wanted = max(grow_for, math.ceil(drained - 1e-9) if math.isfinite(drained) else limit)
     needs = {"arrivals": for_rate, "drain": wanted if backlogged else None, "latency_guard": None, "recurring": None}
     why = f"{measured} needs {for_rate}{noted if wanted < for_rate else ''}"
     if for_rate < static:  # the fleet reacts within the goal: no static headroom (:mod:`dramactl.reaction`)
