@@ -11,7 +11,7 @@ import sys
 import time
 
 from .policies import lineup
-from dramactl.settings import SettingsError, parse
+from dramactl.settings import SettingsError
 from .report import summarize, table, verdicts
 from dramactl.sim.simulator import RunResult, WorkerModel, Workload, simulate
 from .traces import Trace, standard
@@ -78,27 +78,32 @@ def sweep(seeds: tuple[int, ...], intervals: list[int], overrides: dict[str, str
     return "\n".join(lines)
 
 
-# The fleet's shape is the trace's, for every policy and for the simulated workers alike: set
-# through --set it would reach dramactl's policy only, which would size 4-thread workers while
-# the simulator ran 8-thread ones (ramp's p95 1135 s), and MIN/MAX for the others too.
-TRACE_SETTINGS = ("MIN_PROCESSES", "MAX_PROCESSES", "WORKER_THREADS")
+# The settings --set may change: those of dramactl's default policy that the simulator models alike
+# for it and its workers. The fleet's shape (MIN/MAX_PROCESSES, WORKER_THREADS) is each trace's, for
+# every policy and for the simulated workers: set through --set it reached dramactl's policy only,
+# which sized 4-thread workers while the simulator ran 8-thread ones (ramp's p95 1135 s).
+# CHECK_INTERVAL is --interval's; POLICY is the lineup's; GRACEFUL_SHUTDOWN_TIMEOUT is the
+# simulator's grace for every policy.
+POLICY_SETTINGS = ("MAX_QUEUE_WAIT", "SCALE_DOWN_STABILIZATION", "MAX_SCALE_UP_STEP", "MAX_SCALE_DOWN_STEP", "TARGET_BACKLOG_PER_WORKER")
 
 
-def settings_for_dramactl(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
-    """``--set NAME=VALUE`` items as dramactl's settings, or one line naming the bad one (exit 2)."""
+def settings_for_dramactl(parser: argparse.ArgumentParser, items: list[str], interval: int) -> dict[str, str]:
+    """``--set NAME=VALUE`` items as dramactl's settings, or one line naming the bad one (exit 2),
+    checked as every trace's lineup reads them (its MAX_PROCESSES and threads)."""
     overrides: dict[str, str] = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name:
             parser.error(f"--set {item!r}: write NAME=VALUE, for example --set SCALE_DOWN_STABILIZATION=300")
-        if name in TRACE_SETTINGS:
-            parser.error(f"--set {name}: the trace sets {', '.join(TRACE_SETTINGS)} for every policy and its workers; "
-                         "--set takes the policy's settings (SCALE_DOWN_STABILIZATION, MAX_QUEUE_WAIT, ...)")
+        if name not in POLICY_SETTINGS:
+            parser.error(f"--set {name}: not a setting the bench varies; use one of {', '.join(POLICY_SETTINGS)} "
+                         "(each trace sets MIN/MAX_PROCESSES and WORKER_THREADS; --interval sets CHECK_INTERVAL)")
         overrides[name] = value
-    try:
-        parse(overrides)
-    except SettingsError as exc:
-        parser.error(f"--set {exc}")
+    for trace in standard():
+        try:
+            lineup(interval, overrides, max_workers=trace.max_workers, threads=dict(trace.model).get("threads", WorkerModel.threads))
+        except SettingsError as exc:
+            parser.error(f"--set {exc} (on {trace.name}, MAX_PROCESSES={trace.max_workers})")
     return overrides
 
 
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--intervals", help="comma-separated CHECK_INTERVALs to compare instead of the table")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a setting for dramactl's default policy")
     args = parser.parse_args(argv)
-    overrides = settings_for_dramactl(parser, args.set)
+    overrides = settings_for_dramactl(parser, args.set, args.interval)
     seeds = tuple(int(s) for s in args.seeds.split(","))
     began = time.monotonic()
     if args.intervals:

@@ -324,16 +324,19 @@ def test_victim_rules_pairs_the_seeds_and_gives_the_differences_standard_error()
 
 
 @pytest.mark.parametrize(("item", "named"), [
-    ("WORKER_THREADS=4", "--set WORKER_THREADS: the trace sets"),
-    ("MAX_PROCESSES=20", "--set MAX_PROCESSES: the trace sets"),
+    ("WORKER_THREADS=4", "--set WORKER_THREADS: not a setting the bench varies"),
+    ("MAX_PROCESSES=20", "--set MAX_PROCESSES: not a setting the bench varies"),
+    ("CHECK_INTERVAL=60", "--set CHECK_INTERVAL: not a setting the bench varies"),
+    ("SCALE_DOWN_STABILISATION=300", "--set SCALE_DOWN_STABILISATION: not a setting the bench varies"),
     ("MAX_QUEUE_WAIT=abc", "--set MAX_QUEUE_WAIT: 'abc' is not a number"),
     ("SCALE_DOWN_STABILIZATION", "write NAME=VALUE"),
 ])
 def test_bench_set_takes_only_the_policys_settings_and_names_a_bad_one(item: str, named: str, capsys: pytest.CaptureFixture[str]) -> None:
     """``--set WORKER_THREADS=4`` reached dramactl's policy but not the simulated workers,
     which kept the trace's 8 threads: the policy sized 4-thread workers (ramp's p95 1135 s
-    instead of 0.4 s), a figure of nothing real. The fleet's shape is the trace's; a bad
-    item is one line and exit 2, before any run."""
+    instead of 0.4 s), a figure of nothing real; a misspelt name or CHECK_INTERVAL (the
+    lineup's) changed nothing and was printed as if it had. --set takes the policy's
+    settings the simulator models alike; a bad item is one line and exit 2, before any run."""
     from bench.__main__ import main
 
     with pytest.raises(SystemExit) as exited:
