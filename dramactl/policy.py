@@ -67,7 +67,7 @@ from .bycount import count_target
 from .instance import WorkerUnit
 from .limits import Sized, clamp, grow, latency_guard
 from .queueing import queue_quantile, workers_for
-from .rates import WorkRates, learned_startup, work_rates
+from .rates import RATE_WINDOW, WorkRates, learned_startup, work_rates
 from .reaction import reacting
 from .recurring import Recurring, recurring, recurring_keep, recurring_need  # noqa: F401 - recurring: the tests and the bench import it from here
 from .settings import Settings
@@ -339,9 +339,30 @@ def work_target(
         measured = f"E[S] {service:.2f}s, {load:.0f} busy"
     else:
         load = rates.load
-        measured = f"λ {rates.arrival:.2f}/s x E[S] {service:.2f}s = {load:.1f} busy threads"
+        batches = f" in batches of {rates.dispersion:.1f}" if rates.dispersion > 1.0 else ""
+        measured = f"λ {rates.arrival:.2f}/s{batches} x E[S] {service:.2f}s = {load:.1f} busy threads"
     limit = max(settings.max_processes, current) + 1
-    for_rate = workers_for(load, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)
+    # Arrivals in batches (dispersion D: a count's variance over Poisson's) queue longer at the
+    # same load: Allen-Cunneen scales the M/M/c wait by (c_a^2 + c_s^2) / 2, c_a^2 = D, so
+    # the goal is met by the Poisson fleet for a goal that much shorter.
+    goal_wait = WAIT_FRACTION * settings.max_queue_wait / max(1.0, (rates.dispersion + 1.0) / 2.0)
+    # And a message waits behind the rest of its own batch, however idle the fleet: the
+    # batch an arrival lands in holds D messages on average (size-biased), and its last
+    # waits (D - 1) E[S] / (spare threads); so D - 1 messages' work within the goal, on top
+    # of the load (0 for single arrivals), as often as a batch comes within the rate's
+    # window (rarer batches are blocks, drained when they land: dramactl.rates).
+    batch = (rates.dispersion - 1.0) * service / (WAIT_FRACTION * settings.max_queue_wait)
+    if batch > 0:
+        batch *= min(1.0, (rates.arrival or 0.0) * RATE_WINDOW / rates.dispersion)
+
+    def rate_fleet(busy: float) -> int:
+        fleet = workers_for(busy, service, threads, goal_wait, WAIT_QUANTILE, limit)
+        if batch <= 0 or busy <= 0:
+            return fleet
+        with_batch = (busy + batch) / threads  # damaged counters can make it inf: one worker past the limit
+        return max(fleet, math.ceil(with_batch - 1e-9) if math.isfinite(with_batch) else limit + 1)
+
+    for_rate = rate_fleet(load)
     react = reacting(backlog, rates, settings, startup, current, WAIT_FRACTION * settings.max_queue_wait)
     static, for_rate = for_rate, for_rate if react is None else min(for_rate, react)
     drain = drain_seconds(settings, startup, backlog.oldest_age)
@@ -353,13 +374,18 @@ def work_target(
     # Service times more variable than exponential make longer queues at the same load:
     # Allen-Cunneen scales the M/M/c queue by (1 + cv^2) / 2 (Poisson arrivals).
     noise = queue_quantile(load, current * threads, WAIT_QUANTILE) if rates.load is not None else 0
-    noise = math.ceil(noise * max(1.0, (1.0 + rates.service_cv2) / 2.0))
+    # Arrivals in batches (dramactl.rates: dispersion D) scale it by (D + cv^2) / 2 as well, and
+    # the batch an arrival lands in queues behind its first message however idle the fleet:
+    # D - 1 more, as many of them as this fleet's spare threads serve within the goal (beyond
+    # that, a batch is a backlog like any other).
+    spare = max(0.0, current * threads - load) * WAIT_FRACTION * settings.max_queue_wait / service if service > 0 else 0.0
+    own = min(math.ceil(rates.dispersion - 1.0 - 1e-9), math.floor(spare)) if math.isfinite(spare) else 0
+    noise = math.ceil(noise * max(1.0, (rates.dispersion + rates.service_cv2) / 2.0)) + own
     backlogged = max(0, waiting - noise)
     # With nothing waiting (ready, or prefetched beyond the threads), growth for the rate needs evidence beyond its
     # noise; not growth to the reacting fleet, which rests on the messages present, counted.
-    nothing_waits = not waiting and backlog.in_flight <= current * threads
-    grow_for, noted = (for_rate, "") if for_rate == react else rate_growth(for_rate, current, nothing_waits, rates, NOISE_SIGMAS, lambda x: workers_for(
-        x, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit))
+    nothing_waits = waiting <= own and backlog.in_flight <= current * threads
+    grow_for, noted = (for_rate, "") if for_rate == react else rate_growth(for_rate, current, nothing_waits, rates, NOISE_SIGMAS, rate_fleet)
     drained = (load + backlogged * service / drain) / threads
     # A damaged but finite counter can make the load overflow to inf: then one worker past the limit.
     wanted = max(grow_for, math.ceil(drained - 1e-9) if math.isfinite(drained) else limit)
@@ -379,9 +405,6 @@ def work_target(
     if starting:
         why += f"; {starting} starting"
     interval = float(settings.check_interval)
-    def rate_fleet(busy: float) -> int:
-        return workers_for(busy, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)
-
     ahead = recurring_need(history, now, startup + 2.0 * interval, 2.0 * interval, load, service, settings, rate_fleet, rates.span)
     needs["recurring"] = None if ahead is None else ahead[0]
     rise = rising_floor(rates, NOISE_SIGMAS, settings.scale_down_stabilization, rate_fleet)
@@ -423,7 +446,7 @@ def work_target(
     if hold is not None:
         return Sized(current, wanted, f"{why}: holding {current}, {hold}", for_rate, figures)
     high, falling = load_high_now(rates, NOISE_SIGMAS)
-    within_noise = None if high is None else workers_for(high, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)
+    within_noise = None if high is None else rate_fleet(high)
     floor = within_noise if react is None or within_noise is None else min(within_noise, react)
     if floor is not None and floor > goal:
         # Shrink no lower than the load NOISE_SIGMAS standard errors up needs (the rate's
@@ -435,7 +458,7 @@ def work_target(
         if goal >= current:
             return Sized(current, wanted, f"{why}: holding {current}", for_rate, figures)
     elif falling and (counted := rates.load_high(NOISE_SIGMAS)) is not None and (
-            at_count := workers_for(counted, service, threads, WAIT_FRACTION * settings.max_queue_wait, WAIT_QUANTILE, limit)) > goal:
+            at_count := rate_fleet(counted)) > goal:
         why += f"; {falling}the load {NOISE_SIGMAS:g} sigma up ({high:.1f} busy threads) needs {within_noise}, not {at_count}"
     # A shrink under a load rising to the fleet is undone by its next backlog (:func:`dramactl.calm.rising_floor`);
     # where the fleet reacts to the messages present, no higher than the reacting fleet, as the noise floor.

@@ -37,12 +37,13 @@ tick saw it); the policy looks for blocks that recur at a regular period.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Sequence
 
 from .instance import WorkerUnit
-from .state import TickRecord
+from .state import TickRecord, window_edge
 from .stats import FleetBacklog
 
 
@@ -75,6 +76,7 @@ class WorkRates:
     trend: float = 0.0  # the arrival rate's slope, messages/s per second (:func:`_trend`); 0 until measured
     trend_error: float = 0.0  # its standard error
     trend_span: float = 0.0  # the seconds of intervals it was fit over
+    dispersion: float = 1.0  # the arrival counts' variance over Poisson's: messages that come in batches (:func:`_dispersion`)
 
     def arrival_high(self, sigmas: float) -> float | None:
         """The arrival rate ``sigmas`` standard errors up: counts in ``span`` seconds are
@@ -84,7 +86,7 @@ class WorkRates:
             return None
         if self.span <= 0:
             return self.arrival
-        return self.arrival + sigmas * math.sqrt(max(self.arrival, 1.0 / self.span) / self.span)
+        return self.arrival + sigmas * math.sqrt(self.dispersion * max(self.arrival, 1.0 / self.span) / self.span)
 
     def load_high(self, sigmas: float) -> float | None:
         """The offered load ``sigmas`` standard errors up: the arrival rate's relative error
@@ -108,7 +110,7 @@ class WorkRates:
         least one message) and the mean service time's, in quadrature."""
         if self.arrival is None or self.arrival <= 0:
             return 0.0
-        rate_error = math.sqrt(max(self.arrival, 1.0 / self.span) / self.span) / self.arrival if self.span > 0 else 0.0
+        rate_error = math.sqrt(self.dispersion * max(self.arrival, 1.0 / self.span) / self.span) / self.arrival if self.span > 0 else 0.0
         service_error = math.sqrt(self.service_cv2 / self.completions) if self.completions > 0 else 0.0
         return math.hypot(rate_error, service_error)
 
@@ -144,9 +146,12 @@ def work_rates(history: Sequence[TickRecord], backlog: FleetBacklog, now: float,
     points = points[start:]
     pairs = [(a, b) for a, b in zip(points, points[1:]) if 0 < b.at - a.at <= max_gap]
 
-    arrivals = _arrivals(pairs)
-    arrival, intervals, span = _arrival_rate(pairs, arrivals, now)
-    trend = _trend(pairs, arrivals, now)
+    counts = _counts(pairs)
+    marks = _surge_marks(pairs, counts)
+    arrivals = _arrivals(pairs, counts, marks)
+    dispersion = _dispersion(pairs, counts, marks, now)
+    arrival, intervals, span = _arrival_rate(pairs, arrivals, now, dispersion)
+    trend = _trend(pairs, arrivals, now, dispersion)
 
     recent = _service_batches(pairs, now)
     done = sum(d for d, _ in recent)
@@ -158,7 +163,8 @@ def work_rates(history: Sequence[TickRecord], backlog: FleetBacklog, now: float,
         return None
     if not math.isfinite(service) or (arrival is not None and not math.isfinite(arrival)):
         return None  # counters finite but so large that their rates overflow (damaged): size by count
-    return WorkRates(arrival, max(service, 0.0), intervals, span, _service_cv2(recent, service), done if done >= MIN_COMPLETIONS else 0.0, *trend)
+    return WorkRates(arrival, max(service, 0.0), intervals, span, _service_cv2(recent, service), done if done >= MIN_COMPLETIONS else 0.0, *trend,
+                     dispersion=dispersion)
 
 
 def _service_batches(pairs: Sequence[tuple[_Point, _Point]], now: float) -> list[tuple[float, float]]:
@@ -193,16 +199,23 @@ def _service_cv2(batches: Sequence[tuple[float, float]], mean: float) -> float:
     return ratio if math.isfinite(ratio) else 1.0
 
 
-def _arrivals(pairs: Sequence[tuple[_Point, _Point]]) -> list[tuple[float, float]]:
-    """Per interval: (arrivals less what a block brought, seconds). What came in was either
-    completed or is still there: Δdone + Δbacklog."""
-    counts = [max(0.0, b.done - a.done + b.backlog - a.backlog) for a, b in pairs]
-    return [(c - e, b.at - a.at) for c, e, (a, b) in zip(counts, _excess(pairs, counts), pairs)]
+def _counts(pairs: Sequence[tuple[_Point, _Point]]) -> list[float]:
+    """Per interval, what came in: it was either completed or is still there (Δdone + Δbacklog)."""
+    return [max(0.0, b.done - a.done + b.backlog - a.backlog) for a, b in pairs]
 
 
-def _arrival_rate(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tuple[float, float]], now: float) -> tuple[float | None, int, float]:
+def _arrivals(pairs: Sequence[tuple[_Point, _Point]], counts: Sequence[float] | None = None,
+              marks: Sequence[tuple[float, str]] | None = None) -> list[tuple[float, float]]:
+    """Per interval: (arrivals less what a block brought, seconds) (:func:`_surge_marks`)."""
+    counts = _counts(pairs) if counts is None else counts
+    marks = _surge_marks(pairs, counts) if marks is None else marks
+    return [(c - (e if kind == BLOCK else 0.0), b.at - a.at) for c, (e, kind), (a, b) in zip(counts, marks, pairs)]
+
+
+def _arrival_rate(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tuple[float, float]], now: float,
+                  dispersion: float = 1.0) -> tuple[float | None, int, float]:
     """(rate, intervals, span): ``arrivals`` (per interval of ``pairs``: its count less
-    what a block brought (:func:`_excess`), and its seconds) counted over the intervals
+    what a block brought (:func:`_surge_marks`), and its seconds) counted over the intervals
     of the last :data:`RATE_WINDOW`, reaching further back (up to
     :data:`LONG_RATE_WINDOW`) until they hold :data:`MIN_ARRIVALS`, per second of the
     intervals' span. A count over a window is never 0 while messages
@@ -222,13 +235,13 @@ def _arrival_rate(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tup
         if middle <= now - LONG_RATE_WINDOW and (used or pairs[k][1].at < now):
             break  # (the interval that ends now always counts: at CHECK_INTERVAL >= 1800 its middle is that far back)
         came, took = arrivals[k]
-        if span > 0 and _changed((arrived, span), (came, took), STEP_P):
+        if span > 0 and _changed((arrived, span), (came, took), STEP_P, dispersion):
             break  # the intervals so far and this one before them: not one rate (it stopped, or jumped)
         if middle <= now - RATE_WINDOW:
-            if arrived >= MIN_ARRIVALS:
+            if arrived >= MIN_ARRIVALS * dispersion:
                 break
             recent = recent or (arrived, span)
-            if _changed(recent, (arrived - recent[0] + came, span - recent[1] + took)):
+            if _changed(recent, (arrived - recent[0] + came, span - recent[1] + took), CHANGE_P, dispersion):
                 break  # what came before does not explain the window's count: the rate changed in between
         arrived += came
         span += took
@@ -240,7 +253,8 @@ TREND_WINDOW = 300.0  # seconds of intervals a trend is fit over: 20 ticks at 15
 MIN_TREND_INTERVALS = 4  # fewer intervals since the rate's last step: no trend
 
 
-def _trend(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tuple[float, float]], now: float) -> tuple[float, float, float]:
+def _trend(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tuple[float, float]], now: float,
+           dispersion: float = 1.0) -> tuple[float, float, float]:
     """(slope, its standard error, span): the arrival rate's change per second, a line
     fit by weighted least squares to ``arrivals`` per interval over the last
     :data:`TREND_WINDOW`, back to the rate's last step (:data:`STEP_P`, as
@@ -260,7 +274,7 @@ def _trend(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tuple[floa
         if (a.at + b.at) / 2.0 <= now - TREND_WINDOW:
             break  # an interval is in a window when most of it is, as for the rate
         came, took = arrivals[k]
-        if span > 0 and _changed((arrived, span), (came, took), STEP_P):
+        if span > 0 and _changed((arrived, span), (came, took), STEP_P, dispersion):
             break
         rows.append(((a.at + b.at) / 2.0, took, came))
         arrived += came
@@ -277,8 +291,8 @@ def _trend(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tuple[floa
     # the residuals' Pearson chi-square per degree of freedom scales the variance (quasi-
     # Poisson), never below Poisson's.
     fitted = [(c, max(d * (rate + slope * (x - middle)), d / span)) for x, d, c in rows]
-    dispersion = max(1.0, sum((c - f) * (c - f) / f for c, f in fitted) / (len(rows) - 2))
-    trend = (slope, math.sqrt(dispersion * max(rate, 1.0 / span) / sxx), span)
+    spread = max(dispersion, sum((c - f) * (c - f) / f for c, f in fitted) / (len(rows) - 2))
+    trend = (slope, math.sqrt(spread * max(rate, 1.0 / span) / sxx), span)
     return trend if all(math.isfinite(x) for x in trend) else (0.0, 0.0, 0.0)  # damaged counters: no trend
 
 
@@ -286,14 +300,14 @@ CHANGE_P = 0.001  # counts this improbable under one rate for both spans: the ra
 STEP_P = 0.0001  # the same, for one interval against those after it (tested at every step: stricter)
 
 
-def _changed(recent: tuple[float, float], older: tuple[float, float], p: float = CHANGE_P) -> bool:
+def _changed(recent: tuple[float, float], older: tuple[float, float], p: float = CHANGE_P, dispersion: float = 1.0) -> bool:
     """Whether (arrivals, seconds) ``recent`` and ``older`` are improbable under one
     Poisson rate: given their sum, the recent count is binomial with the recent span's
     share (the conditional test for two Poisson rates), and either tail below ``p``
     says the rate changed. The window reaching further back for precision must not
     reach across that: arrivals that stopped would read as the old rate for up to
     LONG_RATE_WINDOW, and a low rate that rose as a mix of the two."""
-    n, total = max(0, round(recent[0])), max(0, round(recent[0] + older[0]))
+    n, total = max(0, round(recent[0] / dispersion)), max(0, round((recent[0] + older[0]) / dispersion))
     if recent[1] <= 0 or older[1] <= 0 or total == 0:
         return False
     share = recent[1] / (recent[1] + older[1])
@@ -324,17 +338,32 @@ def _changed(recent: tuple[float, float], older: tuple[float, float], p: float =
     return at_most(n) < p or (n > 0 and 1.0 - at_most(n - 1) < p)
 
 
-def _excess(pairs: Sequence[tuple[_Point, _Point]], counts: Sequence[float]) -> list[float]:
-    """Per interval, the arrivals beyond what the rate before it explains when a block
-    landed in it (the :func:`surges` rule), else 0: a block is a backlog to drain, not
-    a rate to staff for. A block lands at once, within one interval; arrivals beyond the
-    rate before them in two intervals in a row go on (a step up, a burst of minutes) and
-    are a rate, from the first of them. Otherwise the window's median before an interval
-    follows a step only once most of the window has seen it, and until then the rate
-    stays the old one, while the fleet, which holds the new arrivals in flight where
-    nothing counts them as waiting, shrinks under them."""
-    out: list[float] = []
-    surged = False  # the interval before landed a surge too
+BLOCK, RISE, BATCH = "block", "rise", "batch"
+
+
+def _surge_marks(pairs: Sequence[tuple[_Point, _Point]], counts: Sequence[float]) -> list[tuple[float, str]]:
+    """Per interval, (arrivals beyond the median rate of the :data:`RATE_WINDOW` before it,
+    what they are) when more arrived than that rate explains by over :data:`SURGE_SIGMAS`
+    Poisson standard deviations (a surge; with no interval before: beyond its own
+    completions), else (0, ""). What a surge is:
+
+    * :data:`RISE`: surges in two intervals in a row (a step up, a burst of minutes): a
+      rate that rose, counted as rate from the first of them. Otherwise the window's median
+      follows a step only once most of the window has seen it, and until then the rate
+      stays the old one while the fleet, which holds the new arrivals in flight where
+      nothing counts them as waiting, shrinks under them.
+    * :data:`BATCH`: surges that come as a stream (a producer that sends ten messages at a
+      time, a job every minute): within RATE_WINDOW of one another and, around each,
+      :data:`BATCH_RUNS` at least, more often than once a RATE_WINDOW. Blocks that come more
+      than once in the window the rate is counted over are what the rate is: counted as
+      rate, their sizes in its noise (:func:`_dispersion`). Intervals beyond only
+      :data:`BATCH_SIGMAS` (after a whole window of history: a median of two intervals is
+      no median) are batches in such a stream too, else nothing: five at once where the
+      median is 0 is no surge, but five at once every half minute is batches of five.
+    * :data:`BLOCK`: the rest, a block landing at once that is a backlog to drain, not a
+      rate to staff for (left out of the rate; the blocks :func:`surges` lists)."""
+    marks: list[tuple[float, str]] = []
+    lesser: dict[int, float] = {}  # intervals beyond BATCH_SIGMAS only: batches if they come as often as batches do, else nothing
     seen: list[tuple[float, float]] = []  # (end, rate) of the intervals so far
     first = 0
     for (a, b), arrived in zip(pairs, counts):
@@ -343,47 +372,103 @@ def _excess(pairs: Sequence[tuple[_Point, _Point]], counts: Sequence[float]) -> 
             first += 1
         before = [rate for _, rate in seen[first:]]
         expected = median(before) * span if before else b.done - a.done
+        full = a.at - pairs[0][0].at >= RATE_WINDOW - window_edge(span)  # a median over a whole window (not of two intervals)
         excess = arrived - expected
         surge = excess > SURGE_SIGMAS * math.sqrt(max(expected, 1.0))
-        out.append(excess if surge and not surged else 0.0)
-        if surge and surged:
-            out[-2] = 0.0  # arrivals beyond the rate before, interval after interval: a rate that rose
-        surged = surge
-        seen.append((b.at, arrived / span))
-    return out
+        if not surge and full and excess > BATCH_SIGMAS * math.sqrt(max(expected, 1.0)):
+            lesser[len(marks)] = excess
+        if surge and marks and marks[-1][1]:
+            marks[-1] = (marks[-1][0], RISE)
+            marks.append((excess, RISE))
+        else:
+            marks.append((excess, BLOCK) if surge else (0.0, ""))
+        seen.append((b.at, max(0.0, arrived / span)))
+    # Runs of surging intervals (one interval: a block; more: a rate that rose), each as
+    # (first, last) index. A run is batches when another comes within RATE_WINDOW of it and
+    # the runs within LONG_RATE_WINDOW / 2 either side, BATCH_RUNS at least, come more often
+    # than once a RATE_WINDOW over the history they cover: two blocks that happen to land a
+    # minute apart are no rate. Runs with a surge are judged among themselves: an interval a
+    # little beyond the median (BATCH_SIGMAS) now and then beside blocks that come every few
+    # minutes does not make them a rate (those intervals may be batches among the blocks:
+    # a few messages more in the rate and its noise).
+    runs: list[list[int]] = []
+    for k, (_, kind) in enumerate(marks):
+        if (kind or k in lesser) and runs and runs[-1][1] == k - 1:
+            runs[-1][1] = k
+        elif kind or k in lesser:
+            runs.append([k, k])
+    if len(runs) < BATCH_RUNS:
+        return marks
+    starts = [pairs[first][1].at for first, _ in runs]
+    stops = [pairs[last][1].at for _, last in runs]
+    begin, end = pairs[0][0].at, pairs[-1][1].at
+    half = LONG_RATE_WINDOW / 2.0
+
+    def batches(among: list[int]) -> set[int]:
+        """The runs of ``among`` (indices into ``runs``, in time order) that are batches among them."""
+        out = set()
+        firsts, lasts = [starts[i] for i in among], [stops[i] for i in among]
+        for n, i in enumerate(among):
+            if not ((n > 0 and starts[i] - lasts[n - 1] < RATE_WINDOW) or (n + 1 < len(among) and firsts[n + 1] - stops[i] < RATE_WINDOW)):
+                continue
+            low, high = max(begin, starts[i] - half), min(end, stops[i] + half)
+            around = bisect.bisect_right(firsts, high) - bisect.bisect_right(lasts, low)
+            if around >= BATCH_RUNS and around * RATE_WINDOW > high - low:
+                out.add(i)
+        return out
+
+    strong = [i for i, (first, last) in enumerate(runs) if any(marks[k][1] for k in range(first, last + 1))]
+    for i in batches(strong) | (batches(list(range(len(runs)))) - set(strong)):
+        first, last = runs[i]
+        for k in range(first, last + 1):
+            marks[k] = (lesser.get(k, marks[k][0]), BATCH)
+    return marks
+
+
+def _dispersion(pairs: Sequence[tuple[_Point, _Point]], counts: Sequence[float], marks: Sequence[tuple[float, str]], now: float) -> float:
+    """The arrival counts' variance over a Poisson count's (at least 1), over the intervals
+    of the last :data:`LONG_RATE_WINDOW`: messages that come in batches of X (compound
+    Poisson) have a count's variance E[X^2] / E[X] times its mean. Each batch
+    (:data:`BATCH`) of e messages adds e^2 where e single arrivals would add e:
+    1 + sum (e^2 - e) / arrivals. Only batches count, not every interval's spread
+    around the rate: a rate that steps or slopes, the hook's flush once a second,
+    are no batches."""
+    arrived = extra = 0.0
+    for (a, b), count, (excess, kind) in zip(pairs, counts, marks):
+        if (a.at + b.at) / 2.0 <= now - LONG_RATE_WINDOW:
+            continue
+        if kind == BLOCK:
+            count -= excess
+        elif kind == BATCH:
+            extra += excess * excess - excess
+        arrived += count
+    value = 1.0 + extra / arrived if arrived > 0 else 1.0
+    return max(1.0, value) if math.isfinite(value) else 1.0
 
 
 SURGE_SIGMAS = 6.0  # arrivals this many Poisson standard deviations above the rate: a block landed
+BATCH_RUNS = 3  # runs of surging intervals around one before they are batches: two gaps, as recurring blocks need
+BATCH_SIGMAS = 3.0  # ... this many, in a run of such intervals as frequent as batches (never by chance): one of them
 
 
 def surges(history: Sequence[TickRecord], *, max_gap: float = float("inf")) -> list[tuple[float, float]]:
-    """(tick, messages) for every interval between two ticks in which a block landed:
-    more arrivals (Δdone + Δbacklog) than the median rate of the intervals in the
-    :data:`RATE_WINDOW` before it explains (with none before it: its own completions),
-    by over :data:`SURGE_SIGMAS` standard deviations of a Poisson count; ``messages`` is
-    the excess. A block the fleet absorbed before the tick shows here too: it is
-    counted, not seen waiting."""
+    """(tick, messages) for every interval between two ticks in which a block landed
+    or went on landing (:data:`BLOCK` and :data:`RISE` of :func:`_surge_marks`: more
+    arrivals, Δdone + Δbacklog, than the median rate of the :data:`RATE_WINDOW` before
+    it explains, not one of batches that come more often than that window); ``messages``
+    is the excess. A block the fleet absorbed before the tick shows here too: it is counted,
+    not seen waiting."""
     points = [_Point(r.at, r.done, r.busy, r.backlog) for r in history if r.done is not None and r.busy is not None]
     out: list[tuple[float, float]] = []
-    seen: list[tuple[float, float]] = []  # (end, rate) of the intervals so far
-    first = 0  # seen[first:] are those in the window before the current interval
-    for a, b in zip(points, points[1:]):
-        span = b.at - a.at
-        if b.done < a.done or b.busy < a.busy - 1e-6:
-            seen, first = [], 0  # the counters started over
+    start = 0
+    for end in range(1, len(points) + 1):
+        if end < len(points) and not (points[end].done < points[end - 1].done or points[end].busy < points[end - 1].busy - 1e-6):
             continue
-        if not 0 < span <= max_gap:
-            continue
-        arrived = b.done - a.done + b.backlog - a.backlog
-        while first < len(seen) and seen[first][0] <= a.at - RATE_WINDOW:
-            first += 1
-        before = [rate for _, rate in seen[first:]]
-        # No earlier interval to compare with: what the fleet completed in this one (only backlog growth counts).
-        expected = median(before) * span if before else b.done - a.done
-        excess = arrived - expected
-        if excess > SURGE_SIGMAS * math.sqrt(max(expected, 1.0)):
-            out.append((b.at, excess))
-        seen.append((b.at, max(0.0, arrived / span)))
+        run = points[start:end]  # a run of points between two resets of the counters
+        start = end
+        pairs = [(a, b) for a, b in zip(run, run[1:]) if 0 < b.at - a.at <= max_gap]
+        counts = _counts(pairs)
+        out += [(b.at, excess) for (_, b), (excess, kind) in zip(pairs, _surge_marks(pairs, counts)) if kind in (BLOCK, RISE)]
     return out
 
 

@@ -425,7 +425,7 @@ def test_policy_module_stays_pure(module: str) -> None:
             imported |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add("." * node.level + (node.module or ""))
-    allowed = {"__future__", "math", "statistics", "dataclasses", "typing", ".instance", ".settings", ".state", ".stats", ".queueing", ".rates", ".recurring", ".calm", ".reaction", ".bycount", ".limits"}
+    allowed = {"__future__", "bisect", "math", "statistics", "dataclasses", "typing", ".instance", ".settings", ".state", ".stats", ".queueing", ".rates", ".recurring", ".calm", ".reaction", ".bycount", ".limits"}
     assert imported <= allowed
 
 
