@@ -376,9 +376,9 @@ def work_target(
     noise = queue_quantile(load, current * threads, WAIT_QUANTILE) if rates.load is not None else 0
     # Arrivals in batches (dramactl.rates: dispersion D) scale it by (D + cv^2) / 2 as well, and
     # the batch an arrival lands in queues behind its first message however idle the fleet:
-    # D - 1 more, as many of them as this fleet's spare threads serve within the goal (beyond
-    # that, a batch is a backlog like any other).
-    spare = max(0.0, current * threads - load) * WAIT_FRACTION * settings.max_queue_wait / service if service > 0 else 0.0
+    # D - 1 more, as many of them as this fleet's spare threads serve within what is left of
+    # the goal (the drain's time; beyond that, a batch is a backlog like any other).
+    spare = max(0.0, current * threads - load) * drain / service if service > 0 else 0.0
     own = min(math.ceil(rates.dispersion - 1.0 - 1e-9), math.floor(spare)) if math.isfinite(spare) else 0
     noise = math.ceil(noise * max(1.0, (rates.dispersion + rates.service_cv2) / 2.0)) + own
     backlogged = max(0, waiting - noise)

@@ -352,14 +352,15 @@ def _surge_marks(pairs: Sequence[tuple[_Point, _Point]], counts: Sequence[float]
       follows a step only once most of the window has seen it, and until then the rate
       stays the old one while the fleet, which holds the new arrivals in flight where
       nothing counts them as waiting, shrinks under them.
-    * :data:`BATCH`: surges that come as a stream (a producer that sends ten messages at a
-      time, a job every minute): within RATE_WINDOW of one another and, around each,
-      :data:`BATCH_RUNS` at least, more often than once a RATE_WINDOW. Blocks that come more
-      than once in the window the rate is counted over are what the rate is: counted as
-      rate, their sizes in its noise (:func:`_dispersion`). Intervals beyond only
-      :data:`BATCH_SIGMAS` (after a whole window of history: a median of two intervals is
-      no median) are batches in such a stream too, else nothing: five at once where the
-      median is 0 is no surge, but five at once every half minute is batches of five.
+    * :data:`BATCH`: surges of about one size that come as a stream (a producer that sends
+      ten messages at a time, a job every minute): within RATE_WINDOW of one another and,
+      around each, :data:`BATCH_RUNS` at least, more often than once a RATE_WINDOW. Blocks
+      that come more than once in the window the rate is counted over are what the rate
+      is: counted as rate, their sizes in its noise (:func:`_dispersion`). Intervals beyond
+      only :data:`BATCH_SIGMAS` that at least double their interval's count (after a whole
+      window of history: a median of two intervals is no median) are batches in such a
+      stream too, else nothing: five at once where the median is 0 is no surge, but five
+      at once every half minute is batches of five.
     * :data:`BLOCK`: the rest, a block landing at once that is a backlog to drain, not a
       rate to staff for (left out of the rate; the blocks :func:`surges` lists)."""
     marks: list[tuple[float, str]] = []
@@ -375,7 +376,7 @@ def _surge_marks(pairs: Sequence[tuple[_Point, _Point]], counts: Sequence[float]
         full = a.at - pairs[0][0].at >= RATE_WINDOW - window_edge(span)  # a median over a whole window (not of two intervals)
         excess = arrived - expected
         surge = excess > SURGE_SIGMAS * math.sqrt(max(expected, 1.0))
-        if not surge and full and excess > BATCH_SIGMAS * math.sqrt(max(expected, 1.0)):
+        if not surge and full and excess >= expected and excess > BATCH_SIGMAS * math.sqrt(max(expected, 1.0)):
             lesser[len(marks)] = excess
         if surge and marks and marks[-1][1]:
             marks[-1] = (marks[-1][0], RISE)
@@ -384,13 +385,7 @@ def _surge_marks(pairs: Sequence[tuple[_Point, _Point]], counts: Sequence[float]
             marks.append((excess, BLOCK) if surge else (0.0, ""))
         seen.append((b.at, max(0.0, arrived / span)))
     # Runs of surging intervals (one interval: a block; more: a rate that rose), each as
-    # (first, last) index. A run is batches when another comes within RATE_WINDOW of it and
-    # the runs within LONG_RATE_WINDOW / 2 either side, BATCH_RUNS at least, come more often
-    # than once a RATE_WINDOW over the history they cover: two blocks that happen to land a
-    # minute apart are no rate. Runs with a surge are judged among themselves: an interval a
-    # little beyond the median (BATCH_SIGMAS) now and then beside blocks that come every few
-    # minutes does not make them a rate (those intervals may be batches among the blocks:
-    # a few messages more in the rate and its noise).
+    # (first, last) index, and its size: its largest excess, in powers of two.
     runs: list[list[int]] = []
     for k, (_, kind) in enumerate(marks):
         if (kind or k in lesser) and runs and runs[-1][1] == k - 1:
@@ -399,29 +394,33 @@ def _surge_marks(pairs: Sequence[tuple[_Point, _Point]], counts: Sequence[float]
             runs.append([k, k])
     if len(runs) < BATCH_RUNS:
         return marks
+    sizes = [max(lesser.get(k, marks[k][0]) for k in range(first, last + 1)) for first, last in runs]
+    octave = [math.floor(math.log2(size)) if math.isfinite(size) and size >= 1.0 else 0 for size in sizes]
     starts = [pairs[first][1].at for first, _ in runs]
     stops = [pairs[last][1].at for _, last in runs]
     begin, end = pairs[0][0].at, pairs[-1][1].at
     half = LONG_RATE_WINDOW / 2.0
-
-    def batches(among: list[int]) -> set[int]:
-        """The runs of ``among`` (indices into ``runs``, in time order) that are batches among them."""
-        out = set()
-        firsts, lasts = [starts[i] for i in among], [stops[i] for i in among]
-        for n, i in enumerate(among):
-            if not ((n > 0 and starts[i] - lasts[n - 1] < RATE_WINDOW) or (n + 1 < len(among) and firsts[n + 1] - stops[i] < RATE_WINDOW)):
-                continue
-            low, high = max(begin, starts[i] - half), min(end, stops[i] + half)
-            around = bisect.bisect_right(firsts, high) - bisect.bisect_right(lasts, low)
-            if around >= BATCH_RUNS and around * RATE_WINDOW > high - low:
-                out.add(i)
-        return out
-
-    strong = [i for i, (first, last) in enumerate(runs) if any(marks[k][1] for k in range(first, last + 1))]
-    for i in batches(strong) | (batches(list(range(len(runs)))) - set(strong)):
-        first, last = runs[i]
-        for k in range(first, last + 1):
-            marks[k] = (lesser.get(k, marks[k][0]), BATCH)
+    # A run is batches among the runs of about its size (within an octave: BATCH_OCTAVES)
+    # when another of them comes within RATE_WINDOW of it and, within LONG_RATE_WINDOW / 2
+    # either side, BATCH_RUNS of them at least come more often than once a RATE_WINDOW over
+    # the history they cover. Two blocks that happen to land a minute apart are no rate; a
+    # block of hundreds landing among batches of ten, or the step of a rate that rose, is
+    # no batch of theirs; nor does an interval now and then a little past the median make
+    # blocks that come every few minutes a rate.
+    bands: dict[int, tuple[list[int], list[float], list[float]]] = {}
+    for o in sorted(set(octave)):
+        among = [i for i in range(len(runs)) if abs(octave[i] - o) <= BATCH_OCTAVES]
+        bands[o] = (among, [starts[i] for i in among], [stops[i] for i in among])
+    for i, (first, last) in enumerate(runs):
+        among, firsts, lasts = bands[octave[i]]
+        n = bisect.bisect_left(firsts, starts[i])
+        if not ((n > 0 and starts[i] - lasts[n - 1] < RATE_WINDOW) or (n + 1 < len(among) and firsts[n + 1] - stops[i] < RATE_WINDOW)):
+            continue
+        low, high = max(begin, starts[i] - half), min(end, stops[i] + half)
+        around = bisect.bisect_right(firsts, high) - bisect.bisect_right(lasts, low)
+        if around >= BATCH_RUNS and around * RATE_WINDOW > high - low:
+            for k in range(first, last + 1):
+                marks[k] = (lesser.get(k, marks[k][0]), BATCH)
     return marks
 
 
@@ -448,7 +447,8 @@ def _dispersion(pairs: Sequence[tuple[_Point, _Point]], counts: Sequence[float],
 
 SURGE_SIGMAS = 6.0  # arrivals this many Poisson standard deviations above the rate: a block landed
 BATCH_RUNS = 3  # runs of surging intervals around one before they are batches: two gaps, as recurring blocks need
-BATCH_SIGMAS = 3.0  # ... this many, in a run of such intervals as frequent as batches (never by chance): one of them
+BATCH_SIGMAS = 3.0  # ... this many (and at least doubling the interval's count), in a stream of such intervals: one of them
+BATCH_OCTAVES = 1  # runs of one stream of batches: their sizes within this many powers of two of each other
 
 
 def surges(history: Sequence[TickRecord], *, max_gap: float = float("inf")) -> list[tuple[float, float]]:

@@ -50,25 +50,27 @@ def reacts_within(interval: float, startup: float, wait: float, service: float) 
     return horizon if horizon <= wait and service >= horizon else None
 
 
-def headroom(arrivals: float, running: int, ends: float, share: float = SHARE) -> int:
+def headroom(arrivals: float, running: int, ends: float, share: float = SHARE, batch: float = 1.0) -> int:
     """Free threads to keep so that at most ``share`` of the arrivals within the horizon
     find none: the smallest h with E[(A - C - h)+] <= share x E[A], A the arrivals
-    (Poisson of mean ``arrivals``), C those of the ``running`` messages that end within
-    the horizon (each with probability ``ends``). The order within the horizon is
-    ignored."""
+    (``batch`` at a time: a Poisson count of batches of mean ``arrivals`` / ``batch``; 1:
+    single arrivals), C those of the ``running`` messages that end within the horizon
+    (each with probability ``ends``). The order within the horizon is ignored."""
     if arrivals <= 0:
         return 0
     p = min(1.0, max(0.0, ends))
+    batch = max(1, round(batch)) if math.isfinite(batch) else 1  # whole messages: E[(A - C - h)+] steps by P(A - C > h)
     if arrivals > EXACT or running > EXACT:
-        return _normal_headroom(arrivals - running * p, math.sqrt(arrivals + running * p * (1.0 - p)), share * arrivals)
-    pa = [math.exp(-arrivals)]
-    while len(pa) < arrivals + 12.0 * math.sqrt(arrivals) + 12.0:  # the tail beyond holds < 1e-12
-        pa.append(pa[-1] * arrivals / len(pa))
+        return _normal_headroom(arrivals - running * p, math.sqrt(batch * arrivals + running * p * (1.0 - p)), share * arrivals)
+    batches = arrivals / batch
+    pa = [math.exp(-batches)]
+    while len(pa) < batches + 12.0 * math.sqrt(batches) + 12.0:  # the tail beyond holds < 1e-12
+        pa.append(pa[-1] * batches / len(pa))
     pc = [math.comb(running, j) * p**j * (1.0 - p) ** (running - j) for j in range(running + 1)]
     net: dict[int, float] = {}
-    for a, wa in enumerate(pa):
+    for k, wa in enumerate(pa):
         for c, wc in enumerate(pc):
-            net[a - c] = net.get(a - c, 0.0) + wa * wc
+            net[k * batch - c] = net.get(k * batch - c, 0.0) + wa * wc
     h, loss = 0, sum(w * d for d, w in net.items() if d > 0)  # E[(D - h)+]
     while loss > share * arrivals:
         loss -= sum(w for d, w in net.items() if d > h)  # E[(D - h - 1)+] = E[(D - h)+] - P(D > h)
@@ -88,7 +90,8 @@ def _normal_headroom(mean: float, sd: float, allowed: float) -> int:
         h += 1
 
 
-def reacting_fleet(present: int, rate: float, service: float, running: int, horizon: float, wait: float, threads: int) -> int:
+def reacting_fleet(present: int, rate: float, service: float, running: int, horizon: float, wait: float, threads: int,
+                   batch: float = 1.0) -> int:
     """Workers (``threads`` each) for the ``present`` messages plus the :func:`headroom`
     for the arrivals at ``rate`` within ``horizon``, of which the running messages (mean
     ``service`` seconds) end within it with probability horizon / service. The share of
@@ -99,7 +102,7 @@ def reacting_fleet(present: int, rate: float, service: float, running: int, hori
     ends = horizon / service if service > 0 else 1.0
     past = math.exp(-threads * wait / service) if service > 0 else 0.0
     share = min(1.0, SHARE / past) if past > 0 else 1.0
-    need = math.ceil((present + headroom(rate * horizon, running, ends, share)) / max(1, threads) - 1e-9)
+    need = math.ceil((present + headroom(rate * horizon, running, ends, share, batch)) / max(1, threads) - 1e-9)
     return max(need, 1) if rate > 0 else need  # with no worker, nothing takes an arrival until a growth
 
 
@@ -112,12 +115,14 @@ def reacting(backlog: FleetBacklog, rates: WorkRates, settings: Settings, startu
     within the horizon (and as many ends): when that is more than a worker, every
     decision moves the fleet by its Poisson swing, down and back up (on 1-thread workers
     each message is a worker), and the static fleet's headroom, which absorbs those
-    swings, is the calm model. Where fewer arrive than a worker's threads, the count
-    changes by less than a worker a decision and following it costs few actions."""
+    swings, is the calm model; so it is when messages come in batches larger than a
+    worker's threads (dramactl.rates: the dispersion D), each a worker's swing or more.
+    Where fewer arrive than a worker's threads, the count changes by less than a worker
+    a decision and following it costs few actions; batches of D are in the headroom."""
     horizon = reacts_within(float(settings.check_interval), startup, wait, rates.service)
     if horizon is None or rates.arrival is None:
         return None
-    if rates.arrival * horizon > settings.worker_threads:
-        return None  # the count moves by more than a worker between decisions (above)
+    if max(rates.arrival * horizon, rates.dispersion) > settings.worker_threads:
+        return None  # the count moves by more than a worker between decisions, or a batch at a time (above)
     running = min(backlog.in_flight, current * settings.worker_threads)
-    return reacting_fleet(backlog.backlog, rates.arrival, rates.service, running, horizon, wait, settings.worker_threads)
+    return reacting_fleet(backlog.backlog, rates.arrival, rates.service, running, horizon, wait, settings.worker_threads, rates.dispersion)
