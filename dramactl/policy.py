@@ -8,13 +8,17 @@ hook has reported some (:mod:`dramactl.rates`):
   across ticks give the offered load a = λ·E[S] busy threads; the fleet for it is
   the smallest whose threads keep P(wait > MAX_QUEUE_WAIT/2) <= 5 % (Erlang C,
   :mod:`dramactl.queueing`): headroom where service is slow, little where it is fast; or
-  the smaller fleet that reacts (:mod:`dramactl.reaction`) when messages are long;
+  the smaller fleet that reacts (:mod:`dramactl.reaction`) when messages are long; for
+  messages that come in batches of D (:mod:`dramactl.rates`), the goal shortened by
+  (D + 1) / 2 (Allen-Cunneen) and at least the load plus (D - 1) E[S] within it (a
+  message waits behind its batch);
 * plus the threads that drain what waits (waiting x E[S]) within what is left of half
   of MAX_QUEUE_WAIT after the oldest ready message's age and the start-up time
   (learned from the start jobs, or from systemd's timestamps when they outlast the
   tick's wait: :func:`dramactl.rates.measure_startup`); only what waits beyond the
   queue the fleet shows anyway under this load counts (Erlang C's 95th percentile,
-  scaled by (1 + cv^2) / 2 for the measured service-time variability); messages
+  scaled by (D + cv^2) / 2 for batches and the measured service-time variability, plus
+  the D - 1 of a batch the spare threads serve within the drain's time); messages
   prefetched beyond the threads wait behind a ready backlog, or behind tasks that
   outlast a tick and a start-up;
 * a block of messages that lands at a regular period (three blocks, two gaps that
@@ -382,8 +386,9 @@ def work_target(
     own = min(math.ceil(rates.dispersion - 1.0 - 1e-9), math.floor(spare)) if math.isfinite(spare) else 0
     noise = math.ceil(noise * max(1.0, (rates.dispersion + rates.service_cv2) / 2.0)) + own
     backlogged = max(0, waiting - noise)
-    # With nothing waiting (ready, or prefetched beyond the threads), growth for the rate needs evidence beyond its
-    # noise; not growth to the reacting fleet, which rests on the messages present, counted.
+    # With nothing waiting (ready, or prefetched beyond the threads; for batches, no more than the batch's own
+    # queue), growth for the rate needs evidence beyond its noise; not growth to the reacting fleet, which rests
+    # on the messages present, counted.
     nothing_waits = waiting <= own and backlog.in_flight <= current * threads
     grow_for, noted = (for_rate, "") if for_rate == react else rate_growth(for_rate, current, nothing_waits, rates, NOISE_SIGMAS, rate_fleet)
     drained = (load + backlogged * service / drain) / threads

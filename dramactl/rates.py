@@ -10,29 +10,32 @@ backlog in a :class:`~dramactl.state.TickRecord`. Between two ticks:
 * the mean service time is Δbusy / Δdone.
 
 Smoothing: the arrival rate is the *count* of arrivals over :data:`RATE_WINDOW`, or
-further back until the count holds :data:`MIN_ARRIVALS` (at low rates most tick
-intervals see no arrival at all: a median of per-interval rates reads 0 there while
-messages keep coming), less the excess of the intervals in which a block landed (a
-block of messages landing at once is a backlog to drain, not a rate to staff for; a
-block lands within one interval, so an excess in two intervals in a row is a rate that
-rose, and counted), over the intervals' span; the service time is the ratio of sums over
+further back until the count holds :data:`MIN_ARRIVALS` (in batches of D: D times as
+many; at low rates most tick intervals see no arrival at all: a median of per-interval
+rates reads 0 there while messages keep coming), less the excess of the intervals in
+which a block landed (a block of messages landing at once is a backlog to drain, not a
+rate to staff for; a block lands within one interval, so an excess in two intervals in
+a row is a rate that rose, and counted; blocks of about one size that come more often
+than the window are batches, and counted: :func:`_surge_marks`), over the intervals'
+span; the service time is the ratio of sums over
 :data:`SERVICE_WINDOW`, or further back until the sums hold :data:`SERVICE_COMPLETIONS`
 (the mean of a few long tasks is mostly their luck, and the service time is the app's,
 changing with a deploy rather than with the traffic), else the counters' whole lifetime
 (busy / done). A counter that
 went backwards (the key was deleted, Redis restarted) ends the intervals before it.
-The rate's standard error is that of a Poisson count over the intervals' span
-(:meth:`WorkRates.arrival_high`): how far a measured dip may be noise.
+The rate's standard error is that of a Poisson count over the intervals' span, times
+sqrt(D) for messages that come in batches (:meth:`WorkRates.arrival_high`,
+:func:`_dispersion`): how far a measured dip may be noise.
 
 Trend: the same intervals' counts over :data:`TREND_WINDOW`, back to the rate's last
 step, fit a line by weighted least squares (:func:`_trend`): how fast the arrival rate
 rises or falls, with its standard error (Poisson's, widened by the counts' own
-dispersion when arrivals come in clusters). A count over a window is the rate at
+dispersion, at least D, when arrivals come in clusters). A count over a window is the rate at
 the window's middle; on a rising load the arrivals are already ahead of it.
 
 Blocks: :func:`surges` finds the intervals in which far more arrived than the rate
 before them explains (a block landed, whether or not the fleet absorbed it before a
-tick saw it); the policy looks for blocks that recur at a regular period.
+tick saw it), batches aside; the policy looks for blocks that recur at a regular period.
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ class WorkRates:
     def arrival_high(self, sigmas: float) -> float | None:
         """The arrival rate ``sigmas`` standard errors up: counts in ``span`` seconds are
         about Poisson, so the rate's error is sqrt(arrival / span) (at least one message
-        per span); None before a rate exists."""
+        per span), times sqrt(``dispersion``) for batches; None before a rate exists."""
         if self.arrival is None:
             return None
         if self.span <= 0:
@@ -107,7 +110,8 @@ class WorkRates:
 
     def _load_error(self) -> float:
         """The load's relative standard error: the rate's (a Poisson count over ``span``, at
-        least one message) and the mean service time's, in quadrature."""
+        least one message, times sqrt(``dispersion``) for batches) and the mean service
+        time's, in quadrature."""
         if self.arrival is None or self.arrival <= 0:
             return 0.0
         rate_error = math.sqrt(self.dispersion * max(self.arrival, 1.0 / self.span) / self.span) / self.arrival if self.span > 0 else 0.0
@@ -217,8 +221,8 @@ def _arrival_rate(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tup
     """(rate, intervals, span): ``arrivals`` (per interval of ``pairs``: its count less
     what a block brought (:func:`_surge_marks`), and its seconds) counted over the intervals
     of the last :data:`RATE_WINDOW`, reaching further back (up to
-    :data:`LONG_RATE_WINDOW`) until they hold :data:`MIN_ARRIVALS`, per second of the
-    intervals' span. A count over a window is never 0 while messages
+    :data:`LONG_RATE_WINDOW`) until they hold :data:`MIN_ARRIVALS` (``dispersion`` times
+    as many for batches: as many batches), per second of the intervals' span. A count over a window is never 0 while messages
     arrive, and its Poisson standard error sqrt(n) / span is known
     (:meth:`WorkRates.arrival_high`); a median over short intervals is 0 whenever
     fewer than one arrival per interval is the rule.
@@ -266,7 +270,7 @@ def _trend(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tuple[floa
     c_k / d_k with variance rate / d_k (Poisson), so weights d_k: slope =
     sum (x_k - x̄) (c_k - d_k r) / Sxx, Sxx = sum d_k (x_k - x̄)^2, its variance r / Sxx,
     r the intervals' mean rate, times the counts' dispersion beyond Poisson's (the
-    residuals' Pearson chi-square over intervals - 2, at least 1)."""
+    residuals' Pearson chi-square over intervals - 2, at least ``dispersion``: batches)."""
     rows: list[tuple[float, float, float]] = []  # (middle, seconds, arrivals)
     arrived = span = 0.0
     for k in range(len(pairs) - 1, -1, -1):
@@ -304,7 +308,8 @@ def _changed(recent: tuple[float, float], older: tuple[float, float], p: float =
     """Whether (arrivals, seconds) ``recent`` and ``older`` are improbable under one
     Poisson rate: given their sum, the recent count is binomial with the recent span's
     share (the conditional test for two Poisson rates), and either tail below ``p``
-    says the rate changed. The window reaching further back for precision must not
+    says the rate changed. Messages that come in batches of ``dispersion`` are counted
+    as that many fewer independent arrivals (a quasi-Poisson count). The window reaching further back for precision must not
     reach across that: arrivals that stopped would read as the old rate for up to
     LONG_RATE_WINDOW, and a low rate that rose as a mix of the two."""
     n, total = max(0, round(recent[0] / dispersion)), max(0, round((recent[0] + older[0]) / dispersion))

@@ -3,7 +3,8 @@ history, and the fleet to have up before the next one (pure).
 
 A block is a surge (:func:`dramactl.rates.surges`): an interval in which far more
 arrived than the rate before it explains, counted from the hook's counters even when
-the fleet absorbed it before a tick saw it. :func:`recurring` asks three blocks whose
+the fleet absorbed it before a tick saw it; not one of a stream of batches, which are
+a rate (:func:`dramactl.rates._surge_marks`). :func:`recurring` asks three blocks whose
 gaps agree before it expects a fourth; :func:`recurring_need` sizes the fleet for it.
 """
 

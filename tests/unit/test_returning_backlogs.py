@@ -4,7 +4,8 @@ backlog grew the fleet and each drain released it, two actions a job (118.7 acti
 against a limit of 40.7 over an hour, ``python -m bench.jobs``). A backlog that comes back
 within SCALE_DOWN_STABILIZATION (120 s) now keeps its fleet
 (:func:`dramactl.calm.returning_backlog`); this test failed before it (115.0 actions/h
-against 48.0)."""
+against 48.0). Once three jobs make a stream, they are batches of one rate, staffed for
+with their size in its noise (:mod:`dramactl.rates`)."""
 
 from __future__ import annotations
 
