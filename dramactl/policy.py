@@ -352,10 +352,12 @@ def work_target(
     goal_wait = WAIT_FRACTION * settings.max_queue_wait / max(1.0, (rates.dispersion + 1.0) / 2.0)
     # And a message waits behind the rest of its own batch, however idle the fleet: the
     # batch an arrival lands in holds D messages on average (size-biased), and its last
-    # waits (D - 1) E[S] / (spare threads); so D - 1 messages' work within the goal, on top
-    # of the load (0 for single arrivals), as often as a batch comes within the rate's
-    # window (rarer batches are blocks, drained when they land: dramactl.rates).
-    batch = (rates.dispersion - 1.0) * service / (WAIT_FRACTION * settings.max_queue_wait)
+    # waits (D - 1) E[S] / (spare threads); so D - 1 messages' work within the goal (not
+    # shortened: this is the batch itself, not the queue's variability), on top of the load
+    # (0 for single arrivals), as often as a batch comes within the rate's window (rarer
+    # batches are blocks, drained when they land: dramactl.rates).
+    goal = WAIT_FRACTION * settings.max_queue_wait
+    batch = (rates.dispersion - 1.0) * service / goal if rates.dispersion > 1.0 and goal > 0 else 0.0
     if batch > 0:
         batch *= min(1.0, (rates.arrival or 0.0) * RATE_WINDOW / rates.dispersion)
 
@@ -378,19 +380,28 @@ def work_target(
     # Service times more variable than exponential make longer queues at the same load:
     # Allen-Cunneen scales the M/M/c queue by (1 + cv^2) / 2 (Poisson arrivals).
     noise = queue_quantile(load, current * threads, WAIT_QUANTILE) if rates.load is not None else 0
-    # Arrivals in batches (dramactl.rates: dispersion D) scale it by (D + cv^2) / 2 as well, and
+    # Arrivals in batches (dramactl.rates: dispersion D) scale it by (D + cv^2) / 2 instead, and
     # the batch an arrival lands in queues behind its first message however idle the fleet:
-    # D - 1 more, as many of them as this fleet's spare threads serve within what is left of
-    # the goal (the drain's time; beyond that, a batch is a backlog like any other).
+    # D - 1 more. What batches add to the noise is at most what this fleet's spare threads
+    # serve within what is left of the goal (the drain's time): beyond that, a batch is a
+    # backlog like any other (near saturation the scaled quantile runs to thousands).
+    poisson = math.ceil(noise * max(1.0, (1.0 + rates.service_cv2) / 2.0))
     spare = max(0.0, current * threads - load) * drain / service if service > 0 else 0.0
-    own = min(math.ceil(rates.dispersion - 1.0 - 1e-9), math.floor(spare)) if math.isfinite(spare) else 0
-    noise = math.ceil(noise * max(1.0, (rates.dispersion + rates.service_cv2) / 2.0)) + own
+    batched = math.ceil(noise * max(1.0, (rates.dispersion + rates.service_cv2) / 2.0)) - poisson + math.ceil(rates.dispersion - 1.0 - 1e-9)
+    own = min(batched, math.floor(spare)) if math.isfinite(spare) and rates.dispersion > 1.0 else 0
+    noise = poisson + own
     backlogged = max(0, waiting - noise)
-    # With nothing waiting (ready, or prefetched beyond the threads; for batches, no more than the batch's own
-    # queue), growth for the rate needs evidence beyond its noise; not growth to the reacting fleet, which rests
+    # With nothing waiting (ready, or prefetched beyond the threads; for batches, no more than their share of the
+    # noise), growth for the rate needs evidence beyond its noise; not growth to the reacting fleet, which rests
     # on the messages present, counted.
     nothing_waits = waiting <= own and backlog.in_flight <= current * threads
     grow_for, noted = (for_rate, "") if for_rate == react else rate_growth(for_rate, current, nothing_waits, rates, NOISE_SIGMAS, rate_fleet)
+    # A backlog beyond the batches' share of the noise is drained by the spare threads that
+    # share counted on too: the last of both waits up to twice the drain's time, which is
+    # within MAX_QUEUE_WAIT (the drain's time is what is left of half of it), where the
+    # latency guard fires. Draining the share as well grows the fleet for a batch a message
+    # over it, and the next tick releases it (28.7 actions/h against 25.3 on the CI-sized
+    # batches of tests/unit/test_batches.py).
     drained = (load + backlogged * service / drain) / threads
     # A damaged but finite counter can make the load overflow to inf: then one worker past the limit.
     wanted = max(grow_for, math.ceil(drained - 1e-9) if math.isfinite(drained) else limit)

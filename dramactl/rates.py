@@ -43,7 +43,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .instance import WorkerUnit
 from .state import TickRecord, window_edge
@@ -405,25 +405,28 @@ def _surge_marks(pairs: Sequence[tuple[_Point, _Point]], counts: Sequence[float]
     stops = [pairs[last][1].at for _, last in runs]
     begin, end = pairs[0][0].at, pairs[-1][1].at
     half = LONG_RATE_WINDOW / 2.0
-    # A run is batches among the runs of about its size (within an octave: BATCH_OCTAVES)
-    # when another of them comes within RATE_WINDOW of it and, within LONG_RATE_WINDOW / 2
-    # either side, BATCH_RUNS of them at least come more often than once a RATE_WINDOW over
-    # the history they cover. Two blocks that happen to land a minute apart are no rate; a
-    # block of hundreds landing among batches of ten, or the step of a rate that rose, is
-    # no batch of theirs; nor does an interval now and then a little past the median make
-    # blocks that come every few minutes a rate.
-    bands: dict[int, tuple[list[int], list[float], list[float]]] = {}
+    # A run is batches among the runs no smaller than an eighth of its size (BATCH_OCTAVES
+    # powers of two below its own) when another of them comes within RATE_WINDOW of it,
+    # within LONG_RATE_WINDOW / 2 either side BATCH_RUNS of them at least come more often
+    # than once a RATE_WINDOW over the history they cover, and it is at most BATCH_SPREAD
+    # times the largest of the others there. Two blocks that happen to land a minute apart
+    # are no rate; a block of hundreds landing among batches of ten, or the step of a rate
+    # that rose, is no batch of theirs; nor do intervals now and then a little past the
+    # median make blocks that come every few minutes a rate; and a batch of forty among
+    # batches of a wide spread of sizes (geometric, of mean ten) is one of them.
+    bands: dict[int, tuple[list[int], list[float], list[float], Callable[[int, int], float]]] = {}
     for o in sorted(set(octave)):
-        among = [i for i in range(len(runs)) if abs(octave[i] - o) <= BATCH_OCTAVES]
-        bands[o] = (among, [starts[i] for i in among], [stops[i] for i in among])
+        among = [i for i in range(len(runs)) if octave[i] >= o - BATCH_OCTAVES]
+        bands[o] = (among, [starts[i] for i in among], [stops[i] for i in among], _range_max([sizes[i] for i in among]))
     for i, (first, last) in enumerate(runs):
-        among, firsts, lasts = bands[octave[i]]
+        among, firsts, lasts, largest = bands[octave[i]]
         n = bisect.bisect_left(firsts, starts[i])
         if not ((n > 0 and starts[i] - lasts[n - 1] < RATE_WINDOW) or (n + 1 < len(among) and firsts[n + 1] - stops[i] < RATE_WINDOW)):
             continue
         low, high = max(begin, starts[i] - half), min(end, stops[i] + half)
-        around = bisect.bisect_right(firsts, high) - bisect.bisect_right(lasts, low)
-        if around >= BATCH_RUNS and around * RATE_WINDOW > high - low:
+        since, until = bisect.bisect_right(lasts, low), bisect.bisect_right(firsts, high)
+        around = until - since
+        if around >= BATCH_RUNS and around * RATE_WINDOW > high - low and sizes[i] <= BATCH_SPREAD * max(largest(since, n), largest(n + 1, until)):
             for k in range(first, last + 1):
                 marks[k] = (lesser.get(k, marks[k][0]), BATCH)
     return marks
@@ -453,7 +456,25 @@ def _dispersion(pairs: Sequence[tuple[_Point, _Point]], counts: Sequence[float],
 SURGE_SIGMAS = 6.0  # arrivals this many Poisson standard deviations above the rate: a block landed
 BATCH_RUNS = 3  # runs of surging intervals around one before they are batches: two gaps, as recurring blocks need
 BATCH_SIGMAS = 3.0  # ... this many (and at least doubling the interval's count), in a stream of such intervals: one of them
-BATCH_OCTAVES = 1  # runs of one stream of batches: their sizes within this many powers of two of each other
+BATCH_OCTAVES = 3  # a run counts the runs whose size is at most this many powers of two below its own, or larger
+BATCH_SPREAD = 2.0  # ... and is no batch of theirs when more than this many times the largest of them around it
+
+
+def _range_max(values: Sequence[float]) -> Callable[[int, int], float]:
+    """max(values[a:b]) in O(1) after O(n log n) (a sparse table; 0 for an empty range)."""
+    table = [list(values)]
+    width = 1
+    while 2 * width <= len(values):
+        row = table[-1]
+        table.append([max(row[k], row[k + width]) for k in range(len(row) - width)])
+        width *= 2
+
+    def query(a: int, b: int) -> float:
+        if b <= a:
+            return 0.0
+        level = (b - a).bit_length() - 1
+        return max(table[level][a], table[level][b - (1 << level)])
+    return query
 
 
 def surges(history: Sequence[TickRecord], *, max_gap: float = float("inf")) -> list[tuple[float, float]]:

@@ -53,24 +53,25 @@ def reacts_within(interval: float, startup: float, wait: float, service: float) 
 def headroom(arrivals: float, running: int, ends: float, share: float = SHARE, batch: float = 1.0) -> int:
     """Free threads to keep so that at most ``share`` of the arrivals within the horizon
     find none: the smallest h with E[(A - C - h)+] <= share x E[A], A the arrivals
-    (``batch`` at a time: a Poisson count of batches of mean ``arrivals`` / ``batch``; 1:
-    single arrivals), C those of the ``running`` messages that end within the horizon
-    (each with probability ``ends``). The order within the horizon is ignored."""
+    (Poisson of mean ``arrivals``; or ``batch`` at a time, a Poisson count of batches:
+    :func:`_batch_headroom`), C those of the ``running`` messages that end within the
+    horizon (each with probability ``ends``). The order within the horizon is ignored."""
     if arrivals <= 0:
         return 0
     p = min(1.0, max(0.0, ends))
-    batch = max(1, round(batch)) if math.isfinite(batch) else 1  # whole messages: E[(A - C - h)+] steps by P(A - C > h)
+    size = max(1, round(batch)) if math.isfinite(batch) else 1
+    if size > 1:
+        return _batch_headroom(arrivals, running, p, share, size)
     if arrivals > EXACT or running > EXACT:
-        return _normal_headroom(arrivals - running * p, math.sqrt(batch * arrivals + running * p * (1.0 - p)), share * arrivals)
-    batches = arrivals / batch
-    pa = [math.exp(-batches)]
-    while len(pa) < batches + 12.0 * math.sqrt(batches) + 12.0:  # the tail beyond holds < 1e-12
-        pa.append(pa[-1] * batches / len(pa))
+        return _normal_headroom(arrivals - running * p, math.sqrt(arrivals + running * p * (1.0 - p)), share * arrivals)
+    pa = [math.exp(-arrivals)]
+    while len(pa) < arrivals + 12.0 * math.sqrt(arrivals) + 12.0:  # the tail beyond holds < 1e-12
+        pa.append(pa[-1] * arrivals / len(pa))
     pc = [math.comb(running, j) * p**j * (1.0 - p) ** (running - j) for j in range(running + 1)]
     net: dict[int, float] = {}
-    for k, wa in enumerate(pa):
+    for a, wa in enumerate(pa):
         for c, wc in enumerate(pc):
-            net[k * batch - c] = net.get(k * batch - c, 0.0) + wa * wc
+            net[a - c] = net.get(a - c, 0.0) + wa * wc
     h, loss = 0, sum(w * d for d, w in net.items() if d > 0)  # E[(D - h)+]
     while loss > share * arrivals:
         loss -= sum(w for d, w in net.items() if d > h)  # E[(D - h - 1)+] = E[(D - h)+] - P(D > h)
@@ -78,9 +79,55 @@ def headroom(arrivals: float, running: int, ends: float, share: float = SHARE, b
     return h
 
 
+def _batch_headroom(arrivals: float, running: int, p: float, share: float, size: int) -> int:
+    """:func:`headroom` for arrivals ``size`` at a time (dramactl.rates: batches of D): A =
+    size x K, K a Poisson count of mean ``arrivals`` / ``size``, summed exactly over K
+    (normal only when many batches come), C binomial (normal beyond :data:`EXACT` running
+    messages); the smallest h found by bisection, so that a few large batches cost a few
+    evaluations, not one per thread."""
+    batches = arrivals / size
+    allowed = share * arrivals
+    mean_c, var_c = running * p, running * p * (1.0 - p)
+    if batches > EXACT:
+        return _normal_headroom(arrivals - mean_c, math.sqrt(size * arrivals + var_c), allowed)
+    pk = [math.exp(-batches)]
+    while len(pk) < batches + 12.0 * math.sqrt(batches) + 12.0:  # the tail beyond holds < 1e-12
+        pk.append(pk[-1] * batches / len(pk))
+    if running <= EXACT:
+        pc = [math.comb(running, j) * p**j * (1.0 - p) ** (running - j) for j in range(running + 1)]
+
+        def loss(h: int) -> float:
+            return sum(wk * wc * (k * size - c - h) for k, wk in enumerate(pk) for c, wc in enumerate(pc) if k * size - c > h)
+    else:
+        sd = math.sqrt(var_c)
+
+        def loss(h: int) -> float:  # E[(m - C')+] for C' = C - mean_c about normal: sd phi(z) + m (1 - Phi(z)), z = -m / sd
+            total = 0.0
+            for k, wk in enumerate(pk):
+                m = k * size - h - mean_c
+                if sd <= 0:
+                    total += wk * max(0.0, m)
+                    continue
+                z = -m / sd
+                total += wk * (sd * math.exp(-z * z / 2.0) / math.sqrt(2.0 * math.pi) + m * 0.5 * math.erfc(z / math.sqrt(2.0)))
+            return total
+
+    low, high = 0, len(pk) * size  # loss(high) is 0 for the exact count, about 0 beyond the normal's reach
+    if loss(low) <= allowed:
+        return 0
+    while high - low > 1:
+        mid = (low + high) // 2
+        if loss(mid) <= allowed:
+            high = mid
+        else:
+            low = mid
+    return high
+
+
 def _normal_headroom(mean: float, sd: float, allowed: float) -> int:
-    """:func:`headroom` for many arrivals or running messages: the net count is about
-    normal, E[(D - h)+] = sd phi(z) + (mean - h)(1 - Phi(z)) at z = (h - mean) / sd."""
+    """:func:`headroom` for many arrivals (or many batches) or running messages: the net
+    count is about normal, E[(D - h)+] = sd phi(z) + (mean - h)(1 - Phi(z)) at
+    z = (h - mean) / sd."""
     h = max(0, math.floor(mean))
     while True:
         z = (h - mean) / sd
