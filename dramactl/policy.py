@@ -10,15 +10,17 @@ hook has reported some (:mod:`dramactl.rates`):
   :mod:`dramactl.queueing`): headroom where service is slow, little where it is fast; or
   the smaller fleet that reacts (:mod:`dramactl.reaction`) when messages are long; for
   messages that come in batches of D (:mod:`dramactl.rates`), the goal shortened by
-  (D + 1) / 2 (Allen-Cunneen) and at least the load plus (D - 1) E[S] within it (a
-  message waits behind its batch);
+  (D + 1) / 2 (Allen-Cunneen), and at least the load plus (D - 1) E[S] within
+  MAX_QUEUE_WAIT/2 as often as a batch comes within the rate's window (a message waits
+  behind its batch);
 * plus the threads that drain what waits (waiting x E[S]) within what is left of half
   of MAX_QUEUE_WAIT after the oldest ready message's age and the start-up time
   (learned from the start jobs, or from systemd's timestamps when they outlast the
   tick's wait: :func:`dramactl.rates.measure_startup`); only what waits beyond the
   queue the fleet shows anyway under this load counts (Erlang C's 95th percentile,
-  scaled by (D + cv^2) / 2 for batches and the measured service-time variability, plus
-  the D - 1 of a batch the spare threads serve within the drain's time); messages
+  scaled by (1 + cv^2) / 2 for the measured service-time variability; for batches by
+  (D + cv^2) / 2 and plus D - 1, what they add at most what the spare threads serve
+  within the drain's time); messages
   prefetched beyond the threads wait behind a ready backlog, or behind tasks that
   outlast a tick and a start-up;
 * a block of messages that lands at a regular period (three blocks, two gaps that

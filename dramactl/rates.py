@@ -308,8 +308,8 @@ def _changed(recent: tuple[float, float], older: tuple[float, float], p: float =
     """Whether (arrivals, seconds) ``recent`` and ``older`` are improbable under one
     Poisson rate: given their sum, the recent count is binomial with the recent span's
     share (the conditional test for two Poisson rates), and either tail below ``p``
-    says the rate changed. Messages that come in batches of ``dispersion`` are counted
-    as that many fewer independent arrivals (a quasi-Poisson count). The window reaching further back for precision must not
+    says the rate changed. Messages that come in batches (``dispersion`` D) count as D
+    times fewer independent arrivals (a quasi-Poisson count). The window reaching further back for precision must not
     reach across that: arrivals that stopped would read as the old rate for up to
     LONG_RATE_WINDOW, and a low rate that rose as a mix of the two."""
     n, total = max(0, round(recent[0] / dispersion)), max(0, round((recent[0] + older[0]) / dispersion))
@@ -357,15 +357,17 @@ def _surge_marks(pairs: Sequence[tuple[_Point, _Point]], counts: Sequence[float]
       follows a step only once most of the window has seen it, and until then the rate
       stays the old one while the fleet, which holds the new arrivals in flight where
       nothing counts them as waiting, shrinks under them.
-    * :data:`BATCH`: surges of about one size that come as a stream (a producer that sends
-      ten messages at a time, a job every minute): within RATE_WINDOW of one another and,
-      around each, :data:`BATCH_RUNS` at least, more often than once a RATE_WINDOW. Blocks
-      that come more than once in the window the rate is counted over are what the rate
-      is: counted as rate, their sizes in its noise (:func:`_dispersion`). Intervals beyond
-      only :data:`BATCH_SIGMAS` that at least double their interval's count (after a whole
-      window of history: a median of two intervals is no median) are batches in such a
-      stream too, else nothing: five at once where the median is 0 is no surge, but five
-      at once every half minute is batches of five.
+    * :data:`BATCH`: surges that come as a stream (a producer that sends ten messages at a
+      time, a job every minute): within RATE_WINDOW of one another and, around each,
+      :data:`BATCH_RUNS` at least, more often than once a RATE_WINDOW, counting those no
+      smaller than :data:`BATCH_OCTAVES` powers of two below it, and it no larger than
+      :data:`BATCH_SPREAD` times the largest of them (below). Blocks that come more than
+      once in the window the rate is counted over are what the rate is: counted as rate,
+      their sizes in its noise (:func:`_dispersion`). Intervals beyond only
+      :data:`BATCH_SIGMAS` whose excess is at least the median's count (after a whole window
+      of history: a median of two intervals is no median) are batches in such a stream
+      too, else nothing: five at once where the median is 0 is no surge, but five at once
+      every half minute is batches of five.
     * :data:`BLOCK`: the rest, a block landing at once that is a backlog to drain, not a
       rate to staff for (left out of the rate; the blocks :func:`surges` lists)."""
     marks: list[tuple[float, str]] = []
@@ -455,7 +457,7 @@ def _dispersion(pairs: Sequence[tuple[_Point, _Point]], counts: Sequence[float],
 
 SURGE_SIGMAS = 6.0  # arrivals this many Poisson standard deviations above the rate: a block landed
 BATCH_RUNS = 3  # runs of surging intervals around one before they are batches: two gaps, as recurring blocks need
-BATCH_SIGMAS = 3.0  # ... this many (and at least doubling the interval's count), in a stream of such intervals: one of them
+BATCH_SIGMAS = 3.0  # ... this many (and an excess of at least the median's count), in a stream of such intervals: one of them
 BATCH_OCTAVES = 3  # a run counts the runs whose size is at most this many powers of two below its own, or larger
 BATCH_SPREAD = 2.0  # ... and is no batch of theirs when more than this many times the largest of them around it
 

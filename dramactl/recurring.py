@@ -113,6 +113,8 @@ def recurring_need(
 
     def fleet(messages: float) -> int:
         busy = load + (1.0 - counted) * max(0.0, messages) * service / span
+        if not math.isfinite(busy):  # damaged counters (finite, but absurd): more than any fleet
+            return settings.max_processes + 1
         mean = math.ceil(busy / settings.worker_threads - 1e-9)
         return mean if again.landed <= 0 or rate_fleet is None else max(mean, rate_fleet(busy))
 
