@@ -5,7 +5,7 @@ three-block rule of :mod:`dramactl.recurring` (at a 15 s tick its period must ex
 tolerances, 60 s), so without more each job's backlog grew the fleet and each drain
 released it: two actions a job, about 120 an hour. A backlog that comes back within
 SCALE_DOWN_STABILIZATION keeps its fleet (:func:`dramactl.calm.returning_backlog`); and
-blocks of one size that come more often than the rate's window are batches of one rate,
+blocks that come as a stream, more often than the rate's window, are batches of one rate,
 staffed for with their size in its noise (:mod:`dramactl.rates`), not drained one by one.
 dramactl's default policy beside HPA/KEDA's control law, seeds 1,2,3 (means), held to
 issue 20's calm target (actions/h <= 2 x HPA's, HPA counted as at least 4/h). Exit status
