@@ -423,7 +423,8 @@ def work_target(
     if starting:
         why += f"; {starting} starting"
     interval = float(settings.check_interval)
-    ahead = recurring_need(history, now, startup + 2.0 * interval, 2.0 * interval, load, service, settings, rate_fleet, rates.span)
+    again = recurring(history, 2.0 * interval, max_gap=4.0 * interval)  # the blocks' schedule, once a tick
+    ahead = recurring_need(again, now, startup + 2.0 * interval, 2.0 * interval, load, service, settings, rate_fleet, rates.span)
     needs["recurring"] = None if ahead is None else ahead[0]
     rise = rising_floor(rates, NOISE_SIGMAS, settings.scale_down_stabilization, rate_fleet)
     needs["rising"] = None if rise is None else rise[0]
@@ -445,7 +446,7 @@ def work_target(
         # better, and moving by that jitter right before it lands is an action undone by
         # the next one.
         goal = max(wanted, current if low <= current <= high else need)
-    elif (kept := recurring_keep(history, now, startup + 2.0 * interval, 2.0 * interval, load, service, settings, current, rate_fleet, rates.span)) and kept[0] > wanted:
+    elif (kept := recurring_keep(again, now, startup + 2.0 * interval, 2.0 * interval, load, service, settings, current, rate_fleet, rates.span)) and kept[0] > wanted:
         why, goal = f"{why}; {kept[1]}", kept[0]  # the block's need recurs within the window: not a need that stayed low
     bounded = clamp(goal, settings)
     if current > settings.max_processes:

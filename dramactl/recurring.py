@@ -76,7 +76,7 @@ def recurring(history: Sequence[TickRecord], tolerance: float, max_gap: float = 
 
 
 def recurring_need(
-    history: Sequence[TickRecord], now: float, lead: float, tolerance: float, load: float, service: float, settings: Settings,
+    again: Recurring | None, now: float, lead: float, tolerance: float, load: float, service: float, settings: Settings,
     rate_fleet: Callable[[float], int] | None = None, rate_span: float = 0.0,
 ) -> tuple[int, int, int, str] | None:
     """(fleet, fleets for a block one standard deviation smaller and larger, why) when a recurring load is due within ``lead`` seconds (the start-up
@@ -87,9 +87,10 @@ def recurring_need(
     intervals is a rate for that span: the fleet ``rate_fleet`` sizes for that load (busy
     threads) with its headroom, when given. While it lands, the arrival rate (over the
     ``rate_span`` seconds before now) already counts its arrivals for the part of that
-    span it has been landing: only the rest is added on top of ``load``."""
+    span it has been landing: only the rest is added on top of ``load``. ``again``: the
+    schedule :func:`recurring` found in the history (at ``tolerance``, gaps of at most four
+    ticks), found once a tick for this and :func:`recurring_keep`."""
     interval = float(settings.check_interval)
-    again = recurring(history, tolerance, max_gap=4.0 * interval)
     if again is None:
         return None
     landing = now <= again.landing + tolerance  # a block of minutes still landing, as its last occurrence did
@@ -137,7 +138,7 @@ RECURRING_KEEP = 300.0
 
 
 def recurring_keep(
-    history: Sequence[TickRecord], now: float, lead: float, tolerance: float, load: float, service: float,
+    again: Recurring | None, now: float, lead: float, tolerance: float, load: float, service: float,
     settings: Settings, current: int, rate_fleet: Callable[[float], int] | None = None, rate_span: float = 0.0,
 ) -> tuple[int, str] | None:
     """(fleet, why) to keep rather than shrink below: a recurring block's fleet (at most
@@ -151,7 +152,7 @@ def recurring_keep(
     if stabilization <= 0:
         return None
     window = max(stabilization, RECURRING_KEEP)
-    kept = recurring_need(history, now, lead + window, tolerance, load, service, settings, rate_fleet, rate_span)
+    kept = recurring_need(again, now, lead + window, tolerance, load, service, settings, rate_fleet, rate_span)
     if kept is None:
         return None
     return min(current, kept[0]), f"{kept[3]}; due again within {window:g}s: kept"
