@@ -9,6 +9,7 @@ is fetched or parsed on the scaler's path.
 from __future__ import annotations
 
 import os
+import select
 import time
 from dataclasses import dataclass, replace
 from typing import Collection, Iterable, Sequence
@@ -25,6 +26,11 @@ PROPERTIES = b"org.freedesktop.DBus.Properties"
 UNIT = b"org.freedesktop.systemd1.Unit"
 SERVICE = b"org.freedesktop.systemd1.Service"
 TIMER = b"org.freedesktop.systemd1.Timer"
+# While job results are awaited (Fleet._jobs): the most queued messages dispatched in a row, and the
+# seconds between such rounds. sd-bus queues the signals it reads during a method call, and a queued
+# message does not make the socket readable: past DISPATCH of them, the rest wait up to JOB_POLL.
+DISPATCH = 32
+JOB_POLL = 0.1
 
 
 class FleetError(RuntimeError):
@@ -260,6 +266,25 @@ class Fleet:
     def _run_jobs(self, method: bytes, verb: str, numbers: Iterable[int], timeout: float) -> list[JobResult]:
         return self._jobs(method, verb, [unit_name(n) for n in numbers], timeout)
 
+    def _dispatch(self, jobs: Sequence[bytes]) -> bool:
+        """Dispatch up to DISPATCH messages (one per ``process``: JobRemoved, through its callback,
+        and the signals queued meanwhile); True once every job in ``jobs`` has been removed."""
+        for _ in range(DISPATCH):
+            self.bus.process()
+            if all(job in self._removed for job in jobs):
+                return True
+        return False
+
+    def _wait(self, seconds: float) -> None:
+        """Until the bus's socket is readable or ``seconds`` pass, with the GIL released: pystemd's
+        ``wait`` (sd_bus_wait) holds it, and a tick waiting for start jobs would starve its other
+        threads, the fleet heartbeat's renewals (dramactl.seat) among them, for the whole wait."""
+        fd = self.bus.get_fd()
+        if fd < 0:
+            self.bus.wait(int(seconds * 1e6))
+            return
+        select.select([fd], [], [], seconds)
+
     def _jobs(self, method: bytes, verb: str, names: Sequence[str], timeout: float) -> list[JobResult]:
         """Queue all jobs at once, then wait for every JobRemoved (or the timeout)."""
         if not names:
@@ -271,8 +296,7 @@ class Fleet:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            self.bus.process()  # dispatches one queued message, JobRemoved included
-            if all(job in self._removed for _, job in jobs):
+            if self._dispatch([job for _, job in jobs]):
                 break
-            self.bus.wait(int(min(remaining, 1.0) * 1e6))  # returns at once while messages are queued
+            self._wait(min(remaining, JOB_POLL))
         return [JobResult(name, verb, self._removed.pop(job, "pending")) for name, job in jobs]

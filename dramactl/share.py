@@ -15,7 +15,8 @@ namespace) form one fleet. Its HASH ``<namespace>:__dramactl__.fleet.<FLEET_NAME
   their shares; replaced only by compare-and-set (:func:`dramactl.claims.publish`);
 * ``settings``: the fleet's settings record (MIN_PROCESSES, FLEET_MAX_PROCESSES, the
   policy's settings): every host decides with it, whatever its own env file says
-  (:func:`following`); the first host writes it (HSETNX);
+  (:func:`following`); the first host writes it (HSETNX), with its heartbeat in the same
+  MULTI/EXEC, so no host reads the record without its writer live beside it;
 * ``silence``: the last span in which no host could tick (:class:`Silence`).
 
 Beside it, a LIST ``<namespace>:__dramactl__.fleet-history.<FLEET_NAME>`` holds the fleet's
@@ -139,17 +140,30 @@ def snapshot(client: redis.Redis, settings: Settings) -> Snapshot:
     return _snapshot(raw, seconds + micros / 1e6, settings)
 
 
-def _write_record(client: redis.Redis, key: str, record: dict, settings: Settings, raw: Mapping[bytes, bytes]) -> tuple[Settings, dict]:
+def _write_record(
+    client: redis.Redis, key: str, record: dict, settings: Settings, raw: Mapping[bytes, bytes], heartbeat: Mapping[str, str],
+) -> tuple[Settings, dict]:
     """Write the fleet's settings record; the first host's wins (HSETNX) when there was none,
     so two hosts that start at once with different settings do not take turns. Returns (the
-    settings this host decides with, the record in force)."""
+    settings this host decides with, the record in force).
+
+    This host's ``heartbeat`` goes in the same step (one HSET, or MULTI/EXEC), so no host reads
+    the record without its writer among the live hosts: one that did would find every live host
+    agreeing with its own settings (none left to disagree) and replace the record a moment after
+    it was written (seen in a booted fleet: MIN 2 from one host's first tick, replaced by
+    another's MIN 1, the fleet's target 2, then 1)."""
     text = json.dumps(record, sort_keys=True, separators=(",", ":"))
     if b"settings" in raw:  # damaged, or replaced because every live host agrees on new settings
-        client.hset(key, "settings", text)
+        client.hset(key, mapping={"settings": text, **heartbeat})
         return replace(settings, **record), record
-    if client.hsetnx(key, "settings", text):
+    pipe = client.pipeline(transaction=True)
+    pipe.hsetnx(key, "settings", text)
+    pipe.hset(key, mapping=heartbeat)
+    pipe.hget(key, "settings")
+    first, _, current = pipe.execute()
+    if first:
         return replace(settings, **record), record
-    won = _record({b"settings": client.hget(key, "settings")}, key) or record
+    won = _record({b"settings": current}, key) or record
     return replace(settings, **won), won
 
 
@@ -205,14 +219,14 @@ def coordinate(
     old = next((h for h in snap.hosts if h.name == name), None)
     agreed = all(h.settings == mine for h in live)
     used, record, rewrite = following(settings, snap.record, agreed)
-    if rewrite and write:
-        used, record = _write_record(client, key, record, settings, raw)
     me = HostEntry(
         name, settings.max_processes, up, starting, occupying if pinned is None else max(occupying, pinned + occupying - up), 0,
         now, now + settings.host_ttl, pinned is not None,
         startup if startup is not None else (old.startup if old else None),
         label, failing, up if working is None else working, mine,
     )
+    if rewrite and write:
+        used, record = _write_record(client, key, record, settings, raw, _heartbeat(name, me, snap.ended))
     lost_at = records_lost(old, claimed_at, lost_at, now, settings.host_ttl)
     view, rec = plan_share(used, me, live, backlog, lambda: read_history(client, settings, now), snap.decision, now, occupying)
     if rec is not None and write:

@@ -759,6 +759,68 @@ def test_a_renewal_while_the_host_acts_keeps_what_its_tick_wrote_and_never_recre
     assert view.decision.target == 3 and view.lost_at is not None, "the next tick holds its growth"
 
 
+class WritesSettingsThen(redis_lib.Redis):
+    """A real client that runs ``then()`` (once) right after the first command to write the fleet's
+    settings record has run, however it is sent (a command, or a pipeline): another host's tick
+    reads the fleet at that instant."""
+
+    def __init__(self, *args, then, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.then = then
+
+    def _after(self, commands) -> None:
+        writes = any(
+            (args[0] == "HSETNX" and args[2:3] == ("settings",)) or (args[0] == "HSET" and "settings" in args[2::2]) for args in commands
+        )
+        if writes and self.then is not None:
+            then, self.then = self.then, None
+            then()
+
+    def execute_command(self, *args, **options):
+        out = super().execute_command(*args, **options)
+        self._after([args])
+        return out
+
+    def pipeline(self, transaction=True, shard_hint=None):
+        client = self
+
+        class Pipe(redis_lib.client.Pipeline):
+            def execute(self, raise_on_error=True):
+                commands = [args for args, _ in self.command_stack]
+                out = super().execute(raise_on_error)
+                client._after(commands)
+                return out
+
+        return Pipe(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+
+def test_a_host_reading_the_fleet_just_after_another_wrote_the_record_follows_it(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
+    """Three hosts' first ticks with MIN 1, 2 and 3 (the booted fleet's case): b writes the record
+    (MIN 2) and a reads the fleet the instant after. a must find b live beside it, disagreeing,
+    and follow b's record. It found the record without b's heartbeat (written at the end of b's
+    tick), took every live host (none) for agreeing with it, and replaced the record with its own:
+    the fleet's target went 2, then 1."""
+    values = {name: settings_for(redis_server, MIN_PROCESSES=m, MAX_PROCESSES="4", POLICY="step") for name, m in zip("abc", "123")}
+    backlog = FleetBacklog(ready=0)
+    views = {}
+
+    def a_reads() -> None:
+        views["a"] = share.coordinate(redis, values["a"], backlog, up=0, starting=0, occupying=0, name="a")
+
+    b_client = WritesSettingsThen(host="127.0.0.1", port=redis_server.port, then=a_reads)
+    views["b"] = share.coordinate(b_client, values["b"], backlog, up=0, starting=0, occupying=0, name="b")
+    assert "a" in views, "a's tick never ran between b's record and the end of b's tick"
+    targets = []
+    for _ in range(3):
+        for name in "cab":
+            time.sleep(0.55)  # past half a CHECK_INTERVAL: every tick decides anew
+            view = share.coordinate(redis, values[name], backlog, up=0, starting=0, occupying=0, name=name)
+            targets.append(view.fleet.target)
+    record = json.loads(redis.hget(share.fleet_key(values["a"]), "settings"))
+    assert record["min_processes"] == 2 and views["a"].settings["min_processes"] == 2, (record, views["a"].settings)
+    assert set(targets) == {2}, targets
+
+
 def test_a_host_whose_first_write_after_a_long_outage_is_a_settle_records_the_silence(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
     """a, b and c run 2 each at the cap of 6 when Redis goes for longer than FLEET_HOST_TTL. c's tick
     was waiting for a start job (its worker's READY=1 waits for Redis): when Redis is back, c's first

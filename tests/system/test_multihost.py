@@ -447,26 +447,36 @@ def test_a_redis_outage_holds_every_host_and_no_host_takes_the_others_share_afte
 def test_a_tick_that_waited_through_an_outage_for_a_start_job_records_the_silence(hosts: Cluster) -> None:
     """C's tick starts an instance whose app takes 10 s to start, and the shared Redis stops then, for
     longer than FLEET_HOST_TTL: that worker's READY=1 waits for Redis, so C's tick waits through the
-    outage for its start job. A's and B's ticks come later than it (their timers are held for the
-    outage and until C's next tick), and their workers hang (SIGSTOP) meanwhile, so their own
-    reports, which expired with the outage, are not back either: C's settle, then C's next tick, are
-    the first writes after it. The settle must record the silence, or C's next tick finds A's and
-    B's heartbeats and claims expired, takes the fleet alone and grows past the cap beside their
-    instances (CI once saw 7 of 6 when a tick came before the workers' reports were back). The fleet
-    stays within the cap and every message is processed. (10 s: with 4 s, a CI run once saw the
-    job done before the outage began, the sampler and the commands before it lagging on a loaded host.)"""
-    hosts.configure(FLEET, {**PER_HOST, "c": {**PER_HOST["c"], "SYSAPP_START_DELAY": "10"}})
+    outage for its start job, renewing its heartbeat (dramactl.seat). A's and B's ticks come later
+    than it (their timers are held for the outage and until C's next tick), and their workers hang
+    (SIGSTOP) meanwhile, so their own reports, which expired with the outage, are not back either:
+    C's renewals and settle, then C's next tick, are the first writes after it. The first of them
+    must record the silence, or C's next tick finds A's and B's heartbeats and claims expired, takes
+    the fleet alone and grows past the cap beside their instances (CI once saw 7 of 6 when a tick
+    came before the workers' reports were back). The fleet stays within the cap and every message is
+    processed. (10 s: with 4 s, a CI run once saw the job done before the outage began, the sampler
+    and the commands before it lagging on a loaded host.)
+
+    After the silence a host must tick within what its TTL had left when the silence began, so A and
+    B, held until C's next tick, must be back within that: the outage begins while C starts its second
+    instance (a host with none up starts one alone, then the rest), whose job ends as Redis is back,
+    and the TTL is 15 s (the outage 21 s, within the tick's 30 s wait for start jobs). (With 10 s
+    and the outage during the first of C's starts, the second took 10 s more after it, and A's first
+    tick came 1 s after its heartbeat expired once the renewals ran on time: they had been starved
+    while the tick waited on D-Bus, which recorded a second, false silence.)"""
+    ttl = 15
+    hosts.configure({**FLEET, "FLEET_HOST_TTL": str(ttl)}, {**PER_HOST, "c": {**PER_HOST["c"], "SYSAPP_START_DELAY": "10"}})
     start_fleet(hosts)
     a, b, c = hosts["a"], hosts["b"], hosts["c"]
     sent = 500
-    length = TTL + 2 * INTERVAL
+    length = ttl + 2 * INTERVAL
 
     def starting_on_c_alone() -> bool:
-        """C starting an instance, A and B at their shares of 2 with no job: only C's tick waits."""
+        """C starting an instance beside one up, A and B at their shares of 2 with no job: only C's tick waits."""
         row = sampler.latest()
         views = row and row["hosts"]
         return bool(
-            views and views[c.name] and "start" in views[c.name]["jobs"].values()
+            views and views[c.name] and "start" in views[c.name]["jobs"].values() and "active/running" in views[c.name]["units"].values()
             and all(views[h.name] and not views[h.name]["jobs"] and sampler.occupied(row, h.name) == 2 for h in (a, b))
         )
 

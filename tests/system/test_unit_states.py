@@ -117,3 +117,39 @@ def test_the_simulators_units_read_as_systemds_in_the_same_situations(system: Sy
     assert not simulator_states & {read(u) for u in crashed}
     print(f"[unit-states] systemd on the way back: {sorted({(u.active_state, u.sub_state, u.job) for u in crashed})}")
     system.sh("systemctl kill -s KILL dramatiq-worker@1.service", check=False)
+
+
+WAITING = r"""
+import json, threading, time
+from dramactl.fleet import Fleet
+beats, done = [], threading.Event()
+def renew():  # what the tick's fleet heartbeat thread (dramactl.seat) does while the main thread waits for jobs
+    while not done.wait(0.05):
+        beats.append(time.monotonic())
+thread = threading.Thread(target=renew, daemon=True)
+thread.start()
+with Fleet() as f:
+    began = time.monotonic()
+    result = f.start([3], timeout=60)[0].result
+    took = time.monotonic() - began
+done.set()
+thread.join()
+print(json.dumps({"result": result, "took": took, "beats": sum(1 for b in beats if began <= b <= began + took)}))
+"""
+
+
+def test_the_ticks_other_threads_run_while_it_waits_for_a_start_job(system: System) -> None:
+    """A tick waits for its start jobs (READY=1) on the D-Bus socket. pystemd's ``wait`` holds
+    the GIL inside sd_bus_wait, so a thread beside it, the fleet heartbeat's renewals among them,
+    ran about once a second at most: a tick waiting on a slow start renewed its heartbeat seconds
+    late, and the fleet recorded a silence while the host was live (seen in the multihost outage
+    test). The real Fleet starts an instance whose app takes DELAY seconds; a thread that wakes
+    every 50 ms meanwhile must run about as often as it asks (a quarter of that is the bar: with
+    the GIL held it ran about DELAY times)."""
+    system.configure(SYSAPP_START_DELAY=str(DELAY))
+    system.sh("systemctl stop dramactl.timer", check=False)
+    out = system.c.python(PYTHON, WAITING, cwd=APP_DIR)
+    asked = out["took"] / 0.05
+    print(f"\n[unit-states] a 50 ms thread ran {out['beats']} times during a {out['took']:.1f}s start job ({asked:.0f} asked)")
+    assert out["result"] == "done" and out["took"] >= DELAY - 1, out
+    assert out["beats"] >= asked / 4, out
