@@ -28,7 +28,8 @@ SERVICE = b"org.freedesktop.systemd1.Service"
 TIMER = b"org.freedesktop.systemd1.Timer"
 # While job results are awaited (Fleet._jobs): the most queued messages dispatched in a row, and the
 # seconds between such rounds. sd-bus queues the signals it reads during a method call, and a queued
-# message does not make the socket readable: past DISPATCH of them, the rest wait up to JOB_POLL.
+# message does not make the socket readable: past DISPATCH of them (JobRemoved of other jobs aside:
+# a round that removed any goes on at once), the rest wait up to JOB_POLL.
 DISPATCH = 32
 JOB_POLL = 0.1
 
@@ -283,7 +284,9 @@ class Fleet:
         if fd < 0:
             self.bus.wait(int(seconds * 1e6))
             return
-        select.select([fd], [], [], seconds)
+        poller = select.poll()  # not select.select: no limit on the descriptor's number
+        poller.register(fd, select.POLLIN)
+        poller.poll(seconds * 1000)
 
     def _jobs(self, method: bytes, verb: str, names: Sequence[str], timeout: float) -> list[JobResult]:
         """Queue all jobs at once, then wait for every JobRemoved (or the timeout)."""
@@ -296,7 +299,9 @@ class Fleet:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            removed = len(self._removed)
             if self._dispatch([job for _, job in jobs]):
                 break
-            self._wait(min(remaining, JOB_POLL))
+            if len(self._removed) == removed:  # a round that removed jobs may have left more queued: go on at once
+                self._wait(min(remaining, JOB_POLL))
         return [JobResult(name, verb, self._removed.pop(job, "pending")) for name, job in jobs]

@@ -151,16 +151,18 @@ def _write_record(
     the record without its writer among the live hosts: one that did would find every live host
     agreeing with its own settings (none left to disagree) and replace the record a moment after
     it was written (seen in a booted fleet: MIN 2 from one host's first tick, replaced by
-    another's MIN 1, the fleet's target 2, then 1)."""
+    another's MIN 1, the fleet's target 2, then 1). Empty while the fleet's records are lost
+    (Redis restarted empty): the record goes alone then, and the heartbeat at the tick's end."""
     text = json.dumps(record, sort_keys=True, separators=(",", ":"))
     if b"settings" in raw:  # damaged, or replaced because every live host agrees on new settings
         client.hset(key, mapping={"settings": text, **heartbeat})
         return replace(settings, **record), record
     pipe = client.pipeline(transaction=True)
     pipe.hsetnx(key, "settings", text)
-    pipe.hset(key, mapping=heartbeat)
+    if heartbeat:
+        pipe.hset(key, mapping=heartbeat)
     pipe.hget(key, "settings")
-    first, _, current = pipe.execute()
+    first, *_, current = pipe.execute()
     if first:
         return replace(settings, **record), record
     won = _record({b"settings": current}, key) or record
@@ -225,9 +227,12 @@ def coordinate(
         startup if startup is not None else (old.startup if old else None),
         label, failing, up if working is None else working, mine,
     )
-    if rewrite and write:
-        used, record = _write_record(client, key, record, settings, raw, _heartbeat(name, me, snap.ended))
     lost_at = records_lost(old, claimed_at, lost_at, now, settings.host_ttl)
+    if rewrite and write:
+        # While the records are lost the heartbeat waits for the end of the tick: written now, a tick that
+        # failed after it would leave the next one finding its heartbeat and not the loss (records_lost).
+        early = _heartbeat(name, me, snap.ended) if lost_at is None else {}
+        used, record = _write_record(client, key, record, settings, raw, early)
     view, rec = plan_share(used, me, live, backlog, lambda: read_history(client, settings, now), snap.decision, now, occupying)
     if rec is not None and write:
         won, current = claims.publish(client, settings, raw.get(b"decision"), view.fleet, json.dumps(asdict(rec), separators=(",", ":")))

@@ -724,6 +724,34 @@ def test_after_redis_restarts_empty_no_host_grows_before_the_others_have_claimed
     assert sum(running.values()) == 6
 
 
+def test_a_tick_that_fails_after_writing_the_record_while_the_records_are_lost_leaves_the_loss_seen(
+    redis: redis_lib.Redis, redis_server: RedisServer, monkeypatch
+) -> None:
+    """Redis restarts empty under a and b (3 each, cap 6), and a's next tick rewrites the settings
+    record, then fails before its claim (Redis goes again). Its state is not saved, so the tick after
+    it must still find a's heartbeat gone and hold its growth: b's 3 still run, their claim lost.
+    (The record's write carried the heartbeat, so the next tick found it and grew to 6 beside b's 3.)"""
+    import pytest
+    from dramactl import claims
+
+    settings = settings_for(redis_server, MAX_PROCESSES="6", FLEET_MAX_PROCESSES="6")
+    busy = FleetBacklog(ready=500)
+    first = share.coordinate(redis, settings, busy, up=3, starting=0, occupying=3, name="a")
+    share.coordinate(redis, settings, busy, up=3, starting=0, occupying=3, name="b")
+    redis.flushall()
+
+    def gone(*args, **kwargs):
+        raise redis_lib.ConnectionError("Connection reset by peer")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(claims, "claim", gone)
+        with pytest.raises(redis_lib.ConnectionError):
+            share.coordinate(redis, settings, busy, up=3, starting=0, occupying=3, name="a", claimed_at=first.claimed_at)
+    assert redis.hget(share.fleet_key(settings), "settings") is not None  # the record was written before the failure
+    view = share.coordinate(redis, settings, busy, up=3, starting=0, occupying=3, name="a", claimed_at=first.claimed_at)
+    assert view.lost_at is not None and view.decision.target == 3, (view.lost_at, view.decision)
+
+
 def test_a_renewal_while_the_host_acts_keeps_what_its_tick_wrote_and_never_recreates_a_lost_heartbeat(redis: redis_lib.Redis, redis_server: RedisServer) -> None:
     """The tick's seat (dramactl.seat) renews the host's heartbeat and claim while it acts. A renewal went through
     the manual claim: a failing host's claim then counted in full under the target (3 for its 1 working instance)
