@@ -346,7 +346,8 @@ def work_target(
     else:
         load = rates.load
         batches = f" in batches of {rates.dispersion:.1f}" if rates.dispersion > 1.0 else ""
-        measured = f"λ {rates.arrival:.2f}/s{batches} x E[S] {service:.2f}s = {load:.1f} busy threads"
+        none = f" (none in {rates.span:.0f}s)" if rates.arrival == 0 and rates.span > 0 else ""  # none in the rate's span (rates: a stop)
+        measured = f"λ {rates.arrival:.2f}/s{none}{batches} x E[S] {service:.2f}s = {load:.1f} busy threads"
     limit = max(settings.max_processes, current) + 1
     # Arrivals in batches (dispersion D: a count's variance over Poisson's) queue longer at the
     # same load: Allen-Cunneen scales the M/M/c wait by (c_a^2 + c_s^2) / 2, c_a^2 = D, so

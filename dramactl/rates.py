@@ -232,6 +232,9 @@ def _arrival_rate(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tup
     intervals. By their ends, the simulator's edge fell on one and kept it (135 s)."""
     if not pairs:
         return None, 0, 0.0
+    stopped = _stopped(pairs, arrivals, now, dispersion)
+    if stopped is not None:
+        return 0.0, stopped[0], stopped[1]
     arrived, span, used = 0.0, 0.0, 0
     recent: tuple[float, float] | None = None  # (arrivals, span) of the RATE_WINDOW, once reaching further back
     for k in range(len(pairs) - 1, -1, -1):
@@ -251,6 +254,61 @@ def _arrival_rate(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tup
         span += took
         used += 1
     return (max(0.0, arrived) / span if span > 0 else None), used, span
+
+
+def _stopped(pairs: Sequence[tuple[_Point, _Point]], arrivals: Sequence[tuple[float, float]], now: float,
+             dispersion: float = 1.0) -> tuple[int, float] | None:
+    """(intervals, seconds) of the silence that ends ``now``, when the arrivals stopped:
+    none in any interval of the last :data:`RATE_WINDOW`, nor since, for longer than the
+    arrivals before it (``arrivals``: less what blocks brought) explain
+    (:data:`CHANGE_P`); None while arrivals go on, or when the silence is within chance.
+
+    The window ending now cannot see this where arrivals are few (batches, low rates):
+    it holds fewer of them the longer the silence, and a fleet staffed for the old rate
+    stepped down a tick at a time as the window slid past them, for up to
+    LONG_RATE_WINDOW. Given n arrivals in the LONG_RATE_WINDOW before the silence
+    (``o`` seconds of intervals) and none in the ``s`` since, one rate over both puts
+    all n before the silence with probability (o / (o + s)) ** n, the conditional test
+    of :func:`_changed`. Each choice below was forced by a run that broke:
+
+    * n is counted in batches, arrivals over D (:func:`_dispersion`), and is no more
+      than the intervals that saw any, since a batch lands within one: D reads 1 for
+      batches of two or three (never told from a rate) and low for a while after
+      batches that land close together, and counted one by one, the usual gap between
+      them read as a stop.
+    * The reference is the whole LONG_RATE_WINDOW, not the rate's window: the change
+      tests cut that to a recent stretch busier than what came before it, and a
+      cluster of batches at Poisson times, then the usual gap, read as a stop.
+    * Only a silence that covers RATE_WINDOW: a shorter one is the step test's
+      (:func:`_arrival_rate`). This test runs at every tick, and at 1 s ticks an
+      empty second among seven arrivals a second comes by chance.
+    * Any arrival ends a silence, a block's too: the batch that follows a long gap in a
+      stream of them surges over the median of 0 before it and reads as a block until
+      more come.
+    """
+    begins, quiet = len(pairs), 0.0
+    while begins > 0 and _counts(pairs[begins - 1 : begins])[0] < 0.5:  # none at all: a block landing ends it too
+        begins -= 1
+        quiet += arrivals[begins][1]
+    if begins == len(pairs) or begins == 0 or quiet <= 0:
+        return None
+    last = pairs[begins - 1]
+    if (last[0].at + last[1].at) / 2.0 > now - RATE_WINDOW:
+        return None  # the last interval that saw arrivals is in the window (its middle, as for the rate)
+    arrived = over = 0.0
+    seen = 0  # intervals that saw arrivals: a batch lands in one, so no more independent arrivals than these
+    for k in range(begins - 1, -1, -1):
+        a, b = pairs[k]
+        if (a.at + b.at) / 2.0 <= last[1].at - LONG_RATE_WINDOW:
+            break
+        arrived += arrivals[k][0]
+        over += arrivals[k][1]
+        seen += arrivals[k][0] >= 0.5
+    if not math.isfinite(arrived) or arrived <= 0 or not seen:
+        return None
+    if not _changed((0.0, quiet), (arrived, over), CHANGE_P, max(dispersion, arrived / seen)):
+        return None
+    return len(pairs) - begins, quiet
 
 
 TREND_WINDOW = 300.0  # seconds of intervals a trend is fit over: 20 ticks at 15 s (a slope's error falls as span^-1.5)

@@ -132,6 +132,46 @@ def test_a_batch_the_fleet_cannot_serve_within_the_goal_is_a_backlog() -> None:
     assert d.target == 10 and "drain in" in d.reason, d.reason
 
 
+def test_a_batch_stream_that_stopped_is_no_rate_once_its_silence_is_beyond_chance() -> None:
+    """The stream's 240 messages in 900 s, then nothing. The window ending now held fewer
+    of them the longer the silence, so the rate slid down over LONG_RATE_WINDOW and a
+    fleet of seven stepped down one instance at a time for minutes after the last batch
+    (on ``python -m bench.batches``' 10x-40s-10s-1t, seeds 4-6: 18.7 actions/h against a
+    limit of 17.3). Tested against the 900 s before the silence (885 s of intervals whose
+    middle is in it, 21 batches of 11.3), 300 s of silence is chance (all 21 before it:
+    (885 / 1185) ** 21 = 0.22 %), 345 s is not (0.099 %, below CHANGE_P): the rate is 0
+    over the silence, and the fleet goes down in one step to what the rate's upper bound
+    over it needs. The next batch ends the silence, though after it the batch surges over a
+    median of 0 and reads as a block (left out of the rate) until more come."""
+
+    def after(quiet: int, then: tuple[float, ...] = ()):  # the last batch landed one interval before these
+        arrivals = stream() + [0.0] * quiet + list(then)
+        history, now = history_of(arrivals, 10.0, workers=7)
+        return work_rates(history, now, NOW), decide(now, running(7), settings(), history, NOW)
+
+    rates, d = after(19)
+    assert rates.arrival > 0.15 and d.target == 7, (rates, d.reason)
+    for quiet in (22, 40):
+        rates, d = after(quiet)
+        assert rates.arrival == 0.0 and rates.span == 15.0 * (quiet + 1), (quiet, rates)
+        assert d.target <= 2 and "down 7 ->" in d.reason and f"λ 0.00/s (none in {15 * (quiet + 1)}s)" in d.reason, d.reason
+    assert marks(stream() + [0.0] * 30 + [10.0])[-1] == BLOCK
+    rates, d = after(30, (10.0,))
+    assert rates.arrival > 0.1 and "none in" not in d.reason, (rates, d.reason)
+
+
+def test_a_usual_gap_between_small_batches_is_no_stop() -> None:
+    """Three at once on the same schedule: too small to surge, so never told from a rate
+    and D reads 1. Counted one by one, 72 arrivals in 885 s put a 195 s gap at 0.00006 %,
+    a stop; but they landed in 22 intervals, and a batch lands within one: no more than
+    22 independent arrivals, and a gap of 195 s is 1.3 % likely. (A review's simulation of
+    three at once every 60 s, 40 s tasks on one thread: 46-48 actions/h became 50-52,
+    the fleet halved and regrown after such gaps.)"""
+    history, now = history_of(stream(3) + [0.0] * 12, 40.0, workers=5)
+    rates = work_rates(history, now, NOW)
+    assert rates.dispersion == 1.0 and rates.arrival > 0.02, rates
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_batches_through_the_simulator_keep_the_calm_target(threads: int) -> None:
     """``python -m bench.batches``' ten at once every 40 s of 10 s tasks, CI-sized (30 min,

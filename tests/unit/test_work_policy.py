@@ -483,6 +483,30 @@ def test_a_steady_poisson_load_seldom_cuts_the_rate_window() -> None:
         assert cut < 10, (rate, cut)
 
 
+def test_a_silence_is_a_stop_only_once_it_covers_the_rate_window_and_is_beyond_chance() -> None:
+    """``rates._stopped``: 7/s at 1 s ticks, then a second with none (one in 1,100 at that
+    rate): against the 120 s before it that gap alone is improbable (e^-7), and tested at
+    every tick it would read as a stop about 3 times an hour; inside the rate's window it is
+    the step test's, and the rate stays. 0.08/s of single arrivals, then nothing: a
+    silence of 105 s is still the window's; one of 135 s covers it and is a stop (72
+    arrivals in the 900 s before it, in 60 intervals, so 60 independent at most:
+    (900 / 1035) ** 60 = 0.02 %)."""
+    from dramactl.rates import _arrival_rate, _arrivals, _Point
+
+    def rate_of(per_interval: list[float], every: float) -> float | None:
+        points, done = [], 0.0
+        for k, came in enumerate([0.0, *per_interval]):
+            done += came
+            points.append(_Point(every * k, done, 0.0, 0))
+        pairs = list(zip(points, points[1:]))
+        return _arrival_rate(pairs, _arrivals(pairs), points[-1].at)[0]
+
+    assert rate_of([7.0] * 300 + [0.0], 1.0) == pytest.approx(7.0, rel=0.05)
+    steady = [0.08 * 15.0] * 60  # 0.08/s, as its mean count per 15 s tick
+    assert rate_of(steady + [0.0] * 7, 15.0) > 0.05
+    assert rate_of(steady + [0.0] * 9, 15.0) == 0.0
+
+
 def test_no_instance_is_stopped_while_starting_or_within_the_start_up_of_its_start() -> None:
     s = settings()
     history = worked(0.5, 4.0, workers=4, seconds=300, startup=60.0)
